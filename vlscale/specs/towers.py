@@ -1,0 +1,165 @@
+"""Tower specifications: the exact architecture of an image or text encoder.
+
+These classes are the single source of truth for shapes. ``models/`` builds torch modules from
+them and ``vlscale.costs`` computes parameters, FLOPs and memory from them; tests hold the two
+together for every preset. Every field below therefore has one precise meaning:
+
+Transformer trunk (``TrunkSpec``), one pre-norm block, repeated ``depth`` times::
+
+    x = x + attn(norm1(x))         attn: q, k, v = Linear(width, width) each (biases per
+                                   ``qkv_bias``); scaled_dot_product_attention over ``heads``;
+                                   [sub-LN: norm over width] ; out = Linear(width, width, bias)
+    x = x + mlp(norm2(x))          gelu:   Linear(width, mlp_width) -> GELU -> Linear(mlp_width, width)
+                                   swiglu: silu(Linear(width, mlp_width)) * Linear(width, mlp_width)
+                                           -> [sub-LN: norm over mlp_width] -> Linear(mlp_width, width)
+
+``norm`` is LayerNorm (weight + bias) or RMSNorm (weight only). All MLP linears carry a bias
+when ``mlp_bias``. Sub-LN (EVA-02, "Foundation Transformers", Wang et al. 2022) adds the two
+bracketed norms.
+
+Vision tower (``VisionTowerSpec``)::
+
+    patches = Conv2d(3, width, patch_size, stride=patch_size, bias=patch_bias)  -> (B, N, width)
+    [cls token prepended]  [+ learned absolute position embedding over cls + N positions]
+    [patch dropout (FLIP): keep round((1 - r) * N) patch tokens per sample; cls always kept]
+    [ln_pre]  blocks (2-D RoPE on patch tokens of q and k when ``rope``)
+    pool: "cls"  -> final norm on the cls token
+          "map"  -> final norm on all tokens, then a multihead attention-pooling head (one learned
+                    query; q = Linear(w, w), kv = Linear(w, 2w), out = Linear(w, w), then
+                    x + mlp(norm(x)) with a GELU MLP of ``mlp_width``), all with biases
+          "mean" -> mean over tokens, then final norm
+    proj: "none" (width must equal embed_dim), "linear" (no bias), "linear_bias"
+
+Text tower (``TextTowerSpec``)::
+
+    Embedding(vocab_size, width) + learned position (context_length, width)
+    blocks (causal mask when ``causal``)  ->  final norm  ->  pool one token:
+    "eos" (position of the highest token id, as OpenCLIP's argmax) or "last"
+    proj: "linear" (no bias), "linear_bias"
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+MlpKind = Literal["gelu", "swiglu"]
+NormKind = Literal["layernorm", "rmsnorm"]
+QkvBias = Literal["qkv", "qv", "none"]
+ProjKind = Literal["none", "linear", "linear_bias"]
+
+
+class _Frozen(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class TrunkSpec(_Frozen):
+    """A stack of pre-norm transformer blocks (see the module docstring for the exact layout)."""
+
+    width: int = Field(gt=0, description="model dimension d")
+    depth: int = Field(gt=0, description="number of blocks L")
+    heads: int = Field(gt=0, description="attention heads; width must be divisible by heads")
+    mlp_width: int = Field(gt=0, description="MLP hidden size (per branch for SwiGLU)")
+    mlp_kind: MlpKind = "gelu"
+    norm_kind: NormKind = "layernorm"
+    sub_ln: bool = False
+    qkv_bias: QkvBias = "qkv"
+    proj_bias: bool = True
+    mlp_bias: bool = True
+
+    @model_validator(mode="after")
+    def _heads_divide_width(self) -> TrunkSpec:
+        if self.width % self.heads:
+            raise ValueError(
+                f"heads={self.heads} does not divide width={self.width}; "
+                f"pick heads among the divisors of width (e.g. {_near_divisor(self.width, self.heads)})"
+            )
+        return self
+
+    @property
+    def head_dim(self) -> int:
+        return self.width // self.heads
+
+
+class VisionTowerSpec(_Frozen):
+    """Image encoder: ViT (OpenAI / OpenCLIP / SigLIP) or EVA-ViT (RoPE, SwiGLU, sub-LN)."""
+
+    image_size: int = Field(gt=0)
+    patch_size: int = Field(gt=0)
+    trunk: TrunkSpec
+    patch_bias: bool = False
+    class_token: bool = True
+    learned_pos: bool = True
+    rope: bool = False
+    ln_pre: bool = False
+    pool: Literal["cls", "map", "mean"] = "cls"
+    proj: ProjKind = "linear"
+
+    @model_validator(mode="after")
+    def _check(self) -> VisionTowerSpec:
+        if self.image_size % self.patch_size:
+            raise ValueError(
+                f"patch_size={self.patch_size} does not divide image_size={self.image_size}; "
+                "use an image size that is a multiple of the patch size"
+            )
+        if self.pool == "cls" and not self.class_token:
+            raise ValueError("pool='cls' needs class_token=True; use pool='map' or 'mean'")
+        if self.rope and self.trunk.head_dim % 4:
+            raise ValueError(
+                f"2-D RoPE needs head_dim divisible by 4, got {self.trunk.head_dim}; "
+                "change width or heads"
+            )
+        return self
+
+    @property
+    def grid(self) -> int:
+        """Patches per side."""
+        return self.image_size // self.patch_size
+
+    @property
+    def num_patches(self) -> int:
+        return self.grid**2
+
+    @property
+    def num_prefix_tokens(self) -> int:
+        return 1 if self.class_token else 0
+
+    def kept_patches(self, mask_ratio: float = 0.0) -> int:
+        """Patch tokens kept by FLIP patch dropout: round((1 - r) * N), at least 1."""
+        return kept_patches(self.num_patches, mask_ratio)
+
+    def seq_len(self, mask_ratio: float = 0.0) -> int:
+        """Tokens through the trunk: prefix tokens + kept patches."""
+        return self.num_prefix_tokens + self.kept_patches(mask_ratio)
+
+    def with_image_size(self, image_size: int) -> VisionTowerSpec:
+        """The same tower at another resolution (validated: the patch size must divide it)."""
+        return VisionTowerSpec.model_validate(self.model_dump() | {"image_size": image_size})
+
+
+class TextTowerSpec(_Frozen):
+    """Text encoder: causal (CLIP) or bidirectional (SigLIP) transformer over tokens."""
+
+    vocab_size: int = Field(gt=0)
+    context_length: int = Field(gt=0)
+    trunk: TrunkSpec
+    causal: bool = True
+    pool: Literal["eos", "last"] = "eos"
+    proj: ProjKind = "linear"
+
+
+def kept_patches(num_patches: int, mask_ratio: float) -> int:
+    """round((1 - r) * N) patches survive FLIP masking (at least one).
+
+    Python's round is banker's rounding; int(x + 0.5) is used so that torch and the cost model
+    agree exactly for every ratio.
+    """
+    if not 0.0 <= mask_ratio < 1.0:
+        raise ValueError(f"mask_ratio must be in [0, 1), got {mask_ratio}")
+    return max(1, int((1.0 - mask_ratio) * num_patches + 0.5))
+
+
+def _near_divisor(width: int, heads: int) -> int:
+    divisors = [h for h in range(1, width + 1) if width % h == 0]
+    return min(divisors, key=lambda h: abs(h - heads))
