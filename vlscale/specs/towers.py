@@ -9,9 +9,10 @@ Transformer trunk (``TrunkSpec``), one pre-norm block, repeated ``depth`` times:
     x = x + attn(norm1(x))         attn: q, k, v = Linear(width, width) each (biases per
                                    ``qkv_bias``); scaled_dot_product_attention over ``heads``;
                                    [sub-LN: norm over width] ; out = Linear(width, width, bias)
-    x = x + mlp(norm2(x))          gelu:   Linear(width, mlp_width) -> GELU -> Linear(mlp_width, width)
-                                   swiglu: silu(Linear(width, mlp_width)) * Linear(width, mlp_width)
-                                           -> [sub-LN: norm over mlp_width] -> Linear(mlp_width, width)
+    x = x + mlp(norm2(x))          gelu:   Linear(d, h) -> GELU -> Linear(h, d)
+                                   swiglu: silu(Linear(d, h)) * Linear(d, h)
+                                           -> [sub-LN: norm over h] -> Linear(h, d)
+                                   (d = width, h = mlp_width)
 
 ``norm`` is LayerNorm (weight + bias) or RMSNorm (weight only). All MLP linears carry a bias
 when ``mlp_bias``. Sub-LN (EVA-02, "Foundation Transformers", Wang et al. 2022) adds the two
@@ -42,7 +43,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 
 MlpKind = Literal["gelu", "swiglu"]
 NormKind = Literal["layernorm", "rmsnorm"]
@@ -68,14 +69,16 @@ class TrunkSpec(_Frozen):
     proj_bias: bool = True
     mlp_bias: bool = True
 
-    @model_validator(mode="after")
-    def _heads_divide_width(self) -> TrunkSpec:
-        if self.width % self.heads:
+    @field_validator("heads")
+    @classmethod
+    def _heads_divide_width(cls, heads: int, info: ValidationInfo) -> int:
+        width = info.data.get("width")
+        if width and heads > 0 and width % heads:
             raise ValueError(
-                f"heads={self.heads} does not divide width={self.width}; "
-                f"pick heads among the divisors of width (e.g. {_near_divisor(self.width, self.heads)})"
+                f"heads={heads} does not divide width={width}; "
+                f"pick heads among the divisors of width (e.g. {_near_divisor(width, heads)})"
             )
-        return self
+        return heads
 
     @property
     def head_dim(self) -> int:
@@ -96,21 +99,34 @@ class VisionTowerSpec(_Frozen):
     pool: Literal["cls", "map", "mean"] = "cls"
     proj: ProjKind = "linear"
 
-    @model_validator(mode="after")
-    def _check(self) -> VisionTowerSpec:
-        if self.image_size % self.patch_size:
+    @field_validator("patch_size")
+    @classmethod
+    def _patch_divides_image(cls, patch_size: int, info: ValidationInfo) -> int:
+        image_size = info.data.get("image_size")
+        if image_size and patch_size > 0 and image_size % patch_size:
             raise ValueError(
-                f"patch_size={self.patch_size} does not divide image_size={self.image_size}; "
+                f"patch_size={patch_size} does not divide image_size={image_size}; "
                 "use an image size that is a multiple of the patch size"
             )
-        if self.pool == "cls" and not self.class_token:
-            raise ValueError("pool='cls' needs class_token=True; use pool='map' or 'mean'")
-        if self.rope and self.trunk.head_dim % 4:
+        return patch_size
+
+    @field_validator("rope")
+    @classmethod
+    def _rope_head_dim(cls, rope: bool, info: ValidationInfo) -> bool:
+        trunk = info.data.get("trunk")
+        if rope and trunk is not None and trunk.head_dim % 4:
             raise ValueError(
-                f"2-D RoPE needs head_dim divisible by 4, got {self.trunk.head_dim}; "
+                f"2-D RoPE needs head_dim divisible by 4, got {trunk.head_dim}; "
                 "change width or heads"
             )
-        return self
+        return rope
+
+    @field_validator("pool")
+    @classmethod
+    def _cls_pool_needs_token(cls, pool: str, info: ValidationInfo) -> str:
+        if pool == "cls" and info.data.get("class_token") is False:
+            raise ValueError("pool='cls' needs class_token=True; use pool='map' or 'mean'")
+        return pool
 
     @property
     def grid(self) -> int:
