@@ -1,0 +1,415 @@
+"""Step-granular training checkpoints with torch.distributed.checkpoint (DCP).
+
+Layout of one run directory::
+
+    RUN/ckpt/step_000100/          a complete checkpoint
+        .metadata, __0_0.distcp …  DCP files: model + optimizer, sharded (FSDP2 DTensors as is)
+        extra_rank00000.pt …       per rank: scheduler, data position, RNG states, step, samples
+        COMPLETE                   JSON marker (step, samples_seen, world_size); written LAST
+    RUN/ckpt/step_000200.tmp/      a save in progress (or one that crashed): never loaded
+
+Crash safety. Every rank writes into ``step_N.tmp``; after a barrier rank 0 writes the marker
+(temp file + ``os.replace``), fsyncs, and renames the directory to ``step_N`` in one atomic
+``rename(2)``. "Latest" is not a pointer file: :func:`find_latest` scans for directories whose
+name is ``step_<digits>`` *and* that hold the marker, so a save killed at any instant leaves the
+previous checkpoint as the latest loadable one. All ranks must see the same directory (shared
+filesystem), as DCP's file writer already assumes.
+
+Model and optimizer go through ``torch.distributed.checkpoint.state_dict.get_state_dict`` /
+``set_state_dict``, which key the optimizer state by parameter name and keep FSDP2 shards as
+DTensors, so every rank writes only its own shard and a checkpoint can be resharded on load.
+Works without a process group too (single process: DCP runs with ``no_dist``).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import re
+import shutil
+import time
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+import torch
+import torch.distributed as dist
+import torch.distributed.checkpoint as dcp
+from torch.distributed.checkpoint.state_dict import (
+    StateDictOptions,
+    get_model_state_dict,
+    get_state_dict,
+    set_model_state_dict,
+    set_state_dict,
+)
+
+from vlscale.errors import ConfigError
+
+CKPT_SUBDIR = "ckpt"
+MARKER = "COMPLETE"
+FORMAT_VERSION = 1
+_STEP_DIR = re.compile(r"^step_(\d+)$")
+
+
+class Stateful(Protocol):
+    """Anything with ``state_dict`` / ``load_state_dict`` (LR scheduler, data loader)."""
+
+    def state_dict(self) -> dict[str, Any]: ...
+
+    def load_state_dict(self, state: dict[str, Any]) -> Any: ...
+
+
+@dataclass(frozen=True)
+class CheckpointInfo:
+    """What :func:`load_checkpoint` restored: where from and the training position."""
+
+    path: Path
+    step: int
+    samples_seen: int
+    world_size: int
+
+
+# --------------------------------------------------------------------------- paths
+
+
+def _distributed() -> bool:
+    return dist.is_available() and dist.is_initialized()
+
+
+def _rank_world() -> tuple[int, int]:
+    if _distributed():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def _barrier() -> None:
+    if _distributed():
+        dist.barrier()
+
+
+def _dcp(fn, state: dict[str, Any], path: Path) -> None:
+    """``dcp.save`` / ``dcp.load``; single-process runs pass ``no_dist`` (its warning is noise)."""
+    if _distributed():
+        fn(state, checkpoint_id=path)
+        return
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="torch.distributed is disabled")
+        fn(state, checkpoint_id=path, no_dist=True)
+
+
+def ckpt_root(run_dir: str | os.PathLike) -> Path:
+    """``run_dir/ckpt``; a path that already ends in ``ckpt`` is taken as the root itself."""
+    p = Path(run_dir)
+    return p if p.name == CKPT_SUBDIR else p / CKPT_SUBDIR
+
+
+def step_dir(run_dir: str | os.PathLike, step: int) -> Path:
+    return ckpt_root(run_dir) / f"step_{step:06d}"
+
+
+def _extra_file(path: Path, rank: int) -> Path:
+    return path / f"extra_rank{rank:05d}.pt"
+
+
+def is_complete(path: str | os.PathLike) -> bool:
+    """A checkpoint is complete when its directory has the final name and holds the marker."""
+    p = Path(path)
+    return bool(_STEP_DIR.match(p.name)) and (p / MARKER).is_file()
+
+
+def list_checkpoints(run_dir: str | os.PathLike) -> list[Path]:
+    """Complete checkpoints under ``run_dir``, oldest step first; temp and partial ones skipped."""
+    root = ckpt_root(run_dir)
+    if not root.is_dir():
+        return []
+    found = []
+    for child in root.iterdir():
+        m = _STEP_DIR.match(child.name)
+        if m and child.is_dir() and is_complete(child):
+            found.append((int(m.group(1)), child))
+    return [p for _, p in sorted(found)]
+
+
+def find_latest(run_dir: str | os.PathLike) -> Path | None:
+    """The complete checkpoint with the highest step, or None. Scans; trusts no pointer file."""
+    ckpts = list_checkpoints(run_dir)
+    return ckpts[-1] if ckpts else None
+
+
+def read_marker(path: str | os.PathLike) -> dict[str, Any]:
+    return json.loads((Path(path) / MARKER).read_text())
+
+
+# --------------------------------------------------------------------------- atomic files
+
+
+def _fsync_dir(path: Path) -> None:
+    # Directory fsync makes a rename durable; not supported on every platform/filesystem.
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def _write_atomic(path: Path, data: bytes) -> None:
+    tmp = path.with_name(path.name + f".part{os.getpid()}")
+    with open(tmp, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def _write_marker(path: Path, payload: dict[str, Any]) -> None:
+    """The completion marker; the only file whose presence makes a checkpoint loadable."""
+    _write_atomic(path / MARKER, json.dumps(payload, indent=1).encode())
+    _fsync_dir(path)
+
+
+def _write_extra(path: Path, extra: dict[str, Any]) -> None:
+    """One rank's non-tensor-parallel state (scheduler, data position, RNG, step)."""
+    torch.save(extra, path)
+
+
+# --------------------------------------------------------------------------- RNG
+
+
+def capture_rng() -> dict[str, Any]:
+    """This rank's RNG states: python, numpy, torch CPU, and the current CUDA device if any.
+
+    The numpy state is stored as plain lists/ints so that ``torch.load(weights_only=True)``
+    can read it back.
+    """
+    kind, keys, pos, has_gauss, gauss = np.random.get_state()
+    state: dict[str, Any] = {
+        "python": random.getstate(),
+        "numpy": (kind, keys.tolist(), int(pos), int(has_gauss), float(gauss)),
+        "torch": torch.get_rng_state(),
+    }
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = torch.cuda.get_rng_state()
+    return state
+
+
+def restore_rng(state: dict[str, Any]) -> None:
+    py = state["python"]
+    # torch.load returns the tuple's inner list as a list; random.setstate wants tuples.
+    random.setstate((py[0], tuple(py[1]), py[2]))
+    kind, keys, pos, has_gauss, gauss = state["numpy"]
+    np.random.set_state((kind, np.asarray(keys, dtype=np.uint32), pos, has_gauss, gauss))
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state(state["cuda"])
+
+
+# --------------------------------------------------------------------------- save
+
+
+def save_checkpoint(
+    run_dir: str | os.PathLike,
+    step: int,
+    *,
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer | None = None,
+    scheduler: Stateful | None = None,
+    loader: Stateful | None = None,
+    samples_seen: int = 0,
+    keep_last: int | None = None,
+) -> Path:
+    """Write checkpoint ``step`` of ``run_dir``; collective: every rank must call it.
+
+    Order: (rank 0) clear a stale ``step_N.tmp`` -> barrier -> DCP save of model + optimizer
+    (all ranks, their own shards) -> per-rank extra state -> barrier -> (rank 0) marker, then
+    atomic rename to ``step_N`` and retention of the newest ``keep_last`` -> barrier.
+    Returns the final checkpoint directory.
+    """
+    if step < 0:
+        raise ConfigError("step", f"checkpoint step must be >= 0, got {step}")
+    if keep_last is not None and keep_last < 1:
+        raise ConfigError("keep_last", f"must be >= 1 (or None to keep all), got {keep_last}")
+    rank, world = _rank_world()
+    final = step_dir(run_dir, step)
+    tmp = final.with_name(final.name + ".tmp")
+    if rank == 0:
+        if tmp.exists():  # left by a save that crashed; its contents are unknown
+            shutil.rmtree(tmp)
+        tmp.mkdir(parents=True)
+    _barrier()
+
+    if optimizer is None:
+        state = {"model": get_model_state_dict(model)}
+    else:
+        model_sd, optim_sd = get_state_dict(model, optimizer)
+        state = {"model": model_sd, "optim": optim_sd}
+    _dcp(dcp.save, state, tmp)
+
+    extra = {
+        "step": step,
+        "samples_seen": samples_seen,
+        "rng": capture_rng(),
+        "scheduler": scheduler.state_dict() if scheduler is not None else None,
+        "loader": loader.state_dict() if loader is not None else None,
+    }
+    _write_extra(_extra_file(tmp, rank), extra)
+    _barrier()  # every shard and extra file is on disk before the marker can exist
+
+    if rank == 0:
+        _write_marker(
+            tmp,
+            {
+                "format": FORMAT_VERSION,
+                "step": step,
+                "samples_seen": samples_seen,
+                "world_size": world,
+                "has_optimizer": optimizer is not None,
+                "time": time.time(),
+            },
+        )
+        _publish(tmp, final)
+        if keep_last is not None:
+            for old in list_checkpoints(run_dir)[:-keep_last]:
+                shutil.rmtree(old, ignore_errors=True)
+    _barrier()  # nobody proceeds (or loads) before the rename is visible
+    return final
+
+
+def _publish(tmp: Path, final: Path) -> None:
+    """Atomically give ``tmp`` its final name; an existing ``final`` (re-save) is replaced."""
+    if final.exists():
+        # rename(2) cannot replace a non-empty directory: move the old one aside first. Its
+        # new name does not match step_<digits>, so it is never taken for a checkpoint.
+        stale = final.with_name(final.name + f".old{os.getpid()}")
+        os.rename(final, stale)
+        os.rename(tmp, final)
+        shutil.rmtree(stale, ignore_errors=True)
+    else:
+        os.rename(tmp, final)
+    _fsync_dir(final.parent)
+
+
+# --------------------------------------------------------------------------- load
+
+
+def resolve_checkpoint(path: str | os.PathLike) -> Path:
+    """A complete checkpoint directory itself, or the latest one under a run / ckpt directory."""
+    p = Path(path)
+    if is_complete(p):
+        return p
+    latest = find_latest(p)
+    if latest is None:
+        raise ConfigError(
+            "resume",
+            f"no complete checkpoint at or under {p} (looked for {ckpt_root(p)}/step_*/{MARKER}); "
+            "check the path, or start without --resume",
+        )
+    return latest
+
+
+def load_checkpoint(
+    path: str | os.PathLike,
+    *,
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer | None = None,
+    scheduler: Stateful | None = None,
+    loader: Stateful | None = None,
+    restore_rng_state: bool = True,
+) -> CheckpointInfo:
+    """Restore everything :func:`save_checkpoint` wrote; collective: every rank must call it.
+
+    ``path`` is a checkpoint directory or a run directory (its latest complete checkpoint is
+    used). The model (and optimizer) must already be built and sharded as for training; DCP
+    loads each rank's shard in place. RNG states are restored last, so that nothing done while
+    loading consumes random numbers after the restore.
+    """
+    ckpt = resolve_checkpoint(path)
+    marker = read_marker(ckpt)
+    rank, world = _rank_world()
+    if marker["world_size"] != world:
+        raise ConfigError(
+            "resume",
+            f"{ckpt} was written by {marker['world_size']} ranks but this run has {world}; the "
+            "per-rank data position and RNG cannot be remapped. Resume with "
+            f"{marker['world_size']} ranks, or load weights only with load_model_weights()",
+        )
+    if optimizer is not None and not marker.get("has_optimizer", True):
+        raise ConfigError("resume", f"{ckpt} holds no optimizer state; resume with optimizer=None")
+
+    if optimizer is None:
+        model_sd = get_model_state_dict(model)
+        state = {"model": model_sd}
+        _dcp(dcp.load, state, ckpt)
+        set_model_state_dict(model, state["model"])
+    else:
+        # get_state_dict initialises empty optimizer state so DCP has tensors to load into.
+        model_sd, optim_sd = get_state_dict(model, optimizer)
+        state = {"model": model_sd, "optim": optim_sd}
+        _dcp(dcp.load, state, ckpt)
+        set_state_dict(
+            model, optimizer, model_state_dict=state["model"], optim_state_dict=state["optim"]
+        )
+
+    extra = torch.load(_extra_file(ckpt, rank), weights_only=True)
+    if scheduler is not None:
+        if extra["scheduler"] is None:
+            raise ConfigError("resume", f"{ckpt} holds no scheduler state; pass scheduler=None")
+        scheduler.load_state_dict(extra["scheduler"])
+    if loader is not None:
+        if extra["loader"] is None:
+            raise ConfigError("resume", f"{ckpt} holds no data position; pass loader=None")
+        loader.load_state_dict(extra["loader"])
+    if restore_rng_state:
+        restore_rng(extra["rng"])
+    return CheckpointInfo(
+        path=ckpt,
+        step=int(extra["step"]),
+        samples_seen=int(extra["samples_seen"]),
+        world_size=int(marker["world_size"]),
+    )
+
+
+def load_model_weights(
+    model: torch.nn.Module, path: str | os.PathLike, *, prefix: str = ""
+) -> list[str]:
+    """Load the model parameters (optionally only those whose name starts with ``prefix``).
+
+    Optimizer, scheduler, data position and RNG are left alone. Works across world sizes
+    (DCP reshards). Returns the names loaded. Collective under a process group.
+    """
+    ckpt = resolve_checkpoint(path)
+    full = get_model_state_dict(model)
+    wanted = {k: v for k, v in full.items() if k.startswith(prefix)}
+    if not wanted:
+        raise ConfigError(
+            "prefix", f"no parameter of the model starts with {prefix!r}; check the tower name"
+        )
+    state = {"model": wanted}
+    try:
+        _dcp(dcp.load, state, ckpt)
+    except Exception as exc:  # DCP raises plain RuntimeErrors for missing keys / bad shapes
+        raise ConfigError(
+            "init_from",
+            f"cannot load {prefix or 'model'} weights from {ckpt}: {exc}. The checkpoint must "
+            "come from a model with the same tower architecture",
+        ) from exc
+    set_model_state_dict(model, state["model"], options=StateDictOptions(strict=False))
+    return sorted(wanted)
+
+
+def load_image_tower(
+    model: torch.nn.Module, ckpt_dir: str | os.PathLike, *, prefix: str = "visual."
+) -> list[str]:
+    """EVA-CLIP two-stage recipe: initialise only the image tower (``visual.*``) from a checkpoint.
+
+    Text tower, logit scale/bias and everything else keep their fresh initialisation
+    (Sun et al. 2023, "EVA-CLIP", Sec. 2: the image encoder starts from a pre-trained EVA).
+    """
+    return load_model_weights(model, ckpt_dir, prefix=prefix)
