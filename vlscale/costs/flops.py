@@ -28,7 +28,9 @@ the token-linear terms scale with S (about 1 - r) and the attention core with S�
 Training (Kaplan et al. 2020, "Scaling Laws for Neural Language Models", section 2.1): backward
 costs 2F (gradients w.r.t. inputs and weights) except where the input needs no gradient — the
 patch stem, whose input is pixels, costs F in backward (weights only), as FlopCounterMode counts
-``convolution_backward``. Activation checkpointing recomputes every block forward once more.
+``convolution_backward``. Activation checkpointing recomputes every block forward once more,
+less the block's last matmul that torch's early-stopping checkpoint skips
+(``block_recompute_flops``).
 """
 
 from __future__ import annotations
@@ -191,21 +193,39 @@ def flip_flop_ratio(v: VisionTowerSpec, embed_dim: int, mask_ratio: float) -> Fl
     return FlipRatio(linear=lin, attention=att, total=tot)
 
 
+def block_recompute_flops(t: TrunkSpec, tokens: int, early_stop: bool = True) -> float:
+    """FLOPs that activation checkpointing re-runs for one block in backward.
+
+    torch's non-reentrant checkpoint (``use_reentrant=False``, what FSDP2's checkpoint wrapper
+    uses) stops recomputing as soon as every tensor saved for backward is regenerated
+    (``torch.utils.checkpoint.set_checkpoint_early_stop``, on by default). The block's last
+    matmul — the MLP output projection, 2·S·h·d — only produces the block output, which nothing
+    saves, so it is skipped. Reentrant checkpointing (``early_stop=False``) re-runs the whole
+    block. Measured equal to FlopCounterMode (tests/test_flops.py).
+    """
+    full = block_flops(t, tokens).total
+    return full - 2.0 * tokens * t.mlp_width * t.width if early_stop else full
+
+
 def train_flops_per_sample(
-    spec: ModelSpec, mask_ratio: float = 0.0, recompute: bool = False
+    spec: ModelSpec, mask_ratio: float = 0.0, recompute: bool = False, early_stop: bool = True
 ) -> float:
     """Forward + backward FLOPs of both towers per sample (loss excluded, see ``loss_flops``).
 
     3F in general; the patch stem's backward is F, not 2F, because pixels need no gradient.
-    ``recompute`` (activation checkpointing per block) adds one more forward of every block.
+    ``recompute`` (activation checkpointing of every block) adds ``block_recompute_flops`` per
+    block: a block forward less its last matmul with torch's default early stop.
     """
     vision = vision_layer_flops(spec.vision, spec.embed_dim, mask_ratio)
     text = text_layer_flops(spec.text, spec.embed_dim)
     total = 0.0
     for layer in vision + text:
         backward = layer.total if layer.kind == "stem" else 2.0 * layer.total
-        recomputed = layer.total if recompute and layer.kind == "block" else 0.0
-        total += layer.total + backward + recomputed
+        total += layer.total + backward
+    if recompute:
+        v, tx = spec.vision, spec.text
+        total += v.trunk.depth * block_recompute_flops(v.trunk, v.seq_len(mask_ratio), early_stop)
+        total += tx.trunk.depth * block_recompute_flops(tx.trunk, tx.context_length, early_stop)
     return total
 
 
