@@ -31,6 +31,11 @@ patch stem, whose input is pixels, costs F in backward (weights only), as FlopCo
 ``convolution_backward``. Activation checkpointing recomputes every block forward once more,
 less the block's last matmul that torch's early-stopping checkpoint skips
 (``block_recompute_flops``).
+
+These are model FLOPs (the MFU convention of PaLM, Chowdhery et al. 2022, appendix B): fused
+flash-attention backward kernels also recompute QK^T, and FlopCounterMode counts that on CUDA
+(5 instead of 4 attention matmuls in backward); it is not added here. On CPU tensors the counter
+has no formula for SDPA at all (``models.flop_counting`` registers one).
 """
 
 from __future__ import annotations
