@@ -1,0 +1,551 @@
+"""Hardware catalog: devices (one GPU or one TPU chip) and the clusters built from them.
+
+Every number lives in YAML under ``vlscale/specs/data/`` next to the string that says where it
+comes from (datasheet, Cloud TPU docs, price page and date). Units are SI base units:
+FLOP/s (dense, not sparse), bytes, bytes/s **per direction**. Nominal peaks are upper bounds;
+what a real machine achieves goes in the optional ``measured`` block, so that a profile measured
+on a real machine is just another :class:`DeviceSpec` (``vlscale calibrate`` writes one).
+
+A cluster is ``num_devices`` devices: GPUs grouped into NVLink nodes of ``devices_per_node``
+joined by NICs, or TPU chips in ``num_slices`` slices of ``slice_shape`` (torus dims) joined by
+the data-center network (DCN).
+"""
+
+from __future__ import annotations
+
+import difflib
+import math
+import os
+import re
+import tempfile
+from functools import cache
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from vlscale.errors import ConfigError, from_validation_error
+
+DATA_DIR = Path(__file__).parent / "data"
+CATALOG_FILES = ("gpus.yaml", "tpus.yaml")
+
+Dtype = Literal["fp32", "tf32", "bf16", "fp16"]
+TierName = Literal["nvlink", "network", "ici", "dcn"]
+Wraparound = Literal["full_cube", "full_axis", "always", "never"]
+
+
+class _Spec(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class PeakFlops(_Spec):
+    """Dense peak FLOP/s per dtype (None where the device has no such tensor path)."""
+
+    fp32: float | None = Field(default=None, gt=0)
+    tf32: float | None = Field(default=None, gt=0)
+    bf16: float | None = Field(default=None, gt=0)
+    fp16: float | None = Field(default=None, gt=0)
+    source: str = Field(min_length=1)
+
+    @model_validator(mode="after")
+    def _has_half_precision(self) -> PeakFlops:
+        if self.bf16 is None and self.fp16 is None:
+            raise ValueError("give at least one of bf16 / fp16 peak FLOP/s (dense)")
+        return self
+
+
+class Memory(_Spec):
+    hbm_bytes: float = Field(gt=0, description="device memory capacity in bytes")
+    hbm_bandwidth: float = Field(gt=0, description="bytes/s")
+    source: str = Field(min_length=1)
+
+
+class NVLink(_Spec):
+    """GPU scale-up fabric: per-GPU NVLink bandwidth, one direction."""
+
+    generation: int | None = Field(default=None, ge=1)
+    bandwidth: float = Field(gt=0, description="bytes/s per GPU, one direction")
+    nvswitch: bool
+    source: str = Field(min_length=1)
+
+
+class Ici(_Spec):
+    """TPU inter-chip interconnect: links per chip, per-link bandwidth, pod torus and wrap rule.
+
+    ``wraparound``: "full_cube" -> every axis wraps when all slice dims are multiples of
+    ``wrap_unit`` (v4/v5p cubes); "full_axis" -> an axis wraps when it spans the pod axis
+    (v5e/v6e); "always" / "never" for user devices.
+    """
+
+    links_per_chip: int = Field(gt=0)
+    link_bandwidth: float = Field(gt=0, description="bytes/s per link, one direction")
+    pod_dims: tuple[int, ...] = Field(min_length=1, max_length=3)
+    wraparound: Wraparound
+    wrap_unit: int | None = Field(default=None, gt=0)
+    source: str = Field(min_length=1)
+
+    @model_validator(mode="after")
+    def _unit_for_cubes(self) -> Ici:
+        if self.wraparound == "full_cube" and self.wrap_unit is None:
+            raise ValueError("wraparound='full_cube' needs wrap_unit (4 for TPU v4/v5p cubes)")
+        if any(d <= 0 for d in self.pod_dims):
+            raise ValueError(f"pod_dims must be positive, got {self.pod_dims}")
+        return self
+
+
+class Network(_Spec):
+    """Scale-out: NICs per node (GPU) or per TPU host (DCN), bytes/s per NIC, one direction."""
+
+    nics_per_node: int = Field(gt=0)
+    nic_bandwidth: float = Field(gt=0, description="bytes/s per NIC, one direction")
+    source: str = Field(min_length=1)
+
+    @property
+    def node_bandwidth(self) -> float:
+        return self.nics_per_node * self.nic_bandwidth
+
+
+class Price(_Spec):
+    usd_per_hour: float = Field(ge=0, description="USD per device-hour")
+    source: str = Field(min_length=1)
+
+
+class LinkCalibration(_Spec):
+    """Measured α–β parameters of one interconnect tier; None keeps the default."""
+
+    alpha_s: float | None = Field(default=None, ge=0, description="latency per step, seconds")
+    efficiency: float | None = Field(default=None, gt=0, le=1, description="asymptotic bw fraction")
+    n_half_bytes: float | None = Field(default=None, ge=0, description="chunk at half efficiency")
+    bandwidth: float | None = Field(default=None, gt=0, description="replaces nominal bytes/s")
+
+
+class Measured(_Spec):
+    """What a real machine achieved (from ``vlscale calibrate`` or a benchmark)."""
+
+    matmul_efficiency: float | None = Field(default=None, gt=0, le=1)
+    hbm_efficiency: float | None = Field(default=None, gt=0, le=1)
+    links: dict[TierName, LinkCalibration] = Field(default_factory=dict)
+    source: str = Field(min_length=1)
+
+
+class DeviceSpec(_Spec):
+    """One GPU or one TPU chip, with its node/host and the fabrics around it."""
+
+    name: str = Field(min_length=1)
+    aliases: tuple[str, ...] = ()
+    kind: Literal["gpu", "tpu"]
+    tensorcores_per_chip: int = Field(default=1, gt=0, description="TPU: cores per chip")
+    devices_per_node: int = Field(gt=0, description="GPUs per node / TPU chips per host")
+    peak_flops: PeakFlops
+    memory: Memory
+    nvlink: NVLink | None = None
+    ici: Ici | None = None
+    network: Network
+    price: Price
+    measured: Measured | None = None
+
+    @model_validator(mode="after")
+    def _fabric_matches_kind(self) -> DeviceSpec:
+        if self.kind == "gpu" and (self.nvlink is None or self.ici is not None):
+            raise ValueError("a gpu needs an 'nvlink' block and no 'ici' block")
+        if self.kind == "tpu" and (self.ici is None or self.nvlink is not None):
+            raise ValueError("a tpu needs an 'ici' block and no 'nvlink' block")
+        return self
+
+    def peak(self, dtype: str) -> float:
+        """Dense peak FLOP/s for ``dtype``; ConfigError if the device has no such path."""
+        value = getattr(self.peak_flops, dtype, None) if dtype in Dtype.__args__ else None
+        if value is None:
+            have = [d for d in Dtype.__args__ if getattr(self.peak_flops, d) is not None]
+            raise ConfigError("dtype", f"{self.name} has no {dtype} peak; use one of {have}")
+        return value
+
+    def chips_from_cores(self, cores: int) -> int:
+        """Papers count TPU TensorCores; "256 TPU-v3 cores" is 128 chips."""
+        if cores % self.tensorcores_per_chip:
+            raise ConfigError(
+                "cores",
+                f"{cores} cores is not a whole number of {self.name} chips "
+                f"({self.tensorcores_per_chip} cores each); pass a multiple of "
+                f"{self.tensorcores_per_chip}",
+            )
+        return cores // self.tensorcores_per_chip
+
+
+# --------------------------------------------------------------------------- catalog
+
+
+def _key(name: str) -> str:
+    """Lookup key: case-insensitive, ignoring '-', '_', spaces and a 'tpu' prefix on versions."""
+    return re.sub(r"[\s_\-]", "", name.lower())
+
+
+@cache
+def _catalog() -> dict[str, DeviceSpec]:
+    devices: dict[str, DeviceSpec] = {}
+    for fname in CATALOG_FILES:
+        for spec in _parse_devices(yaml.safe_load((DATA_DIR / fname).read_text()), fname):
+            devices[spec.name] = spec
+    return devices
+
+
+def _parse_devices(entries: Any, where: str) -> list[DeviceSpec]:
+    if not isinstance(entries, list):
+        raise ConfigError(where, "expected a list of devices")
+    out = []
+    for i, entry in enumerate(entries):
+        try:
+            out.append(DeviceSpec.model_validate(entry))
+        except ValidationError as exc:
+            raise from_validation_error(exc, prefix=f"{where}[{i}]") from None
+    return out
+
+
+@cache
+def _index() -> dict[str, str]:
+    index: dict[str, str] = {}
+    for spec in _catalog().values():
+        for alias in (spec.name, *spec.aliases):
+            index[_key(alias)] = spec.name
+    return index
+
+
+def list_devices() -> list[str]:
+    """Catalog device names (GPUs first, then TPUs)."""
+    return list(_catalog())
+
+
+def get_device(name: str, extra: dict[str, DeviceSpec] | None = None) -> DeviceSpec:
+    """Look a device up by name or alias, case-insensitively; ``extra`` adds user devices."""
+    pool = {_key(n): s for n, s in (extra or {}).items()}
+    if _key(name) in pool:
+        return pool[_key(name)]
+    index = _index()
+    if _key(name) in index:
+        return _catalog()[index[_key(name)]]
+    names = list_devices() + list(extra or {})
+    close = difflib.get_close_matches(_key(name), [_key(n) for n in names], n=3, cutoff=0.4)
+    hint = [n for n in names if _key(n) in close] or names
+    raise ConfigError(
+        "device",
+        f"unknown device '{name}'; did you mean: {', '.join(hint)}? "
+        "(add your own with a hardware file: vlscale.specs.hardware.load_hardware_file)",
+    )
+
+
+# --------------------------------------------------------------------------- clusters
+
+
+class ClusterSpec(_Spec):
+    """``num_devices`` devices: GPU nodes over NICs, or TPU slices (torus) over DCN.
+
+    GPU: ``devices_per_node`` defaults to the device's node size (or ``num_devices`` when that
+    is smaller, a partial node). TPU: ``slice_shape`` defaults to a compact torus shape for
+    ``num_devices / num_slices`` chips (:func:`default_slice_shape`).
+    """
+
+    name: str = ""
+    device: DeviceSpec
+    num_devices: int = Field(gt=0)
+    devices_per_node: int | None = Field(default=None, gt=0)
+    slice_shape: tuple[int, ...] | None = None
+    num_slices: int = Field(default=1, gt=0)
+
+    @model_validator(mode="after")
+    def _check(self) -> ClusterSpec:
+        if self.device.kind == "gpu":
+            _check_gpu_cluster(self)
+        else:
+            _check_tpu_cluster(self)
+        return self
+
+    @property
+    def node_size(self) -> int:
+        """GPUs per node (NVLink domain) / TPU chips per host."""
+        size = self.devices_per_node or self.device.devices_per_node
+        return min(size, self.num_devices)
+
+    @property
+    def num_nodes(self) -> int:
+        return self.num_devices // self.node_size
+
+    @property
+    def slice_size(self) -> int:
+        """Devices per ICI/NVLink island: a TPU slice, or a GPU node."""
+        return self.num_devices // self.num_slices if self.device.kind == "tpu" else self.node_size
+
+    @property
+    def slice_dims(self) -> tuple[int, ...]:
+        """TPU slice torus dims (empty for GPUs)."""
+        if self.device.kind != "tpu":
+            return ()
+        return self.slice_shape or default_slice_shape(self.device, self.slice_size)
+
+    @property
+    def wraparound(self) -> tuple[bool, ...]:
+        """Per slice axis: does it have wraparound links (a ring rather than a line)?"""
+        return torus_wraparound(self.device.ici, self.slice_dims) if self.device.ici else ()
+
+    @property
+    def usd_per_hour(self) -> float:
+        return self.num_devices * self.device.price.usd_per_hour
+
+
+def _check_gpu_cluster(c: ClusterSpec) -> None:
+    if c.slice_shape is not None:
+        raise ValueError("slice_shape is for TPU slices; for GPUs set devices_per_node")
+    if c.num_slices != 1:
+        raise ValueError("num_slices is for TPU multi-slice; GPU nodes come from num_devices")
+    node = c.node_size
+    if c.num_devices % node:
+        lo, hi = (c.num_devices // node) * node, (c.num_devices // node + 1) * node
+        raise ValueError(
+            f"num_devices={c.num_devices} is not a whole number of {node}-GPU nodes; "
+            f"use {lo or node} or {hi}, or set devices_per_node"
+        )
+
+
+def _check_tpu_cluster(c: ClusterSpec) -> None:
+    ici = c.device.ici
+    if c.num_devices % c.num_slices:
+        raise ValueError(
+            f"num_devices={c.num_devices} does not split into num_slices={c.num_slices} equal "
+            "slices; use a multiple of num_slices"
+        )
+    dims = c.slice_dims  # raises for impossible default shapes
+    if len(dims) != len(ici.pod_dims):
+        raise ValueError(
+            f"slice_shape {_fmt(dims)} has {len(dims)} dims but {c.device.name} is a "
+            f"{len(ici.pod_dims)}-D torus (pod {_fmt(ici.pod_dims)})"
+        )
+    if any(d <= 0 for d in dims):
+        raise ValueError(f"slice_shape dims must be positive, got {_fmt(dims)}")
+    if any(d > p for d, p in zip(sorted(dims), sorted(ici.pod_dims), strict=True)):
+        raise ValueError(
+            f"slice_shape {_fmt(dims)} does not fit in a {c.device.name} pod "
+            f"({_fmt(ici.pod_dims)}); use a smaller slice and num_slices > 1"
+        )
+    if math.prod(dims) * c.num_slices != c.num_devices:
+        raise ValueError(
+            f"slice_shape {_fmt(dims)} ({math.prod(dims)} chips) x num_slices={c.num_slices} "
+            f"!= num_devices={c.num_devices}; make them agree"
+        )
+
+
+def default_slice_shape(device: DeviceSpec, chips: int) -> tuple[int, ...]:
+    """A compact torus shape for ``chips``: prime factors go, largest first, to the smallest
+    dim, giving the documented shapes for powers of two (v5p: 2x2x1, 2x2x2, 2x4x4, 4x4x4,
+    4x4x8; v5e: 2x2, 2x4, 4x4, 4x8, ..., 16x16). Raises ValueError if it does not fit a pod."""
+    ici = device.ici
+    dims = [1] * len(ici.pod_dims)
+    for f in sorted(_prime_factors(chips), reverse=True):
+        i = min(range(len(dims)), key=lambda j: dims[j])
+        dims[i] *= f
+    # Cloud TPU writes shapes ascending with unit dims last: 2x2x1, 2x4x4, 4x4x8, 8x16.
+    shape = tuple(sorted(d for d in dims if d > 1)) + tuple(d for d in dims if d == 1)
+    if any(d > p for d, p in zip(sorted(shape), sorted(ici.pod_dims), strict=True)):
+        raise ValueError(
+            f"{chips} chips do not fit in one {device.name} slice (pod {_fmt(ici.pod_dims)}, "
+            f"{math.prod(ici.pod_dims)} chips); use num_slices > 1 or give slice_shape"
+        )
+    return shape
+
+
+def torus_wraparound(ici: Ici, dims: tuple[int, ...]) -> tuple[bool, ...]:
+    """Which slice axes are rings. An axis of size <= 2 never counts as wrapped (a 2-ring is a
+    single link). Rules: see :class:`Ici`."""
+    if ici.wraparound == "never":
+        flags = [False] * len(dims)
+    elif ici.wraparound == "always":
+        flags = [True] * len(dims)
+    elif ici.wraparound == "full_cube":
+        whole = all(d % ici.wrap_unit == 0 for d in dims)
+        flags = [whole] * len(dims)
+    else:  # full_axis
+        flags = [d in ici.pod_dims for d in dims]
+    return tuple(f and d > 2 for f, d in zip(flags, dims, strict=True))
+
+
+def make_cluster(
+    device: str | DeviceSpec,
+    num_devices: int,
+    *,
+    devices_per_node: int | None = None,
+    slice_shape: tuple[int, ...] | None = None,
+    num_slices: int = 1,
+    name: str = "",
+    extra_devices: dict[str, DeviceSpec] | None = None,
+) -> ClusterSpec:
+    """Build and validate a cluster from a device name and a device count (ConfigError if bad)."""
+    spec = device if isinstance(device, DeviceSpec) else get_device(device, extra_devices)
+    try:
+        return ClusterSpec(
+            name=name or f"{num_devices}x{spec.name}",
+            device=spec,
+            num_devices=num_devices,
+            devices_per_node=devices_per_node,
+            slice_shape=tuple(slice_shape) if slice_shape else None,
+            num_slices=num_slices,
+        )
+    except ValidationError as exc:
+        raise from_validation_error(exc, prefix="cluster") from None
+
+
+def _prime_factors(n: int) -> list[int]:
+    out, p = [], 2
+    while p * p <= n:
+        while n % p == 0:
+            out.append(p)
+            n //= p
+        p += 1
+    return [*out, n] if n > 1 else out
+
+
+def _fmt(dims) -> str:
+    return "x".join(str(d) for d in dims)
+
+
+# --------------------------------------------------------------------------- user files
+
+
+class HardwareFile(_Spec):
+    """What a user hardware file defines: devices and clusters, by name."""
+
+    devices: dict[str, DeviceSpec] = Field(default_factory=dict)
+    clusters: dict[str, ClusterSpec] = Field(default_factory=dict)
+
+
+def load_hardware_file(path: str | os.PathLike) -> HardwareFile:
+    """Read devices and clusters from a YAML or TOML file (one clear ConfigError if bad).
+
+    Layout (YAML; TOML uses ``[[devices]]`` / ``[[clusters]]`` tables)::
+
+        devices:
+          - base: H100                 # optional: start from a catalog (or earlier) device
+            name: h100-measured
+            measured: {matmul_efficiency: 0.62, source: "vlscale calibrate 2025-01-02",
+                       links: {nvlink: {alpha_s: 2.0e-6, efficiency: 0.8}}}
+        clusters:
+          - {name: lab, device: h100-measured, num_devices: 16}
+          - {name: pod, device: TPUv5e, num_devices: 512, num_slices: 2}
+    """
+    path = Path(path)
+    field = f"hardware_file {path.name}"
+    data = _read_mapping(path, field)
+    unknown = set(data) - {"devices", "clusters"}
+    if unknown or not data:
+        raise ConfigError(
+            field,
+            f"top-level keys must be 'devices' and/or 'clusters', got {sorted(data) or 'nothing'}",
+        )
+    devices: dict[str, DeviceSpec] = {}
+    for i, entry in enumerate(_entries(data, "devices", field)):
+        spec = _device_entry(entry, devices, f"{field}: devices[{i}]")
+        devices[spec.name] = spec
+    clusters: dict[str, ClusterSpec] = {}
+    for i, entry in enumerate(_entries(data, "clusters", field)):
+        where = f"{field}: clusters[{i}]"
+        entry = dict(entry)
+        if not isinstance(entry.get("device"), str) or not entry.get("name"):
+            raise ConfigError(where, "each cluster needs a 'name' and a 'device' name")
+        entry["device"] = _with_field(get_device, where)(entry["device"], devices)
+        try:
+            clusters[entry["name"]] = ClusterSpec.model_validate(entry)
+        except ValidationError as exc:
+            raise from_validation_error(exc, prefix=where) from None
+    return HardwareFile(devices=devices, clusters=clusters)
+
+
+def dump_hardware_file(path: str | os.PathLike, devices=(), clusters=()) -> None:
+    """Write devices and clusters as a YAML hardware file, atomically (temp file + rename).
+
+    Cluster devices that are not catalog entries are written too, so the file loads alone."""
+    devs = {d.name: d for d in devices}
+    for c in clusters:
+        if _catalog().get(c.device.name) != c.device:
+            devs.setdefault(c.device.name, c.device)
+    doc: dict[str, Any] = {}
+    if devs:
+        doc["devices"] = [d.model_dump(mode="json", exclude_none=True) for d in devs.values()]
+    if clusters:
+        doc["clusters"] = [
+            c.model_dump(mode="json", exclude_none=True) | {"device": c.device.name}
+            for c in clusters
+        ]
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    try:
+        with os.fdopen(fd, "w") as f:
+            yaml.safe_dump(doc, f, sort_keys=False)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _read_mapping(path: Path, field: str) -> dict:
+    if not path.is_file():
+        raise ConfigError(field, f"no such file: {path}; check the path")
+    text = path.read_text()
+    try:
+        if path.suffix in (".yaml", ".yml"):
+            data = yaml.safe_load(text)
+        elif path.suffix == ".toml":
+            try:
+                import tomllib
+            except ModuleNotFoundError:  # Python 3.10
+                raise ConfigError(field, "TOML needs Python >= 3.11; use a .yaml file") from None
+            data = tomllib.loads(text)
+        else:
+            raise ConfigError(field, f"unknown extension '{path.suffix}'; use .yaml, .yml or .toml")
+    except (yaml.YAMLError, ValueError) as exc:
+        if isinstance(exc, ConfigError):
+            raise
+        first = str(exc).strip().splitlines()
+        raise ConfigError(field, f"cannot parse: {' '.join(first[:3])}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(field, "expected a mapping with 'devices' and/or 'clusters'")
+    return data
+
+
+def _entries(data: dict, key: str, field: str) -> list[dict]:
+    entries = data.get(key, [])
+    if not isinstance(entries, list) or not all(isinstance(e, dict) for e in entries):
+        raise ConfigError(f"{field}: {key}", "expected a list of mappings")
+    return entries
+
+
+def _device_entry(entry: dict, known: dict[str, DeviceSpec], where: str) -> DeviceSpec:
+    entry = dict(entry)
+    base_name = entry.pop("base", None)
+    if base_name is not None:
+        base = _with_field(get_device, where)(str(base_name), known).model_dump()
+        if entry.get("name", base["name"]) != base["name"]:
+            base["aliases"] = ()  # the catalog's aliases belong to the catalog device
+        entry = _deep_merge(base, entry)
+    try:
+        return DeviceSpec.model_validate(entry)
+    except ValidationError as exc:
+        raise from_validation_error(exc, prefix=where) from None
+
+
+def _deep_merge(base: dict, over: dict) -> dict:
+    out = dict(base)
+    for k, v in over.items():
+        out[k] = (
+            _deep_merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+        )
+    return out
+
+
+def _with_field(fn, where: str):
+    """Re-raise a ConfigError from ``fn`` with ``where`` in front, so the file position shows."""
+
+    def call(*args):
+        try:
+            return fn(*args)
+        except ConfigError as exc:
+            raise ConfigError(f"{where}: {exc.field}", str(exc).split(": ", 1)[1]) from None
+
+    return call
