@@ -1,0 +1,309 @@
+"""Trainer configuration: one pydantic ``TrainConfig`` resolved from a YAML file plus CLI overrides.
+
+Precedence: field defaults < recipe defaults (``vlscale.specs.recipes.default_recipe``) < YAML file
+< command line. YAML keys are the option names with ``_`` or ``-`` (``global_batch`` or
+``global-batch``). Everything is checked here, before any process group exists, so that a bad run
+stops with one message naming the field and the fix (``vlscale.errors.ConfigError``, exit 2) and
+nothing is written.
+
+This module must not import torch: ``--help`` and config errors stay instant.
+"""
+
+from __future__ import annotations
+
+import argparse
+import difflib
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from vlscale.errors import ConfigError, from_validation_error
+from vlscale.specs.models import ModelSpec
+from vlscale.specs.presets import get_model
+from vlscale.specs.recipes import (
+    LossImpl,
+    Optimizer,
+    Precision,
+    RecipeName,
+    RecipeSpec,
+    default_recipe,
+)
+
+BUILTIN_DATA = ("shapes",)
+
+
+class TrainConfig(BaseModel):
+    """Everything one training run needs. ``None`` means "the recipe's default"."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    model: str = "tiny-clip"
+    recipe: RecipeName = "clip"
+    loss_impl: LossImpl | None = None
+    mask_ratio: float | None = Field(default=None, ge=0.0, lt=1.0)
+    optimizer: Optimizer | None = None
+    global_batch: int = Field(default=32, gt=0)
+    grad_accum: int = Field(default=1, gt=0)
+    steps: int = Field(default=20, gt=0)
+    precision: Precision = "fp32"
+    data: str = "shapes"
+    out: str = "runs/latest"
+    lr: float = Field(default=5e-4, gt=0)
+    image_lr: float | None = Field(default=None, gt=0)
+    text_lr: float | None = Field(default=None, gt=0)
+    weight_decay: float = Field(default=0.2, ge=0)
+    warmup_steps: int = Field(default=2, ge=0)
+    grad_clip: float | None = Field(default=1.0, ge=0, description="0 or null: no clipping")
+    sharding: Literal["fsdp", "ddp"] = "fsdp"
+    reshard_after_forward: bool = True
+    checkpointing: bool = False
+    compile: bool = False
+    seed: int = 0
+    eval_every: int = Field(default=0, ge=0, description="0: no evaluation")
+    ckpt_every: int = Field(default=0, ge=0, description="0: no checkpoints")
+    resume: bool = False
+    phase_timing: bool = False
+    profile_steps: str | None = Field(default=None, description="A:B, 1-based, inclusive")
+    unmasked_final_steps: int = Field(default=0, ge=0)
+    init_image_from: str | None = None
+    peak_flops: float | None = Field(default=None, gt=0, description="per device, FLOP/s")
+    timing_warmup: int = Field(default=2, ge=0, description="first steps marked warmup")
+    log_every: int = Field(default=1, gt=0)
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    num_workers: int = Field(default=0, ge=0)
+
+    @model_validator(mode="after")
+    def _check(self) -> TrainConfig:
+        self.model_spec()  # unknown preset -> ConfigError("model", ...)
+        self.recipe_spec()  # ring + softmax recipe -> message naming --loss-impl
+        if self.profile_steps is not None:
+            self.profile_range()
+        if self.unmasked_final_steps > self.steps:
+            raise ConfigError(
+                "unmasked_final_steps",
+                f"{self.unmasked_final_steps} > steps ({self.steps}); use at most --steps",
+            )
+        if self.data not in BUILTIN_DATA and not Path(self.data).exists():
+            raise ConfigError(
+                "data",
+                f"no dataset at '{self.data}'; pass an existing CSV file or shard directory, "
+                "or --data shapes for the built-in synthetic set",
+            )
+        for field in ("init_image_from",):
+            path = getattr(self, field)
+            if path is not None and not Path(path).exists():
+                raise ConfigError(field, f"no checkpoint at '{path}'; pass an existing directory")
+        return self
+
+    def model_spec(self) -> ModelSpec:
+        return get_model(self.model)
+
+    def recipe_spec(self) -> RecipeSpec:
+        """The recipe with its paper defaults, overridden by loss_impl / mask_ratio / optimizer."""
+        try:
+            return default_recipe(
+                self.recipe,
+                loss_impl=self.loss_impl,
+                mask_ratio=self.mask_ratio,
+                optimizer=self.optimizer,
+            )
+        except ValidationError as exc:
+            err = from_validation_error(exc)
+            field = "loss_impl" if "ring" in str(err) else err.field
+            raise ConfigError(field, str(err).split(": ", 1)[-1]) from None
+
+    def profile_range(self) -> tuple[int, int]:
+        """``A:B`` -> (A, B), 1-based inclusive, within the run."""
+        text = self.profile_steps or ""
+        parts = text.split(":")
+        try:
+            a, b = (int(p) for p in parts)
+        except ValueError:
+            raise ConfigError("profile_steps", f"'{text}' is not A:B; write e.g. 3:5") from None
+        if not 1 <= a <= b <= self.steps:
+            raise ConfigError(
+                "profile_steps", f"{a}:{b} must satisfy 1 <= A <= B <= steps ({self.steps})"
+            )
+        return a, b
+
+    def local_batch(self, world_size: int) -> int:
+        """Samples per rank per micro-step: global_batch / (world_size * grad_accum)."""
+        return self.global_batch // (world_size * self.grad_accum)
+
+    def mask_ratio_at(self, step: int) -> float:
+        """FLIP ratio of 1-based ``step``: the recipe's ratio, 0 in the unmasked final phase."""
+        if step > self.steps - self.unmasked_final_steps:
+            return 0.0
+        return self.recipe_spec().mask_ratio
+
+    def check_world(self, world_size: int) -> None:
+        """Checks that need the world size (known from torchrun's env before any group starts)."""
+        per = world_size * self.grad_accum
+        if self.global_batch % per:
+            lo = max(per, self.global_batch // per * per)
+            raise ConfigError(
+                "global_batch",
+                f"{self.global_batch} is not divisible by world_size x grad_accum = "
+                f"{world_size} x {self.grad_accum} = {per}; use e.g. --global-batch {lo}"
+                f" or {lo + per}",
+            )
+
+
+# --- command line ---------------------------------------------------------------------------
+
+_HELP = {
+    "model": "model preset (OpenCLIP name, or tiny-clip / tiny-siglip / tiny-eva / small-clip)",
+    "recipe": "training recipe",
+    "loss_impl": "siglip loss implementation (ring: chunked sigmoid loss)",
+    "mask_ratio": "FLIP patch-drop ratio r in [0, 1) (eva-clip default 0.5)",
+    "optimizer": "optimizer (recipe default: adamw, lamb for eva-clip)",
+    "global_batch": "samples per optimizer step over all ranks",
+    "grad_accum": "micro-steps per optimizer step",
+    "steps": "optimizer steps",
+    "precision": "parameter/compute dtype (reductions stay fp32)",
+    "data": "'shapes' (synthetic) or a path to a CSV file / tar-shard directory",
+    "out": "output directory (run.jsonl, traces, checkpoints)",
+    "lr": "peak learning rate",
+    "image_lr": "peak learning rate of the image tower (default --lr)",
+    "text_lr": "peak learning rate of the text tower (default --lr)",
+    "weight_decay": "decoupled weight decay (not on norms, biases, logit params)",
+    "warmup_steps": "linear learning-rate warm-up steps, then cosine decay",
+    "grad_clip": "clip the global gradient norm to this value (0: off)",
+    "sharding": "fsdp (fully_shard) or ddp (replicate)",
+    "reshard_after_forward": "FSDP: free gathered parameters after forward (ZeRO-3 vs ZeRO-2)",
+    "checkpointing": "activation checkpointing of every transformer block",
+    "compile": "torch.compile each transformer block",
+    "seed": "random seed (model init, data, FLIP masks)",
+    "eval_every": "evaluate every N steps (0: off)",
+    "ckpt_every": "write a checkpoint every N steps (0: off)",
+    "resume": "resume from OUT/checkpoints (latest)",
+    "phase_timing": "time forward / loss / backward / optimizer separately (syncs the device)",
+    "profile_steps": "write a torch.profiler Chrome trace of steps A:B to OUT/trace_rank{r}.json",
+    "unmasked_final_steps": "train the last N steps without patch dropping (EVA-CLIP/FLIP)",
+    "init_image_from": "initialise the image tower from this checkpoint directory",
+    "peak_flops": "peak FLOP/s per device for MFU (default: device lookup / CPU measurement)",
+    "timing_warmup": "number of first steps marked warmup in the run record",
+    "log_every": "print a log line every N steps (rank 0)",
+    "device": "auto picks cuda when available",
+    "num_workers": "data-loader worker processes",
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """Every TrainConfig field as ``--kebab-case``; defaults are suppressed so that only what the
+    user typed overrides the file."""
+    parser = argparse.ArgumentParser(
+        prog="python -m trainer.train",
+        description="Train a CLIP / SigLIP / EVA-CLIP two-tower model with FSDP2 "
+        "(torchrun --nproc_per_node N -m trainer.train ...).",
+        argument_default=argparse.SUPPRESS,
+    )
+    parser.add_argument("--config", help="YAML file with the same keys; the command line wins")
+    for name, field in TrainConfig.model_fields.items():
+        flag = "--" + name.replace("_", "-")
+        kwargs: dict[str, Any] = {"help": f"{_HELP[name]} (default: {field.default})"}
+        choices = _literal_choices(field.annotation)
+        if field.annotation is bool:
+            kwargs["action"] = argparse.BooleanOptionalAction
+        elif choices:
+            kwargs["choices"] = choices
+        elif name in _FLOAT_FIELDS:
+            kwargs["type"] = float
+        elif name in _INT_FIELDS:
+            kwargs["type"] = int
+        parser.add_argument(flag, dest=name, **kwargs)
+    return parser
+
+
+def load_config(argv: list[str] | None = None, world_size: int | None = None) -> TrainConfig:
+    """Parse ``argv`` (and ``--config``), validate, and check against ``world_size``.
+
+    ``world_size`` defaults to torchrun's ``WORLD_SIZE`` (1 for a plain ``python -m``).
+    """
+    args = vars(build_parser().parse_args(argv))
+    values: dict[str, Any] = {}
+    config_file = args.pop("config", None)
+    if config_file is not None:
+        values |= _read_yaml(config_file)
+    values |= args
+    try:
+        cfg = TrainConfig(**values)
+    except ValidationError as exc:
+        cause = _config_error_inside(exc)
+        raise cause or from_validation_error(exc) from None
+    cfg.check_world(world_size if world_size is not None else env_world_size())
+    return cfg
+
+
+def env_world_size() -> int:
+    return int(os.environ.get("WORLD_SIZE", "1"))
+
+
+def _read_yaml(path: str) -> dict[str, Any]:
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError("config", f"no config file at '{path}'; pass an existing YAML file")
+    try:
+        raw = yaml.safe_load(p.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError("config", f"{path} is not valid YAML ({exc}); fix the syntax") from None
+    if not isinstance(raw, dict):
+        raise ConfigError("config", f"{path} must be a mapping of option: value")
+    out = {}
+    fields = list(TrainConfig.model_fields)
+    for key, value in raw.items():
+        name = str(key).replace("-", "_")
+        if name not in fields:
+            close = difflib.get_close_matches(name, fields, n=1)
+            hint = f"did you mean '{close[0]}'?" if close else "see --help for the keys"
+            raise ConfigError(f"config.{key}", f"unknown key in {path}; {hint}")
+        out[name] = value
+    return out
+
+
+def _config_error_inside(exc: ValidationError) -> ConfigError | None:
+    """Validators raise ConfigError (a ValueError); pydantic wraps it. Recover the original."""
+    for err in exc.errors():
+        inner = (err.get("ctx") or {}).get("error")
+        if isinstance(inner, ConfigError):
+            return inner
+    return None
+
+
+def _literal_choices(annotation) -> list[str] | None:
+    from typing import get_args, get_origin
+
+    args = [a for a in get_args(annotation) if a is not type(None)]
+    if get_origin(annotation) is Literal:
+        return list(get_args(annotation))
+    for a in args:
+        if get_origin(a) is Literal:
+            return list(get_args(a))
+    return None
+
+
+_FLOAT_FIELDS = {
+    "mask_ratio",
+    "lr",
+    "image_lr",
+    "text_lr",
+    "weight_decay",
+    "grad_clip",
+    "peak_flops",
+}
+_INT_FIELDS = {
+    "global_batch",
+    "grad_accum",
+    "steps",
+    "warmup_steps",
+    "seed",
+    "eval_every",
+    "ckpt_every",
+    "unmasked_final_steps",
+    "timing_warmup",
+    "log_every",
+    "num_workers",
+}

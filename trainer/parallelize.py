@@ -1,0 +1,182 @@
+"""Turn a two-tower model built on the meta device into a distributed, initialised model.
+
+One wrapping order, pinned by ``tests/trainer/test_parallelize.py``:
+
+1. the model is built on ``meta`` (no memory, no init);
+2. activation checkpointing per transformer block: each ``tower.blocks[i]`` is replaced by
+   ``checkpoint_wrapper(block)`` (non-reentrant ``torch.utils.checkpoint``). The wrapper is an
+   ordinary module, so the FSDP unit of step 3 contains it and recompute runs on the gathered
+   parameters during backward, which is the composition torch 2.x documents for FSDP2;
+3. optional ``torch.compile`` of each block (``module.compile()``, in place, keeps the FQNs);
+4. ``fully_shard`` per block, then per tower (the stem, embeddings, norms, pooling head and
+   projection that are not inside a block), then the root (``logit_scale``/``logit_bias``),
+   each with ``MixedPrecisionPolicy(param_dtype, reduce_dtype=fp32)``; the root keeps its
+   parameters gathered after forward (the backward needs them at once anyway);
+5. ``to_empty`` on the real device, then the model's own initialisation, run by every rank on
+   its own shards (seed all ranks alike; whether shards then equal a one-process init depends on
+   the DTensor RNG support of the device, so checkpoints, not seeds, carry exact weights).
+
+``ddp`` replaces step 4 by ``replicate`` (``torch.distributed._composable.replicate_with_fsdp``:
+FSDP2's machinery with a replicated placement, so mixed precision, gradient-sync control and
+``clip_grad_norm_`` on DTensors work exactly as for ``fsdp``).
+
+``encode_image`` and ``encode_text`` are registered as FSDP forward methods, so evaluation can
+call them on the root and still trigger the all-gathers.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+from torch.distributed.algorithms._checkpoint.checkpoint_wrapper import (
+    CheckpointImpl,
+    checkpoint_wrapper,
+)
+from torch.distributed.device_mesh import DeviceMesh
+from torch.distributed.fsdp import (
+    FSDPModule,
+    MixedPrecisionPolicy,
+    fully_shard,
+    register_fsdp_forward_method,
+)
+
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+FORWARD_METHODS = ("encode_image", "encode_text")
+
+
+@dataclass(frozen=True)
+class ParallelPlan:
+    """How to wrap: the choices of the ``TrainConfig`` that matter here."""
+
+    sharding: str = "fsdp"  # "fsdp" | "ddp"
+    precision: str = "fp32"
+    reshard_after_forward: bool = True
+    checkpointing: bool = False
+    compile: bool = False
+
+
+def towers(model: nn.Module) -> list[nn.Module]:
+    """The image and text towers (``model.visual``, ``model.text``)."""
+    return [model.visual, model.text]
+
+
+def blocks(model: nn.Module) -> Iterator[nn.Module]:
+    """Every transformer block, image tower first."""
+    for tower in towers(model):
+        yield from tower.blocks
+
+
+def mixed_precision(precision: str) -> MixedPrecisionPolicy:
+    """Parameters and compute in ``precision``; gradient reduction always in fp32."""
+    dtype = DTYPES[precision]
+    if dtype == torch.float32:
+        return MixedPrecisionPolicy()
+    return MixedPrecisionPolicy(param_dtype=dtype, reduce_dtype=torch.float32)
+
+
+def apply_activation_checkpointing(model: nn.Module) -> None:
+    """Step 2: wrap each block in place (``tower.blocks[i] = checkpoint_wrapper(block)``)."""
+    for tower in towers(model):
+        for i, block in enumerate(tower.blocks):
+            tower.blocks[i] = checkpoint_wrapper(block, checkpoint_impl=CheckpointImpl.NO_REENTRANT)
+
+
+def apply_compile(model: nn.Module) -> None:
+    """Step 3: compile each block in place (``nn.Module.compile`` keeps parameter names)."""
+    for block in blocks(model):
+        block.compile()
+
+
+def apply_fsdp(model: nn.Module, mesh: DeviceMesh, plan: ParallelPlan) -> None:
+    """Step 4: ``fully_shard`` blocks, then towers, then the root (bottom-up, as FSDP2 needs)."""
+    mp = mixed_precision(plan.precision)
+    for block in blocks(model):
+        fully_shard(
+            block, mesh=mesh, mp_policy=mp, reshard_after_forward=plan.reshard_after_forward
+        )
+    for tower in towers(model):
+        fully_shard(
+            tower, mesh=mesh, mp_policy=mp, reshard_after_forward=plan.reshard_after_forward
+        )
+    fully_shard(model, mesh=mesh, mp_policy=mp, reshard_after_forward=False)
+
+
+def protect_parameter_outputs(model: nn.Module) -> None:
+    """Make the root's forward return copies of any parameter it returns as is.
+
+    A two-tower forward commonly returns ``self.logit_scale`` itself. Under FSDP2 that tensor is
+    the root's *unsharded* parameter, whose storage is freed at the end of the root forward, so
+    the loss would read freed memory (seen as a segfault in torch 2.13 on CPU). ``clone`` is
+    differentiable, so gradients still reach the parameter. Registered before ``fully_shard``,
+    the hook runs before FSDP's post-forward hook.
+    """
+
+    def clone_params(_module, _args, output):
+        if isinstance(output, tuple):
+            return tuple(o.clone() if isinstance(o, nn.Parameter) else o for o in output)
+        return output
+
+    model.register_forward_hook(clone_params)
+
+
+def apply_ddp(model: nn.Module, mesh: DeviceMesh, plan: ParallelPlan) -> None:
+    """Step 4 for ``ddp``: replicate blocks, towers and root with the same units as FSDP, so that
+    gradient all-reduces overlap backward block by block."""
+    from torch.distributed._composable.replicate_with_fsdp import replicate
+
+    mp = mixed_precision(plan.precision)
+    for module in [*blocks(model), *towers(model), model]:
+        replicate(module, mesh=mesh, mp_policy=mp)
+
+
+def register_forward_methods(model: nn.Module) -> None:
+    """Let evaluation call ``model.encode_image`` / ``encode_text`` on the FSDP root."""
+    for name in FORWARD_METHODS:
+        if hasattr(model, name):
+            register_fsdp_forward_method(model, name)
+
+
+def materialize(model: nn.Module, device: torch.device, init_fn: Callable[[nn.Module], None]):
+    """Step 5: allocate real (sharded) storage and initialise it in place."""
+    model.to_empty(device=device)
+    with torch.no_grad():
+        init_fn(model)
+
+
+def parallelize(
+    model: nn.Module,
+    mesh: DeviceMesh,
+    plan: ParallelPlan,
+    device: torch.device,
+    init_fn: Callable[[nn.Module], None],
+) -> nn.Module:
+    """Apply steps 2-5 to a meta-device ``model``; returns the same (now FSDP) module."""
+    if plan.checkpointing:
+        apply_activation_checkpointing(model)
+    if plan.compile:
+        apply_compile(model)
+    protect_parameter_outputs(model)
+    if plan.sharding == "fsdp":
+        apply_fsdp(model, mesh, plan)
+    elif plan.sharding == "ddp":
+        apply_ddp(model, mesh, plan)
+    else:
+        raise ValueError(f"unknown sharding {plan.sharding!r}")
+    register_forward_methods(model)
+    materialize(model, device, init_fn)
+    return model
+
+
+def set_gradient_sync(model: nn.Module, enabled: bool) -> None:
+    """Gradient accumulation: skip reduce-scatter / all-reduce on non-final micro-steps."""
+    if isinstance(model, FSDPModule) or hasattr(model, "set_requires_gradient_sync"):
+        model.set_requires_gradient_sync(enabled)
+
+
+def full_value(t: torch.Tensor) -> torch.Tensor:
+    """The whole tensor of a possibly sharded parameter (a collective for DTensors: call it on
+    every rank)."""
+    return t.full_tensor() if hasattr(t, "full_tensor") else t

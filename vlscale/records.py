@@ -1,0 +1,174 @@
+"""Run-record schema: what the trainer writes and what ``vlscale calibrate``/``validate`` read.
+
+A run file is JSON Lines. The first line is a :class:`RunHeader`; every later line is a
+:class:`StepRecord`, an :class:`EvalRecord` or a :class:`CheckpointRecord`, told apart by ``kind``.
+Lines are appended whole and flushed one at a time by rank 0, so a crashed run leaves a valid
+prefix (a torn last line is reported by :func:`read_run`, never silently dropped).
+
+Definitions (the trainer measures exactly these):
+
+- ``step_time_s``: wall time of one optimizer step on rank 0, from asking the loader for the first
+  micro-batch to the end of the optimizer step and logit-scale clamp, with a device synchronise
+  on CUDA. It includes ``data_time_s`` and excludes evaluation, checkpointing and logging.
+- ``data_time_s``: the part of the step spent waiting for batches (and copying them to the device).
+- ``forward_s`` / ``loss_s`` / ``backward_s`` / ``optimizer_s``: only with phase timing on (each
+  phase ends with a device synchronise, which itself slows the step slightly).
+- ``samples_per_s`` = global_batch / step_time_s.
+- ``mfu`` = flops_per_sample · global_batch / (step_time_s · world_size · peak_flops_per_device),
+  with flops_per_sample from ``vlscale.costs.flops.train_flops_per_sample`` for the step's mask
+  ratio and recompute setting; null when no peak is known.
+- ``peak_memory_bytes``: see ``RunHeader.memory_metric``; null when nothing honest is available.
+- ``warmup``: the first steps (compilation, allocator growth, caches) are marked, not dropped.
+
+This module is torch-free: the planner imports it.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
+
+from vlscale.errors import ConfigError, from_validation_error
+from vlscale.specs.models import ModelSpec
+from vlscale.specs.recipes import Precision, RecipeSpec
+
+SCHEMA_VERSION = 1
+
+MemoryMetric = Literal["cuda_max_memory_allocated", "cpu_max_rss_delta", "none"]
+"""What ``peak_memory_bytes`` means for a run:
+
+- ``cuda_max_memory_allocated``: ``torch.cuda.max_memory_allocated`` of rank 0 over the step
+  (the peak is reset before each step), i.e. tensors only, not the caching allocator's reserve.
+- ``cpu_max_rss_delta``: growth of rank 0's process peak resident set size (``ru_maxrss``) since
+  the header was written. It is a running maximum over the whole run, not per step, and includes
+  everything the process holds (allocator caches, libraries loaded after start).
+- ``none``: not measured; ``peak_memory_bytes`` is null.
+"""
+
+
+class _Record(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class RunHeader(_Record):
+    """First line of a run file: everything needed to reproduce or model the run."""
+
+    kind: Literal["header"] = "header"
+    schema_version: int = SCHEMA_VERSION
+    start_time: str = Field(description="ISO 8601, UTC")
+    host: str
+    torch_version: str
+    backend: Literal["gloo", "nccl"]
+    device_type: Literal["cpu", "cuda"]
+    device_name: str
+    world_size: int = Field(gt=0)
+    dtype: Precision
+    model: ModelSpec
+    recipe: RecipeSpec
+    global_batch: int = Field(gt=0)
+    local_batch: int = Field(gt=0, description="per rank per micro-step")
+    grad_accum: int = Field(gt=0)
+    sharding: Literal["fsdp", "ddp"]
+    activation_checkpointing: bool
+    peak_flops_per_device: float | None = Field(default=None, ge=0)
+    peak_flops_source: Literal["option", "lookup", "measured", "none"] = "none"
+    memory_metric: MemoryMetric = "none"
+    config: dict[str, Any] = Field(description="the full resolved trainer configuration")
+
+
+class StepRecord(_Record):
+    """One optimizer step (all micro-steps of gradient accumulation together)."""
+
+    kind: Literal["step"] = "step"
+    step: int = Field(ge=1)
+    samples_seen: int = Field(ge=0)
+    warmup: bool
+    mask_ratio: float = Field(ge=0.0, lt=1.0)
+    step_time_s: float = Field(gt=0)
+    data_time_s: float = Field(ge=0)
+    forward_s: float | None = None
+    loss_s: float | None = None
+    backward_s: float | None = None
+    optimizer_s: float | None = None
+    loss: float
+    grad_norm: float | None = None
+    lr: float
+    logit_scale: float
+    logit_bias: float
+    peak_memory_bytes: int | None = None
+    samples_per_s: float = Field(gt=0)
+    flops_per_sample: float = Field(ge=0)
+    mfu: float | None = None
+
+
+class EvalRecord(_Record):
+    """Evaluation after ``step``; its time is not part of any step time."""
+
+    kind: Literal["eval"] = "eval"
+    step: int = Field(ge=0)
+    time_s: float = Field(ge=0)
+    metrics: dict[str, float]
+
+
+class CheckpointRecord(_Record):
+    """A checkpoint written after ``step``; its time is not part of any step time."""
+
+    kind: Literal["checkpoint"] = "checkpoint"
+    step: int = Field(ge=0)
+    time_s: float = Field(ge=0)
+    path: str
+
+
+BodyRecord = Annotated[StepRecord | EvalRecord | CheckpointRecord, Field(discriminator="kind")]
+_BODY = TypeAdapter(BodyRecord)
+
+
+class Run(BaseModel):
+    """A whole run file, validated."""
+
+    header: RunHeader
+    steps: list[StepRecord] = []
+    evals: list[EvalRecord] = []
+    checkpoints: list[CheckpointRecord] = []
+
+    def timed_steps(self) -> list[StepRecord]:
+        """Steps that are not marked warm-up (what step-time statistics should use)."""
+        return [s for s in self.steps if not s.warmup]
+
+
+def read_run(path: str | Path) -> Run:
+    """Read and validate a run file; a bad line raises ConfigError naming the line and field."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError("run", f"no run file at {path}; pass the run.jsonl the trainer wrote")
+    lines = [ln for ln in path.read_text().splitlines() if ln.strip()]
+    if not lines:
+        raise ConfigError("run", f"{path} is empty; the run wrote no header")
+    header = _parse(path, 1, lines[0], RunHeader.model_validate)
+    if header.schema_version != SCHEMA_VERSION:
+        raise ConfigError(
+            "run.schema_version",
+            f"{path} has schema {header.schema_version}, this vlscale reads {SCHEMA_VERSION}; "
+            "re-run the trainer or use a matching vlscale",
+        )
+    run = Run(header=header)
+    for number, line in enumerate(lines[1:], start=2):
+        record = _parse(path, number, line, _BODY.validate_python)
+        {"step": run.steps, "eval": run.evals, "checkpoint": run.checkpoints}[record.kind].append(
+            record
+        )
+    return run
+
+
+def _parse(path: Path, number: int, line: str, validate):
+    try:
+        return validate(json.loads(line))
+    except json.JSONDecodeError as exc:
+        raise ConfigError(
+            f"run:{number}", f"{path} line {number} is not JSON ({exc.msg}); truncate it"
+        ) from None
+    except ValidationError as exc:
+        raise from_validation_error(exc, prefix=f"run:{number}") from None
