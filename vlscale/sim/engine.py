@@ -1,0 +1,157 @@
+"""The simpy simulation of training steps: per rank a compute, a collective and a P2P stream.
+
+Every simulated rank runs a training loop (take a batch from its input queue, then run the step
+program) and, per step, one process per stream that walks that stream's ops in enqueue order
+(``vlscale.sim.program``). An op waits for its stream predecessor (implicit: the process is
+sequential), for the ends/starts it depends on (simpy events), and — if it is communication —
+for every simulated rank to arrive (a barrier), then lasts its duration; compute lasts its
+duration times the rank's slowdown for that step. Processes take ``env`` first, share no globals
+and append plain tuples; tables are built once at the end (``vlscale.sim.result``).
+
+Which ranks are simulated: see ``vlscale.sim.stragglers`` (rank 0 and the slowest of the rest).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import simpy
+
+from vlscale.errors import ConfigError
+from vlscale.sim.pipeline import start_pipeline
+from vlscale.sim.program import Op, Program, compile_program
+from vlscale.sim.result import SimResult, build_result
+from vlscale.sim.stragglers import StragglerModel, reduce_slowdowns, slowdown_matrix
+from vlscale.sim.workload import Workload, require_workload
+
+MAX_EXPLICIT_RANKS = 256
+
+
+class _Barriers:
+    """Per (step, op) arrival counters; the event fires when every simulated rank has arrived."""
+
+    def __init__(self, env: simpy.Environment, n_ranks: int, n_ops: int):
+        self.env, self.n_ranks, self.n_ops = env, n_ranks, n_ops
+        self._steps: dict[int, tuple[list[int], list[simpy.Event | None]]] = {}
+
+    def arrive(self, step: int, idx: int) -> simpy.Event:
+        counts, events = self._steps.setdefault(step, ([0] * self.n_ops, [None] * self.n_ops))
+        ev = events[idx]
+        if ev is None:
+            ev = events[idx] = self.env.event()
+        counts[idx] += 1
+        if counts[idx] == self.n_ranks:
+            ev.succeed()
+        return ev
+
+
+def simulate(
+    workload: Workload | dict,
+    *,
+    steps: int = 1,
+    warmup_steps: int = 0,
+    stragglers: StragglerModel | None = None,
+    seed: int = 0,
+    explicit_ranks: bool = False,
+    slowdowns: np.ndarray | None = None,
+) -> SimResult:
+    """Simulate ``steps`` consecutive training steps of ``workload``.
+
+    ``stragglers``: per-rank per-step compute slowdown (None: everyone nominal). ``seed`` seeds
+    the numpy Generator for slowdowns and decode jitter. ``explicit_ranks`` simulates all W ranks
+    instead of the two-rank reduction (only for small W; the tests use it to check the reduction).
+    ``slowdowns``: a given (W, steps) matrix instead of draws (reduced to two rows unless
+    ``explicit_ranks``). ``warmup_steps`` are marked and left out of the summary statistics.
+    """
+    wl = require_workload(workload)
+    _check_args(wl, steps, warmup_steps, explicit_ranks, slowdowns)
+    rng = np.random.default_rng(seed)
+    if slowdowns is not None:
+        mult = np.asarray(slowdowns, dtype=float)
+        if not explicit_ranks:
+            mult = reduce_slowdowns(mult)
+    else:
+        mult = slowdown_matrix(stragglers, wl.world_size, steps, rng, explicit_ranks)
+    decode_seed = int(rng.integers(2**31))
+
+    program = compile_program(wl)
+    env = simpy.Environment()
+    records: list[tuple] = []
+    barriers = _Barriers(env, mult.shape[0], len(program.ops))
+    step_ends: list[list[float]] = [[] for _ in range(mult.shape[0])]
+    for rank in range(mult.shape[0]):
+        store = None
+        if wl.input is not None:
+            store = start_pipeline(env, wl.input, steps, rank, decode_seed, records)
+        env.process(
+            _rank_loop(env, rank, program, mult[rank], store, barriers, records, step_ends[rank])
+        )
+    env.run()
+    return build_result(wl, records, step_ends, warmup_steps, simulated_ranks=mult.shape[0])
+
+
+def _check_args(wl, steps, warmup_steps, explicit_ranks, slowdowns) -> None:
+    if not isinstance(steps, int) or steps < 1:
+        raise ConfigError("steps", f"got {steps!r}; simulate at least 1 step")
+    if not isinstance(warmup_steps, int) or not 0 <= warmup_steps < steps:
+        raise ConfigError(
+            "warmup_steps", f"got {warmup_steps!r}; use 0 <= warmup_steps < steps ({steps})"
+        )
+    if explicit_ranks and wl.world_size > MAX_EXPLICIT_RANKS:
+        raise ConfigError(
+            "explicit_ranks",
+            f"world_size {wl.world_size} > {MAX_EXPLICIT_RANKS}; drop explicit_ranks: the "
+            "two-rank reduction gives the same timeline",
+        )
+    if slowdowns is not None:
+        shape = np.shape(slowdowns)
+        if shape != (wl.world_size, steps):
+            raise ConfigError(
+                "slowdowns",
+                f"shape {shape}; give one row per rank and one column per step "
+                f"({wl.world_size}, {steps})",
+            )
+        if not np.all(np.isfinite(slowdowns)) or np.any(np.asarray(slowdowns) <= 0):
+            raise ConfigError("slowdowns", "every slowdown must be a finite number > 0")
+
+
+def _rank_loop(env, rank, program: Program, mult, store, barriers, records, step_ends):
+    """One rank: per step, wait for a batch (recording a stall), then run all its streams."""
+    by_stream = program.by_stream()
+    need_end, need_start = program.waited_on()
+    n = len(program.ops)
+    for step in range(len(mult)):
+        if store is not None:
+            ready = env.now
+            yield store.get()
+            if env.now > ready:
+                records.append((rank, step, "compute", "data_stall", "data stall", ready, env.now))
+        ended = [env.event() if i in need_end else None for i in range(n)]
+        started = [env.event() if i in need_start else None for i in range(n)]
+        scale = float(mult[step])
+        procs = [
+            env.process(_stream(env, rank, step, ops, scale, started, ended, barriers, records))
+            for ops in by_stream.values()
+        ]
+        yield env.all_of(procs)
+        step_ends.append(env.now)
+
+
+def _stream(env, rank, step, ops: list[Op], scale, started, ended, barriers, records):
+    """Run the ops of one stream in order (see the module docstring for the rules)."""
+    many = barriers.n_ranks > 1
+    for op in ops:
+        for d in op.after_end:
+            yield ended[d]
+        for d in op.after_start:
+            yield started[d]
+        if many and op.synced:
+            yield barriers.arrive(step, op.idx)
+        t0 = env.now
+        if started[op.idx] is not None:
+            started[op.idx].succeed()
+        dur = op.duration_s * scale if op.scaled else op.duration_s
+        if dur > 0:
+            yield env.timeout(dur)
+        records.append((rank, step, op.stream, op.kind, op.name, t0, env.now))
+        if ended[op.idx] is not None:
+            ended[op.idx].succeed()
