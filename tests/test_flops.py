@@ -1,0 +1,205 @@
+"""vlscale.costs.flops equals torch's FlopCounterMode on the torch model, for every preset.
+
+Counted on the meta device (no memory, no compute): there SDPA decomposes into two bmm, which
+the counter counts; on CPU tensors it is counted only after models.flop_counting registers it.
+"""
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch.utils.checkpoint import checkpoint
+from torch.utils.flop_counter import FlopCounterMode
+
+from models import build_model
+from models.flop_counting import count_flops
+from vlscale.costs.flops import (
+    block_flops,
+    flip_flop_ratio,
+    forward_flops,
+    layer_forward_flops,
+    loss_flops,
+    text_forward_flops,
+    train_flops_per_sample,
+    vision_forward_flops,
+)
+from vlscale.errors import ConfigError
+from vlscale.specs import get_model, list_models
+
+MASK_RATIOS = (0.0, 0.25, 0.5, 0.75)
+REL = 5e-3
+
+
+def meta_inputs(spec, batch=1):
+    size = spec.vision.image_size
+    images = torch.empty(batch, 3, size, size, device="meta")
+    tokens = torch.zeros(batch, spec.text.context_length, dtype=torch.long, device="meta")
+    return images, tokens
+
+
+def counted(fn, *args, **kwargs):
+    counter = FlopCounterMode(display=False)
+    with counter:
+        fn(*args, **kwargs)
+    return counter
+
+
+@pytest.mark.parametrize("name", list_models())
+def test_forward_flops_equal_flop_counter(name):
+    spec = get_model(name)
+    model = build_model(spec, device="meta")
+    images, tokens = meta_inputs(spec)
+    for r in MASK_RATIOS:
+        measured = counted(model.visual, images, mask_ratio=r).get_total_flops()
+        assert measured == pytest.approx(
+            vision_forward_flops(spec.vision, spec.embed_dim, r), rel=REL
+        ), f"image tower at mask ratio {r}"
+    measured = counted(model.text, tokens).get_total_flops()
+    assert measured == pytest.approx(text_forward_flops(spec.text, spec.embed_dim), rel=REL)
+
+
+@pytest.mark.parametrize("name", ["tiny-clip", "tiny-siglip", "tiny-eva", "EVA02-B-16"])
+def test_per_block_flops_equal_flop_counter(name):
+    # the simulator schedules per block, so each block's number must be right on its own
+    spec = get_model(name)
+    model = build_model(spec, device="meta")
+    for tower, r in ((spec.vision, 0.5), (spec.text, 0.0)):
+        seq = tower.seq_len(r) if tower is spec.vision else tower.context_length
+        block = (model.visual if tower is spec.vision else model.text).blocks[0]
+        x = torch.empty(1, seq, tower.trunk.width, device="meta")
+        assert counted(block, x).get_total_flops() == block_flops(tower.trunk, seq).total
+        layers = layer_forward_flops(tower, spec.embed_dim, r)
+        assert sum(x.kind == "block" for x in layers) == tower.trunk.depth
+
+
+@pytest.mark.parametrize("name", ["tiny-clip", "tiny-siglip", "tiny-eva", "ViT-B-32"])
+@pytest.mark.parametrize("recompute", [False, True])
+def test_train_flops_equal_flop_counter(name, recompute):
+    spec = get_model(name)
+    model = build_model(spec, device="meta")
+    if recompute:
+        # per-block activation checkpointing, non-reentrant, as FSDP2's checkpoint wrapper does
+        for block in [*model.visual.blocks, *model.text.blocks]:
+            fwd = block.forward
+            block.forward = lambda *a, _f=fwd, **k: checkpoint(_f, *a, use_reentrant=False, **k)
+    images, tokens = meta_inputs(spec)
+
+    def step():
+        img, txt = model(images, tokens, mask_ratio=0.5)
+        (img * txt).sum().backward()  # a loss with no matmul
+
+    measured = counted(step).get_total_flops()
+    assert measured == pytest.approx(train_flops_per_sample(spec, 0.5, recompute), rel=REL)
+
+
+def test_recompute_adds_less_than_a_forward():
+    spec = get_model("ViT-B-16")
+    plain = train_flops_per_sample(spec)
+    assert plain < train_flops_per_sample(spec, recompute=True)
+    assert train_flops_per_sample(spec, recompute=True) < train_flops_per_sample(
+        spec, recompute=True, early_stop=False
+    )
+    f = forward_flops(spec).total
+    assert train_flops_per_sample(spec, recompute=True, early_stop=False) < plain + f
+
+
+def test_cpu_attention_is_counted_after_registration():
+    spec = get_model("tiny-eva")
+    model = build_model(spec)
+    images = torch.randn(2, 3, spec.vision.image_size, spec.vision.image_size)
+    tokens = torch.randint(0, spec.text.vocab_size, (2, spec.text.context_length))
+    measured, _ = count_flops(model, images, tokens, mask_ratio=0.5)
+    assert measured == pytest.approx(2 * forward_flops(spec, 0.5).total, rel=REL)
+
+
+@pytest.mark.parametrize("name", ["EVA02-L-14", "ViT-B-16"])
+def test_flip_ratio_matches_counted_matmuls(name):
+    # linear work (mm / addmm / conv) and attention work (bmm on meta) measured separately
+    spec = get_model(name)
+    model = build_model(spec, device="meta")
+    images, _ = meta_inputs(spec)
+
+    def split(r):
+        counts = counted(
+            model.visual.blocks[0],
+            torch.empty(1, spec.vision.seq_len(r), spec.vision.trunk.width, device="meta"),
+        ).get_flop_counts()
+        ops = counts["Global"]
+        attention = ops.get(torch.ops.aten.bmm, 0)
+        return sum(ops.values()) - attention, attention
+
+    lin0, att0 = split(0.0)
+    for r in (0.25, 0.5, 0.75):
+        ratio = flip_flop_ratio(spec.vision, spec.embed_dim, r)
+        lin, att = split(r)
+        assert ratio.linear == pytest.approx(lin / lin0, rel=1e-9)
+        assert ratio.attention == pytest.approx(att / att0, rel=1e-9)
+        whole = counted(model.visual, images, mask_ratio=r).get_total_flops()
+        full = counted(model.visual, images).get_total_flops()
+        assert ratio.total == pytest.approx(whole / full, rel=REL)
+        # attention falls faster than linear work, which falls about as (1 - r)
+        assert ratio.attention < ratio.linear < 1.0
+        assert ratio.linear == pytest.approx(1 - r, abs=0.02)
+
+
+def test_image_size_override():
+    spec = get_model("ViT-L-14")
+    assert forward_flops(spec, image_size=336) == forward_flops(get_model("ViT-L-14-336"))
+    assert forward_flops(spec, image_size=336).image > forward_flops(spec).image
+
+
+# --- loss FLOPs: reference losses run under the counter ------------------------------------
+
+
+def run_softmax(b, world, d):
+    img = torch.empty(b, d, device="meta", requires_grad=True)
+    txt = torch.empty(b, d, device="meta", requires_grad=True)
+    all_img = torch.empty(b * world, d, device="meta", requires_grad=True)
+    all_txt = torch.empty(b * world, d, device="meta", requires_grad=True)
+    labels = torch.zeros(b, dtype=torch.long, device="meta")
+    loss = F.cross_entropy(img @ all_txt.T, labels) + F.cross_entropy(txt @ all_img.T, labels)
+    loss.backward()
+
+
+def run_sigmoid(b, world, d, ring, recompute):
+    img = torch.empty(b, d, device="meta", requires_grad=True)
+    chunks = [torch.empty(b, d, device="meta", requires_grad=True) for _ in range(world)]
+    if not ring:
+        chunks = [torch.cat(chunks)]
+
+    def block(x, y):
+        return F.logsigmoid(x @ y.T).sum()
+
+    loss = sum(
+        checkpoint(block, img, y, use_reentrant=False) if recompute else block(img, y)
+        for y in chunks
+    )
+    loss.backward()
+
+
+@pytest.mark.parametrize("b,world,d", [(4, 1, 8), (3, 4, 16)])
+def test_loss_flops_equal_flop_counter(b, world, d):
+    measured = counted(run_softmax, b, world, d).get_total_flops()
+    assert measured == loss_flops("softmax", "gather", b, world, d)
+    measured = counted(run_sigmoid, b, world, d, False, False).get_total_flops()
+    assert measured == loss_flops("sigmoid", "gather", b, world, d)
+    measured = counted(run_sigmoid, b, world, d, True, False).get_total_flops()
+    assert measured == loss_flops("sigmoid", "ring", b, world, d)
+    measured = counted(run_sigmoid, b, world, d, True, True).get_total_flops()
+    assert measured == loss_flops("sigmoid", "ring", b, world, d, recompute_logits=True)
+
+
+@pytest.mark.parametrize(
+    "call,field",
+    [
+        (lambda: loss_flops("softmax", "ring", 4, 2, 8), "loss_impl"),
+        (lambda: loss_flops("hinge", "gather", 4, 2, 8), "loss"),
+        (lambda: loss_flops("sigmoid", "gather", 0, 2, 8), "local_batch"),
+        (lambda: loss_flops("sigmoid", "gather", 4, 0, 8), "world_size"),
+        (lambda: forward_flops(get_model("ViT-B-32"), mask_ratio=1.0), "mask_ratio"),
+        (lambda: forward_flops(get_model("ViT-B-32"), mask_ratio=-0.1), "mask_ratio"),
+    ],
+)
+def test_bad_input_names_the_field(call, field):
+    with pytest.raises(ConfigError) as err:
+        call()
+    assert err.value.field == field
