@@ -1,0 +1,341 @@
+"""Per-device training memory, broken down, from a model spec and a parallel layout.
+
+All quantities are bytes per device. Ψ = parameters (``vlscale.costs.params``), s = shard degree,
+W = world size, p = bytes per element of ``precision``, b = local batch, B = b·W, e = embed_dim.
+
+Model states (ZeRO, Rajbhandari et al. 2020, "ZeRO: Memory Optimizations Toward Training
+Trillion Parameter Models", Sec. 3.1 and ZeRO-3 = sharding all three over s). The layout is
+that of the trainer (``trainer.parallelize``): FSDP2 ``fully_shard`` for s > 1, FSDP2's
+``replicate`` for s = 1, ``MixedPrecisionPolicy(param_dtype=precision, reduce_dtype=fp32)``.
+FSDP2 keeps ONE persistent copy of each parameter, the fp32 shard, and casts it to ``precision``
+only while gathering (PyTorch docs, "torch.distributed.fsdp.fully_shard", MixedPrecisionPolicy);
+sharded gradients are cast back to the parameter's dtype after the reduce-scatter. Hence:
+
+    params          4·Ψ/s if precision == fp32, else 0: no persistent low-precision copy exists
+    master_weights  4·Ψ/s if precision != fp32: the fp32 shards, which the optimizer updates
+    grads           4·Ψ/s (sharded gradients are fp32 whatever the compute precision)
+    optimizer_state AdamW, LAMB: 2 fp32 moments 8·Ψ/s; Adafactor (Shazeer & Stern 2018, as
+                    torch.optim.Adafactor): no first moment, second moment factored into a row
+                    and a column vector for every tensor of rank >= 2 (over its last two dims),
+                    full for vectors: 4·Σ_tensors(rows + cols | numel)/s (a per-device mean)
+
+For mixed-precision AdamW this totals 16·Ψ/s, the ZeRO paper's 16Ψ, split 4 + 4 + 8 instead of
+ZeRO's 2 (fp16 params) + 2 (fp16 grads) + 12 (fp32 master + moments).
+
+FSDP unit buffers (PyTorch FSDP2 docs: each ``fully_shard`` unit all-gathers its parameters
+before use and reduce-scatters its gradients after; the next unit is prefetched). Units are
+those of ``trainer.parallelize``: every block, each tower's remaining parameters, the root::
+
+    s > 1, reshard_after_forward      p·(U1 + U2)   the current and the prefetched next unit,
+                                                    taken as the two largest units
+    s > 1, not reshard_after_forward  p·Ψ           every unit stays gathered until backward
+    s = 1 (replicate, never reshards) p·Ψ if precision != fp32 (the cast copies), else 0
+    plus, in backward, one unit's gradients while they are reduced: its unsharded gradients
+    in ``precision`` and the fp32 reduce-scatter (all-reduce) input, (p + 4)·U1
+
+Activations: ``vlscale.costs.activations`` (Korthikanti et al. 2022 style, per saved tensor).
+Loss buffers: :func:`loss_buffer_bytes`. ``overhead`` is a flat allowance for what the
+allocator does not see or cannot reuse: the CUDA context, NCCL communicator buffers, the caching
+allocator's fragmentation (default 1 GiB; calibrate it per device).
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+from vlscale.costs.activations import activation_bytes
+from vlscale.costs.params import block_params, count_params, text_params, vision_params
+from vlscale.errors import ConfigError
+from vlscale.specs.models import LOGIT_PARAMS, ModelSpec
+from vlscale.specs.recipes import BYTES_PER_ELEMENT
+from vlscale.specs.towers import TextTowerSpec, TrunkSpec, VisionTowerSpec
+
+FP32 = 4
+REDUCE_BYTES = 4  # trainer.parallelize reduces gradients in fp32
+LOSS_BYTES = 4  # embeddings are normalised in fp32 and logits / losses are fp32
+DEFAULT_OVERHEAD_BYTES = 1 << 30
+OPTIMIZERS = ("adamw", "lamb", "adafactor")
+LOSSES = ("softmax", "sigmoid")
+LOSS_IMPLS = ("gather", "ring")
+
+
+@dataclass(frozen=True)
+class MemoryBreakdown:
+    """Bytes per device by category (see the module docstring for each formula)."""
+
+    params: int
+    grads: int
+    optimizer_state: int
+    master_weights: int
+    fsdp_buffers: int
+    activations: int
+    loss_buffers: int
+    overhead: int
+
+    @property
+    def total(self) -> int:
+        return sum(asdict(self).values())
+
+    def as_dict(self) -> dict[str, int]:
+        """Category name -> bytes, in field order (``total`` not included)."""
+        return asdict(self)
+
+
+def estimate_memory(
+    spec: ModelSpec,
+    *,
+    local_batch: int,
+    shard_degree: int,
+    world_size: int,
+    precision: str = "bf16",
+    optimizer: str = "adamw",
+    checkpointing: bool = False,
+    mask_ratio: float = 0.0,
+    loss: str = "softmax",
+    loss_impl: str = "gather",
+    reshard_after_forward: bool = True,
+    overhead_bytes: int = DEFAULT_OVERHEAD_BYTES,
+) -> MemoryBreakdown:
+    """Peak training memory per device, as the sum of the categories of ``MemoryBreakdown``.
+
+    The categories are summed as if all peaked at once (an upper bound: e.g. the FSDP buffers of
+    forward and the loss buffers never coexist in full).
+    """
+    _check(local_batch, shard_degree, world_size, precision, optimizer, mask_ratio)
+    _check_loss(loss, loss_impl)
+    if overhead_bytes < 0:
+        raise ConfigError("overhead_bytes", f"must be >= 0, got {overhead_bytes}")
+    psi = count_params(spec).total
+    s = shard_degree
+    mixed = precision != "fp32"
+    acts = activation_bytes(spec, local_batch, precision, checkpointing, mask_ratio)
+    return MemoryBreakdown(
+        params=0 if mixed else _ceil_div(FP32 * psi, s),
+        grads=_ceil_div(FP32 * psi, s),
+        optimizer_state=_ceil_div(optimizer_state_elements(spec, optimizer) * FP32, s),
+        master_weights=_ceil_div(FP32 * psi, s) if mixed else 0,
+        fsdp_buffers=fsdp_buffer_bytes(spec, shard_degree, precision, reshard_after_forward),
+        activations=sum(acts.values()),
+        loss_buffers=loss_buffer_bytes(loss, loss_impl, local_batch, world_size, spec.embed_dim),
+        overhead=overhead_bytes,
+    )
+
+
+def fsdp_unit_params(spec: ModelSpec) -> list[int]:
+    """Parameters per FSDP unit, as ``trainer.parallelize`` wraps: every block of both towers,
+    each tower's non-block parameters, and the root (``logit_scale``, ``logit_bias``)."""
+    v, tx = spec.vision, spec.text
+    vb, tb = block_params(v.trunk), block_params(tx.trunk)
+    v_rest = vision_params(v, spec.embed_dim) - v.trunk.depth * vb
+    t_rest = text_params(tx, spec.embed_dim) - tx.trunk.depth * tb
+    return [vb] * v.trunk.depth + [tb] * tx.trunk.depth + [v_rest, t_rest, LOGIT_PARAMS]
+
+
+def fsdp_buffer_bytes(
+    spec: ModelSpec, shard_degree: int, precision: str, reshard_after_forward: bool = True
+) -> int:
+    """Gathered parameters of the units in flight plus one unit's gradients being reduced."""
+    p = BYTES_PER_ELEMENT[precision]
+    units = sorted(fsdp_unit_params(spec), reverse=True)
+    total = sum(units)
+    if shard_degree == 1:
+        gathered = p * total if precision != "fp32" else 0
+    elif reshard_after_forward:
+        gathered = p * (units[0] + units[1])
+    else:
+        gathered = p * total
+    return gathered + (p + REDUCE_BYTES) * units[0]
+
+
+def loss_buffer_bytes(
+    loss: str, impl: str, local_batch: int, world_size: int, embed_dim: int
+) -> int:
+    """Bytes held by the contrastive loss at its peak (fp32 throughout, ``trainer.losses``).
+
+    b = local batch, B = b·W, e = embed_dim. Every variant first holds the two fp32 embeddings
+    that ``F.normalize`` saves (2·b·e). Then:
+
+        softmax-gather  gathered images and texts 2·B·e; per direction (image->text and
+                        text->image) the b×B logits saved for the scale's gradient, the saved
+                        log-softmax and its gradient: 2·3·b·B
+        sigmoid-gather  local images b·e, gathered texts B·e; the b×B logits, the saved
+                        sigmoid-side activation and the gradient: 3·b·B
+        sigmoid-ring    one b×b block's logits, its σ and gradient 3·b²; local images and texts,
+                        the current and the incoming text block, the travelling text-gradient
+                        block and the incoming one 6·b·e -- independent of W
+                        (``trainer.losses.siglip_ring``)
+    """
+    _check_loss(loss, impl)
+    if local_batch < 1:
+        raise ConfigError("local_batch", f"must be >= 1, got {local_batch}")
+    if world_size < 1:
+        raise ConfigError("world_size", f"must be >= 1, got {world_size}")
+    b, e = local_batch, embed_dim
+    big_b = b * world_size
+    normalised = 2 * b * e
+    if loss == "softmax":
+        elements = 2 * big_b * e + 2 * 3 * b * big_b
+    elif impl == "gather":
+        elements = b * e + big_b * e + 3 * b * big_b
+    else:
+        elements = 3 * b * b + 6 * b * e
+    return LOSS_BYTES * (normalised + elements)
+
+
+def max_local_batch(spec: ModelSpec, device_memory_bytes: int, **kwargs) -> int:
+    """The largest local batch whose :func:`estimate_memory` total fits ``device_memory_bytes``.
+
+    ``kwargs`` are those of ``estimate_memory`` except ``local_batch``. Memory is monotone in
+    the batch, so an exponential search brackets the answer and a binary search finds it.
+    Raises ``ConfigError`` when not even a batch of 1 fits.
+    """
+    if "local_batch" in kwargs:
+        raise ConfigError("local_batch", "max_local_batch chooses the batch; do not pass one")
+    if device_memory_bytes <= 0:
+        raise ConfigError("device_memory_bytes", f"must be > 0, got {device_memory_bytes}")
+
+    def fits(b: int) -> bool:
+        return estimate_memory(spec, local_batch=b, **kwargs).total <= device_memory_bytes
+
+    if not fits(1):
+        need = estimate_memory(spec, local_batch=1, **kwargs).total
+        raise ConfigError(
+            "shard_degree",
+            f"{spec.name} does not fit even at local batch 1 ({need / 2**30:.1f} GiB needed, "
+            f"{device_memory_bytes / 2**30:.1f} GiB available); raise shard_degree, enable "
+            "checkpointing, use bf16, or pick a device with more memory",
+        )
+    lo, hi = 1, 2  # fits(lo) holds; grow hi until it does not
+    while fits(hi):
+        lo, hi = hi, hi * 2
+        if hi > 1 << 40:
+            raise ConfigError("device_memory_bytes", "unbounded batch: memory does not grow")
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        lo, hi = (mid, hi) if fits(mid) else (lo, mid)
+    return lo
+
+
+# --- optimizer state -------------------------------------------------------------------------
+
+
+def optimizer_state_elements(spec: ModelSpec, optimizer: str) -> int:
+    """fp32 elements of optimizer state for the whole (unsharded) model."""
+    if optimizer in ("adamw", "lamb"):
+        return 2 * count_params(spec).total
+    if optimizer == "adafactor":
+        return sum(_adafactor_elements(shape) for shape in parameter_shapes(spec))
+    raise ConfigError("optimizer", f"unknown optimizer '{optimizer}'; use one of {OPTIMIZERS}")
+
+
+def _adafactor_elements(shape: tuple[int, ...]) -> int:
+    """torch.optim.Adafactor: row variance (last dim reduced) + column variance (second to last
+    reduced) for rank >= 2; the full variance for vectors."""
+    if len(shape) < 2:
+        return _numel(shape)
+    lead = _numel(shape[:-2])
+    return lead * shape[-2] + lead * shape[-1]
+
+
+def parameter_shapes(spec: ModelSpec) -> list[tuple[int, ...]]:
+    """Shapes of every parameter tensor, as ``models/`` allocates them (the fused qkv and fc1
+    weights are single tensors; ``tests/test_activation_memory_torch.py`` checks the list)."""
+    towers = [
+        *_vision_shapes(spec.vision, spec.embed_dim),
+        *_text_shapes(spec.text, spec.embed_dim),
+    ]
+    return towers + [(1,)] * LOGIT_PARAMS  # logit_scale, logit_bias
+
+
+def _vision_shapes(v: VisionTowerSpec, embed_dim: int) -> list[tuple[int, ...]]:
+    t = v.trunk
+    d = t.width
+    shapes: list[tuple[int, ...]] = [(d, 3, v.patch_size, v.patch_size)]
+    shapes += [(d,)] if v.patch_bias else []
+    shapes += [(1, 1, d)] if v.class_token else []
+    shapes += [(1, v.num_prefix_tokens + v.num_patches, d)] if v.learned_pos else []
+    shapes += _norm_shapes(d, t) if v.ln_pre else []
+    shapes += _trunk_shapes(t)
+    shapes += _norm_shapes(d, t)
+    if v.pool == "map":
+        h = t.mlp_width
+        shapes += [(1, 1, d), (d, d), (d,), (2 * d, d), (2 * d,), (d, d), (d,)]
+        shapes += [*_norm_shapes(d, t), (h, d), (h,), (d, h), (d,)]
+    return shapes + _proj_shapes(v.proj, d, embed_dim)
+
+
+def _text_shapes(tx: TextTowerSpec, embed_dim: int) -> list[tuple[int, ...]]:
+    t = tx.trunk
+    d = t.width
+    shapes = [(tx.vocab_size, d), (tx.context_length, d), *_trunk_shapes(t), *_norm_shapes(d, t)]
+    return shapes + _proj_shapes(tx.proj, d, embed_dim)
+
+
+def _trunk_shapes(t: TrunkSpec) -> list[tuple[int, ...]]:
+    d, h = t.width, t.mlp_width
+    attn: list[tuple[int, ...]] = [(3 * d, d)]
+    attn += {"qkv": [(3 * d,)], "qv": [(d,), (d,)], "none": []}[t.qkv_bias]
+    attn += _norm_shapes(d, t) if t.sub_ln else []
+    attn += [(d, d)] + ([(d,)] if t.proj_bias else [])
+    fc1 = h if t.mlp_kind == "gelu" else 2 * h
+    mlp: list[tuple[int, ...]] = [(fc1, d)] + ([(fc1,)] if t.mlp_bias else [])
+    mlp += _norm_shapes(h, t) if (t.sub_ln and t.mlp_kind == "swiglu") else []
+    mlp += [(d, h)] + ([(d,)] if t.mlp_bias else [])
+    block = [*_norm_shapes(d, t), *attn, *_norm_shapes(d, t), *mlp]
+    return block * t.depth
+
+
+def _norm_shapes(n: int, t: TrunkSpec) -> list[tuple[int, ...]]:
+    return [(n,), (n,)] if t.norm_kind == "layernorm" else [(n,)]
+
+
+def _proj_shapes(kind: str, width: int, embed_dim: int) -> list[tuple[int, ...]]:
+    if kind == "none":
+        return []
+    return [(embed_dim, width)] + ([(embed_dim,)] if kind == "linear_bias" else [])
+
+
+# --- validation ------------------------------------------------------------------------------
+
+
+def _check(local_batch, shard_degree, world_size, precision, optimizer, mask_ratio) -> None:
+    if local_batch < 1:
+        raise ConfigError("local_batch", f"must be >= 1, got {local_batch}")
+    if world_size < 1:
+        raise ConfigError("world_size", f"must be >= 1, got {world_size}")
+    if shard_degree < 1 or world_size % shard_degree:
+        raise ConfigError(
+            "shard_degree",
+            f"{shard_degree} must be >= 1 and divide world_size={world_size} "
+            "(shard within groups of that size, replicate across them)",
+        )
+    if precision not in BYTES_PER_ELEMENT:
+        raise ConfigError(
+            "precision", f"unknown precision '{precision}'; use one of {list(BYTES_PER_ELEMENT)}"
+        )
+    if optimizer not in OPTIMIZERS:
+        raise ConfigError("optimizer", f"unknown optimizer '{optimizer}'; use one of {OPTIMIZERS}")
+    if not 0.0 <= mask_ratio < 1.0:
+        raise ConfigError("mask_ratio", f"must be in [0, 1), got {mask_ratio}; e.g. 0.5")
+
+
+def _check_loss(loss: str, impl: str) -> None:
+    if loss not in LOSSES:
+        raise ConfigError("loss", f"unknown loss '{loss}'; use one of {LOSSES}")
+    if impl not in LOSS_IMPLS:
+        raise ConfigError("loss_impl", f"unknown loss_impl '{impl}'; use one of {LOSS_IMPLS}")
+    if impl == "ring" and loss != "sigmoid":
+        raise ConfigError(
+            "loss_impl", "'ring' is the chunked sigmoid loss; use loss_impl='gather' for softmax"
+        )
+
+
+def _ceil_div(a: int, b: int) -> int:
+    return -(-a // b)
+
+
+def _numel(shape: tuple[int, ...]) -> int:
+    n = 1
+    for k in shape:
+        n *= k
+    return n
