@@ -351,10 +351,17 @@ def load_checkpoint(
     else:
         # get_state_dict initialises empty optimizer state so DCP has tensors to load into.
         model_sd, optim_sd = get_state_dict(model, optimizer)
+        dropped = _drop_unsaved_optim_state(optim_sd, ckpt)
         state = {"model": model_sd, "optim": optim_sd}
         _dcp(dcp.load, state, ckpt)
+        # strict=False only so that the dropped entries stay absent; every model key was
+        # already required by dcp.load (its default planner fails on a missing key).
         set_state_dict(
-            model, optimizer, model_state_dict=state["model"], optim_state_dict=state["optim"]
+            model,
+            optimizer,
+            model_state_dict=state["model"],
+            optim_state_dict=state["optim"],
+            options=StateDictOptions(strict=not dropped),
         )
 
     extra = torch.load(_extra_file(ckpt, rank), weights_only=True)
@@ -374,6 +381,27 @@ def load_checkpoint(
         samples_seen=int(extra["samples_seen"]),
         world_size=int(marker["world_size"]),
     )
+
+
+def _drop_unsaved_optim_state(optim_sd: dict[str, Any], ckpt: Path) -> bool:
+    """Forget optimizer state entries that the checkpoint does not hold.
+
+    ``get_state_dict`` on a fresh optimizer creates state for *every* parameter (one step with
+    zero gradients), but a parameter that never had a gradient has no state in the saved
+    optimizer (e.g. ``logit_bias`` under the softmax loss). Dropping those entries makes the
+    restored optimizer match the saved one exactly instead of failing on a missing key.
+    """
+    saved = set(dcp.FileSystemReader(ckpt).read_metadata().state_dict_metadata)
+    dropped = False
+    for fqn in list(optim_sd.get("state", {})):
+        entry = optim_sd["state"][fqn]
+        for key in list(entry):
+            if f"optim.state.{fqn}.{key}" not in saved:
+                del entry[key]
+                dropped = True
+        if not entry:
+            del optim_sd["state"][fqn]
+    return dropped
 
 
 def load_model_weights(

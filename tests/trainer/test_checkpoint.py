@@ -287,3 +287,39 @@ def _fsdp_worker(rank: int, world: int, root: str) -> None:
 @pytest.mark.dist
 def test_fsdp2_two_ranks_round_trip_crash_and_image_tower(tmp_path):
     _spawn(_fsdp_worker, 2, str(tmp_path))
+
+
+def test_real_model_lamb_and_warmup_cosine_round_trip(tmp_path):
+    """The project's own pieces: tiny-eva TwoTower, LAMB, warmup+cosine LambdaLR. The loss below
+    ignores logit_scale/bias, so (as logit_bias under the softmax loss) they have no optimizer
+    state; the restored optimizer must not invent any."""
+    from models import build_model
+    from trainer.optim import build_optimizer, build_scheduler
+    from vlscale.specs.presets import get_model
+
+    def make(seed):
+        torch.manual_seed(seed)
+        model = build_model(get_model("tiny-eva"))
+        opt = build_optimizer("lamb", [{"params": list(model.parameters()), "lr": 1e-3}])
+        return model, opt, build_scheduler(opt, warmup_steps=1, total_steps=10)
+
+    def step(model, opt, sched, seed):
+        g = torch.Generator().manual_seed(seed)
+        img, txt = model(torch.randn(2, 3, 32, 32, generator=g), torch.randint(1, 259, (2, 32)))
+        loss = -(img * txt).sum()
+        loss.backward()
+        opt.step()
+        sched.step()
+        opt.zero_grad()
+        return loss.item()
+
+    model, opt, sched = make(0)
+    step(model, opt, sched, 1)
+    C.save_checkpoint(tmp_path, 1, model=model, optimizer=opt, scheduler=sched)
+    with_state = sorted(n for n, p in model.named_parameters() if p in opt.state)
+    assert "logit_scale" not in with_state
+    want = [step(model, opt, sched, s) for s in (2, 3)]
+    model2, opt2, sched2 = make(1)
+    C.load_checkpoint(tmp_path, model=model2, optimizer=opt2, scheduler=sched2)
+    assert sorted(n for n, p in model2.named_parameters() if p in opt2.state) == with_state
+    assert [step(model2, opt2, sched2, s) for s in (2, 3)] == want
