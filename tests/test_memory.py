@@ -1,0 +1,194 @@
+"""Hand-computed cases for every memory component, on the tiny-clip preset.
+
+tiny-clip: image 32, patch 8 -> N = 16 patches + cls = 17 tokens; both trunks width d = 64,
+depth 2, heads 4, mlp 256; text context 32, vocab 260; embed_dim 32. The arithmetic is written
+out below from the formulas in the module docstrings, not from the code.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from vlscale.costs.activations import activation_bytes
+from vlscale.costs.memory import (
+    DEFAULT_OVERHEAD_BYTES,
+    estimate_memory,
+    fsdp_unit_params,
+    loss_buffer_bytes,
+    max_local_batch,
+    optimizer_state_elements,
+)
+from vlscale.errors import ConfigError
+from vlscale.specs import get_model
+
+TINY = get_model("tiny-clip")
+
+# Parameters of tiny-clip, by hand (vlscale.costs.params formulas):
+#   block  = 2 LayerNorms 2·128 + attn (3·64² + 192 + 64² + 64 = 16640) + mlp (2·64·256 + 256 + 64
+#            = 33088) = 49984
+#   vision = stem 3·8·8·64 (12288) + cls 64 + pos 17·64 (1088) + ln_pre 128 + 2 blocks 99968
+#            + final norm 128 + proj 64·32 (2048) = 115712
+#   text   = tokens 260·64 (16640) + pos 32·64 (2048) + 2 blocks 99968 + norm 128 + proj 2048
+#            = 120832
+PSI = 115712 + 120832 + 2  # + logit_scale, logit_bias
+BLOCK = 49984
+
+
+def test_units_are_blocks_tower_rests_and_root():
+    # vision rest 115712 - 99968 = 15744; text rest 120832 - 99968 = 20864
+    assert sorted(fsdp_unit_params(TINY)) == sorted([BLOCK] * 4 + [15744, 20864, 2])
+
+
+def test_model_states_bf16_fsdp():
+    m = estimate_memory(TINY, local_batch=2, shard_degree=4, world_size=8, precision="bf16")
+    assert m.params == 0  # FSDP2 keeps no persistent bf16 copy
+    assert m.master_weights == 4 * PSI // 4  # fp32 shards: 236546 bytes
+    assert m.grads == 4 * PSI // 4  # fp32 sharded grads
+    assert m.optimizer_state == 8 * PSI // 4  # AdamW: two fp32 moments
+    # two largest units gathered in bf16 (2 + 2 blocks) + one block's bf16 grads and fp32
+    # reduce-scatter input: 2·(49984 + 49984) + (2 + 4)·49984 = 199936 + 299904
+    assert m.fsdp_buffers == 499840
+    assert m.overhead == DEFAULT_OVERHEAD_BYTES
+
+
+def test_model_states_fp32_ddp_and_no_reshard():
+    ddp = estimate_memory(TINY, local_batch=2, shard_degree=1, world_size=2, precision="fp32")
+    assert ddp.params == 4 * PSI and ddp.master_weights == 0 and ddp.grads == 4 * PSI
+    assert ddp.fsdp_buffers == (4 + 4) * BLOCK  # fp32 params used as they are; grad buffers only
+    ddp16 = estimate_memory(TINY, local_batch=2, shard_degree=1, world_size=2, precision="bf16")
+    assert ddp16.fsdp_buffers == 2 * PSI + 6 * BLOCK  # replicate keeps every bf16 cast
+    keep = estimate_memory(
+        TINY, local_batch=2, shard_degree=2, world_size=2, reshard_after_forward=False
+    )
+    assert keep.fsdp_buffers == 2 * PSI + 6 * BLOCK  # every unit stays gathered
+
+
+def test_sharded_states_round_up():
+    m = estimate_memory(TINY, local_batch=1, shard_degree=3, world_size=3, precision="fp32")
+    assert m.params == -(-4 * PSI // 3)  # 946184 / 3 -> 315395 (ceil)
+
+
+def test_adafactor_state_by_hand():
+    # (rows + cols) per tensor of rank >= 2 over its last two dims, numel for vectors:
+    # conv (64,3,8,8): 64·3·8 + 64·3·8 = 3072; cls (1,1,64): 1 + 64; pos (1,17,64): 17 + 64;
+    # ln_pre 128; per block: norms 2·128, qkv (192,64) 256 + bias 192, out (64,64) 128 + 64,
+    # fc1 (256,64) 320 + 256, fc2 (64,256) 320 + 64 = 1856; final norm 128; proj (32,64) 96
+    vision = 3072 + 65 + 81 + 128 + 2 * 1856 + 128 + 96  # 7282
+    # tokens (260,64) 324; pos (32,64) 96; blocks; norm 128; proj 96
+    text = 324 + 96 + 2 * 1856 + 128 + 96  # 4356
+    assert optimizer_state_elements(TINY, "adafactor") == vision + text + 2
+    m = estimate_memory(TINY, local_batch=1, shard_degree=1, world_size=1, optimizer="adafactor")
+    assert m.optimizer_state == 4 * (vision + text + 2)
+    lamb = estimate_memory(TINY, local_batch=1, shard_degree=1, world_size=1, optimizer="lamb")
+    assert lamb.optimizer_state == 8 * PSI
+
+
+def test_activations_fp32_no_checkpointing():
+    acts = activation_bytes(TINY, 2, "fp32", checkpointing=False)
+    # vision, b = 2, n = 2·17 = 34 tokens (elements at 4 bytes; fp32 statistics separate):
+    #   images 2·3·32·32 = 6144; ln_pre input 34·64 = 2176 (+ 2·34 stats)
+    #   block: 8·n·d + 2·n·h = 8·2176 + 2·34·256 = 34816 (+ 2 LN stats 4·34 + lse 4·34 = 272)
+    #   cls pool: last block output 2176 (+ 2·2 stats) + pooled 2·64 = 128 for the projection
+    vision = 4 * (6144 + 2176 + 2 * 34816 + 2176 + 128) + 4 * (68 + 2 * 272 + 4)
+    assert acts["image"] == vision == 323488
+    # text, n = 2·32 = 64: token ids 64·8 bytes; block 8·64·64 + 2·64·256 = 65536 (+ 512 fp32);
+    #   final norm input 4096 (+ 128 stats); eos: two int64 index vectors (2·2·8) + pooled 128
+    text = 64 * 8 + 4 * (2 * 65536 + 4096 + 128) + 4 * (2 * 512 + 128) + 32
+    assert acts["text"] == text == 546336
+    assert acts["recompute"] == 0
+
+
+def test_activations_bf16_checkpointing():
+    acts = activation_bytes(TINY, 2, "bf16", checkpointing=True)
+    # vision keeps images, ln_pre input, last output, pooled (10624 elems + 72 fp32) and each
+    # block's input 2·2176: 2·(10624 + 4352) + 4·72
+    assert acts["image"] == 2 * (10624 + 4352) + 4 * 72 == 30240
+    # text: ids 512 bytes, norm input + pooled 4096 + 128, block inputs 2·4096, stats 128, eos 32
+    assert acts["text"] == 512 + 2 * (4096 + 128 + 2 * 4096) + 4 * 128 + 32 == 25888
+    # recompute: one text block (larger than a vision block) minus its kept input:
+    # 2·65536 + 4·512 - 2·4096
+    assert acts["recompute"] == 124928
+
+
+def test_flip_masking_shortens_the_image_sequence():
+    # r = 0.5 keeps 8 of 16 patches: n = 2·9 = 18; the gather saves the 2·16·64 pre-drop tokens
+    # and the argsort indices 2·16 (int64); no ln_pre change except the token count
+    acts = activation_bytes(TINY, 2, "fp32", mask_ratio=0.5)
+    n = 18
+    block = 8 * n * 64 + 2 * n * 256
+    elems = 6144 + 2 * 16 * 64 + n * 64 + 2 * block + n * 64 + 128
+    fp32 = 2 * n + 2 * (4 * n + 4 * n) + 4
+    assert acts["image"] == 4 * (elems + fp32) + 8 * 2 * 16 == 191520
+
+
+def test_loss_buffers_by_hand():
+    # b = 2, W = 8 -> B = 16, e = 32; every variant holds 2·b·e = 128 normalised fp32 values
+    # softmax: 2·B·e = 1024 gathered + 2 directions · 3 · b·B = 192
+    assert loss_buffer_bytes("softmax", "gather", 2, 8, 32) == 4 * (128 + 1024 + 192)
+    # sigmoid gather: b·e 64 + B·e 512 + 3·b·B 96
+    assert loss_buffer_bytes("sigmoid", "gather", 2, 8, 32) == 4 * (128 + 64 + 512 + 96)
+    # ring: 3·b² 12 + 6·b·e 384
+    assert loss_buffer_bytes("sigmoid", "ring", 2, 8, 32) == 4 * (128 + 12 + 384)
+
+
+def test_breakdown_total_and_dict():
+    m = estimate_memory(TINY, local_batch=4, shard_degree=2, world_size=4, overhead_bytes=7)
+    d = m.as_dict()
+    assert list(d) == [
+        "params",
+        "grads",
+        "optimizer_state",
+        "master_weights",
+        "fsdp_buffers",
+        "activations",
+        "loss_buffers",
+        "overhead",
+    ]
+    assert m.total == sum(d.values())
+    assert d["overhead"] == 7
+    assert all(isinstance(v, int) for v in d.values())
+
+
+def test_max_local_batch_is_the_largest_that_fits():
+    kw = dict(shard_degree=2, world_size=2, checkpointing=True, overhead_bytes=0)
+    budget = estimate_memory(TINY, local_batch=37, **kw).total
+    assert max_local_batch(TINY, budget, **kw) == 37
+    assert max_local_batch(TINY, budget - 1, **kw) == 36
+    big = 40 * 2**30
+    b = max_local_batch(get_model("ViT-L-14"), big, shard_degree=8, world_size=8)
+    assert (
+        estimate_memory(get_model("ViT-L-14"), local_batch=b, shard_degree=8, world_size=8).total
+        <= big
+    )
+    assert (
+        estimate_memory(
+            get_model("ViT-L-14"), local_batch=b + 1, shard_degree=8, world_size=8
+        ).total
+        > big
+    )
+
+
+def test_max_local_batch_reports_what_does_not_fit():
+    with pytest.raises(ConfigError, match="shard_degree"):
+        max_local_batch(get_model("EVA-CLIP-18B"), 80 * 2**30, shard_degree=1, world_size=1)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "field"),
+    [
+        (dict(shard_degree=3, world_size=4), "shard_degree"),
+        (dict(shard_degree=0, world_size=4), "shard_degree"),
+        (dict(precision="fp8"), "precision"),
+        (dict(optimizer="sgd"), "optimizer"),
+        (dict(mask_ratio=1.0), "mask_ratio"),
+        (dict(loss="hinge"), "loss"),
+        (dict(loss="softmax", loss_impl="ring"), "loss_impl"),
+        (dict(local_batch=0), "local_batch"),
+        (dict(overhead_bytes=-1), "overhead_bytes"),
+    ],
+)
+def test_bad_input_names_the_field(kwargs, field):
+    base = dict(local_batch=2, shard_degree=1, world_size=1)
+    with pytest.raises(ConfigError) as err:
+        estimate_memory(TINY, **(base | kwargs))
+    assert err.value.field == field
