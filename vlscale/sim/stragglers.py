@@ -15,8 +15,17 @@ step replaces W−1 draws (David & Nagaraja, *Order Statistics*, 3rd ed., §2.1)
 treated as synced across ranks too: a delay walks around the ring in W−1 hops, so over a whole
 ring pass everyone waits for the slowest (conservative for a single hop).
 
-Assumption behind the exactness: the input pipeline is the same on every rank (it is simulated
-per simulated rank with the same decode draws).
+Across steps. Ranks leave a step at different times (the optimizer runs at each rank's own
+speed), so a step's last arrival depends on two consecutive draws of each rank. FSDP re-syncs at
+the start of every step (the unit-0 all-gather waits for everyone), so the reduction stays exact
+step after step. DDP does not: its forward has no collective, and a rank late from step k but fast
+in step k+1 can tie with one that was early and slow; the virtual rank, slowest in every step at
+once, then over-estimates. By monotonicity the reduction is always an upper bound on the full
+simulation (the tests check: exact for one step and for FSDP, an upper bound for DDP).
+
+The input pipeline is the same on every rank (simulated per simulated rank with the same decode
+draws); with data stalls the virtual rank's queue history is also the slowest, again an upper
+bound.
 """
 
 from __future__ import annotations
