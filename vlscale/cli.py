@@ -171,8 +171,8 @@ def flops_cmd(
     image_size: int | None = typer.Option(None, "--image-size", help="override image size"),
     as_json: bool = typer.Option(False, "--json", help="machine-readable output"),
 ):
-    """Forward FLOPs per sample (2 per multiply-add), per tower; training = 3x forward."""
-    from vlscale.costs.flops import forward_flops
+    """Forward FLOPs per sample (2 per multiply-add), per tower, and training FLOPs."""
+    from vlscale.costs.flops import flip_flop_ratio, forward_flops, train_flops_per_sample
     from vlscale.specs.presets import get_model
 
     check_mask_ratio(mask_ratio)
@@ -181,6 +181,7 @@ def flops_cmd(
     if image_size is not None:
         spec = spec.with_image_size(image_size)
     f = forward_flops(spec, mask_ratio=mask_ratio)
+    flip = flip_flop_ratio(spec.vision, spec.embed_dim, mask_ratio)
     result = {
         "model": spec.name,
         "mask_ratio": mask_ratio,
@@ -189,18 +190,22 @@ def flops_cmd(
         "total": f.total,
         "image_size": spec.vision.image_size,
         "context_length": spec.text.context_length,
+        "train_total": train_flops_per_sample(spec, mask_ratio),
+        "train_total_recompute": train_flops_per_sample(spec, mask_ratio, recompute=True),
+        "flip_ratio": {"linear": flip.linear, "attention": flip.attention, "total": flip.total},
     }
     if as_json:
         emit_json(result)
         return
+    rows = [[k, f"{result[k] / 1e9:.2f}"] for k in ("image", "text", "total")]
+    rows.append(["train (fwd+bwd)", f"{result['train_total'] / 1e9:.2f}"])
+    rows.append(["train + recompute", f"{result['train_total_recompute'] / 1e9:.2f}"])
+    if mask_ratio > 0:
+        rows.append(["image vs unmasked", f"{flip.total:.3f}x"])
     print_table(
-        f"{spec.name} forward FLOPs per sample (image {spec.vision.image_size}px, "
-        f"mask ratio {mask_ratio})",
-        ["tower", "GFLOPs", "train GFLOPs (3x)"],
-        [
-            [k, f"{result[k] / 1e9:.2f}", f"{3 * result[k] / 1e9:.2f}"]
-            for k in ("image", "text", "total")
-        ],
+        f"{spec.name} FLOPs per sample (image {spec.vision.image_size}px, mask ratio {mask_ratio})",
+        ["", "GFLOPs"],
+        rows,
     )
 
 
