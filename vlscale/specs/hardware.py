@@ -198,7 +198,7 @@ def _parse_devices(entries: Any, where: str) -> list[DeviceSpec]:
         try:
             out.append(DeviceSpec.model_validate(entry))
         except ValidationError as exc:
-            raise from_validation_error(exc, prefix=f"{where}[{i}]") from None
+            raise _config_error(exc, f"{where}[{i}]") from None
     return out
 
 
@@ -389,7 +389,7 @@ def make_cluster(
             num_slices=num_slices,
         )
     except ValidationError as exc:
-        raise from_validation_error(exc, prefix="cluster") from None
+        raise _config_error(exc, "cluster") from None
 
 
 def _prime_factors(n: int) -> list[int]:
@@ -453,7 +453,7 @@ def load_hardware_file(path: str | os.PathLike) -> HardwareFile:
         try:
             clusters[entry["name"]] = ClusterSpec.model_validate(entry)
         except ValidationError as exc:
-            raise from_validation_error(exc, prefix=where) from None
+            raise _config_error(exc, where) from None
     return HardwareFile(devices=devices, clusters=clusters)
 
 
@@ -527,7 +527,7 @@ def _device_entry(entry: dict, known: dict[str, DeviceSpec], where: str) -> Devi
     try:
         return DeviceSpec.model_validate(entry)
     except ValidationError as exc:
-        raise from_validation_error(exc, prefix=where) from None
+        raise _config_error(exc, where) from None
 
 
 def _deep_merge(base: dict, over: dict) -> dict:
@@ -539,6 +539,19 @@ def _deep_merge(base: dict, over: dict) -> dict:
     return out
 
 
+_HINTS = {
+    "Field required": "missing; add it (vlscale/specs/data/*.yaml show every field)",
+    "Extra inputs are not permitted": "unknown field; check its spelling",
+}
+
+
+def _config_error(exc: ValidationError, where: str) -> ConfigError:
+    """A pydantic error as one ConfigError, with pydantic's terse phrases turned into fixes."""
+    err = from_validation_error(exc, prefix=where)
+    msg = str(err)[len(err.field) + 2 :]
+    return ConfigError(err.field, _HINTS.get(msg, msg))
+
+
 def _with_field(fn, where: str):
     """Re-raise a ConfigError from ``fn`` with ``where`` in front, so the file position shows."""
 
@@ -546,6 +559,6 @@ def _with_field(fn, where: str):
         try:
             return fn(*args)
         except ConfigError as exc:
-            raise ConfigError(f"{where}: {exc.field}", str(exc).split(": ", 1)[1]) from None
+            raise ConfigError(f"{where}: {exc.field}", str(exc)[len(exc.field) + 2 :]) from None
 
     return call
