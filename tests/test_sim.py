@@ -313,3 +313,10 @@ def test_bad_simulation_arguments_name_the_field():
         simulate(wl, slowdowns=np.ones((3, 1)))
     with pytest.raises(ConfigError, match="workload"):
         simulate(42)
+
+
+def test_a_single_device_still_varies_step_to_step():
+    wl = Workload(world_size=1, units=_units(1))
+    res = simulate(wl, steps=8, stragglers=StragglerModel(sigma=0.2), seed=1)
+    assert res.steps["step_time_s"].nunique() == 8
+    assert res.p95_s > res.p50_s

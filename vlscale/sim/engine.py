@@ -34,7 +34,10 @@ class _Barriers:
         self._steps: dict[int, tuple[list[int], list[simpy.Event | None]]] = {}
 
     def arrive(self, step: int, idx: int) -> simpy.Event:
-        counts, events = self._steps.setdefault(step, ([0] * self.n_ops, [None] * self.n_ops))
+        table = self._steps.get(step)
+        if table is None:
+            table = self._steps[step] = ([0] * self.n_ops, [None] * self.n_ops)
+        counts, events = table
         ev = events[idx]
         if ev is None:
             ev = events[idx] = self.env.event()

@@ -73,7 +73,9 @@ class Program:
     ) -> int:
         idx = len(self.ops)
         # deps must point backwards: enqueue order is then a topological order
-        assert all(d < idx for d in (*after_end, *after_start)), (name, after_end, after_start)
+        deps = after_end + after_start
+        if deps and max(deps) >= idx:
+            raise AssertionError(f"{name}: dependency {max(deps)} is not enqueued before it")
         self.ops.append(Op(idx, stream, kind, name, float(duration_s), after_end, after_start))
         return idx
 

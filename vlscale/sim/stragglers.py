@@ -70,12 +70,13 @@ def slowdown_matrix(
 ) -> np.ndarray:
     """Slowdowns of the simulated ranks, shape (simulated ranks, steps).
 
-    No model: one rank at nominal speed. ``explicit_ranks``: all W ranks drawn. Otherwise the
-    reduction above: row 0 the reported rank, row 1 the slowest of the other W−1 (if W > 1).
+    No model: one rank at nominal speed (all ranks are alike). ``explicit_ranks`` or W = 1: all
+    W ranks drawn. Otherwise the reduction above: row 0 the reported rank, row 1 the slowest of
+    the other W−1.
     """
-    if model is None or world_size == 1:
+    if model is None:
         return np.ones((1, steps))
-    if explicit_ranks:
+    if explicit_ranks or world_size == 1:
         return model.draw(rng, (world_size, steps))
     own = model.draw(rng, (steps,))
     others = model.draw_max(rng, world_size - 1, steps)
