@@ -21,12 +21,15 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-import pandas as pd
 
 from vlscale.sim.program import COMM_KINDS, COMPUTE_KINDS
 from vlscale.sim.workload import Workload
+
+if TYPE_CHECKING:  # pandas is imported when tables are built, keeping `import vlscale.sim` light
+    import pandas as pd
 
 EVENT_COLUMNS = ["rank", "step", "stream", "kind", "name", "start_s", "end_s"]
 BREAKDOWN_COLUMNS = ["compute", "data_stall", *COMM_KINDS, "idle"]
@@ -80,6 +83,8 @@ def build_result(
     simulated_ranks: int,
 ) -> SimResult:
     """Turn the plain records into tables (once, at the end)."""
+    import pandas as pd
+
     events = pd.DataFrame.from_records(records, columns=EVENT_COLUMNS)
     events = events.sort_values(["rank", "start_s", "end_s"], kind="stable").reset_index(drop=True)
     ends = np.asarray(step_ends[0])

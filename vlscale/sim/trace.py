@@ -14,8 +14,10 @@ import json
 import os
 import tempfile
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import pandas as pd
+if TYPE_CHECKING:
+    import pandas as pd
 
 STREAM_TIDS: dict[str, int] = {"compute": 0, "collective": 1, "p2p": 2, "input": 3}
 
