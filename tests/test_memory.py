@@ -125,8 +125,8 @@ def test_loss_buffers_by_hand():
     # b = 2, W = 8 -> B = 16, e = 32; every variant holds 2·b·e = 128 normalised fp32 values
     # softmax: 2·B·e = 1024 gathered + 2 directions · 3 · b·B = 192
     assert loss_buffer_bytes("softmax", "gather", 2, 8, 32) == 4 * (128 + 1024 + 192)
-    # sigmoid gather: b·e 64 + B·e 512 + 3·b·B 96
-    assert loss_buffer_bytes("sigmoid", "gather", 2, 8, 32) == 4 * (128 + 64 + 512 + 96)
+    # sigmoid gather: b·e 64 + B·e 512 + 5·b·B 160
+    assert loss_buffer_bytes("sigmoid", "gather", 2, 8, 32) == 4 * (128 + 64 + 512 + 160)
     # ring: 3·b² 12 + 6·b·e 384
     assert loss_buffer_bytes("sigmoid", "ring", 2, 8, 32) == 4 * (128 + 12 + 384)
 

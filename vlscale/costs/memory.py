@@ -158,8 +158,10 @@ def loss_buffer_bytes(
         softmax-gather  gathered images and texts 2·B·e; per direction (image->text and
                         text->image) the b×B logits saved for the scale's gradient, the saved
                         log-softmax and its gradient: 2·3·b·B
-        sigmoid-gather  local images b·e, gathered texts B·e; the b×B logits, the saved
-                        sigmoid-side activation and the gradient: 3·b·B
+        sigmoid-gather  local images b·e, gathered texts B·e; four saved b×B tensors (the
+                        logits product for the scale's gradient, the ±1 label signs, the signed
+                        logits, log-sigmoid's buffer; CPU reference path, CUDA's log-sigmoid
+                        keeps no buffer) and the gradient: 5·b·B
         sigmoid-ring    one b×b block's logits, its σ and gradient 3·b²; local images and texts,
                         the current and the incoming text block, the travelling text-gradient
                         block and the incoming one 6·b·e -- independent of W
@@ -176,7 +178,7 @@ def loss_buffer_bytes(
     if loss == "softmax":
         elements = 2 * big_b * e + 2 * 3 * b * big_b
     elif impl == "gather":
-        elements = b * e + big_b * e + 3 * b * big_b
+        elements = b * e + big_b * e + 5 * b * big_b
     else:
         elements = 3 * b * b + 6 * b * e
     return LOSS_BYTES * (normalised + elements)
