@@ -11,6 +11,10 @@ last returned batch: ``state_dict()`` saves it, ``load_state_dict()`` restarts t
 (records read ahead but not yet returned are read again). ``last_wait_s`` is how long the last
 ``next()`` blocked: the trainer's data time.
 
+Process workers are started with "spawn" (forking a process that already runs torch threads
+can deadlock), so the launching script needs the usual ``if __name__ == "__main__":`` guard;
+threads suit Pillow decoding well (it releases the GIL) and start instantly.
+
 Checkpointing note: the state is per rank (``rank`` is in it). torch.distributed.checkpoint
 de-duplicates equal non-tensor keys across ranks, so store it under a per-rank key.
 """
