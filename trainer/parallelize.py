@@ -20,12 +20,13 @@ One wrapping order, pinned by ``tests/trainer/test_parallelize.py``:
 FSDP2's machinery with a replicated placement, so mixed precision, gradient-sync control and
 ``clip_grad_norm_`` on DTensors work exactly as for ``fsdp``).
 
-``encode_image`` and ``encode_text`` are registered as FSDP forward methods, so evaluation can
-call them on the root and still trigger the all-gathers.
+``encode_image``, ``encode_text`` and ``logit_params`` (added here) are registered as FSDP forward
+methods, so evaluation and the loss can call them on the root and still trigger the all-gathers.
 """
 
 from __future__ import annotations
 
+import types
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
@@ -44,7 +45,7 @@ from torch.distributed.fsdp import (
 )
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
-FORWARD_METHODS = ("encode_image", "encode_text")
+FORWARD_METHODS = ("encode_image", "encode_text", "logit_params")
 
 
 @dataclass(frozen=True)
@@ -104,24 +105,6 @@ def apply_fsdp(model: nn.Module, mesh: DeviceMesh, plan: ParallelPlan) -> None:
     fully_shard(model, mesh=mesh, mp_policy=mp, reshard_after_forward=False)
 
 
-def protect_parameter_outputs(model: nn.Module) -> None:
-    """Make the root's forward return copies of any parameter it returns as is.
-
-    A two-tower forward commonly returns ``self.logit_scale`` itself. Under FSDP2 that tensor is
-    the root's *unsharded* parameter, whose storage is freed at the end of the root forward, so
-    the loss would read freed memory (seen as a segfault in torch 2.13 on CPU). ``clone`` is
-    differentiable, so gradients still reach the parameter. Registered before ``fully_shard``,
-    the hook runs before FSDP's post-forward hook.
-    """
-
-    def clone_params(_module, _args, output):
-        if isinstance(output, tuple):
-            return tuple(o.clone() if isinstance(o, nn.Parameter) else o for o in output)
-        return output
-
-    model.register_forward_hook(clone_params)
-
-
 def apply_ddp(model: nn.Module, mesh: DeviceMesh, plan: ParallelPlan) -> None:
     """Step 4 for ``ddp``: replicate blocks, towers and root with the same units as FSDP, so that
     gradient all-reduces overlap backward block by block."""
@@ -130,6 +113,24 @@ def apply_ddp(model: nn.Module, mesh: DeviceMesh, plan: ParallelPlan) -> None:
     mp = mixed_precision(plan.precision)
     for module in [*blocks(model), *towers(model), model]:
         replicate(module, mesh=mesh, mp_policy=mp)
+
+
+def _logit_params(self: nn.Module) -> tuple[torch.Tensor, torch.Tensor]:
+    """(logit_scale, logit_bias), each shape (1,), as differentiable copies."""
+    return self.logit_scale.clone(), self.logit_bias.clone()
+
+
+def attach_logit_params(model: nn.Module) -> None:
+    """Give the root a ``logit_params()`` method, registered below as an FSDP forward method.
+
+    Outside a forward the root's ``logit_scale``/``logit_bias`` are sharded DTensors, and the
+    loss needs the whole (1,) values with gradients that flow into FSDP's reduce-scatter like
+    any other parameter's. Calling ``model.logit_params()`` runs FSDP's pre-forward (all-gather)
+    and post-forward hooks around it, so it returns plain tensors with exactly that gradient
+    path. ``clone`` matters: FSDP frees the root's all-gather buffer at the end of the root
+    forward, so a parameter returned as is would point at freed memory.
+    """
+    model.logit_params = types.MethodType(_logit_params, model)
 
 
 def register_forward_methods(model: nn.Module) -> None:
@@ -158,7 +159,7 @@ def parallelize(
         apply_activation_checkpointing(model)
     if plan.compile:
         apply_compile(model)
-    protect_parameter_outputs(model)
+    attach_logit_params(model)
     if plan.sharding == "fsdp":
         apply_fsdp(model, mesh, plan)
     elif plan.sharding == "ddp":

@@ -1,0 +1,240 @@
+"""The training loop: one optimizer step (with gradient accumulation), timing and records.
+
+One step, on every rank::
+
+    for each of grad_accum micro-steps:            gradient sync only on the last one
+        images, tokens = next(batches)             -> data_time_s
+        img, txt = model(images, tokens, r)        (b, d) fp32, L2-normalised     -> forward_s
+        loss = recipe loss(img, txt, scale, bias)  local rows, mean               -> loss_s
+        (loss / grad_accum).backward()             FSDP reduce-scatters grads     -> backward_s
+    clip global grad norm; optimizer.step(); scheduler.step(); zero grads
+    clamp logit_scale <= ln 100 (softmax recipes)                                 -> optimizer_s
+
+``step_time_s`` spans all of it (device synchronised at the end). Loss averaging over ranks,
+reading the logit parameters, logging, evaluation and checkpointing happen after the clock stops.
+Contrastive negatives come from the micro-batch (global_batch / grad_accum samples), as in
+plain gradient accumulation without a gradient cache.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+from torch import nn
+
+from trainer.config import TrainConfig
+from trainer.losses import clip_loss, siglip_loss
+from trainer.parallelize import full_value, set_gradient_sync
+from trainer.profiling import PeakMemory, PhaseTimer, StepProfiler, synchronize
+from trainer.records import RecordWriter
+from vlscale.costs.flops import train_flops_per_sample
+from vlscale.records import CheckpointRecord, EvalRecord, StepRecord
+from vlscale.specs.recipes import RecipeSpec
+
+Batch = tuple[torch.Tensor, torch.Tensor]
+
+
+@dataclass
+class LoopContext:
+    """Everything the loop touches; built by ``trainer.train``."""
+
+    cfg: TrainConfig
+    model: nn.Module
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+    batches: Iterator[Batch]
+    device: torch.device
+    rank: int
+    world_size: int
+    writer: RecordWriter
+    peak_flops: float | None
+    group: dist.ProcessGroup | None = None
+    scaler: torch.amp.GradScaler | None = None
+    evaluate: Callable[[int], dict[str, float]] | None = None
+    checkpoint: Callable[[int, int], Path] | None = None
+    log: Callable[[str], None] = print
+    start_step: int = 0
+    start_samples: int = 0
+    recipe: RecipeSpec = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.recipe = self.cfg.recipe_spec()
+
+
+def compute_loss(
+    recipe: RecipeSpec,
+    img: torch.Tensor,
+    txt: torch.Tensor,
+    scale: torch.Tensor,
+    bias: torch.Tensor,
+    group: dist.ProcessGroup | None,
+) -> torch.Tensor:
+    """The recipe's loss: softmax InfoNCE (clip, eva-clip) or pairwise sigmoid (siglip)."""
+    if recipe.loss == "sigmoid":
+        return siglip_loss(img, txt, scale, bias, group, impl=recipe.loss_impl)
+    return clip_loss(img, txt, scale, group)
+
+
+def train_step(ctx: LoopContext, step: int, timer: PhaseTimer) -> dict:
+    """Run optimizer step ``step`` (1-based); returns the measurements of the step."""
+    cfg, model, device = ctx.cfg, ctx.model, ctx.device
+    mask_ratio = cfg.mask_ratio_at(step)
+    accum = cfg.grad_accum
+    loss_sum = torch.zeros((), device=device)
+    data_time = 0.0
+    t0 = time.perf_counter()
+    timer.start()
+    for micro in range(accum):
+        td = time.perf_counter()
+        images, tokens = next(ctx.batches)
+        images = images.to(device, non_blocking=True)  # (b, 3, H, W)
+        tokens = tokens.to(device, non_blocking=True)  # (b, S)
+        timer.skip()
+        data_time += time.perf_counter() - td
+        set_gradient_sync(model, micro == accum - 1)
+        img, txt = model(images, tokens, mask_ratio=mask_ratio)  # (b, d), (b, d) fp32
+        timer.lap("forward")
+        scale, bias = model.logit_params()  # (1,), (1,): gathered, differentiable
+        loss = compute_loss(ctx.recipe, img, txt, scale, bias, ctx.group)
+        timer.lap("loss")
+        scaled = loss / accum
+        (ctx.scaler.scale(scaled) if ctx.scaler else scaled).backward()
+        timer.lap("backward")
+        loss_sum += loss.detach()
+    lr = current_lr(ctx.optimizer, cfg.lr)
+    grad_norm = optimizer_step(ctx)
+    timer.lap("optimizer")
+    synchronize(device)
+    step_time = time.perf_counter() - t0
+    return {
+        "mask_ratio": mask_ratio,
+        "step_time_s": step_time,
+        "data_time_s": data_time,
+        "loss_sum": loss_sum,
+        "grad_norm": grad_norm,
+        "lr": lr,
+        **{f"{p}_s": timer.get(p) for p in ("forward", "loss", "backward", "optimizer")},
+    }
+
+
+def optimizer_step(ctx: LoopContext) -> torch.Tensor | None:
+    """Unscale (fp16), clip, step, schedule, zero, clamp. Returns the pre-clip grad norm."""
+    params = [p for p in ctx.model.parameters() if p.grad is not None]
+    if ctx.scaler:
+        ctx.scaler.unscale_(ctx.optimizer)
+    norm = None
+    if ctx.cfg.grad_clip:
+        norm = torch.nn.utils.clip_grad_norm_(params, ctx.cfg.grad_clip)
+    if ctx.scaler:
+        ctx.scaler.step(ctx.optimizer)
+        ctx.scaler.update()
+    else:
+        ctx.optimizer.step()
+    ctx.scheduler.step()
+    ctx.optimizer.zero_grad(set_to_none=True)
+    if ctx.recipe.loss == "softmax":
+        # CLIP (Radford 2021, Sec. 2.5): temperature clipped so logits scale by at most 100.
+        with torch.no_grad():
+            ctx.model.logit_scale.clamp_(max=ctx.recipe.max_logit_scale)
+    return norm
+
+
+def current_lr(optimizer: torch.optim.Optimizer, base_lr: float) -> float:
+    """The schedule's lr on the ``--lr`` scale (groups with their own peak lr scale alike)."""
+    group = optimizer.param_groups[0]
+    peak = group.get("initial_lr", group["lr"])
+    return base_lr * group["lr"] / peak if peak else group["lr"]
+
+
+def train_loop(ctx: LoopContext) -> list[StepRecord]:
+    """Steps ``start_step + 1 .. cfg.steps``; writes a record per step; returns them."""
+    cfg = ctx.cfg
+    timer = PhaseTimer(ctx.device, cfg.phase_timing)
+    memory = PeakMemory(ctx.device)
+    profiler = StepProfiler(
+        cfg.profile_range() if cfg.profile_steps else None, Path(cfg.out), ctx.rank, ctx.device
+    )
+    spec = cfg.model_spec()
+    records = []
+    for step in range(ctx.start_step + 1, cfg.steps + 1):
+        profiler.before_step(step)
+        memory.reset()
+        m = train_step(ctx, step, timer)
+        trace = profiler.after_step(step)
+        if trace is not None:
+            ctx.log(f"profile of steps {cfg.profile_steps} written to {trace}")
+        record = make_record(ctx, step, m, memory.peak_bytes(), spec)
+        ctx.writer.write(record)
+        records.append(record)
+        if step % cfg.log_every == 0 or step == cfg.steps:
+            ctx.log(format_log(record, cfg.steps))
+        if ctx.evaluate and cfg.eval_every and step % cfg.eval_every == 0:
+            t = time.perf_counter()
+            metrics = ctx.evaluate(step)
+            ctx.writer.write(EvalRecord(step=step, time_s=time.perf_counter() - t, metrics=metrics))
+            ctx.log(f"eval @ {step}: " + ", ".join(f"{k} {v:.4g}" for k, v in metrics.items()))
+        if ctx.checkpoint and cfg.ckpt_every and (step % cfg.ckpt_every == 0 or step == cfg.steps):
+            t = time.perf_counter()
+            path = ctx.checkpoint(
+                step, ctx.start_samples + (step - ctx.start_step) * cfg.global_batch
+            )
+            ctx.writer.write(
+                CheckpointRecord(step=step, time_s=time.perf_counter() - t, path=str(path))
+            )
+    return records
+
+
+def make_record(ctx: LoopContext, step: int, m: dict, peak_memory: int | None, spec) -> StepRecord:
+    """Collectives first (every rank), then the record (used on rank 0)."""
+    cfg = ctx.cfg
+    loss = m["loss_sum"] / cfg.grad_accum
+    if ctx.world_size > 1:
+        dist.all_reduce(loss, group=ctx.group)  # gloo has no AVG: sum, then divide
+        loss = loss / ctx.world_size
+    scale = full_value(ctx.model.logit_scale).detach().float().item()
+    bias = full_value(ctx.model.logit_bias).detach().float().item()
+    norm = m["grad_norm"]
+    norm = None if norm is None else full_value(norm).float().item()
+    flops = train_flops_per_sample(spec, m["mask_ratio"], recompute=cfg.checkpointing)
+    t = m["step_time_s"]
+    mfu = None
+    if ctx.peak_flops:
+        mfu = flops * cfg.global_batch / (t * ctx.world_size * ctx.peak_flops)
+    loss_value = loss.item()
+    return StepRecord(
+        step=step,
+        samples_seen=ctx.start_samples + (step - ctx.start_step) * cfg.global_batch,
+        warmup=step - ctx.start_step <= cfg.timing_warmup,
+        mask_ratio=m["mask_ratio"],
+        step_time_s=t,
+        data_time_s=m["data_time_s"],
+        forward_s=m["forward_s"],
+        loss_s=m["loss_s"],
+        backward_s=m["backward_s"],
+        optimizer_s=m["optimizer_s"],
+        loss=loss_value,
+        grad_norm=norm,
+        lr=m["lr"],
+        logit_scale=scale,
+        logit_bias=bias,
+        peak_memory_bytes=peak_memory,
+        samples_per_s=cfg.global_batch / t,
+        flops_per_sample=flops,
+        mfu=mfu,
+    )
+
+
+def format_log(r: StepRecord, total: int) -> str:
+    mfu = "n/a" if r.mfu is None else f"{r.mfu:.1%}"
+    warm = " (warmup)" if r.warmup else ""
+    return (
+        f"step {r.step}/{total} loss {r.loss:.4f} lr {r.lr:.2e} scale {math.exp(r.logit_scale):.1f}"
+        f" | {r.step_time_s * 1e3:.0f} ms (data {r.data_time_s * 1e3:.0f} ms)"
+        f" {r.samples_per_s:.1f} samples/s MFU {mfu}{warm}"
+    )
