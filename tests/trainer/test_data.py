@@ -148,7 +148,9 @@ def test_shapes_rank_sharding_disjoint_and_covering():
 
 def test_loader_resume_continues_exactly_and_workers_do_not_change_batches():
     ds = ShapesDataset(16, seed=1, rank=1, world_size=2)
-    ref = _take(Loader(ds, TOK, 16, 3), 6)
+    inline = Loader(ds, TOK, 16, 3)
+    ref = _take(inline, 6)
+    assert inline.samples == 18 and inline.last_wait_s > 0  # data time for the trainer
     loader = Loader(ds, TOK, 16, 3, num_workers=2)
     _assert_same_batches(_take(loader, 6), ref)  # threads: same batches, same order
 

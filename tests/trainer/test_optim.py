@@ -118,6 +118,18 @@ def test_lamb_step_size_is_lr_times_weight_norm():
     torch.testing.assert_close(step_norm, 0.05 * w0.norm())
 
 
+def test_lamb_group_without_trust_ratio_and_trust_clip():
+    g = torch.tensor([0.3, -0.2, 0.1], dtype=torch.float64)
+    w0 = torch.tensor([10.0, 20.0, -5.0], dtype=torch.float64)
+    plain, clipped = nn.Parameter(w0.clone()), nn.Parameter(w0.clone())
+    plain.grad, clipped.grad = g.clone(), g.clone()
+    Lamb([{"params": [plain], "trust_ratio": False}], lr=0.1, eps=1e-12).step()
+    # first bias-corrected Adam step: u = g / |g| = sign(g); no trust ratio -> w - lr * sign(g)
+    torch.testing.assert_close(plain.detach(), w0 - 0.1 * g.sign())
+    Lamb([clipped], lr=0.1, eps=1e-12, trust_clip=2.0).step()  # ||w|| / ||u|| ~ 13 -> capped
+    torch.testing.assert_close(clipped.detach(), w0 - 0.1 * 2.0 * g.sign())
+
+
 def test_lamb_bad_hyperparameters():
     p = [nn.Parameter(torch.ones(2))]
     with pytest.raises(ConfigError, match="betas"):
@@ -183,7 +195,12 @@ def _fsdp_lamb_body(ctx, steps):
         opt.zero_grad()
         counts.append(len(calls))
     full = {n: p.full_tensor() for n, p in model.named_parameters()}
-    return full, counts
+    try:
+        build_optimizer("adafactor", build_param_groups(model, 1e-3, 0.0))
+        refused = False
+    except ConfigError:
+        refused = True  # factored statistics span shards: refused, not silently changed
+    return full, counts, refused
 
 
 @pytest.mark.dist
@@ -196,8 +213,9 @@ def test_lamb_fsdp2_matches_single_process_with_one_all_reduce():
         opt.step()
         opt.zero_grad()
     results = run_distributed(_fsdp_lamb_body, 2, steps)
-    for full, counts in results:
+    for full, counts, adafactor_refused in results:
         assert counts == [1] * steps  # one all-reduce per step for all norms
+        assert adafactor_refused
         for name, p in ref.named_parameters():
             torch.testing.assert_close(full[name], p.detach(), rtol=0, atol=1e-10, msg=name)
 
