@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import difflib
+import glob
 import os
 from pathlib import Path
 from typing import Any, Literal
@@ -86,7 +87,7 @@ class TrainConfig(BaseModel):
                 "unmasked_final_steps",
                 f"{self.unmasked_final_steps} > steps ({self.steps}); use at most --steps",
             )
-        if self.data not in BUILTIN_DATA and not Path(self.data).exists():
+        if self.data not in BUILTIN_DATA and not _data_exists(self.data):
             raise ConfigError(
                 "data",
                 f"no dataset at '{self.data}'; pass an existing CSV file or shard directory, "
@@ -150,6 +151,15 @@ class TrainConfig(BaseModel):
                 f"{world_size} x {self.grad_accum} = {per}; use e.g. --global-batch {lo}"
                 f" or {lo + per}",
             )
+
+
+def _data_exists(data: str) -> bool:
+    """A path, a glob with matches, or a brace range of shards (checked by the loader)."""
+    if "{" in data:
+        return True
+    if any(c in data for c in "*?["):
+        return bool(glob.glob(data))
+    return Path(data).exists()
 
 
 # --- command line ---------------------------------------------------------------------------

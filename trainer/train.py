@@ -1,0 +1,278 @@
+"""Entry point: ``torchrun --nproc_per_node N -m trainer.train --config run.yaml [overrides]``.
+
+Also runs as plain ``python -m trainer.train`` (world 1: a one-rank gloo/NCCL group on a
+HashStore, so FSDP2 code paths are the same). Multi-node goes through torchrun's rendezvous.
+
+Order: parse + validate the config (torch-free; a bad config exits 2 with one message and writes
+nothing) -> process group and DeviceMesh -> model on meta -> ``parallelize`` -> optional image
+tower init (EVA two-stage) -> optimizer, schedule, data -> optional resume -> run header ->
+``train_loop`` -> destroy the group.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import sys
+from datetime import datetime, timezone
+
+from trainer.config import TrainConfig, env_world_size, load_config
+from vlscale.errors import ConfigError
+
+
+def main(argv: list[str] | None = None) -> int:
+    rank = int(os.environ.get("RANK", "0"))
+    try:
+        cfg = load_config(argv, env_world_size())
+        device_type = resolve_device_type(cfg)
+    except ConfigError as exc:
+        if rank == 0:
+            print(f"error: {exc}", file=sys.stderr)
+        return 2
+    run(cfg, device_type)
+    return 0
+
+
+def resolve_device_type(cfg: TrainConfig) -> str:
+    """``auto`` -> cuda when available; asking for cuda without one is a config error."""
+    import torch
+
+    has_cuda = torch.cuda.is_available()
+    if cfg.device == "cuda" and not has_cuda:
+        raise ConfigError("device", "no CUDA device is visible; use --device cpu (or auto)")
+    if cfg.device == "auto":
+        return "cuda" if has_cuda else "cpu"
+    return cfg.device
+
+
+def init_distributed(device_type: str):
+    """Process group (gloo on CPU, NCCL on CUDA) and a 1-D ``dp`` DeviceMesh over all ranks."""
+    import torch
+    import torch.distributed as dist
+    from torch.distributed.device_mesh import init_device_mesh
+
+    backend = "nccl" if device_type == "cuda" else "gloo"
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    if device_type == "cuda":
+        torch.cuda.set_device(local_rank)
+        device = torch.device("cuda", local_rank)
+    else:
+        device = torch.device("cpu")
+        # Ranks on one host share its cores; torchrun's OMP_NUM_THREADS=1 would idle the rest.
+        local_world = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) // local_world))
+    if "RANK" in os.environ:  # torchrun: env:// rendezvous
+        dist.init_process_group(backend, device_id=device if device_type == "cuda" else None)
+    else:  # plain python: a world of one
+        dist.init_process_group(backend, store=dist.HashStore(), rank=0, world_size=1)
+    mesh = init_device_mesh(device_type, (dist.get_world_size(),), mesh_dim_names=("dp",))
+    return device, mesh, backend
+
+
+def run(cfg: TrainConfig, device_type: str) -> None:
+    """Start the process group, train, and always destroy the group."""
+    import torch.distributed as dist
+
+    device, mesh, backend = init_distributed(device_type)
+    try:
+        train(cfg, device, mesh, backend)
+    finally:
+        dist.destroy_process_group()
+
+
+def train(cfg: TrainConfig, device, mesh, backend: str) -> list:
+    """Train on an existing process group / ``mesh``; returns the step records (every rank)."""
+    import torch
+    import torch.distributed as dist
+
+    from models import build_model, init_weights
+    from trainer import checkpoint as ckpt
+    from trainer.optim import build_optimizer, build_param_groups, build_scheduler
+    from trainer.parallelize import ParallelPlan, parallelize
+    from trainer.profiling import PeakMemory, device_name, resolve_peak_flops
+    from trainer.records import RecordWriter
+    from trainer.step import LoopContext, train_loop
+
+    rank, world = dist.get_rank(), dist.get_world_size()
+    spec, recipe = cfg.model_spec(), cfg.recipe_spec()
+    torch.manual_seed(cfg.seed)  # same init stream on every rank
+    model = build_model(
+        spec,
+        device="meta",
+        init_logit_scale=recipe.init_logit_scale,
+        init_logit_bias=recipe.init_logit_bias,
+    )
+    plan = ParallelPlan(
+        sharding=cfg.sharding,
+        precision=cfg.precision,
+        reshard_after_forward=cfg.reshard_after_forward,
+        checkpointing=cfg.checkpointing,
+        compile=cfg.compile,
+    )
+    parallelize(model, mesh, plan, device, init_weights)
+    if cfg.init_image_from:
+        ckpt.load_image_tower(model, cfg.init_image_from)
+    groups = build_param_groups(model, cfg.lr, cfg.weight_decay, cfg.image_lr, cfg.text_lr)
+    optimizer = build_optimizer(recipe.optimizer, groups, betas=recipe.betas)
+    scheduler = build_scheduler(optimizer, cfg.warmup_steps, cfg.steps)
+    loader = build_train_loader(cfg, spec, rank, world)
+    # FLIP masks and anything else random must differ between ranks from here on.
+    torch.manual_seed(cfg.seed * 1_000_003 + rank + 1)
+
+    start_step = start_samples = 0
+    if cfg.resume:
+        info = ckpt.load_checkpoint(
+            cfg.out, model=model, optimizer=optimizer, scheduler=scheduler, loader=loader
+        )
+        start_step, start_samples = info.step, info.samples_seen
+
+    peak, peak_source = resolve_peak_flops(
+        device, device_name(device), cfg.precision, cfg.peak_flops
+    )
+    peak = mean_over_ranks(peak, device)
+    evaluate = build_eval(cfg, spec, model, device) if cfg.eval_every else None
+    memory = PeakMemory(device)
+    writer = RecordWriter(cfg.out, active=rank == 0)
+    writer.start(
+        make_header(cfg, world, backend, device, peak, peak_source, memory.metric),
+        resume_step=start_step if cfg.resume else None,
+    )
+
+    def save(step: int, samples: int):
+        return ckpt.save_checkpoint(
+            cfg.out,
+            step,
+            model=model,
+            optimizer=optimizer,
+            scheduler=scheduler,
+            loader=loader,
+            samples_seen=samples,
+        )
+
+    ctx = LoopContext(
+        cfg=cfg,
+        model=model,
+        optimizer=optimizer,
+        scheduler=scheduler,
+        batches=loader,
+        device=device,
+        rank=rank,
+        world_size=world,
+        writer=writer,
+        peak_flops=peak,
+        group=mesh.get_group(),
+        scaler=torch.amp.GradScaler(device.type) if cfg.precision == "fp16" else None,
+        evaluate=evaluate,
+        checkpoint=save if cfg.ckpt_every else None,
+        log=(lambda s: print(s, flush=True)) if rank == 0 else (lambda s: None),
+        start_step=start_step,
+        start_samples=start_samples,
+    )
+    ctx.log(
+        f"{spec.name} / {recipe.name} ({recipe.loss_impl}) on {world} x {device_name(device)}"
+        f" [{backend}, {cfg.sharding}, {cfg.precision}], global batch {cfg.global_batch}"
+        f", peak {peak / 1e9 if peak else float('nan'):.1f} GFLOP/s/device ({peak_source})"
+    )
+    return train_loop(ctx)
+
+
+def build_train_loader(cfg: TrainConfig, spec, rank: int, world: int):
+    """This rank's loader of local micro-batches (``trainer.data``), byte-level tokens."""
+    from trainer.data import build_loader
+    from trainer.tokenizer import build_tokenizer
+
+    tokenizer = build_tokenizer(
+        "byte", context_length=spec.text.context_length, vocab_size=spec.text.vocab_size
+    )
+    return build_loader(
+        cfg.data,
+        tokenizer,
+        image_size=spec.vision.image_size,
+        batch_size=cfg.local_batch(world),
+        seed=cfg.seed,
+        rank=rank,
+        world_size=world,
+        num_workers=cfg.num_workers,
+    )
+
+
+EVAL_SAMPLES = 256
+
+
+def build_eval(cfg: TrainConfig, spec, model, device):
+    """Zero-shot and retrieval on the held-out shapes split (identical tensors on every rank);
+    other datasets have no class list, so evaluation is shapes-only for now."""
+    import torch
+
+    from trainer.data import ImageTransform, ShapesDataset
+    from trainer.evaluate import build_class_prompts, evaluate
+    from trainer.tokenizer import build_tokenizer
+
+    if cfg.data != "shapes":
+        return None
+    tok = build_tokenizer(
+        "byte", context_length=spec.text.context_length, vocab_size=spec.text.vocab_size
+    )
+    size = spec.vision.image_size
+    held_out = ShapesDataset(size, seed=cfg.seed, split="eval", rank=0, world_size=1)
+    transform = ImageTransform(size)
+    images, labels, captions = [], [], []
+    for i in range(EVAL_SAMPLES):
+        image, caption = held_out.decode(i)
+        images.append(transform(image))
+        labels.append(held_out.attrs(i).class_index)
+        captions.append(caption)
+    data = {
+        "images": torch.stack(images),  # (N, 3, H, W)
+        "labels": torch.tensor(labels),  # (N,)
+        "class_prompts": build_class_prompts(
+            held_out.classes, list(held_out.templates), tok
+        ),  # (C, K, L)
+        "captions": tok(captions),  # (N, L)
+    }
+    return lambda step: evaluate(model, **data, device=device)
+
+
+def mean_over_ranks(value: float | None, device) -> float | None:
+    """Per-device peak as the mean of what the ranks measured (they measured concurrently)."""
+    import torch
+    import torch.distributed as dist
+
+    if value is None or dist.get_world_size() == 1:
+        return value
+    t = torch.tensor([value], dtype=torch.float64, device=device)
+    dist.all_reduce(t)
+    return t.item() / dist.get_world_size()
+
+
+def make_header(cfg: TrainConfig, world, backend, device, peak, peak_source, memory_metric):
+    import torch
+
+    from trainer.profiling import device_name
+    from vlscale.records import RunHeader
+
+    return RunHeader(
+        start_time=datetime.now(timezone.utc).isoformat(),  # noqa: UP017 (py3.10)
+        host=socket.gethostname(),
+        torch_version=torch.__version__,
+        backend=backend,
+        device_type=device.type,
+        device_name=device_name(device),
+        world_size=world,
+        dtype=cfg.precision,
+        model=cfg.model_spec(),
+        recipe=cfg.recipe_spec(),
+        global_batch=cfg.global_batch,
+        local_batch=cfg.local_batch(world),
+        grad_accum=cfg.grad_accum,
+        sharding=cfg.sharding,
+        activation_checkpointing=cfg.checkpointing,
+        peak_flops_per_device=peak,
+        peak_flops_source=peak_source,
+        memory_metric=memory_metric,
+        config=cfg.model_dump(mode="json"),
+    )
+
+
+if __name__ == "__main__":
+    sys.exit(main())
