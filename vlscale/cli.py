@@ -297,6 +297,10 @@ def _check_choice(field: str, value: str, choices: tuple[str, ...]) -> None:
         raise ConfigError(field, f"'{value}' is not one of {', '.join(choices)}")
 
 
+# The planner's commands register themselves on `app` (kept in their own module).
+from vlscale import cli_plan  # noqa: E402, F401
+
+
 def main() -> None:
     """Console-script entry point."""
     try:

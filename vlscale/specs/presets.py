@@ -133,6 +133,13 @@ def _presets() -> dict[str, ModelSpec]:
             _OC.format("ViT-L-14"),
         ),
         _m(
+            "ViT-L-16",
+            openai_vit(224, 16, 1024, 24, 16, 4096),
+            text_l,
+            768,
+            _OC.format("ViT-L-16") + " (the FLIP paper's ViT-L/16)",
+        ),
+        _m(
             "ViT-L-14-336",
             openai_vit(336, 14, 1024, 24, 16, 4096),
             text_l,

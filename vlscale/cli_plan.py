@@ -1,0 +1,320 @@
+"""``vlscale plan``, ``compare``, ``sweep`` and ``hardware``: the planner's commands.
+
+Flags override a ``--config`` file (YAML / TOML with the keys of ``vlscale.plan.PlanConfig``),
+which overrides the embedded default scenario. JSON keys are documented in the README.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import tempfile
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from vlscale.cli import app, emit_json, handles_bad_input, print_table
+from vlscale.errors import ConfigError
+
+
+def parse_count(field: str, text: str | None) -> int | None:
+    """'12.8e9' / '12_800_000_000' / '12800000000' -> int; names the field when it is not."""
+    if text is None:
+        return None
+    try:
+        value = float(text.replace("_", ""))
+    except ValueError:
+        raise ConfigError(field, f"'{text}' is not a number; write e.g. 12.8e9") from None
+    if not value.is_integer() or value <= 0:
+        raise ConfigError(field, f"'{text}' must be a positive whole number, e.g. 12.8e9")
+    return int(value)
+
+
+ConfigOpt = Annotated[Path | None, typer.Option("--config", help="YAML/TOML plan file")]
+ModelOpt = Annotated[str | None, typer.Option("--model", help="preset, e.g. ViT-L-14")]
+DeviceOpt = Annotated[str | None, typer.Option("--device", help="e.g. H100, TPUv5p")]
+DevicesOpt = Annotated[int | None, typer.Option("--devices", help="number of devices")]
+BatchOpt = Annotated[int | None, typer.Option("--global-batch", help="samples per step")]
+SamplesOpt = Annotated[str | None, typer.Option("--samples", help="samples seen, e.g. 12.8e9")]
+MaskOpt = Annotated[float | None, typer.Option("--mask-ratio", help="FLIP ratio in [0, 1)")]
+PrecisionOpt = Annotated[str | None, typer.Option("--precision", help="fp32 | bf16 | fp16")]
+ShardingOpt = Annotated[str | None, typer.Option("--sharding", help="fsdp | ddp")]
+CkptOpt = Annotated[
+    bool | None, typer.Option("--checkpointing/--no-checkpointing", help="activation ckpt")
+]
+OptimOpt = Annotated[str | None, typer.Option("--optimizer", help="adamw | lamb | adafactor")]
+UtilOpt = Annotated[
+    float | None,
+    typer.Option("--utilisation", help="fraction of peak FLOP/s (default: calibrated)"),
+]
+PriceOpt = Annotated[float | None, typer.Option("--price", help="USD per device-hour")]
+StragglerOpt = Annotated[
+    float | None, typer.Option("--stragglers", help="lognormal sigma of per-rank slowdown")
+]
+StepsOpt = Annotated[int | None, typer.Option("--sim-steps", help="steps to simulate")]
+DecodeOpt = Annotated[
+    float | None, typer.Option("--decode-rate", help="input samples/s per device (default: ∞)")
+]
+HwOpt = Annotated[str | None, typer.Option("--hardware-file", help="YAML/TOML with devices")]
+ImageOpt = Annotated[int | None, typer.Option("--image-size", help="override the image size")]
+JsonOpt = Annotated[bool, typer.Option("--json", help="machine-readable output")]
+
+
+def _base_config(config: Path | None, **flags: Any):
+    from vlscale.plan.config import make_plan_config, read_config_file
+
+    data = read_config_file(config) if config is not None else {}
+    flags["samples"] = parse_count("samples", flags.get("samples"))
+    return make_plan_config(data, **flags)
+
+
+@app.command("plan")
+@handles_bad_input
+def plan_cmd(
+    config: ConfigOpt = None,
+    model: ModelOpt = None,
+    recipe: Annotated[str | None, typer.Option(help="clip | siglip | eva-clip")] = None,
+    loss_impl: Annotated[str | None, typer.Option(help="gather | ring")] = None,
+    device: DeviceOpt = None,
+    devices: DevicesOpt = None,
+    global_batch: BatchOpt = None,
+    samples: SamplesOpt = None,
+    mask_ratio: MaskOpt = None,
+    precision: PrecisionOpt = None,
+    sharding: ShardingOpt = None,
+    checkpointing: CkptOpt = None,
+    optimizer: OptimOpt = None,
+    utilisation: UtilOpt = None,
+    price: PriceOpt = None,
+    stragglers: StragglerOpt = None,
+    sim_steps: StepsOpt = None,
+    decode_rate: DecodeOpt = None,
+    hardware_file: HwOpt = None,
+    image_size: ImageOpt = None,
+    trace: Annotated[
+        Path | None, typer.Option("--trace", help="write the simulated timeline (Chrome JSON)")
+    ] = None,
+    as_json: JsonOpt = False,
+):
+    """Plan a run: step time, memory per device, wall time, device-hours and cost."""
+    from vlscale.plan.planner import plan, summary_rows
+
+    cfg = _base_config(
+        config,
+        model=model,
+        recipe=recipe,
+        loss_impl=loss_impl,
+        device=device,
+        devices=devices,
+        global_batch=global_batch,
+        samples=samples,
+        mask_ratio=mask_ratio,
+        precision=precision,
+        sharding=sharding,
+        checkpointing=checkpointing,
+        optimizer=optimizer,
+        utilisation=utilisation,
+        price_per_device_hour=price,
+        straggler_sigma=stragglers,
+        sim_steps=sim_steps,
+        decode_samples_per_s_per_device=decode_rate,
+        hardware_file=hardware_file,
+        image_size=image_size,
+    )
+    result = plan(cfg, keep_sim=trace is not None)
+    if trace is not None:
+        result.sim.to_chrome_trace(trace)
+    if as_json:
+        emit_json(result.to_json())
+        return
+    r = result.recipe
+    title = (
+        f"{cfg.model} {r.name}/{r.loss_impl} (mask {r.mask_ratio}, {r.optimizer}) on "
+        f"{cfg.devices}x{cfg.device}, batch {cfg.global_batch:,}, {cfg.samples:.3g} samples"
+    )
+    print_table(title, ["", ""], [list(row) for row in summary_rows(result)])
+    breakdown = result.breakdown
+    print_table(
+        "where a step goes (s)",
+        list(breakdown),
+        [[f"{v:.4f}" for v in breakdown.values()]],
+    )
+    for w in result.warnings:
+        typer.echo(f"warning: {w}", err=True)
+    if trace is not None:
+        typer.echo(f"trace written to {trace}", err=True)
+
+
+@app.command("compare")
+@handles_bad_input
+def compare_cmd(
+    recipe: Annotated[
+        list[str] | None, typer.Option(help="repeat to compare: --recipe clip --recipe siglip")
+    ] = None,
+    loss_impl: Annotated[list[str] | None, typer.Option(help="repeat: gather, ring")] = None,
+    config: ConfigOpt = None,
+    model: ModelOpt = None,
+    device: DeviceOpt = None,
+    devices: DevicesOpt = None,
+    global_batch: BatchOpt = None,
+    samples: SamplesOpt = None,
+    mask_ratio: MaskOpt = None,
+    precision: PrecisionOpt = None,
+    sharding: ShardingOpt = None,
+    checkpointing: CkptOpt = None,
+    utilisation: UtilOpt = None,
+    as_json: JsonOpt = False,
+):
+    """Recipes or loss implementations side by side on the same cluster.
+
+    Default: CLIP gather, SigLIP gather, SigLIP ring and EVA-CLIP.
+    """
+    from vlscale.plan.planner import plan
+
+    if recipe or loss_impl:
+        variants = list(itertools.product(recipe or ["siglip"], loss_impl or ["gather"]))
+    else:
+        variants = [
+            ("clip", "gather"),
+            ("siglip", "gather"),
+            ("siglip", "ring"),
+            ("eva-clip", "gather"),
+        ]
+    results = []
+    for rec, impl in variants:
+        cfg = _base_config(
+            config,
+            model=model,
+            recipe=rec,
+            loss_impl=impl,
+            device=device,
+            devices=devices,
+            global_batch=global_batch,
+            samples=samples,
+            mask_ratio=mask_ratio,
+            precision=precision,
+            sharding=sharding,
+            checkpointing=checkpointing,
+            utilisation=utilisation,
+        )
+        results.append(plan(cfg).to_json())
+    if as_json:
+        emit_json(results)
+        return
+    gib, mib = 2**30, 2**20
+    rows = [
+        ("step time (s)", [f"{r['step_time_s']:.3f}" for r in results]),
+        ("samples/s per device", [f"{r['samples_per_s_per_device']:,.1f}" for r in results]),
+        ("MFU", [f"{r['mfu']:.1%}" for r in results]),
+        ("wall time (h)", [f"{r['wall_time_h']:,.1f}" for r in results]),
+        ("cost (USD)", [f"{r['cost_usd']:,.0f}" for r in results]),
+        ("memory / device (GiB)", [f"{r['memory_per_device_bytes'] / gib:.1f}" for r in results]),
+        ("loss buffers (MiB)", [f"{r['loss_memory_bytes'] / mib:,.1f}" for r in results]),
+        (
+            "loss comm fwd / device (MiB)",
+            [f"{r['loss_comm_bytes_per_device']['forward'] / mib:,.1f}" for r in results],
+        ),
+        (
+            "loss comm total / device (MiB)",
+            [f"{_loss_comm_bytes(r) / mib:,.1f}" for r in results],
+        ),
+        ("fits", [str(r["fits"]) for r in results]),
+    ]
+    header = [""] + [f"{r['recipe']}/{r['loss_impl']}" for r in results]
+    print_table("recipes side by side", header, [[label, *vals] for label, vals in rows])
+
+
+def _loss_comm_bytes(result: dict) -> float:
+    """Bytes the loss itself moves per device (gathers + reduce-scatters, or ring hops)."""
+    return sum(result["loss_comm_bytes_per_device"].values())
+
+
+@app.command("hardware")
+@handles_bad_input
+def hardware_cmd(
+    hardware_file: HwOpt = None,
+    as_json: JsonOpt = False,
+):
+    """The device catalog: peak FLOP/s, memory, links and price, each with its source."""
+    from vlscale.specs.hardware import get_device, list_devices, load_hardware_file
+
+    extra = dict(load_hardware_file(hardware_file).devices) if hardware_file else {}
+    devices = [get_device(n) for n in list_devices()] + list(extra.values())
+    if as_json:
+        emit_json([d.model_dump(mode="json") for d in devices])
+        return
+    rows = []
+    for d in devices:
+        half = d.peak_flops.bf16 or d.peak_flops.fp16
+        link = d.nvlink.bandwidth if d.nvlink else d.ici.link_bandwidth
+        rows.append(
+            [
+                d.name,
+                d.kind,
+                f"{half / 1e12:,.0f}",
+                f"{d.memory.hbm_bytes / 1e9:,.0f}",
+                f"{d.memory.hbm_bandwidth / 1e12:.2f}",
+                f"{link / 1e9:,.0f}",
+                f"{d.network.nic_bandwidth * d.network.nics_per_node / 1e9:,.0f}",
+                f"{d.price.usd_per_hour:.2f}",
+            ]
+        )
+    print_table(
+        "devices (dense peaks; bandwidths per direction)",
+        [
+            "device",
+            "kind",
+            "bf16/fp16 TF/s",
+            "HBM GB",
+            "HBM TB/s",
+            "link GB/s",
+            "node NIC GB/s",
+            "USD/h",
+        ],
+        rows,
+    )
+
+
+@app.command("sweep")
+@handles_bad_input
+def sweep_cmd(
+    grid_file: Annotated[
+        Path, typer.Argument(help="YAML/TOML: `base: {...}` and `grid: {key: [values]}`")
+    ],
+    out: Annotated[Path, typer.Option("--out", help="results file: .csv or .parquet")] = Path(
+        "sweep.csv"
+    ),
+    quiet: Annotated[bool, typer.Option("--quiet", help="no progress bar")] = False,
+):
+    """Plan every point of a grid and write one row per configuration (CSV or Parquet)."""
+    from vlscale.plan.sweep import expand_grid, run_sweep
+
+    if out.suffix not in (".csv", ".parquet"):
+        raise ConfigError("out", f"'{out}' must end in .csv or .parquet")
+    points = expand_grid(grid_file)
+    frame = run_sweep(points, progress=not quiet)
+    write_table_atomic(frame, out)
+    ok = int(frame["error"].isna().sum())
+    typer.echo(f"{len(frame)} configurations ({ok} planned, {len(frame) - ok} invalid) -> {out}")
+
+
+def write_table_atomic(frame, path: Path) -> None:
+    """CSV or Parquet via a temp file in the same folder and os.replace: never half-written."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        if path.suffix == ".parquet":
+            try:
+                frame.to_parquet(tmp, index=False)
+            except ImportError:
+                raise ConfigError(
+                    "out", "writing .parquet needs pyarrow (pip install pyarrow); or use .csv"
+                ) from None
+        else:
+            frame.to_csv(tmp, index=False)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)

@@ -1,0 +1,132 @@
+"""A planning scenario: model, recipe, cluster, batch, run length and the knobs that change cost.
+
+``PlanConfig`` is what ``vlscale plan`` / ``compare`` / ``sweep`` take, from flags or from a YAML
+or TOML file with the same keys. Omitted recipe knobs (mask ratio, optimizer) take the recipe's
+paper defaults (``vlscale.specs.recipes.default_recipe``). Every error names the field and the fix.
+
+The embedded default scenario — what ``vlscale plan`` with no arguments plans — is OpenCLIP's
+ViT-L-14 recipe size: 12.8B samples seen at a global batch of 32,768 on 256 H100s in bf16 FSDP.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from vlscale.errors import ConfigError, from_validation_error
+from vlscale.specs.recipes import LossImpl, Optimizer, Precision, RecipeName, RecipeSpec
+from vlscale.specs.recipes import default_recipe as _default_recipe
+
+
+class FailureConfig(BaseModel):
+    """Failures over a whole run (``vlscale.costs.run``). ``None`` fields are estimated.
+
+    Default per-device MTBF: Llama 3 (Dubey et al. 2024, section 3.3.4) saw 419 unexpected
+    interruptions in 54 days on 16,384 H100s, i.e. 16,384 · 54 · 24 / 419 ≈ 50,700 device-hours.
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    enabled: bool = True
+    mtbf_device_h: float = Field(default=50_000.0, gt=0)
+    checkpoint_write_s: float | None = Field(default=None, gt=0)
+    restart_s: float = Field(default=600.0, ge=0)
+    checkpoint_interval_s: float | None = Field(default=None, gt=0)
+    checkpoint_write_bandwidth: float = Field(
+        default=2.0e9, gt=0, description="bytes/s per device to storage, to estimate the write"
+    )
+
+
+class PlanConfig(BaseModel):
+    """Everything that decides the cost of a run (see the module docstring)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    model: str = "ViT-L-14"
+    recipe: RecipeName = "clip"
+    loss_impl: LossImpl = "gather"
+    mask_ratio: float | None = Field(default=None, ge=0.0, lt=1.0)
+    optimizer: Optimizer | None = None
+    image_size: int | None = Field(default=None, gt=0)
+
+    device: str = "H100"
+    devices: int = Field(default=256, gt=0)
+    devices_per_node: int | None = Field(default=None, gt=0)
+    num_slices: int = Field(default=1, gt=0)
+    hardware_file: str | None = None
+
+    global_batch: int = Field(default=32_768, gt=0)
+    samples: int = Field(default=12_800_000_000, gt=0)
+    precision: Precision = "bf16"
+    sharding: Literal["fsdp", "ddp"] = "fsdp"
+    reshard_after_forward: bool = True
+    checkpointing: bool = False
+
+    utilisation: float | None = Field(
+        default=None, gt=0.0, le=1.0, description="fraction of peak FLOP/s; None: calibrated"
+    )
+    price_per_device_hour: float | None = Field(default=None, ge=0)
+    decode_samples_per_s_per_device: float | None = Field(
+        default=None, gt=0, description="input pipeline throughput; None: never stalls"
+    )
+    straggler_sigma: float = Field(default=0.0, ge=0.0, le=2.0)
+    sim_steps: int = Field(default=1, ge=1, le=1000)
+    seed: int = 0
+    failures: FailureConfig = FailureConfig()
+
+    @model_validator(mode="after")
+    def _check(self) -> PlanConfig:
+        if self.global_batch % self.devices:
+            raise ValueError(
+                f"global_batch={self.global_batch} is not divisible by devices={self.devices}; "
+                f"use a multiple of {self.devices}, e.g. "
+                f"{max(1, round(self.global_batch / self.devices)) * self.devices}"
+            )
+        self.recipe_spec()  # ring with a softmax recipe etc.
+        return self
+
+    @property
+    def local_batch(self) -> int:
+        return self.global_batch // self.devices
+
+    def recipe_spec(self) -> RecipeSpec:
+        """The recipe with its paper defaults, overridden by the fields given here."""
+        return _default_recipe(
+            self.recipe,
+            loss_impl=self.loss_impl,
+            mask_ratio=self.mask_ratio,
+            optimizer=self.optimizer,
+        )
+
+
+def make_plan_config(data: dict[str, Any] | PlanConfig | None = None, **overrides) -> PlanConfig:
+    """Validate a mapping (e.g. a parsed file) plus overrides into a PlanConfig (ConfigError)."""
+    if isinstance(data, PlanConfig):
+        data = data.model_dump()
+    merged = dict(data or {})
+    merged |= {k: v for k, v in overrides.items() if v is not None}
+    try:
+        return PlanConfig.model_validate(merged)
+    except ValidationError as exc:
+        raise from_validation_error(exc) from None
+
+
+def read_config_file(path: str | Path) -> dict[str, Any]:
+    """Parse a YAML (.yaml/.yml) or TOML (.toml) mapping; bad files name the fix."""
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError("config", f"no such file: {p}; pass an existing YAML or TOML file")
+    text = p.read_text()
+    try:
+        data = tomllib.loads(text) if p.suffix == ".toml" else yaml.safe_load(text)
+    except (yaml.YAMLError, tomllib.TOMLDecodeError) as exc:
+        raise ConfigError("config", f"{p} is not valid {p.suffix[1:] or 'YAML'}: {exc}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError("config", f"{p} must hold a mapping of plan keys, got {type(data)}")
+    return data

@@ -1,0 +1,285 @@
+"""Plan a run: simulate one step, check memory, and turn samples seen into time and money.
+
+``plan(config)`` is what ``vlscale plan`` prints. The step time is the simpy simulation of the
+workload that ``vlscale.plan.workload`` builds (stragglers and the input pipeline included when
+configured; with neither it equals the analytic critical path). MFU is model FLOPs (no
+recompute) per second per device over the dense peak of the compute dtype (PaLM's convention,
+Chowdhery et al. 2022, appendix B).
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from vlscale.costs.memory import estimate_memory, loss_buffer_bytes, max_local_batch
+from vlscale.costs.run import FailureModel, plan_run
+from vlscale.costs.topology import make_group
+from vlscale.errors import ConfigError
+from vlscale.plan.config import PlanConfig
+from vlscale.plan.utilisation import default_utilisation
+from vlscale.plan.workload import StepCosts, build_workload
+from vlscale.specs.hardware import ClusterSpec, DeviceSpec, load_hardware_file, make_cluster
+from vlscale.specs.models import ModelSpec
+from vlscale.specs.presets import get_model
+from vlscale.specs.recipes import RecipeSpec
+
+
+@dataclass
+class PlanResult:
+    """A planned run; ``to_json`` is the stable ``vlscale plan --json`` contract (README)."""
+
+    config: PlanConfig
+    recipe: RecipeSpec
+    step_time_s: float
+    step_time_p50_s: float
+    step_time_p95_s: float
+    critical_path_s: float
+    breakdown: dict[str, float]
+    samples_per_s: float
+    samples_per_s_per_device: float
+    mfu: float
+    steps: int
+    wall_time_h: float
+    device_hours: float
+    cost_usd: float
+    goodput: float
+    checkpoint_interval_s: float | None
+    memory_breakdown: dict[str, int]
+    memory_per_device_bytes: int
+    device_memory_bytes: int
+    fits: bool
+    max_local_batch: int | None
+    loss_memory_bytes: int
+    costs: StepCosts
+    utilisation_source: str
+    warnings: list[str] = field(default_factory=list)
+    sim: Any = None  # SimResult (events, Chrome trace) when kept
+
+    def to_json(self) -> dict[str, Any]:
+        c = self.config
+        return {
+            "model": c.model,
+            "recipe": self.recipe.name,
+            "loss_impl": self.recipe.loss_impl,
+            "mask_ratio": self.recipe.mask_ratio,
+            "optimizer": self.recipe.optimizer,
+            "device": c.device,
+            "devices": c.devices,
+            "global_batch": c.global_batch,
+            "local_batch": c.local_batch,
+            "samples": c.samples,
+            "precision": c.precision,
+            "sharding": c.sharding,
+            "checkpointing": c.checkpointing,
+            "step_time_s": self.step_time_s,
+            "step_time_p50_s": self.step_time_p50_s,
+            "step_time_p95_s": self.step_time_p95_s,
+            "critical_path_s": self.critical_path_s,
+            "breakdown_s": self.breakdown,
+            "samples_per_s": self.samples_per_s,
+            "samples_per_s_per_device": self.samples_per_s_per_device,
+            "mfu": self.mfu,
+            "utilisation": self.costs.utilisation,
+            "utilisation_source": self.utilisation_source,
+            "steps": self.steps,
+            "wall_time_h": self.wall_time_h,
+            "device_hours": self.device_hours,
+            "cost_usd": self.cost_usd,
+            "goodput": self.goodput,
+            "checkpoint_interval_s": self.checkpoint_interval_s,
+            "memory_per_device_bytes": self.memory_per_device_bytes,
+            "memory_breakdown": self.memory_breakdown,
+            "device_memory_bytes": self.device_memory_bytes,
+            "fits": self.fits,
+            "max_local_batch": self.max_local_batch,
+            "loss_memory_bytes": self.loss_memory_bytes,
+            "comm_bytes_per_device": self.costs.comm_bytes_per_rank,
+            "loss_comm_bytes_per_device": self.costs.loss_comm_bytes_per_rank,
+            "model_flops_per_step": self.costs.model_flops_per_step,
+            "warnings": self.warnings,
+        }
+
+
+def resolve(config: PlanConfig) -> tuple[ModelSpec, RecipeSpec, ClusterSpec]:
+    """Model spec (at the configured image size), recipe with defaults, validated cluster."""
+    spec = get_model(config.model)
+    if config.image_size is not None:
+        spec = spec.with_image_size(config.image_size)
+    recipe = config.recipe_spec()
+    extra: dict[str, DeviceSpec] | None = None
+    if config.hardware_file:
+        extra = dict(load_hardware_file(config.hardware_file).devices)
+    cluster = make_cluster(
+        config.device,
+        config.devices,
+        devices_per_node=config.devices_per_node,
+        num_slices=config.num_slices,
+        extra_devices=extra,
+    )
+    return spec, recipe, cluster
+
+
+def plan(config: PlanConfig, *, keep_sim: bool = False) -> PlanResult:
+    """Simulate, size memory and cost the whole run described by ``config``."""
+    from vlscale.sim import StragglerModel, critical_path_time, simulate
+
+    spec, recipe, cluster = resolve(config)
+    device = cluster.device
+    if config.utilisation is not None:
+        utilisation, source = config.utilisation, "given (--utilisation)"
+    else:
+        utilisation, source = default_utilisation(device)
+    workload, costs = build_workload(
+        spec,
+        recipe,
+        cluster,
+        make_group(cluster),
+        local_batch=config.local_batch,
+        precision=_compute_dtype(device, config.precision),
+        sharding=config.sharding,
+        reshard_after_forward=config.reshard_after_forward,
+        checkpointing=config.checkpointing,
+        utilisation=utilisation,
+        decode_samples_per_s=config.decode_samples_per_s_per_device,
+    )
+    stragglers = StragglerModel(sigma=config.straggler_sigma) if config.straggler_sigma else None
+    sim = simulate(workload, steps=config.sim_steps, stragglers=stragglers, seed=config.seed)
+    step_time = sim.step_time_s
+
+    shard = config.devices if config.sharding == "fsdp" else 1
+    mem_kwargs = dict(
+        shard_degree=shard,
+        world_size=config.devices,
+        precision=config.precision,
+        optimizer=recipe.optimizer,
+        checkpointing=config.checkpointing,
+        mask_ratio=recipe.mask_ratio,
+        loss=recipe.loss,
+        loss_impl=recipe.loss_impl,
+        reshard_after_forward=config.reshard_after_forward,
+    )
+    memory = estimate_memory(spec, local_batch=config.local_batch, **mem_kwargs)
+    capacity = int(device.memory.hbm_bytes)
+    try:
+        largest = max_local_batch(spec, capacity, **mem_kwargs)
+    except ConfigError:
+        largest = 0
+    warnings: list[str] = []
+    fits = memory.total <= capacity
+    if not fits:
+        warnings.append(
+            f"does not fit: {memory.total / 2**30:.1f} GiB needed per device, "
+            f"{capacity / 2**30:.1f} GiB available; largest local batch that fits: {largest} "
+            "(try --checkpointing, more devices or a smaller batch)"
+        )
+
+    failures = _failure_model(config, memory.master_weights + memory.params, memory)
+    run = plan_run(
+        config.samples,
+        config.global_batch,
+        step_time,
+        config.devices,
+        price_per_device_hour=(
+            config.price_per_device_hour
+            if config.price_per_device_hour is not None
+            else device.price.usd_per_hour
+        ),
+        failures=failures,
+    )
+    warnings.extend(run.warnings)
+    samples_per_s = config.global_batch / step_time
+    return PlanResult(
+        config=config,
+        recipe=recipe,
+        step_time_s=step_time,
+        step_time_p50_s=sim.p50_s,
+        step_time_p95_s=sim.p95_s,
+        critical_path_s=critical_path_time(workload),
+        breakdown={k: float(v) for k, v in sim.breakdown.items()},
+        samples_per_s=samples_per_s,
+        samples_per_s_per_device=samples_per_s / config.devices,
+        mfu=costs.model_flops_per_step / (step_time * config.devices * costs.peak_flops),
+        steps=run.steps,
+        wall_time_h=run.wall_time_s / 3600.0,
+        device_hours=run.device_hours,
+        cost_usd=run.cost,
+        goodput=run.goodput,
+        checkpoint_interval_s=run.checkpoint_interval_s,
+        memory_breakdown=memory.as_dict(),
+        memory_per_device_bytes=memory.total,
+        device_memory_bytes=capacity,
+        fits=fits,
+        max_local_batch=largest,
+        loss_memory_bytes=loss_buffer_bytes(
+            recipe.loss, recipe.loss_impl, config.local_batch, config.devices, spec.embed_dim
+        ),
+        costs=costs,
+        utilisation_source=source,
+        warnings=warnings,
+        sim=sim if keep_sim else None,
+    )
+
+
+def _compute_dtype(device: DeviceSpec, precision: str) -> str:
+    """fp32 training runs its matmuls in tf32 where the device has it (PyTorch's default for
+    convolutions, and what ``torch.backends.cuda.matmul.allow_tf32`` enables for matmuls)."""
+    if precision == "fp32" and device.peak_flops.tf32 is not None:
+        return "tf32"
+    if getattr(device.peak_flops, precision) is None:
+        have = [d for d in ("bf16", "fp16", "fp32") if getattr(device.peak_flops, d) is not None]
+        raise ConfigError(
+            "precision", f"{device.name} has no {precision} tensor path; use one of {have}"
+        )
+    return precision
+
+
+def _failure_model(config: PlanConfig, state_bytes_fp32: int, memory) -> FailureModel | None:
+    """Failures with a checkpoint write time estimated from the per-device state (weights +
+    optimizer state) over ``checkpoint_write_bandwidth`` unless given."""
+    f = config.failures
+    if not f.enabled:
+        return None
+    write_s = f.checkpoint_write_s
+    if write_s is None:
+        state = state_bytes_fp32 + memory.optimizer_state
+        write_s = max(1.0, state / f.checkpoint_write_bandwidth)
+    return FailureModel(
+        mtbf_device_h=f.mtbf_device_h,
+        checkpoint_write_s=write_s,
+        restart_s=f.restart_s,
+        checkpoint_interval_s=f.checkpoint_interval_s,
+    )
+
+
+def summary_rows(result: PlanResult) -> list[tuple[str, str]]:
+    """(label, value) pairs for the human-readable table."""
+    r = result
+    gib = 2**30
+    return [
+        (
+            "step time (mean / p50 / p95)",
+            f"{r.step_time_s:.3f} / {r.step_time_p50_s:.3f} / {r.step_time_p95_s:.3f} s",
+        ),
+        ("samples/s (per device)", f"{r.samples_per_s:,.0f} ({r.samples_per_s_per_device:,.1f})"),
+        ("MFU", f"{r.mfu:.1%} (utilisation {r.costs.utilisation:.2f}: {r.utilisation_source})"),
+        ("steps", f"{r.steps:,}"),
+        ("wall time", f"{r.wall_time_h:,.1f} h ({r.wall_time_h / 24:,.2f} days)"),
+        ("goodput (failures + checkpoints)", f"{r.goodput:.3f}"),
+        ("device-hours", f"{r.device_hours:,.0f}"),
+        ("cost", f"${r.cost_usd:,.0f}"),
+        (
+            "memory per device",
+            f"{r.memory_per_device_bytes / gib:.1f} of "
+            f"{r.device_memory_bytes / gib:.1f} GiB ({'fits' if r.fits else 'DOES NOT FIT'})",
+        ),
+        ("largest local batch that fits", f"{r.max_local_batch}"),
+        ("loss buffers", f"{r.loss_memory_bytes / 2**20:,.1f} MiB"),
+    ]
+
+
+def as_dict(result: PlanResult) -> dict[str, Any]:
+    """Plain dict including the config (for sweeps)."""
+    out = result.to_json()
+    out["costs"] = asdict(result.costs)
+    return out
