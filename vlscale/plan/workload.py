@@ -86,7 +86,8 @@ def build_workload(
     world = cluster.num_devices
     peak = cluster.device.peak(precision)
     rate = peak * utilisation  # achieved FLOP/s
-    param_bytes = BYTES_PER_ELEMENT[precision]
+    # tf32 is how fp32 matmuls run on Ampere+; the parameters themselves stay fp32
+    param_bytes = BYTES_PER_ELEMENT["fp32" if precision == "tf32" else precision]
     r = recipe.mask_ratio
     comm: dict[str, float] = {"all_gather": 0.0, "reduce_scatter": 0.0, "all_reduce": 0.0}
     comm["p2p"] = 0.0
