@@ -12,10 +12,12 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from pydantic import ValidationError
+
 from vlscale.costs.memory import estimate_memory, loss_buffer_bytes, max_local_batch
 from vlscale.costs.run import FailureModel, plan_run
 from vlscale.costs.topology import make_group
-from vlscale.errors import ConfigError
+from vlscale.errors import ConfigError, from_validation_error
 from vlscale.plan.config import PlanConfig
 from vlscale.plan.utilisation import default_utilisation
 from vlscale.plan.workload import StepCosts, build_workload
@@ -105,7 +107,11 @@ def resolve(config: PlanConfig) -> tuple[ModelSpec, RecipeSpec, ClusterSpec]:
     """Model spec (at the configured image size), recipe with defaults, validated cluster."""
     spec = get_model(config.model)
     if config.image_size is not None:
-        spec = spec.with_image_size(config.image_size)
+        try:
+            spec = spec.with_image_size(config.image_size)
+        except ValidationError as exc:  # e.g. a size the patch does not divide
+            err = from_validation_error(exc)
+            raise ConfigError("image_size", str(err)[len(err.field) + 2 :]) from None
     recipe = config.recipe_spec()
     extra: dict[str, DeviceSpec] | None = None
     if config.hardware_file:
