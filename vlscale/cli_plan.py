@@ -65,6 +65,9 @@ def _base_config(config: Path | None, **flags: Any):
     from vlscale.plan.config import make_plan_config, read_config_file
 
     data = read_config_file(config) if config is not None else {}
+    # YAML reads 12.8e9 as a string and TOML as a float: accept what the flag accepts
+    if isinstance(data.get("samples"), str | float):
+        data["samples"] = parse_count("samples", str(data["samples"]))
     flags["samples"] = parse_count("samples", flags.get("samples"))
     return make_plan_config(data, **flags)
 
