@@ -14,9 +14,10 @@ import pytest
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
+from torch.distributed.device_mesh import init_device_mesh
 
 from tests.dist_utils import run_distributed
-from trainer.losses import clip_loss, ring_group_for, siglip_loss
+from trainer.losses import clip_loss, create_ring_groups, ring_group_for, siglip_loss
 from vlscale.errors import ConfigError
 
 B_LOCAL, DIM = 3, 8
@@ -88,6 +89,14 @@ def _rank_body(ctx, x_all, y_all):
     # a second step on fresh data must still agree (cached ring group, reused tags)
     out["ring_again"] = _local("siglip-ring", y_all[rows], x_all[rows], group)
     out["gather_again"] = _local("siglip-gather", y_all[rows], x_all[rows], group)
+    if ctx.world_size == 4:
+        # data-parallel SUBgroups: the "dp" rows {0, 1} and {2, 3} of a 2 × 2 mesh, each pair
+        # on the first 2·b rows of the batch; their ring twins come from create_ring_groups
+        mesh = init_device_mesh("cpu", (2, 2), mesh_dim_names=("replica", "dp"))
+        create_ring_groups(mesh, "dp")
+        sub = slice((ctx.rank % 2) * B_LOCAL, (ctx.rank % 2 + 1) * B_LOCAL)
+        dp = mesh.get_group("dp")
+        out["subgroup"] = {v: _local(v, x_all[sub], y_all[sub], dp) for v in VARIANTS}
     return out
 
 
@@ -124,6 +133,11 @@ def test_distributed_matches_global_reference(world):
     _assert_matches([r["gather_again"] for r in per_rank], ref_again, world)
     for r in per_rank:
         assert r["ring_group"] == {"separate": True, "ranks": list(range(world)), "cached": True}
+    if world == 4:
+        for variant in VARIANTS:
+            ref = _reference(variant, x[: 2 * B_LOCAL], y[: 2 * B_LOCAL], 2)
+            for pair in (per_rank[:2], per_rank[2:]):
+                _assert_matches([r["subgroup"][variant] for r in pair], ref, 2)
 
 
 def test_ring_matches_gather_in_fp32_from_bf16():

@@ -6,7 +6,7 @@ gradients. See each module's docstring for the formula and the gradient conventi
 """
 
 from trainer.losses.clip import clip_loss
-from trainer.losses.collectives import ring_group_for
+from trainer.losses.collectives import create_ring_groups, ring_group_for
 from trainer.losses.siglip import siglip_loss
 
-__all__ = ["clip_loss", "ring_group_for", "siglip_loss"]
+__all__ = ["clip_loss", "create_ring_groups", "ring_group_for", "siglip_loss"]

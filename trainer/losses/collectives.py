@@ -6,9 +6,9 @@ Three small jobs:
   distribution" (rank 0 of 1) when torch.distributed is not initialised, and WORLD otherwise.
 * ``all_gather_with_grad``: concatenate every rank's (b, d) block into (W·b, d) so that autograd
   turns the gather into a reduce-scatter (sum) in backward.
-* ``ring_group_for``: a dedicated process group, same members as ``group``, reserved for the
-  sigmoid ring's point-to-point hops so that they never interleave with FSDP collectives issued
-  on the main group.
+* ``ring_group_for`` / ``create_ring_groups``: a dedicated process group, same members as
+  ``group``, reserved for the sigmoid ring's point-to-point hops so that they never interleave
+  with FSDP collectives issued on the main group.
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ import torch.distributed as dist
 # entry point; its registered backward is `reduce_scatter_tensor(..., "sum")`, exactly the
 # gradient routing the local-loss formulation needs.
 from torch.distributed._functional_collectives import all_gather_single_autograd
+from torch.distributed.device_mesh import DeviceMesh
 
 # Ring groups are created once per main group and reused: `new_group` is a collective call and
 # far too expensive to issue every step. Keyed by the group object itself (kept alive by the
@@ -65,19 +66,45 @@ def all_gather_with_grad(x: torch.Tensor, group: dist.ProcessGroup | None) -> to
 
 
 def ring_group_for(group: dist.ProcessGroup | None) -> dist.ProcessGroup:
-    """A dedicated group with the same members as ``group`` for the ring's P2P traffic.
+    """The dedicated ring group registered for ``group`` (created lazily if ``group`` is WORLD).
 
-    Created on first use with ``use_local_synchronization=True`` so only the members take part
-    in its creation (a data-parallel subgroup of a larger mesh works without every other rank
-    calling in). Every member must reach its first ring loss call together, which a training
-    step guarantees; a trainer may also call this once at set-up.
+    A group spanning the whole world gets its twin on first use: every rank reaches its first
+    ring loss together, so the collective ``new_group`` call lines up. A data-parallel
+    SUBgroup cannot be created that way (``new_group`` needs every world rank, with the same
+    ranks list, and ``use_local_synchronization=True`` deadlocks on gloo once other subgroups
+    exist): call ``create_ring_groups(mesh, dim)`` on every rank at set-up instead.
     """
     group = resolve_group(group)
     if group is None:
         raise RuntimeError("ring_group_for needs an initialised torch.distributed world")
     ring = _RING_GROUPS.get(group)
-    if ring is None:
-        ranks = dist.get_process_group_ranks(group)
-        ring = dist.new_group(ranks=ranks, use_local_synchronization=True, group_desc="siglip_ring")
-        _RING_GROUPS[group] = ring
+    if ring is not None:
+        return ring
+    if dist.get_world_size(group) != dist.get_world_size():
+        raise RuntimeError(
+            "no ring group registered for this data-parallel subgroup; call "
+            "trainer.losses.create_ring_groups(mesh, dim) on every rank at set-up"
+        )
+    ring = dist.new_group(ranks=dist.get_process_group_ranks(group), group_desc="siglip_ring")
+    _RING_GROUPS[group] = ring
     return ring
+
+
+def create_ring_groups(mesh: DeviceMesh, dim: str) -> dist.ProcessGroup:
+    """Create a ring twin of every ``dim`` subgroup of ``mesh``; return this rank's.
+
+    Collective over the whole world: every rank must call it, in the same order relative to
+    other group creations. The twin of ``mesh.get_group(dim)`` is then found by
+    ``ring_group_for``.
+    """
+    layout = mesh.mesh  # (d0, d1, ...) global ranks
+    axis = mesh.mesh_dim_names.index(dim)
+    rows = layout.movedim(axis, -1).reshape(-1, layout.shape[axis]).tolist()  # one per subgroup
+    me = dist.get_rank()
+    mine = None
+    for ranks in rows:
+        ring = dist.new_group(ranks=ranks, group_desc="siglip_ring")
+        if me in ranks:
+            mine = ring
+    _RING_GROUPS[mesh.get_group(dim)] = mine
+    return mine
