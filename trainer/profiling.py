@@ -33,8 +33,14 @@ def synchronize(device: torch.device) -> None:
 
 
 def measure_matmul_flops(
-    device: torch.device, precision: str = "fp32", n: int = 1024, seconds: float = 0.3
+    device: torch.device, precision: str = "fp32", sizes: tuple[int, ...] = (1024, 2048)
 ) -> float:
+    """Best achieved FLOP/s of square matmuls over ``sizes`` (small ones under-use wide CPUs,
+    large ones take long on slow ones)."""
+    return max(_matmul_flops(device, precision, n) for n in sizes)
+
+
+def _matmul_flops(device: torch.device, precision: str, n: int, seconds: float = 0.25) -> float:
     """Best achieved FLOP/s of an (n, n) @ (n, n) matmul (2n³ FLOPs) over repeated timings."""
     dtype = DTYPES[precision]
     a = torch.randn(n, n, device=device, dtype=dtype)
