@@ -124,7 +124,9 @@ def read_config_file(path: str | Path) -> dict[str, Any]:
     try:
         data = tomllib.loads(text) if p.suffix == ".toml" else yaml.safe_load(text)
     except (yaml.YAMLError, tomllib.TOMLDecodeError) as exc:
-        raise ConfigError("config", f"{p} is not valid {p.suffix[1:] or 'YAML'}: {exc}") from None
+        # parser messages span several lines (with a caret drawing); the CLI prints one line
+        why = " ".join(line.strip() for line in str(exc).splitlines() if line.strip())
+        raise ConfigError("config", f"{p} is not valid {p.suffix[1:] or 'YAML'}: {why}") from None
     if data is None:
         return {}
     if not isinstance(data, dict):
