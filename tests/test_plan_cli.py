@@ -249,12 +249,6 @@ def test_hardware_table_and_json():
         assert d["peak_flops"]["source"] and d["memory"]["source"] and d["price"]["source"]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="`python -m vlscale.cli` runs cli.py as __main__; `from vlscale import cli_plan` "
-    "registers plan/compare/sweep/hardware on a second copy (vlscale.cli.app), so __main__'s "
-    "app lacks them. Fix in vlscale/cli.py (not this helper's file); then drop this marker.",
-)
 def test_python_dash_m_has_the_planner_commands():
     out = subprocess.run(
         [sys.executable, "-m", "vlscale.cli", "plan", "--help"],

@@ -58,11 +58,12 @@ def print_table(title: str, columns: list[str], rows: list[list[Any]]) -> None:
     from rich.table import Table
 
     table = Table(title=title)
+    # piped output has no terminal width; rich would assume 80 columns and elide names
     for i, col in enumerate(columns):
         table.add_column(col, justify="left" if i == 0 else "right")
     for row in rows:
         table.add_row(*(str(c) for c in row))
-    Console().print(table)
+    Console(width=None if sys.stdout.isatty() else 200).print(table)
 
 
 def human(n: float, unit: str = "") -> str:
@@ -310,4 +311,8 @@ def main() -> None:
 
 
 if __name__ == "__main__":  # pragma: no cover
-    main()
+    # Run the imported module's app, not this __main__ copy: the planner commands register
+    # themselves on `vlscale.cli.app` when `vlscale.cli_plan` is imported.
+    from vlscale.cli import main as _main
+
+    _main()

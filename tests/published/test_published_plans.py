@@ -20,8 +20,8 @@ Predictions:
   Relative FLOPs 1.00 / 0.52 / 0.28 from ``vlscale.costs.flops`` (training FLOPs per sample,
   text tower included) within ±0.04 absolute; relative wall time 1.00 / 0.50 / 0.33 from the
   planner within ±0.06 absolute. FLIP pads / cuts captions to 32 tokens (its implementation
-  details), so the FLOPs check uses the ViT-L-16 preset with a 32-token text tower; the planner
-  has no text-length knob and plans the preset's 77 tokens (the printed numbers show both).
+  details), so both checks use the ViT-L-16 preset with a 32-token text tower
+  (``flip_config`` sets ``context_length=32``; the printed numbers also show 77 tokens).
 - Cross-device: the A100 constant applied to the V100 CLIP run (and the other way round) —
   reported, with only a factor-3 sanity bound. Run with ``-s`` to see the numbers.
 """
@@ -35,6 +35,7 @@ from vlscale.plan import plan
 from vlscale.plan.published import (
     FLIP_SOURCE,
     FLIP_TABLE_1A,
+    FLIP_TEXT_TOKENS,
     PUBLISHED_RUNS,
     flip_config,
     solve_utilisation,
@@ -45,7 +46,6 @@ from vlscale.specs.presets import get_model
 CALIBRATION_TOLERANCE = 0.03  # relative
 FLIP_FLOPS_TOLERANCE = 0.04  # absolute, on the relative-FLOPs column
 FLIP_WALL_TOLERANCE = 0.06  # absolute, on the relative-wall-time column
-FLIP_TEXT_TOKENS = 32
 
 
 @pytest.mark.parametrize("name", sorted(PUBLISHED_RUNS))
@@ -83,9 +83,7 @@ def test_cross_device_prediction_is_reported(case, other_device):
 
 
 def _flip_spec():
-    spec = get_model("ViT-L-16")
-    text = spec.text.model_copy(update={"context_length": FLIP_TEXT_TOKENS})
-    return spec.model_copy(update={"text": text})
+    return get_model("ViT-L-16").with_context_length(FLIP_TEXT_TOKENS)
 
 
 @pytest.mark.parametrize("row", FLIP_TABLE_1A, ids=lambda r: f"mask{r.mask_ratio}")

@@ -52,6 +52,7 @@ class PlanConfig(BaseModel):
     mask_ratio: float | None = Field(default=None, ge=0.0, lt=1.0)
     optimizer: Optimizer | None = None
     image_size: int | None = Field(default=None, gt=0)
+    context_length: int | None = Field(default=None, gt=0, description="text tokens override")
 
     device: str = "H100"
     devices: int = Field(default=256, gt=0)

@@ -112,6 +112,8 @@ def resolve(config: PlanConfig) -> tuple[ModelSpec, RecipeSpec, ClusterSpec]:
         except ValidationError as exc:  # e.g. a size the patch does not divide
             err = from_validation_error(exc)
             raise ConfigError("image_size", str(err)[len(err.field) + 2 :]) from None
+    if config.context_length is not None:
+        spec = spec.with_context_length(config.context_length)
     recipe = config.recipe_spec()
     extra: dict[str, DeviceSpec] | None = None
     if config.hardware_file:

@@ -79,10 +79,16 @@ FLIP_TABLE_1A = (
 FLIP_SOURCE = "Li et al. 2023, 'Scaling Language-Image Pre-training via Masking', Table 1a"
 
 
+# FLIP cuts captions to 32 tokens (its implementation details, following its LAION setup).
+FLIP_TEXT_TOKENS = 32
+
+
 def flip_config(row: FlipRow, samples: int = 6_400_000_000) -> PlanConfig:
-    """FLIP's ViT-L/16 setting: 128 TPU-v3 chips, bf16 data parallel, the row's mask and batch."""
+    """FLIP's ViT-L/16 setting: 128 TPU-v3 chips, bf16 data parallel, the row's mask and batch,
+    32-token captions."""
     return make_plan_config(
         model="ViT-L-16",
+        context_length=FLIP_TEXT_TOKENS,
         recipe="clip",
         mask_ratio=row.mask_ratio,
         device="TPUv3",

@@ -35,5 +35,12 @@ class ModelSpec(BaseModel):
     def with_image_size(self, image_size: int) -> ModelSpec:
         return self.model_copy(update={"vision": self.vision.with_image_size(image_size)})
 
+    def with_context_length(self, context_length: int) -> ModelSpec:
+        """The same model with captions cut or padded to ``context_length`` tokens."""
+        text = TextTowerSpec.model_validate(
+            self.text.model_dump() | {"context_length": context_length}
+        )
+        return self.model_copy(update={"text": text})
+
 
 LOGIT_PARAMS = 2  # logit_scale and logit_bias, one element each
