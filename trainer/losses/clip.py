@@ -53,6 +53,7 @@ def clip_loss(
     all_y = all_gather_with_grad(y, group)  # (B, d)
     b = x.shape[0]
     labels = rank * b + torch.arange(b, device=x.device)  # (b,) global column of each positive
-    logits_image = scale * (x @ all_y.T)  # (b, B): local images vs all texts
-    logits_text = scale * (y @ all_x.T)  # (b, B): local texts vs all images
+    # scale folded into the small (b, d) operand: no second (b, B) buffer per direction
+    logits_image = (scale * x) @ all_y.T  # (b, B): local images vs all texts
+    logits_text = (scale * y) @ all_x.T  # (b, B): local texts vs all images
     return 0.5 * (F.cross_entropy(logits_image, labels) + F.cross_entropy(logits_text, labels))

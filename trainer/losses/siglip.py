@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import torch
 import torch.distributed as dist
-import torch.nn.functional as F
 
 from trainer.losses.collectives import (
     all_gather_with_grad,
@@ -34,7 +33,7 @@ from trainer.losses.collectives import (
     ring_group_for,
 )
 from trainer.losses.inputs import check_pair, check_scalar_param, compute_dtype
-from trainer.losses.siglip_ring import sigmoid_ring_loss
+from trainer.losses.siglip_ring import sigmoid_nll_sum, sigmoid_ring_loss
 from vlscale.errors import ConfigError
 
 IMPLS = ("gather", "ring")
@@ -86,8 +85,6 @@ def _gather_loss(
     rank, _ = group_rank_size(group)
     b = x.shape[0]
     all_y = all_gather_with_grad(y, resolve_group(group))  # (B, d)
-    logits = logit_scale.exp() * (x @ all_y.T) + logit_bias  # (b, B)
-    signs = -torch.ones_like(logits)  # (b, B): every pair a negative ...
-    cols = rank * b + torch.arange(b, device=x.device)
-    signs[torch.arange(b, device=x.device), cols] = 1.0  # ... except this rank's own pairs
-    return -F.logsigmoid(signs * logits).sum() / b
+    # t folded into the small (b, d) operand; bias fused: one (b, B) buffer for the logits
+    logits = torch.addmm(logit_bias, logit_scale.exp() * x, all_y.T)  # (b, B)
+    return sigmoid_nll_sum(logits, positives_at=rank * b) / b  # own pairs at columns r·b + i

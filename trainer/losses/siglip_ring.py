@@ -59,19 +59,21 @@ def _wait(works: list[dist.Work]) -> None:
         work.wait()
 
 
-def _block_logits(
-    x: torch.Tensor, y_blk: torch.Tensor, t: torch.Tensor, bias: torch.Tensor
-) -> torch.Tensor:
-    return t * (x @ y_blk.T) + bias  # (b, b)
+def _block_logits(x_scaled: torch.Tensor, y_blk: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+    """z = (t·x) · y_blkᵀ + β in one fused addmm: a single b × b allocation."""
+    return torch.addmm(bias, x_scaled, y_blk.T)  # (b, b)
 
 
-def _block_nll(z: torch.Tensor, diagonal: bool) -> torch.Tensor:
-    """Σ -log σ(ℓ·z) over a b × b block; ℓ = +1 on the diagonal of the own block, else -1."""
-    nll = F.softplus(z).sum()  # -log σ(-z) = softplus(z), every pair a negative
-    if diagonal:
-        zd = z.diagonal()
-        # swap the positives' term: -log σ(z) = softplus(-z)
-        nll = nll - F.softplus(zd).sum() + F.softplus(-zd).sum()
+def sigmoid_nll_sum(z: torch.Tensor, positives_at: int | None) -> torch.Tensor:
+    """Σ -log σ(ℓ·z) over a (b, n) logit block; ℓ = +1 at (i, positives_at + i), else -1.
+
+    Every pair is first counted as a negative, -log σ(-z) = softplus(z), then the b positives'
+    terms are swapped for -log σ(z) = softplus(-z): no (b, n) label or sign tensor is built.
+    """
+    nll = F.softplus(z).sum()
+    if positives_at is not None:
+        zp = z.diagonal(offset=positives_at)  # (b,) the positive pairs' logits
+        nll = nll - F.softplus(zp).sum() + F.softplus(-zp).sum()
     return nll
 
 
@@ -80,14 +82,16 @@ class _SigmoidRing(torch.autograd.Function):
     def forward(ctx, x, y, logit_scale, logit_bias, group):
         # x, y: (b, d) already in the compute dtype; logit_scale, logit_bias: (1,)
         world = dist.get_world_size(group) if group is not None else 1
-        t = logit_scale.exp()
+        x_scaled = logit_scale.exp() * x  # (b, d): fold t into the small operand
         total = x.new_zeros(())
         blk = y.contiguous()
         for k in range(world):
             works: list[dist.Work] = []
             if k < world - 1:
                 nxt, works = _hop(blk, group, tag=_BLOCK_TAG + 2 * k)  # overlap with compute
-            total = total + _block_nll(_block_logits(x, blk, t, logit_bias), diagonal=k == 0)
+            z = _block_logits(x_scaled, blk, logit_bias)  # (b, b)
+            total = total + sigmoid_nll_sum(z, 0 if k == 0 else None)
+            del z
             if works:
                 _wait(works)
                 blk = nxt
@@ -101,6 +105,7 @@ class _SigmoidRing(torch.autograd.Function):
         x, y, logit_scale, logit_bias = ctx.saved_tensors
         group, world = ctx.group, ctx.world
         t = logit_scale.exp()
+        x_scaled = t * x  # (b, d)
         coef = grad_out / x.shape[0]
         dx = torch.zeros_like(x)
         dscale = x.new_zeros(())
@@ -112,21 +117,25 @@ class _SigmoidRing(torch.autograd.Function):
             blk_works: list[dist.Work] = []
             if k < world - 1:
                 nxt, blk_works = _hop(blk, group, tag=_BLOCK_TAG + 2 * k)
-            z = _block_logits(x, blk, t, logit_bias)  # (b, b), recomputed
+            z = _block_logits(x_scaled, blk, logit_bias)  # (b, b), recomputed
             grad_z = torch.sigmoid(z)
             if k == 0:
                 grad_z.diagonal().sub_(1.0)
             grad_z.mul_(coef)  # (b, b) = dL_r/dz
-            dscale = dscale + (grad_z * (z - logit_bias)).sum()
-            dbias = dbias + grad_z.sum()
+            # Σ G ⊙ (z − β) as a dot product: no third b × b buffer
+            gsum = grad_z.sum()
+            dscale = dscale + torch.dot(grad_z.reshape(-1), z.reshape(-1)) - logit_bias * gsum
+            dbias = dbias + gsum
+            del z
             grad_z.mul_(t)  # dz/dx_i = t·y_j, dz/dy_j = t·x_i: fold t in once
             dx.addmm_(grad_z, blk)  # (b, d)
             contrib = grad_z.T @ x  # (b, d): this rank's share of dL/dy_blk
+            del grad_z  # free before the next hop allocates its z: two b × b blocks at most
             if k == 0:
                 acc = contrib
             else:
                 _wait(acc_works)
-                acc = acc_in + contrib
+                acc = contrib.add_(acc_in)
             if world > 1:
                 # the accumulator follows its block one hop behind; after hop W-1 it reaches
                 # the block's owner, while this rank receives the finished gradient of its own y
