@@ -86,6 +86,7 @@ def _rank_body(ctx, x_all, y_all):
         "ranks": dist.get_process_group_ranks(ring),
         "cached": ring_group_for(group) is ring,
     }
+    out["ring_p2p"] = _ring_p2p_calls(ctx, group, x_all[rows], y_all[rows])
     # a second step on fresh data must still agree (cached ring group, reused tags)
     out["ring_again"] = _local("siglip-ring", y_all[rows], x_all[rows], group)
     out["gather_again"] = _local("siglip-gather", y_all[rows], x_all[rows], group)
@@ -98,6 +99,32 @@ def _rank_body(ctx, x_all, y_all):
         dp = mesh.get_group("dp")
         out["subgroup"] = {v: _local(v, x_all[sub], y_all[sub], dp) for v in VARIANTS}
     return out
+
+
+def _ring_p2p_calls(ctx, group, x, y) -> dict:
+    """Which groups the ring's batch_isend_irecv calls used, counted in forward and backward."""
+    seen: list[str] = []
+    original = dist.batch_isend_irecv
+
+    def spy(ops):
+        seen.extend(op.group.group_name for op in ops)
+        return original(ops)
+
+    dist.batch_isend_irecv = spy  # this spawned process only
+    try:
+        x = x.clone().requires_grad_()
+        loss = siglip_loss(x, y, torch.zeros(1), torch.zeros(1), group=group, impl="ring")
+        forward = len(seen) // 2  # two ops (isend + irecv) per hop
+        loss.backward()
+    finally:
+        dist.batch_isend_irecv = original
+    return {
+        "groups": set(seen),
+        "ring": ring_group_for(group).group_name,
+        "main": group.group_name,
+        "forward_hops": forward,
+        "backward_hops": len(seen) // 2 - forward,
+    }
 
 
 def _assert_matches(per_rank: list[dict], ref: dict, world: int) -> None:
@@ -133,6 +160,11 @@ def test_distributed_matches_global_reference(world):
     _assert_matches([r["gather_again"] for r in per_rank], ref_again, world)
     for r in per_rank:
         assert r["ring_group"] == {"separate": True, "ranks": list(range(world)), "cached": True}
+    for r in per_rank:
+        p2p = r["ring_p2p"]
+        assert p2p["groups"] == {p2p["ring"]} and p2p["ring"] != p2p["main"]
+        # forward: W - 1 block hops; backward: W - 1 block hops + W accumulator hops
+        assert (p2p["forward_hops"], p2p["backward_hops"]) == (world - 1, 2 * world - 1)
     if world == 4:
         for variant in VARIANTS:
             ref = _reference(variant, x[: 2 * B_LOCAL], y[: 2 * B_LOCAL], 2)

@@ -24,8 +24,11 @@ Each text block's gradient accumulator travels one hop behind the block: after W
 back at the owner holding Σ_s dL_s/dy_r, exactly what the gather implementation's
 reduce-scatter delivers. Live memory is O(b² + b·d) whatever W is. The next hop's
 isend/irecv is posted before the current block is computed, so the transfer hides behind it.
-P2P runs on a dedicated process group (``ring_group_for``) so that it never interleaves with
-FSDP's collectives on the main group.
+Traffic per rank: forward W − 1 hops of a (b, d) block (the bytes of one all-gather of the
+texts); backward W − 1 block hops again (recompute instead of storing W blocks) plus W hops of
+the (b, d) accumulator, i.e. (2W − 1)·b·d elements against the gather backward's (W − 1)·b·d
+reduce-scatter: the price of O(1)-in-W memory. P2P runs on a dedicated process group
+(``ring_group_for``) so that it never interleaves with FSDP's collectives on the main group.
 """
 
 from __future__ import annotations
