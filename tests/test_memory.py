@@ -123,10 +123,12 @@ def test_flip_masking_shortens_the_image_sequence():
 
 def test_loss_buffers_by_hand():
     # b = 2, W = 8 -> B = 16, e = 32; every variant holds 2·b·e = 128 normalised fp32 values
-    # softmax: 2·B·e = 1024 gathered + 2 directions · 3 · b·B = 192
-    assert loss_buffer_bytes("softmax", "gather", 2, 8, 32) == 4 * (128 + 1024 + 192)
-    # sigmoid gather: b·e 64 + B·e 512 + 5·b·B 160
-    assert loss_buffer_bytes("sigmoid", "gather", 2, 8, 32) == 4 * (128 + 64 + 512 + 160)
+    # softmax: x, y, t·x, t·y 4·b·e = 256; gathered images + texts 2·B·e = 1024;
+    # log-softmax outputs 2·b·B = 64; int64 labels 2·b = 4; logit gradients 2·b·B = 64
+    assert loss_buffer_bytes("softmax", "gather", 2, 8, 32) == 4 * (128 + 256 + 1024 + 64 + 4 + 64)
+    # sigmoid gather: x, t·x 2·b·e = 128; gathered texts B·e = 512; logits b·B = 32;
+    # negated positives b = 2; logit gradient b·B = 32
+    assert loss_buffer_bytes("sigmoid", "gather", 2, 8, 32) == 4 * (128 + 128 + 512 + 32 + 2 + 32)
     # ring: 3·b² 12 + 6·b·e 384
     assert loss_buffer_bytes("sigmoid", "ring", 2, 8, 32) == 4 * (128 + 12 + 384)
 

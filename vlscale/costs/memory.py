@@ -152,16 +152,16 @@ def loss_buffer_bytes(
 ) -> int:
     """Bytes held by the contrastive loss at its peak (fp32 throughout, ``trainer.losses``).
 
-    b = local batch, B = b·W, e = embed_dim. Every variant first holds the two fp32 embeddings
-    that ``F.normalize`` saves (2·b·e). Then:
+    b = local batch, B = b·W, e = embed_dim; counted in 4-byte elements, as the trainer's losses
+    save them for backward (measured with saved-tensor hooks, tests/test_activation_memory_torch):
 
-        softmax-gather  gathered images and texts 2·B·e; per direction (image->text and
-                        text->image) the b×B logits saved for the scale's gradient, the saved
-                        log-softmax and its gradient: 2·3·b·B
-        sigmoid-gather  local images b·e, gathered texts B·e; four saved b×B tensors (the
-                        logits product for the scale's gradient, the ±1 label signs, the signed
-                        logits, log-sigmoid's buffer; CPU reference path, CUDA's log-sigmoid
-                        keeps no buffer) and the gradient: 5·b·B
+        all variants    the two ``F.normalize`` inputs 2·b·e
+        softmax-gather  x and y, the scaled copies t·x, t·y (4·b·e); the gathered images and
+                        texts 2·B·e (when W > 1; at W = 1 they are x and y); per direction the
+                        log-softmax output b×B (2·b·B); the int64 labels (2·b); then in backward
+                        the two b×B logit gradients 2·b·B
+        sigmoid-gather  x and t·x (2·b·e); the gathered texts B·e; the logits z (b·B) kept by
+                        softplus; the negated positive logits (b); in backward the b×B gradient
         sigmoid-ring    one b×b block's logits, its σ and gradient 3·b²; local images and texts,
                         the current and the incoming text block, the travelling text-gradient
                         block and the incoming one 6·b·e -- independent of W
@@ -174,11 +174,13 @@ def loss_buffer_bytes(
         raise ConfigError("world_size", f"must be >= 1, got {world_size}")
     b, e = local_batch, embed_dim
     big_b = b * world_size
+    gathered = big_b * e if world_size > 1 else 0  # at W = 1 the "gathered" tensor is the input
     normalised = 2 * b * e
     if loss == "softmax":
-        elements = 2 * big_b * e + 2 * 3 * b * big_b
+        elements = 4 * b * e + 2 * gathered + 2 * b * big_b + 2 * b + 2 * b * big_b
     elif impl == "gather":
-        elements = b * e + big_b * e + 5 * b * big_b
+        elements = 2 * b * e + (gathered if world_size > 1 else b * e) + b * big_b + b
+        elements += b * big_b
     else:
         elements = 3 * b * b + 6 * b * e
     return LOSS_BYTES * (normalised + elements)
