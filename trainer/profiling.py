@@ -33,30 +33,36 @@ def synchronize(device: torch.device) -> None:
 
 
 def measure_matmul_flops(
-    device: torch.device, precision: str = "fp32", sizes: tuple[int, ...] = (1024, 2048)
+    device: torch.device,
+    precision: str = "fp32",
+    sizes: tuple[int, ...] = (256, 1024, 2048),
+    seconds: float = 0.25,
 ) -> float:
-    """Best achieved FLOP/s of square matmuls over ``sizes`` (small ones under-use wide CPUs,
-    large ones take long on slow ones)."""
-    return max(_matmul_flops(device, precision, n) for n in sizes)
+    """Best achieved FLOP/s of square (n, n) @ (n, n) matmuls (2n³ FLOPs each) over ``sizes``.
 
-
-def _matmul_flops(device: torch.device, precision: str, n: int, seconds: float = 0.25) -> float:
-    """Best achieved FLOP/s of an (n, n) @ (n, n) matmul (2n³ FLOPs) over repeated timings."""
+    Small sizes under-use wide CPUs; a larger size is tried only if one call of it is predicted
+    (n³ scaling) to stay under ``seconds``: fp16 on a CPU without fp16 kernels is orders of
+    magnitude slower.
+    """
     dtype = DTYPES[precision]
-    a = torch.randn(n, n, device=device, dtype=dtype)
-    b = torch.randn(n, n, device=device, dtype=dtype)
-    a @ b  # warm-up: thread pool, kernel selection
-    synchronize(device)
-    best = float("inf")
-    deadline = time.perf_counter() + seconds
-    runs = 0
-    while runs < 3 or time.perf_counter() < deadline:
-        t0 = time.perf_counter()
-        a @ b
-        synchronize(device)
-        best = min(best, time.perf_counter() - t0)
-        runs += 1
-    return 2.0 * n**3 / best
+    best_flops = 0.0
+    for k, n in enumerate(sizes):
+        a = torch.randn(n, n, device=device, dtype=dtype)
+        b = torch.randn(n, n, device=device, dtype=dtype)
+        best = float("inf")
+        deadline = time.perf_counter() + seconds
+        for i in range(1000):
+            t0 = time.perf_counter()
+            a @ b
+            synchronize(device)
+            if i:  # the first call warms up thread pools and kernel selection
+                best = min(best, time.perf_counter() - t0)
+            if i >= 2 and time.perf_counter() > deadline:
+                break
+        best_flops = max(best_flops, 2.0 * n**3 / best)
+        if k + 1 < len(sizes) and best * (sizes[k + 1] / n) ** 3 > seconds:
+            break  # the next size would take too long
+    return best_flops
 
 
 def catalog_peak_flops(device_name: str, precision: str) -> float | None:

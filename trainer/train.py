@@ -76,6 +76,9 @@ def run(cfg: TrainConfig, device_type: str) -> None:
     device, mesh, backend = init_distributed(device_type)
     try:
         train(cfg, device, mesh, backend)
+        # Leave together: a rank that tears its group down while another still talks to the
+        # store (hosted by rank 0) dies with "terminate called without an active exception".
+        dist.barrier()
     finally:
         dist.destroy_process_group()
 
