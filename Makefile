@@ -20,11 +20,13 @@ $(STAMP): pyproject.toml | $(BIN)/python
 
 setup: $(STAMP)
 
+# One BLAS/OpenMP thread per process: the suite runs 2 xdist workers that spawn 2-rank gloo jobs
+# on 2 cores, and oversubscribed OpenMP threads spin-wait each other into 50x slowdowns.
 test: $(STAMP)
-	$(BIN)/python -m pytest -q -n 2 --timeout 600
+	OMP_NUM_THREADS=1 $(BIN)/python -m pytest -q -n 2 --timeout 600
 
 test-slow: $(STAMP)
-	$(BIN)/python -m pytest -q -m slow --timeout 1800
+	OMP_NUM_THREADS=1 $(BIN)/python -m pytest -q -m slow --timeout 1800
 
 demo: $(STAMP)
 	$(BIN)/vlscale models
