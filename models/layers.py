@@ -21,8 +21,19 @@ from torch import nn
 
 from vlscale.specs.towers import TrunkSpec
 
-# Default std of every Linear / Conv weight (trunc normal), as ViT / CLIP-style inits use.
+# Std of embedding-like tensors that have no fan-in (token embeddings), as OpenCLIP.
 DEFAULT_INIT_STD = 0.02
+
+
+def fan_in_std(fan_in: int) -> float:
+    """fan_in^-1/2: OpenCLIP's width^-1/2 scaling for projections, tokens and positions.
+
+    A fixed 0.02 (BERT / timm) is fine at width 768 (768^-1/2 = 0.036) but far too small for the
+    tiny CPU presets (64^-1/2 = 0.125): every image then embeds to nearly the same vector at
+    init (mean cosine 0.9999 on tiny-clip) and contrastive training stalls at chance.
+    """
+    return fan_in**-0.5
+
 
 RopeFn = Callable[[torch.Tensor], torch.Tensor]
 
@@ -38,7 +49,7 @@ def residual_linear(in_f: int, out_f: int, bias: bool, depth: int) -> nn.Linear:
     """A Linear that writes into the residual stream: its init std is scaled by 1/sqrt(2·depth)
     (GPT-2 / OpenCLIP practice) so that the residual variance stays O(1) with depth."""
     lin = nn.Linear(in_f, out_f, bias=bias)
-    lin.init_std = DEFAULT_INIT_STD / math.sqrt(2 * depth)
+    lin.init_std = fan_in_std(in_f) / math.sqrt(2 * depth)
     return lin
 
 

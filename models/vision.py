@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from models.layers import DEFAULT_INIT_STD, Mlp, make_blocks, make_norm, make_proj
+from models.layers import Mlp, fan_in_std, make_blocks, make_norm, make_proj
 from models.rope import VisionRope
 from vlscale.errors import ConfigError
 from vlscale.specs.towers import TrunkSpec, VisionTowerSpec
@@ -43,7 +43,7 @@ class MapHead(nn.Module):
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
-        nn.init.trunc_normal_(self.query, std=DEFAULT_INIT_STD)
+        nn.init.trunc_normal_(self.query, std=fan_in_std(self.query.shape[-1]))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         b, s, d = x.shape
@@ -79,9 +79,9 @@ class VisionTower(nn.Module):
 
     def reset_parameters(self) -> None:
         if self.cls_token is not None:
-            nn.init.trunc_normal_(self.cls_token, std=DEFAULT_INIT_STD)
+            nn.init.trunc_normal_(self.cls_token, std=fan_in_std(self.cls_token.shape[-1]))
         if self.pos_embed is not None:
-            nn.init.trunc_normal_(self.pos_embed, std=DEFAULT_INIT_STD)
+            nn.init.trunc_normal_(self.pos_embed, std=fan_in_std(self.pos_embed.shape[-1]))
 
     def forward(
         self,
