@@ -1,6 +1,7 @@
 """Cold-start wall time of CLI commands (median of N fresh processes).
 
-Target (issues #2, #3): < 1 s, which requires that the planner path never imports torch.
+Target (issue #2): < 1 s, which requires that the planner path never imports torch
+(``benchmarks/plan_perf.py`` times ``vlscale plan`` with the same helpers).
 
     .venv/bin/python benchmarks/cold_start.py [--repeats 5]
 """
@@ -19,7 +20,6 @@ COMMANDS = [
     ["params", "ViT-L-14"],
     ["params", "ViT-L-14", "--json"],
     ["flops", "ViT-L-14", "--json"],
-    ["plan", "--json"],
 ]
 
 

@@ -11,15 +11,13 @@ W-1 hops, so it is the slow one); 1,000 configurations through
 from __future__ import annotations
 
 import argparse
-import shutil
 import statistics
-import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 import yaml
+from cold_start import time_command, vlscale_executable  # benchmarks/ is on sys.path
 
 from vlscale.plan import make_plan_config, plan
 from vlscale.plan.sweep import expand_grid, run_sweep
@@ -43,23 +41,11 @@ SWEEP_GRID = {
 }
 
 
-def cli_argv() -> list[str]:
-    exe = Path(sys.executable).with_name("vlscale")
-    if exe.exists():
-        return [str(exe)]
-    found = shutil.which("vlscale")
-    return [found] if found else [sys.executable, "-c", "from vlscale.cli import main; main()"]
-
-
 def time_cold_start(repeats: int) -> list[float]:
-    argv = [*cli_argv(), "plan", "--json"]
-    samples = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        out = subprocess.run(argv, capture_output=True)
-        samples.append(time.perf_counter() - start)
-        if out.returncode:
-            raise SystemExit(f"`{' '.join(argv)}` failed: {out.stderr.decode()}")
+    argv = [*vlscale_executable(), "plan", "--json"]
+    _, samples, rc = time_command(argv, repeats)
+    if rc:
+        raise SystemExit(f"`{' '.join(argv)}` failed with exit status {rc}")
     return samples
 
 
