@@ -18,6 +18,7 @@ from vlscale.costs.flops import (
     forward_flops,
     layer_forward_flops,
     loss_flops,
+    model_flops_per_sample,
     text_forward_flops,
     train_flops_per_sample,
     vision_forward_flops,
@@ -203,3 +204,22 @@ def test_bad_input_names_the_field(call, field):
     with pytest.raises(ConfigError) as err:
         call()
     assert err.value.field == field
+
+
+def test_model_flops_per_sample_is_towers_plus_loss_share():
+    # tiny-clip, b = 4 per rank, W = 2, e = 32: softmax loss = 12·b·B·e per rank per step
+    spec = get_model("tiny-clip")
+    b, w, e = 4, 2, spec.embed_dim
+    loss_share = 12 * b * (b * w) * e / b
+    got = model_flops_per_sample(
+        spec, mask_ratio=0.0, loss="softmax", loss_impl="gather", local_batch=b, world_size=w
+    )
+    assert got == train_flops_per_sample(spec) + loss_share
+    # the ring's recomputed logits are not model FLOPs: same as sigmoid gather
+    ring, gather = (
+        model_flops_per_sample(
+            spec, mask_ratio=0.5, loss="sigmoid", loss_impl=i, local_batch=b, world_size=w
+        )
+        for i in ("ring", "gather")
+    )
+    assert ring == gather == train_flops_per_sample(spec, 0.5) + 6 * b * (b * w) * e / b

@@ -1,7 +1,7 @@
 """Measuring the trainer: device peaks for MFU, timers, peak memory, torch.profiler traces.
 
 MFU (PaLM, Chowdhery et al. 2022, App. B) = achieved model FLOP/s / peak FLOP/s, where the model
-FLOPs come from ``vlscale.costs.flops.train_flops_per_sample`` (never a second formula here) and
+FLOPs come from ``vlscale.costs.flops.model_flops_per_sample`` (never a second formula here) and
 the peak per device is, in this order of preference:
 
 1. ``--peak-flops`` (the user knows their hardware): source ``option``;

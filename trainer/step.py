@@ -33,7 +33,7 @@ from trainer.losses import clip_loss, siglip_loss
 from trainer.parallelize import full_value, set_gradient_sync
 from trainer.profiling import PeakMemory, PhaseTimer, StepProfiler, synchronize
 from trainer.records import RecordWriter
-from vlscale.costs.flops import train_flops_per_sample
+from vlscale.costs.flops import model_flops_per_sample
 from vlscale.records import CheckpointRecord, EvalRecord, StepRecord
 from vlscale.specs.recipes import RecipeSpec
 
@@ -201,7 +201,15 @@ def make_record(ctx: LoopContext, step: int, m: dict, peak_memory: int | None, s
     bias = full_value(ctx.model.logit_bias).detach().float().item()
     norm = m["grad_norm"]
     norm = None if norm is None else full_value(norm).float().item()
-    flops = train_flops_per_sample(spec, m["mask_ratio"], recompute=cfg.checkpointing)
+    # model FLOPs (no recompute): the same MFU numerator as `vlscale plan`
+    flops = model_flops_per_sample(
+        spec,
+        mask_ratio=m["mask_ratio"],
+        loss=ctx.recipe.loss,
+        loss_impl=ctx.recipe.loss_impl,
+        local_batch=cfg.local_batch(ctx.world_size),
+        world_size=ctx.world_size,
+    )
     t = m["step_time_s"]
     mfu = None
     if ctx.peak_flops:

@@ -1,4 +1,4 @@
-"""Run-record schema: what the trainer writes and what ``vlscale calibrate``/``validate`` read.
+"""Run-record schema: what the trainer writes and what the planner reads back (read_run).
 
 A run file is JSON Lines. The first line is a :class:`RunHeader`; every later line is a
 :class:`StepRecord`, an :class:`EvalRecord` or a :class:`CheckpointRecord`, told apart by ``kind``.
@@ -15,8 +15,9 @@ Definitions (the trainer measures exactly these):
   phase ends with a device synchronise, which itself slows the step slightly).
 - ``samples_per_s`` = global_batch / step_time_s.
 - ``mfu`` = flops_per_sample · global_batch / (step_time_s · world_size · peak_flops_per_device),
-  with flops_per_sample from ``vlscale.costs.flops.train_flops_per_sample`` for the step's mask
-  ratio and recompute setting; null when no peak is known.
+  with flops_per_sample the model FLOPs of ``vlscale.costs.flops.model_flops_per_sample`` (towers
+  forward + backward at the step's mask ratio plus the loss matmuls; no recompute), the same
+  numerator as ``vlscale plan``; null when no peak is known.
 - ``peak_memory_bytes``: see ``RunHeader.memory_metric``; null when nothing honest is available.
 - ``warmup``: the first steps (compilation, allocator growth, caches) are marked, not dropped.
 

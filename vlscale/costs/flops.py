@@ -275,3 +275,24 @@ def loss_flops(
     n_blocks = 2 if loss == "softmax" else 1
     per_block = 3.0 + (1.0 if recompute_logits else 0.0)  # forward 1, backward 2, [recompute 1]
     return n_blocks * per_block * block
+
+
+def model_flops_per_sample(
+    spec: ModelSpec,
+    *,
+    mask_ratio: float,
+    loss: Literal["softmax", "sigmoid"],
+    loss_impl: Literal["gather", "ring"],
+    local_batch: int,
+    world_size: int,
+) -> float:
+    """Model FLOPs of one training sample: both towers forward + backward, plus its share of
+    the loss matmuls — no activation recompute and no recomputed logits.
+
+    This is the numerator of MFU (PaLM's convention, Chowdhery et al. 2022, appendix B) for the
+    planner and the trainer alike: ``train_flops_per_sample(spec, r)`` +
+    ``loss_flops(loss, impl, b, W, e) / b``, with b the local (micro-)batch the loss sees.
+    """
+    towers = train_flops_per_sample(spec, mask_ratio)
+    per_step = loss_flops(loss, loss_impl, local_batch, world_size, spec.embed_dim)
+    return towers + per_step / local_batch

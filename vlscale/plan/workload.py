@@ -29,6 +29,7 @@ from vlscale.costs.flops import (
     LayerFlops,
     block_recompute_flops,
     loss_flops,
+    model_flops_per_sample,
     text_layer_flops,
     vision_layer_flops,
 )
@@ -164,9 +165,13 @@ def build_workload(
         optimizer_s=optimizer_s,
         input=pipeline,
     )
-    model_flops = (
-        _model_flops_per_sample(vision, text)
-        + _loss_train_flops(recipe, local_batch, world, spec.embed_dim) / local_batch
+    model_flops = model_flops_per_sample(
+        spec,
+        mask_ratio=r,
+        loss=recipe.loss,
+        loss_impl=recipe.loss_impl,
+        local_batch=local_batch,
+        world_size=world,
     )
     hardware = sum(u.forward_s + u.backward_s for u in units) * rate
     hardware += _loss_train_flops(recipe, local_batch, world, spec.embed_dim, recompute=True)
@@ -179,11 +184,6 @@ def build_workload(
         utilisation=utilisation,
     )
     return wl, costs
-
-
-def _model_flops_per_sample(vision: list[LayerFlops], text: list[LayerFlops]) -> float:
-    """Forward + backward of both towers (stem backward is F: pixels need no gradient)."""
-    return sum(x.total + (x.total if x.kind == "stem" else 2 * x.total) for x in vision + text)
 
 
 def _loss_train_flops(recipe, b, world, e, recompute: bool = False) -> float:
