@@ -4,7 +4,7 @@ speed-up of the image tower's forward + backward at mask ratios 0.5 and 0.75.
     .venv/bin/python benchmarks/train_cpu.py [--steps 12] [--global-batch 32]
 
 Throughput runs the real entry point (``torchrun -m trainer.train``) and reads its run file, so
-the numbers are exactly what ``vlscale calibrate`` would see: median over non-warm-up steps.
+the numbers are exactly what the run records hold: median over non-warm-up steps.
 MFU there is against the matmul peak each rank measures at start-up (see trainer.profiling), so
 W=2 on a 2-core machine compares two 1-thread ranks with a 1-thread peak each.
 

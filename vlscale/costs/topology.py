@@ -36,7 +36,8 @@ from vlscale.specs.hardware import ClusterSpec, TierName
 # 8-GPU NVSwitch node is ~10-20 µs for ~2·lg 8 steps; InfiniBand verbs ~2 µs plus NCCL proxy
 # overhead; ICI ~1 µs per hop per the scaling book; DCN tens of µs), η from the bus bandwidth
 # NCCL-tests reach on large messages (~80 % of NVLink, ~90 % of a 400G NIC), n½ so that busbw
-# saturates at MB-sized messages as in those plots. Replace them with `vlscale calibrate`.
+# saturates at MB-sized messages as in those plots. Replace them with measured values
+# (a hardware file's `measured.links`).
 DEFAULT_LINKS: dict[str, dict[str, float]] = {
     "nvlink": {"alpha_s": 1.0e-6, "efficiency": 0.80, "n_half_bytes": 512 * 1024},
     "network": {"alpha_s": 5.0e-6, "efficiency": 0.90, "n_half_bytes": 128 * 1024},

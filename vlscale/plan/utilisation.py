@@ -3,8 +3,8 @@
 Step compute is FLOPs / (u · peak). ``u`` folds everything the analytic model does not price —
 kernel efficiency on these matmul shapes, elementwise work, framework overhead — into one number.
 Order of precedence: ``--utilisation`` > the device's measured profile
-(``DeviceSpec.measured.matmul_efficiency``, e.g. from ``vlscale calibrate``) > the calibrated
-table below > ``FALLBACK``.
+(``DeviceSpec.measured.matmul_efficiency``, e.g. from benchmarks/gpu_calibration.sh) > the
+calibrated table below > ``FALLBACK``.
 
 Each calibrated entry is solved from ONE published run (``vlscale.plan.published``, solved by
 ``benchmarks/calibrate_published.py``); every other published case is a prediction with that

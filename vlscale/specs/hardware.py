@@ -4,7 +4,7 @@ Every number lives in YAML under ``vlscale/specs/data/`` next to the string that
 comes from (datasheet, Cloud TPU docs, price page and date). Units are SI base units:
 FLOP/s (dense, not sparse), bytes, bytes/s **per direction**. Nominal peaks are upper bounds;
 what a real machine achieves goes in the optional ``measured`` block, so that a profile measured
-on a real machine is just another :class:`DeviceSpec` (``vlscale calibrate`` writes one).
+on a real machine is just another :class:`DeviceSpec` (a hardware file's ``measured:`` block).
 
 A cluster is ``num_devices`` devices: GPUs grouped into NVLink nodes of ``devices_per_node``
 joined by NICs, or TPU chips in ``num_slices`` slices of ``slice_shape`` (torus dims) joined by
@@ -121,7 +121,7 @@ class LinkCalibration(_Spec):
 
 
 class Measured(_Spec):
-    """What a real machine achieved (from ``vlscale calibrate`` or a benchmark)."""
+    """What a real machine achieved (from a benchmark on that machine)."""
 
     matmul_efficiency: float | None = Field(default=None, gt=0, le=1)
     hbm_efficiency: float | None = Field(default=None, gt=0, le=1)
@@ -424,7 +424,7 @@ def load_hardware_file(path: str | os.PathLike) -> HardwareFile:
         devices:
           - base: H100                 # optional: start from a catalog (or earlier) device
             name: h100-measured
-            measured: {matmul_efficiency: 0.62, source: "vlscale calibrate 2025-01-02",
+            measured: {matmul_efficiency: 0.62, source: "measured 2025-01-02",
                        links: {nvlink: {alpha_s: 2.0e-6, efficiency: 0.8}}}
         clusters:
           - {name: lab, device: h100-measured, num_devices: 16}
