@@ -14,7 +14,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from vlscale.costs.memory import estimate_memory, loss_buffer_bytes, max_local_batch
+from vlscale.costs.memory import MemoryBreakdown, estimate_memory, max_local_batch
 from vlscale.costs.run import FailureModel, plan_run
 from vlscale.costs.topology import make_group
 from vlscale.errors import ConfigError, from_validation_error
@@ -182,7 +182,7 @@ def plan(config: PlanConfig, *, keep_sim: bool = False) -> PlanResult:
             "(try --checkpointing, more devices or a smaller batch)"
         )
 
-    failures = _failure_model(config, memory.master_weights + memory.params, memory)
+    failures = _failure_model(config, memory)
     run = plan_run(
         config.samples,
         config.global_batch,
@@ -219,9 +219,7 @@ def plan(config: PlanConfig, *, keep_sim: bool = False) -> PlanResult:
         device_memory_bytes=capacity,
         fits=fits,
         max_local_batch=largest,
-        loss_memory_bytes=loss_buffer_bytes(
-            recipe.loss, recipe.loss_impl, config.local_batch, config.devices, spec.embed_dim
-        ),
+        loss_memory_bytes=memory.loss_buffers,
         costs=costs,
         utilisation_source=source,
         warnings=warnings,
@@ -242,15 +240,15 @@ def _compute_dtype(device: DeviceSpec, precision: str) -> str:
     return precision
 
 
-def _failure_model(config: PlanConfig, state_bytes_fp32: int, memory) -> FailureModel | None:
-    """Failures with a checkpoint write time estimated from the per-device state (weights +
-    optimizer state) over ``checkpoint_write_bandwidth`` unless given."""
+def _failure_model(config: PlanConfig, memory: MemoryBreakdown) -> FailureModel | None:
+    """Failures with a checkpoint write time estimated from the per-device state (weights,
+    master weights, optimizer state) over ``checkpoint_write_bandwidth`` unless given."""
     f = config.failures
     if not f.enabled:
         return None
     write_s = f.checkpoint_write_s
     if write_s is None:
-        state = state_bytes_fp32 + memory.optimizer_state
+        state = memory.params + memory.master_weights + memory.optimizer_state
         write_s = max(1.0, state / f.checkpoint_write_bandwidth)
     return FailureModel(
         mtbf_device_h=f.mtbf_device_h,
