@@ -4,7 +4,8 @@
 workload that ``vlscale.plan.workload`` builds (stragglers and the input pipeline included when
 configured; with neither it equals the analytic critical path). MFU is model FLOPs (no
 recompute) per second per device over the dense peak of the compute dtype (PaLM's convention,
-Chowdhery et al. 2022, appendix B).
+Chowdhery et al. 2022, appendix B); HFU counts the FLOPs the hardware really runs (activation
+recompute and recomputed ring logits included).
 """
 
 from __future__ import annotations
@@ -82,6 +83,7 @@ class PlanResult:
             "samples_per_s": self.samples_per_s,
             "samples_per_s_per_device": self.samples_per_s_per_device,
             "mfu": self.mfu,
+            "hfu": self.costs.hardware_flops_per_rank / (self.step_time_s * self.costs.peak_flops),
             "utilisation": self.costs.utilisation,
             "utilisation_source": self.utilisation_source,
             "steps": self.steps,

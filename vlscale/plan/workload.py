@@ -90,8 +90,7 @@ def build_workload(
     # tf32 is how fp32 matmuls run on Ampere+; the parameters themselves stay fp32
     param_bytes = BYTES_PER_ELEMENT["fp32" if precision == "tf32" else precision]
     r = recipe.mask_ratio
-    comm: dict[str, float] = {"all_gather": 0.0, "reduce_scatter": 0.0, "all_reduce": 0.0}
-    comm["p2p"] = 0.0
+    comm = dict.fromkeys(("all_gather", "reduce_scatter", "all_reduce", "p2p"), 0.0)
 
     vision = vision_layer_flops(spec.vision, spec.embed_dim, r)
     text = text_layer_flops(spec.text, spec.embed_dim)
