@@ -301,3 +301,20 @@ def test_bad_grids_name_the_fix(tmp_path, text):
     with pytest.raises(ConfigError) as err:
         expand_grid(grid)
     assert err.value.field.startswith("grid")
+
+
+@pytest.mark.parametrize(
+    "recipe, impl, ckpt",
+    [("clip", "gather", False), ("clip", "gather", True), ("siglip", "ring", False)],
+)
+def test_hfu_counts_recompute_and_mfu_does_not(recipe, impl, ckpt):
+    cfg = make_plan_config(
+        model="ViT-B-16", recipe=recipe, loss_impl=impl, devices=64, global_batch=8192,
+        checkpointing=ckpt,
+    )  # fmt: skip
+    out = plan(cfg).to_json()
+    if not ckpt and impl == "gather":
+        assert out["hfu"] == pytest.approx(out["mfu"], rel=1e-9)  # nothing is recomputed
+    else:
+        # activation recompute, or the ring's recomputed block logits
+        assert out["hfu"] > out["mfu"]
