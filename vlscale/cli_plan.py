@@ -59,6 +59,17 @@ DecodeOpt = Annotated[
 HwOpt = Annotated[str | None, typer.Option("--hardware-file", help="YAML/TOML with devices")]
 ImageOpt = Annotated[int | None, typer.Option("--image-size", help="override the image size")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="machine-readable output")]
+ReportOpt = Annotated[
+    Path | None, typer.Option("--report", help="write an HTML report with plotly figures")
+]
+
+
+def _check_report(report: Path | None) -> None:
+    """Refuse a bad --report path before planning (vlscale.report is only imported here)."""
+    if report is not None:
+        from vlscale.report.html import check_report_path
+
+        check_report_path(report)
 
 
 def _base_config(config: Path | None, **flags: Any):
@@ -98,11 +109,13 @@ def plan_cmd(
     trace: Annotated[
         Path | None, typer.Option("--trace", help="write the simulated timeline (Chrome JSON)")
     ] = None,
+    report: ReportOpt = None,
     as_json: JsonOpt = False,
 ):
     """Plan a run: step time, memory per device, wall time, device-hours and cost."""
     from vlscale.plan.planner import plan, summary_rows
 
+    _check_report(report)
     cfg = _base_config(
         config,
         model=model,
@@ -125,9 +138,14 @@ def plan_cmd(
         hardware_file=hardware_file,
         image_size=image_size,
     )
-    result = plan(cfg, keep_sim=trace is not None)
+    result = plan(cfg, keep_sim=trace is not None or report is not None)
     if trace is not None:
         result.sim.to_chrome_trace(trace)
+    if report is not None:
+        from vlscale.report.pages import write_plan_report
+
+        write_plan_report(result, report)
+        typer.echo(f"report written to {report}", err=True)
     if as_json:
         emit_json(result.to_json())
         return
@@ -167,6 +185,7 @@ def compare_cmd(
     sharding: ShardingOpt = None,
     checkpointing: CkptOpt = None,
     utilisation: UtilOpt = None,
+    report: ReportOpt = None,
     as_json: JsonOpt = False,
 ):
     """Recipes or loss implementations side by side on the same cluster.
@@ -175,6 +194,7 @@ def compare_cmd(
     """
     from vlscale.plan.planner import plan
 
+    _check_report(report)
     if recipe or loss_impl:
         variants = list(itertools.product(recipe or ["siglip"], loss_impl or ["gather"]))
     else:
@@ -202,6 +222,11 @@ def compare_cmd(
             utilisation=utilisation,
         )
         results.append(plan(cfg).to_json())
+    if report is not None:
+        from vlscale.report.pages import write_compare_report
+
+        write_compare_report(results, report)
+        typer.echo(f"report written to {report}", err=True)
     if as_json:
         emit_json(results)
         return
