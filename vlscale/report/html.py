@@ -83,7 +83,9 @@ def render_report(
     parts += [f'<p class="warning">warning: {html.escape(w)}</p>' for w in warnings]
     for heading, fig in figures:
         parts.append(f"<h2>{html.escape(heading)}</h2>")
-        parts.append(pio.to_html(fig, full_html=False, include_plotlyjs=False))
+        parts.append(
+            pio.to_html(fig, full_html=False, include_plotlyjs=False, default_height="480px")
+        )
     parts += [f'<p class="note">{html.escape(n)}</p>' for n in notes]
     parts.append("</body></html>")
     return "\n".join(parts)
