@@ -2,16 +2,12 @@
 
 * ``adamw``: ``torch.optim.AdamW`` (Loshchilov & Hutter 2019, decoupled weight decay).
 * ``lamb``: :class:`trainer.optim.lamb.Lamb` (You et al. 2020), trust ratio on global norms.
-* ``adafactor``: ``torch.optim.Adafactor`` (Shazeer & Stern 2018; present in torch >= 2.5).
-  Adafactor keeps, for every parameter of 2+ dims, only a row vector and a column vector of
-  second-moment statistics (the mean of g^2 over columns and over rows); their outer product
-  divided by the total stands in for the full ``v``. For an FSDP2 parameter sharded on dim 0 the
-  row statistics are local to each rank, but the column statistics are sums over rows that live
-  on *other* ranks: the exact optimizer needs one cross-rank reduction per parameter per step,
-  and factoring each shard on its own would silently become a different optimizer. torch's
-  Adafactor does neither for DTensors (its in-place norm on a partial placement fails), so
-  ``adafactor`` is refused for sharded parameters with a ConfigError; it has no first moment,
-  so ``betas`` do not apply and ``eps`` keeps torch's default pair.
+* ``adafactor``: :class:`trainer.optim.adafactor.Adafactor` (Shazeer & Stern 2018), the
+  algorithm and defaults of ``torch.optim.Adafactor`` (equal to it on plain tensors), made
+  FSDP2-aware: for a parameter sharded on dim 0 its factored second-moment statistics, RMS and
+  update clipping are those of the whole (global) tensor, at the price of two small all-reduces
+  per step (see that module). It has no first moment, so ``betas`` do not apply, and ``eps``
+  keeps Adafactor's own pair (``eps1`` from the dtype, ``eps2 = 1e-3``) rather than Adam's.
 """
 
 from __future__ import annotations
@@ -19,8 +15,8 @@ from __future__ import annotations
 from typing import Literal
 
 import torch
-from torch.distributed.tensor import DTensor
 
+from trainer.optim.adafactor import Adafactor
 from trainer.optim.lamb import Lamb
 from vlscale.errors import ConfigError
 
@@ -49,18 +45,4 @@ def build_optimizer(
         return torch.optim.AdamW(param_groups, betas=tuple(betas), eps=eps, **kwargs)
     if name == "lamb":
         return Lamb(param_groups, betas=tuple(betas), eps=eps, **kwargs)
-    if not hasattr(torch.optim, "Adafactor"):
-        raise ConfigError(
-            "optimizer",
-            f"torch {torch.__version__} has no torch.optim.Adafactor (added in 2.5); "
-            "upgrade torch or use adamw / lamb",
-        )
-    sharded = any(isinstance(p, DTensor) for g in param_groups for p in g["params"])
-    if sharded:
-        raise ConfigError(
-            "optimizer",
-            "adafactor cannot step FSDP2-sharded (DTensor) parameters: its factored column "
-            "statistics span shards (see trainer/optim/factory.py); use adamw or lamb, "
-            "or train on one device",
-        )
-    return torch.optim.Adafactor(param_groups, **kwargs)
+    return Adafactor(param_groups, **kwargs)
