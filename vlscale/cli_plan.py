@@ -192,7 +192,7 @@ def compare_cmd(
 
     Default: CLIP gather, SigLIP gather, SigLIP ring and EVA-CLIP.
     """
-    from vlscale.plan.planner import plan
+    from vlscale.plan.planner import compare_rows, plan
 
     _check_report(report)
     if recipe or loss_impl:
@@ -230,32 +230,8 @@ def compare_cmd(
     if as_json:
         emit_json(results)
         return
-    gib, mib = 2**30, 2**20
-    rows = [
-        ("step time (s)", [f"{r['step_time_s']:.3f}" for r in results]),
-        ("samples/s per device", [f"{r['samples_per_s_per_device']:,.1f}" for r in results]),
-        ("MFU", [f"{r['mfu']:.1%}" for r in results]),
-        ("wall time (h)", [f"{r['wall_time_h']:,.1f}" for r in results]),
-        ("cost (USD)", [f"{r['cost_usd']:,.0f}" for r in results]),
-        ("memory / device (GiB)", [f"{r['memory_per_device_bytes'] / gib:.1f}" for r in results]),
-        ("loss buffers (MiB)", [f"{r['loss_memory_bytes'] / mib:,.1f}" for r in results]),
-        (
-            "loss comm fwd / device (MiB)",
-            [f"{r['loss_comm_bytes_per_device']['forward'] / mib:,.1f}" for r in results],
-        ),
-        (
-            "loss comm total / device (MiB)",
-            [f"{_loss_comm_bytes(r) / mib:,.1f}" for r in results],
-        ),
-        ("fits", [str(r["fits"]) for r in results]),
-    ]
     header = [""] + [f"{r['recipe']}/{r['loss_impl']}" for r in results]
-    print_table("recipes side by side", header, [[label, *vals] for label, vals in rows])
-
-
-def _loss_comm_bytes(result: dict) -> float:
-    """Bytes the loss itself moves per device (gathers + reduce-scatters, or ring hops)."""
-    return sum(result["loss_comm_bytes_per_device"].values())
+    print_table("recipes side by side", header, compare_rows(results))
 
 
 @app.command("hardware")

@@ -286,6 +286,32 @@ def summary_rows(result: PlanResult) -> list[tuple[str, str]]:
     ]
 
 
+def compare_rows(results: list[dict[str, Any]]) -> list[list[str]]:
+    """Key numbers per variant (the rows of ``vlscale compare``'s table)."""
+
+    def row(label: str, fmt) -> list[str]:
+        return [label, *(fmt(r) for r in results)]
+
+    return [
+        row("step time (s)", lambda r: f"{r['step_time_s']:.3f}"),
+        row("samples/s per device", lambda r: f"{r['samples_per_s_per_device']:,.1f}"),
+        row("MFU", lambda r: f"{r['mfu']:.1%}"),
+        row("wall time (h)", lambda r: f"{r['wall_time_h']:,.1f}"),
+        row("cost (USD)", lambda r: f"{r['cost_usd']:,.0f}"),
+        row("memory / device (GiB)", lambda r: f"{r['memory_per_device_bytes'] / 2**30:.1f}"),
+        row("loss buffers (MiB)", lambda r: f"{r['loss_memory_bytes'] / 2**20:,.1f}"),
+        row(
+            "loss comm fwd / device (MiB)",
+            lambda r: f"{r['loss_comm_bytes_per_device']['forward'] / 2**20:,.1f}",
+        ),
+        row(
+            "loss comm total / device (MiB)",
+            lambda r: f"{sum(r['loss_comm_bytes_per_device'].values()) / 2**20:,.1f}",
+        ),
+        row("fits", lambda r: "yes" if r["fits"] else "NO"),
+    ]
+
+
 def as_dict(result: PlanResult) -> dict[str, Any]:
     """Plain dict including the config (for sweeps)."""
     out = result.to_json()

@@ -11,11 +11,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from vlscale.plan.planner import compare_rows
 from vlscale.report.figures import breakdown_figure, loss_figure, memory_figure, timeline_figure
 from vlscale.report.html import render_report, summary_table, write_report_atomic
 from vlscale.report.tables import (
-    GIB,
-    MIB,
     breakdown_frame,
     loss_frame,
     memory_frame,
@@ -61,28 +60,6 @@ def plan_report(result) -> str:
         notes=notes,
         warnings=data["warnings"],
     )
-
-
-def compare_rows(results: list[dict[str, Any]]) -> list[list[str]]:
-    """Key numbers per variant (the rows of ``vlscale compare``'s table)."""
-
-    def row(label: str, fmt) -> list[str]:
-        return [label, *(fmt(r) for r in results)]
-
-    return [
-        row("step time (s)", lambda r: f"{r['step_time_s']:.3f}"),
-        row("samples/s per device", lambda r: f"{r['samples_per_s_per_device']:,.1f}"),
-        row("MFU", lambda r: f"{r['mfu']:.1%}"),
-        row("wall time (h)", lambda r: f"{r['wall_time_h']:,.1f}"),
-        row("cost (USD)", lambda r: f"{r['cost_usd']:,.0f}"),
-        row("memory / device (GiB)", lambda r: f"{r['memory_per_device_bytes'] / GIB:.1f}"),
-        row("loss buffers (MiB)", lambda r: f"{r['loss_memory_bytes'] / MIB:,.1f}"),
-        row(
-            "loss comm / device / step (MiB)",
-            lambda r: f"{sum(r['loss_comm_bytes_per_device'].values()) / MIB:,.1f}",
-        ),
-        row("fits", lambda r: "yes" if r["fits"] else "NO"),
-    ]
 
 
 def compare_report(results: list[dict[str, Any]]) -> str:
