@@ -115,6 +115,10 @@ class HFTokenizer:
         if not path.is_file():
             raise ConfigError("tokenizer", f"no tokenizer file at {path}; pass a tokenizer.json")
         self._tok = tokenizers.Tokenizer.from_file(str(path))
+        # A saved file may carry padding / truncation settings that HF applies inside encode
+        # (pads before our eos, captions cut short); rows are packed by pack_rows alone.
+        for reset in ("no_padding", "no_truncation"):  # getattr: minimal stand-ins lack them
+            getattr(self._tok, reset, lambda: None)()
         self.context_length = context_length
         self.vocab_size = int(self._tok.get_vocab_size())
         self.bos_id = self._special_id(bos_token, "bos_token")
@@ -144,9 +148,14 @@ class HFTokenizer:
         return pack_rows(ids, self.context_length, self.bos_id, self.eos_id, self.pad_id)
 
     def decode(self, row: Sequence[int] | torch.Tensor) -> str:
+        """Text of one row: the ids between a leading bos and the first eos. The padding id is
+        not filtered out: with OpenCLIP's pad 0 it is also a real token (CLIP's "!")."""
         ids = row.tolist() if isinstance(row, torch.Tensor) else list(row)
-        special = {self.bos_id, self.eos_id, self.pad_id}
-        return self._tok.decode([i for i in ids if i not in special])
+        if ids and ids[0] == self.bos_id:
+            ids = ids[1:]
+        if self.eos_id in ids:
+            ids = ids[: ids.index(self.eos_id)]
+        return self._tok.decode(ids)
 
 
 def build_tokenizer(
