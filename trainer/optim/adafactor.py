@@ -40,8 +40,10 @@ Communication per step, per (mesh, sharded mesh dims) of the parameters (plain F
     all-reduce 2: ||u_local||^2 of the 2-D parameters           -> one flat buffer (1 per param)
 
 Two are the minimum for the exact algorithm: ``u`` of a row-sharded matrix needs the global
-column statistic, and ``RMS(u)`` then needs every rank's ``u``. The payload is sublinear (the
-column sums, a few KiB for a ViT). Without 2-D sharded parameters, only the first is issued.
+column statistic, and ``RMS(u)`` then needs every rank's ``u``. The payload is sublinear: one
+float per column of each matrix plus a few per parameter, i.e. 0.43 MiB in fp32 for ViT-B-32
+(151 M parameters) and 6.3 MiB for EVA02-E-14-plus (5.0 B), about 0.07% and 0.03% of the
+parameter bytes. Without row-sharded 2-D parameters only the first all-reduce is issued.
 
 State (``torch.distributed.checkpoint`` saves it as is): ``variance`` and the row factor
 ``row_var`` are sharded like the parameter (DTensors with its placements, so DCP writes each
@@ -112,7 +114,7 @@ class _Work:
     rho: float
     eps1: float
     eps2: float  # floors RMS(w) in alpha
-    beta2_hat_c: float  # 1 - beta2_hat = t^beta2_decay, the lerp weight
+    one_minus_beta2: float  # 1 - beta2_hat = t^beta2_decay, the lerp weight
     d: float
     split_rows: bool  # 2-D and row-sharded: column stats need the other ranks
     global_rows: int
@@ -245,7 +247,7 @@ class Adafactor(torch.optim.Optimizer):
             rho=min(lr, 1 / t**0.5),
             eps1=torch.finfo(w.dtype).eps if eps1 is None else eps1,
             eps2=eps2,
-            beta2_hat_c=t ** group["beta2_decay"],
+            one_minus_beta2=t ** group["beta2_decay"],
             d=group["d"],
             split_rows=key is not None and p.ndim == 2,
             global_rows=p.shape[-2] if p.ndim >= 2 else 0,
@@ -256,7 +258,7 @@ class Adafactor(torch.optim.Optimizer):
 
         if p.ndim < 2:
             variance = _local(state["variance"])
-            variance.lerp_(g * g, wk.beta2_hat_c)
+            variance.lerp_(g * g, wk.one_minus_beta2)
             wk.update = _apply_estimate(variance.clone(), g, wk.eps1)
             wk.sums.append(_sq(wk.update))
             return wk
@@ -264,7 +266,7 @@ class Adafactor(torch.optim.Optimizer):
         row_var, col_var = _local(state["row_var"]), _local(state["col_var"])
         # mean over C of g^2 per row: (..., R_local, 1); norm^2 avoids a g-sized temporary
         row_var.lerp_(
-            torch.norm(g, dim=-1, keepdim=True).square_().div_(g.size(-1)), wk.beta2_hat_c
+            torch.norm(g, dim=-1, keepdim=True).square_().div_(g.size(-1)), wk.one_minus_beta2
         )
         if wk.split_rows:
             # this rank's rows only: sum of g^2 per column (1, C) and sum of r (1, 1)
@@ -273,7 +275,7 @@ class Adafactor(torch.optim.Optimizer):
             return wk
         # whole (R, C) matrices are local: finish here exactly as torch does
         col_var.lerp_(
-            torch.norm(g, dim=-2, keepdim=True).square_().div_(g.size(-2)), wk.beta2_hat_c
+            torch.norm(g, dim=-2, keepdim=True).square_().div_(g.size(-2)), wk.one_minus_beta2
         )
         var = row_var @ col_var  # (..., R, 1) @ (..., 1, C) -> (..., R, C)
         var.div_(row_var.mean(dim=-2, keepdim=True).clamp_(min=wk.eps1))
@@ -286,7 +288,7 @@ class Adafactor(torch.optim.Optimizer):
         """Update of a row-sharded 2-D parameter once the column sums of all ranks are in."""
         row_var, col_var = _local(wk.state["row_var"]), _local(wk.state["col_var"])
         R = wk.global_rows
-        col_var.lerp_(col_sum.to(col_var.dtype).div_(R), wk.beta2_hat_c)  # (1, C), global
+        col_var.lerp_(col_sum.to(col_var.dtype).div_(R), wk.one_minus_beta2)  # (1, C), global
         norm = (row_sum.to(row_var.dtype) / R).clamp_(min=wk.eps1)  # (1, 1): mean_R(r), global
         var = (row_var @ col_var).div_(norm)  # (R_local, 1) @ (1, C) -> (R_local, C)
         return _apply_estimate(var, wk.g, wk.eps1)
