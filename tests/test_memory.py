@@ -16,6 +16,7 @@ from vlscale.costs.memory import (
     fsdp_unit_params,
     loss_buffer_bytes,
     max_local_batch,
+    optimizer_state_bytes,
     optimizer_state_elements,
 )
 from vlscale.errors import ConfigError
@@ -194,3 +195,17 @@ def test_bad_input_names_the_field(kwargs, field):
     with pytest.raises(ConfigError) as err:
         estimate_memory(TINY, **(base | kwargs))
     assert err.value.field == field
+
+
+def test_adafactor_column_factors_are_replicated_across_shards():
+    # each 2-D (r, c) matrix keeps r/s row statistics and all c column statistics per rank
+    from vlscale.costs.memory import parameter_shapes
+    from vlscale.costs.params import count_params
+
+    shapes = parameter_shapes(TINY)
+    cols = sum(shape[1] for shape in shapes if len(shape) == 2)
+    total = optimizer_state_elements(TINY, "adafactor")
+    assert optimizer_state_bytes(TINY, "adafactor", 1) == 4 * total
+    # s = 4: everything but the column factors divides by 4
+    assert optimizer_state_bytes(TINY, "adafactor", 4) == 4 * (-(-(total - cols) // 4) + cols)
+    assert optimizer_state_bytes(TINY, "adamw", 4) == -(-(4 * 2 * count_params(TINY).total) // 4)

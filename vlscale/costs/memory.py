@@ -112,7 +112,7 @@ def estimate_memory(
     return MemoryBreakdown(
         params=0 if mixed else _ceil_div(FP32 * psi, s),
         grads=_ceil_div(FP32 * psi, s),
-        optimizer_state=_ceil_div(optimizer_state_elements(spec, optimizer) * FP32, s),
+        optimizer_state=optimizer_state_bytes(spec, optimizer, s),
         master_weights=_ceil_div(FP32 * psi, s) if mixed else 0,
         fsdp_buffers=fsdp_buffer_bytes(spec, shard_degree, precision, reshard_after_forward),
         activations=sum(acts.values()),
@@ -230,6 +230,27 @@ def optimizer_state_elements(spec: ModelSpec, optimizer: str) -> int:
     if optimizer == "adafactor":
         return sum(_adafactor_elements(shape) for shape in parameter_shapes(spec))
     raise ConfigError("optimizer", f"unknown optimizer '{optimizer}'; use one of {OPTIMIZERS}")
+
+
+def optimizer_state_bytes(spec: ModelSpec, optimizer: str, shard_degree: int) -> int:
+    """fp32 optimizer state per device when parameters are sharded on dim 0 over ``shard_degree``.
+
+    AdamW / LAMB moments shard with their parameters: 2·4·Ψ / s. Adafactor
+    (``trainer.optim.adafactor``) keeps, per 2-D matrix (r, c), a row factor sharded with the
+    rows (r / s) and a column factor that every rank holds whole (c, identical on all ranks);
+    vectors and the factors of 3+-D tensors (whose dim 0 is a leading index) shard: so
+    4 · (Σ_2-D (r / s + c) + Σ_other n / s).
+    """
+    if optimizer != "adafactor":
+        return _ceil_div(optimizer_state_elements(spec, optimizer) * FP32, shard_degree)
+    sharded = replicated = 0
+    for shape in parameter_shapes(spec):
+        if len(shape) == 2:
+            sharded += shape[0]
+            replicated += shape[1]
+        else:
+            sharded += _adafactor_elements(shape)
+    return FP32 * (_ceil_div(sharded, shard_degree) + replicated)
 
 
 def _adafactor_elements(shape: tuple[int, ...]) -> int:
