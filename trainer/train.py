@@ -59,8 +59,11 @@ def init_distributed(device_type: str):
     else:
         device = torch.device("cpu")
         # Ranks on one host share its cores; torchrun's OMP_NUM_THREADS=1 would idle the rest.
-        local_world = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
-        torch.set_num_threads(max(1, (os.cpu_count() or 1) // local_world))
+        # A plain `python -m trainer.train` keeps an OMP_NUM_THREADS the user set (the test
+        # suite sets 1 so that parallel test workers do not oversubscribe the cores).
+        if "RANK" in os.environ or "OMP_NUM_THREADS" not in os.environ:
+            local_world = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
+            torch.set_num_threads(max(1, (os.cpu_count() or 1) // local_world))
     if "RANK" in os.environ:  # torchrun: env:// rendezvous
         dist.init_process_group(backend, device_id=device if device_type == "cuda" else None)
     else:  # plain python: a world of one
