@@ -8,7 +8,6 @@ each checks several things). The process runs what the ``vlscale`` console scrip
 from __future__ import annotations
 
 import csv
-import importlib.util
 import json
 import os
 import subprocess
@@ -34,10 +33,10 @@ PLAN_KEYS = {
 }
 
 
-def vlscale(*args: str) -> subprocess.CompletedProcess:
+def vlscale(*args: str, extra_env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
     code = "from vlscale.cli import main; main()"
     # rich sizes tables to the terminal; without one it assumes 80 columns and elides names
-    env = os.environ | {"COLUMNS": "200"}
+    env = os.environ | {"COLUMNS": "200"} | (extra_env or {})
     return subprocess.run(
         [sys.executable, "-c", code, *args], capture_output=True, text=True, timeout=120, env=env
     )
@@ -224,18 +223,40 @@ def test_sweep_failures_leave_nothing_behind(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["grid.yaml"]
 
 
-@pytest.mark.skipif(
-    importlib.util.find_spec("pyarrow") is not None, reason="pyarrow installed: parquet works"
-)
 def test_parquet_without_pyarrow_is_a_clean_exit_2(tmp_path):
+    # a pyarrow that fails to import, first on the path: as if it were not installed
+    shadow = tmp_path / "shadow" / "pyarrow"
+    shadow.mkdir(parents=True)
+    (shadow / "__init__.py").write_text("raise ImportError('pyarrow hidden by the test')\n")
     grid = tmp_path / "grid.yaml"
     grid.write_text("base: {model: tiny-clip, global_batch: 64}\ngrid: {devices: [8]}\n")
-    out = vlscale("sweep", str(grid), "--out", str(tmp_path / "x.parquet"), "--quiet")
+    out = vlscale(
+        "sweep", str(grid), "--out", str(tmp_path / "x.parquet"), "--quiet",
+        extra_env={"PYTHONPATH": str(shadow.parent)},
+    )  # fmt: skip
     assert out.returncode == 2
     assert out.stderr.strip().splitlines() == [
         "error: out: writing .parquet needs pyarrow (pip install pyarrow); or use .csv"
     ]
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["grid.yaml"]  # no temp file
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["grid.yaml", "shadow"]  # no temp file
+
+
+def test_sweep_to_parquet_has_the_csv_rows(tmp_path):
+    pd = pytest.importorskip("pandas")
+    pytest.importorskip("pyarrow")
+    grid = tmp_path / "grid.yaml"
+    grid.write_text(
+        "base: {model: tiny-clip, global_batch: 64}\n"
+        "grid: {devices: [8, 16], loss_impl: [gather, ring], recipe: [siglip]}\n"
+    )
+    for suffix in ("csv", "parquet"):
+        out = vlscale("sweep", str(grid), "--out", str(tmp_path / f"x.{suffix}"), "--quiet")
+        assert out.returncode == 0, out.stderr
+    csv = pd.read_csv(tmp_path / "x.csv")
+    parquet = pd.read_parquet(tmp_path / "x.parquet")
+    assert len(parquet) == len(csv) == 4
+    assert list(parquet.columns) == list(csv.columns)
+    assert parquet["step_time_s"].tolist() == pytest.approx(csv["step_time_s"].tolist())
 
 
 def test_hardware_table_and_json():
