@@ -51,6 +51,7 @@ class TrainConfig(BaseModel):
     steps: int = Field(default=20, gt=0)
     precision: Precision = "fp32"
     data: str = "shapes"
+    tokenizer: str = Field(default="byte", description="'byte' or a tokenizer.json path")
     out: str = "runs/latest"
     lr: float = Field(default=5e-4, gt=0)
     image_lr: float | None = Field(default=None, gt=0)
@@ -92,6 +93,14 @@ class TrainConfig(BaseModel):
                 "data",
                 f"no dataset at '{self.data}'; pass an existing CSV file or shard directory, "
                 "or --data shapes for the built-in synthetic set",
+            )
+        if self.tokenizer != "byte" and not (
+            self.tokenizer.endswith(".json") and Path(self.tokenizer).is_file()
+        ):
+            raise ConfigError(
+                "tokenizer",
+                f"'{self.tokenizer}' is neither 'byte' nor an existing tokenizer.json file; "
+                "pass a Hugging Face tokenizer.json or use --tokenizer byte",
             )
         for field in ("init_image_from",):
             path = getattr(self, field)
@@ -175,6 +184,7 @@ _HELP = {
     "steps": "optimizer steps",
     "precision": "parameter/compute dtype (reductions stay fp32)",
     "data": "'shapes' (synthetic) or a path to a CSV file / tar-shard directory",
+    "tokenizer": "'byte' (byte-level, the default) or a Hugging Face tokenizer.json file",
     "out": "output directory (run.jsonl, traces, checkpoints)",
     "lr": "peak learning rate",
     "image_lr": "peak learning rate of the image tower (default --lr)",
@@ -189,7 +199,7 @@ _HELP = {
     "seed": "random seed (model init, data, FLIP masks)",
     "eval_every": "evaluate every N steps (0: off)",
     "ckpt_every": "write a checkpoint every N steps (0: off)",
-    "resume": "resume from OUT/checkpoints (latest)",
+    "resume": "resume from the newest complete checkpoint in OUT/ckpt",
     "phase_timing": "time forward / loss / backward / optimizer separately (syncs the device)",
     "profile_steps": "write a torch.profiler Chrome trace of steps A:B to OUT/trace_rank{r}.json",
     "unmasked_final_steps": "train the last N steps without patch dropping (EVA-CLIP/FLIP)",

@@ -183,12 +183,12 @@ def train(cfg: TrainConfig, device, mesh, backend: str) -> list:
 
 
 def build_train_loader(cfg: TrainConfig, spec, rank: int, world: int):
-    """This rank's loader of local micro-batches (``trainer.data``), byte-level tokens."""
+    """This rank's loader of local micro-batches (``trainer.data``), tokenised by --tokenizer."""
     from trainer.data import build_loader
     from trainer.tokenizer import build_tokenizer
 
     tokenizer = build_tokenizer(
-        "byte", context_length=spec.text.context_length, vocab_size=spec.text.vocab_size
+        cfg.tokenizer, context_length=spec.text.context_length, vocab_size=spec.text.vocab_size
     )
     return build_loader(
         cfg.data,
@@ -217,7 +217,7 @@ def build_eval(cfg: TrainConfig, spec, model, device):
     if cfg.data != "shapes":
         return None
     tok = build_tokenizer(
-        "byte", context_length=spec.text.context_length, vocab_size=spec.text.vocab_size
+        cfg.tokenizer, context_length=spec.text.context_length, vocab_size=spec.text.vocab_size
     )
     size = spec.vision.image_size
     held_out = ShapesDataset(size, seed=cfg.seed, split="eval", rank=0, world_size=1)

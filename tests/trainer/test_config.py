@@ -54,6 +54,8 @@ def test_help_lists_every_option():
         (["--profile-steps", "5:99", "--steps", "10"], 1, "profile_steps"),
         (["--unmasked-final-steps", "11", "--steps", "10"], 1, "unmasked_final_steps"),
         (["--init-image-from", "/no/such/ckpt"], 1, "init_image_from"),
+        (["--tokenizer", "/no/such/tokenizer.json"], 1, "tokenizer"),
+        (["--tokenizer", "gpt2"], 1, "tokenizer"),
     ],
 )
 def test_bad_config_names_the_field(argv, world, field):

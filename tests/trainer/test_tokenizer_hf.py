@@ -184,3 +184,24 @@ def test_decode_keeps_a_real_token_with_id_zero(tmp_path):
     row = tok(["a red star !"])[0]
     assert row.tolist()[:6] == [tok.bos_id, 1, 2, 4, 0, tok.eos_id]
     assert tok.decode(row) == raw.decode([1, 2, 4, 0]) == "a red star !"
+
+
+def test_trainer_trains_with_a_tokenizer_file(bpe_file, tmp_path):
+    """`--tokenizer tokenizer.json` reaches the training loader and the shapes evaluation."""
+    import os
+    import subprocess
+    import sys
+
+    from vlscale.records import read_run
+
+    out = tmp_path / "run"
+    cmd = [sys.executable, "-m", "trainer.train", "--model", "tiny-clip", "--steps", "2",
+           "--global-batch", "8", "--eval-every", "2", "--tokenizer", str(bpe_file),
+           "--out", str(out)]  # fmt: skip
+    proc = subprocess.run(
+        cmd, capture_output=True, text=True, timeout=300, env=os.environ | {"OMP_NUM_THREADS": "1"}
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    run = read_run(out / "run.jsonl")
+    assert len(run.steps) == 2 and len(run.evals) == 1
+    assert run.header.config["tokenizer"] == str(bpe_file)
