@@ -58,6 +58,7 @@ class LoopContext:
     scaler: torch.amp.GradScaler | None = None
     evaluate: Callable[[int], dict[str, float]] | None = None
     checkpoint: Callable[[int, int], Path] | None = None
+    warned_mfu: bool = False  # MFU above 100% was reported once
     log: Callable[[str], None] = print
     start_step: int = 0
     start_samples: int = 0
@@ -214,6 +215,14 @@ def make_record(ctx: LoopContext, step: int, m: dict, peak_memory: int | None, s
     mfu = None
     if ctx.peak_flops:
         mfu = flops * cfg.global_batch / (t * ctx.world_size * ctx.peak_flops)
+        if mfu > 1.0 and not ctx.warned_mfu:
+            # only possible when the peak is too low, e.g. measured on a busy CPU
+            ctx.warned_mfu = True
+            ctx.log(
+                f"warning: MFU {mfu:.0%} > 100%: the peak of {ctx.peak_flops / 1e9:.1f} "
+                "GFLOP/s/device is too low (measured while the machine was busy?); "
+                "pass --peak-flops for a trustworthy MFU"
+            )
     loss_value = loss.item()
     return StepRecord(
         step=step,
