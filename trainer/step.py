@@ -220,8 +220,8 @@ def make_record(ctx: LoopContext, step: int, m: dict, peak_memory: int | None, s
             ctx.warned_mfu = True
             ctx.log(
                 f"warning: MFU {mfu:.0%} > 100%: the peak of {ctx.peak_flops / 1e9:.1f} "
-                "GFLOP/s/device is too low (measured while the machine was busy?); "
-                "pass --peak-flops for a trustworthy MFU"
+                "GFLOP/s/device is too low (a CPU peak measured while the machine was busy, or "
+                "a wrong --peak-flops); pass the device's real peak with --peak-flops"
             )
     loss_value = loss.item()
     return StepRecord(
