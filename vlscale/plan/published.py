@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from vlscale.plan.config import PlanConfig, make_plan_config
+from vlscale.specs.hardware import get_device
 
 
 @dataclass(frozen=True)
@@ -92,7 +93,7 @@ def flip_config(row: FlipRow, samples: int = 6_400_000_000) -> PlanConfig:
         recipe="clip",
         mask_ratio=row.mask_ratio,
         device="TPUv3",
-        devices=128,
+        devices=get_device("TPUv3").chips_from_cores(256),  # the paper counts 256 cores
         global_batch=row.global_batch,
         samples=samples,
         precision="bf16",
