@@ -57,10 +57,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import torch
-import torch.distributed as dist
 from torch.distributed.tensor import DTensor, Replicate, Shard
 
-from trainer.optim.lamb import _local, _reduce_key
+from trainer.optim.shards import local_shard, reduce_key, sum_across_shards
 from vlscale.errors import ConfigError
 
 
@@ -165,7 +164,7 @@ class Adafactor(torch.optim.Optimizer):
     def _init_state(self, p: torch.Tensor, state: dict) -> None:
         """Zero statistics with torch's names and shapes; DTensors where ``p`` is one."""
         state["step"] = torch.tensor(0.0, dtype=_step_dtype())
-        g = _local(p.grad)
+        g = local_shard(p.grad)
         if p.ndim < 2:
             state["variance"] = torch.zeros_like(p.grad, memory_format=torch.preserve_format)
             return
@@ -195,7 +194,7 @@ class Adafactor(torch.optim.Optimizer):
             return loss
 
         # Round 1: param norms, final-update norms, 2-D column sums and row-factor sums.
-        reduced = _sum_across_shards([(wk.key, wk.sums) for wk in works])
+        reduced = sum_across_shards([(wk.key, wk.sums) for wk in works])
         psq = []
         for wk, sums in zip(works, reduced, strict=True):
             psq.append(sums[0])
@@ -207,7 +206,7 @@ class Adafactor(torch.optim.Optimizer):
 
         # Round 2: update norms of row-sharded 2-D parameters (no-op when there are none).
         late = [i for i, wk in enumerate(works) if wk.split_rows]
-        late_sums = _sum_across_shards([(works[i].key, [works[i].usq]) for i in late])
+        late_sums = sum_across_shards([(works[i].key, [works[i].usq]) for i in late])
         for i, sums in zip(late, late_sums, strict=True):
             works[i].usq = sums[0]
 
@@ -234,10 +233,10 @@ class Adafactor(torch.optim.Optimizer):
         t = state["step"].item()
         lr = float(group["lr"])
         eps1, eps2 = group["eps"]
-        w, g = _local(p), _local(p.grad)
+        w, g = local_shard(p), local_shard(p.grad)
         if group["maximize"]:
             g = -g
-        key = _reduce_key(p)
+        key = reduce_key(p)
         wk = _Work(
             w=w,
             g=g,
@@ -257,13 +256,13 @@ class Adafactor(torch.optim.Optimizer):
             w.mul_(1 - lr * group["weight_decay"])
 
         if p.ndim < 2:
-            variance = _local(state["variance"])
+            variance = local_shard(state["variance"])
             variance.lerp_(g * g, wk.one_minus_beta2)
             wk.update = _apply_estimate(variance.clone(), g, wk.eps1)
             wk.sums.append(_sq(wk.update))
             return wk
 
-        row_var, col_var = _local(state["row_var"]), _local(state["col_var"])
+        row_var, col_var = local_shard(state["row_var"]), local_shard(state["col_var"])
         # mean over C of g^2 per row: (..., R_local, 1); norm^2 avoids a g-sized temporary
         row_var.lerp_(
             torch.norm(g, dim=-1, keepdim=True).square_().div_(g.size(-1)), wk.one_minus_beta2
@@ -286,7 +285,7 @@ class Adafactor(torch.optim.Optimizer):
     @staticmethod
     def _finish_split(wk: _Work, col_sum: torch.Tensor, row_sum: torch.Tensor) -> torch.Tensor:
         """Update of a row-sharded 2-D parameter once the column sums of all ranks are in."""
-        row_var, col_var = _local(wk.state["row_var"]), _local(wk.state["col_var"])
+        row_var, col_var = local_shard(wk.state["row_var"]), local_shard(wk.state["col_var"])
         R = wk.global_rows
         col_var.lerp_(col_sum.to(col_var.dtype).div_(R), wk.one_minus_beta2)  # (1, C), global
         norm = (row_sum.to(row_var.dtype) / R).clamp_(min=wk.eps1)  # (1, 1): mean_R(r), global
@@ -302,26 +301,3 @@ def _apply_estimate(var: torch.Tensor, g: torch.Tensor, eps1: float) -> torch.Te
 def _sq(t: torch.Tensor) -> torch.Tensor:
     """Sum of squares as a 0-d tensor, accumulated in at least fp32."""
     return t.to(torch.promote_types(t.dtype, torch.float32)).square().sum()
-
-
-def _sum_across_shards(items: list[tuple[object, list[torch.Tensor]]]) -> list[list[torch.Tensor]]:
-    """Sum each item's tensors over the ranks that shard it: ONE flat all-reduce per key.
-
-    ``items`` are (key, tensors); key None means the tensors are already global and are returned
-    as is. ``dist.all_reduce`` is looked up at call time so that tests can count calls.
-    """
-    out: list[list[torch.Tensor]] = [list(ts) for _, ts in items]
-    keys = list(dict.fromkeys(k for k, _ in items if k is not None))  # first-seen order
-    for key in keys:
-        mesh, dims = key
-        members = [i for i, (k, _) in enumerate(items) if k == key]
-        tensors = [t for i in members for t in items[i][1]]
-        wide = any(t.dtype == torch.float64 for t in tensors)
-        dtype = torch.float64 if wide else torch.float32
-        flat = torch.cat([t.reshape(-1).to(dtype) for t in tensors])  # (sum of numels,)
-        for dim in dims:
-            dist.all_reduce(flat, op=dist.ReduceOp.SUM, group=mesh.get_group(dim))
-        pieces = iter(flat.split([t.numel() for t in tensors]))
-        for i in members:
-            out[i] = [next(pieces).view(t.shape).to(t.dtype) for t in items[i][1]]
-    return out

@@ -25,23 +25,9 @@ the trainer before ``step`` (NVIDIA's FusedLAMB folds a global-norm clip in; we 
 from __future__ import annotations
 
 import torch
-import torch.distributed as dist
-from torch.distributed.tensor import DTensor, Shard
 
+from trainer.optim.shards import local_shard, reduce_key, sum_across_shards
 from vlscale.errors import ConfigError
-
-
-def _local(t: torch.Tensor) -> torch.Tensor:
-    """The rank-local storage of ``t`` (a DTensor's shard, or ``t`` itself); in-place safe."""
-    return t._local_tensor if isinstance(t, DTensor) else t
-
-
-def _reduce_key(p: torch.Tensor):
-    """(mesh, sharded mesh dims) for a DTensor whose norm needs a cross-rank sum, else None."""
-    if not isinstance(p, DTensor):
-        return None
-    dims = tuple(i for i, pl in enumerate(p.placements) if isinstance(pl, Shard))
-    return (p.device_mesh, dims) if dims else None
 
 
 class Lamb(torch.optim.Optimizer):
@@ -106,8 +92,8 @@ class Lamb(torch.optim.Optimizer):
                     state["exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
                 state["step"] += 1
                 t = float(state["step"])
-                w, g = _local(p), _local(p.grad)
-                m, v = _local(state["exp_avg"]), _local(state["exp_avg_sq"])
+                w, g = local_shard(p), local_shard(p.grad)
+                m, v = local_shard(state["exp_avg"]), local_shard(state["exp_avg_sq"])
                 m.lerp_(g, 1 - b1)  # m = b1 m + (1 - b1) g
                 v.mul_(b2).addcmul_(g, g, value=1 - b2)
                 bc1 = 1 - b1**t if group["bias_correction"] else 1.0
@@ -119,7 +105,7 @@ class Lamb(torch.optim.Optimizer):
                 if group["weight_decay"] != 0:
                     u.add_(w.to(work), alpha=group["weight_decay"])
                 entries.append((group, w, u))
-                keys.append(_reduce_key(p))
+                keys.append(reduce_key(p))
                 sq_norms.append(w.to(work).square().sum())
                 sq_norms.append(u.square().sum())
         if not entries:
@@ -128,8 +114,8 @@ class Lamb(torch.optim.Optimizer):
         # One tensor of squared norms (P, 2); ONE all-reduce per (mesh, sharded dims) group.
         norm_dtype = torch.float64 if any(n.dtype == torch.float64 for n in sq_norms) else None
         norms = torch.stack([n.to(norm_dtype) if norm_dtype else n for n in sq_norms]).view(-1, 2)
-        _all_reduce_by_key(norms, keys)
-        norms = norms.sqrt()  # (P, 2): ||w||, ||u|| over the whole parameter
+        reduced = sum_across_shards([(k, [norms[i]]) for i, k in enumerate(keys)])
+        norms = torch.stack([r[0] for r in reduced]).sqrt()  # (P, 2): ||w||, ||u|| whole param
         w_norm, u_norm = norms[:, 0], norms[:, 1]
         ratio = torch.where((w_norm > 0) & (u_norm > 0), w_norm / u_norm, torch.ones_like(w_norm))
 
@@ -140,19 +126,3 @@ class Lamb(torch.optim.Optimizer):
                 r = r.clamp(max=group["trust_clip"])
             w.sub_((u * (r * group["lr"])).to(w.dtype))
         return loss
-
-
-def _all_reduce_by_key(norms: torch.Tensor, keys: list) -> None:
-    """Sum rows of ``norms`` (P, 2) across the ranks that shard each parameter.
-
-    Rows sharing a key go into one contiguous buffer and one collective per sharded mesh dim
-    (1 for FSDP2). ``dist.all_reduce`` is looked up at call time so tests can count calls.
-    """
-    distinct = {k for k in keys if k is not None}
-    for key in distinct:
-        mesh, dims = key
-        rows = torch.tensor([i for i, k in enumerate(keys) if k == key], device=norms.device)
-        buf = norms.index_select(0, rows).contiguous()  # (P_key, 2)
-        for d in dims:
-            dist.all_reduce(buf, op=dist.ReduceOp.SUM, group=mesh.get_group(d))
-        norms.index_copy_(0, rows, buf)
