@@ -14,6 +14,7 @@ from __future__ import annotations
 import os
 import socket
 import sys
+import warnings
 from datetime import datetime, timezone
 
 from trainer.config import TrainConfig, env_world_size, load_config
@@ -52,6 +53,11 @@ def init_distributed(device_type: str):
     from torch.distributed.device_mesh import init_device_mesh
 
     backend = "nccl" if device_type == "cuda" else "gloo"
+    # Initialising sharded parameters on a CPU mesh triggers this on every run; the ranks still
+    # draw distinct shards (tests/trainer/test_parallelize.py checks it), so it is noise here.
+    warnings.filterwarnings(
+        "ignore", message="DTensor random operators may not have complete support on cpu"
+    )
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     if device_type == "cuda":
         torch.cuda.set_device(local_rank)

@@ -44,6 +44,12 @@ def _structure(ctx, preset, sharding, checkpointing):
         "meta_left": any(p.device.type == "meta" for p in model.parameters()),
         "local_numel": sum(p.to_local().numel() for p in model.parameters()),
         "global_numel": sum(p.numel() for p in model.parameters()),
+        # the first 2-D weight of the first image block: this rank's initialised shard
+        "block_weight_shard": next(
+            p.to_local().clone()
+            for n, p in model.named_parameters()
+            if n.startswith("visual.blocks.0") and p.ndim == 2
+        ),
     }
     return out
 
@@ -62,6 +68,12 @@ def test_fsdp_wrapping_order():
     assert r0["global_numel"] == r1["global_numel"]
     assert r0["local_numel"] + r1["local_numel"] == r0["global_numel"]
     assert r0["local_numel"] < 0.6 * r0["global_numel"]
+    # initialised in place on each rank's shard: the two halves are different draws, not copies
+    # (the DTensor RNG on a CPU mesh warns that its support is incomplete)
+    a, b = r0["block_weight_shard"], r1["block_weight_shard"]
+    n = min(len(a), len(b))
+    assert not torch.equal(a[:n], b[:n])
+    assert a.std() > 0 and b.std() > 0
 
 
 def _matches_single_process(ctx, sharding, precision, checkpointing):
