@@ -185,7 +185,10 @@ def train(cfg: TrainConfig, device, mesh, backend: str) -> list:
         f" [{backend}, {cfg.sharding}, {cfg.precision}], global batch {cfg.global_batch}"
         f", peak {peak / 1e9 if peak else float('nan'):.1f} GFLOP/s/device ({peak_source})"
     )
-    return train_loop(ctx)
+    try:
+        return train_loop(ctx)
+    finally:
+        loader.close()  # decode workers stop here, not in a finaliser at interpreter exit
 
 
 def build_train_loader(cfg: TrainConfig, spec, rank: int, world: int):
@@ -286,5 +289,15 @@ def make_header(cfg: TrainConfig, world, backend, device, peak, peak_source, mem
     )
 
 
+def exit_now(status: int) -> None:
+    """Leave without interpreter finalisation once everything is written and the groups are
+    destroyed: gloo's C++ worker threads can still hold tensors at finalisation, and releasing
+    them then aborts the process ("terminate called without an active exception", exit -6) —
+    seen rarely under load at the end of otherwise complete torchrun runs."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(status)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    exit_now(main())

@@ -6,6 +6,7 @@ import os
 import socket
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -30,10 +31,25 @@ def test_two_nodes_rendezvous_and_train(tmp_path):
                "-m", "trainer.train", "--model", "tiny-clip", "--steps", "3",
                "--global-batch", "8", "--out", str(tmp_path / "run")]  # fmt: skip
         env = os.environ | {"OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
-        return subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+        with open(tmp_path / f"node{node_rank}.log", "wb") as log:  # a full pipe cannot block
+            return subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT)
 
     nodes = [agent(0), agent(1)]
-    outputs = [n.communicate(timeout=180)[0].decode() for n in nodes]
+    try:
+        # if one node fails, the other may wait in a collective or a new rendezvous round:
+        # never wait on one node alone
+        deadline = time.monotonic() + 180
+        while any(n.poll() is None for n in nodes) and time.monotonic() < deadline:
+            if any(n.returncode not in (None, 0) for n in nodes):
+                break
+            time.sleep(0.2)
+    finally:
+        for n in nodes:
+            if n.poll() is None:
+                n.kill()
+    for n in nodes:
+        n.wait()
+    outputs = [(tmp_path / f"node{i}.log").read_text() for i in range(2)]
     for node, out in zip(nodes, outputs, strict=True):
         assert node.returncode == 0, out[-3000:]
     run = read_run(tmp_path / "run" / "run.jsonl")
