@@ -53,6 +53,9 @@ class _RepeatFirst:
     def load_state_dict(self, state):
         self.loader.load_state_dict(state)
 
+    def close(self):
+        self.loader.close()
+
 
 def _train_all(ctx, out_root):
     import torch
