@@ -5,6 +5,12 @@ Each message names the offending field and says how to fix it; the CLI prints it
 
 from __future__ import annotations
 
+from typing import TypeVar
+
+from pydantic import BaseModel, ValidationError
+
+M = TypeVar("M", bound=BaseModel)
+
 
 class ConfigError(ValueError):
     """Bad user input: ``field`` is what was wrong, the message says what to do instead."""
@@ -28,3 +34,14 @@ def from_validation_error(exc: Exception, prefix: str = "") -> ConfigError:
     msg = str(first.get("msg", exc))
     msg = msg.removeprefix("Value error, ")
     return ConfigError(field, msg)
+
+
+def validate_as(model: type[M], data: dict | M, prefix: str) -> M:
+    """``data`` as a ``model`` instance (returned as is when it already is one); a validation
+    failure becomes one :class:`ConfigError` whose field starts with ``prefix``."""
+    if isinstance(data, model):
+        return data
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        raise from_validation_error(exc, prefix) from None

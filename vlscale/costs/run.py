@@ -26,9 +26,9 @@ from __future__ import annotations
 
 import math
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field
 
-from vlscale.errors import ConfigError, from_validation_error
+from vlscale.errors import ConfigError, validate_as
 
 HOUR_S = 3600.0
 
@@ -176,12 +176,7 @@ def plan_run(
 
 def make_failure_model(data: dict | FailureModel) -> FailureModel:
     """Validate ``data`` into a :class:`FailureModel`; bad input raises one ConfigError."""
-    if isinstance(data, FailureModel):
-        return data
-    try:
-        return FailureModel.model_validate(data)
-    except ValidationError as exc:
-        raise from_validation_error(exc, "failures") from None
+    return validate_as(FailureModel, data, "failures")
 
 
 def _require(ok: bool, field: str, message: str) -> None:

@@ -15,9 +15,9 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from vlscale.errors import ConfigError, from_validation_error
+from vlscale.errors import ConfigError, validate_as
 from vlscale.specs.recipes import LossImpl, Optimizer, Precision, RecipeName, RecipeSpec
 from vlscale.specs.recipes import default_recipe as _default_recipe
 
@@ -110,10 +110,7 @@ def make_plan_config(data: dict[str, Any] | PlanConfig | None = None, **override
         data = data.model_dump()
     merged = dict(data or {})
     merged |= {k: v for k, v in overrides.items() if v is not None}
-    try:
-        return PlanConfig.model_validate(merged)
-    except ValidationError as exc:
-        raise from_validation_error(exc) from None
+    return validate_as(PlanConfig, merged, "")
 
 
 def read_config_file(path: str | Path) -> dict[str, Any]:

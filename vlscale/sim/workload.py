@@ -41,9 +41,9 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field
 
-from vlscale.errors import ConfigError, from_validation_error
+from vlscale.errors import ConfigError, validate_as
 
 Seconds = Annotated[float, Field(ge=0.0, allow_inf_nan=False)]
 
@@ -63,24 +63,25 @@ class Unit(_Frozen):
     all_reduce_s: Seconds = 0.0
 
 
-class ClipGatherLoss(_Frozen):
+class _GatherLoss(_Frozen):
+    """Durations shared by the gather implementations (the kind says how many collectives)."""
+
+    all_gather_s: Seconds = 0.0
+    forward_s: Seconds = 0.0
+    backward_s: Seconds = 0.0
+    reduce_scatter_s: Seconds = 0.0
+
+
+class ClipGatherLoss(_GatherLoss):
     """Softmax InfoNCE with gathered image AND text embeddings (two all-gathers, two RS)."""
 
     kind: Literal["clip_gather"] = "clip_gather"
-    all_gather_s: Seconds = 0.0
-    forward_s: Seconds = 0.0
-    backward_s: Seconds = 0.0
-    reduce_scatter_s: Seconds = 0.0
 
 
-class SiglipGatherLoss(_Frozen):
+class SiglipGatherLoss(_GatherLoss):
     """Sigmoid loss over a b×B block with gathered texts (one all-gather, one RS)."""
 
     kind: Literal["siglip_gather"] = "siglip_gather"
-    all_gather_s: Seconds = 0.0
-    forward_s: Seconds = 0.0
-    backward_s: Seconds = 0.0
-    reduce_scatter_s: Seconds = 0.0
 
 
 class SiglipRingLoss(_Frozen):
@@ -133,12 +134,7 @@ class Workload(_Frozen):
 
 def make_workload(data: dict | Workload) -> Workload:
     """Validate ``data`` into a :class:`Workload`; bad input raises one :class:`ConfigError`."""
-    if isinstance(data, Workload):
-        return data
-    try:
-        return Workload.model_validate(data)
-    except ValidationError as exc:
-        raise from_validation_error(exc, "workload") from None
+    return validate_as(Workload, data, "workload")
 
 
 def require_workload(obj: object) -> Workload:
