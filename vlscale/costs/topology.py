@@ -43,6 +43,8 @@ DEFAULT_LINKS: dict[str, dict[str, float]] = {
     "network": {"alpha_s": 5.0e-6, "efficiency": 0.90, "n_half_bytes": 128 * 1024},
     "ici": {"alpha_s": 1.0e-6, "efficiency": 0.90, "n_half_bytes": 64 * 1024},
     "dcn": {"alpha_s": 2.0e-5, "efficiency": 0.80, "n_half_bytes": 1024 * 1024},
+    # CPU ranks on one host: gloo over loopback / shared memory (measure with trainer.probe)
+    "host": {"alpha_s": 5.0e-5, "efficiency": 0.5, "n_half_bytes": 64 * 1024},
 }
 
 
@@ -125,7 +127,11 @@ def default_tier(name: TierName, bandwidth: float, cluster: ClusterSpec | None =
 def cluster_tiers(cluster: ClusterSpec) -> tuple[Tier, Tier]:
     """(inner, outer) tiers of a cluster from its device's datasheet numbers."""
     dev = cluster.device
-    if dev.kind == "gpu":
+    if dev.kind == "cpu":
+        # ranks on a host exchange through its memory (bandwidth: measured.links.host)
+        inner = default_tier("host", dev.memory.hbm_bandwidth, cluster)
+        outer = default_tier("network", dev.network.node_bandwidth / dev.devices_per_node, cluster)
+    elif dev.kind == "gpu":
         inner = default_tier("nvlink", dev.nvlink.bandwidth, cluster)
         # Each GPU drives its share of the node's NICs (rail-optimised fabric).
         outer = default_tier("network", dev.network.node_bandwidth / dev.devices_per_node, cluster)
@@ -150,14 +156,14 @@ def make_group(cluster: ClusterSpec, size: int | None = None) -> Group:
     inner, outer = cluster_tiers(cluster)
     island = cluster.slice_size  # a GPU node or a TPU slice
     if size > island and size % island:
-        unit = "node" if cluster.device.kind == "gpu" else "slice"
+        unit = "slice" if cluster.device.kind == "tpu" else "node"
         raise ConfigError(
             "group_size",
             f"{size} ranks span a partial {unit} of {island}; use a divisor of {island} or a "
             f"multiple of it (e.g. {island * max(1, size // island)})",
         )
     inner_size, outer_size = (size, 1) if size <= island else (island, size // island)
-    if cluster.device.kind == "gpu":
+    if cluster.device.kind in ("gpu", "cpu"):
         return Group("gpu", inner_size, outer_size, inner, outer)
     dims, wrap = _sub_torus(cluster.slice_dims, cluster.wraparound, inner_size)
     return Group("tpu", inner_size, outer_size, inner, outer, dims, wrap)

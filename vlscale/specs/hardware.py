@@ -26,12 +26,13 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from vlscale.errors import ConfigError, from_validation_error
+from vlscale.specs.compute_profile import ComputeProfile
 
 DATA_DIR = Path(__file__).parent / "data"
 CATALOG_FILES = ("gpus.yaml", "tpus.yaml")
 
 Dtype = Literal["fp32", "tf32", "bf16", "fp16"]
-TierName = Literal["nvlink", "network", "ici", "dcn"]
+TierName = Literal["nvlink", "network", "ici", "dcn", "host"]
 Wraparound = Literal["full_cube", "full_axis", "always", "never"]
 
 
@@ -134,7 +135,7 @@ class DeviceSpec(_Spec):
 
     name: str = Field(min_length=1)
     aliases: tuple[str, ...] = ()
-    kind: Literal["gpu", "tpu"]
+    kind: Literal["gpu", "tpu", "cpu"]
     tensorcores_per_chip: int = Field(default=1, gt=0, description="TPU: cores per chip")
     devices_per_node: int = Field(gt=0, description="GPUs per node / TPU chips per host")
     peak_flops: PeakFlops
@@ -144,6 +145,9 @@ class DeviceSpec(_Spec):
     network: Network
     price: Price
     measured: Measured | None = None
+    compute: ComputeProfile | None = Field(
+        default=None, description="op-level efficiencies (vlscale.costs.compute); catalog defaults"
+    )
 
     @model_validator(mode="after")
     def _fabric_matches_kind(self) -> DeviceSpec:
@@ -151,6 +155,11 @@ class DeviceSpec(_Spec):
             raise ValueError("a gpu needs an 'nvlink' block and no 'ici' block")
         if self.kind == "tpu" and (self.ici is None or self.nvlink is not None):
             raise ValueError("a tpu needs an 'ici' block and no 'nvlink' block")
+        if self.kind == "cpu" and (self.ici is not None or self.nvlink is not None):
+            raise ValueError(
+                "a cpu has no 'nvlink' or 'ici' block; its ranks talk through host memory "
+                "(measured.links.host)"
+            )
         return self
 
     def peak(self, dtype: str) -> float:
@@ -254,7 +263,7 @@ class ClusterSpec(_Spec):
 
     @model_validator(mode="after")
     def _check(self) -> ClusterSpec:
-        if self.device.kind == "gpu":
+        if self.device.kind in ("gpu", "cpu"):
             _check_gpu_cluster(self)
         else:
             _check_tpu_cluster(self)

@@ -1,0 +1,131 @@
+"""Op times: roofline of each op with a matmul-shape efficiency and a per-kernel overhead.
+
+    t(op) = max(F_exec / (P · e_mm(shape)), bytes / (BW · e_bw)) + kernels · t_op
+
+P is the rank's dense peak for the op's dtype, BW its memory bandwidth, e_mm the matmul curve of
+``vlscale.specs.compute_profile`` (tile / wave quantisation times a saturation in size), e_bw
+the elementwise efficiency and t_op the host's dispatch overhead per kernel launch. The op is
+``compute``-, ``memory``- or ``overhead``-bound by whichever term is largest.
+
+With every efficiency 1, no quantisation, no saturation and no overhead, a matmul's time is
+exactly F / P (tests/test_compute.py), so the model reduces to the old FLOPs / peak.
+
+CPU ranks share their host: W ranks on a host of N threads get N / W threads each (torchrun's
+split, as the trainer applies it), hence a peak of P_host · (N / W) / N and at most their share
+of the host's memory bandwidth.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from vlscale.costs.ops import Op
+from vlscale.specs.compute_profile import ComputeProfile, MatmulCurve
+from vlscale.specs.hardware import DeviceSpec
+
+
+@dataclass(frozen=True)
+class RankResources:
+    """What one rank can use: peak FLOP/s per dtype, memory bandwidth, parallel units."""
+
+    peaks: dict[str, float]
+    bandwidth: float
+    units_scale: float  # fraction of the device's parallel units this rank drives
+    profile: ComputeProfile
+
+    def peak(self, dtype: str) -> float:
+        for key in (dtype, "fp32" if dtype == "tf32" else dtype):
+            if self.peaks.get(key):
+                return self.peaks[key]
+        return max(self.peaks.values())
+
+
+def rank_resources(
+    device: DeviceSpec, profile: ComputeProfile, ranks_per_host: int = 1
+) -> RankResources:
+    """A rank's share of the device (CPU: of the host, ``ranks_per_host`` sharing it)."""
+    p = device.peak_flops
+    peaks = {k: getattr(p, k) for k in ("fp32", "tf32", "bf16", "fp16") if getattr(p, k)}
+    bandwidth = device.memory.hbm_bandwidth * profile.memory_efficiency
+    share = 1.0
+    if device.kind == "cpu" and ranks_per_host > 1:
+        share = 1.0 / ranks_per_host
+        peaks = {k: v * share for k, v in peaks.items()}
+        per_thread = profile.thread_bandwidth or device.memory.hbm_bandwidth
+        threads = max(1, round(profile.curve("fp32").parallel_units * share))
+        bandwidth = min(bandwidth * share, per_thread * threads * profile.memory_efficiency)
+    return RankResources(peaks, bandwidth, share, profile)
+
+
+def matmul_efficiency(curve: MatmulCurve, shape: tuple[int, int, int, int], units_scale=1.0):
+    """e_mm(g, m, n, k) = peak_fraction · q · F / (F + F½) (``compute_profile`` docstring)."""
+    g, m, n, k = shape
+    flops = 2.0 * g * m * n * k
+    if flops <= 0:
+        return curve.peak_fraction
+    units = max(1, round(curve.parallel_units * units_scale))
+    tiles = g * math.ceil(m / curve.tile_m) * math.ceil(n / curve.tile_n)
+    waves = math.ceil(tiles / units)
+    quantisation = (g * m * n) / (waves * units * curve.tile_m * curve.tile_n)
+    saturation = flops / (flops + curve.flops_half * units_scale)
+    return curve.peak_fraction * quantisation * saturation
+
+
+@dataclass(frozen=True)
+class OpTime:
+    op: Op
+    compute_s: float
+    memory_s: float
+    overhead_s: float
+
+    @property
+    def time_s(self) -> float:
+        return max(self.compute_s, self.memory_s) + self.overhead_s
+
+    @property
+    def bound(self) -> str:
+        top = max(self.compute_s, self.memory_s, self.overhead_s)
+        if top == self.overhead_s:
+            return "overhead"
+        return "compute" if top == self.compute_s else "memory"
+
+
+def op_time(op: Op, res: RankResources, efficiency: float = 1.0) -> OpTime:
+    """Roofline time of one op on one rank (module docstring); ``efficiency`` (the framework
+    efficiency γ) divides the roofline part, not the per-launch overhead."""
+    prof = res.profile
+    compute = 0.0
+    if op.kind in ("matmul", "attention") and op.executed_flops > 0:
+        curve = prof.curve(op.dtype)
+        eff = matmul_efficiency(curve, op.shape, res.units_scale)
+        if op.kind == "attention":
+            eff *= prof.attention_fraction
+        compute = op.executed_flops / (res.peak(op.dtype) * eff * efficiency)
+    memory = op.bytes / (res.bandwidth * efficiency) if op.bytes else 0.0
+    per_launch = {"dtensor": prof.dtensor_op_overhead_s, "plain": prof.plain_op_overhead_s}.get(
+        op.dispatch
+    )
+    if per_launch is None:
+        per_launch = prof.op_overhead_s
+    return OpTime(op, compute, memory, op.kernels * per_launch)
+
+
+def ops_time(ops: Iterable[Op], res: RankResources) -> float:
+    """Σ t(op): ops of one stream run back to back."""
+    return sum(op_time(op, res).time_s for op in ops)
+
+
+def utilisation_profile(utilisation: float, source: str) -> ComputeProfile:
+    """The old single-constant model as a profile: every matmul at ``utilisation`` of the peak,
+    no quantisation, no saturation, no overhead, elementwise work free (it was folded into u).
+    ``--utilisation`` builds this; it reproduces FLOPs / (u · P)."""
+    curve = MatmulCurve(peak_fraction=utilisation, flops_half=0.0, source=source)
+    return ComputeProfile(
+        matmul={"default": curve},
+        memory_efficiency=1.0,
+        op_overhead_s=0.0,
+        source=source,
+        origins={"utilisation": "assumed"},
+    )
