@@ -106,10 +106,16 @@ def plan_cmd(
     decode_rate: DecodeOpt = None,
     hardware_file: HwOpt = None,
     image_size: ImageOpt = None,
+    grad_accum: Annotated[
+        int | None, typer.Option("--grad-accum", help="micro-steps per optimizer step")
+    ] = None,
     trace: Annotated[
         Path | None, typer.Option("--trace", help="write the simulated timeline (Chrome JSON)")
     ] = None,
     report: ReportOpt = None,
+    ops: Annotated[
+        bool, typer.Option("--ops", help="the per-op table: FLOPs, bytes, bound and time")
+    ] = False,
     as_json: JsonOpt = False,
 ):
     """Plan a run: step time, memory per device, wall time, device-hours and cost."""
@@ -137,6 +143,7 @@ def plan_cmd(
         decode_samples_per_s_per_device=decode_rate,
         hardware_file=hardware_file,
         image_size=image_size,
+        grad_accum=grad_accum,
     )
     result = plan(cfg, keep_sim=trace is not None or report is not None)
     if trace is not None:
@@ -147,7 +154,7 @@ def plan_cmd(
         write_plan_report(result, report)
         typer.echo(f"report written to {report}", err=True)
     if as_json:
-        emit_json(result.to_json())
+        emit_json(result.to_json(ops=ops))
         return
     r = result.recipe
     title = (
@@ -161,10 +168,43 @@ def plan_cmd(
         list(breakdown),
         [[f"{v:.4f}" for v in breakdown.values()]],
     )
+    if ops:
+        _print_ops(result)
     for w in result.warnings:
         typer.echo(f"warning: {w}", err=True)
     if trace is not None:
         typer.echo(f"trace written to {trace}", err=True)
+
+
+def _print_ops(result, top: int = 30) -> None:
+    """The largest rows of the per-op table, and where the op time goes by bound."""
+    from vlscale.cli import human
+    from vlscale.plan.op_table import bound_shares
+
+    rows = result.op_rows()
+    total = sum(r["time_s"] for r in rows) or 1.0
+    shares = bound_shares(result.costs.op_times)
+    title = (
+        f"ops of one micro-step on one rank ({len(rows)} kinds; top {min(top, len(rows))}); "
+        + ", ".join(f"{k}-bound {v:.0%}" for k, v in shares.items())
+    )
+    print_table(
+        title,
+        ["op", "phase", "launches", "FLOPs", "bytes", "bound", "time ms", "share"],
+        [
+            [
+                r["op"],
+                r["phase"],
+                r["launches"],
+                human(r["flops"]),
+                human(r["bytes"], "B"),
+                r["bound"],
+                f"{r['time_s'] * 1e3:.3f}",
+                f"{r['time_s'] / total:.1%}",
+            ]
+            for r in rows[:top]
+        ],
+    )
 
 
 @app.command("compare")

@@ -67,8 +67,14 @@ class PlanConfig(BaseModel):
     reshard_after_forward: bool = True
     checkpointing: bool = False
 
+    grad_accum: int = Field(default=1, ge=1, description="micro-steps per optimizer step")
+    grad_clip: bool = Field(default=True, description="clip the global gradient norm")
+
     utilisation: float | None = Field(
-        default=None, gt=0.0, le=1.0, description="fraction of peak FLOP/s; None: calibrated"
+        default=None, gt=0.0, le=1.0, description="fraction of peak FLOP/s; None: per-op model"
+    )
+    framework_efficiency: float | None = Field(
+        default=None, gt=0.0, le=1.0, description="overrides the device kind's calibrated γ"
     )
     price_per_device_hour: float | None = Field(default=None, ge=0)
     decode_samples_per_s_per_device: float | None = Field(
@@ -87,12 +93,23 @@ class PlanConfig(BaseModel):
                 f"use a multiple of {self.devices}, e.g. "
                 f"{max(1, round(self.global_batch / self.devices)) * self.devices}"
             )
+        if (self.global_batch // self.devices) % self.grad_accum:
+            raise ValueError(
+                f"the local batch {self.global_batch // self.devices} is not divisible by "
+                f"grad_accum={self.grad_accum}; use a grad_accum that divides it"
+            )
         self.recipe_spec()  # ring with a softmax recipe etc.
         return self
 
     @property
     def local_batch(self) -> int:
+        """Samples per rank per optimizer step (all micro-steps)."""
         return self.global_batch // self.devices
+
+    @property
+    def micro_batch(self) -> int:
+        """Samples per rank per micro-step (what one forward / backward sees)."""
+        return self.local_batch // self.grad_accum
 
     def recipe_spec(self) -> RecipeSpec:
         """The recipe with its paper defaults, overridden by the fields given here."""

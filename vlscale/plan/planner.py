@@ -10,7 +10,7 @@ recompute and recomputed ring logits included).
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 from pydantic import ValidationError
@@ -20,8 +20,9 @@ from vlscale.costs.run import FailureModel, plan_run
 from vlscale.costs.topology import make_group
 from vlscale.errors import ConfigError, from_validation_error
 from vlscale.plan.config import PlanConfig
-from vlscale.plan.utilisation import default_utilisation
+from vlscale.plan.utilisation import resolve_compute
 from vlscale.plan.workload import StepCosts, build_workload
+from vlscale.sim.workload import Workload
 from vlscale.specs.hardware import ClusterSpec, DeviceSpec, load_hardware_file, make_cluster
 from vlscale.specs.models import ModelSpec
 from vlscale.specs.presets import get_model
@@ -56,12 +57,20 @@ class PlanResult:
     loss_memory_bytes: int
     costs: StepCosts
     utilisation_source: str
+    compute: dict[str, Any] = field(default_factory=dict)  # framework efficiency, origins
     warnings: list[str] = field(default_factory=list)
     sim: Any = None  # SimResult (events, Chrome trace) when kept
 
-    def to_json(self) -> dict[str, Any]:
+    def op_rows(self) -> list[dict[str, Any]]:
+        """The per-op table of one micro-step on one rank (``vlscale plan --ops``)."""
+        from vlscale.plan.op_table import op_rows
+
+        return op_rows(self.costs.op_times)
+
+    def to_json(self, ops: bool = False) -> dict[str, Any]:
         c = self.config
-        return {
+        extra = {"ops": self.op_rows()} if ops else {}
+        return extra | {
             "model": c.model,
             "recipe": self.recipe.name,
             "loss_impl": self.recipe.loss_impl,
@@ -101,12 +110,18 @@ class PlanResult:
             "comm_bytes_per_device": self.costs.comm_bytes_per_rank,
             "loss_comm_bytes_per_device": self.costs.loss_comm_bytes_per_rank,
             "model_flops_per_step": self.costs.model_flops_per_step,
+            "grad_accum": c.grad_accum,
+            "phases_s": self.costs.phases_s,
+            "compute_model": self.compute,
             "warnings": self.warnings,
         }
 
 
-def resolve(config: PlanConfig) -> tuple[ModelSpec, RecipeSpec, ClusterSpec]:
-    """Model spec (at the configured image size), recipe with defaults, validated cluster."""
+def resolve(
+    config: PlanConfig, device_override: DeviceSpec | None = None
+) -> tuple[ModelSpec, RecipeSpec, ClusterSpec]:
+    """Model spec (at the configured image size), recipe with defaults, validated cluster;
+    ``device_override`` replaces the named device (a profile being calibrated)."""
     spec = get_model(config.model)
     if config.image_size is not None:
         try:
@@ -118,10 +133,10 @@ def resolve(config: PlanConfig) -> tuple[ModelSpec, RecipeSpec, ClusterSpec]:
         spec = spec.with_context_length(config.context_length)
     recipe = config.recipe_spec()
     extra: dict[str, DeviceSpec] | None = None
-    if config.hardware_file:
+    if config.hardware_file and device_override is None:
         extra = dict(load_hardware_file(config.hardware_file).devices)
     cluster = make_cluster(
-        config.device,
+        device_override or config.device,
         config.devices,
         devices_per_node=config.devices_per_node,
         num_slices=config.num_slices,
@@ -130,32 +145,48 @@ def resolve(config: PlanConfig) -> tuple[ModelSpec, RecipeSpec, ClusterSpec]:
     return spec, recipe, cluster
 
 
-def plan(config: PlanConfig, *, keep_sim: bool = False) -> PlanResult:
+def plan(
+    config: PlanConfig, *, keep_sim: bool = False, device_override: DeviceSpec | None = None
+) -> PlanResult:
     """Simulate, size memory and cost the whole run described by ``config``."""
     from vlscale.sim import StragglerModel, critical_path_time, simulate
 
-    spec, recipe, cluster = resolve(config)
+    spec, recipe, cluster = resolve(config, device_override)
     device = cluster.device
-    if config.utilisation is not None:
-        utilisation, source = config.utilisation, "given (--utilisation)"
-    else:
-        utilisation, source = default_utilisation(device)
+    compute = resolve_compute(
+        device,
+        config.utilisation,
+        ranks_per_host=cluster.node_size if device.kind == "cpu" else 1,
+        framework_efficiency=config.framework_efficiency,
+    )
+    source = compute.source
     workload, costs = build_workload(
         spec,
         recipe,
         cluster,
         make_group(cluster),
-        local_batch=config.local_batch,
+        local_batch=config.micro_batch,
         precision=_compute_dtype(device, config.precision),
         sharding=config.sharding,
         reshard_after_forward=config.reshard_after_forward,
         checkpointing=config.checkpointing,
-        utilisation=utilisation,
+        resources=compute.resources,
+        framework_efficiency=compute.framework_efficiency,
+        grad_clip=config.grad_clip,
         decode_samples_per_s=config.decode_samples_per_s_per_device,
     )
     stragglers = StragglerModel(sigma=config.straggler_sigma) if config.straggler_sigma else None
     sim = simulate(workload, steps=config.sim_steps, stragglers=stragglers, seed=config.seed)
     step_time = sim.step_time_s
+    if config.grad_accum > 1:  # the earlier micro-steps: no gradient sync, no optimizer
+        micro = simulate(_without_sync(workload), steps=config.sim_steps, seed=config.seed)
+        step_time += (config.grad_accum - 1) * micro.step_time_s
+        k = config.grad_accum
+        costs = replace(
+            costs,
+            model_flops_per_step=k * costs.model_flops_per_step,
+            hardware_flops_per_rank=k * costs.hardware_flops_per_rank,
+        )
 
     shard = config.devices if config.sharding == "fsdp" else 1
     mem_kwargs = dict(
@@ -169,7 +200,7 @@ def plan(config: PlanConfig, *, keep_sim: bool = False) -> PlanResult:
         loss_impl=recipe.loss_impl,
         reshard_after_forward=config.reshard_after_forward,
     )
-    memory = estimate_memory(spec, local_batch=config.local_batch, **mem_kwargs)
+    memory = estimate_memory(spec, local_batch=config.micro_batch, **mem_kwargs)
     capacity = int(device.memory.hbm_bytes)
     try:
         largest = max_local_batch(spec, capacity, **mem_kwargs)
@@ -224,9 +255,24 @@ def plan(config: PlanConfig, *, keep_sim: bool = False) -> PlanResult:
         loss_memory_bytes=memory.loss_buffers,
         costs=costs,
         utilisation_source=source,
+        compute={
+            "source": source,
+            "framework_efficiency": compute.framework_efficiency,
+            "origins": dict(compute.profile.origins),
+            "op_overhead_s": compute.profile.op_overhead_s,
+        },
         warnings=warnings,
         sim=sim if keep_sim else None,
     )
+
+
+def _without_sync(wl: Workload) -> Workload:
+    """A micro-step under gradient accumulation (``set_requires_gradient_sync(False)``): the
+    same compute and all-gathers, no reduce-scatter / all-reduce, no optimizer."""
+    units = tuple(
+        u.model_copy(update={"reduce_scatter_s": 0.0, "all_reduce_s": 0.0}) for u in wl.units
+    )
+    return wl.model_copy(update={"units": units, "optimizer_s": 0.0, "grad_norm_all_reduce_s": 0.0})
 
 
 def _compute_dtype(device: DeviceSpec, precision: str) -> str:

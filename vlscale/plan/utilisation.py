@@ -1,41 +1,120 @@
-"""Achieved fraction of the dense peak FLOP/s: the planner's one calibrated constant per device.
+"""Which compute model a plan uses, and where each of its numbers came from.
 
-Step compute is FLOPs / (u · peak). ``u`` folds everything the analytic model does not price —
-kernel efficiency on these matmul shapes, elementwise work, framework overhead — into one number.
-Order of precedence: ``--utilisation`` > the device's measured profile
-(``DeviceSpec.measured.matmul_efficiency``, e.g. from benchmarks/gpu_calibration.sh) > the
-calibrated table below > ``FALLBACK``.
+Order of precedence:
 
-Each calibrated entry is solved from ONE published run (``vlscale.plan.published``, solved by
-``benchmarks/calibrate_published.py``); every other published case is a prediction with that
-constant (tests/published/test_published_plans.py).
+1. ``--utilisation u``: the old single-constant model (every matmul at u · peak, elementwise work
+   free; ``vlscale.costs.compute.utilisation_profile``).
+2. The device's own ``compute`` profile (a hardware file; ``python -m trainer.probe`` measures
+   one, ``vlscale calibrate`` fits its free parameters to trainer runs): used as it is.
+3. A legacy ``measured.matmul_efficiency``: treated as a utilisation (1).
+4. Catalog defaults (``vlscale/specs/data/compute.yaml``: assumed op-level efficiencies drawn
+   from public GEMM / bandwidth measurements) and ONE constant per device kind,
+   ``framework_efficiency`` γ (compute times are divided by it), solved from ONE named
+   published run (``vlscale.plan.published``, ``benchmarks/calibrate_published.py``). Devices
+   without a run of their own borrow the A100's γ (stated as assumed); every other published
+   run is a prediction (tests/published).
 """
 
 from __future__ import annotations
 
-from vlscale.specs.hardware import DeviceSpec
+import math
+from dataclasses import dataclass
+from functools import cache
 
-FALLBACK = (0.40, "assumed: typical model-FLOPs utilisation of tuned data-parallel training")
+import yaml
+
+from vlscale.costs.compute import RankResources, rank_resources, utilisation_profile
+from vlscale.specs.compute_profile import ComputeProfile, MatmulCurve
+from vlscale.specs.hardware import DATA_DIR, DeviceSpec
 
 _CLIP = "calibrated on CLIP ViT-L/14, 12.8B samples on 256 V100 in 12 days (Radford et al. 2021)"
 _OPENCLIP = (
     "calibrated on OpenCLIP ViT-B/32, 13B samples on 128 A100-40GB in ~36 h (OpenCLIP notes)"
 )
 
-# device name -> (utilisation, where it came from). Solved with
-# `python benchmarks/calibrate_published.py`; tests/published checks they still reproduce
-# their case, so a change to the cost model that moves them fails loudly.
+# device name -> (framework efficiency γ, where it came from). Solved with
+# `python benchmarks/calibrate_published.py`; tests/published checks they still reproduce their
+# case (a pin, named as such), so a change to the cost model that moves them fails loudly.
 CALIBRATED: dict[str, tuple[float, str]] = {
-    "V100": (0.2525, _CLIP),
-    "A100-40GB": (0.1135, _OPENCLIP),
-    "A100-80GB": (0.1135, _OPENCLIP + "; same silicon as A100-40GB"),
+    "V100": (0.2953, _CLIP),
+    "A100-40GB": (0.1624, _OPENCLIP),
+    "A100-80GB": (0.1624, _OPENCLIP + "; same silicon as A100-40GB"),
 }
+FALLBACK = (
+    CALIBRATED["A100-40GB"][0],
+    "assumed: the A100's framework efficiency (no published run of this device calibrates it)",
+)
 
 
-def default_utilisation(device: DeviceSpec) -> tuple[float, str]:
-    """(u, source) for ``device`` (module docstring for the precedence)."""
-    if device.measured is not None and device.measured.matmul_efficiency is not None:
-        return device.measured.matmul_efficiency, f"measured profile ({device.measured.source})"
-    if device.name in CALIBRATED:
-        return CALIBRATED[device.name]
-    return FALLBACK
+@dataclass(frozen=True)
+class ComputeModel:
+    """A resolved compute model: the rank's resources, γ, and a one-line provenance."""
+
+    resources: RankResources
+    framework_efficiency: float
+    source: str
+
+    @property
+    def profile(self) -> ComputeProfile:
+        return self.resources.profile
+
+
+def resolve_compute(
+    device: DeviceSpec,
+    utilisation: float | None = None,
+    ranks_per_host: int = 1,
+    framework_efficiency: float | None = None,
+) -> ComputeModel:
+    """The compute model for ``device`` (module docstring for the precedence)."""
+    if utilisation is None and device.compute is None and device.measured is not None:
+        utilisation = device.measured.matmul_efficiency
+        src = f"measured profile ({device.measured.source})"
+    else:
+        src = "given (--utilisation)"
+    if utilisation is not None:
+        prof = utilisation_profile(utilisation, src)
+        res = rank_resources(device, prof, ranks_per_host)
+        # the old model folded elementwise work into u: memory-bound ops cost nothing
+        res = RankResources(res.peaks, math.inf, res.units_scale, prof)
+        return ComputeModel(res, 1.0, src)
+    if device.compute is not None:
+        prof = device.compute
+        gamma = framework_efficiency or prof.framework_efficiency
+        cal = f"; calibrated: {prof.calibration.source}" if prof.calibration else ""
+        return ComputeModel(rank_resources(device, prof, ranks_per_host), gamma, prof.source + cal)
+    prof = default_profile(device)
+    gamma, why = CALIBRATED.get(device.name, FALLBACK)
+    if framework_efficiency is not None:
+        gamma, why = framework_efficiency, "given (--framework-efficiency)"
+    source = f"per-op model, catalog defaults (assumed); framework efficiency {gamma:.3f}: {why}"
+    return ComputeModel(rank_resources(device, prof, ranks_per_host), gamma, source)
+
+
+@cache
+def _defaults() -> dict:
+    return yaml.safe_load((DATA_DIR / "compute.yaml").read_text())
+
+
+def default_profile(device: DeviceSpec) -> ComputeProfile:
+    """Catalog defaults for ``device`` (``vlscale/specs/data/compute.yaml``)."""
+    data = _defaults()
+    kind = dict(data["defaults"][device.kind])
+    entry = data["devices"].get(device.name, {})
+    tile = entry.get("tile", [1, 1])
+    fraction = entry.get("peak_fraction", 0.7)
+    latency = entry.get("latency_s", 3e-6)
+    source = "assumed catalog default (vlscale/specs/data/compute.yaml)"
+    curves = {}
+    for dtype in ("fp32", "tf32", "bf16", "fp16"):
+        peak = getattr(device.peak_flops, dtype)
+        if peak:
+            curves[dtype] = MatmulCurve(
+                peak_fraction=fraction,
+                flops_half=peak * fraction * latency,
+                tile_m=tile[0],
+                tile_n=tile[1],
+                parallel_units=entry.get("units", 1),
+                source=source,
+            )
+    origins = dict.fromkeys(["matmul", *kind], "assumed")
+    return ComputeProfile(matmul=curves, origins=origins, source=source, **kind)

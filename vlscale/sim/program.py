@@ -29,7 +29,9 @@ from dataclasses import dataclass, field
 from vlscale.sim.workload import ClipGatherLoss, SiglipGatherLoss, SiglipRingLoss, Workload
 
 STREAMS: tuple[str, ...] = ("compute", "collective", "p2p")
-COMPUTE_KINDS = frozenset({"forward", "backward", "loss_forward", "loss_backward", "optimizer"})
+COMPUTE_KINDS = frozenset(
+    {"host", "forward", "backward", "loss_forward", "loss_backward", "optimizer"}
+)
 COMM_KINDS: tuple[str, ...] = ("all_gather", "reduce_scatter", "all_reduce", "p2p")
 
 
@@ -99,13 +101,18 @@ def compile_program(wl: Workload) -> Program:
     n = len(wl.units)
     names = [u.name if u.name != "unit" else f"unit{i}" for i, u in enumerate(wl.units)]
 
+    # host work first (batch ready, step bookkeeping): nothing is issued before it ends
+    host = (p.add("compute", "host", "host", wl.host_s),) if wl.host_s > 0 else ()
     # forward: all-gather of unit i issued when fwd(i-1) starts, fwd(i) waits for it
     prev_fwd: int | None = None
     for i, u in enumerate(wl.units):
         deps_end: tuple[int, ...] = ()
         if fsdp:
             issue = (prev_fwd,) if prev_fwd is not None else ()
-            ag = p.add("collective", "all_gather", f"ag fwd {names[i]}", u.all_gather_s, (), issue)
+            after = host if prev_fwd is None else ()
+            ag = p.add(
+                "collective", "all_gather", f"ag fwd {names[i]}", u.all_gather_s, after, issue
+            )
             deps_end = (ag,)
         prev_fwd = p.add("compute", "forward", f"fwd {names[i]}", u.forward_s, deps_end)
 

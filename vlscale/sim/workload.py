@@ -11,6 +11,7 @@ Step anatomy (``vlscale.sim.program`` turns it into ops on three streams per ran
     loss      one of the LossPhase kinds   (collective or P2P ops + loss compute)
     backward  units[n-1] .. units[0]       compute: Unit.backward_s (include AC recompute here)
     optimizer                              compute: Workload.optimizer_s
+    (host_s, before everything: serial host work such as a synchronous data load)
 
 A *unit* is whatever the builder wraps as one FSDP unit (one transformer block, or a tower's
 embeddings/head); units of both towers go in one list, in forward order. The field semantics:
@@ -125,6 +126,7 @@ class Workload(_Frozen):
     loss: LossPhase | None = None
     grad_norm_all_reduce_s: Seconds = 0.0
     optimizer_s: Seconds = 0.0
+    host_s: Seconds = 0.0  # serial host work at the step's start (synchronous data, bookkeeping)
     input: InputPipeline | None = None
 
     @property
