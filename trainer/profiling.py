@@ -66,7 +66,15 @@ def measure_matmul_flops(
 
 
 def catalog_peak_flops(device_name: str, precision: str) -> float | None:
-    """Dense peak of a CUDA device from the hardware catalog, or None when it is not listed.
+    """Dense peak of a CUDA device from the hardware catalog, or None when it is not listed."""
+    from vlscale.specs.hardware import get_device
+
+    key = catalog_device_key(device_name)
+    return None if key is None else getattr(get_device(key).peak_flops, precision, None)
+
+
+def catalog_device_key(device_name: str) -> str | None:
+    """The hardware catalog's name for a CUDA device, or None when it is not listed.
 
     ``torch.cuda.get_device_name`` says e.g. "NVIDIA H100 80GB HBM3"; the catalog entry whose
     name or alias is the longest substring of it wins (so "A100-SXM4-80GB" beats "A100").
@@ -81,9 +89,7 @@ def catalog_peak_flops(device_name: str, precision: str) -> float | None:
             k = _key(alias)
             if k and k in key and (best is None or len(k) > best[0]):
                 best = (len(k), spec.name)
-    if best is None:
-        return None
-    return getattr(get_device(best[1]).peak_flops, precision, None)
+    return None if best is None else best[1]
 
 
 def resolve_peak_flops(

@@ -263,8 +263,10 @@ def mean_over_ranks(value: float | None, device) -> float | None:
 def make_header(cfg: TrainConfig, world, backend, device, peak, peak_source, memory_metric):
     import torch
 
-    from trainer.profiling import device_name
+    from trainer.profiling import catalog_device_key, device_name
     from vlscale.records import RunHeader
+
+    name = device_name(device)
 
     return RunHeader(
         start_time=datetime.now(timezone.utc).isoformat(),  # noqa: UP017 (py3.10)
@@ -272,7 +274,9 @@ def make_header(cfg: TrainConfig, world, backend, device, peak, peak_source, mem
         torch_version=torch.__version__,
         backend=backend,
         device_type=device.type,
-        device_name=device_name(device),
+        device_name=name,
+        device_key=catalog_device_key(name) if device.type == "cuda" else None,
+        devices_per_node=int(os.environ.get("LOCAL_WORLD_SIZE", world)),
         world_size=world,
         dtype=cfg.precision,
         model=cfg.model_spec(),

@@ -77,6 +77,10 @@ class RunHeader(_Record):
     peak_flops_per_device: float | None = Field(default=None, ge=0)
     peak_flops_source: Literal["option", "lookup", "measured", "none"] = "none"
     memory_metric: MemoryMetric = "none"
+    device_key: str | None = Field(
+        default=None, description="hardware-catalog name of the device (None: not in it, e.g. CPU)"
+    )
+    devices_per_node: int | None = Field(default=None, gt=0, description="ranks per host")
     config: dict[str, Any] = Field(description="the full resolved trainer configuration")
 
 

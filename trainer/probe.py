@@ -1,0 +1,353 @@
+"""Measure this machine and write a device profile the planner uses like a catalog device.
+
+    python -m trainer.probe --out profile.yaml [--name NAME] [--quick]
+    vlscale plan --hardware-file profile.yaml --device NAME ...
+
+What it measures (torch lives here, on the trainer side; every fit is torch-free in
+``vlscale.calibrate.fits``):
+
+- GEMM time over a grid of shapes (m, n, k) per dtype, with one thread and with all of them,
+  fitted to the planner's matmul curve (peak, F½, tile / wave quantisation over threads);
+- SDPA forward + backward at attention shapes of the CPU presets: the attention fraction is the
+  median of (matmul-curve time of the same FLOPs) / (measured time);
+- elementwise bandwidth: a large ``torch.add`` (2 reads + 1 write) with one and all threads;
+- per-kernel dispatch overhead: a chain of tiny ops forward + backward under autograd, divided
+  by the kernels it launches (the host cost of one eager op in a training step);
+- on CPU with 2+ cores, the collectives the trainer uses (all-gather, reduce-scatter,
+  all-reduce, P2P exchange) over gloo between 2 local ranks of one thread each, fitted to the
+  α–β model (T = steps · α + bytes / B) of the ``host`` tier.
+
+The device entry it writes has ``kind: cpu``, the measured peaks and bandwidth, the fitted
+``compute`` profile (origins: measured) and ``measured.links.host``. Parameters that only
+training runs can tell (per-unit and per-step overheads, overlap, data time) keep assumed values
+until ``vlscale calibrate`` fits them. Runs in about a minute on a 2-core machine (``--quick``:
+a smaller grid).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import socket
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from vlscale.calibrate.fits import CommSample, GemmSample, fit_alpha_beta, fit_matmul_curve
+from vlscale.costs.compute import matmul_efficiency
+from vlscale.errors import ConfigError
+from vlscale.specs.compute_profile import ComputeProfile
+from vlscale.specs.hardware import DeviceSpec, dump_hardware_file
+
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
+
+
+def timeit(fn, min_s: float = 0.03, reps: int = 5) -> float:
+    """Median seconds of ``fn()`` over at least ``reps`` calls (one warm-up call first); with
+    ``min_s`` = 0 exactly ``reps`` calls (collectives: every rank must make the same calls)."""
+    for _ in range(2):  # warm thread pools and caches
+        fn()
+    times: list[float] = []
+    deadline = time.perf_counter() + min_s
+    while len(times) < reps or (min_s > 0 and time.perf_counter() < deadline):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+        if len(times) >= 200:
+            break
+    return statistics.median(times)
+
+
+def gemm_grid(quick: bool) -> list[tuple[int, int, int]]:
+    # row counts of b·S activations (S = 65, 17, 33 tokens) are rarely multiples of a tile
+    ms = (32, 260, 2080) if quick else (32, 130, 520, 2080, 8320)
+    nk = (64, 256) if quick else (64, 256, 1024)
+    return [(m, n, k) for m in ms for n in nk for k in nk]
+
+
+def measure_gemms(dtype: str, threads_list: list[int], quick: bool) -> list[GemmSample]:
+    samples = []
+    for threads in threads_list:
+        torch.set_num_threads(threads)
+        for m, n, k in gemm_grid(quick):
+            if dtype != "fp32" and m * n * k > 2080 * 1024 * 256:
+                continue  # emulated half precision on CPUs without it is slow; keep it short
+            a = torch.randn(m, k, dtype=DTYPES[dtype])
+            b = torch.randn(k, n, dtype=DTYPES[dtype])
+            c = torch.empty(m, n, dtype=DTYPES[dtype])  # reused: no page faults on fresh output
+            seconds = timeit(lambda a=a, b=b, c=c: torch.matmul(a, b, out=c))
+            samples.append(GemmSample((1, m, n, k), threads, seconds))
+    return samples
+
+
+def measure_bandwidth(threads: int, elements: int = 1 << 24) -> float:
+    """bytes/s of c = a + b over fp32 tensors (two reads and one write per element)."""
+    torch.set_num_threads(threads)
+    a, b, c = torch.randn(elements), torch.randn(elements), torch.empty(elements)
+    return 3 * 4 * elements / timeit(lambda: torch.add(a, b, out=c), reps=7)
+
+
+def measure_op_overhead(threads: int, length: int = 200) -> float:
+    """Seconds per kernel of a chain of tiny ops, forward and backward (4 kernels per link:
+    mul and add forward, their two gradient kernels backward)."""
+    torch.set_num_threads(threads)
+    x0 = torch.randn(4, 4, requires_grad=True)
+
+    def chain() -> None:
+        x = x0
+        for _ in range(length):
+            x = x * 1.0001 + 0.5
+        x.sum().backward()
+
+    return timeit(chain, reps=7) / (4 * length)
+
+
+def measure_attention(threads: int, peak: float, curve, quick: bool) -> float:
+    """Median of (curve time for SDPA's FLOPs) / (measured fwd + bwd): the attention fraction."""
+    torch.set_num_threads(threads)
+    shapes = [(128, 17, 16), (128, 65, 32), (64, 65, 64)] + ([] if quick else [(32, 257, 64)])
+    ratios = []
+    for g, s, hd in shapes:
+        q, k, v = (torch.randn(g, s, hd, requires_grad=True) for _ in range(3))
+
+        def fwd_bwd(q=q, k=k, v=v) -> None:
+            F.scaled_dot_product_attention(q, k, v).sum().backward()
+
+        measured = timeit(fwd_bwd)
+        flops = 3 * 4.0 * g * s * s * hd  # forward 4gS²hd, backward twice that
+        eff = matmul_efficiency(curve, (g, s, s, hd))
+        ratios.append(flops / (peak * eff) / measured)
+    return min(2.0, statistics.median(ratios))
+
+
+def _comm_worker(rank: int, port: int, sizes: list[int], queue) -> None:
+    import warnings
+
+    import torch.distributed as dist
+
+    warnings.filterwarnings("ignore", category=FutureWarning)  # *_tensor collective names
+    torch.set_num_threads(1)
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    dist.init_process_group("gloo", rank=rank, world_size=2)
+    rows = []
+    for size in sizes:  # bytes of one rank's shard
+        n = size // 4
+        shard, full = torch.randn(n), torch.empty(2 * n)
+        buf, out = torch.randn(2 * n), torch.empty(n)
+        recv = torch.empty(n)
+
+        def p2p(shard=shard, recv=recv) -> None:
+            peer = 1 - dist.get_rank()
+            ops = [dist.P2POp(dist.isend, shard, peer), dist.P2POp(dist.irecv, recv, peer)]
+            for w in dist.batch_isend_irecv(ops):
+                w.wait()
+
+        cases = {
+            "all_gather": (1, size, lambda f=full, s=shard: dist.all_gather_into_tensor(f, s)),
+            "reduce_scatter": (1, size, lambda o=out, b=buf: dist.reduce_scatter_tensor(o, b)),
+            "all_reduce": (2, 2 * size, lambda b=buf: dist.all_reduce(b)),
+            "p2p": (1, size, p2p),
+        }
+        for name, (steps, moved, fn) in cases.items():
+            dist.barrier()
+            rows.append((name, size, steps, moved, timeit(fn, min_s=0.0, reps=9)))
+    if rank == 0:
+        queue.put(rows)
+    dist.barrier()
+    dist.destroy_process_group()
+
+
+def measure_collectives(quick: bool) -> list[tuple[str, int, int, int, float]]:
+    import torch.multiprocessing as mp
+
+    sizes = [1 << 12, 1 << 16, 1 << 20, 1 << 22] + ([] if quick else [1 << 24])
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    ctx = mp.get_context("spawn")
+    queue = ctx.Queue()
+    procs = [ctx.Process(target=_comm_worker, args=(r, port, sizes, queue)) for r in range(2)]
+    for p in procs:
+        p.start()
+    deadline = time.monotonic() + 120
+    while True:  # a worker that dies must not leave us waiting
+        try:
+            rows = queue.get(timeout=1.0)
+            break
+        except Exception:  # queue.Empty
+            failed = [p.exitcode for p in procs if p.exitcode not in (None, 0)]
+            if failed or time.monotonic() > deadline:
+                for p in procs:
+                    p.kill()
+                raise ConfigError(
+                    "collectives", "the gloo workers failed; rerun with --no-comm"
+                ) from None
+    for p in procs:
+        p.join(timeout=60)
+    return rows
+
+
+def cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "cpu"
+
+
+def host_memory_bytes() -> float:
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError):
+        return 8 * 2**30
+
+
+def probe(name: str, quick: bool, comm: bool) -> tuple[DeviceSpec, dict]:
+    """Measure and fit; returns the device entry and a report of the fits."""
+    host_threads = os.cpu_count() or 1
+    threads_list = sorted({1, host_threads})
+    stamp = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
+    src = f"measured by python -m trainer.probe on {socket.gethostname()} ({cpu_model()}), {stamp}"
+    report: dict = {"host_threads": host_threads, "load_before": os.getloadavg()[0]}
+    curves, peaks = {}, {}
+    for dtype in DTYPES:
+        fit = fit_matmul_curve(measure_gemms(dtype, threads_list, quick), host_threads, src)
+        curves[dtype], peaks[dtype] = fit.curve, fit.peak_flops
+        report[f"gemm_{dtype}"] = {
+            "peak_flops": fit.peak_flops,
+            "flops_half": fit.curve.flops_half,
+            "tile": fit.curve.tile_m,
+            "rms_log_error": fit.rms_log_error,
+            "median_abs_log_error": fit.median_abs_log_error,
+        }
+    bw_all = measure_bandwidth(host_threads)
+    bw_one = measure_bandwidth(1)
+    overhead = measure_op_overhead(host_threads)
+    attention = measure_attention(host_threads, peaks["fp32"], curves["fp32"], quick)
+    report |= {
+        "bandwidth": bw_all,
+        "thread_bandwidth": bw_one,
+        "op_overhead_s": overhead,
+        "attention_fraction": attention,
+    }
+    links, per_op = {}, {}
+    if comm and host_threads >= 2:
+        rows = measure_collectives(quick)
+        samples = [CommSample(steps, moved, t) for _, _, steps, moved, t in rows]
+        alpha, bandwidth, rms = fit_alpha_beta(samples)
+        for op in ("all_gather", "reduce_scatter", "all_reduce", "p2p"):
+            a, b, err = fit_alpha_beta(
+                [CommSample(st, mv, t) for o, _, st, mv, t in rows if o == op]
+            )
+            per_op[op] = {"alpha_s": a, "bandwidth": b}
+            report[f"collective_{op}"] = {"alpha_s": a, "bandwidth": b, "median_rel_error": err}
+        links["host"] = {
+            "alpha_s": alpha,
+            "bandwidth": bandwidth,
+            "efficiency": 1.0,
+            "n_half_bytes": 0.0,
+        }
+        report["collectives"] = {
+            "alpha_s": alpha,
+            "bandwidth": bandwidth,
+            "rms_rel_error": rms,
+            "samples": rows,
+        }
+    torch.set_num_threads(host_threads)
+    profile = ComputeProfile(
+        matmul=curves,
+        attention_fraction=attention,
+        memory_efficiency=1.0,
+        op_overhead_s=overhead,
+        plain_op_overhead_s=overhead,
+        unit_overhead_s=2e-4,
+        step_overhead_s=1e-3,
+        comm_overlap=0.0,
+        thread_bandwidth=bw_one,
+        collectives=per_op,
+        origins={
+            "matmul": "measured",
+            "attention_fraction": "measured",
+            "memory_efficiency": "measured",
+            "op_overhead_s": "measured",
+            "plain_op_overhead_s": "measured",
+            "unit_overhead_s": "assumed",
+            "step_overhead_s": "assumed",
+            "comm_overlap": "assumed",
+            "data_s_per_sample": "assumed",
+        },
+        source=src,
+    )
+    device = DeviceSpec(
+        name=name,
+        kind="cpu",
+        devices_per_node=host_threads,
+        peak_flops={"fp32": peaks["fp32"], "bf16": peaks["bf16"], "source": src},
+        memory={"hbm_bytes": host_memory_bytes(), "hbm_bandwidth": bw_all, "source": src},
+        network={
+            "nics_per_node": 1,
+            "nic_bandwidth": 1.25e9,
+            "source": "assumed: 10 Gb/s Ethernet between hosts (not measured)",
+        },
+        price={"usd_per_hour": 0.0, "source": "assumed: a machine you already have"},
+        measured={"links": links, "source": src} if links else None,
+        compute=profile,
+    )
+    report["load_after"] = os.getloadavg()[0]
+    return device, report
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", required=True, help="hardware file to write (YAML)")
+    parser.add_argument("--name", default="this-cpu", help="device name in the file")
+    parser.add_argument("--quick", action="store_true", help="a smaller grid")
+    parser.add_argument("--no-comm", action="store_true", help="skip the gloo collectives")
+    args = parser.parse_args(argv)
+    out = Path(args.out)
+    try:
+        if not out.parent.is_dir():
+            raise ConfigError("out", f"folder {out.parent} does not exist; create it first")
+        if torch.cuda.is_available():
+            raise ConfigError("device", "the probe measures CPUs; CUDA profiles: see benchmarks/")
+        t0 = time.perf_counter()
+        device, report = probe(args.name, args.quick, not args.no_comm)
+        dump_hardware_file(out, devices=[device])
+        # the raw measurements and fit errors next to the profile, for whoever doubts a number
+        raw = out.with_suffix(".probe.json")
+        raw.write_text(json.dumps(report, indent=1, default=str) + "\n")
+    except ConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    g = report["gemm_fp32"]
+    print(
+        f"wrote {out} ({time.perf_counter() - t0:.0f} s): device {device.name}, fp32 peak "
+        f"{g['peak_flops'] / 1e9:.0f} GFLOP/s (median fit error {g['median_abs_log_error']:.0%}), "
+        f"bandwidth {report['bandwidth'] / 1e9:.1f} GB/s, op overhead "
+        f"{report['op_overhead_s'] * 1e6:.1f} us, attention fraction "
+        f"{report['attention_fraction']:.2f}"
+    )
+    if "collectives" in report:
+        c = report["collectives"]
+        print(
+            f"gloo, 2 ranks: alpha {c['alpha_s'] * 1e6:.0f} us, {c['bandwidth'] / 1e9:.2f} GB/s "
+            f"(median error {c['rms_rel_error']:.0%}); per collective: "
+            + ", ".join(
+                f"{op} {report['collective_' + op]['alpha_s'] * 1e6:.0f} us + "
+                f"{report['collective_' + op]['bandwidth'] / 1e9:.2f} GB/s"
+                for op in ("all_gather", "reduce_scatter", "all_reduce", "p2p")
+            )
+        )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
