@@ -1,0 +1,239 @@
+"""Predict trainer runs, fit a profile's few free parameters to some, validate on the rest.
+
+``predict(run)`` plans the run's configuration (``vlscale.calibrate.runs``) on the profile's
+device and returns the planned step time and phases. ``calibrate`` fits the free parameters, all
+physical and non-negative: by default ``op_overhead_s`` (host cost per kernel launch),
+``dtensor_op_overhead_s`` (the same for ops on DTensor parameters: torch's optimizer step and
+gradient clipping under FSDP2), ``unit_overhead_s`` (per FSDP unit and step), ``step_overhead_s``
+(per step) and ``framework_efficiency`` (the achieved fraction of the op roofline in a training
+step), plus ``collective_overhead_s`` (per collective a step issues) when a fitting run has more
+than one rank. It minimises log(predicted / measured) of each run's step time and, at half
+weight, of each timed phase (scipy least squares, trust-region reflective, within bounds);
+``data_s_per_sample`` is set from the fitting runs' measured data time. Everything the probe
+measured (GEMM curve, bandwidth, collectives) stays as measured.
+
+``validate`` compares every run with its prediction: per-run error = predicted / measured − 1,
+MAPE and max |error| separately for **replay** (runs used in the fit, listed in the profile's
+``calibration.runs``) and **prediction** (all others).
+"""
+
+from __future__ import annotations
+
+import statistics
+from dataclasses import dataclass, field
+
+import numpy as np
+from scipy.optimize import least_squares
+
+from vlscale.calibrate.runs import MeasuredRun
+from vlscale.errors import ConfigError
+from vlscale.specs.compute_profile import Calibration
+from vlscale.specs.hardware import DeviceSpec
+
+DEFAULT_PARAMETERS = (
+    "op_overhead_s",
+    "dtensor_op_overhead_s",
+    "unit_overhead_s",
+    "step_overhead_s",
+    "framework_efficiency",
+)
+FITTABLE = (
+    *DEFAULT_PARAMETERS,
+    "collective_overhead_s",
+    "comm_overlap",
+    "attention_fraction",
+    "memory_efficiency",
+)
+PHASE_WEIGHT = 0.5  # of a phase's log error against the step's, in the fit
+# the phases the trainer records and the planner's names for them
+PHASE_MAP = {
+    "forward_s": "forward",
+    "loss_s": "loss",
+    "backward_s": "backward",
+    "optimizer_s": "optimizer",
+    "data_time_s": "data",
+}
+
+
+@dataclass(frozen=True)
+class Prediction:
+    step_s: float
+    phases_s: dict[str, float]
+    memory_bytes: int
+
+
+def predict(run: MeasuredRun, device: DeviceSpec | None = None) -> Prediction:
+    """Plan ``run``'s configuration; ``device`` replaces the named one (a profile being fitted)."""
+    from vlscale.plan.planner import plan
+
+    result = plan(run.config, device_override=device)
+    return Prediction(
+        result.step_time_s, dict(result.costs.phases_s), result.memory_per_device_bytes
+    )
+
+
+def _with(device: DeviceSpec, **values: float) -> DeviceSpec:
+    return device.model_copy(update={"compute": device.compute.with_parameters(**values)})
+
+
+def calibrate(
+    device: DeviceSpec,
+    runs: list[MeasuredRun],
+    parameters: tuple[str, ...] = DEFAULT_PARAMETERS,
+) -> DeviceSpec:
+    """``device`` with its free parameters fitted to ``runs`` and the fit recorded."""
+    if device.compute is None:
+        raise ConfigError(
+            "hardware_file",
+            f"{device.name} has no compute profile to calibrate; measure one with "
+            "`python -m trainer.probe --out profile.yaml`",
+        )
+    unknown = sorted(set(parameters) - set(FITTABLE))
+    if unknown:
+        raise ConfigError("params", f"cannot fit {unknown}; choose from {list(FITTABLE)}")
+    if not runs:
+        raise ConfigError("runs", "give at least one run to fit")
+    params = list(parameters)
+    if "collective_overhead_s" not in params and any(r.config.devices > 1 for r in runs):
+        params.append("collective_overhead_s")
+    data = [
+        r.phases_s["data_time_s"] / r.config.micro_batch
+        for r in runs
+        if "data_time_s" in r.phases_s
+    ]
+    prof = device.compute
+    if data:
+        prof = prof.with_parameters(data_s_per_sample=statistics.median(data))
+    device = device.model_copy(update={"compute": prof})
+    upper = {
+        "comm_overlap": 1.0,
+        "attention_fraction": 2.0,
+        "memory_efficiency": 1.0,
+        "framework_efficiency": 1.0,
+    }
+    lo = np.array([0.05 if p == "framework_efficiency" else 0.0 for p in params])
+    hi = np.array([upper.get(p, np.inf) for p in params])
+    # overheads are fitted in microseconds / milliseconds so that the steps are well scaled
+    scale = np.array(
+        [
+            {
+                "op_overhead_s": 1e-6,
+                "dtensor_op_overhead_s": 1e-6,
+                "unit_overhead_s": 1e-4,
+                "step_overhead_s": 1e-3,
+                "collective_overhead_s": 1e-4,
+            }.get(p, 1.0)
+            for p in params
+        ]
+    )
+    start = {"dtensor_op_overhead_s": prof.dtensor_op_overhead_s or prof.op_overhead_s}
+    x0 = np.array([start.get(p, getattr(prof, p)) for p in params]) / scale
+    x0 = np.clip(x0, lo, hi)
+    x0 = np.where(np.isfinite(hi), np.minimum(x0, hi * 0.999), x0)
+
+    def residuals(x: np.ndarray) -> np.ndarray:
+        """log(pred / measured) of each run's step time and, at half weight, of each phase the
+        run timed: the phases tell per-launch from per-unit overhead and compute."""
+        dev = _with(device, **{p: float(v * s) for p, v, s in zip(params, x, scale, strict=True)})
+        out = []
+        for r in runs:
+            pred = predict(r, dev)
+            out.append(np.log(pred.step_s / r.step_s))
+            for recorded in ("forward_s", "loss_s", "backward_s", "optimizer_s"):
+                m, p = r.phases_s.get(recorded), pred.phases_s.get(PHASE_MAP[recorded], 0.0)
+                if m and m > 0 and p > 0:
+                    out.append(PHASE_WEIGHT * np.log(p / m))
+        return np.array(out)
+
+    sol = least_squares(residuals, x0, bounds=(lo, hi), method="trf", x_scale=1.0, diff_step=1e-3)
+    fitted = {p: float(v * s) for p, v, s in zip(params, sol.x, scale, strict=True)}
+    final = _with(device, **fitted)
+    errors = np.array([predict(r, final).step_s / r.step_s - 1 for r in runs])
+    origins = dict(prof.origins) | dict.fromkeys(fitted, "calibrated")
+    if data:
+        origins["data_s_per_sample"] = "calibrated"
+    cal = Calibration(
+        parameters=fitted | ({"data_s_per_sample": prof.data_s_per_sample} if data else {}),
+        runs=[r.run_id for r in runs],
+        run_paths=[r.path for r in runs],
+        residuals={r.run_id: float(e) for r, e in zip(runs, errors, strict=True)},
+        mape=float(np.mean(np.abs(errors))),
+        max_error=float(np.max(np.abs(errors))),
+        source=f"vlscale calibrate: least squares on log step time over {len(runs)} runs",
+    )
+    new = prof.with_parameters(**fitted, origins=origins, calibration=cal)
+    return device.model_copy(update={"compute": new})
+
+
+@dataclass(frozen=True)
+class RunValidation:
+    run: MeasuredRun
+    split: str  # "replay" | "prediction"
+    predicted: Prediction
+
+    @property
+    def error(self) -> float:
+        return self.predicted.step_s / self.run.step_s - 1.0
+
+    def phase_errors(self) -> dict[str, float]:
+        out = {}
+        for recorded, planned in PHASE_MAP.items():
+            m = self.run.phases_s.get(recorded)
+            if m and m > 0:
+                out[planned] = self.predicted.phases_s.get(planned, 0.0) / m - 1.0
+        return out
+
+
+@dataclass
+class Validation:
+    rows: list[RunValidation] = field(default_factory=list)
+
+    def _errors(self, split: str) -> list[float]:
+        return [abs(r.error) for r in self.rows if r.split == split]
+
+    def mape(self, split: str) -> float | None:
+        e = self._errors(split)
+        return float(np.mean(e)) if e else None
+
+    def max_error(self, split: str) -> float | None:
+        e = self._errors(split)
+        return float(np.max(e)) if e else None
+
+    def to_json(self) -> dict:
+        """The ``vlscale validate --json`` contract (README)."""
+        return {
+            "runs": [
+                {
+                    "path": r.run.path,
+                    "run_id": r.run.run_id,
+                    "label": r.run.label,
+                    "split": r.split,
+                    "measured_step_s": r.run.step_s,
+                    "predicted_step_s": r.predicted.step_s,
+                    "error": r.error,
+                    "phases_measured_s": {
+                        PHASE_MAP[k]: v for k, v in r.run.phases_s.items() if k in PHASE_MAP
+                    },
+                    "phases_predicted_s": r.predicted.phases_s,
+                    "phase_errors": r.phase_errors(),
+                    "measured_peak_memory_bytes": r.run.peak_memory_bytes,
+                    "memory_metric": r.run.memory_metric,
+                    "predicted_memory_bytes": r.predicted.memory_bytes,
+                }
+                for r in self.rows
+            ],
+            "mape": {s: self.mape(s) for s in ("replay", "prediction")},
+            "max_error": {s: self.max_error(s) for s in ("replay", "prediction")},
+        }
+
+
+def validate(runs: list[MeasuredRun], device: DeviceSpec | None = None) -> Validation:
+    """Predict every run; split by the profile's calibration record."""
+    fitted: set[str] = set()
+    if device is not None and device.compute and device.compute.calibration:
+        fitted = set(device.compute.calibration.runs)
+    out = Validation()
+    for r in runs:
+        split = "replay" if r.run_id in fitted else "prediction"
+        out.rows.append(RunValidation(r, split, predict(r, device)))
+    return out

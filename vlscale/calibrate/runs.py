@@ -1,0 +1,146 @@
+"""Trainer run records as the planner sees them: the configuration to predict, what was measured.
+
+A run file (``vlscale.records``) holds its whole resolved configuration in the header, so the
+planner can rebuild the exact scenario: model spec, recipe (loss, implementation, mask ratio,
+optimizer), world size, global batch, gradient accumulation, precision, sharding, activation
+checkpointing, resharding, gradient clipping. Measured values are medians over the steps not
+marked warm-up (step time, and the phases when phase timing was on).
+
+A run's identity is a fingerprint of its header line (start time, host, configuration), so the
+same file under another name is still the same run.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import statistics
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from vlscale.errors import ConfigError
+from vlscale.plan.config import PlanConfig, make_plan_config
+from vlscale.records import Run, read_run
+from vlscale.specs.presets import get_model
+
+PHASES = ("forward_s", "loss_s", "backward_s", "optimizer_s", "data_time_s")
+
+
+@dataclass(frozen=True)
+class MeasuredRun:
+    """One trainer run: where it is, who it is, what to plan, and what it measured."""
+
+    path: str
+    run_id: str
+    config: PlanConfig
+    step_s: float  # median over timed steps
+    phases_s: dict[str, float] = field(default_factory=dict)  # medians, when recorded
+    peak_memory_bytes: int | None = None
+    memory_metric: str = "none"
+    timed_steps: int = 0
+    label: str = ""
+
+
+def expand_run_paths(paths: list[str]) -> list[Path]:
+    """Files as given; a folder stands for the ``*.jsonl`` files under it (sorted)."""
+    out: list[Path] = []
+    for p in map(Path, paths):
+        if p.is_dir():
+            found = sorted(p.rglob("*.jsonl"))
+            if not found:
+                raise ConfigError("runs", f"{p} holds no .jsonl run files; pass run.jsonl files")
+            out += found
+        elif p.is_file():
+            out.append(p)
+        else:
+            raise ConfigError("runs", f"no such run file or folder: {p}")
+    if not out:
+        raise ConfigError("runs", "give at least one run file (a trainer's OUT/run.jsonl)")
+    return out
+
+
+def run_fingerprint(path: Path) -> str:
+    with path.open("rb") as f:
+        header = f.readline().strip()
+    return hashlib.sha1(header).hexdigest()[:12]
+
+
+def load_measured_run(
+    path: str | Path, device: str | None, hardware_file: str | None
+) -> MeasuredRun:
+    """Read ``path`` and rebuild its plan on ``device`` (a catalog name or a hardware-file
+    device, e.g. the probe's profile)."""
+    path = Path(path)
+    run = read_run(path)
+    timed = run.timed_steps()
+    if not timed:
+        raise ConfigError(
+            "runs", f"{path} has no timed steps (all warm-up); run more steps than --timing-warmup"
+        )
+    config = plan_config_of(run, device, hardware_file)
+    phases = {}
+    for name in PHASES:
+        values = [getattr(s, name) for s in timed if getattr(s, name) is not None]
+        if values:
+            phases[name] = statistics.median(values)
+    peaks = [s.peak_memory_bytes for s in timed if s.peak_memory_bytes is not None]
+    h = run.header
+    label = (
+        f"{h.model.name} {h.recipe.name}/{h.recipe.loss_impl} r={h.recipe.mask_ratio:g} "
+        f"B={h.global_batch} W={h.world_size} {h.dtype} {h.sharding}"
+        + (" AC" if h.activation_checkpointing else "")
+    )
+    return MeasuredRun(
+        path=str(path),
+        run_id=run_fingerprint(path),
+        config=config,
+        step_s=statistics.median(s.step_time_s for s in timed),
+        phases_s=phases,
+        peak_memory_bytes=max(peaks) if peaks else None,
+        memory_metric=h.memory_metric,
+        timed_steps=len(timed),
+        label=label,
+    )
+
+
+def plan_config_of(run: Run, device: str | None, hardware_file: str | None) -> PlanConfig:
+    """The PlanConfig that describes ``run`` on ``device`` (one step of its global batch);
+    without ``device``, the catalog key the trainer recorded (CUDA runs)."""
+    h = run.header
+    cfg = h.config
+    device = device or h.device_key
+    if device is None:
+        raise ConfigError(
+            "device",
+            f"{run.header.device_name} is not a catalog device; pass --device NAME with "
+            "--hardware-file PROFILE (python -m trainer.probe writes one)",
+        )
+    try:
+        preset = get_model(h.model.name)
+    except ConfigError:
+        preset = None
+    if preset is None or preset.model_copy(update={"name": h.model.name}) != h.model:
+        raise ConfigError(
+            "runs",
+            f"the run's model '{h.model.name}' is not a vlscale preset with that architecture; "
+            "validate runs of preset models",
+        )
+    return make_plan_config(
+        model=h.model.name,
+        recipe=h.recipe.name,
+        loss_impl=h.recipe.loss_impl,
+        mask_ratio=h.recipe.mask_ratio,
+        optimizer=h.recipe.optimizer,
+        device=device,
+        devices=h.world_size,
+        devices_per_node=h.devices_per_node or h.world_size,
+        hardware_file=hardware_file,
+        global_batch=h.global_batch,
+        grad_accum=h.grad_accum,
+        samples=h.global_batch,
+        precision=h.dtype,
+        sharding=h.sharding,
+        reshard_after_forward=cfg.get("reshard_after_forward", True),
+        checkpointing=h.activation_checkpointing,
+        grad_clip=bool(cfg.get("grad_clip")),
+        failures={"enabled": False},
+    )

@@ -1,0 +1,135 @@
+"""``vlscale calibrate`` and ``vlscale validate``: the planner against the trainer's own runs.
+
+    vlscale calibrate RUNS... --hardware-file P --device NAME --out P2
+    vlscale validate  RUNS... --hardware-file P2 --device NAME [--json] [--report F] [--out F]
+
+RUNS are run files (a trainer's ``OUT/run.jsonl``) or folders of them. See
+``vlscale.calibrate.fit`` for what is fitted and how the splits are defined.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from vlscale.cli import app, emit_json, handles_bad_input, print_table
+from vlscale.errors import ConfigError
+
+RunsArg = Annotated[list[str], typer.Argument(help="run files (OUT/run.jsonl) or folders")]
+HwOpt = Annotated[str, typer.Option("--hardware-file", help="hardware file with the device")]
+DevOpt = Annotated[
+    str | None, typer.Option("--device", help="device in the file (default: its only one)")
+]
+
+
+def _device(hardware_file: str, name: str | None):
+    from vlscale.specs.hardware import load_hardware_file
+
+    devices = load_hardware_file(hardware_file).devices
+    if name is None:
+        if len(devices) != 1:
+            raise ConfigError(
+                "device", f"{hardware_file} has {len(devices)} devices; pick one with --device"
+            )
+        return next(iter(devices.values()))
+    if name not in devices:
+        raise ConfigError("device", f"no device '{name}' in {hardware_file}; have {list(devices)}")
+    return devices[name]
+
+
+def _runs(paths: list[str], device, hardware_file: str):
+    from vlscale.calibrate.runs import expand_run_paths, load_measured_run
+
+    return [load_measured_run(p, device.name, hardware_file) for p in expand_run_paths(paths)]
+
+
+def _check_out(out: Path, suffixes: tuple[str, ...]) -> None:
+    if out.is_dir() or out.suffix.lower() not in suffixes:
+        raise ConfigError("out", f"'{out}' must be a file ending in {' or '.join(suffixes)}")
+    if not out.parent.is_dir():
+        raise ConfigError("out", f"folder '{out.parent}' does not exist; create it first")
+
+
+@app.command("calibrate")
+@handles_bad_input
+def calibrate_cmd(
+    runs: RunsArg,
+    hardware_file: HwOpt,
+    out: Annotated[Path, typer.Option("--out", help="the fitted hardware file to write")],
+    device: DevOpt = None,
+    params: Annotated[
+        str | None,
+        typer.Option("--params", help="comma-separated parameters to fit (default: overheads)"),
+    ] = None,
+):
+    """Fit the profile's free parameters (overheads, overlap) to trainer runs."""
+    from vlscale.calibrate.fit import DEFAULT_PARAMETERS, calibrate
+    from vlscale.specs.hardware import dump_hardware_file
+
+    _check_out(out, (".yaml", ".yml"))
+    dev = _device(hardware_file, device)
+    chosen = tuple(p.strip() for p in params.split(",")) if params else DEFAULT_PARAMETERS
+    measured = _runs(runs, dev, hardware_file)
+    fitted = calibrate(dev, measured, chosen)
+    dump_hardware_file(out, devices=[fitted])
+    cal = fitted.compute.calibration
+    rows = [[k, f"{v:.4g}"] for k, v in cal.parameters.items()]
+    rows += [["replay MAPE", f"{cal.mape:.1%}"], ["replay max |error|", f"{cal.max_error:.1%}"]]
+    print_table(f"{dev.name}: fitted to {len(measured)} runs -> {out}", ["", ""], rows)
+
+
+@app.command("validate")
+@handles_bad_input
+def validate_cmd(
+    runs: RunsArg,
+    hardware_file: HwOpt,
+    device: DevOpt = None,
+    as_json: Annotated[bool, typer.Option("--json", help="the JSON contract")] = False,
+    report: Annotated[Path | None, typer.Option("--report", help="HTML figure")] = None,
+    out: Annotated[Path | None, typer.Option("--out", help="also write the JSON here")] = None,
+):
+    """Predict each run and compare with its measured median step time and phases."""
+    from vlscale.calibrate.fit import validate
+
+    if report is not None:
+        from vlscale.report.html import check_report_path
+
+        check_report_path(report)
+    if out is not None:
+        _check_out(out, (".json",))
+    dev = _device(hardware_file, device)
+    result = validate(_runs(runs, dev, hardware_file), dev).to_json()
+    if out is not None:
+        tmp = out.with_name(f".{out.name}.tmp")
+        tmp.write_text(json.dumps(result, indent=1) + "\n")
+        tmp.replace(out)
+    if report is not None:
+        from vlscale.report.html import write_report_atomic
+        from vlscale.report.validation import validation_report
+
+        write_report_atomic(validation_report(result, f"{dev.name}: predicted vs measured"), report)
+    if as_json:
+        emit_json(result)
+        return
+    rows = [
+        [
+            r["label"],
+            r["split"],
+            f"{r['measured_step_s'] * 1e3:.1f}",
+            f"{r['predicted_step_s'] * 1e3:.1f}",
+            f"{r['error']:+.1%}",
+        ]
+        for r in result["runs"]
+    ]
+    print_table(
+        f"{dev.name}: step time, predicted vs measured (median over timed steps)",
+        ["run", "split", "measured ms", "predicted ms", "error"],
+        rows,
+    )
+    for split in ("replay", "prediction"):
+        m, x = result["mape"][split], result["max_error"][split]
+        if m is not None:
+            typer.echo(f"{split}: MAPE {m:.1%}, max |error| {x:.1%}")
