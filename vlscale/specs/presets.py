@@ -267,6 +267,13 @@ def _presets() -> dict[str, ModelSpec]:
             64,
             "vlscale CPU training preset",
         ),
+        _m(
+            "medium-clip",
+            openai_vit(64, 8, 256, 6, 4, 1024),
+            openclip_text(256, 6, 4, vocab=BYTE_VOCAB, context=32),
+            128,
+            "vlscale CPU calibration preset (~10 M parameters)",
+        ),
     ]
     return {s.name: s for s in specs}
 
