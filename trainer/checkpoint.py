@@ -436,7 +436,7 @@ def resolve_checkpoint(path: str | os.PathLike, field: str = "resume") -> Path:
         raise ConfigError(
             field,
             f"no complete checkpoint at or under {p} (looked for {ckpt_root(p)}/step_*/{MARKER}); "
-            "check the path, or start without --resume",
+            f"pass a run directory or one of its checkpoints to --{field.replace('_', '-')}",
         )
     return latest
 

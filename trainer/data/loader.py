@@ -175,8 +175,9 @@ class Loader:
         self.skipped += 1
         self._bad_in_a_row += 1
         n = self.skipped
-        if len(self._first_bad) < NAMED_BAD:
-            self._first_bad.append(f"{describe(record)} ({exc})")
+        bad = f"{describe(record)} ({exc})"
+        if len(self._first_bad) < NAMED_BAD and bad not in self._first_bad:
+            self._first_bad.append(bad)
         seen = n + self.samples
         if self._bad_in_a_row >= self.max_bad_in_a_row:
             raise self._too_many(f"{self._bad_in_a_row} unreadable samples in a row")
