@@ -87,7 +87,9 @@ def test_tar_members_grouped_by_key_whatever_their_order(tmp_path):
     colours = ["red", "green", "blue"]
     images = [(f"k{i}.png", _png(c)) for i, c in enumerate(colours)]
     texts = [(f"k{i}.txt", c.encode()) for i, c in enumerate(colours)]
-    _write(tmp_path / "interleaved.tar", [m for pair in zip(images, texts) for m in pair])
+    _write(
+        tmp_path / "interleaved.tar", [m for pair in zip(images, texts, strict=True) for m in pair]
+    )
     _write(tmp_path / "grouped_by_ext.tar", images + texts[::-1])  # all .png, then .txt reversed
     a = list(iter_tar_samples(tmp_path / "interleaved.tar"))
     b = list(iter_tar_samples(tmp_path / "grouped_by_ext.tar"))
@@ -105,5 +107,5 @@ def test_unordered_shard_trains_without_skips(tmp_path):
     loader = Loader(WebDatasetShards(tmp_path, rank=0, world_size=1), TOK, 8, 4)
     with warnings.catch_warnings():
         warnings.simplefilter("error", CorruptSampleWarning)  # a skipped sample fails the test
-        images_batch, tokens = next(loader)
+        images_batch, _ = next(loader)
     assert images_batch.shape == (4, 3, 8, 8) and loader.skipped == 0

@@ -41,5 +41,5 @@ def test_stale_lock_of_a_dead_process_is_replaced(tmp_path):
 
 def test_lock_from_another_host_is_not_taken(tmp_path):
     (tmp_path / LOCK_FILE).write_text(json.dumps({"pid": 1, "host": "elsewhere.example"}))
-    with pytest.raises(ConfigError, match="on elsewhere.example"):
+    with pytest.raises(ConfigError, match=r"on elsewhere\.example"):
         RunLock(tmp_path).acquire()
