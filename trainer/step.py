@@ -121,9 +121,11 @@ def train_step(ctx: LoopContext, step: int, timer: PhaseTimer) -> dict:
         loss_sum += loss.detach()
     lr = current_lr(ctx.optimizer, cfg.lr)
     grad_norm = unscale_and_clip(ctx)
+    timer.lap("optimizer")
     tc = time.perf_counter()
     loss, finite = mean_loss_and_finite(ctx, loss_sum, grad_norm)
     check_s = time.perf_counter() - tc
+    timer.skip()  # the check is in no phase, as it is not in the step time
     if not finite:
         handle_nonfinite(ctx, step, loss, grad_norm)
     optimizer_step(ctx, apply=finite)
