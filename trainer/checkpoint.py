@@ -362,14 +362,17 @@ def checkpoint_problem(path: str | os.PathLike, rank: int = 0, world: int = 1) -
     files = marker.get("files")
     if files is None:
         return None
-    for name in sorted(files)[rank::world]:
-        f, want = p / name, files[name]
-        if not f.is_file():
-            return f"{name} is missing"
-        if f.stat().st_size != want["bytes"]:
-            return f"{name} has {f.stat().st_size} bytes, the marker says {want['bytes']}"
-        if _sha256(f) != want["sha256"]:
-            return f"{name} does not match its SHA-256 in the marker"
+    try:
+        for name in sorted(files)[rank::world]:
+            f, want = p / name, files[name]
+            if not f.is_file():
+                return f"{name} is missing"
+            if f.stat().st_size != want["bytes"]:
+                return f"{name} has {f.stat().st_size} bytes, the marker says {want['bytes']}"
+            if _sha256(f) != want["sha256"]:
+                return f"{name} does not match its SHA-256 in the marker"
+    except (KeyError, TypeError, AttributeError):
+        return f"{MARKER} marker has a malformed file list"
     return None
 
 

@@ -182,9 +182,9 @@ def handle_nonfinite(ctx: LoopContext, step: int, loss: float, grad_norm: torch.
     where = f"the last good checkpoint is {last}" if last else "no checkpoint was written yet"
     raise ConfigError(
         "loss",
-        f"non-finite at step {step} (loss {loss}, gradient norm {norm}); {where}. Lower --lr "
-        "(or --weight-decay, raise --warmup-steps) and resume from it or start again, or pass "
-        "--skip-nonfinite to skip such steps",
+        f"non-finite at step {step} (loss {loss}, gradient norm {norm}); {where}. Resume from "
+        "it with --skip-nonfinite to skip such steps, or start a new run with a lower --lr "
+        "(or --weight-decay) or a longer --warmup-steps",
     )
 
 
