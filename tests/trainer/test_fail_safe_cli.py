@@ -197,3 +197,35 @@ def test_skip_nonfinite_counts_in_records(tmp_path, capsys):
     assert skipped and steps[0]["skipped_nonfinite"] is False
     assert steps[-1]["nonfinite_skips"] == len(skipped)
     assert f"{len(skipped)} non-finite steps skipped" in capsys.readouterr().out
+
+
+def test_run_identity_in_header_and_every_checkpoint(finished):
+    from trainer.checkpoint import list_checkpoints, read_marker
+    from trainer.config import load_config
+    from trainer.identity import config_hash
+
+    header = json.loads((finished / "run.jsonl").read_text().splitlines()[0])
+    assert len(header["run_id"]) == 12 and header["seed"] == 0
+    cfg = load_config([*BASE, *STEPS, "--out", str(finished)], world_size=1)
+    assert header["config_hash"] == config_hash(cfg)
+    # a setting that changes the trajectory changes the hash; one that does not, does not
+    assert (
+        config_hash(load_config([*BASE, *STEPS, "--lr", "1e-3"], world_size=1))
+        != header["config_hash"]
+    )
+    assert (
+        config_hash(load_config([*BASE, *STEPS, "--log-every", "7"], world_size=1))
+        == header["config_hash"]
+    )
+    ckpts = list_checkpoints(finished)
+    assert len(ckpts) == 2
+    for ckpt in ckpts:
+        identity = read_marker(ckpt)["identity"]
+        assert (identity["run_id"], identity["config_hash"], identity["seed"]) == (
+            header["run_id"],
+            header["config_hash"],
+            0,
+        )
+        files = read_marker(ckpt)["files"]
+        assert ".metadata" in files and "extra_rank00000.pt" in files
+        assert all(len(f["sha256"]) == 64 for f in files.values())
