@@ -20,7 +20,9 @@ Trust. The marker lists every file of the checkpoint with its size and SHA-256 (
 hashed by the ranks in parallel before the marker is written. :func:`choose_checkpoint` verifies
 them (again split over the ranks) before anything is loaded: a truncated or bit-flipped
 ``.distcp``, a random ``.metadata``, a missing rank file or an unreadable marker make a
-checkpoint invalid, and a plain resume falls back to the newest valid one.
+checkpoint invalid, and a plain resume falls back to the newest valid one. Cost: the checkpoint is
+read once more at save and at resume, split over the ranks (SHA-256 ran at ~725 MiB/s on one
+core of the 2-core development machine: about 1 s per 0.7 GiB per rank).
 
 Model and optimizer go through ``torch.distributed.checkpoint.state_dict.get_state_dict`` /
 ``set_state_dict``, which key the optimizer state by parameter name and keep FSDP2 shards as
