@@ -44,7 +44,7 @@ class TrainConfig(BaseModel):
     model: str = "tiny-clip"
     recipe: RecipeName = "clip"
     loss_impl: LossImpl | None = None
-    mask_ratio: float | None = Field(default=None, ge=0.0, lt=1.0)
+    mask_ratio: float | None = Field(default=None, ge=0.0, lt=1.0, allow_inf_nan=False)
     optimizer: Optimizer | None = None
     global_batch: int = Field(default=32, gt=0)
     grad_accum: int = Field(default=1, gt=0)
@@ -53,12 +53,14 @@ class TrainConfig(BaseModel):
     data: str = "shapes"
     tokenizer: str = Field(default="byte", description="'byte' or a tokenizer.json path")
     out: str = "runs/latest"
-    lr: float = Field(default=5e-4, gt=0)
-    image_lr: float | None = Field(default=None, gt=0)
-    text_lr: float | None = Field(default=None, gt=0)
-    weight_decay: float = Field(default=0.2, ge=0)
+    lr: float = Field(default=5e-4, gt=0, allow_inf_nan=False)
+    image_lr: float | None = Field(default=None, gt=0, allow_inf_nan=False)
+    text_lr: float | None = Field(default=None, gt=0, allow_inf_nan=False)
+    weight_decay: float = Field(default=0.2, ge=0, allow_inf_nan=False)
     warmup_steps: int = Field(default=2, ge=0)
-    grad_clip: float | None = Field(default=1.0, ge=0, description="0 or null: no clipping")
+    grad_clip: float | None = Field(
+        default=1.0, ge=0, allow_inf_nan=False, description="0 or null: no clipping"
+    )
     sharding: Literal["fsdp", "ddp"] = "fsdp"
     reshard_after_forward: bool = True
     checkpointing: bool = False
@@ -66,16 +68,25 @@ class TrainConfig(BaseModel):
     seed: int = 0
     eval_every: int = Field(default=0, ge=0, description="0: no evaluation")
     ckpt_every: int = Field(default=0, ge=0, description="0: no checkpoints")
-    resume: bool = False
+    resume: bool | str = Field(
+        default=False, description="True: newest valid checkpoint in OUT/ckpt; a path: that one"
+    )
     phase_timing: bool = False
     profile_steps: str | None = Field(default=None, description="A:B, 1-based, inclusive")
     unmasked_final_steps: int = Field(default=0, ge=0)
     init_image_from: str | None = None
-    peak_flops: float | None = Field(default=None, gt=0, description="per device, FLOP/s")
+    peak_flops: float | None = Field(
+        default=None, gt=0, allow_inf_nan=False, description="per device, FLOP/s"
+    )
     timing_warmup: int = Field(default=2, ge=0, description="first steps marked warmup")
     log_every: int = Field(default=1, gt=0)
     device: Literal["auto", "cpu", "cuda"] = "auto"
     num_workers: int = Field(default=0, ge=0)
+    # failing safely (output directory, checkpoint retention, non-finite steps, memory check)
+    overwrite: bool = False
+    keep_last: int | None = Field(default=None, ge=1, description="None: keep every checkpoint")
+    skip_nonfinite: bool = False
+    force: bool = False
 
     @model_validator(mode="after")
     def _check(self) -> TrainConfig:
@@ -102,11 +113,39 @@ class TrainConfig(BaseModel):
                 f"'{self.tokenizer}' is neither 'byte' nor an existing tokenizer.json file; "
                 "pass a Hugging Face tokenizer.json or use --tokenizer byte",
             )
+        self._check_safety()
         for field in ("init_image_from",):
             path = getattr(self, field)
             if path is not None and not Path(path).exists():
                 raise ConfigError(field, f"no checkpoint at '{path}'; pass an existing directory")
         return self
+
+    def _check_safety(self) -> None:
+        """Mistakes that used to surface mid-run (or never): schedule, evaluation, --out."""
+        if self.warmup_steps > self.steps:
+            raise ConfigError(
+                "warmup_steps",
+                f"{self.warmup_steps} > steps ({self.steps}); use at most --steps warm-up steps",
+            )
+        if self.eval_every and self.data not in BUILTIN_DATA:
+            raise ConfigError(
+                "eval_every",
+                f"evaluation is unavailable for --data {self.data} (zero-shot needs the class "
+                "names of the built-in shapes set); drop --eval-every or train on --data shapes",
+            )
+        if self.resume and self.overwrite:
+            raise ConfigError(
+                "overwrite", "--overwrite discards the run that --resume continues; pick one"
+            )
+        if isinstance(self.resume, str) and not Path(self.resume).exists():
+            raise ConfigError(
+                "resume", f"no checkpoint at '{self.resume}'; pass OUT, OUT/ckpt or OUT/ckpt/step_N"
+            )
+        out = Path(self.out)
+        for p in (out, *out.parents):
+            if p.exists() and not p.is_dir():
+                where = "is a file" if p == out else f"lies under the file {p}"
+                raise ConfigError("out", f"'{self.out}' {where}; pass a directory path")
 
     def model_spec(self) -> ModelSpec:
         return get_model(self.model)
@@ -181,7 +220,9 @@ _HELP = {
     "optimizer": "optimizer (recipe default: adamw, lamb for eva-clip)",
     "global_batch": "samples per optimizer step over all ranks",
     "grad_accum": "micro-steps per optimizer step",
-    "steps": "optimizer steps",
+    "steps": "optimizer steps; the warm-up + cosine schedule spans exactly these, so it is part "
+    "of the run identity: --resume with another --steps is refused (start a new run to train "
+    "longer)",
     "precision": "parameter/compute dtype (reductions stay fp32)",
     "data": "'shapes' (synthetic) or a path to a CSV file / tar-shard directory",
     "tokenizer": "'byte' (byte-level, the default) or a Hugging Face tokenizer.json file",
@@ -199,7 +240,9 @@ _HELP = {
     "seed": "random seed (model init, data, FLIP masks)",
     "eval_every": "evaluate every N steps (0: off)",
     "ckpt_every": "write a checkpoint every N steps (0: off)",
-    "resume": "resume from the newest complete checkpoint in OUT/ckpt",
+    "resume": "resume from the newest valid checkpoint in OUT/ckpt (a corrupt one is skipped, "
+    "with a line saying so), or from the run / checkpoint directory given (--resume PATH); "
+    "--steps, --global-batch, model and schedule must match the checkpoint's run",
     "phase_timing": "time forward / loss / backward / optimizer separately (syncs the device)",
     "profile_steps": "write a torch.profiler Chrome trace of steps A:B to OUT/trace_rank{r}.json",
     "unmasked_final_steps": "train the last N steps without patch dropping (EVA-CLIP/FLIP)",
@@ -209,6 +252,11 @@ _HELP = {
     "log_every": "print a log line every N steps (rank 0)",
     "device": "auto picks cuda when available",
     "num_workers": "data-loader worker processes",
+    "overwrite": "start afresh in a non-empty --out: delete its run.jsonl, ckpt/ and traces first",
+    "keep_last": "keep only the newest N checkpoints (default: all)",
+    "skip_nonfinite": "skip (and count) a step whose loss or gradient norm is inf/NaN instead "
+    "of stopping the run",
+    "force": "start even when the memory estimate exceeds the device's (or host's) memory",
 }
 
 
@@ -226,7 +274,9 @@ def build_parser() -> argparse.ArgumentParser:
         flag = "--" + name.replace("_", "-")
         kwargs: dict[str, Any] = {"help": f"{_HELP[name]} (default: {field.default})"}
         choices = _literal_choices(field.annotation)
-        if field.annotation is bool:
+        if name == "resume":  # --resume (newest valid) or --resume PATH
+            kwargs |= {"nargs": "?", "const": True, "metavar": "PATH"}
+        elif field.annotation is bool:
             kwargs["action"] = argparse.BooleanOptionalAction
         elif choices:
             kwargs["choices"] = choices
@@ -326,4 +376,5 @@ _INT_FIELDS = {
     "timing_warmup",
     "log_every",
     "num_workers",
+    "keep_last",
 }

@@ -7,11 +7,18 @@ One step, on every rank::
         img, txt = model(images, tokens, r)        (b, d) fp32, L2-normalised     -> forward_s
         loss = recipe loss(img, txt, scale, bias)  local rows, mean               -> loss_s
         (loss / grad_accum).backward()             FSDP reduce-scatters grads     -> backward_s
-    clip global grad norm; optimizer.step(); scheduler.step(); zero grads
+    clip (or measure) global grad norm
+    loss mean over ranks; loss and grad norm finite?   (excluded from step_time_s)
+    optimizer.step(); scheduler.step(); zero grads
     clamp logit_scale <= ln 100 (softmax recipes)                                 -> optimizer_s
 
-``step_time_s`` spans all of it (device synchronised at the end). Loss averaging over ranks,
-reading the logit parameters, logging, evaluation and checkpointing happen after the clock stops.
+``step_time_s`` spans all of it (device synchronised at the end) except the finiteness check:
+one all-reduce of the loss and a host read of loss and grad norm, timed and subtracted (it
+synchronises the device once per step). A non-finite loss or gradient norm stops the run with a
+``ConfigError`` naming the last good checkpoint, or with ``--skip-nonfinite`` the step is not
+applied (gradients dropped, the schedule still advances) and is counted in the records. Under
+fp16 the grad scaler already skips steps with inf/NaN gradients, so only the loss is checked.
+Reading the logit parameters, logging, evaluation and checkpointing happen after the clock stops.
 Contrastive negatives come from the micro-batch (global_batch / grad_accum samples), as in
 plain gradient accumulation without a gradient cache.
 """
@@ -19,6 +26,7 @@ plain gradient accumulation without a gradient cache.
 from __future__ import annotations
 
 import math
+import statistics
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -34,6 +42,7 @@ from trainer.parallelize import full_value, set_gradient_sync
 from trainer.profiling import PeakMemory, PhaseTimer, StepProfiler, synchronize
 from trainer.records import RecordWriter
 from vlscale.costs.flops import model_flops_per_sample
+from vlscale.errors import ConfigError
 from vlscale.records import CheckpointRecord, EvalRecord, StepRecord
 from vlscale.specs.recipes import RecipeSpec
 
@@ -62,6 +71,8 @@ class LoopContext:
     log: Callable[[str], None] = print
     start_step: int = 0
     start_samples: int = 0
+    last_checkpoint: Path | None = None  # named when a non-finite step stops the run
+    nonfinite_skips: int = 0  # steps skipped by --skip-nonfinite so far (this launch)
     recipe: RecipeSpec = field(init=False)
 
     def __post_init__(self) -> None:
@@ -109,30 +120,80 @@ def train_step(ctx: LoopContext, step: int, timer: PhaseTimer) -> dict:
         timer.lap("backward")
         loss_sum += loss.detach()
     lr = current_lr(ctx.optimizer, cfg.lr)
-    grad_norm = optimizer_step(ctx)
+    grad_norm = unscale_and_clip(ctx)
+    timer.lap("optimizer")
+    tc = time.perf_counter()
+    loss, finite = mean_loss_and_finite(ctx, loss_sum, grad_norm)
+    check_s = time.perf_counter() - tc
+    timer.skip()  # the check is in no phase, as it is not in the step time
+    if not finite:
+        handle_nonfinite(ctx, step, loss, grad_norm)
+    optimizer_step(ctx, apply=finite)
     timer.lap("optimizer")
     synchronize(device)
-    step_time = time.perf_counter() - t0
+    step_time = time.perf_counter() - t0 - check_s
     return {
         "mask_ratio": mask_ratio,
         "step_time_s": step_time,
         "data_time_s": data_time,
-        "loss_sum": loss_sum,
+        "loss": loss,
         "grad_norm": grad_norm,
+        "skipped_nonfinite": not finite,
         "lr": lr,
         **{f"{p}_s": timer.get(p) for p in ("forward", "loss", "backward", "optimizer")},
     }
 
 
-def optimizer_step(ctx: LoopContext) -> torch.Tensor | None:
-    """Unscale (fp16), clip, step, schedule, zero, clamp. Returns the pre-clip grad norm."""
+def unscale_and_clip(ctx: LoopContext) -> torch.Tensor:
+    """Unscale (fp16), then clip to ``--grad-clip`` (or only measure when clipping is off).
+    Returns the pre-clip global gradient norm (replicated on every rank)."""
     params = [p for p in ctx.model.parameters() if p.grad is not None]
     if ctx.scaler:
         ctx.scaler.unscale_(ctx.optimizer)
-    norm = None
     if ctx.cfg.grad_clip:
-        norm = torch.nn.utils.clip_grad_norm_(params, ctx.cfg.grad_clip)
-    if ctx.scaler:
+        return torch.nn.utils.clip_grad_norm_(params, ctx.cfg.grad_clip)
+    return torch.nn.utils.get_total_norm([p.grad for p in params])
+
+
+def mean_loss_and_finite(
+    ctx: LoopContext, loss_sum: torch.Tensor, grad_norm: torch.Tensor
+) -> tuple[float, bool]:
+    """The step's loss averaged over micro-steps and ranks, and whether it and the gradient norm
+    are finite. Both inputs of the decision are global, so every rank decides alike."""
+    loss = loss_sum / ctx.cfg.grad_accum
+    if ctx.world_size > 1:
+        dist.all_reduce(loss, group=ctx.group)  # gloo has no AVG: sum, then divide
+        loss = loss / ctx.world_size
+    value = loss.item()
+    finite = math.isfinite(value)
+    if ctx.scaler is None:  # fp16: the scaler skips steps with inf/NaN gradients by design
+        finite = finite and math.isfinite(full_value(grad_norm).float().item())
+    return value, finite
+
+
+def handle_nonfinite(ctx: LoopContext, step: int, loss: float, grad_norm: torch.Tensor) -> None:
+    """Stop the run (a ConfigError naming the last good checkpoint) unless --skip-nonfinite."""
+    if ctx.cfg.skip_nonfinite:
+        ctx.nonfinite_skips += 1
+        ctx.log(f"step {step}: non-finite loss or gradient norm; step skipped (--skip-nonfinite)")
+        return
+    norm = full_value(grad_norm).float().item()
+    last = ctx.last_checkpoint
+    where = f"the last good checkpoint is {last}" if last else "no checkpoint was written yet"
+    raise ConfigError(
+        "loss",
+        f"non-finite at step {step} (loss {loss}, gradient norm {norm}); {where}. Resume from "
+        "it with --skip-nonfinite to skip such steps, or start a new run with a lower --lr "
+        "(or --weight-decay) or a longer --warmup-steps",
+    )
+
+
+def optimizer_step(ctx: LoopContext, apply: bool = True) -> None:
+    """Step (unless ``apply`` is False: the gradients are dropped), schedule, zero, clamp."""
+    if not apply:
+        if ctx.scaler:
+            ctx.scaler.update()  # closes the unscale_ of this step (and lowers the scale)
+    elif ctx.scaler:
         ctx.scaler.step(ctx.optimizer)
         ctx.scaler.update()
     else:
@@ -143,7 +204,6 @@ def optimizer_step(ctx: LoopContext) -> torch.Tensor | None:
         # CLIP (Radford 2021, Sec. 2.5): temperature clipped so logits scale by at most 100.
         with torch.no_grad():
             ctx.model.logit_scale.clamp_(max=ctx.recipe.max_logit_scale)
-    return norm
 
 
 def current_lr(optimizer: torch.optim.Optimizer, base_lr: float) -> float:
@@ -163,6 +223,7 @@ def train_loop(ctx: LoopContext) -> list[StepRecord]:
     )
     spec = cfg.model_spec()
     records = []
+    t_start = time.perf_counter()
     for step in range(ctx.start_step + 1, cfg.steps + 1):
         profiler.before_step(step)
         memory.reset()
@@ -185,19 +246,34 @@ def train_loop(ctx: LoopContext) -> list[StepRecord]:
             path = ctx.checkpoint(
                 step, ctx.start_samples + (step - ctx.start_step) * cfg.global_batch
             )
-            ctx.writer.write(
-                CheckpointRecord(step=step, time_s=time.perf_counter() - t, path=str(path))
-            )
+            dt = time.perf_counter() - t
+            ctx.writer.write(CheckpointRecord(step=step, time_s=dt, path=str(path)))
+            ctx.last_checkpoint = path
+            ctx.log(f"checkpoint of step {step} saved to {path} ({dt:.1f} s)")
+    if records:
+        ctx.log(format_summary(records, time.perf_counter() - t_start, ctx.writer.path))
+    else:
+        ctx.log(f"nothing to train: the checkpoint is at the last step ({cfg.steps})")
     return records
+
+
+def format_summary(records: list[StepRecord], wall_s: float, path: Path) -> str:
+    """End-of-run line: steps, median samples/s and MFU (timed steps; all if none), final loss."""
+    timed = [r for r in records if not r.warmup] or records
+    sps = statistics.median(r.samples_per_s for r in timed)
+    mfus = [r.mfu for r in timed if r.mfu is not None]
+    mfu = f"{statistics.median(mfus):.1%}" if mfus else "n/a"
+    skipped = records[-1].nonfinite_skips
+    note = f", {skipped} non-finite steps skipped" if skipped else ""
+    return (
+        f"done: steps {records[0].step}-{records[-1].step} in {wall_s:.1f} s, median "
+        f"{sps:.1f} samples/s, MFU {mfu}, final loss {records[-1].loss:.4f}{note}; records {path}"
+    )
 
 
 def make_record(ctx: LoopContext, step: int, m: dict, peak_memory: int | None, spec) -> StepRecord:
     """Collectives first (every rank), then the record (used on rank 0)."""
     cfg = ctx.cfg
-    loss = m["loss_sum"] / cfg.grad_accum
-    if ctx.world_size > 1:
-        dist.all_reduce(loss, group=ctx.group)  # gloo has no AVG: sum, then divide
-        loss = loss / ctx.world_size
     scale = full_value(ctx.model.logit_scale).detach().float().item()
     bias = full_value(ctx.model.logit_bias).detach().float().item()
     norm = m["grad_norm"]
@@ -223,7 +299,6 @@ def make_record(ctx: LoopContext, step: int, m: dict, peak_memory: int | None, s
                 "GFLOP/s/device is too low (a CPU peak measured while the machine was busy, or "
                 "a wrong --peak-flops); pass the device's real peak with --peak-flops"
             )
-    loss_value = loss.item()
     return StepRecord(
         step=step,
         samples_seen=ctx.start_samples + (step - ctx.start_step) * cfg.global_batch,
@@ -235,7 +310,7 @@ def make_record(ctx: LoopContext, step: int, m: dict, peak_memory: int | None, s
         loss_s=m["loss_s"],
         backward_s=m["backward_s"],
         optimizer_s=m["optimizer_s"],
-        loss=loss_value,
+        loss=m["loss"],
         grad_norm=norm,
         lr=m["lr"],
         logit_scale=scale,
@@ -244,6 +319,8 @@ def make_record(ctx: LoopContext, step: int, m: dict, peak_memory: int | None, s
         samples_per_s=cfg.global_batch / t,
         flops_per_sample=flops,
         mfu=mfu,
+        skipped_nonfinite=m["skipped_nonfinite"],
+        nonfinite_skips=ctx.nonfinite_skips,
     )
 
 

@@ -114,7 +114,14 @@ class HFTokenizer:
         path = Path(path)
         if not path.is_file():
             raise ConfigError("tokenizer", f"no tokenizer file at {path}; pass a tokenizer.json")
-        self._tok = tokenizers.Tokenizer.from_file(str(path))
+        try:
+            self._tok = tokenizers.Tokenizer.from_file(str(path))
+        except Exception as exc:  # the Rust side raises a bare Exception for any parse error
+            raise ConfigError(
+                "tokenizer",
+                f"{path} is not a valid tokenizer.json ({exc}); pass a file saved by Hugging Face "
+                "tokenizers, or use --tokenizer byte",
+            ) from None
         # A saved file may carry padding / truncation settings that HF applies inside encode
         # (pads before our eos, captions cut short); rows are packed by pack_rows alone.
         for reset in ("no_padding", "no_truncation"):  # getattr: minimal stand-ins lack them

@@ -11,27 +11,103 @@ tower init (EVA two-stage) -> optimizer, schedule, data -> optional resume -> ru
 
 from __future__ import annotations
 
+import json
 import os
+import shutil
 import socket
 import sys
+import time
 import warnings
+from dataclasses import dataclass
 from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
 
 from trainer.config import TrainConfig, env_world_size, load_config
+from trainer.preflight import check_inputs
 from vlscale.errors import ConfigError
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Exit status 0, or 2 after one ``error: <field>: <what to do>`` line for any mistake the
+    trainer detects, before launch (config, data, tokenizer, memory, --out) or after it
+    (checkpoints, unreadable data, a non-finite step)."""
     rank = int(os.environ.get("RANK", "0"))
+    lock = cfg = None
     try:
         cfg = load_config(argv, env_world_size())
         device_type = resolve_device_type(cfg)
+        notes = check_inputs(cfg, env_world_size(), rank, device_type)
+        if rank == 0:  # rank 0 owns --out; the others cannot touch it before the group exists
+            lock = take_out(cfg, notes)
+            for line in notes:
+                print(line, flush=True)
+        run(cfg, device_type)
     except ConfigError as exc:
-        if rank == 0:
-            print(f"error: {exc}", file=sys.stderr)
+        if lock is not None:
+            discard_unstarted_run(Path(cfg.out), lock.created_dir)
+        report_error(exc, rank)
         return 2
-    run(cfg, device_type)
+    finally:
+        if lock is not None:
+            lock.release()
     return 0
+
+
+ERROR_DELAY_S = 3.0
+
+
+def report_error(exc: ConfigError, rank: int) -> None:
+    """Print the one-line error once. Rank 0 prints at once. Another rank usually fails for the
+    same reason as rank 0 (the same config, data and checkpoints), and torchrun stops it as soon
+    as rank 0 exits; so it waits a little and prints only if it is still alive, i.e. when the
+    error was its own (e.g. only its data shard is unreadable)."""
+    if rank != 0:
+        time.sleep(ERROR_DELAY_S)
+    print(f"error: {exc}" + (f" (rank {rank})" if rank else ""), file=sys.stderr, flush=True)
+
+
+def discard_unstarted_run(out: Path, created_dir: bool) -> None:
+    """A fresh run that failed before its first step leaves nothing behind: its header-only
+    ``run.jsonl`` goes (and ``--out`` itself when this run created it)."""
+    from trainer.records import RUN_FILE
+
+    run_file = out / RUN_FILE
+    try:
+        lines = run_file.read_text().splitlines()
+    except OSError:
+        return
+    if len(lines) == 1 and not (out / "ckpt").exists():
+        run_file.unlink()
+        if created_dir and not any(p.name != ".lock" for p in out.iterdir()):
+            shutil.rmtree(out, ignore_errors=True)
+
+
+def take_out(cfg: TrainConfig, notes: list[str]):
+    """Lock ``--out`` (exclusive, pid + host), then check it under the lock (a fresh run into a
+    non-empty directory needs --overwrite; --resume needs a checkpoint) and clear it on
+    --overwrite. Returns the held lock; a refusal leaves the directory as it was."""
+    from trainer.preflight import check_out, clear_out
+    from trainer.run_lock import RunLock
+
+    out = Path(cfg.out)
+    created = not out.exists()
+    lock = RunLock(out)
+    lock.created_dir = created
+    try:
+        lock.acquire()
+        notes.extend(lock.notes)
+        check_out(cfg)
+        if cfg.overwrite:
+            removed = clear_out(out)
+            if removed:
+                notes.append(f"--overwrite: removed {', '.join(removed)} from {out}")
+    except BaseException:
+        lock.release()
+        if created and out.is_dir() and not any(out.iterdir()):
+            out.rmdir()  # nothing half-written
+        raise
+    return lock
 
 
 def resolve_device_type(cfg: TrainConfig) -> str:
@@ -99,11 +175,13 @@ def train(cfg: TrainConfig, device, mesh, backend: str) -> list:
 
     from models import build_model, init_weights
     from trainer import checkpoint as ckpt
+    from trainer.identity import make_identity, new_run_id
     from trainer.optim import build_optimizer, build_param_groups, build_scheduler
     from trainer.parallelize import ParallelPlan, parallelize
     from trainer.profiling import PeakMemory, device_name, resolve_peak_flops
     from trainer.records import RecordWriter
     from trainer.step import LoopContext, train_loop
+    from vlscale.records import ResumeRecord
 
     rank, world = dist.get_rank(), dist.get_world_size()
     spec, recipe = cfg.model_spec(), cfg.recipe_spec()
@@ -131,12 +209,14 @@ def train(cfg: TrainConfig, device, mesh, backend: str) -> list:
     # FLIP masks and anything else random must differ between ranks from here on.
     torch.manual_seed(cfg.seed * 1_000_003 + rank + 1)
 
+    log = (lambda s: print(s, flush=True)) if rank == 0 else (lambda s: None)
     start_step = start_samples = 0
+    resumed = None
     if cfg.resume:
-        info = ckpt.load_checkpoint(
-            cfg.out, model=model, optimizer=optimizer, scheduler=scheduler, loader=loader
-        )
-        start_step, start_samples = info.step, info.samples_seen
+        resumed = resume(cfg, world, model, optimizer, scheduler, loader, log)
+        start_step, start_samples = resumed.info.step, resumed.info.samples_seen
+    run_id = broadcast_str(resumed.run_id if resumed and resumed.run_id else new_run_id())
+    identity = make_identity(run_id, cfg, world)
 
     peak, peak_source = resolve_peak_flops(
         device, device_name(device), cfg.precision, cfg.peak_flops
@@ -146,9 +226,16 @@ def train(cfg: TrainConfig, device, mesh, backend: str) -> list:
     memory = PeakMemory(device)
     writer = RecordWriter(cfg.out, active=rank == 0)
     writer.start(
-        make_header(cfg, world, backend, device, peak, peak_source, memory.metric),
+        make_header(cfg, world, backend, device, peak, peak_source, memory.metric, identity),
         resume_step=start_step if cfg.resume else None,
     )
+    log(f"run {run_id} (config {identity['config_hash']}, seed {cfg.seed}): records {writer.path}")
+    if resumed is not None:
+        writer.write(
+            ResumeRecord(
+                step=start_step, path=str(resumed.info.path), passed_over=resumed.passed_over
+            )
+        )
 
     def save(step: int, samples: int):
         return ckpt.save_checkpoint(
@@ -159,6 +246,8 @@ def train(cfg: TrainConfig, device, mesh, backend: str) -> list:
             scheduler=scheduler,
             loader=loader,
             samples_seen=samples,
+            keep_last=cfg.keep_last,
+            identity=identity,
         )
 
     ctx = LoopContext(
@@ -176,9 +265,10 @@ def train(cfg: TrainConfig, device, mesh, backend: str) -> list:
         scaler=torch.amp.GradScaler(device.type) if cfg.precision == "fp16" else None,
         evaluate=evaluate,
         checkpoint=save if cfg.ckpt_every else None,
-        log=(lambda s: print(s, flush=True)) if rank == 0 else (lambda s: None),
+        log=log,
         start_step=start_step,
         start_samples=start_samples,
+        last_checkpoint=resumed.info.path if resumed else None,
     )
     ctx.log(
         f"{spec.name} / {recipe.name} ({recipe.loss_impl}) on {world} x {device_name(device)}"
@@ -189,6 +279,55 @@ def train(cfg: TrainConfig, device, mesh, backend: str) -> list:
         return train_loop(ctx)
     finally:
         loader.close()  # decode workers stop here, not in a finaliser at interpreter exit
+
+
+@dataclass(frozen=True)
+class Resumed:
+    info: Any  # trainer.checkpoint.CheckpointInfo
+    run_id: str | None  # None: a checkpoint of an older trainer, without run identity
+    passed_over: list[str]
+
+
+def resume(cfg: TrainConfig, world: int, model, optimizer, scheduler, loader, log) -> Resumed:
+    """Pick the checkpoint (verified; newest valid unless --resume names one), refuse another
+    run's or an incompatible one, load it, and say which one was loaded. Collective."""
+    from trainer import checkpoint as ckpt
+    from trainer.identity import check_resume
+
+    out_run_id = header_run_id(Path(cfg.out))  # read before rank 0 can rewrite the file
+    target = cfg.resume if isinstance(cfg.resume, str) else cfg.out
+    path, passed_over = ckpt.choose_checkpoint(target)
+    for bad in passed_over:
+        log(f"resume: skipping invalid checkpoint {bad}")
+    saved = ckpt.read_marker(path).get("identity")
+    check_resume(saved, cfg, world, str(path), out_run_id)
+    info = ckpt.load_checkpoint(
+        path, model=model, optimizer=optimizer, scheduler=scheduler, loader=loader
+    )
+    fell = " (newest valid checkpoint)" if passed_over else ""
+    log(f"resumed from {path}{fell}: step {info.step}, {info.samples_seen} samples seen")
+    return Resumed(info, saved["run_id"] if saved else None, passed_over)
+
+
+def header_run_id(out: Path) -> str | None:
+    """The run id in ``OUT/run.jsonl``'s header; None without a file or an id."""
+    try:
+        with open(out / "run.jsonl") as f:
+            header = json.loads(f.readline())
+    except (OSError, ValueError):
+        return None
+    return header.get("run_id") if isinstance(header, dict) else None
+
+
+def broadcast_str(value: str) -> str:
+    """Rank 0's ``value`` on every rank."""
+    import torch.distributed as dist
+
+    if dist.get_world_size() == 1:
+        return value
+    box = [value]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
 
 
 def build_train_loader(cfg: TrainConfig, spec, rank: int, world: int):
@@ -260,7 +399,9 @@ def mean_over_ranks(value: float | None, device) -> float | None:
     return t.item() / dist.get_world_size()
 
 
-def make_header(cfg: TrainConfig, world, backend, device, peak, peak_source, memory_metric):
+def make_header(
+    cfg: TrainConfig, world, backend, device, peak, peak_source, memory_metric, identity=None
+):
     import torch
 
     from trainer.profiling import catalog_device_key, device_name
@@ -290,6 +431,9 @@ def make_header(cfg: TrainConfig, world, backend, device, peak, peak_source, mem
         peak_flops_source=peak_source,
         memory_metric=memory_metric,
         config=cfg.model_dump(mode="json"),
+        run_id=identity["run_id"] if identity else None,
+        config_hash=identity["config_hash"] if identity else None,
+        seed=cfg.seed,
     )
 
 

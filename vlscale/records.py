@@ -1,7 +1,8 @@
 """Run-record schema: what the trainer writes and what the planner reads back (read_run).
 
 A run file is JSON Lines. The first line is a :class:`RunHeader`; every later line is a
-:class:`StepRecord`, an :class:`EvalRecord` or a :class:`CheckpointRecord`, told apart by ``kind``.
+:class:`StepRecord`, an :class:`EvalRecord`, a :class:`CheckpointRecord` or a
+:class:`ResumeRecord`, told apart by ``kind``.
 Lines are appended whole and flushed one at a time by rank 0, so a crashed run leaves a valid
 prefix (a torn last line is reported by :func:`read_run`, never silently dropped).
 
@@ -82,6 +83,10 @@ class RunHeader(_Record):
     )
     devices_per_node: int | None = Field(default=None, gt=0, description="ranks per host")
     config: dict[str, Any] = Field(description="the full resolved trainer configuration")
+    # run identity (trainer.identity); defaults keep records of older trainers readable
+    run_id: str | None = Field(default=None, description="random id, kept by every resume")
+    config_hash: str | None = Field(default=None, description="SHA-256 of the identity fields")
+    seed: int | None = None
 
 
 class StepRecord(_Record):
@@ -107,6 +112,9 @@ class StepRecord(_Record):
     samples_per_s: float = Field(gt=0)
     flops_per_sample: float = Field(ge=0)
     mfu: float | None = None
+    # --skip-nonfinite (trainer.step); defaults keep records of older trainers readable
+    skipped_nonfinite: bool = Field(default=False, description="not applied: inf/NaN")
+    nonfinite_skips: int = Field(default=0, ge=0, description="steps skipped so far")
 
 
 class EvalRecord(_Record):
@@ -127,7 +135,19 @@ class CheckpointRecord(_Record):
     path: str
 
 
-BodyRecord = Annotated[StepRecord | EvalRecord | CheckpointRecord, Field(discriminator="kind")]
+class ResumeRecord(_Record):
+    """The run resumed from the checkpoint at ``path`` (written after ``step``); ``passed_over``
+    lists newer checkpoints that failed verification ("step_N: why")."""
+
+    kind: Literal["resume"] = "resume"
+    step: int = Field(ge=0)
+    path: str
+    passed_over: list[str] = []
+
+
+BodyRecord = Annotated[
+    StepRecord | EvalRecord | CheckpointRecord | ResumeRecord, Field(discriminator="kind")
+]
 _BODY = TypeAdapter(BodyRecord)
 
 
@@ -138,6 +158,7 @@ class Run(BaseModel):
     steps: list[StepRecord] = []
     evals: list[EvalRecord] = []
     checkpoints: list[CheckpointRecord] = []
+    resumes: list[ResumeRecord] = []
 
     def timed_steps(self) -> list[StepRecord]:
         """Steps that are not marked warm-up (what step-time statistics should use)."""
@@ -162,9 +183,9 @@ def read_run(path: str | Path) -> Run:
     run = Run(header=header)
     for number, line in enumerate(lines[1:], start=2):
         record = _parse(path, number, line, _BODY.validate_python)
-        {"step": run.steps, "eval": run.evals, "checkpoint": run.checkpoints}[record.kind].append(
-            record
-        )
+        kinds = {"step": run.steps, "eval": run.evals, "checkpoint": run.checkpoints}
+        kinds["resume"] = run.resumes
+        kinds[record.kind].append(record)
     return run
 
 

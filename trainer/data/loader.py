@@ -3,7 +3,9 @@
 Pipeline: the source's records, in order -> decode + transform (inline, or on ``num_workers``
 threads / spawned processes, at most ``prefetch`` batches ahead) -> results taken back IN
 SUBMISSION ORDER -> corrupt ones skipped, counted and warned about -> ``batch_size`` good
-samples stacked, captions tokenised in the calling thread.
+samples stacked, captions tokenised in the calling thread. ``MAX_BAD_IN_A_ROW`` corrupt records
+in a row, or more than ``MAX_BAD_FRACTION`` of them once ``FRACTION_AFTER`` records were read,
+stop the loader with a ``ConfigError`` naming the first bad ones.
 
 Because results are consumed in order, the batch sequence does not depend on the number or kind
 of workers, and the resume point is simply the cursor after the last record that went into the
@@ -37,6 +39,12 @@ from trainer.data.transforms import ImageTransform
 from vlscale.errors import ConfigError
 
 WARN_FIRST = 10  # warn for each of the first corrupt samples, then at powers of two
+# Bounds on unreadable data: a source whose records all fail (every CSV path missing, shards of
+# random bytes) would otherwise be skipped through forever without a single batch.
+MAX_BAD_IN_A_ROW = 256  # consecutive corrupt records
+MAX_BAD_FRACTION = 0.5  # of all records read, judged once FRACTION_AFTER records were read
+FRACTION_AFTER = 1024
+NAMED_BAD = 3  # bad records named in the error
 
 
 def decode_record(source: SampleSource, transform: Callable, record: Any):
@@ -85,6 +93,8 @@ class Loader:
         worker_type: Literal["thread", "process"] = "thread",
         prefetch: int = 2,
         transform: Callable | None = None,
+        max_bad_in_a_row: int = MAX_BAD_IN_A_ROW,
+        max_bad_fraction: float = MAX_BAD_FRACTION,
     ):
         if batch_size < 1:
             raise ConfigError("local_batch", f"must be >= 1, got {batch_size}")
@@ -96,7 +106,10 @@ class Loader:
         self.transform = transform or ImageTransform(image_size)
         self.num_workers, self.worker_type = num_workers, worker_type
         self.window = max(1, prefetch) * batch_size  # records decoded ahead
+        self.max_bad_in_a_row, self.max_bad_fraction = max_bad_in_a_row, max_bad_fraction
         self.skipped = 0  # corrupt records skipped so far (kept across resume)
+        self._bad_in_a_row = 0
+        self._first_bad: list[str] = []  # "where: why" of the first bad records (for the error)
         self.samples = 0  # good samples returned so far
         self.last_wait_s = 0.0
         self._cursor = source.initial_cursor()
@@ -117,6 +130,7 @@ class Loader:
             if isinstance(result, CorruptSample):
                 self._report(record, result)
                 continue
+            self._bad_in_a_row = 0
             images.append(result[0])
             captions.append(result[1])
         batch = torch.stack(images), self.tokenizer(captions)  # (B, 3, H, W), (B, ctx)
@@ -159,13 +173,31 @@ class Loader:
 
     def _report(self, record: Any, exc: CorruptSample) -> None:
         self.skipped += 1
+        self._bad_in_a_row += 1
         n = self.skipped
+        bad = f"{describe(record)} ({exc})"
+        if len(self._first_bad) < NAMED_BAD and bad not in self._first_bad:
+            self._first_bad.append(bad)
+        seen = n + self.samples
+        if self._bad_in_a_row >= self.max_bad_in_a_row:
+            raise self._too_many(f"{self._bad_in_a_row} unreadable samples in a row")
+        if seen >= FRACTION_AFTER and n / seen > self.max_bad_fraction:
+            raise self._too_many(
+                f"{n} of {seen} samples unreadable (> {self.max_bad_fraction:.0%})"
+            )
         if n <= WARN_FIRST or (n & (n - 1)) == 0:
             warnings.warn(
                 f"skipped corrupt sample {describe(record)}: {exc} ({n} skipped so far)",
                 CorruptSampleWarning,
                 stacklevel=3,
             )
+
+    def _too_many(self, what: str) -> ConfigError:
+        return ConfigError(
+            "data",
+            f"{what}, first: {'; '.join(self._first_bad)}; check that the paths exist and the "
+            "files are images / tar shards (CSV paths are relative to the CSV's folder)",
+        )
 
     # ------------------------------------------------------------------ state
     def state_dict(self) -> dict:

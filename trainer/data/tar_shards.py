@@ -1,9 +1,10 @@
 """``WebDatasetShards``: streamed tar shards in the WebDataset layout, read with ``tarfile``.
 
-A sample is the run of consecutive members sharing a key (the member path up to the first dot
-of its file name): ``000123.jpg`` + ``000123.txt``. Images may be jpg/jpeg/png/webp; the caption
-is the ``.txt``. Shards are read as streams (``tarfile`` mode ``r|*``: plain or compressed, no
-seeking), so nothing but the current sample is held in memory.
+A sample is the set of members sharing a key (the member path up to the first dot of its file
+name): ``000123.jpg`` + ``000123.txt``, wherever they lie in the shard. Images may be
+jpg/jpeg/png/webp; the caption is the ``.txt``. A shard's member headers are listed first, then
+each sample is read by offset (``tarfile`` mode ``r:*``: plain or compressed), so nothing but
+the member list and the current sample is held in memory.
 
 Sharding (``stream.py``): the unit is a whole shard. Epoch e visits the shards in an order
 seeded by (seed, e); rank r takes shard slots r, r + W, ... of that endless sequence. The cursor
@@ -68,29 +69,51 @@ def _key_and_ext(name: str) -> tuple[str, str]:
     return (f"{folder}/{stem}" if folder else stem), ext.lower()
 
 
-def iter_tar_samples(path: Path) -> Iterator[dict]:
-    """Samples ``{"__key__", "__shard__", ext: bytes, ...}`` of one shard, in file order.
+def iter_tar_samples(path: Path, skip: int = 0) -> Iterator[dict]:
+    """Samples ``{"__key__", "__shard__", ext: bytes, ...}`` of one shard, in the order in which
+    their keys first appear; the first ``skip`` samples are passed over without reading them.
 
-    A read error ends the shard with ``{"__error__": message}``.
+    Members are grouped by key whatever their order in the file (a shard written with all
+    ``.png`` first and all ``.txt`` after gives the same samples as an interleaved one): the
+    member headers are listed first (``tarfile`` seeks over the data of a plain tar), then each
+    sample's members are read by offset. Only the member list, not the shard, is held in memory.
+    A read error ends the shard with ``{"__error__": message}`` after the samples listed before
+    it.
     """
-    current: dict | None = None
     try:
-        with tarfile.open(path, mode="r|*") as tar:
-            for member in tar:
-                if not member.isfile():
-                    continue
-                key, ext = _key_and_ext(member.name)
-                if current is not None and current["__key__"] != key:
-                    yield current
-                    current = None
-                if current is None:
-                    current = {"__key__": key, "__shard__": str(path)}
-                data = tar.extractfile(member)
-                current[ext] = data.read() if data is not None else b""
-        if current is not None:
-            yield current
+        tar = tarfile.open(path, mode="r:*")  # noqa: SIM115 (closed by the `with` below)
     except (tarfile.TarError, OSError, EOFError) as exc:
-        yield {"__key__": "?", "__shard__": str(path), "__error__": f"unreadable shard: {exc}"}
+        yield _broken(path, exc)
+        return
+    with tar:
+        groups: dict[str, list[tarfile.TarInfo]] = {}
+        error = None
+        try:
+            while (member := tar.next()) is not None:
+                if member.isfile():
+                    groups.setdefault(_key_and_ext(member.name)[0], []).append(member)
+        except (tarfile.TarError, OSError, EOFError) as exc:
+            # keep the samples listed so far (one that lost members fails decoding and is
+            # counted); the unreadable tail is one broken record
+            error = exc
+        for m, (key, members) in enumerate(groups.items()):
+            if m < skip:
+                continue
+            sample: dict = {"__key__": key, "__shard__": str(path)}
+            try:
+                for member in members:
+                    data = tar.extractfile(member)
+                    sample[_key_and_ext(member.name)[1]] = data.read() if data else b""
+            except (tarfile.TarError, OSError, EOFError) as exc:
+                yield _broken(path, exc)
+                return
+            yield sample
+        if error is not None:
+            yield _broken(path, error)
+
+
+def _broken(path: Path, exc: BaseException) -> dict:
+    return {"__key__": "?", "__shard__": str(path), "__error__": f"unreadable shard: {exc}"}
 
 
 class WebDatasetShards:
@@ -138,11 +161,9 @@ class WebDatasetShards:
         empty_in_a_row = 0
         while True:
             shard = self.shard_of_slot(self.rank + self.world_size * i)
-            m = 0
-            for sample in iter_tar_samples(shard):
+            m = skip  # samples before the checkpoint's position are not read again
+            for sample in iter_tar_samples(shard, skip):
                 m += 1
-                if m <= skip:
-                    continue  # already consumed before the checkpoint
                 yield sample, (i, m)
             empty_in_a_row = empty_in_a_row + 1 if m == 0 else 0
             if empty_in_a_row > len(self.shards):  # a full round of empty shards: never ends

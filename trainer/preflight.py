@@ -1,0 +1,151 @@
+"""Checks before any process group exists, so that a user's mistake costs one line, not a run.
+
+Every rank runs :func:`check_inputs` (the data can be opened, the tokenizer loads, the image
+tower's checkpoint exists, the model fits in memory); rank 0 alone then owns ``--out``:
+:func:`check_out` (a fresh run refuses a non-empty ``--out`` unless ``--overwrite``; ``--resume``
+needs a checkpoint) and :func:`clear_out` (``--overwrite``). Each failure is a
+:class:`~vlscale.errors.ConfigError`: one line, exit status 2, nothing written.
+
+Memory check. ``vlscale.costs.memory.estimate_memory`` (the planner's per-device breakdown for
+this model, batch, sharding, precision, optimizer and loss) against the capacity of one rank:
+a CUDA device's total memory, or on CPU the host's ``MemAvailable`` (``/proc/meminfo``, what the
+kernel can give without swapping) divided by the ranks on this host. On CPU the planner's
+allowance for the CUDA context is dropped (the running processes are already out of
+``MemAvailable``). ``--force`` turns a refusal into a warning line.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+from trainer.config import TrainConfig
+from trainer.run_lock import LOCK_FILE
+from vlscale.errors import ConfigError
+
+GIB = 1 << 30
+RUN_FILES = ("run.jsonl", "ckpt")  # what --overwrite removes, with trace_rank*.json
+
+
+def check_inputs(cfg: TrainConfig, world: int, rank: int, device_type: str) -> list[str]:
+    """Data, tokenizer, image-tower checkpoint and memory; returns lines to print."""
+    from trainer.checkpoint import resolve_checkpoint
+    from trainer.data import build_source
+    from trainer.tokenizer import build_tokenizer
+
+    spec = cfg.model_spec()
+    build_tokenizer(
+        cfg.tokenizer, context_length=spec.text.context_length, vocab_size=spec.text.vocab_size
+    )
+    build_source(cfg.data, image_size=spec.vision.image_size, seed=cfg.seed, rank=rank,
+                 world_size=world)  # fmt: skip
+    if cfg.init_image_from:
+        resolve_checkpoint(cfg.init_image_from, "init_image_from")
+    return check_memory(cfg, world, device_type)
+
+
+def check_memory(cfg: TrainConfig, world: int, device_type: str) -> list[str]:
+    """Refuse (ConfigError "memory") when the estimate exceeds one rank's capacity."""
+    from vlscale.costs.memory import DEFAULT_OVERHEAD_BYTES, estimate_memory
+
+    spec, recipe = cfg.model_spec(), cfg.recipe_spec()
+    capacity, what = rank_capacity(device_type)
+    if capacity is None:
+        return [f"memory check skipped: {what}"]
+    need = estimate_memory(
+        spec,
+        local_batch=cfg.local_batch(world),
+        shard_degree=world if cfg.sharding == "fsdp" else 1,
+        world_size=world,
+        precision=cfg.precision,
+        optimizer=recipe.optimizer,
+        checkpointing=cfg.checkpointing,
+        mask_ratio=recipe.mask_ratio,
+        loss=recipe.loss,
+        loss_impl=recipe.loss_impl,
+        reshard_after_forward=cfg.reshard_after_forward,
+        overhead_bytes=DEFAULT_OVERHEAD_BYTES if device_type == "cuda" else 0,
+    ).total
+    if need <= capacity:
+        return []
+    text = (
+        f"{spec.name} needs an estimated {need / GIB:.1f} GiB per rank (vlscale.costs.memory) but "
+        f"{what} offers {capacity / GIB:.1f} GiB"
+    )
+    if cfg.force:
+        return [f"warning: memory: {text}; starting anyway (--force)"]
+    raise ConfigError(
+        "memory",
+        f"{text}; use more ranks (FSDP shards the model states), a smaller --global-batch, "
+        "--checkpointing or --precision bf16, or --force to try anyway",
+    )
+
+
+def rank_capacity(device_type: str) -> tuple[int | None, str]:
+    """Bytes one rank may use, and where the number comes from (None: unknown)."""
+    if device_type == "cuda":
+        import torch
+
+        index = int(os.environ.get("LOCAL_RANK", "0"))
+        total = torch.cuda.get_device_properties(index).total_memory
+        return total, f"cuda:{index} ({torch.cuda.get_device_name(index)})"
+    ranks = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
+    available = host_available_bytes()
+    if available is None:
+        return None, "no MemAvailable in /proc/meminfo"
+    return available // ranks, f"this host (MemAvailable / {ranks} rank{'s' * (ranks > 1)})"
+
+
+def host_available_bytes(meminfo: str = "/proc/meminfo") -> int | None:
+    try:
+        for line in Path(meminfo).read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024  # the file counts kB (KiB)
+    except (OSError, ValueError, IndexError):
+        return None
+    return None
+
+
+def run_entries(out: Path) -> list[str]:
+    """Names in ``out`` other than the lock, sorted; empty when it does not exist."""
+    if not out.is_dir():
+        return []
+    return sorted(p.name for p in out.iterdir() if p.name != LOCK_FILE)
+
+
+def check_out(cfg: TrainConfig) -> None:
+    """A fresh run needs an empty (or absent) ``--out`` unless ``--overwrite``; ``--resume``
+    needs a complete checkpoint where it looks."""
+    from trainer.checkpoint import MARKER, _marked_dirs, ckpt_root
+
+    out = Path(cfg.out)
+    if cfg.resume:
+        target = Path(cfg.resume) if isinstance(cfg.resume, str) else out
+        explicit = (target / MARKER).is_file()
+        if not explicit and not _marked_dirs(target):
+            raise ConfigError(
+                "resume",
+                f"no complete checkpoint at or under {target} (looked for "
+                f"{ckpt_root(target)}/step_*/{MARKER}); start without --resume",
+            )
+        return
+    entries = run_entries(out)
+    if entries and not cfg.overwrite:
+        shown = ", ".join(entries[:4]) + (", ..." if len(entries) > 4 else "")
+        raise ConfigError(
+            "out",
+            f"{out} is not empty ({shown}); continue its run with --resume, replace it with "
+            "--overwrite, or pick another --out",
+        )
+
+
+def clear_out(out: Path) -> list[str]:
+    """``--overwrite``: remove the previous run's files (records, checkpoints, traces); other
+    files in ``out`` are left alone. Returns the names removed."""
+    removed = []
+    for p in sorted(out.iterdir()) if out.is_dir() else []:
+        if p.name in RUN_FILES or (p.name.startswith("trace_rank") and p.suffix == ".json"):
+            shutil.rmtree(p) if p.is_dir() else p.unlink()
+            removed.append(p.name)
+    return removed
