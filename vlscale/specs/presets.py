@@ -6,7 +6,8 @@ and in the SigLIP text towers), the RoPE layout (timm ``eva.py``: interleaved pa
 scaled to the 16x16 pre-training grid) and the block type (EVA02-E-14-plus: post-norm, no
 RoPE). The EVA-CLIP-8B/18B image towers follow the EVA-CLIP-18B paper (Sun et al. 2024,
 Table 1: width, depth, heads, patch 14, RMSNorm, no QKV bias) with a GELU MLP of 5x width, which
-is what reproduces the paper's parameter counts (7.5B / 17.5B). Published parameter and FLOP figures for each preset are checked in ``tests/published/``.
+is what reproduces the paper's parameter counts (7.5B / 17.5B). Published parameter and FLOP
+figures for each preset are checked in ``tests/published/``.
 """
 
 from __future__ import annotations
