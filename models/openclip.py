@@ -278,22 +278,34 @@ def openclip_shapes(spec: ModelSpec) -> dict[str, Shape]:
 
 
 def convert_from_openclip(
-    state_dict: Mapping[str, torch.Tensor], spec: ModelSpec, field: str = "init_from"
+    state_dict: Mapping[str, torch.Tensor],
+    spec: ModelSpec,
+    field: str = "init_from",
+    only: str | None = None,
 ) -> dict[str, torch.Tensor]:
-    """OpenCLIP tensors -> our state_dict for ``spec``; every key must be accounted for."""
+    """OpenCLIP tensors -> our state_dict for ``spec``; every key must be accounted for.
+
+    ``only="visual."``: just the image tower; the file's other keys (``visual.*`` excepted) are
+    ignored, so an image tower can come from a model whose text tower differs.
+    """
     links = openclip_links(spec)
-    check_keys(state_dict, openclip_shapes(spec), field, spec.name)
+    if only is not None:
+        links = [link for link in links if link.ours.startswith(only)]
+        state_dict = {k: v for k, v in state_dict.items() if k.startswith(only)}
+    expected = {k: s for link in links for k, s in zip(link.theirs, link.their_shapes, strict=True)}
+    check_keys(state_dict, expected, field, spec.name)
+    shapes = _our_shapes(spec)
     out: dict[str, torch.Tensor] = {}
     for link in links:
         parts = [state_dict[k] for k in link.theirs]
         if link.kind == "cat":
-            out[link.ours] = torch.cat(parts, dim=0)
+            x = torch.cat(parts, dim=0)
         elif link.kind == "transpose":
-            out[link.ours] = parts[0].t()
+            x = parts[0].t()
         else:
-            out[link.ours] = parts[0]
-    shapes = _our_shapes(spec)
-    return {k: v.reshape(shapes[k]) for k, v in out.items()}
+            x = parts[0]
+        out[link.ours] = x.reshape(shapes[link.ours])
+    return out
 
 
 def convert_to_openclip(

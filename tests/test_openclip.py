@@ -133,7 +133,7 @@ def test_wrong_preset_is_a_clear_error():
 
 @pytest.mark.parametrize("suffix", [".pt", ".bin", ".safetensors"])
 def test_files_round_trip(tmp_path, suffix):
-    spec, weights, io = load_tiny("tiny_clip")
+    _, weights, _ = load_tiny("tiny_clip")
     path = tmp_path / f"model{suffix}"
     save_state_dict_file(weights, path)
     loaded = load_state_dict_file(path)
