@@ -24,7 +24,7 @@ from vlscale.plan.utilisation import default_utilisation
 from vlscale.plan.workload import StepCosts, build_workload
 from vlscale.specs.hardware import ClusterSpec, DeviceSpec, load_hardware_file, make_cluster
 from vlscale.specs.models import ModelSpec
-from vlscale.specs.presets import get_model
+from vlscale.specs.presets import resolve_model
 from vlscale.specs.recipes import RecipeSpec
 
 
@@ -107,7 +107,7 @@ class PlanResult:
 
 def resolve(config: PlanConfig) -> tuple[ModelSpec, RecipeSpec, ClusterSpec]:
     """Model spec (at the configured image size), recipe with defaults, validated cluster."""
-    spec = get_model(config.model)
+    spec = resolve_model(config.model)
     if config.image_size is not None:
         try:
             spec = spec.with_image_size(config.image_size)
