@@ -81,3 +81,32 @@ def test_init_image_from_an_openclip_file_loads_only_the_image_tower(tmp_path):
     for key in visual:
         torch.testing.assert_close(got[key], want[key], rtol=0, atol=1e-6, msg=key)
     assert not torch.allclose(got["token_embedding.weight"], want["token_embedding.weight"])
+
+
+def _load_sharded(ctx, path):
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+    from models import build_model, init_weights
+    from trainer.init_from import load_openclip_weights
+    from trainer.parallelize import ParallelPlan, parallelize
+    from vlscale.specs.presets import resolve_model
+
+    model = build_model(resolve_model(str(TINY / "open_clip_config.json")), device="meta")
+    parallelize(model, ctx.mesh, ParallelPlan(sharding="fsdp"), torch.device("cpu"), init_weights)
+    load_openclip_weights(model, path, field="init_from")
+    full = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True))
+    return {k: v.clone() for k, v in full.items()}
+
+
+@pytest.mark.dist
+def test_init_from_loads_into_fsdp_shards():
+    from models.openclip import convert_from_openclip
+    from tests.dist_utils import run_distributed
+    from vlscale.specs.presets import resolve_model
+
+    weights = TINY / "weights.safetensors"
+    spec = resolve_model(str(TINY / "open_clip_config.json"))
+    want = convert_from_openclip(safetensors_torch.load_file(str(weights)), spec)
+    for full in run_distributed(_load_sharded, 2, str(weights)):
+        for key, tensor in want.items():
+            torch.testing.assert_close(full[key], tensor, rtol=0, atol=0, msg=key)
