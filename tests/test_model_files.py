@@ -113,3 +113,9 @@ def test_plan_and_trainer_accept_model_files(tmp_path):
     out = run_cli("plan", "--model", str(path), "--devices", "8", "--global-batch", "64", "--json")
     assert out.returncode == 0, out.stderr
     assert json.loads(out.stdout)["step_time_s"] > 0
+
+
+def test_models_show_unknown_name_is_one_line():
+    out = run_cli("models", "show", "ViT-B-33", "--yaml")
+    assert out.returncode == 2 and out.stdout == ""
+    assert out.stderr.startswith("error: model: unknown model 'ViT-B-33'; did you mean: ViT-B-32")
