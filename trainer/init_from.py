@@ -36,7 +36,7 @@ def load_openclip_weights(
     keys that map onto them; the rest of the file is ignored and the rest of the model keeps its
     initialisation. Returns our names loaded.
     """
-    spec = _spec_of(model)
+    spec = model.spec  # TwoTower's; FSDP2 / per-block compile keep the root's attributes
     theirs = load_state_dict_file(path, field)
     ours = convert_from_openclip(theirs, spec, field, only=prefix or None)
     with torch.no_grad():
@@ -44,8 +44,3 @@ def load_openclip_weights(
             model, ours, options=StateDictOptions(full_state_dict=True, strict=False)
         )
     return sorted(ours)
-
-
-def _spec_of(model: torch.nn.Module):
-    # torch.compile / FSDP2 keep the module's attributes; unwrap a compiled module if needed
-    return getattr(model, "spec", None) or model._orig_mod.spec

@@ -14,9 +14,13 @@ from __future__ import annotations
 
 import difflib
 from functools import cache
+from pathlib import Path
 
-from vlscale.errors import ConfigError
+import yaml
+
+from vlscale.errors import ConfigError, validate_as
 from vlscale.specs.models import ModelSpec
+from vlscale.specs.openclip_config import is_openclip_config, spec_from_openclip_config
 from vlscale.specs.towers import MlpKind, NormKind, TextTowerSpec, TrunkSpec, VisionTowerSpec
 
 OPENCLIP_VOCAB = 49408  # OpenAI CLIP BPE
@@ -340,13 +344,6 @@ def resolve_model(name_or_path: str | ModelSpec) -> ModelSpec:
 
 def load_model_file(path: str) -> ModelSpec:
     """A ``ModelSpec`` from a vlscale model file or an OpenCLIP model config (``resolve_model``)."""
-    from pathlib import Path
-
-    import yaml
-
-    from vlscale.errors import validate_as
-    from vlscale.specs.openclip_config import is_openclip_config, spec_from_openclip_config
-
     file = Path(path)
     if not file.is_file():
         raise ConfigError(
