@@ -94,7 +94,7 @@ def grid() -> list[RunConfig]:
         *(
             RunConfig("small-clip", world=2, recipe="siglip", loss_impl="ring", global_batch=b)
             for b in (32, 64)
-        ),  # fmt: skip
+        ),
         RunConfig("small-clip", world=2, checkpointing=True),
         RunConfig("small-clip", world=2, sharding="ddp"),
         RunConfig("tiny-siglip", world=2, recipe="siglip", loss_impl="ring"),

@@ -6,6 +6,8 @@ One pre-norm block::
                                scaled_dot_product_attention, [sub-LN over width], out Linear
     x = x + mlp(norm2(x))      GELU MLP or SwiGLU ([sub-LN over mlp_width])
 
+or, with ``trunk.post_norm`` (EVA-CLIP-E), ``x + norm1(attn(x))`` and ``x + norm2(mlp(x))``.
+
 Parameter counts must equal ``vlscale.costs.params`` term by term (tests/test_params_match.py),
 and the matmuls must be exactly those that ``vlscale.costs.flops`` counts (tests/test_flops.py).
 """
@@ -39,10 +41,11 @@ RopeFn = Callable[[torch.Tensor], torch.Tensor]
 
 
 def make_norm(n: int, trunk: TrunkSpec) -> nn.Module:
-    """LayerNorm (weight + bias) or RMSNorm (weight only), per ``trunk.norm_kind``."""
+    """LayerNorm (weight + bias) or RMSNorm (weight only), per ``trunk.norm_kind``, with the
+    tower's epsilon ``trunk.norm_eps`` (1e-5 OpenCLIP, 1e-6 timm / SigLIP)."""
     if trunk.norm_kind == "layernorm":
-        return nn.LayerNorm(n, eps=1e-6)
-    return nn.RMSNorm(n, eps=1e-6)
+        return nn.LayerNorm(n, eps=trunk.norm_eps)
+    return nn.RMSNorm(n, eps=trunk.norm_eps)
 
 
 def residual_linear(in_f: int, out_f: int, bias: bool, depth: int) -> nn.Linear:
@@ -136,10 +139,12 @@ class SwiGLU(nn.Module):
 
 
 class Block(nn.Module):
-    """Pre-norm transformer block: x + attn(norm1(x)), then x + mlp(norm2(x))."""
+    """Pre-norm transformer block: x + attn(norm1(x)), then x + mlp(norm2(x)); post-norm
+    (``trunk.post_norm``): x + norm1(attn(x)), then x + norm2(mlp(x))."""
 
     def __init__(self, trunk: TrunkSpec):
         super().__init__()
+        self.post_norm = trunk.post_norm
         self.norm1 = make_norm(trunk.width, trunk)
         self.attn = Attention(trunk)
         self.norm2 = make_norm(trunk.width, trunk)
@@ -155,6 +160,9 @@ class Block(nn.Module):
         causal: bool = False,
         rope: RopeFn | None = None,
     ) -> torch.Tensor:
+        if self.post_norm:
+            x = x + self.norm1(self.attn(x, causal=causal, rope=rope))
+            return x + self.norm2(self.mlp(x))
         x = x + self.attn(self.norm1(x), causal=causal, rope=rope)
         return x + self.mlp(self.norm2(x))
 

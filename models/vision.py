@@ -5,9 +5,11 @@ Layout (``vlscale.specs.towers``)::
     images (B, 3, H, W) -> Conv2d stem -> (B, N, d) [+ pos] -> [FLIP: keep K of N per sample]
     -> [cls] -> [ln_pre] -> blocks (2-D RoPE on patch q/k) -> pool -> proj -> (B, embed_dim)
 
-FLIP patch dropout (Li et al. 2023, "Scaling Language-Image Pre-training via Masking"): each
-sample keeps K = spec.kept_patches(r) patch tokens chosen by its own random permutation, drawn on
-the input's device (no host sync, no host->device copy). The position embedding is added before
+FLIP patch dropout (Li et al. 2023, "Scaling Language-Image Pre-training via Masking"): in
+training mode only (as OpenCLIP's and timm's ``PatchDropout``; in eval mode ``mask_ratio`` is
+ignored and every patch is kept), each sample keeps K = spec.kept_patches(r) = floor(N·(1-r))
+patch tokens chosen by its own random permutation, drawn on the input's device (no host sync, no
+host->device copy). The position embedding is added before
 dropping, and RoPE uses the kept tokens' original grid positions.
 """
 
@@ -69,7 +71,9 @@ class VisionTower(nn.Module):
         self.cls_token = nn.Parameter(torch.empty(1, 1, d)) if spec.class_token else None
         n_pos = spec.num_prefix_tokens + spec.num_patches
         self.pos_embed = nn.Parameter(torch.empty(1, n_pos, d)) if spec.learned_pos else None
-        self.rope = VisionRope(spec.grid, t.head_dim) if spec.rope else None
+        self.rope = (
+            VisionRope(spec.grid, t.head_dim, ref_grid=spec.rope_ref_grid) if spec.rope else None
+        )
         self.ln_pre = make_norm(d, t) if spec.ln_pre else nn.Identity()
         self.blocks = make_blocks(t)
         self.norm = make_norm(d, t)
@@ -115,11 +119,12 @@ class VisionTower(nn.Module):
         """Keep ``spec.kept_patches(mask_ratio)`` tokens of (B, N, d) per sample, at random.
 
         Returns the kept tokens (B, K, d) and their grid indices (B, K), or (x, None) when
-        nothing is dropped (the identity path: no random draw, no gather).
+        nothing is dropped (the identity path: no random draw, no gather): in eval mode, at
+        ratio 0, or when K = N.
         """
         b, n, d = x.shape
         k = self.spec.kept_patches(mask_ratio)
-        if mask_ratio == 0.0 or k >= n:
+        if not self.training or mask_ratio == 0.0 or k >= n:
             return x, None
         # a random permutation per sample, drawn where x lives
         noise = torch.rand(b, n, device=x.device, generator=generator)  # (B, N)

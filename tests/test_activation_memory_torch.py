@@ -46,8 +46,17 @@ def _rms_eva():
     return base.model_copy(update={"name": "tiny-eva-rms", "vision": vision})
 
 
+def _post_norm_eva():
+    """tiny-eva with EVA02-E-14-plus's trunk: post-norm blocks, GELU MLP, no RoPE, no sub-LN."""
+    base = get_model("tiny-eva")
+    vision = eva_vit(32, 8, 64, 2, 4, 256, mlp_kind="gelu", sub_ln=False, rope=False,
+                     post_norm=True)  # fmt: skip
+    return base.model_copy(update={"name": "tiny-eva-post", "vision": vision})
+
+
 SPECS = {name: get_model(name) for name in ("tiny-clip", "tiny-siglip", "tiny-eva")}
 SPECS["tiny-eva-rms"] = _rms_eva()
+SPECS["tiny-eva-post"] = _post_norm_eva()
 
 
 class SavedStorages:
@@ -179,7 +188,7 @@ def test_activation_estimate_matches_saved_tensors(name, tower, mask_ratio):
     _check(f"{name} {tower} r={mask_ratio} checkpointed", ckpt.kept, kept_ckpt)
 
 
-@pytest.mark.parametrize("name", [*list_models(), "tiny-eva-rms"])
+@pytest.mark.parametrize("name", [*list_models(), "tiny-eva-rms", "tiny-eva-post"])
 def test_parameter_shapes_match_the_torch_model(name):
     spec = SPECS.get(name) or get_model(name)
     with torch.device("meta"):

@@ -76,9 +76,23 @@ def test_image_size_override_is_validated():
 
 
 @pytest.mark.parametrize(
-    "n, r, kept", [(196, 0.0, 196), (196, 0.5, 98), (196, 0.75, 49), (49, 0.5, 25), (4, 0.9, 1)]
+    "n, r, kept",
+    # (10, 0.7): 1 - 0.7 = 0.30000000000000004 in floats, so 3.0000000000000004 -> 3, and
+    # (10, 0.3): 10 * 0.7 = 7.0 -> 7; floor, never round: 49 * 0.5 = 24.5 -> 24
+    [
+        (196, 0.0, 196),
+        (196, 0.5, 98),
+        (196, 0.75, 49),
+        (49, 0.5, 24),
+        (4, 0.9, 1),
+        (10, 0.7, 3),
+        (10, 0.3, 7),
+        (256, 0.9, 25),
+    ],
 )
-def test_kept_patches_rounds_half_up(n, r, kept):
+def test_kept_patches_floors_like_openclip(n, r, kept):
+    # open_clip/transformer.py PatchDropout: max(1, int(num_tokens * (1 - prob)));
+    # timm/layers/patch_dropout.py: max(1, int(L * (1. - self.prob)))
     assert kept_patches(n, r) == kept
 
 

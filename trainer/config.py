@@ -23,7 +23,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from vlscale.errors import ConfigError, from_validation_error
 from vlscale.specs.models import ModelSpec
-from vlscale.specs.presets import get_model
+from vlscale.specs.presets import resolve_model
 from vlscale.specs.recipes import (
     LossImpl,
     Optimizer,
@@ -75,6 +75,7 @@ class TrainConfig(BaseModel):
     profile_steps: str | None = Field(default=None, description="A:B, 1-based, inclusive")
     unmasked_final_steps: int = Field(default=0, ge=0)
     init_image_from: str | None = None
+    init_from: str | None = None
     peak_flops: float | None = Field(
         default=None, gt=0, allow_inf_nan=False, description="per device, FLOP/s"
     )
@@ -114,10 +115,19 @@ class TrainConfig(BaseModel):
                 "pass a Hugging Face tokenizer.json or use --tokenizer byte",
             )
         self._check_safety()
-        for field in ("init_image_from",):
+        for field in ("init_image_from", "init_from"):
             path = getattr(self, field)
             if path is not None and not Path(path).exists():
-                raise ConfigError(field, f"no checkpoint at '{path}'; pass an existing directory")
+                raise ConfigError(
+                    field,
+                    f"no checkpoint at '{path}'; pass an existing checkpoint directory or an "
+                    "OpenCLIP .pt/.bin/.safetensors file",
+                )
+        if self.init_from is not None and not _is_file_checkpoint(self.init_from):
+            raise ConfigError(
+                "init_from",
+                "must be an OpenCLIP .pt/.bin/.safetensors file (use --resume for runs)",
+            )
         return self
 
     def _check_safety(self) -> None:
@@ -148,7 +158,8 @@ class TrainConfig(BaseModel):
                 raise ConfigError("out", f"'{self.out}' {where}; pass a directory path")
 
     def model_spec(self) -> ModelSpec:
-        return get_model(self.model)
+        """``--model``: a preset name or a model file (``vlscale.specs.presets.resolve_model``)."""
+        return resolve_model(self.model)
 
     def recipe_spec(self) -> RecipeSpec:
         """The recipe with its paper defaults, overridden by loss_impl / mask_ratio / optimizer."""
@@ -201,6 +212,10 @@ class TrainConfig(BaseModel):
             )
 
 
+def _is_file_checkpoint(path: str) -> bool:
+    return Path(path).is_file() and Path(path).suffix in (".pt", ".pth", ".bin", ".safetensors")
+
+
 def _data_exists(data: str) -> bool:
     """A path, a glob with matches, or a brace range of shards (checked by the loader)."""
     if "{" in data:
@@ -213,7 +228,8 @@ def _data_exists(data: str) -> bool:
 # --- command line ---------------------------------------------------------------------------
 
 _HELP = {
-    "model": "model preset (OpenCLIP name, or tiny-clip / tiny-siglip / tiny-eva / small-clip)",
+    "model": "model preset (OpenCLIP name, or tiny-clip / tiny-siglip / tiny-eva / small-clip), "
+    "or a model file: a vlscale model spec (YAML/JSON) or an OpenCLIP model-config JSON",
     "recipe": "training recipe",
     "loss_impl": "siglip loss implementation (ring: chunked sigmoid loss)",
     "mask_ratio": "FLIP patch-drop ratio r in [0, 1) (eva-clip default 0.5)",
@@ -246,7 +262,9 @@ _HELP = {
     "phase_timing": "time forward / loss / backward / optimizer separately (syncs the device)",
     "profile_steps": "write a torch.profiler Chrome trace of steps A:B to OUT/trace_rank{r}.json",
     "unmasked_final_steps": "train the last N steps without patch dropping (EVA-CLIP/FLIP)",
-    "init_image_from": "initialise the image tower from this checkpoint directory",
+    "init_image_from": "initialise the image tower from this checkpoint directory or OpenCLIP "
+    "file (.pt/.bin/.safetensors)",
+    "init_from": "initialise the whole model from an OpenCLIP file (.pt/.bin/.safetensors)",
     "peak_flops": "peak FLOP/s per device for MFU (default: device lookup / CPU measurement)",
     "timing_warmup": "number of first steps marked warmup in the run record",
     "log_every": "print a log line every N steps (rank 0)",

@@ -200,8 +200,7 @@ def train(cfg: TrainConfig, device, mesh, backend: str) -> list:
         compile=cfg.compile,
     )
     parallelize(model, mesh, plan, device, init_weights)
-    if cfg.init_image_from:
-        ckpt.load_image_tower(model, cfg.init_image_from)
+    init_from_files(cfg, model)
     groups = build_param_groups(model, cfg.lr, cfg.weight_decay, cfg.image_lr, cfg.text_lr)
     optimizer = build_optimizer(recipe.optimizer, groups, betas=recipe.betas)
     scheduler = build_scheduler(optimizer, cfg.warmup_steps, cfg.steps)
@@ -397,6 +396,20 @@ def mean_over_ranks(value: float | None, device) -> float | None:
     t = torch.tensor([value], dtype=torch.float64, device=device)
     dist.all_reduce(t)
     return t.item() / dist.get_world_size()
+
+
+def init_from_files(cfg: TrainConfig, model) -> None:
+    """``--init-from`` (OpenCLIP file) then ``--init-image-from`` (DCP checkpoint or OpenCLIP
+    file, image tower only) into the parallelized model."""
+    from trainer import checkpoint as ckpt
+    from trainer.init_from import is_openclip_file, load_openclip_weights
+
+    if cfg.init_from:
+        load_openclip_weights(model, cfg.init_from, field="init_from")
+    if cfg.init_image_from and is_openclip_file(cfg.init_image_from):
+        load_openclip_weights(model, cfg.init_image_from, field="init_image_from", prefix="visual.")
+    elif cfg.init_image_from:
+        ckpt.load_image_tower(model, cfg.init_image_from)
 
 
 def make_header(

@@ -25,6 +25,10 @@ app = typer.Typer(
 )
 
 EXIT_BAD_INPUT = 2
+MODEL_HELP = (
+    "preset name, e.g. ViT-L-14 (see `vlscale models`), or a model file: a vlscale model spec "
+    "(YAML/JSON, see `vlscale models show NAME --yaml`) or an OpenCLIP model-config JSON"
+)
 
 
 def fail(message: str) -> None:
@@ -96,10 +100,23 @@ def check_positive(field: str, value: int | float | None) -> None:
 # --- models / params / flops / memory -------------------------------------------------------
 
 
-@app.command("models")
+models_app = typer.Typer(
+    help="Model presets: list them, or print one as a starting model file.",
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+app.add_typer(models_app, name="models")
+
+
+@models_app.callback(invoke_without_command=True)
 @handles_bad_input
-def models_cmd(as_json: bool = typer.Option(False, "--json", help="machine-readable output")):
+def models_cmd(
+    ctx: typer.Context,
+    as_json: bool = typer.Option(False, "--json", help="machine-readable output"),
+):
     """List the model presets with their parameter counts."""
+    if ctx.invoked_subcommand is not None:
+        return
     from vlscale.costs.params import count_params
     from vlscale.specs.presets import get_model, list_models
 
@@ -141,17 +158,36 @@ def models_cmd(as_json: bool = typer.Option(False, "--json", help="machine-reada
     )
 
 
+@models_app.command("show")
+@handles_bad_input
+def models_show_cmd(
+    model: str = typer.Argument(..., help="preset name or model file"),
+    as_yaml: bool = typer.Option(True, "--yaml", help="YAML model spec (the default)"),
+    as_json: bool = typer.Option(False, "--json", help="JSON model spec instead of YAML"),
+):
+    """Print a model's full spec: a starting file for `--model FILE` (vlscale's own schema)."""
+    from vlscale.specs.presets import resolve_model
+
+    data = resolve_model(model).model_dump(mode="json")
+    if as_json:
+        emit_json(data)
+        return
+    import yaml
+
+    typer.echo(yaml.safe_dump(data, sort_keys=False), nl=False)
+
+
 @app.command("params")
 @handles_bad_input
 def params_cmd(
-    model: str = typer.Argument(..., help="preset name, e.g. ViT-L-14 (see `vlscale models`)"),
+    model: str = typer.Argument(..., help=MODEL_HELP),
     as_json: bool = typer.Option(False, "--json", help="machine-readable output"),
 ):
     """Parameter counts of a model's image and text towers."""
     from vlscale.costs.params import count_params
-    from vlscale.specs.presets import get_model
+    from vlscale.specs.presets import resolve_model
 
-    spec = get_model(model)
+    spec = resolve_model(model)
     count = count_params(spec)
     result = {"model": spec.name, "image": count.image, "text": count.text, "total": count.total}
     if as_json:
@@ -167,18 +203,18 @@ def params_cmd(
 @app.command("flops")
 @handles_bad_input
 def flops_cmd(
-    model: str = typer.Argument(..., help="preset name, e.g. ViT-L-14"),
+    model: str = typer.Argument(..., help=MODEL_HELP),
     mask_ratio: float = typer.Option(0.0, "--mask-ratio", help="FLIP patch-drop ratio in [0, 1)"),
     image_size: int | None = typer.Option(None, "--image-size", help="override image size"),
     as_json: bool = typer.Option(False, "--json", help="machine-readable output"),
 ):
     """Forward FLOPs per sample (2 per multiply-add), per tower, and training FLOPs."""
     from vlscale.costs.flops import flip_flop_ratio, forward_flops, train_flops_per_sample
-    from vlscale.specs.presets import get_model
+    from vlscale.specs.presets import resolve_model
 
     check_mask_ratio(mask_ratio)
     check_positive("image_size", image_size)
-    spec = get_model(model)
+    spec = resolve_model(model)
     if image_size is not None:
         spec = spec.with_image_size(image_size)
     f = forward_flops(spec, mask_ratio=mask_ratio)
@@ -213,7 +249,7 @@ def flops_cmd(
 @app.command("memory")
 @handles_bad_input
 def memory_cmd(
-    model: str = typer.Argument(..., help="preset name, e.g. ViT-L-14"),
+    model: str = typer.Argument(..., help=MODEL_HELP),
     local_batch: int = typer.Option(32, "--local-batch", help="samples per device per step"),
     shard_degree: int = typer.Option(1, "--shard-degree", help="FSDP shard degree (1 = DDP)"),
     world_size: int | None = typer.Option(None, "--world-size", help="devices (default: shard)"),
@@ -230,7 +266,7 @@ def memory_cmd(
 ):
     """Per-device memory broken down: params, grads, optimizer, master, FSDP buffers, ..."""
     from vlscale.costs.memory import estimate_memory, max_local_batch
-    from vlscale.specs.presets import get_model
+    from vlscale.specs.presets import resolve_model
     from vlscale.specs.recipes import RecipeSpec
 
     check_mask_ratio(mask_ratio)
@@ -248,7 +284,7 @@ def memory_cmd(
         )
     rec = RecipeSpec(name=recipe, loss_impl=loss_impl, optimizer=optimizer, mask_ratio=mask_ratio)
     _check_choice("precision", precision, ("fp32", "bf16", "fp16"))
-    spec = get_model(model)
+    spec = resolve_model(model)
     kwargs = dict(
         shard_degree=shard_degree,
         world_size=world,

@@ -32,7 +32,9 @@ def parse_count(field: str, text: str | None) -> int | None:
 
 
 ConfigOpt = Annotated[Path | None, typer.Option("--config", help="YAML/TOML plan file")]
-ModelOpt = Annotated[str | None, typer.Option("--model", help="preset, e.g. ViT-L-14")]
+ModelOpt = Annotated[
+    str | None, typer.Option("--model", help="preset (e.g. ViT-L-14) or model file (YAML/JSON)")
+]
 DeviceOpt = Annotated[str | None, typer.Option("--device", help="e.g. H100, TPUv5p")]
 DevicesOpt = Annotated[int | None, typer.Option("--devices", help="number of devices")]
 BatchOpt = Annotated[int | None, typer.Option("--global-batch", help="samples per step")]

@@ -118,7 +118,9 @@ def plan_config_of(run: Run, device: str | None, hardware_file: str | None) -> P
         preset = get_model(h.model.name)
     except ConfigError:
         preset = None
-    if preset is None or preset.model_copy(update={"name": h.model.name}) != h.model:
+    # the same costs, not necessarily the same dump: fields added to the spec since the run
+    # (e.g. a norm eps) take their defaults when an older header is read
+    if preset is None or _cost_identity(preset) != _cost_identity(h.model):
         raise ConfigError(
             "runs",
             f"the run's model '{h.model.name}' is not a vlscale preset with that architecture; "
@@ -144,3 +146,11 @@ def plan_config_of(run: Run, device: str | None, hardware_file: str | None) -> P
         grad_clip=bool(cfg.get("grad_clip")),
         failures={"enabled": False},
     )
+
+
+def _cost_identity(spec) -> tuple:
+    """What the planner's costs depend on: parameter count and forward FLOPs (with FLIP)."""
+    from vlscale.costs.flops import forward_flops
+    from vlscale.costs.params import count_params
+
+    return (count_params(spec).total, forward_flops(spec).total, forward_flops(spec, 0.5).total)

@@ -28,6 +28,10 @@ One pre-norm block (``models.layers.Block``) saves, in elements::
     each norm   LayerNorm: mean + rstd 2·n (fp32). RMSNorm (composite on the reference path:
                 x·rstd is saved by the weight multiply): rstd n (fp32) + x·rstd n·width
 
+A post-norm block (x + norm1(attn(x)), x + norm2(mlp(x))) saves the same counts: x (qkv input)
+instead of norm1's input, the out-proj output (norm1 input) instead of norm1's output, x1 (fc1
+input) and the fc2 output (norm2 input) instead of x1 and norm2's output.
+
 so a plain ViT / CLIP block keeps 8·n·d + 2·n·h elements + 4n + a·n fp32 values; an EVA-02 block
 (RoPE, SwiGLU, sub-LN) keeps 12·n·d + 5·n·h (+ statistics).
 
@@ -206,7 +210,7 @@ def activation_bytes(
     ``image`` / ``text``: what each tower keeps for backward (all blocks' saved tensors, or
     only the block inputs with ``checkpointing``); ``recompute``: the largest single-block
     recompute peak over both towers (0 without checkpointing). ``mask_ratio`` is FLIP's patch
-    drop ratio r, shortening the image sequence to prefix + round((1 - r)·N) tokens.
+    drop ratio r, shortening the image sequence to prefix + floor(N·(1 - r)) tokens.
     """
     if precision not in BYTES_PER_ELEMENT:
         raise ConfigError(

@@ -21,15 +21,16 @@ Per sample, with d = width, h = mlp_width, S = tokens through the trunk, e = emb
 Causal text attention is counted in full (4 S² d): FlopCounterMode and OpenCLIP's profile both
 count the full QK^T / AV whatever the mask (a causal kernel may skip about half of that work).
 
-FLIP patch dropout (Li et al. 2023) keeps K = round((1 - r) N) patch tokens, so S = prefix + K:
-the token-linear terms scale with S (about 1 - r) and the attention core with S² (about
-(1 - r)²), while the stem still runs on all N patches. ``flip_flop_ratio`` states the saving.
+FLIP patch dropout (Li et al. 2023) keeps K = floor(N (1 - r)) patch tokens
+(``vlscale.specs.towers.kept_patches``), so S = prefix + K: the token-linear terms scale with S
+(about 1 - r) and the attention core with S² (about (1 - r)²), while the stem still runs on all
+N patches. ``flip_flop_ratio`` states the saving.
 
 Training (Kaplan et al. 2020, "Scaling Laws for Neural Language Models", section 2.1): backward
 costs 2F (gradients w.r.t. inputs and weights) except where the input needs no gradient — the
 patch stem, whose input is pixels, costs F in backward (weights only), as FlopCounterMode counts
 ``convolution_backward``. Activation checkpointing recomputes every block forward once more,
-less the block's last matmul that torch's early-stopping checkpoint skips
+less the block's last matmul that torch's early-stopping checkpoint skips in a pre-norm block
 (``block_recompute_flops``).
 
 These are model FLOPs (the MFU convention of PaLM, Chowdhery et al. 2022, appendix B): fused
@@ -182,7 +183,7 @@ def flip_flop_ratio(v: VisionTowerSpec, embed_dim: int, mask_ratio: float) -> Fl
     """How much FLIP patch dropout leaves of the image tower's forward FLOPs.
 
     Token-linear terms fall to S_r / S_0 and the attention core to (S_r / S_0)², where
-    S = prefix + round((1 - r) N); the stem is unchanged (it runs before the drop).
+    S = prefix + floor(N (1 - r)); the stem is unchanged (it runs before the drop).
     """
     full = vision_layer_flops(v, embed_dim, 0.0)
     masked = vision_layer_flops(v, embed_dim, mask_ratio)
@@ -205,11 +206,14 @@ def block_recompute_flops(t: TrunkSpec, tokens: int, early_stop: bool = True) ->
     uses) stops recomputing as soon as every tensor saved for backward is regenerated
     (``torch.utils.checkpoint.set_checkpoint_early_stop``, on by default). The block's last
     matmul — the MLP output projection, 2·S·h·d — only produces the block output, which nothing
-    saves, so it is skipped. Reentrant checkpointing (``early_stop=False``) re-runs the whole
-    block. Measured equal to FlopCounterMode (tests/test_flops.py).
+    saves, so it is skipped. In a post-norm block (``t.post_norm``) that output feeds norm2,
+    which saves it, so nothing is skipped. Reentrant checkpointing (``early_stop=False``)
+    re-runs the whole block. Measured equal to FlopCounterMode (tests/test_flops.py).
     """
     full = block_flops(t, tokens).total
-    return full - 2.0 * tokens * t.mlp_width * t.width if early_stop else full
+    if not early_stop or t.post_norm:
+        return full
+    return full - 2.0 * tokens * t.mlp_width * t.width
 
 
 def train_flops_per_sample(

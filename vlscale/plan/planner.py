@@ -25,7 +25,7 @@ from vlscale.plan.workload import StepCosts, build_workload
 from vlscale.sim.workload import Workload
 from vlscale.specs.hardware import ClusterSpec, DeviceSpec, load_hardware_file, make_cluster
 from vlscale.specs.models import ModelSpec
-from vlscale.specs.presets import get_model
+from vlscale.specs.presets import resolve_model
 from vlscale.specs.recipes import RecipeSpec
 
 
@@ -122,7 +122,7 @@ def resolve(
 ) -> tuple[ModelSpec, RecipeSpec, ClusterSpec]:
     """Model spec (at the configured image size), recipe with defaults, validated cluster;
     ``device_override`` replaces the named device (a profile being calibrated)."""
-    spec = get_model(config.model)
+    spec = resolve_model(config.model)
     if config.image_size is not None:
         try:
             spec = spec.with_image_size(config.image_size)

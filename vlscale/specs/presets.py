@@ -1,24 +1,36 @@
 """Model presets, named as in OpenCLIP so that users can paste them.
 
 Architectures follow OpenCLIP's model configs (``open_clip/model_configs/*.json``) and the timm
-models they reference; the EVA-CLIP-8B/18B image towers follow the EVA-CLIP-18B paper (Sun et al.
-2024, Table 1: width, depth, heads, patch 14, RMSNorm, no QKV bias) with a GELU MLP of 5x width,
-which is what reproduces the paper's parameter counts (7.5B / 17.5B). Published parameter and
-FLOP figures for each preset are checked in ``tests/published/``.
+models they reference, down to the norm epsilon (1e-5 in OpenCLIP's own towers, 1e-6 in timm's
+and in the SigLIP text towers), the RoPE layout (timm ``eva.py``: interleaved pairs, positions
+scaled to the 16x16 pre-training grid) and the block type (EVA02-E-14-plus: post-norm, no
+RoPE). The EVA-CLIP-8B/18B image towers follow the EVA-CLIP-18B paper (Sun et al. 2024,
+Table 1: width, depth, heads, patch 14, RMSNorm, no QKV bias) with a GELU MLP of 5x width, which
+is what reproduces the paper's parameter counts (7.5B / 17.5B). Published parameter and FLOP
+figures for each preset are checked in ``tests/published/``.
 """
 
 from __future__ import annotations
 
 import difflib
 from functools import cache
+from pathlib import Path
 
-from vlscale.errors import ConfigError
+import yaml
+
+from vlscale.errors import ConfigError, validate_as
 from vlscale.specs.models import ModelSpec
+from vlscale.specs.openclip_config import is_openclip_config, spec_from_openclip_config
 from vlscale.specs.towers import MlpKind, NormKind, TextTowerSpec, TrunkSpec, VisionTowerSpec
 
 OPENCLIP_VOCAB = 49408  # OpenAI CLIP BPE
 SIGLIP_VOCAB = 32000  # SentencePiece used by the SigLIP checkpoints
 BYTE_VOCAB = 260  # 256 bytes + pad, bos, eos, unk (trainer's byte-level tokenizer)
+
+
+OPENCLIP_EPS = 1e-5  # open_clip/transformer.py: LayerNorm(nn.LayerNorm), torch's default eps
+TIMM_EPS = 1e-6  # timm ViT partial(nn.LayerNorm, eps=1e-6); timm.layers.LayerNorm (EVA)
+EVA_REF_GRID = 16  # timm eva.py eva02_*_clip: ref_feat_shape=(16, 16), i.e. 224 / 14
 
 
 def _trunk(width, depth, heads, mlp_width, **kw) -> TrunkSpec:
@@ -30,7 +42,7 @@ def openai_vit(image, patch, width, depth, heads, mlp_width) -> VisionTowerSpec:
     return VisionTowerSpec(
         image_size=image,
         patch_size=patch,
-        trunk=_trunk(width, depth, heads, mlp_width),
+        trunk=_trunk(width, depth, heads, mlp_width, norm_eps=OPENCLIP_EPS),
         patch_bias=False,
         ln_pre=True,
         pool="cls",
@@ -43,7 +55,7 @@ def siglip_vit(image, patch, width, depth, heads, mlp_width) -> VisionTowerSpec:
     return VisionTowerSpec(
         image_size=image,
         patch_size=patch,
-        trunk=_trunk(width, depth, heads, mlp_width),
+        trunk=_trunk(width, depth, heads, mlp_width, norm_eps=TIMM_EPS),
         patch_bias=True,
         class_token=False,
         pool="map",
@@ -63,8 +75,14 @@ def eva_vit(
     sub_ln: bool = True,
     norm_kind: NormKind = "layernorm",
     qkv_bias="qv",
+    rope: bool = True,
+    rope_ref_grid: int | None = None,
+    post_norm: bool = False,
 ) -> VisionTowerSpec:
-    """EVA / EVA-02 ViT (timm ``eva02_*_clip``): 2-D RoPE + learned position, cls pooling."""
+    """EVA / EVA-02 ViT (timm ``eva02_*_clip``): 2-D RoPE + learned position, cls pooling.
+
+    ``rope=False, post_norm=True`` is EVA-CLIP-E (timm ``eva02_enormous_patch14_clip_224``:
+    ``use_post_norm=True`` and no ``use_rot_pos_emb``)."""
     return VisionTowerSpec(
         image_size=image,
         patch_size=patch,
@@ -77,9 +95,12 @@ def eva_vit(
             sub_ln=sub_ln,
             norm_kind=norm_kind,
             qkv_bias=qkv_bias,
+            norm_eps=TIMM_EPS,
+            post_norm=post_norm,
         ),
         patch_bias=True,
-        rope=True,
+        rope=rope,
+        rope_ref_grid=rope_ref_grid if rope else None,
         pool="cls",
         proj="linear_bias",
     )
@@ -90,7 +111,7 @@ def openclip_text(width, depth, heads, *, vocab=OPENCLIP_VOCAB, context=77) -> T
     return TextTowerSpec(
         vocab_size=vocab,
         context_length=context,
-        trunk=_trunk(width, depth, heads, 4 * width),
+        trunk=_trunk(width, depth, heads, 4 * width, norm_eps=OPENCLIP_EPS),
         causal=True,
         pool="eos",
         proj="linear",
@@ -102,7 +123,7 @@ def siglip_text(width, depth, heads, mlp_width, *, context, vocab=SIGLIP_VOCAB) 
     return TextTowerSpec(
         vocab_size=vocab,
         context_length=context,
-        trunk=_trunk(width, depth, heads, mlp_width),
+        trunk=_trunk(width, depth, heads, mlp_width, norm_eps=TIMM_EPS),
         causal=False,
         pool="last",
         proj="linear_bias",
@@ -183,21 +204,32 @@ def _presets() -> dict[str, ModelSpec]:
         ),
         _m(
             "EVA02-B-16",
-            eva_vit(224, 16, 768, 12, 12, 2048),
+            eva_vit(224, 16, 768, 12, 12, 2048, rope_ref_grid=EVA_REF_GRID),
             text_b,
             512,
             _OC.format("EVA02-B-16") + " (timm eva02_base_patch16_clip_224)",
         ),
         _m(
             "EVA02-L-14",
-            eva_vit(224, 14, 1024, 24, 16, 2730),
+            eva_vit(224, 14, 1024, 24, 16, 2730, rope_ref_grid=EVA_REF_GRID),
             text_l,
             768,
             _OC.format("EVA02-L-14") + " (timm eva02_large_patch14_clip_224)",
         ),
         _m(
             "EVA02-E-14-plus",
-            eva_vit(224, 14, 1792, 64, 16, 15360, mlp_kind="gelu", sub_ln=False),
+            eva_vit(
+                224,
+                14,
+                1792,
+                64,
+                16,
+                15360,
+                mlp_kind="gelu",
+                sub_ln=False,
+                rope=False,
+                post_norm=True,
+            ),
             text_big,
             1024,
             _OC.format("EVA02-E-14-plus") + " (timm eva02_enormous_patch14_clip_224)",
@@ -294,3 +326,44 @@ def get_model(name: str) -> ModelSpec:
     close = difflib.get_close_matches(name.lower(), list(by_lower), n=3, cutoff=0.4)
     hint = ", ".join(by_lower[c] for c in close) if close else ", ".join(presets)
     raise ConfigError("model", f"unknown model '{name}'; did you mean: {hint}? (`vlscale models`)")
+
+
+MODEL_FILE_SUFFIXES = (".yaml", ".yml", ".json")
+
+
+def resolve_model(name_or_path: str | ModelSpec) -> ModelSpec:
+    """The one way every command turns ``--model`` into a ``ModelSpec``.
+
+    Accepts a ``ModelSpec`` (returned as is), a preset name (case-insensitive), or a file:
+    a YAML / JSON model spec in vlscale's own schema (what ``vlscale models show NAME --yaml``
+    prints), or an OpenCLIP model-config JSON (``open_clip/model_configs/*.json``, native ViT and
+    text tower; see ``vlscale.specs.openclip_config``). Errors are one ``ConfigError`` on the
+    field ``model``.
+    """
+    if isinstance(name_or_path, ModelSpec):
+        return name_or_path
+    name = str(name_or_path)
+    looks_like_file = name.lower().endswith(MODEL_FILE_SUFFIXES) or "/" in name
+    if not looks_like_file:
+        return get_model(name)
+    return load_model_file(name)
+
+
+def load_model_file(path: str) -> ModelSpec:
+    """A ``ModelSpec`` from a vlscale model file or an OpenCLIP model config (``resolve_model``)."""
+    file = Path(path)
+    if not file.is_file():
+        raise ConfigError(
+            "model", f"no such model file '{path}'; give a preset name (`vlscale models`) or a file"
+        )
+    try:
+        data = yaml.safe_load(file.read_text())  # YAML is a superset of JSON
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
+        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise ConfigError("model", f"cannot read '{path}' ({reason}); fix the file") from None
+    if not isinstance(data, dict):
+        raise ConfigError("model", f"'{path}' must hold a mapping (a model spec or config)")
+    if is_openclip_config(data):
+        return spec_from_openclip_config(data, name=file.stem)
+    data = {"name": file.stem} | data
+    return validate_as(ModelSpec, data, "model")

@@ -14,16 +14,30 @@ Transformer trunk (``TrunkSpec``), one pre-norm block, repeated ``depth`` times:
                                            -> [sub-LN: norm over h] -> Linear(h, d)
                                    (d = width, h = mlp_width)
 
-``norm`` is LayerNorm (weight + bias) or RMSNorm (weight only). All MLP linears carry a bias
-when ``mlp_bias``. Sub-LN (EVA-02, "Foundation Transformers", Wang et al. 2022) adds the two
-bracketed norms.
+``norm`` is LayerNorm (weight + bias) or RMSNorm (weight only) with epsilon ``norm_eps`` (every
+norm of the tower: blocks, ln_pre, final norm, MAP head). OpenCLIP's own towers use torch's
+1e-5 (``open_clip/transformer.py``: ``LayerNorm`` subclasses ``nn.LayerNorm``); timm's ViT and
+EVA use 1e-6 (``timm/models/vision_transformer.py``: ``partial(nn.LayerNorm, eps=1e-6)``;
+``timm/models/eva.py``: ``timm.layers.LayerNorm``), as do the SigLIP text towers
+(``norm_kwargs: {eps: 1e-6}`` in ``open_clip/model_configs/*SigLIP*.json``). All MLP linears
+carry a bias when ``mlp_bias``. Sub-LN (EVA-02, "Foundation Transformers", Wang et al. 2022)
+adds the two bracketed norms.
+
+``post_norm`` (EVA-CLIP-E, timm ``EvaBlockPostNorm``) normalises the branch output instead of
+its input, same parameters and matmuls::
+
+    x = x + norm1(attn(x))
+    x = x + norm2(mlp(x))
 
 Vision tower (``VisionTowerSpec``)::
 
     patches = Conv2d(3, width, patch_size, stride=patch_size, bias=patch_bias)  -> (B, N, width)
     [cls token prepended]  [+ learned absolute position embedding over cls + N positions]
-    [patch dropout (FLIP): keep round((1 - r) * N) patch tokens per sample; cls always kept]
-    [ln_pre]  blocks (2-D RoPE on patch tokens of q and k when ``rope``)
+    [patch dropout (FLIP), training mode only: keep floor((1 - r) * N) patch tokens per
+     sample (at least one); cls always kept]
+    [ln_pre]  blocks (2-D RoPE on patch tokens of q and k when ``rope``; positions are grid
+              indices, scaled by rope_ref_grid / grid when ``rope_ref_grid`` is set, as timm's
+              ``ref_feat_shape``)
     pool: "cls"  -> final norm on the cls token
           "map"  -> final norm on all tokens, then a multihead attention-pooling head (one learned
                     query; q = Linear(w, w), kv = Linear(w, 2w), out = Linear(w, w), then
@@ -68,6 +82,8 @@ class TrunkSpec(_Frozen):
     qkv_bias: QkvBias = "qkv"
     proj_bias: bool = True
     mlp_bias: bool = True
+    norm_eps: float = Field(default=1e-5, gt=0, lt=1, description="epsilon of every norm")
+    post_norm: bool = Field(default=False, description="x + norm(f(x)) blocks (EVA-CLIP-E)")
 
     @field_validator("heads")
     @classmethod
@@ -95,6 +111,11 @@ class VisionTowerSpec(_Frozen):
     class_token: bool = True
     learned_pos: bool = True
     rope: bool = False
+    rope_ref_grid: int | None = Field(
+        default=None,
+        gt=0,
+        description="RoPE positions scaled by rope_ref_grid / grid (timm ref_feat_shape)",
+    )
     ln_pre: bool = False
     pool: Literal["cls", "map", "mean"] = "cls"
     proj: ProjKind = "linear"
@@ -142,7 +163,7 @@ class VisionTowerSpec(_Frozen):
         return 1 if self.class_token else 0
 
     def kept_patches(self, mask_ratio: float = 0.0) -> int:
-        """Patch tokens kept by FLIP patch dropout: round((1 - r) * N), at least 1."""
+        """Patch tokens kept by FLIP patch dropout: floor(N * (1 - r)), at least 1."""
         return kept_patches(self.num_patches, mask_ratio)
 
     def seq_len(self, mask_ratio: float = 0.0) -> int:
@@ -166,14 +187,18 @@ class TextTowerSpec(_Frozen):
 
 
 def kept_patches(num_patches: int, mask_ratio: float) -> int:
-    """round((1 - r) * N) patches survive FLIP masking (at least one).
+    """floor(N * (1 - r)) patches survive FLIP masking (at least one).
 
-    Python's round is banker's rounding; int(x + 0.5) is used so that torch and the cost model
-    agree exactly for every ratio.
+    The single home of this count (``models.vision``, ``vlscale.costs`` and the per-op model
+    all call it). The expression is evaluated exactly as OpenCLIP
+    (``open_clip/transformer.py``, ``PatchDropout``: ``max(1, int(num_tokens * keep_prob))``,
+    ``keep_prob = 1 - prob``) and timm (``timm/layers/patch_dropout.py``:
+    ``max(1, int(L * (1. - self.prob)))``) evaluate it, float rounding included:
+    ViT-B-32 (N = 49) at r = 0.5 keeps 24.
     """
     if not 0.0 <= mask_ratio < 1.0:
         raise ValueError(f"mask_ratio must be in [0, 1), got {mask_ratio}")
-    return max(1, int((1.0 - mask_ratio) * num_patches + 0.5))
+    return max(1, int(num_patches * (1.0 - mask_ratio)))
 
 
 def _near_divisor(width: int, heads: int) -> int:
