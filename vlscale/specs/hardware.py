@@ -31,7 +31,7 @@ DATA_DIR = Path(__file__).parent / "data"
 CATALOG_FILES = ("gpus.yaml", "tpus.yaml")
 
 Dtype = Literal["fp32", "tf32", "bf16", "fp16"]
-TierName = Literal["nvlink", "network", "ici", "dcn"]
+TierName = Literal["nvlink", "nvls", "network", "ici", "dcn"]
 Wraparound = Literal["full_cube", "full_axis", "always", "never"]
 
 
@@ -62,12 +62,23 @@ class Memory(_Spec):
 
 
 class NVLink(_Spec):
-    """GPU scale-up fabric: per-GPU NVLink bandwidth, one direction."""
+    """GPU scale-up fabric: per-GPU NVLink bandwidth, one direction.
+
+    ``nvswitch``: the node's GPUs meet in NVSwitches (every GPU reaches every other at its full
+    bandwidth); without them the links form a fixed graph (DGX-1's hybrid cube-mesh), which
+    NCCL covers with rings only. ``generation`` >= 4 with NVSwitch (third-generation NVSwitch:
+    HGX H100 / H200 / B200) reduces in the switch: NCCL's NVLS algorithm (NVLink SHARP).
+    """
 
     generation: int | None = Field(default=None, ge=1)
     bandwidth: float = Field(gt=0, description="bytes/s per GPU, one direction")
     nvswitch: bool
     source: str = Field(min_length=1)
+
+    @property
+    def switch_reduction(self) -> bool:
+        """NVLink SHARP (NCCL's NVLS): NVSwitch of the third generation or later."""
+        return self.nvswitch and (self.generation or 0) >= 4
 
 
 class Ici(_Spec):
@@ -76,6 +87,13 @@ class Ici(_Spec):
     ``wraparound``: "full_cube" -> every axis wraps when all slice dims are multiples of
     ``wrap_unit`` (v4/v5p cubes); "full_axis" -> an axis wraps when it spans the pod axis
     (v5e/v6e); "always" / "never" for user devices.
+
+    Slice shapes (Cloud TPU docs' configuration tables; :func:`check_slice_shape`): "full_cube"
+    slices are either smaller than a cube with every dim in {1, 2, 4} (2x2x1, 2x2x2, 2x2x4,
+    2x4x4) or whole cubes (every dim a multiple of ``wrap_unit``); "full_axis" slices have
+    power-of-two dims at most 2:1 apart (1x1, 2x2, 2x4, 4x4, ..., 16x16). Up to one host's chips
+    any shape is accepted (a part of a host). ``max_slice_chips``: the largest single slice
+    (v5p: 16x16x24 = 6,144 chips, fewer than the 8,960-chip pod).
     """
 
     links_per_chip: int = Field(gt=0)
@@ -83,6 +101,7 @@ class Ici(_Spec):
     pod_dims: tuple[int, ...] = Field(min_length=1, max_length=3)
     wraparound: Wraparound
     wrap_unit: int | None = Field(default=None, gt=0)
+    max_slice_chips: int | None = Field(default=None, gt=0)
     source: str = Field(min_length=1)
 
     @model_validator(mode="after")
@@ -95,10 +114,14 @@ class Ici(_Spec):
 
 
 class Network(_Spec):
-    """Scale-out: NICs per node (GPU) or per TPU host (DCN), bytes/s per NIC, one direction."""
+    """Scale-out: NICs per node (GPU) or per TPU host (DCN), bytes/s per NIC, one direction.
+
+    ``in_network_reduction``: the fabric reduces in its switches (InfiniBand SHARP), which
+    NCCL's CollNet algorithms use; off unless the cluster says it has it."""
 
     nics_per_node: int = Field(gt=0)
     nic_bandwidth: float = Field(gt=0, description="bytes/s per NIC, one direction")
+    in_network_reduction: bool = False
     source: str = Field(min_length=1)
 
     @property
@@ -331,6 +354,38 @@ def _check_tpu_cluster(c: ClusterSpec) -> None:
             f"slice_shape {_fmt(dims)} ({math.prod(dims)} chips) x num_slices={c.num_slices} "
             f"!= num_devices={c.num_devices}; make them agree"
         )
+    problem = check_slice_shape(c.device, dims)
+    if problem:
+        raise ValueError(problem)
+
+
+def check_slice_shape(device: DeviceSpec, dims: tuple[int, ...]) -> str | None:
+    """Why ``dims`` is not a slice shape of ``device`` (rules in :class:`Ici`), or None."""
+    ici, chips = device.ici, math.prod(dims)
+    if ici.max_slice_chips is not None and chips > ici.max_slice_chips:
+        return (
+            f"slice_shape {_fmt(dims)} has {chips} chips; the largest {device.name} slice has "
+            f"{ici.max_slice_chips}: use num_slices > 1"
+        )
+    if chips <= device.devices_per_node:  # part of one host
+        return None
+    if ici.wraparound == "full_cube":
+        unit = ici.wrap_unit
+        small = chips < unit ** len(dims) and all(d in (1, 2, unit) for d in dims)
+        if not (small or all(d % unit == 0 for d in dims)):
+            return (
+                f"slice_shape {_fmt(dims)} is not a {device.name} slice: below a "
+                f"{_fmt([unit] * len(dims))} cube every dim is 1, 2 or {unit} (e.g. 2x2x4, "
+                f"2x4x4), from a cube up every dim is a multiple of {unit} (e.g. 4x4x8)"
+            )
+    elif ici.wraparound == "full_axis":
+        pow2 = all(d & (d - 1) == 0 for d in dims)
+        if not (pow2 and max(dims) <= 2 * min(dims)):
+            return (
+                f"slice_shape {_fmt(dims)} is not a {device.name} slice: dims are powers of two "
+                "at most 2:1 apart (2x2, 2x4, 4x4, 4x8, 8x8, 8x16, 16x16)"
+            )
+    return None
 
 
 def default_slice_shape(device: DeviceSpec, chips: int) -> tuple[int, ...]:
