@@ -223,18 +223,19 @@ def algorithms(op: str, group: Group) -> list[str]:
 
 
 def _ag_candidates(n: float, group: Group) -> dict[str, Callable[[], Schedule]]:
-    """All-gather schedules (shard n) available on ``group``, by algorithm name."""
-    cands: dict[str, Callable[[], Schedule]] = {"ring": lambda: _ring(n, group)}
+    """All-gather schedules (shard n) available on ``group``, by algorithm name (on a tie the
+    first listed wins: XLA's torus algorithms before the snake ring)."""
+    cands: dict[str, Callable[[], Schedule]] = {}
     if group.kind == "gpu":
+        cands["ring"] = lambda: _ring(n, group)
         if group.inner_size == 1 and group.outer_size > 1:
             cands["pat"] = lambda: _pat(n, group)
-    elif group.inner_size > 1:
-        if group.outer_size == 1:
-            cands["torus"] = lambda: _torus(n, group)
-        else:
-            cands["multislice"] = lambda: _multislice(n, group)
-    elif group.outer_size > 1:  # one chip per slice: DCN only
+        return cands
+    if group.inner_size > 1 and group.outer_size == 1:
+        cands["torus"] = lambda: _torus(n, group)
+    elif group.outer_size > 1:
         cands["multislice"] = lambda: _multislice(n, group)
+    cands["ring"] = lambda: _ring(n, group)
     return cands
 
 

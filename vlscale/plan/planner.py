@@ -124,6 +124,7 @@ def resolve(config: PlanConfig) -> tuple[ModelSpec, RecipeSpec, ClusterSpec]:
         config.device,
         config.devices,
         devices_per_node=config.devices_per_node,
+        slice_shape=config.slice_shape,
         num_slices=config.num_slices,
         extra_devices=extra,
     )
@@ -136,6 +137,8 @@ def plan(config: PlanConfig, *, keep_sim: bool = False) -> PlanResult:
 
     spec, recipe, cluster = resolve(config)
     device = cluster.device
+    if config.precision is None:
+        config = config.model_copy(update={"precision": default_precision(device)})
     if config.utilisation is not None:
         utilisation, source = config.utilisation, "given (--utilisation)"
     else:
@@ -227,6 +230,11 @@ def plan(config: PlanConfig, *, keep_sim: bool = False) -> PlanResult:
         warnings=warnings,
         sim=sim if keep_sim else None,
     )
+
+
+def default_precision(device: DeviceSpec) -> str:
+    """The device's 16-bit training type: bf16 where it has a bf16 path, else fp16 (V100)."""
+    return "bf16" if device.peak_flops.bf16 is not None else "fp16"
 
 
 def _compute_dtype(device: DeviceSpec, precision: str) -> str:

@@ -23,7 +23,14 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from vlscale.errors import ConfigError, from_validation_error
 
@@ -275,6 +282,11 @@ class ClusterSpec(_Spec):
     slice_shape: tuple[int, ...] | None = None
     num_slices: int = Field(default=1, gt=0)
 
+    @field_validator("slice_shape", mode="before")
+    @classmethod
+    def _shape_from_text(cls, value: Any) -> Any:
+        return parse_slice_shape(value) if isinstance(value, str) else value
+
     @model_validator(mode="after")
     def _check(self) -> ClusterSpec:
         if self.device.kind == "gpu":
@@ -347,7 +359,7 @@ def _check_tpu_cluster(c: ClusterSpec) -> None:
     if any(d > p for d, p in zip(sorted(dims), sorted(ici.pod_dims), strict=True)):
         raise ValueError(
             f"slice_shape {_fmt(dims)} does not fit in a {c.device.name} pod "
-            f"({_fmt(ici.pod_dims)}); use a smaller slice and num_slices > 1"
+            f"({_fmt(ici.pod_dims)}); use a smaller slice and num_slices > 1 (--num-slices)"
         )
     if math.prod(dims) * c.num_slices != c.num_devices:
         raise ValueError(
@@ -365,7 +377,7 @@ def check_slice_shape(device: DeviceSpec, dims: tuple[int, ...]) -> str | None:
     if ici.max_slice_chips is not None and chips > ici.max_slice_chips:
         return (
             f"slice_shape {_fmt(dims)} has {chips} chips; the largest {device.name} slice has "
-            f"{ici.max_slice_chips}: use num_slices > 1"
+            f"{ici.max_slice_chips}: use num_slices > 1 (--num-slices)"
         )
     if chips <= device.devices_per_node:  # part of one host
         return None
@@ -388,6 +400,14 @@ def check_slice_shape(device: DeviceSpec, dims: tuple[int, ...]) -> str | None:
     return None
 
 
+def parse_slice_shape(text: str) -> tuple[int, ...]:
+    """'4x4x8' -> (4, 4, 8), as Cloud TPU writes topologies; ValueError naming the fix."""
+    parts = text.lower().replace(" ", "").split("x")
+    if not all(p.isdigit() and int(p) > 0 for p in parts):
+        raise ValueError(f"'{text}' is not a slice shape; write positive dims joined by x: 4x4x8")
+    return tuple(int(p) for p in parts)
+
+
 def default_slice_shape(device: DeviceSpec, chips: int) -> tuple[int, ...]:
     """A compact torus shape for ``chips``: prime factors go, largest first, to the smallest
     dim, giving the documented shapes for powers of two (v5p: 2x2x1, 2x2x2, 2x4x4, 4x4x4,
@@ -402,7 +422,8 @@ def default_slice_shape(device: DeviceSpec, chips: int) -> tuple[int, ...]:
     if any(d > p for d, p in zip(sorted(shape), sorted(ici.pod_dims), strict=True)):
         raise ValueError(
             f"{chips} chips do not fit in one {device.name} slice (pod {_fmt(ici.pod_dims)}, "
-            f"{math.prod(ici.pod_dims)} chips); use num_slices > 1 or give slice_shape"
+            f"{math.prod(ici.pod_dims)} chips); use num_slices > 1 (--num-slices) or give "
+            "slice_shape (--slice-shape)"
         )
     return shape
 
@@ -427,7 +448,7 @@ def make_cluster(
     num_devices: int,
     *,
     devices_per_node: int | None = None,
-    slice_shape: tuple[int, ...] | None = None,
+    slice_shape: tuple[int, ...] | str | None = None,
     num_slices: int = 1,
     name: str = "",
     extra_devices: dict[str, DeviceSpec] | None = None,
@@ -440,11 +461,15 @@ def make_cluster(
             device=spec,
             num_devices=num_devices,
             devices_per_node=devices_per_node,
-            slice_shape=tuple(slice_shape) if slice_shape else None,
+            slice_shape=slice_shape if isinstance(slice_shape, str) else _tuple(slice_shape),
             num_slices=num_slices,
         )
     except ValidationError as exc:
         raise _config_error(exc, "cluster") from None
+
+
+def _tuple(dims) -> tuple[int, ...] | None:
+    return tuple(dims) if dims else None
 
 
 def _prime_factors(n: int) -> list[int]:
