@@ -104,3 +104,18 @@ def test_precision_follows_the_device_and_topology_changes_the_plan():
     two = plan(make_plan_config(device="H100", devices_per_node=8, **base))
     four = plan(make_plan_config(device="H100", devices_per_node=4, **base))
     assert four.breakdown["all_gather"] > two.breakdown["all_gather"]
+
+
+def test_sweep_topology_flags_set_every_point(tmp_path):
+    grid = tmp_path / "grid.yaml"
+    grid.write_text(
+        "base: {model: tiny-clip, device: TPUv5p, devices: 128, global_batch: 128}\n"
+        "grid: {recipe: [clip, siglip]}\n"
+    )
+    out_csv = tmp_path / "out.csv"
+    out = vlscale("sweep", str(grid), "--out", str(out_csv), "--quiet", "--slice-shape", "8x4x4")
+    assert out.returncode == 0, out.stderr
+    assert "2 planned, 0 invalid" in out.stdout
+    assert out_csv.read_text().count("8x4x4") == 2  # the in.slice_shape column of each point
+    out = vlscale("sweep", str(grid), "--out", str(out_csv), "--quiet", "--slice-shape", "4x4x4")
+    assert "0 planned, 2 invalid" in out.stdout  # 64 chips for 128 devices, in every point
