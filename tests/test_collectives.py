@@ -202,6 +202,16 @@ def test_group_from_catalog_cluster_uses_datasheet_and_defaults():
     assert "collnet" in algorithms("all_reduce", make_group(make_cluster(sharp, 16)))
 
 
+def test_a_node_without_nvswitch_gives_part_of_it_part_of_the_links():
+    v100 = get_device("V100").nvlink.bandwidth
+    assert make_group(make_cluster("V100", 8)).inner.bandwidth == v100  # the whole cube-mesh
+    # 4 of 8 GPUs on point-to-point links: 3 of 7 peers' links; a switch gives all of them
+    assert make_group(make_cluster("V100", 4)).inner.bandwidth == approx(v100 * 3 / 7)
+    assert make_group(make_cluster("V100", 16), 4).inner.bandwidth == approx(v100 * 3 / 7)
+    h100 = make_group(make_cluster("H100", 4)).inner.bandwidth
+    assert h100 == get_device("H100").nvlink.bandwidth
+
+
 def test_measured_calibration_replaces_defaults():
     measured = Measured(source="bench", links={"nvlink": {"alpha_s": 7e-6, "bandwidth": 2e11}})
     dev = get_device("H100").model_copy(update={"measured": measured})

@@ -20,6 +20,10 @@ NVSwitch reduces: NVLink SHARP, with its own η), ``network`` (GPU, between node
 bandwidth shared by its GPUs, as each GPU drives its own rail), ``ici`` (TPU torus, per link),
 ``dcn`` (TPU, between slices; the host's DCN bandwidth shared by its chips).
 
+Inside a node NVSwitch gives every GPU its full NVLink bandwidth to any peer; without a switch
+(V100 DGX-1, a hybrid cube-mesh of point-to-point links) a group of g of the node's G GPUs gets
+(g−1)/(G−1) of it (the links to its own members, assuming links spread evenly over peers).
+
 A *group* is the set of p ranks of one collective: ``inner_size`` ranks in each of
 ``outer_size`` nodes (GPU) or slices (TPU). Ranks are numbered node-major, as torchrun does.
 """
@@ -168,7 +172,12 @@ def make_group(cluster: ClusterSpec, size: int | None = None) -> Group:
         )
     inner_size, outer_size = (size, 1) if size <= island else (island, size // island)
     if cluster.device.kind == "gpu":
-        nvlink = cluster.device.nvlink
+        nvlink, full = cluster.device.nvlink, cluster.device.devices_per_node
+        if not nvlink.nvswitch and 1 < inner_size < full:
+            # Point-to-point links (DGX-1's hybrid cube-mesh): a ring over part of the node can
+            # use only the links among its members; spread evenly over the G-1 peers, that is
+            # (g-1)/(G-1) of each GPU's links. A whole node's rings use them all.
+            inner = replace(inner, bandwidth=inner.bandwidth * (inner_size - 1) / (full - 1))
         nvls = default_tier("nvls", nvlink.bandwidth, cluster) if nvlink.switch_reduction else None
         sharp = cluster.device.network.in_network_reduction
         return Group(
