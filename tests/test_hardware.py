@@ -334,6 +334,7 @@ BAD_FILES = {
     "cluster_dev.yaml": ("clusters:\n  - {name: c, device: nope, num_devices: 8}", "nope"),
     "cluster_n.yaml": ("clusters:\n  - {name: c, device: H100, num_devices: 12}", "16"),
     "cluster_name.yaml": ("clusters:\n  - {device: H100, num_devices: 8}", "name"),
+    "links.yaml": ("devices:\n  - {base: TPUv5p, name: l, ici: {links_per_chip: 4}}", "3-D torus"),
     "typo.yaml": (
         "devices:\n  - {base: H100, name: t, pirce: {usd_per_hour: 1}}",
         "pirce: unknown",

@@ -117,6 +117,11 @@ class Ici(_Spec):
             raise ValueError("wraparound='full_cube' needs wrap_unit (4 for TPU v4/v5p cubes)")
         if any(d <= 0 for d in self.pod_dims):
             raise ValueError(f"pod_dims must be positive, got {self.pod_dims}")
+        if self.links_per_chip != 2 * len(self.pod_dims):  # one link each way along every axis
+            raise ValueError(
+                f"links_per_chip={self.links_per_chip} but a {len(self.pod_dims)}-D torus has 2 "
+                f"ICI links per axis; use {2 * len(self.pod_dims)}"
+            )
         return self
 
 
