@@ -124,6 +124,16 @@ CASES = [
         role="calibrates",
     ),
     Case(
+        "H100x8 reduce_scatter",
+        "H100",
+        8,
+        "reduce_scatter",
+        8 * GiB,
+        370 * GB,
+        "nccl-tests issue #212 (same statement: non-allreduce operations reach 370GB/s busbw)",
+        role="calibrates",
+    ),
+    Case(
         "H800x8 all_reduce NVLS",
         _with("H100", nvlink={"bandwidth": 200e9}),
         8,
@@ -272,8 +282,9 @@ def test_known_miss_a100_nvlink(case):
 
 def test_algorithms_are_the_ones_nccl_picks():
     """NVLS inside an NVSwitch-3 node, NVLS-tree across them, ring on A100 and DGX-1 nodes."""
-    assert _predicted(CASES[0])["algorithm"] == "nvls"
-    assert _predicted(CASES[8])["algorithm"] == "nvls_tree"
+    by_name = {c.name: c for c in CASES}
+    assert _predicted(by_name["H100x8 all_reduce NVLS peak"])["algorithm"] == "nvls"
+    assert _predicted(by_name["2x8 H100 all_reduce (NVLS-tree)"])["algorithm"] == "nvls_tree"
     for dev in ("A100-40GB", "V100"):
         group = make_group(make_cluster(dev, 8))
         assert predict("all_reduce", GiB, group)["algorithm"] == "ring"
