@@ -197,6 +197,54 @@ def test_tpu_cluster_validation():
         make_cluster("v5e", 100, num_slices=3)
 
 
+@pytest.mark.parametrize(
+    "device, shape, words",
+    [
+        ("v5p", (4, 4, 6), "multiple of 4"),  # 96 chips: not a cube multiple, not below one
+        ("v5p", (2, 2, 6), "multiple of 4"),
+        ("v5p", (16, 20, 28), "6144"),  # the whole pod is not one slice (largest 16x16x24)
+        ("v4", (4, 4, 2), None),  # 2x4x4 below a cube (Cloud docs)
+        ("v5e", (4, 16), "2:1"),  # 64 chips are 8x8 on v5e
+        ("v5e", (8, 12), "powers of two"),
+        ("v6e", (8, 16), None),
+        ("v5p", (1, 2, 1), None),  # part of one 4-chip host
+    ],
+)
+def test_slice_shapes_follow_each_generations_rules(device, shape, words):
+    chips = 1
+    for d in shape:
+        chips *= d
+    if words is None:
+        assert make_cluster(device, chips, slice_shape=shape).slice_dims == shape
+        return
+    with pytest.raises(ConfigError, match=words):
+        make_cluster(device, chips, slice_shape=shape)
+
+
+def test_largest_v5p_slice_and_multislice_beyond():
+    assert make_cluster("v5p", 6144).slice_dims == (16, 16, 24)
+    with pytest.raises(ConfigError, match="num_slices"):
+        make_cluster("v5p", 8960)
+    assert make_cluster("v5p", 12288, num_slices=2).slice_dims == (16, 16, 24)
+
+
+def test_corrected_catalog_values():
+    """The values issue 8 checked against their sources (each named in the data)."""
+    gib = 2**30
+    assert get_device("TPUv6e").memory.hbm_bandwidth == 1638e9
+    assert get_device("TPUv4").ici.link_bandwidth == 45e9
+    assert get_device("B200").memory.hbm_bandwidth == pytest.approx(7.67e12)
+    assert get_device("A100-40GB").memory.hbm_bytes == pytest.approx(40 * gib, rel=1e-3)
+    assert get_device("A100-80GB").memory.hbm_bytes == pytest.approx(80 * gib, rel=1e-3)
+    # NVLink SHARP only on third-generation NVSwitch nodes; DGX-1 has no switch at all.
+    reduce_in_switch = {n: get_device(n).nvlink.switch_reduction for n in ("V100", "A100", "H100")}
+    assert reduce_in_switch == {"V100": False, "A100": False, "H100": True}
+    assert get_device("H200").nvlink.switch_reduction and get_device("B200").nvlink.switch_reduction
+    # What is not published stays labelled as such.
+    assert "UNCERTAIN" in get_device("TPUv3").network.source
+    assert "UNCERTAIN" in get_device("TPUv4").network.source
+
+
 # --------------------------------------------------------------------------- user files
 
 USER_YAML = """
@@ -286,6 +334,7 @@ BAD_FILES = {
     "cluster_dev.yaml": ("clusters:\n  - {name: c, device: nope, num_devices: 8}", "nope"),
     "cluster_n.yaml": ("clusters:\n  - {name: c, device: H100, num_devices: 12}", "16"),
     "cluster_name.yaml": ("clusters:\n  - {device: H100, num_devices: 8}", "name"),
+    "links.yaml": ("devices:\n  - {base: TPUv5p, name: l, ici: {links_per_chip: 4}}", "3-D torus"),
     "typo.yaml": (
         "devices:\n  - {base: H100, name: t, pirce: {usd_per_hour: 1}}",
         "pirce: unknown",

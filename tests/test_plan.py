@@ -18,7 +18,7 @@ from vlscale.costs.topology import make_group
 from vlscale.errors import ConfigError
 from vlscale.plan import make_plan_config, plan
 from vlscale.plan.config import read_config_file
-from vlscale.plan.planner import resolve
+from vlscale.plan.planner import default_precision, resolve
 from vlscale.plan.sweep import expand_grid, run_sweep
 from vlscale.plan.utilisation import CALIBRATED, FALLBACK, resolve_compute
 from vlscale.plan.workload import build_workload
@@ -152,7 +152,9 @@ def test_calibrated_and_fallback_utilisation():
 def test_default_scenario_is_the_documented_one():
     c = make_plan_config()
     assert (c.model, c.devices, c.device, c.global_batch) == ("ViT-L-14", 256, "H100", 32_768)
-    assert (c.samples, c.precision, c.sharding) == (12_800_000_000, "bf16", "fsdp")
+    assert (c.samples, c.sharding) == (12_800_000_000, "fsdp")
+    # precision follows the device when not given: bf16 on H100 (fp16 on V100)
+    assert c.precision is None and default_precision(resolve(c)[2].device) == "bf16"
 
 
 def test_plan_json_is_consistent():

@@ -335,7 +335,7 @@ def _check_choice(field: str, value: str, choices: tuple[str, ...]) -> None:
 
 
 # The planner's commands register themselves on `app` (kept in their own module).
-from vlscale import cli_calibrate, cli_plan  # noqa: E402, F401
+from vlscale import cli_calibrate, cli_collectives, cli_plan  # noqa: E402, F401
 
 
 def main() -> None:

@@ -59,6 +59,17 @@ DecodeOpt = Annotated[
     float | None, typer.Option("--decode-rate", help="input samples/s per device (default: ∞)")
 ]
 HwOpt = Annotated[str | None, typer.Option("--hardware-file", help="YAML/TOML with devices")]
+PerNodeOpt = Annotated[
+    int | None,
+    typer.Option("--devices-per-node", help="GPUs per NVLink node (default: the device's node)"),
+]
+SlicesOpt = Annotated[
+    int | None, typer.Option("--num-slices", help="TPU slices joined by DCN (default 1)")
+]
+ShapeOpt = Annotated[
+    str | None,
+    typer.Option("--slice-shape", help="TPU slice torus, e.g. 4x4x8 (default: compact)"),
+]
 ImageOpt = Annotated[int | None, typer.Option("--image-size", help="override the image size")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="machine-readable output")]
 ReportOpt = Annotated[
@@ -94,6 +105,9 @@ def plan_cmd(
     loss_impl: Annotated[str | None, typer.Option(help="gather | ring")] = None,
     device: DeviceOpt = None,
     devices: DevicesOpt = None,
+    devices_per_node: PerNodeOpt = None,
+    num_slices: SlicesOpt = None,
+    slice_shape: ShapeOpt = None,
     global_batch: BatchOpt = None,
     samples: SamplesOpt = None,
     mask_ratio: MaskOpt = None,
@@ -131,6 +145,9 @@ def plan_cmd(
         loss_impl=loss_impl,
         device=device,
         devices=devices,
+        devices_per_node=devices_per_node,
+        num_slices=num_slices,
+        slice_shape=slice_shape,
         global_batch=global_batch,
         samples=samples,
         mask_ratio=mask_ratio,
@@ -220,6 +237,9 @@ def compare_cmd(
     model: ModelOpt = None,
     device: DeviceOpt = None,
     devices: DevicesOpt = None,
+    devices_per_node: PerNodeOpt = None,
+    num_slices: SlicesOpt = None,
+    slice_shape: ShapeOpt = None,
     global_batch: BatchOpt = None,
     samples: SamplesOpt = None,
     mask_ratio: MaskOpt = None,
@@ -255,6 +275,9 @@ def compare_cmd(
             loss_impl=impl,
             device=device,
             devices=devices,
+            devices_per_node=devices_per_node,
+            num_slices=num_slices,
+            slice_shape=slice_shape,
             global_batch=global_batch,
             samples=samples,
             mask_ratio=mask_ratio,
@@ -304,6 +327,7 @@ def hardware_cmd(
                 f"{link / 1e9:,.0f}",
                 f"{d.network.nic_bandwidth * d.network.nics_per_node / 1e9:,.0f}",
                 f"{d.price.usd_per_hour:.2f}",
+                ", ".join(_uncertain(d)) or "-",
             ]
         )
     print_table(
@@ -317,9 +341,21 @@ def hardware_cmd(
             "link GB/s",
             "node NIC GB/s",
             "USD/h",
+            "uncertain",
         ],
         rows,
     )
+    typer.echo("sources: vlscale hardware --json; 'uncertain' values are estimates", err=True)
+
+
+def _uncertain(device) -> list[str]:
+    """Value groups whose source says they are estimates (UNCERTAIN in the catalog's data)."""
+    groups = ("peak_flops", "memory", "nvlink", "ici", "network", "price")
+    return [
+        g
+        for g in groups
+        if getattr(device, g) is not None and "UNCERTAIN" in getattr(device, g).source.upper()
+    ]
 
 
 @app.command("sweep")
@@ -332,13 +368,25 @@ def sweep_cmd(
         "sweep.csv"
     ),
     quiet: Annotated[bool, typer.Option("--quiet", help="no progress bar")] = False,
+    devices_per_node: PerNodeOpt = None,
+    num_slices: SlicesOpt = None,
+    slice_shape: ShapeOpt = None,
 ):
-    """Plan every point of a grid and write one row per configuration (CSV or Parquet)."""
+    """Plan every point of a grid and write one row per configuration (CSV or Parquet).
+
+    The topology flags, when given, set that key in every point (over the grid file)."""
     from vlscale.plan.sweep import expand_grid, run_sweep
 
     if out.suffix not in (".csv", ".parquet"):
         raise ConfigError("out", f"'{out}' must end in .csv or .parquet")
-    points = expand_grid(grid_file)
+    topology = {
+        k: v
+        for k, v in dict(
+            devices_per_node=devices_per_node, num_slices=num_slices, slice_shape=slice_shape
+        ).items()
+        if v is not None
+    }
+    points = [point | topology for point in expand_grid(grid_file)]
     frame = run_sweep(points, progress=not quiet)
     write_table_atomic(frame, out)
     ok = int(frame["error"].isna().sum())

@@ -1,4 +1,4 @@
-"""Collective and point-to-point times: α–β models with an algorithm chosen per message size.
+"""Collective and point-to-point times: α–β models of the algorithms NCCL and XLA really run.
 
 Message-size convention (bytes, per rank):
 
@@ -8,43 +8,59 @@ Message-size convention (bytes, per rank):
     broadcast(buffer_bytes)      the root's ``buffer_bytes`` reach every rank
     neighbor_exchange(bytes)     each of ``hops`` steps sends ``bytes`` to the next rank
 
-So FSDP's parameter all-gather takes the shard, and all_reduce(n) = reduce_scatter(n/p) then
-all_gather(n/p). ``bytes_moved_per_rank`` is what the busiest rank sends (= receives) in total;
-for ring all-gather it is (p−1)·shard, NCCL-tests' "bus bandwidth" is bytes_moved / time.
+So FSDP's parameter all-gather takes the shard. ``bytes_moved_per_rank`` follows nccl-tests'
+bus-bandwidth convention whatever the algorithm ((p−1)·shard for all-gather / reduce-scatter,
+2(p−1)/p · buffer for all-reduce; nccl-tests doc/PERFORMANCE.md), so ``bus_bandwidth`` is what
+nccl-tests prints as busbw.
 
 Every step is costed with formula (1) of :mod:`vlscale.costs.topology`:
-T(S, D) = S·α + (D + S·n½)/(B·η). Algorithms (Thakur, Rabenseifner & Gropp 2005, "Optimization
-of Collective Communication Operations in MPICH", IJHPCA 19(1); chunk sizes below are for an
-all-gather of shard n, a reduce-scatter runs the same steps in reverse order at the same cost,
-the reduction arithmetic is assumed hidden):
+T(S, D) = S·α + (D + S·n½)/(B·η). Phases on different tiers that NCCL pipelines over chunks
+(tree, NVLS-tree, CollNet: the intra-node and inter-node parts run at once) share a *stage*: their
+α terms add and the slowest bandwidth term counts. GPU group: g GPUs per node, N nodes, p = g·N;
+"node NIC" is the g GPUs' NIC shares together (NCCL spreads its channels over the node's NICs).
 
-ring              p−1 steps of n; each step waits for the slowest link in the ring. Across
-                  nodes NCCL runs one ring per channel, each leaving the node through its own
-                  NIC, so the node-crossing edge gets the node's whole NIC bandwidth.
-                  T = (p−1)·α + (p−1)·n/B (plus n½ terms).
-halving_doubling  recursive doubling: ⌈lg p⌉ steps of n, 2n, 4n, ... (Bruck's schedule for
-                  p not a power of two: the last step sends the remainder), same (p−1)·n bytes
-                  as ring with lg p latency terms. With p and the node size powers of two the
-                  first lg g steps stay inside a node; otherwise every step is costed on the
-                  slowest tier. Not used on a TPU torus (partners are many hops apart).
-hierarchical      GPU nodes / TPU slices: first an all-gather of n across the N nodes between
-                  same-local-rank devices (each rail at once, on the outer tier), then the best
-                  inner all-gather of N·n within each node/slice. Same (p−1)·n bytes; only
-                  (N−1) steps pay the slow tier's α. The two phases are pipelined over chunks:
-                  their α terms add, their bandwidth terms overlap (time = Σ S·α + max of
-                  the (D + S·n½)/(B·η) terms), which makes it never slower than the flat ring
-                  (the proof is in tests/properties/test_collective_properties.py).
-torus             TPU ICI (jax-ml "How to Scale Your Model", part 3): one axis after another,
-                  bidirectional rings. An axis of k chips with wraparound needs ⌈(k−1)/2⌉ steps
-                  moving (k−1)·c/2 bytes each way per link; without wraparound (a line) k−1
-                  steps and (k−1)·c bytes: half the bandwidth. The chunk c grows by k after each
-                  axis; the best axis order is taken.
+GPU (NCCL's algorithm set; the tuner takes the fastest for the size, as ``algorithm="auto"``):
 
-all_reduce = reduce_scatter + all_gather of the same family (ring: 2(p−1) steps of n/p;
-Rabenseifner's halving-doubling: 2⌈lg p⌉ steps). Broadcast: binomial ``tree`` (⌈lg p⌉ steps of
-the whole buffer) or ``scatter_allgather`` (van de Geijn; Thakur et al. §4.1: binomial scatter,
-then the best all-gather). As NCCL does, ``algorithm="auto"`` takes the fastest candidate; the
-result says which, and lists the others in ``alternatives``.
+ring       all-gather / reduce-scatter: p−1 steps of the shard, each waiting for the slowest edge
+           of the ring: NVLink, or the node-crossing edge at the node NIC's bandwidth (one ring per
+           channel, each through its own NIC). All-reduce = reduce-scatter + all-gather. Bus
+           bandwidth -> min(B_nvlink·η, node NIC·η): never above the NIC ceiling.
+pat        all-gather / reduce-scatter with one GPU per node (NCCL >= 2.23, Parallel Aggregated
+           Trees): ⌈lg p⌉ latency steps, the ring's bytes through the NIC.
+tree       all-reduce across nodes (NCCL's double binary tree; a chain inside each node): reduce
+           up, broadcast down, pipelined. Latency 2(⌈lg N⌉ + g − 1) steps. Bytes: S each way on
+           NVLink; 2·S per node through its NICs (an inner node of one tree has two children and a
+           parent: 3·S/2, plus S/2 as a leaf of the other; NCCL's own tuner also prices tree
+           all-reduce at half its bus bandwidth), so its bus bandwidth stays under the NIC ceiling.
+nvls       all-reduce inside one NVSwitch-3+ node (H100/H200/B200; NVLink SHARP): the switch
+           reduces and multicasts, each GPU sends and receives its buffer once on the ``nvls``
+           tier: T = 2α + (S + 2 n½)/(B·η_nvls).
+nvls_tree  across such nodes: NVLS inside the node pipelined with the tree across nodes, each
+           GPU's rail carrying only its 1/g slice of the node's reduced buffer. On exactly 2 nodes
+           the slices are simply swapped (S per node through its NICs, not 2·S): the bus bandwidth
+           can pass the NIC ceiling, as measured (470 GB/s on 2 x 8 H100, nccl-tests #309).
+collnet    all-reduce when the fabric reduces (InfiniBand SHARP; only when the cluster says so):
+           each node sends S up and gets S back: S through the node NIC, pipelined with the
+           intra-node part (NVLS where the node has it, else the NVLink chain).
+
+TPU (XLA on ICI; jax-ml "How to Scale Your Model", sharding chapter):
+
+torus      all-gather over every axis of the slice AT ONCE. The data is split into parts, each
+           gathered through the axes in its own order, so all axes' links carry traffic together;
+           an axis of k chips moves f·(chunk) per link direction with f = (k−1)/2 on a ring
+           (wraparound: half the chunks come from each side) or k−1 on a line, the chunk growing
+           by k after each axis. The split that minimises the busiest axis is a small linear
+           program (``_torus_load``). With every axis wrapped this gives the book's
+           T ≈ V / (W_bidi · n_axes); latency Σ ⌈(k−1)/2⌉ hops (the longest path). Reduce-
+           scatter runs the same steps reversed; all-reduce = reduce-scatter + all-gather.
+multislice several slices over DCN (each chip its host's DCN share): an all-gather of the
+           shard across slices, then the torus all-gather of N shards inside each slice
+           (all-reduce / reduce-scatter: the mirror), one after the other.
+ring       the snake ring through the slice on one link one way (a baseline, never better).
+
+Broadcast: binomial ``tree`` (⌈lg p⌉ steps of the whole buffer) or ``scatter_allgather`` (van de
+Geijn; Thakur, Rabenseifner & Gropp 2005: binomial scatter, then the best all-gather). The result
+names the algorithm taken and lists the others in ``alternatives``.
 """
 
 from __future__ import annotations
@@ -53,6 +69,9 @@ import itertools
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
+from functools import cache
+
+import numpy as np
 
 from vlscale.costs.topology import Group, Tier
 from vlscale.errors import ConfigError
@@ -62,7 +81,7 @@ from vlscale.errors import ConfigError
 class Phase:
     """Consecutive steps on one tier: ``steps`` steps moving ``bytes_per_link`` per direction.
 
-    Phases with the same ``stage`` are pipelined (hierarchical): their bandwidth terms overlap.
+    Phases with the same ``stage`` are pipelined: their bandwidth terms overlap.
     ``time_s`` is the phase on its own."""
 
     tier: str
@@ -113,6 +132,12 @@ def _seq(*entries: tuple[Tier, int, float]) -> Schedule:
     return [_Step(t, s, d, stage) for t, s, d in entries]
 
 
+def _pipelined(*entries: tuple[Tier, int, float]) -> Schedule:
+    """Phases on different tiers pipelined over chunks: one stage, one lane each."""
+    stage = _Stage()
+    return [_Step(t, s, d, stage, lane) for lane, (t, s, d) in enumerate(entries)]
+
+
 def all_gather(shard_bytes: float, group: Group, algorithm: str = "auto") -> CollectiveResult:
     """All-gather of ``shard_bytes`` per rank (each rank ends with p · shard_bytes)."""
     n = _check_bytes(shard_bytes, "shard_bytes")
@@ -129,10 +154,16 @@ def reduce_scatter(shard_bytes: float, group: Group, algorithm: str = "auto") ->
 
 
 def all_reduce(buffer_bytes: float, group: Group, algorithm: str = "auto") -> CollectiveResult:
-    """All-reduce of ``buffer_bytes`` = reduce-scatter then all-gather of buffer/p per rank."""
+    """All-reduce of ``buffer_bytes``: reduce-scatter + all-gather (ring, torus, multislice) or
+    one of NCCL's reduction trees (tree, nvls, nvls_tree, collnet)."""
     n = _check_bytes(buffer_bytes, "buffer_bytes")
     shard = n / group.size
-    cands = {k: (lambda f=f: f()[::-1] + f()) for k, f in _ag_candidates(shard, group).items()}
+    cands = {
+        k: (lambda f=f: f()[::-1] + f())
+        for k, f in _ag_candidates(shard, group).items()
+        if k != "pat"  # NCCL runs PAT for all-gather / reduce-scatter only
+    }
+    cands |= _ar_trees(n, group)
     moved = 2 * (group.size - 1) * shard
     return _pick("all_reduce", n, group, algorithm, cands, moved)
 
@@ -182,77 +213,139 @@ def algorithms(op: str, group: Group) -> list[str]:
         return ["tree", "scatter_allgather"]
     if op == "neighbor_exchange":
         return ["ring", "bidirectional_ring"]
-    return list(_ag_candidates(1.0, group))
+    ag = list(_ag_candidates(1.0, group))
+    if op == "all_reduce":
+        return [k for k in ag if k != "pat"] + list(_ar_trees(1.0, group))
+    return ag
 
 
 # --------------------------------------------------------------------------- all-gather schedules
 
 
 def _ag_candidates(n: float, group: Group) -> dict[str, Callable[[], Schedule]]:
-    """All-gather schedules (shard n) available on ``group``, by algorithm name."""
-    cands: dict[str, Callable[[], Schedule]] = {"ring": lambda: _ring(n, group)}
+    """All-gather schedules (shard n) available on ``group``, by algorithm name (on a tie the
+    first listed wins: XLA's torus algorithms before the snake ring)."""
+    cands: dict[str, Callable[[], Schedule]] = {}
     if group.kind == "gpu":
-        cands["halving_doubling"] = lambda: _halving_doubling(n, group)
-    elif group.inner_size > 1 and group.outer_size == 1:
+        cands["ring"] = lambda: _ring(n, group)
+        if group.inner_size == 1 and group.outer_size > 1:
+            cands["pat"] = lambda: _pat(n, group)
+        return cands
+    if group.inner_size > 1 and group.outer_size == 1:
         cands["torus"] = lambda: _torus(n, group)
-    if group.outer_size > 1 and group.inner_size > 1:
-        cands["hierarchical"] = lambda: _hierarchical(n, group)
+    elif group.outer_size > 1:
+        cands["multislice"] = lambda: _multislice(n, group)
+    cands["ring"] = lambda: _ring(n, group)
     return cands
 
 
 def _ring(n: float, group: Group) -> Schedule:
     p = group.size
-    return _seq((_bottleneck(group, n, ring=True), p - 1, (p - 1) * n))
+    return _seq((_bottleneck(group, n, ring=group.kind == "gpu"), p - 1, (p - 1) * n))
 
 
-def _halving_doubling(n: float, group: Group) -> Schedule:
-    p, g = group.size, group.inner_size
-    schedule = []
-    have = 1  # shards held so far
-    split = _pow2(p) and _pow2(g) and group.outer_size > 1
-    while have < p:
-        chunk = min(have, p - have) * n
-        tier = group.inner if (split and have < g) or group.outer_size == 1 else None
-        schedule.append((tier or _bottleneck(group, chunk), 1, chunk))
-        have += min(have, p - have)
-    return _merge(_seq(*schedule))
+def _pat(n: float, group: Group) -> Schedule:
+    p = group.size
+    return _seq((group.outer, math.ceil(math.log2(p)), (p - 1) * n))
 
 
 def _torus(n: float, group: Group) -> Schedule:
-    axes = [(k, w) for k, w in zip(group.torus_dims, group.torus_wrap, strict=True) if k > 1]
-    best: list[tuple[Tier, int, float]] = []
-    for order in itertools.permutations(axes):
-        schedule, chunk = [], n
-        for k, wrap in order:
-            if wrap:  # bidirectional ring: half of the k−1 chunks arrive from each side
-                schedule.append((group.inner, math.ceil((k - 1) / 2), (k - 1) * chunk / 2))
-            else:  # a line: the end chip gets all k−1 chunks through one link
-                schedule.append((group.inner, k - 1, (k - 1) * chunk))
-            chunk *= k
-        if not best or _time(_seq(*schedule)) < _time(_seq(*best)):
-            best = schedule
-    return _seq(*best)
+    axes = tuple((k, w) for k, w in zip(group.torus_dims, group.torus_wrap, strict=True) if k > 1)
+    steps = sum(math.ceil((k - 1) / 2) if w else k - 1 for k, w in axes)
+    return _seq((group.inner, steps, _torus_load(axes) * n))
 
 
-def _hierarchical(n: float, group: Group) -> Schedule:
-    outer_group = Group(group.kind, 1, group.outer_size, group.inner, group.outer)
-    outer = min(
-        (f() for k, f in _ag_candidates(n, outer_group).items() if k != "hierarchical"),
-        key=_time,
-    )
-    inner_group = Group(
-        group.kind, group.inner_size, 1, group.inner, None, group.torus_dims, group.torus_wrap
-    )
-    inner = min(
-        (f() for f in _ag_candidates(n * group.outer_size, inner_group).values()), key=_time
-    )
-    stage = _Stage()  # the two phases are pipelined over chunks: one stage, two lanes
-    return [_Step(st.tier, st.steps, st.moved, stage, 0) for st in outer] + [
-        _Step(st.tier, st.steps, st.moved, stage, 1) for st in inner
-    ]
+def _multislice(n: float, group: Group) -> Schedule:
+    slices = group.outer_size
+    dcn = _seq((group.outer, slices - 1, (slices - 1) * n))
+    if group.inner_size == 1:
+        return dcn
+    inner = Group("tpu", group.inner_size, 1, group.inner, None, group.torus_dims, group.torus_wrap)
+    return dcn + _torus(n * slices, inner)
+
+
+@cache
+def _torus_load(axes: tuple[tuple[int, bool], ...]) -> float:
+    """Bytes through the busiest ICI link direction per byte of shard, all axes at once.
+
+    Each order o of the axes gathers a fraction x_o of the data; on axis a it moves
+    L_o[a] = f(k_a) · Π(k_b for b before a in o) per byte of shard. Minimise t subject to
+    Σ_o x_o L_o[a] <= t for every axis, Σ x_o = 1, x >= 0. A linear program with at most 3 axes
+    and 6 orders: its optimum is a vertex where at least as many axis constraints are tight as
+    orders are used, so every (orders S, tight axes A, |S| = |A|) system is solved exactly.
+    """
+    if not axes:
+        return 0.0
+    m = len(axes)
+    loads = []
+    for order in itertools.permutations(range(m)):
+        row, grown = [0.0] * m, 1.0
+        for a in order:
+            k, wrap = axes[a]
+            row[a] = ((k - 1) / 2 if wrap else k - 1) * grown
+            grown *= k
+        loads.append(row)
+    loads_arr = np.array(loads)  # orders x axes
+    best = min(max(r) for r in loads)  # one order alone (a vertex with |S| = 1)
+    for s in range(2, m + 1):
+        for orders in itertools.combinations(range(len(loads)), s):
+            for tight in itertools.combinations(range(m), s):
+                # unknowns x_S (s) and t: Σ_o x_o L_o[a] − t = 0 (a in A), Σ x_o = 1
+                mat = np.zeros((s + 1, s + 1))
+                mat[:s, :s] = loads_arr[np.ix_(orders, tight)].T
+                mat[:s, s] = -1.0
+                mat[s, :s] = 1.0
+                rhs = np.zeros(s + 1)
+                rhs[s] = 1.0
+                try:
+                    sol = np.linalg.solve(mat, rhs)
+                except np.linalg.LinAlgError:
+                    continue
+                x, t = sol[:s], sol[s]
+                if (x < -1e-12).any():
+                    continue
+                if (x @ loads_arr[list(orders)] <= t * (1 + 1e-12) + 1e-12).all():
+                    best = min(best, float(t))
+    return best
+
+
+# --------------------------------------------------------------------------- all-reduce trees
+
+
+def _ar_trees(n: float, group: Group) -> dict[str, Callable[[], Schedule]]:
+    """NCCL's all-reduce algorithms that are not reduce-scatter + all-gather (GPU only)."""
+    if group.kind != "gpu":
+        return {}
+    g, nodes = group.inner_size, group.outer_size
+    cands: dict[str, Callable[[], Schedule]] = {}
+    nvls = group.nvls if g > 1 else None
+    if nodes == 1:
+        if nvls is not None:
+            cands["nvls"] = lambda: _seq((nvls, 2, n))
+        return cands
+    node_nic = _node_nic(group)
+    levels = math.ceil(math.log2(nodes))
+    chain = (group.inner, 2 * (g - 1), n) if g > 1 else None
+
+    def tree() -> Schedule:
+        return _pipelined(*filter(None, [(node_nic, 2 * levels, 2 * n), chain]))
+
+    cands["tree"] = tree
+    if nvls is not None:
+        swap = 1 if nodes == 2 else 2
+        cands["nvls_tree"] = lambda: _pipelined((nvls, 2, n), (node_nic, 2 * levels, swap * n))
+    if group.in_network_reduction:
+        intra = (nvls, 2, n) if nvls is not None else chain
+        cands["collnet"] = lambda: _pipelined(*filter(None, [(node_nic, 2, n), intra]))
+    return cands
 
 
 # --------------------------------------------------------------------------- helpers
+
+
+def _node_nic(group: Group) -> Tier:
+    """The node's NICs together: NCCL spreads its channels over them (one per rail)."""
+    return replace(group.outer, bandwidth=group.outer.bandwidth * group.inner_size)
 
 
 def _bottleneck(group: Group, chunk: float, ring: bool = False) -> Tier:
@@ -263,22 +356,8 @@ def _bottleneck(group: Group, chunk: float, ring: bool = False) -> Tier:
     (``inner_size`` times the per-rank share)."""
     tiers = list(group.tiers or (group.inner,))
     if ring and group.outer_size > 1:
-        tiers[-1] = replace(group.outer, bandwidth=group.outer.bandwidth * group.inner_size)
+        tiers[-1] = _node_nic(group)
     return max(tiers, key=lambda t: t.phase_time(1, chunk))
-
-
-def _merge(schedule: Schedule) -> Schedule:
-    """Join consecutive steps on the same tier and stage (one Phase each)."""
-    out: Schedule = []
-    for st in schedule:
-        last = out[-1] if out else None
-        if last and (last.tier, last.stage, last.lane) == (st.tier, st.stage, st.lane):
-            out[-1] = _Step(
-                st.tier, last.steps + st.steps, last.moved + st.moved, st.stage, st.lane
-            )
-        else:
-            out.append(st)
-    return out
 
 
 def _time(schedule: Schedule) -> float:
@@ -332,7 +411,3 @@ def _check_bytes(value: float, name: str) -> float:
     if not (value >= 0 and math.isfinite(value)):
         raise ConfigError(name, f"message size must be a finite number of bytes >= 0, got {value}")
     return float(value)
-
-
-def _pow2(x: int) -> bool:
-    return x > 0 and x & (x - 1) == 0

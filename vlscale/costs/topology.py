@@ -15,9 +15,14 @@ move D bytes through the busiest link direction this is exactly
 so n½ behaves as an extra per-step latency of n½ / (B·η), and T grows with D and shrinks with
 B. All four parameters are calibratable per tier (``DeviceSpec.measured.links``).
 
-Tiers: ``nvlink`` (GPU, within a node; per-GPU bandwidth), ``network`` (GPU, between nodes; the
-node's NIC bandwidth shared by its GPUs, as each GPU drives its own rail), ``ici`` (TPU torus,
-per link), ``dcn`` (TPU, between slices; the host's DCN bandwidth shared by its chips).
+Tiers: ``nvlink`` (GPU, within a node; per-GPU bandwidth), ``nvls`` (the same links when the
+NVSwitch reduces: NVLink SHARP, with its own η), ``network`` (GPU, between nodes; the node's NIC
+bandwidth shared by its GPUs, as each GPU drives its own rail), ``ici`` (TPU torus, per link),
+``dcn`` (TPU, between slices; the host's DCN bandwidth shared by its chips).
+
+Inside a node NVSwitch gives every GPU its full NVLink bandwidth to any peer; without a switch
+(V100 DGX-1, a hybrid cube-mesh of point-to-point links) a group of g of the node's G GPUs gets
+(g−1)/(G−1) of it (the links to its own members, assuming links spread evenly over peers).
 
 A *group* is the set of p ranks of one collective: ``inner_size`` ranks in each of
 ``outer_size`` nodes (GPU) or slices (TPU). Ranks are numbered node-major, as torchrun does.
@@ -31,16 +36,21 @@ from dataclasses import dataclass, replace
 from vlscale.errors import ConfigError
 from vlscale.specs.hardware import ClusterSpec, TierName
 
-# Defaults for what datasheets do not give. They are order-of-magnitude starting points, not
-# measurements: α per step from published small-message latencies (NCCL-tests all-reduce on one
-# 8-GPU NVSwitch node is ~10-20 µs for ~2·lg 8 steps; InfiniBand verbs ~2 µs plus NCCL proxy
-# overhead; ICI ~1 µs per hop per the scaling book; DCN tens of µs), η from the bus bandwidth
-# NCCL-tests reach on large messages (~80 % of NVLink, ~90 % of a 400G NIC), n½ so that busbw
-# saturates at MB-sized messages as in those plots. Replace them with measured values
-# (a hardware file's `measured.links`).
+# Defaults for what datasheets do not give. α per step: order-of-magnitude starting points from
+# published small-message latencies (NCCL-tests all-reduce on one 8-GPU NVSwitch node is ~10-20 µs
+# for ~2·lg 8 steps; InfiniBand verbs ~2 µs plus NCCL proxy overhead; ICI ~1 µs per hop per the
+# scaling book; DCN tens of µs). η, the fraction of the nominal bandwidth NCCL reaches on large
+# messages, from NCCL's maintainers: "with the protocol overhead (~20%) NCCL can get an effective
+# NVLink bandwidth of 370GB/s" of H100's 450 (0.82), and NVLink SHARP all-reduce peaks at
+# "busBw ~480GB/s (algbw ~275GB/s)" on 8 H100 (275 / 450 = 0.61) (both nccl-tests issue #212);
+# "24GB/s is the peak performance per 200G NIC" (nccl-tests #119) and 46-48 GB/s per 400G NIC
+# (nccl-tests #290): 0.96. NVLS reaches its peak only past ~1 GB ("256M is too small", #212),
+# hence its large n½. ICI and DCN η are assumed. Replace any of them with measured values (a
+# hardware file's `measured.links`).
 DEFAULT_LINKS: dict[str, dict[str, float]] = {
-    "nvlink": {"alpha_s": 1.0e-6, "efficiency": 0.80, "n_half_bytes": 512 * 1024},
-    "network": {"alpha_s": 5.0e-6, "efficiency": 0.90, "n_half_bytes": 128 * 1024},
+    "nvlink": {"alpha_s": 1.0e-6, "efficiency": 0.82, "n_half_bytes": 512 * 1024},
+    "nvls": {"alpha_s": 2.0e-6, "efficiency": 0.61, "n_half_bytes": 16 * 1024 * 1024},
+    "network": {"alpha_s": 5.0e-6, "efficiency": 0.96, "n_half_bytes": 128 * 1024},
     "ici": {"alpha_s": 1.0e-6, "efficiency": 0.90, "n_half_bytes": 64 * 1024},
     "dcn": {"alpha_s": 2.0e-5, "efficiency": 0.80, "n_half_bytes": 1024 * 1024},
     # CPU ranks on one host: gloo over loopback / shared memory (measure with trainer.probe)
@@ -83,7 +93,9 @@ class Tier:
 class Group:
     """The ranks of one collective: ``inner_size`` per node/slice times ``outer_size`` of them.
 
-    GPU: ``inner`` is NVLink, ``outer`` the NICs. TPU: ``inner`` is ICI over a sub-torus of
+    GPU: ``inner`` is NVLink, ``outer`` each GPU's share of its node's NICs; ``nvls`` the NVLink
+    SHARP tier where the node's NVSwitches reduce (else None); ``in_network_reduction`` when the
+    NIC fabric reduces (SHARP, NCCL's CollNet). TPU: ``inner`` is ICI over a sub-torus of
     ``torus_dims`` (with per-axis ``torus_wrap``), ``outer`` the DCN between slices.
     """
 
@@ -94,6 +106,8 @@ class Group:
     outer: Tier | None = None
     torus_dims: tuple[int, ...] = ()
     torus_wrap: tuple[bool, ...] = ()
+    nvls: Tier | None = None
+    in_network_reduction: bool = False
 
     def __post_init__(self):
         if self.inner_size < 1 or self.outer_size < 1:
@@ -163,15 +177,27 @@ def make_group(cluster: ClusterSpec, size: int | None = None) -> Group:
             f"multiple of it (e.g. {island * max(1, size // island)})",
         )
     inner_size, outer_size = (size, 1) if size <= island else (island, size // island)
-    if cluster.device.kind in ("gpu", "cpu"):
+    if cluster.device.kind == "cpu":  # ranks on one host: gloo through its memory
         return Group("gpu", inner_size, outer_size, inner, outer)
+    if cluster.device.kind == "gpu":
+        nvlink, full = cluster.device.nvlink, cluster.device.devices_per_node
+        if not nvlink.nvswitch and 1 < inner_size < full:
+            # Point-to-point links (DGX-1's hybrid cube-mesh): a ring over part of the node can
+            # use only the links among its members; spread evenly over the G-1 peers, that is
+            # (g-1)/(G-1) of each GPU's links. A whole node's rings use them all.
+            inner = replace(inner, bandwidth=inner.bandwidth * (inner_size - 1) / (full - 1))
+        nvls = default_tier("nvls", nvlink.bandwidth, cluster) if nvlink.switch_reduction else None
+        sharp = cluster.device.network.in_network_reduction
+        return Group(
+            "gpu", inner_size, outer_size, inner, outer, nvls=nvls, in_network_reduction=sharp
+        )
     dims, wrap = _sub_torus(cluster.slice_dims, cluster.wraparound, inner_size)
     return Group("tpu", inner_size, outer_size, inner, outer, dims, wrap)
 
 
 def with_tier(group: Group, **changes) -> Group:
     """A copy of ``group`` whose tiers are changed: ``inner=dict(bandwidth=...)`` etc."""
-    updates = {k: replace(getattr(group, k), **v) for k, v in changes.items()}
+    updates = {k: replace(getattr(group, k), **v) for k, v in changes.items() if getattr(group, k)}
     return replace(group, **updates)
 
 

@@ -58,11 +58,16 @@ class PlanConfig(BaseModel):
     devices: int = Field(default=256, gt=0)
     devices_per_node: int | None = Field(default=None, gt=0)
     num_slices: int = Field(default=1, gt=0)
+    slice_shape: str | tuple[int, ...] | None = Field(
+        default=None, description="TPU slice torus, e.g. '4x4x8' (validated with the cluster)"
+    )
     hardware_file: str | None = None
 
     global_batch: int = Field(default=32_768, gt=0)
     samples: int = Field(default=12_800_000_000, gt=0)
-    precision: Precision = "bf16"
+    precision: Precision | None = Field(
+        default=None, description="None: the device's 16-bit type (bf16, or fp16 on V100)"
+    )
     sharding: Literal["fsdp", "ddp"] = "fsdp"
     reshard_after_forward: bool = True
     checkpointing: bool = False

@@ -139,6 +139,7 @@ def resolve(
         device_override or config.device,
         config.devices,
         devices_per_node=config.devices_per_node,
+        slice_shape=config.slice_shape,
         num_slices=config.num_slices,
         extra_devices=extra,
     )
@@ -153,6 +154,8 @@ def plan(
 
     spec, recipe, cluster = resolve(config, device_override)
     device = cluster.device
+    if config.precision is None:
+        config = config.model_copy(update={"precision": default_precision(device)})
     compute = resolve_compute(
         device,
         config.utilisation,
@@ -273,6 +276,11 @@ def _without_sync(wl: Workload) -> Workload:
         u.model_copy(update={"reduce_scatter_s": 0.0, "all_reduce_s": 0.0}) for u in wl.units
     )
     return wl.model_copy(update={"units": units, "optimizer_s": 0.0, "grad_norm_all_reduce_s": 0.0})
+
+
+def default_precision(device: DeviceSpec) -> str:
+    """The device's 16-bit training type: bf16 where it has a bf16 path, else fp16 (V100)."""
+    return "bf16" if device.peak_flops.bf16 is not None else "fp16"
 
 
 def _compute_dtype(device: DeviceSpec, precision: str) -> str:

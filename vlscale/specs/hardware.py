@@ -23,7 +23,14 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from vlscale.errors import ConfigError, from_validation_error
 from vlscale.specs.compute_profile import ComputeProfile
@@ -32,7 +39,7 @@ DATA_DIR = Path(__file__).parent / "data"
 CATALOG_FILES = ("gpus.yaml", "tpus.yaml")
 
 Dtype = Literal["fp32", "tf32", "bf16", "fp16"]
-TierName = Literal["nvlink", "network", "ici", "dcn", "host"]
+TierName = Literal["nvlink", "nvls", "network", "ici", "dcn", "host"]
 Wraparound = Literal["full_cube", "full_axis", "always", "never"]
 
 
@@ -63,12 +70,23 @@ class Memory(_Spec):
 
 
 class NVLink(_Spec):
-    """GPU scale-up fabric: per-GPU NVLink bandwidth, one direction."""
+    """GPU scale-up fabric: per-GPU NVLink bandwidth, one direction.
+
+    ``nvswitch``: the node's GPUs meet in NVSwitches (every GPU reaches every other at its full
+    bandwidth); without them the links form a fixed graph (DGX-1's hybrid cube-mesh), which
+    NCCL covers with rings only. ``generation`` >= 4 with NVSwitch (third-generation NVSwitch:
+    HGX H100 / H200 / B200) reduces in the switch: NCCL's NVLS algorithm (NVLink SHARP).
+    """
 
     generation: int | None = Field(default=None, ge=1)
     bandwidth: float = Field(gt=0, description="bytes/s per GPU, one direction")
     nvswitch: bool
     source: str = Field(min_length=1)
+
+    @property
+    def switch_reduction(self) -> bool:
+        """NVLink SHARP (NCCL's NVLS): NVSwitch of the third generation or later."""
+        return self.nvswitch and (self.generation or 0) >= 4
 
 
 class Ici(_Spec):
@@ -77,6 +95,13 @@ class Ici(_Spec):
     ``wraparound``: "full_cube" -> every axis wraps when all slice dims are multiples of
     ``wrap_unit`` (v4/v5p cubes); "full_axis" -> an axis wraps when it spans the pod axis
     (v5e/v6e); "always" / "never" for user devices.
+
+    Slice shapes (Cloud TPU docs' configuration tables; :func:`check_slice_shape`): "full_cube"
+    slices are either smaller than a cube with every dim in {1, 2, 4} (2x2x1, 2x2x2, 2x2x4,
+    2x4x4) or whole cubes (every dim a multiple of ``wrap_unit``); "full_axis" slices have
+    power-of-two dims at most 2:1 apart (1x1, 2x2, 2x4, 4x4, ..., 16x16). Up to one host's chips
+    any shape is accepted (a part of a host). ``max_slice_chips``: the largest single slice
+    (v5p: 16x16x24 = 6,144 chips, fewer than the 8,960-chip pod).
     """
 
     links_per_chip: int = Field(gt=0)
@@ -84,6 +109,7 @@ class Ici(_Spec):
     pod_dims: tuple[int, ...] = Field(min_length=1, max_length=3)
     wraparound: Wraparound
     wrap_unit: int | None = Field(default=None, gt=0)
+    max_slice_chips: int | None = Field(default=None, gt=0)
     source: str = Field(min_length=1)
 
     @model_validator(mode="after")
@@ -92,14 +118,23 @@ class Ici(_Spec):
             raise ValueError("wraparound='full_cube' needs wrap_unit (4 for TPU v4/v5p cubes)")
         if any(d <= 0 for d in self.pod_dims):
             raise ValueError(f"pod_dims must be positive, got {self.pod_dims}")
+        if self.links_per_chip != 2 * len(self.pod_dims):  # one link each way along every axis
+            raise ValueError(
+                f"links_per_chip={self.links_per_chip} but a {len(self.pod_dims)}-D torus has 2 "
+                f"ICI links per axis; use {2 * len(self.pod_dims)}"
+            )
         return self
 
 
 class Network(_Spec):
-    """Scale-out: NICs per node (GPU) or per TPU host (DCN), bytes/s per NIC, one direction."""
+    """Scale-out: NICs per node (GPU) or per TPU host (DCN), bytes/s per NIC, one direction.
+
+    ``in_network_reduction``: the fabric reduces in its switches (InfiniBand SHARP), which
+    NCCL's CollNet algorithms use; off unless the cluster says it has it."""
 
     nics_per_node: int = Field(gt=0)
     nic_bandwidth: float = Field(gt=0, description="bytes/s per NIC, one direction")
+    in_network_reduction: bool = False
     source: str = Field(min_length=1)
 
     @property
@@ -261,6 +296,11 @@ class ClusterSpec(_Spec):
     slice_shape: tuple[int, ...] | None = None
     num_slices: int = Field(default=1, gt=0)
 
+    @field_validator("slice_shape", mode="before")
+    @classmethod
+    def _shape_from_text(cls, value: Any) -> Any:
+        return parse_slice_shape(value) if isinstance(value, str) else value
+
     @model_validator(mode="after")
     def _check(self) -> ClusterSpec:
         if self.device.kind in ("gpu", "cpu"):
@@ -333,13 +373,53 @@ def _check_tpu_cluster(c: ClusterSpec) -> None:
     if any(d > p for d, p in zip(sorted(dims), sorted(ici.pod_dims), strict=True)):
         raise ValueError(
             f"slice_shape {_fmt(dims)} does not fit in a {c.device.name} pod "
-            f"({_fmt(ici.pod_dims)}); use a smaller slice and num_slices > 1"
+            f"({_fmt(ici.pod_dims)}); use a smaller slice and num_slices > 1 (--num-slices)"
         )
     if math.prod(dims) * c.num_slices != c.num_devices:
         raise ValueError(
             f"slice_shape {_fmt(dims)} ({math.prod(dims)} chips) x num_slices={c.num_slices} "
             f"!= num_devices={c.num_devices}; make them agree"
         )
+    problem = check_slice_shape(c.device, dims)
+    if problem:
+        raise ValueError(problem)
+
+
+def check_slice_shape(device: DeviceSpec, dims: tuple[int, ...]) -> str | None:
+    """Why ``dims`` is not a slice shape of ``device`` (rules in :class:`Ici`), or None."""
+    ici, chips = device.ici, math.prod(dims)
+    if ici.max_slice_chips is not None and chips > ici.max_slice_chips:
+        return (
+            f"slice_shape {_fmt(dims)} has {chips} chips; the largest {device.name} slice has "
+            f"{ici.max_slice_chips}: use num_slices > 1 (--num-slices)"
+        )
+    if chips <= device.devices_per_node:  # part of one host
+        return None
+    if ici.wraparound == "full_cube":
+        unit = ici.wrap_unit
+        small = chips < unit ** len(dims) and all(d in (1, 2, unit) for d in dims)
+        if not (small or all(d % unit == 0 for d in dims)):
+            return (
+                f"slice_shape {_fmt(dims)} is not a {device.name} slice: below a "
+                f"{_fmt([unit] * len(dims))} cube every dim is 1, 2 or {unit} (e.g. 2x2x4, "
+                f"2x4x4), from a cube up every dim is a multiple of {unit} (e.g. 4x4x8)"
+            )
+    elif ici.wraparound == "full_axis":
+        pow2 = all(d & (d - 1) == 0 for d in dims)
+        if not (pow2 and max(dims) <= 2 * min(dims)):
+            return (
+                f"slice_shape {_fmt(dims)} is not a {device.name} slice: dims are powers of two "
+                "at most 2:1 apart (2x2, 2x4, 4x4, 4x8, 8x8, 8x16, 16x16)"
+            )
+    return None
+
+
+def parse_slice_shape(text: str) -> tuple[int, ...]:
+    """'4x4x8' -> (4, 4, 8), as Cloud TPU writes topologies; ValueError naming the fix."""
+    parts = text.lower().replace(" ", "").split("x")
+    if not all(p.isdigit() and int(p) > 0 for p in parts):
+        raise ValueError(f"'{text}' is not a slice shape; write positive dims joined by x: 4x4x8")
+    return tuple(int(p) for p in parts)
 
 
 def default_slice_shape(device: DeviceSpec, chips: int) -> tuple[int, ...]:
@@ -356,7 +436,8 @@ def default_slice_shape(device: DeviceSpec, chips: int) -> tuple[int, ...]:
     if any(d > p for d, p in zip(sorted(shape), sorted(ici.pod_dims), strict=True)):
         raise ValueError(
             f"{chips} chips do not fit in one {device.name} slice (pod {_fmt(ici.pod_dims)}, "
-            f"{math.prod(ici.pod_dims)} chips); use num_slices > 1 or give slice_shape"
+            f"{math.prod(ici.pod_dims)} chips); use num_slices > 1 (--num-slices) or give "
+            "slice_shape (--slice-shape)"
         )
     return shape
 
@@ -381,7 +462,7 @@ def make_cluster(
     num_devices: int,
     *,
     devices_per_node: int | None = None,
-    slice_shape: tuple[int, ...] | None = None,
+    slice_shape: tuple[int, ...] | str | None = None,
     num_slices: int = 1,
     name: str = "",
     extra_devices: dict[str, DeviceSpec] | None = None,
@@ -394,11 +475,15 @@ def make_cluster(
             device=spec,
             num_devices=num_devices,
             devices_per_node=devices_per_node,
-            slice_shape=tuple(slice_shape) if slice_shape else None,
+            slice_shape=slice_shape if isinstance(slice_shape, str) else _tuple(slice_shape),
             num_slices=num_slices,
         )
     except ValidationError as exc:
         raise _config_error(exc, "cluster") from None
+
+
+def _tuple(dims) -> tuple[int, ...] | None:
+    return tuple(dims) if dims else None
 
 
 def _prime_factors(n: int) -> list[int]:
