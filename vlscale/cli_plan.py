@@ -59,6 +59,13 @@ DecodeOpt = Annotated[
 HwOpt = Annotated[str | None, typer.Option("--hardware-file", help="YAML/TOML with devices")]
 ImageOpt = Annotated[int | None, typer.Option("--image-size", help="override the image size")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="machine-readable output")]
+WorkersOpt = Annotated[
+    int | None, typer.Option("--workers", help="local processes (default: every core)")
+]
+SchedulerOpt = Annotated[
+    str | None,
+    typer.Option("--scheduler", help="Dask scheduler address, e.g. tcp://host:8786 (extra dask)"),
+]
 ReportOpt = Annotated[
     Path | None, typer.Option("--report", help="write an HTML report with plotly figures")
 ]
@@ -290,14 +297,19 @@ def sweep_cmd(
         "sweep.csv"
     ),
     quiet: Annotated[bool, typer.Option("--quiet", help="no progress bar")] = False,
+    workers: WorkersOpt = None,
+    scheduler: SchedulerOpt = None,
 ):
-    """Plan every point of a grid and write one row per configuration (CSV or Parquet)."""
+    """Plan every point of a grid and write one row per configuration (CSV or Parquet).
+
+    Runs on every local core by default, or on a Dask cluster with --scheduler.
+    """
     from vlscale.plan.sweep import expand_grid, run_sweep
 
     if out.suffix not in (".csv", ".parquet"):
         raise ConfigError("out", f"'{out}' must end in .csv or .parquet")
     points = expand_grid(grid_file)
-    frame = run_sweep(points, progress=not quiet)
+    frame = run_sweep(points, progress=not quiet, workers=workers, scheduler=scheduler)
     write_table_atomic(frame, out)
     ok = int(frame["error"].isna().sum())
     typer.echo(f"{len(frame)} configurations ({ok} planned, {len(frame) - ok} invalid) -> {out}")
