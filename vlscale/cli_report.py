@@ -13,8 +13,17 @@ from typing import Annotated
 import typer
 
 from vlscale.cli import app, emit_json, handles_bad_input, print_table
-from vlscale.cli_plan import SchedulerOpt, WorkersOpt, _base_config
 from vlscale.errors import ConfigError
+
+# Defined here, not imported from cli_plan: importing cli_plan first (a sweep worker does) runs
+# vlscale.cli, which imports this module while cli_plan is still half-initialised.
+WorkersOpt = Annotated[
+    int | None, typer.Option("--workers", help="local processes (default: every core)")
+]
+SchedulerOpt = Annotated[
+    str | None,
+    typer.Option("--scheduler", help="Dask scheduler address, e.g. tcp://host:8786 (extra dask)"),
+]
 
 
 def reproduce_command(
@@ -96,6 +105,7 @@ def report_cmd(
     quiet: Annotated[bool, typer.Option("--quiet", help="no progress bar")] = False,
 ):
     """The scaling study: one offline HTML page over devices, batch, recipe and mask ratio."""
+    from vlscale.cli_plan import _base_config
     from vlscale.report.html import check_report_path
     from vlscale.report.study import StudySpec
 

@@ -27,6 +27,7 @@ from vlscale.errors import ConfigError
 
 MAX_CHUNK = 64
 TASKS_PER_WORKER = 4
+CONNECT_TIMEOUT = "10s"  # how long to wait for a Dask scheduler before saying it is not there
 
 
 def chunk_size(n: int, workers: int) -> int:
@@ -108,7 +109,7 @@ def _map_dask(fn, points, address: str, progress: bool) -> list[Any]:
             "scheduler", "a Dask scheduler needs the 'dask' extra: pip install 'vlscale[dask]'"
         ) from None
     try:
-        client = Client(address, timeout="10s")
+        client = Client(address, timeout=CONNECT_TIMEOUT)
     except (OSError, TimeoutError) as exc:
         raise ConfigError(
             "scheduler", f"cannot reach a Dask scheduler at '{address}' ({exc}); check the address"

@@ -285,4 +285,7 @@ def cheapest_per_deadline(frontier: pd.DataFrame, deadlines_h) -> pd.DataFrame:
             continue
         best = ok.loc[ok["cost_usd"].idxmin()]
         rows.append((float(deadline), best["label"], best["wall_time_h"], best["cost_usd"]))
-    return pd.DataFrame(rows, columns=["deadline_h", "label", "wall_time_h", "cost_usd"])
+    out = pd.DataFrame(rows, columns=["deadline_h", "label", "wall_time_h", "cost_usd"])
+    # pandas turns None into NaN in a column it infers as float (every deadline missed)
+    out["label"] = out["label"].astype(object).where(out["label"].notna(), None)
+    return out

@@ -201,9 +201,9 @@ def study_report(
     deadline_rows = [
         [
             f"≤ {d:,.0f} h",
-            "none of the study's fitting configurations" if lbl is None else lbl,
-            "—" if lbl is None else f"{w:,.1f} h",
-            "—" if lbl is None else f"${c:,.0f}",
+            "none of the study's fitting configurations" if pd.isna(lbl) else lbl,
+            "—" if pd.isna(lbl) else f"{w:,.1f} h",
+            "—" if pd.isna(lbl) else f"${c:,.0f}",
         ]
         for d, lbl, w, c in cheapest.itertuples(index=False)
     ]
