@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import math
 
+import hypothesis.strategies as st
 import pandas as pd
 import pytest
+from hypothesis import given, settings
 
 from vlscale.plan.config import make_plan_config
 from vlscale.plan.planner import plan
@@ -262,3 +264,47 @@ def test_frontier_figure_shows_points_frontier_unfit_and_deadlines():
     assert [s.x0 for s in fig.layout.shapes] == [12.0, 25.0]
     # annotations on a log axis sit at log10 of the deadline
     assert [a.x for a in fig.layout.annotations] == pytest.approx([math.log10(12), math.log10(25)])
+
+
+# ----------------------------------------------------------------------------- frontier property
+
+point = st.tuples(
+    st.floats(0.1, 1e4, allow_nan=False),  # wall time (h)
+    st.floats(1.0, 1e7, allow_nan=False),  # cost (USD)
+    st.booleans(),  # fits
+)
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(point, min_size=1, max_size=25))
+def test_frontier_is_exactly_the_undominated_fitting_points(points):
+    rows = pd.DataFrame(
+        [
+            _row("scaling", "clip/gather", 8 * (i + 1), 64, fits, wall_time_h=w, cost_usd=c)
+            for i, (w, c, fits) in enumerate(points)
+        ]
+    )
+    frame = frontier_frame(rows)
+    fitting = frame[frame["fits"]]
+    for _, p in frame.iterrows():
+        # dominated: another fitting point is no slower and no dearer, and better in one of them
+        # (of two identical points, the first in wall-time order is kept)
+        dominated = (
+            (fitting["wall_time_h"] <= p["wall_time_h"])
+            & (fitting["cost_usd"] <= p["cost_usd"])
+            & ((fitting["wall_time_h"] < p["wall_time_h"]) | (fitting["cost_usd"] < p["cost_usd"]))
+        ).any()
+        twin_before = (
+            (fitting["wall_time_h"] == p["wall_time_h"])
+            & (fitting["cost_usd"] == p["cost_usd"])
+            & (fitting.index < p.name)
+        ).any()
+        assert p["on_frontier"] == (bool(p["fits"]) and not dominated and not twin_before)
+    deadlines = sorted({w for w, _, _ in points})
+    cheapest = cheapest_per_deadline(frame, deadlines)
+    costs = cheapest["cost_usd"].dropna().tolist()
+    assert costs == sorted(costs, reverse=True)  # a later deadline never costs more
+    chosen = cheapest.dropna(subset=["wall_time_h"])
+    on = frame[frame["on_frontier"]]
+    for w, c in zip(chosen["wall_time_h"], chosen["cost_usd"], strict=True):
+        assert ((on["wall_time_h"] == w) & (on["cost_usd"] == c)).any()  # picks lie on it
