@@ -89,15 +89,15 @@ def _map_processes(fn, points, n_workers: int, size: int, progress: bool) -> lis
     chunks = _chunks(points, size)
     results: list[list[Any] | None] = [None] * len(chunks)
     label = f"planning ({n_workers} processes)"
-    with (
-        _progress_bar(len(points), progress, label) as advance,
-        ProcessPoolExecutor(max_workers=min(n_workers, len(chunks))) as pool,
-    ):
+    with ProcessPoolExecutor(max_workers=min(n_workers, len(chunks))) as pool:
+        # submit (which forks the workers) before the progress bar starts its refresh thread:
+        # a fork while another thread holds a lock can leave the child stuck on that lock
         futures = {pool.submit(_apply, fn, chunk): i for i, chunk in enumerate(chunks)}
-        for future in as_completed(futures):
-            i = futures[future]
-            results[i] = future.result()
-            advance(len(chunks[i]))
+        with _progress_bar(len(points), progress, label) as advance:
+            for future in as_completed(futures):
+                i = futures[future]
+                results[i] = future.result()
+                advance(len(chunks[i]))
     return [row for chunk in results for row in chunk]  # type: ignore[union-attr]
 
 
