@@ -231,8 +231,8 @@ def study_report(
             calibration_figure(frame),
             summary_table(CALIBRATION_HEADER, calibration_summary(validation)),
             _p(
-                "replay: the planner given the measured efficiencies of the run itself; "
-                "prediction: runs not used for fitting.",
+                "Mean absolute percentage error and largest error as `vlscale validate` "
+                "reports them, for its replay and prediction modes; points by split.",
                 "note",
             ),
         ]
