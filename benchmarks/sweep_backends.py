@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import resource
 import tempfile
 import time
 from pathlib import Path
@@ -36,6 +37,15 @@ def timed(fn):
     return out, time.perf_counter() - start
 
 
+def cpu_s() -> float:
+    """User + system CPU seconds of this process and its reaped children (pool workers, Dask
+    nannies and workers once closed): unlike wall time, it does not move when other jobs
+    compete for the cores, so it tells overhead apart from contention."""
+    own = resource.getrusage(resource.RUSAGE_SELF)
+    kids = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + kids.ru_utime + kids.ru_stime
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--points", type=int, default=1000, help="first N grid points")
@@ -49,13 +59,16 @@ def main() -> None:
     n = len(points)
     print(f"{n} configurations, {args.workers} local workers, {os.cpu_count()} cores")
 
+    c0 = cpu_s()
     serial, t_serial = timed(lambda: run_sweep(points, progress=False, workers=1))
-    print(f"serial      {t_serial:7.2f} s  {n / t_serial:8.1f} configs/s")
+    c1 = cpu_s()
+    print(f"serial      {t_serial:7.2f} s  {n / t_serial:8.1f} configs/s  cpu {c1 - c0:6.1f} s")
 
     pool, t_pool = timed(lambda: run_sweep(points, progress=False, workers=args.workers))
+    c2 = cpu_s()
     pd.testing.assert_frame_equal(pool, serial)
     print(
-        f"processes   {t_pool:7.2f} s  {n / t_pool:8.1f} configs/s  "
+        f"processes   {t_pool:7.2f} s  {n / t_pool:8.1f} configs/s  cpu {c2 - c1:6.1f} s  "
         f"speed-up x{t_serial / t_pool:.2f} (pool start-up included)"
     )
 
@@ -66,6 +79,7 @@ def main() -> None:
         print("dask         skipped: pip install 'vlscale[dask]'")
         return
     dask.config.set({"distributed.worker.profile.enabled": False})
+    c3 = cpu_s()
     cluster, t_start = timed(
         lambda: LocalCluster(
             n_workers=args.workers, threads_per_worker=1, processes=True, dashboard_address=None
@@ -75,10 +89,12 @@ def main() -> None:
         rows, t_dask = timed(
             lambda: run_sweep(points, progress=False, scheduler=cluster.scheduler_address)
         )
+    c4 = cpu_s()
     pd.testing.assert_frame_equal(rows, serial)
     print(
-        f"dask        {t_dask:7.2f} s  {n / t_dask:8.1f} configs/s  "
-        f"speed-up x{t_serial / t_dask:.2f} (cluster start-up {t_start:.1f} s apart)"
+        f"dask        {t_dask:7.2f} s  {n / t_dask:8.1f} configs/s  cpu {c4 - c3:6.1f} s  "
+        f"speed-up x{t_serial / t_dask:.2f} (cluster start-up {t_start:.1f} s apart; cpu "
+        "includes it)"
     )
     print("rows identical across backends: yes")
 
