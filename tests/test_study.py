@@ -89,6 +89,20 @@ def test_study_points_cover_the_grid_and_skip_batches_the_devices_do_not_divide(
     assert all(p["model"] == "tiny-clip" for p in points)
 
 
+def test_the_default_study_spans_8_to_4096_devices_for_every_variant():
+    points = study_points(StudySpec(base=make_plan_config({})))
+    for part, variants in (("scaling", VARIANTS), ("loss", LOSS_VARIANTS)):
+        for recipe, impl in variants:
+            devices = {
+                p["devices"]
+                for p in points
+                if p["part"] == part and (p["recipe"], p["loss_impl"]) == (recipe, impl)
+            }
+            assert min(devices) == 8 and max(devices) == 4096 and len(devices) == 10
+    batches = {p["global_batch"] for p in points if p["part"] == "scaling"}
+    assert len(batches) >= 2
+
+
 def test_a_small_study_holds_the_planners_own_numbers():
     spec = StudySpec(
         base=TINY, devices=(8, 16), global_batches=(64,), mask_ratios=(0.0, 0.5), loss_local_batch=8
