@@ -36,6 +36,8 @@ demo: $(STAMP)
 	$(BIN)/vlscale plan
 	$(BIN)/vlscale compare --model ViT-SO400M-14-SigLIP --devices 1024 --global-batch 1048576 --checkpointing
 	$(BIN)/python -m trainer.train --model tiny-clip --recipe clip --global-batch 32 --steps 20 --out runs/demo --overwrite
+	$(BIN)/vlscale papers
+	$(BIN)/vlscale report --out reports/demo.html
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

@@ -337,6 +337,10 @@ def _check_choice(field: str, value: str, choices: tuple[str, ...]) -> None:
 # The planner's commands register themselves on `app` (kept in their own module).
 from vlscale import cli_calibrate, cli_collectives, cli_plan  # noqa: E402, F401
 
+# isort: split
+# `vlscale report` and `vlscale papers` (the study page and the published record).
+from vlscale import cli_report  # noqa: E402, F401
+
 
 def main() -> None:
     """Console-script entry point."""

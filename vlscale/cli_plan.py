@@ -72,6 +72,13 @@ ShapeOpt = Annotated[
 ]
 ImageOpt = Annotated[int | None, typer.Option("--image-size", help="override the image size")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="machine-readable output")]
+WorkersOpt = Annotated[
+    int | None, typer.Option("--workers", help="local processes (default: every core)")
+]
+SchedulerOpt = Annotated[
+    str | None,
+    typer.Option("--scheduler", help="Dask scheduler address, e.g. tcp://host:8786 (extra dask)"),
+]
 ReportOpt = Annotated[
     Path | None, typer.Option("--report", help="write an HTML report with plotly figures")
 ]
@@ -371,10 +378,13 @@ def sweep_cmd(
     devices_per_node: PerNodeOpt = None,
     num_slices: SlicesOpt = None,
     slice_shape: ShapeOpt = None,
+    workers: WorkersOpt = None,
+    scheduler: SchedulerOpt = None,
 ):
     """Plan every point of a grid and write one row per configuration (CSV or Parquet).
 
-    The topology flags, when given, set that key in every point (over the grid file)."""
+    Runs on every local core by default, or on a Dask cluster with --scheduler. The topology
+    flags, when given, set that key in every point (over the grid file)."""
     from vlscale.plan.sweep import expand_grid, run_sweep
 
     if out.suffix not in (".csv", ".parquet"):
@@ -387,7 +397,7 @@ def sweep_cmd(
         if v is not None
     }
     points = [point | topology for point in expand_grid(grid_file)]
-    frame = run_sweep(points, progress=not quiet)
+    frame = run_sweep(points, progress=not quiet, workers=workers, scheduler=scheduler)
     write_table_atomic(frame, out)
     ok = int(frame["error"].isna().sum())
     typer.echo(f"{len(frame)} configurations ({ok} planned, {len(frame) - ok} invalid) -> {out}")

@@ -3,7 +3,9 @@
 Each case is a PlanConfig with the run's model, cluster, batch and samples, and the wall time the
 authors report. ``solve_utilisation`` finds the utilisation that makes the planner reproduce a
 case (bisection: the planned wall time is non-increasing in u); ``vlscale.plan.utilisation``
-stores the result for ONE case per device, and the others are predictions.
+stores the result for ONE case per device, and the others are predictions: the other
+OpenCLIP LAION-400M runs (``PREDICTED_RUNS``) and FLIP's Table 1a. ``vlscale.plan.papers``
+puts them all in one table (``vlscale papers``).
 """
 
 from __future__ import annotations
@@ -58,6 +60,48 @@ PUBLISHED_RUNS: dict[str, PublishedRun] = {
             wall_time_h=36.0,
             source="OpenCLIP pretrained-model notes (docs/PRETRAINED.md): ViT-B/32 on "
             "LAION-400M, 32 epochs (~13B samples), batch 32,768, 128 A100-40GB, about 36 hours",
+        ),
+    )
+}
+
+# Predictions only: no constant was solved from these. OpenCLIP docs/PRETRAINED.md, LAION-400M
+# section (the `laion400m_e32` checkpoints: 32 epochs, ~13B samples, as for ViT-B/32).
+PREDICTED_RUNS: dict[str, PublishedRun] = {
+    run.name: run
+    for run in (
+        PublishedRun(
+            name="openclip-vit-b16-a100",
+            config=make_plan_config(
+                model="ViT-B-16",
+                recipe="clip",
+                device="A100-40GB",
+                devices=176,
+                global_batch=33_792,
+                samples=13_000_000_000,
+                precision="bf16",
+                sharding="ddp",
+            ),
+            wall_time_h=61.0,
+            source="OpenCLIP pretrained-model notes (docs/PRETRAINED.md): ViT-B/16 on "
+            "LAION-400M, 32 epochs, 176 A100-40GB for ~61 hours, global batch 33,792",
+        ),
+        PublishedRun(
+            name="openclip-vit-l14-a100",
+            config=make_plan_config(
+                model="ViT-L-14",
+                recipe="clip",
+                device="A100-40GB",
+                devices=400,
+                global_batch=38_400,
+                samples=13_000_000_000,
+                precision="bf16",
+                sharding="ddp",
+                checkpointing=True,
+            ),
+            wall_time_h=127.0,
+            source="OpenCLIP pretrained-model notes (docs/PRETRAINED.md): ViT-L/14 on "
+            "LAION-400M, 32 epochs, 400 A100-40GB for ~127 hours, global batch 38,400, "
+            "gradient checkpointing",
         ),
     )
 }

@@ -8,9 +8,11 @@ Grid file (YAML or TOML)::
       recipe: [clip, siglip]
       loss_impl: [gather, ring]
 
-Points that fail validation (e.g. ``clip`` with ``ring``, a batch that does not divide the
-devices, a model that does not fit) become rows with an ``error`` message instead of stopping the
-sweep; every other row has the ``vlscale plan --json`` keys (nested dicts flattened with '.').
+Points are planned on all local cores by default, or on a Dask cluster (``scheduler``); see
+``run_sweep``. Points that fail validation (e.g. ``clip`` with ``ring``, a batch that does not
+divide the devices, a model that does not fit) become rows with an ``error`` message instead of
+stopping the sweep; every other row has the ``vlscale plan --json`` keys (nested dicts
+flattened with '.').
 """
 
 from __future__ import annotations
@@ -73,19 +75,24 @@ def plan_point(point: dict[str, Any]) -> dict[str, Any]:
     return row | {"error": None}
 
 
-def run_sweep(points: list[dict[str, Any]], progress: bool = True):
-    """Plan every point (with a rich progress bar) and return a pandas DataFrame."""
+def run_sweep(
+    points: list[dict[str, Any]],
+    progress: bool = True,
+    *,
+    workers: int | None = None,
+    scheduler: str | None = None,
+):
+    """Plan every point and return a pandas DataFrame, one row per point in grid order.
+
+    Backends (``vlscale.plan.backends``): ``scheduler`` given -> a Dask cluster at that address;
+    otherwise a process pool of ``workers`` (default: every local core), or in this process when
+    ``workers == 1`` or there are too few points to pay for a pool. The rows are the same
+    whatever the backend: each point is planned by ``plan_point`` alone, and results are put
+    back in grid order. The progress bar goes to stderr (stdout stays for the summary).
+    """
     import pandas as pd
 
-    rows = []
-    if progress:
-        from rich.progress import Progress
+    from vlscale.plan.backends import map_points
 
-        with Progress(transient=True) as bar:
-            task = bar.add_task("planning", total=len(points))
-            for point in points:
-                rows.append(plan_point(point))
-                bar.advance(task)
-    else:
-        rows = [plan_point(p) for p in points]
+    rows = map_points(plan_point, points, progress=progress, workers=workers, scheduler=scheduler)
     return pd.DataFrame(rows)

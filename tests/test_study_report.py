@@ -1,0 +1,230 @@
+"""``vlscale report`` and ``vlscale papers``: the page, the published record, the calibration
+section with and without validation results, and bad input.
+
+The page is written by the real command in a fresh process on a small grid (``--quick``, the
+tiny-clip preset); the published rows are compared with ``plan()`` on the same configurations.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shlex
+import subprocess
+import sys
+
+import pytest
+
+from vlscale.errors import ConfigError
+from vlscale.plan.papers import KEYS, paper_rows
+from vlscale.plan.planner import plan
+from vlscale.plan.published import FLIP_TABLE_1A, PREDICTED_RUNS, PUBLISHED_RUNS, flip_config
+from vlscale.plan.utilisation import CALIBRATED
+from vlscale.report.record import calibration_frame, calibration_summary, read_validation
+from vlscale.report.study_figures import calibration_figure, papers_figure
+from vlscale.report.study_page import NO_VALIDATION
+
+VALIDATION = {
+    "runs": [
+        {
+            "path": "runs/a",
+            "split": "fit",
+            "measured_step_s": 0.50,
+            "predicted_step_s": 0.55,
+            "error": 0.10,
+        },
+        {
+            "path": "runs/b",
+            "split": "held-out",
+            "measured_step_s": 2.00,
+            "predicted_step_s": 1.70,
+            "error": -0.15,
+        },
+    ],
+    "mape": {"replay": 0.04, "prediction": 0.125},
+    "max_error": {"replay": 0.06, "prediction": 0.15},
+}
+
+
+def vlscale(*args: str, cwd=None) -> subprocess.CompletedProcess:
+    env = os.environ | {"COLUMNS": "200", "OMP_NUM_THREADS": "1"}
+    return subprocess.run(
+        [sys.executable, "-c", "from vlscale.cli import main; main()", *args],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=cwd,
+        timeout=300,
+    )
+
+
+@pytest.fixture(scope="module")
+def papers():
+    return paper_rows()
+
+
+# ----------------------------------------------------------------------------- published runs
+
+
+def test_every_published_run_is_a_row_predicted_by_plan(papers):
+    assert all(set(r) == set(KEYS) for r in papers)
+    by_id = {(r["id"], r["metric"]): r for r in papers}
+    for run in (*PUBLISHED_RUNS.values(), *PREDICTED_RUNS.values()):
+        row = by_id[(run.name, "wall_time_h")]
+        assert row["published"] == run.wall_time_h
+        assert row["predicted"] == plan(run.config).wall_time_h
+        assert row["error"] == pytest.approx((row["predicted"] - run.wall_time_h) / run.wall_time_h)
+        assert row["calibration"] == (run.name in PUBLISHED_RUNS)
+        assert row["source"] == run.source
+    # one calibration case per calibrated device family, the rest are predictions
+    calib = {r["id"] for r in papers if r["calibration"]}
+    assert {PUBLISHED_RUNS[i].config.device for i in calib} <= set(CALIBRATED)
+    assert any(not r["calibration"] for r in papers)
+
+
+def test_flip_rows_are_ratios_of_two_plans(papers):
+    ref, half, _ = FLIP_TABLE_1A
+    row = next(r for r in papers if r["id"].endswith("mask50") and r["metric"] == "relative_flops")
+    base, masked = plan(flip_config(ref)), plan(flip_config(half))
+    expected = (masked.costs.model_flops_per_step / half.global_batch) / (
+        base.costs.model_flops_per_step / ref.global_batch
+    )
+    assert row["predicted"] == pytest.approx(expected)
+    assert row["published"] == half.relative_flops
+    wall = next(r for r in papers if r["id"] == row["id"] and r["metric"] == "relative_wall_time")
+    assert wall["predicted"] == pytest.approx(masked.wall_time_h / base.wall_time_h)
+
+
+def test_papers_json_and_table():
+    from typer.testing import CliRunner
+
+    from vlscale.cli import app
+
+    out = vlscale("papers", "--json")
+    assert out.returncode == 0, out.stderr
+    rows = json.loads(out.stdout)
+    assert rows == paper_rows()
+    table = CliRunner().invoke(app, ["papers"], env={"COLUMNS": "200"})
+    assert table.exit_code == 0, table.output
+    for r in rows:
+        assert r["id"] in table.output
+    assert "mean |error| of the 6 predictions" in table.output
+
+
+@pytest.mark.parametrize("device, kind", [("V100", "calibrated"), ("H100", "assumed")])
+def test_assumptions_say_where_each_efficiency_comes_from(device, kind):
+    from vlscale.plan.config import make_plan_config
+    from vlscale.report.assumptions import efficiency_rows, hardware_rows
+    from vlscale.specs.hardware import get_device
+
+    cfg = make_plan_config(
+        {}, model="tiny-clip", device=device, devices=8, global_batch=64, precision="fp16"
+    )
+    spec = get_device(device)
+    rows = efficiency_rows(spec, cfg, plan(cfg).to_json())
+    assert rows[0][2] == kind
+    assert rows[0][1] == f"{plan(cfg).costs.utilisation:.4f}"
+    hardware = hardware_rows(spec, "fp16")
+    assert hardware[0][2] == spec.peak_flops.source
+    assert hardware[0][1] == f"{spec.peak_flops.fp16 / 1e12:,.1f} TFLOP/s"
+
+
+def test_papers_figure_plots_the_signed_errors(papers):
+    fig = papers_figure(papers)
+    assert [t.name for t in fig.data] == ["prediction", "calibration case"]
+    predictions = [r for r in papers if not r["calibration"]]
+    assert list(fig.data[0].y) == pytest.approx([100 * r["error"] for r in predictions])
+
+
+# ----------------------------------------------------------------------------- validation
+
+
+def test_validation_results_are_read_and_drawn(tmp_path):
+    (tmp_path / "v100").mkdir()
+    (tmp_path / "v100" / "validation.json").write_text(json.dumps(VALIDATION))
+    results = read_validation(tmp_path)
+    assert [name for name, _ in results] == ["v100"]
+    frame = calibration_frame(results)
+    assert frame["measured_step_s"].tolist() == [0.5, 2.0]
+    assert calibration_summary(results) == [["v100", "2", "4.0 %", "12.5 %", "6.0 %", "15.0 %"]]
+    fig = calibration_figure(frame)
+    assert [t.name for t in fig.data] == ["fit", "held-out", "predicted = measured"]
+    assert list(fig.data[1].x) == [2.0] and list(fig.data[1].y) == [1.7]
+    assert list(fig.data[2].x) == [0.5, 2.0]  # the y = x line spans every point
+    assert fig.layout.xaxis.title.text == "measured step time (s)"
+
+
+def test_no_folder_is_no_results_and_a_bad_file_names_itself(tmp_path):
+    assert read_validation(tmp_path / "missing") == []
+    (tmp_path / "x").mkdir()
+    (tmp_path / "x" / "validation.json").write_text('{"runs": [{"path": "a"}]}')
+    with pytest.raises(ConfigError, match=r"validation\.json needs 'runs'"):
+        read_validation(tmp_path)
+
+
+# ----------------------------------------------------------------------------- the command
+
+
+@pytest.fixture(scope="module")
+def quick_config(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("study")
+    config = folder / "tiny.yaml"
+    config.write_text("model: tiny-clip\ndevices: 8\nglobal_batch: 64\n")
+    return config
+
+
+def test_report_writes_every_section_and_the_command_that_reproduces_it(tmp_path, quick_config):
+    (tmp_path / "val" / "set1").mkdir(parents=True)
+    (tmp_path / "val" / "set1" / "validation.json").write_text(json.dumps(VALIDATION))
+    out = tmp_path / "study.html"
+    args = [str(quick_config), "--out", str(out), "--quick", "--loss-local-batch", "64"]
+    args += ["--validation-dir", str(tmp_path / "val"), "--workers", "1"]
+    result = vlscale("report", *args)
+    assert result.returncode == 0, result.stderr
+    text = out.read_text()
+    assert text.count('<script type="text/javascript">') == 1  # plotly.js inlined once
+    assert "<script src" not in text and "<link" not in text  # nothing loaded from elsewhere
+    for heading in (
+        "Scaling with devices and batch",
+        "Softmax vs sigmoid",
+        "FLIP: FLOPs and time against mask ratio",
+        "Cost frontier",
+        "Calibration: predicted vs measured",
+        "Published runs",
+        "Assumptions",
+    ):
+        assert heading in text
+    assert text.count('class="plotly-graph-div"') == 6
+    assert NO_VALIDATION not in text and "12.5 %" in text
+    assert "tiny-clip" in text and "NVIDIA H100 datasheet" in text  # hardware with sources
+    assert "<td>assumed</td>" in text  # tiny-clip on H100: no calibrated constant
+    command = shlex.join(["vlscale", "report", *args[:-2]])  # --workers changes no number
+    assert command.replace("'", "&#x27;") in text or command in text
+
+
+def test_report_without_validation_says_so(tmp_path, quick_config):
+    out = tmp_path / "study.html"
+    args = [str(quick_config), "--out", str(out), "--quick", "--devices", "8", "--devices", "16"]
+    result = vlscale("report", *args, "--validation-dir", str(tmp_path / "none"), "--quiet")
+    assert result.returncode == 0, result.stderr
+    text = out.read_text()
+    assert f"{NO_VALIDATION} in {tmp_path / 'none'}" in text
+    assert text.count('class="plotly-graph-div"') == 5
+    assert "devices 8, 16;" in text
+
+
+@pytest.mark.parametrize(
+    "args, field",
+    [
+        (["--out", "x.txt"], "report"),
+        (["--devices", "0"], "devices"),
+        (["--mask-ratio", "1.5"], "mask_ratio"),
+    ],
+)
+def test_bad_input_is_one_line_and_writes_nothing(tmp_path, quick_config, args, field):
+    out = ["--out", str(tmp_path / "r.html")] if "--out" not in args else []
+    result = vlscale("report", str(quick_config), *out, *args, cwd=tmp_path)
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.startswith(f"error: {field}: ")
+    assert len(result.stderr.strip().splitlines()) == 1
+    assert list(tmp_path.iterdir()) == []

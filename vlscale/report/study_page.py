@@ -1,0 +1,301 @@
+"""The study page ``vlscale report`` writes: sections of text, tables and figures in ONE file.
+
+Sections: the base scenario, scaling curves, softmax vs sigmoid, FLIP, the cost frontier,
+calibration (validation results, or the sentence "no validation results"), published runs, and
+the assumptions with the command that reproduces the page. ``study_report`` is pure given its
+inputs (the study rows, published rows, validation results); ``build_study_report`` plans them.
+plotly.js is inlined once in ``<head>`` as in ``vlscale.report.html``; the file is written with
+``html.write_report_atomic``.
+"""
+
+from __future__ import annotations
+
+import html
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from vlscale.report.html import STYLE, summary_table, write_report_atomic
+from vlscale.report.study import (
+    StudySpec,
+    cheapest_per_deadline,
+    first_unfit,
+    flip_frame,
+    frontier_frame,
+    loss_scaling_frame,
+    run_study,
+    scaling_frame,
+)
+
+NO_VALIDATION = "no validation results"
+
+
+@dataclass
+class Section:
+    """A heading and its blocks: HTML strings or plotly Figures, in order."""
+
+    heading: str
+    blocks: list[Any] = field(default_factory=list)
+
+
+def _p(text: str, cls: str = "") -> str:
+    attr = f' class="{cls}"' if cls else ""
+    return f"<p{attr}>{html.escape(text)}</p>"
+
+
+def render_document(title: str, sections: list[Section], intro: str = "") -> str:
+    """One HTML document; every Figure becomes a div, plotly.js is inlined once."""
+    import plotly.io as pio
+    from plotly.offline import get_plotlyjs
+
+    parts = [
+        "<!DOCTYPE html>",
+        '<html lang="en"><head><meta charset="utf-8">',
+        f"<title>{html.escape(title)}</title>",
+        f"<style>{STYLE} pre {{ background: #f5f5f5; padding: .6rem; white-space: pre-wrap; }}"
+        "</style>",
+        f'<script type="text/javascript">{get_plotlyjs()}</script>',
+        "</head><body>",
+        f"<h1>{html.escape(title)}</h1>",
+        intro,
+    ]
+    for section in sections:
+        parts.append(f"<h2>{html.escape(section.heading)}</h2>")
+        for block in section.blocks:
+            if isinstance(block, str):
+                parts.append(block)
+            else:
+                parts.append(
+                    pio.to_html(
+                        block, full_html=False, include_plotlyjs=False, default_height="480px"
+                    )
+                )
+    parts.append("</body></html>")
+    return "\n".join(parts)
+
+
+def _base_summary(base: dict[str, Any]) -> str:
+    rows = [
+        ["scenario", f"{base['recipe']}/{base['loss_impl']}, {base['devices']:,} {base['device']}"],
+        ["global batch", f"{base['global_batch']:,}"],
+        ["samples", f"{base['samples']:.3g}"],
+        ["step time", f"{base['step_time_s']:.4f} s"],
+        ["MFU", f"{base['mfu']:.1%}"],
+        ["wall time", f"{base['wall_time_h']:,.1f} h"],
+        ["cost", f"${base['cost_usd']:,.0f}"],
+        ["memory per device", f"{base['memory_per_device_bytes'] / 2**30:.1f} GiB"],
+        ["fits", "yes" if base["fits"] else "NO"],
+    ]
+    return summary_table(["base scenario", base["model"]], rows)
+
+
+def study_report(
+    spec: StudySpec,
+    rows: pd.DataFrame,
+    base: dict[str, Any],
+    papers: list[dict[str, Any]],
+    validation: list[tuple[str, dict[str, Any]]],
+    command: str,
+    *,
+    validation_dir: str = "reports/validation",
+) -> str:
+    """The page's HTML from already-planned inputs (module docstring)."""
+    from vlscale.plan.planner import resolve
+    from vlscale.report.assumptions import (
+        EFFICIENCY_HEADER,
+        HARDWARE_HEADER,
+        efficiency_rows,
+        hardware_rows,
+    )
+    from vlscale.report.record import (
+        CALIBRATION_HEADER,
+        PAPERS_HEADER,
+        calibration_frame,
+        calibration_summary,
+        papers_table,
+    )
+    from vlscale.report.study_figures import (
+        calibration_figure,
+        flip_figure,
+        frontier_figure,
+        loss_scaling_figure,
+        papers_figure,
+        scaling_figure,
+    )
+
+    cfg = spec.base
+    device = resolve(cfg)[2].device
+    title = f"Scaling study: {cfg.model} on {device.name}, {cfg.samples:.3g} samples"
+    failed = rows[rows["error"].notna()] if "error" in rows else rows.iloc[:0]
+    devices = ", ".join(f"{d:,}" for d in spec.devices)
+    grid = (
+        f"{len(rows):,} configurations planned: devices {devices}; "
+        f"global batch {', '.join(f'{b:,}' for b in spec.global_batches)}; "
+        f"variants {', '.join(f'{r}/{i}' for r, i in spec.variants)}."
+    )
+    intro = _base_summary(base) + _p(grid, "note")
+    if len(failed):
+        intro += _p(
+            f"{len(failed)} configurations were invalid and left out: "
+            + "; ".join(sorted(set(failed["error"].astype(str)))[:5]),
+            "warning",
+        )
+
+    sections: list[Section] = []
+    scaling = scaling_frame(rows)
+    sections.append(
+        Section(
+            "Scaling with devices and batch",
+            [
+                scaling_figure(scaling),
+                _p(
+                    "Each line is one variant at one global batch (a batch the device count does "
+                    "not divide, or smaller than it, is not drawn). Crosses do not fit in device "
+                    "memory. Wall time and cost are for the whole run's samples, failures and "
+                    "checkpoints included.",
+                    "note",
+                ),
+            ],
+        )
+    )
+    loss = loss_scaling_frame(rows)
+    unfit = first_unfit(loss)
+    stop = "; ".join(
+        f"{v}: {'fits throughout' if d is None else f'stops fitting at W = {d:,}'}"
+        for v, d in unfit.items()
+    )
+    sections.append(
+        Section(
+            "Softmax vs sigmoid: loss memory and traffic against world size",
+            [
+                loss_scaling_figure(loss),
+                _p(
+                    f"Fixed local batch {spec.loss_local_batch:,} (global batch = local × W), "
+                    "activation checkpointing on so that the loss, not the activations, decides "
+                    f"the fit. {stop}.",
+                    "note",
+                ),
+            ],
+        )
+    )
+    flip = flip_frame(rows)
+    sections.append(
+        Section(
+            "FLIP: FLOPs and time against mask ratio",
+            [
+                flip_figure(flip),
+                _p(
+                    f"CLIP with FLIP patch masking on {cfg.devices:,} {device.name} at global "
+                    f"batch {cfg.global_batch:,}: masking cuts the image tower's linear FLOPs by "
+                    "(1 − r) and attention's quadratic part by about (1 − r)²; the text tower is "
+                    "unchanged.",
+                    "note",
+                ),
+            ],
+        )
+    )
+    frontier = frontier_frame(rows)
+    cheapest = cheapest_per_deadline(frontier, spec.deadlines_h)
+    deadline_rows = [
+        [
+            f"≤ {d:,.0f} h",
+            "none of the study's fitting configurations" if pd.isna(lbl) else lbl,
+            "—" if pd.isna(lbl) else f"{w:,.1f} h",
+            "—" if pd.isna(lbl) else f"${c:,.0f}",
+        ]
+        for d, lbl, w, c in cheapest.itertuples(index=False)
+    ]
+    n_unfit = int((~frontier["fits"]).sum())
+    sections.append(
+        Section(
+            "Cost frontier: wall time against money",
+            [
+                frontier_figure(frontier, cheapest),
+                summary_table(
+                    ["deadline", "cheapest configuration", "wall time", "cost"], deadline_rows
+                ),
+                _p(
+                    f"{n_unfit} of {len(frontier)} configurations do not fit in device memory "
+                    "(grey crosses) and are never chosen. Frontier: no fitting configuration is "
+                    "both faster and cheaper.",
+                    "note",
+                ),
+            ],
+        )
+    )
+    if validation:
+        frame = calibration_frame(validation)
+        blocks = [
+            calibration_figure(frame),
+            summary_table(CALIBRATION_HEADER, calibration_summary(validation)),
+            _p(
+                "Mean absolute percentage error and largest error as `vlscale validate` "
+                "reports them, for its replay and prediction modes; points by split.",
+                "note",
+            ),
+        ]
+    else:
+        blocks = [_p(f"{NO_VALIDATION} in {validation_dir} (run `vlscale validate` to add them).")]
+    sections.append(Section("Calibration: predicted vs measured", blocks))
+    sections.append(
+        Section(
+            "Published runs: predicted vs published",
+            [
+                papers_figure(papers),
+                summary_table(PAPERS_HEADER, papers_table(papers)),
+                _p(
+                    "error = (predicted − published) / published. Calibration rows reproduce the "
+                    "run their constant was solved from; every other row is a prediction. "
+                    "`vlscale papers --json` gives the same rows.",
+                    "note",
+                ),
+            ],
+        )
+    )
+    sections.append(
+        Section(
+            "Assumptions",
+            [
+                summary_table(HARDWARE_HEADER, hardware_rows(device, cfg.precision)),
+                summary_table(EFFICIENCY_HEADER, efficiency_rows(device, cfg, base)),
+                "<p>Reproduce this page:</p>",
+                f"<pre><code>{html.escape(command)}</code></pre>",
+            ],
+        )
+    )
+    return render_document(title, sections, intro)
+
+
+def build_study_report(
+    spec: StudySpec,
+    *,
+    command: str,
+    validation_dir: str | Path = "reports/validation",
+    progress: bool = False,
+    workers: int | None = None,
+    scheduler: str | None = None,
+) -> str:
+    """Plan the study, the base scenario and the published runs, read validation results, and
+    return the page's HTML."""
+    from vlscale.plan.papers import paper_rows
+    from vlscale.plan.planner import plan
+    from vlscale.report.record import read_validation
+
+    validation = read_validation(validation_dir)  # a bad file fails before any planning
+    rows = run_study(spec, progress=progress, workers=workers, scheduler=scheduler)
+    base = plan(spec.base).to_json()
+    return study_report(
+        spec,
+        rows,
+        base,
+        paper_rows(),
+        validation,
+        command,
+        validation_dir=str(validation_dir),
+    )
+
+
+def write_study_report(html_text: str, path: str | Path) -> Path:
+    return write_report_atomic(html_text, path)
