@@ -5,7 +5,7 @@
 
 Every configuration runs as `torchrun --standalone --nproc-per-node W -m trainer.train` with
 torchrun's thread defaults as the trainer applies them (W = 1: both cores; W = 2: one thread per
-rank), phase timing on, and its `run.jsonl` is copied to ``OUT/runs/<id>.jsonl``. ``OUT/
+rank), phase timing on, and its `run.jsonl` is copied to ``OUT/runs/<split>/<id>.jsonl``. ``OUT/
 campaign.json`` lists each run with its configuration, its split and the machine's load (1-min
 load average) before and after it; ``OUT/machine.md`` describes the host.
 
@@ -133,10 +133,11 @@ def run_one(cfg: RunConfig, steps: int, warmup: int, runs_dir: Path) -> dict:
         wall = time.perf_counter() - start
         if proc.returncode:
             return {"id": cfg.id, "error": proc.stderr[-2000:], **asdict(cfg)}
-        shutil.copyfile(Path(out) / "run.jsonl", runs_dir / f"{cfg.id}.jsonl")
+        (runs_dir / cfg.split).mkdir(exist_ok=True)
+        shutil.copyfile(Path(out) / "run.jsonl", runs_dir / cfg.split / f"{cfg.id}.jsonl")
     return {
         "id": cfg.id,
-        "path": f"runs/{cfg.id}.jsonl",
+        "path": f"runs/{cfg.split}/{cfg.id}.jsonl",
         **asdict(cfg),
         "steps": steps,
         "warmup_steps": warmup,

@@ -86,11 +86,14 @@ def measure_gemms(dtype: str, threads_list: list[int], quick: bool) -> list[Gemm
     return samples
 
 
-def measure_bandwidth(threads: int, elements: int = 1 << 24) -> float:
-    """bytes/s of c = a + b over fp32 tensors (two reads and one write per element)."""
+def measure_bandwidth(threads: int, elements: int = 1 << 24, dtype: str = "fp32") -> float:
+    """bytes/s of c = a + b (two reads and one write per element) in ``dtype``."""
     torch.set_num_threads(threads)
-    a, b, c = torch.randn(elements), torch.randn(elements), torch.empty(elements)
-    return 3 * 4 * elements / timeit(lambda: torch.add(a, b, out=c), reps=7)
+    t = DTYPES[dtype]
+    a, b = torch.randn(elements, dtype=t), torch.randn(elements, dtype=t)
+    c = torch.empty(elements, dtype=t)
+    size = torch.finfo(t).bits // 8
+    return 3 * size * elements / timeit(lambda: torch.add(a, b, out=c), reps=7)
 
 
 def measure_op_overhead(threads: int, length: int = 200) -> float:
@@ -108,13 +111,13 @@ def measure_op_overhead(threads: int, length: int = 200) -> float:
     return timeit(chain, reps=7) / (4 * length)
 
 
-def measure_attention(threads: int, peak: float, curve, quick: bool) -> float:
+def measure_attention(threads: int, peak: float, curve, quick: bool, dtype: str = "fp32") -> float:
     """Median of (curve time for SDPA's FLOPs) / (measured fwd + bwd): the attention fraction."""
     torch.set_num_threads(threads)
     shapes = [(128, 17, 16), (128, 65, 32), (64, 65, 64)] + ([] if quick else [(32, 257, 64)])
     ratios = []
     for g, s, hd in shapes:
-        q, k, v = (torch.randn(g, s, hd, requires_grad=True) for _ in range(3))
+        q, k, v = (torch.randn(g, s, hd, dtype=DTYPES[dtype], requires_grad=True) for _ in range(3))
 
         def fwd_bwd(q=q, k=k, v=v) -> None:
             F.scaled_dot_product_attention(q, k, v).sum().backward()
@@ -232,6 +235,16 @@ def probe(name: str, quick: bool, comm: bool) -> tuple[DeviceSpec, dict]:
     bw_one = measure_bandwidth(1)
     overhead = measure_op_overhead(host_threads)
     attention = measure_attention(host_threads, peaks["fp32"], curves["fp32"], quick)
+    # other dtypes relative to fp32: elementwise bytes/s and attention efficiency
+    memory_scale = {
+        dt: measure_bandwidth(host_threads, dtype=dt) / bw_all for dt in DTYPES if dt != "fp32"
+    }
+    attention_scale = {
+        dt: measure_attention(host_threads, peaks[dt], curves[dt], quick, dt) / attention
+        for dt in DTYPES
+        if dt != "fp32"
+    }
+    report |= {"memory_scale": memory_scale, "attention_scale": attention_scale}
     report |= {
         "bandwidth": bw_all,
         "thread_bandwidth": bw_one,
@@ -272,6 +285,8 @@ def probe(name: str, quick: bool, comm: bool) -> tuple[DeviceSpec, dict]:
         step_overhead_s=1e-3,
         comm_overlap=0.0,
         thread_bandwidth=bw_one,
+        memory_scale=memory_scale,
+        attention_scale=attention_scale,
         collectives=per_op,
         origins={
             "matmul": "measured",
@@ -279,6 +294,8 @@ def probe(name: str, quick: bool, comm: bool) -> tuple[DeviceSpec, dict]:
             "memory_efficiency": "measured",
             "op_overhead_s": "measured",
             "plain_op_overhead_s": "measured",
+            "memory_scale": "measured",
+            "attention_scale": "measured",
             "unit_overhead_s": "assumed",
             "step_overhead_s": "assumed",
             "comm_overlap": "assumed",

@@ -101,9 +101,10 @@ def op_time(op: Op, res: RankResources, efficiency: float = 1.0) -> OpTime:
         curve = prof.curve(op.dtype)
         eff = matmul_efficiency(curve, op.shape, res.units_scale)
         if op.kind == "attention":
-            eff *= prof.attention_fraction
+            eff *= prof.attention_fraction * prof.attention_scale.get(op.dtype, 1.0)
         compute = op.executed_flops / (res.peak(op.dtype) * eff * efficiency)
-    memory = op.bytes / (res.bandwidth * efficiency) if op.bytes else 0.0
+    bandwidth = res.bandwidth * prof.memory_scale.get(op.dtype, 1.0)
+    memory = op.bytes / (bandwidth * efficiency) if op.bytes else 0.0
     per_launch = {"dtensor": prof.dtensor_op_overhead_s, "plain": prof.plain_op_overhead_s}.get(
         op.dispatch
     )

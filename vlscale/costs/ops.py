@@ -137,7 +137,17 @@ class OpList:
 
     def elementwise(self, name: str, elements: float, phase: Phase, kernels: int = 1) -> None:
         """A memory-bound kernel touching ``elements`` activation elements (reads + writes)."""
-        self.add(Op(name, "elementwise", phase, 0.0, elements * self.act_bytes, kernels))
+        self.add(
+            Op(
+                name,
+                "elementwise",
+                phase,
+                0.0,
+                elements * self.act_bytes,
+                kernels,
+                dtype=self.dtype,
+            )
+        )
 
     def attention(
         self, name: str, batch_heads: int, sq: int, sk: int, hd: int, causal: bool, phase: Phase
@@ -416,6 +426,9 @@ def _block_unit(
 ) -> UnitOps:
     block_ops(ops, name, t, b, s, causal=causal, rope=rope)
     if checkpointing:
-        block_ops(ops, name, t, b, s, causal=causal, rope=rope, phase="recompute", early_stop=True)
+        # torch's early-stopping checkpoint skips the last matmul, unless (post-norm) its output
+        # feeds a saved norm (flops.block_recompute_flops)
+        early = not t.post_norm
+        block_ops(ops, name, t, b, s, causal=causal, rope=rope, phase="recompute", early_stop=early)
     block_backward_ops(ops, name, t, b, s, causal=causal, rope=rope)
     return UnitOps(name, *_split(ops))

@@ -163,3 +163,25 @@ def solve_utilisation(run: PublishedRun, tol: float = 1e-4) -> float:
         else:
             hi = mid
     return (lo + hi) / 2
+
+
+def planned_wall_time_at(config: PlanConfig, framework_efficiency: float) -> float:
+    from vlscale.plan.planner import plan
+
+    update = {"framework_efficiency": framework_efficiency, "utilisation": None}
+    return plan(config.model_copy(update=update)).wall_time_h
+
+
+def solve_framework_efficiency(run: PublishedRun, tol: float = 1e-4) -> float:
+    """The framework efficiency γ in (0, 1] that makes the per-op model reproduce
+    ``run.wall_time_h`` (bisection: the planned wall time is non-increasing in γ)."""
+    lo, hi = 1e-3, 1.0
+    if planned_wall_time_at(run.config, hi) > run.wall_time_h:
+        return hi  # even with γ = 1 the planner is slower than the published run
+    while hi - lo > tol:
+        mid = (lo + hi) / 2
+        if planned_wall_time_at(run.config, mid) > run.wall_time_h:
+            lo = mid
+        else:
+            hi = mid
+    return (lo + hi) / 2

@@ -26,6 +26,9 @@ runs gloo's transfers on the cores that compute, so little hides there), and
 ``collective_overhead_s`` (what one collective costs a training step beyond its transfer: the
 hand-off to the backend's worker thread and the wait for the slower peer).
 
+``memory_scale`` / ``attention_scale`` say how much faster (or slower) elementwise kernels and
+attention run in a dtype than in fp32: a CPU converts bf16 to fp32 inside elementwise kernels, so
+their bytes move slower than fp32's, while its AMX tiles make bf16 GEMMs fast (probe-measured).
 ``plain_op_overhead_s`` (a bare tensor op launched from Python, as LAMB's loop over local shards
 does) is measured by the probe and not fitted.
 
@@ -101,6 +104,12 @@ class ComputeProfile(_Spec):
     data_s_per_sample: float = Field(default=0.0, ge=0, description="input pipeline, per sample")
     collectives: dict[Literal["all_gather", "reduce_scatter", "all_reduce", "p2p"], AlphaBeta] = (
         Field(default_factory=dict, description="measured per collective (replaces the tier)")
+    )
+    memory_scale: dict[str, float] = Field(
+        default_factory=dict, description="elementwise bytes/s of a dtype relative to fp32"
+    )
+    attention_scale: dict[str, float] = Field(
+        default_factory=dict, description="attention efficiency of a dtype relative to fp32"
     )
     thread_bandwidth: float | None = Field(
         default=None, gt=0, description="cpu: memory bandwidth one thread reaches, bytes/s"

@@ -572,6 +572,10 @@ def dump_hardware_file(path: str | os.PathLike, devices=(), clusters=()) -> None
     try:
         with os.fdopen(fd, "w") as f:
             yaml.safe_dump(doc, f, sort_keys=False)
+        # mkstemp makes the file private (0600); a hardware file is meant to be shared
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

@@ -1,0 +1,211 @@
+"""``vlscale calibrate`` / ``validate`` on the committed CPU campaign, ``plan --ops``, and
+``python -m trainer.probe``: contracts, the committed numbers, and bad input (exit 2)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tests.test_plan_cli import vlscale
+
+REPO = Path(__file__).resolve().parents[1]
+CPU = REPO / "reports/validation/cpu"
+PROFILE = CPU / "profile.yaml"
+DEVICE = "xeon-2c"
+
+
+def test_committed_profile_is_a_calibrated_cpu_device():
+    doc = yaml.safe_load(PROFILE.read_text())
+    (dev,) = doc["devices"]
+    assert dev["kind"] == "cpu" and dev["name"] == DEVICE
+    cal = dev["compute"]["calibration"]
+    fit_runs = sorted((CPU / "runs/fit").glob("*.jsonl"))
+    assert len(cal["runs"]) == len(fit_runs) >= 10
+    assert dev["compute"]["origins"]["matmul"] == "measured"
+    assert dev["compute"]["origins"]["unit_overhead_s"] == "calibrated"
+
+
+def test_validate_json_contract_and_splits():
+    out = vlscale("validate", str(CPU / "runs"), "--hardware-file", str(PROFILE), "--json")
+    assert out.returncode == 0, out.stderr
+    result = json.loads(out.stdout)
+    assert set(result) >= {"runs", "mape", "max_error"}
+    for row in result["runs"]:
+        assert set(row) >= {"path", "split", "measured_step_s", "predicted_step_s", "error"}
+        assert row["error"] == pytest.approx(row["predicted_step_s"] / row["measured_step_s"] - 1)
+        # a run is replayed exactly when it lies in the fit folder the profile was fitted to
+        assert (row["split"] == "replay") == ("/runs/fit/" in row["path"])
+    for split in ("replay", "prediction"):
+        errors = [abs(r["error"]) for r in result["runs"] if r["split"] == split]
+        assert result["mape"][split] == pytest.approx(sum(errors) / len(errors))
+        assert result["max_error"][split] == pytest.approx(max(errors))
+    # the committed validation.json is what this command prints today
+    committed = json.loads((CPU / "validation.json").read_text())
+    assert committed["mape"] == pytest.approx(result["mape"])
+
+
+def test_calibrate_writes_a_profile_that_replays_its_runs(tmp_path):
+    out = tmp_path / "fitted.yaml"
+    fit = [str(p) for p in sorted((CPU / "runs/fit").glob("*.jsonl"))[:4]]
+    done = vlscale(
+        "calibrate",
+        *fit,
+        "--hardware-file",
+        str(CPU / "probe.yaml"),
+        "--out",
+        str(out),
+        "--params",
+        "op_overhead_s,unit_overhead_s",
+    )
+    assert done.returncode == 0, done.stderr
+    val = vlscale("validate", *fit, "--hardware-file", str(out), "--json")
+    assert val.returncode == 0, val.stderr
+    result = json.loads(val.stdout)
+    assert {r["split"] for r in result["runs"]} == {"replay"}
+    assert result["mape"]["prediction"] is None
+
+
+@pytest.mark.parametrize(
+    "args, field",
+    [
+        (["validate", "nope.jsonl", "--hardware-file", str(PROFILE)], "runs"),
+        (
+            ["validate", str(CPU / "runs"), "--hardware-file", str(PROFILE), "--device", "x"],
+            "device",
+        ),
+        (["validate", str(PROFILE), "--hardware-file", str(PROFILE)], "run"),
+        (
+            [
+                "calibrate",
+                str(CPU / "runs/fit"),
+                "--hardware-file",
+                str(PROFILE),
+                "--out",
+                "/nonexistent/p.yaml",
+            ],
+            "out",
+        ),
+        (
+            ["calibrate", str(CPU / "runs/fit"), "--hardware-file", str(PROFILE), "--out", "p.txt"],
+            "out",
+        ),
+        (
+            [
+                "calibrate",
+                str(CPU / "runs/fit"),
+                "--hardware-file",
+                str(PROFILE),
+                "--out",
+                "/tmp/x.yaml",
+                "--params",
+                "peak_flops",
+            ],
+            "params",
+        ),
+    ],
+)
+def test_bad_input_is_one_line_and_exit_2(args, field):
+    out = vlscale(*args)
+    assert out.returncode == 2, out.stderr
+    lines = out.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"error: {field}"), out.stderr
+
+
+def test_plan_ops_table_sums_to_the_step_and_names_the_bound():
+    out = vlscale(
+        "plan",
+        "--model",
+        "small-clip",
+        "--devices",
+        "1",
+        "--global-batch",
+        "32",
+        "--precision",
+        "fp32",
+        "--hardware-file",
+        str(PROFILE),
+        "--device",
+        DEVICE,
+        "--ops",
+        "--json",
+    )
+    assert out.returncode == 0, out.stderr
+    plan = json.loads(out.stdout)
+    ops = plan["ops"]
+    assert {r["bound"] for r in ops} <= {"compute", "memory", "overhead"}
+    flops = sum(r["flops"] for r in ops)
+    assert flops == pytest.approx(plan["model_flops_per_step"], rel=1e-9)  # W=1, no recompute
+    phases = plan["phases_s"]
+    assert sum(r["time_s"] for r in ops) < plan["step_time_s"]  # + per-unit and step overheads
+    assert plan["step_time_s"] == pytest.approx(sum(phases.values()), rel=1e-9)
+    table = vlscale(
+        "plan",
+        "--model",
+        "small-clip",
+        "--devices",
+        "1",
+        "--global-batch",
+        "32",
+        "--precision",
+        "fp32",
+        "--hardware-file",
+        str(PROFILE),
+        "--device",
+        DEVICE,
+        "--ops",
+    )
+    assert "overhead-bound" in table.stdout and "visual.blocks.*" in table.stdout
+
+
+def test_probe_writes_a_cpu_profile_the_planner_uses(tmp_path):
+    out = tmp_path / "p.yaml"
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "trainer.probe",
+            "--quick",
+            "--no-comm",
+            "--name",
+            "t-cpu",
+            "--out",
+            str(out),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=REPO,
+    )
+    assert done.returncode == 0, done.stderr
+    plan = vlscale(
+        "plan",
+        "--model",
+        "tiny-clip",
+        "--devices",
+        "1",
+        "--global-batch",
+        "8",
+        "--precision",
+        "fp32",
+        "--hardware-file",
+        str(out),
+        "--device",
+        "t-cpu",
+        "--json",
+    )
+    assert plan.returncode == 0, plan.stderr
+    assert json.loads(plan.stdout)["step_time_s"] > 0
+    raw = json.loads(out.with_suffix(".probe.json").read_text())
+    assert raw["gemm_fp32"]["peak_flops"] > 0
+    bad = subprocess.run(
+        [sys.executable, "-m", "trainer.probe", "--out", "/nonexistent/p.yaml"],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+    )
+    assert bad.returncode == 2 and bad.stderr.startswith("error: out")

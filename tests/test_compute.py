@@ -1,0 +1,128 @@
+"""The per-op pricing (vlscale.costs.compute): hand-computed rooflines, the reduction to
+FLOPs / peak with ideal efficiencies, tile / wave quantisation, and the planner on top of it."""
+
+import math
+
+import pytest
+
+from vlscale.costs.compute import RankResources, matmul_efficiency, op_time, rank_resources
+from vlscale.costs.ops import Op
+from vlscale.plan.config import make_plan_config
+from vlscale.plan.planner import plan
+from vlscale.specs.compute_profile import ComputeProfile, MatmulCurve
+from vlscale.specs.hardware import dump_hardware_file, get_device
+
+IDEAL = MatmulCurve(peak_fraction=1.0, flops_half=0.0, source="test: ideal")
+
+
+def profile(**kw) -> ComputeProfile:
+    base = dict(matmul={"default": IDEAL}, memory_efficiency=1.0, op_overhead_s=0.0, source="test")
+    return ComputeProfile(**(base | kw))
+
+
+def res(prof, peak=1e12, bw=1e11) -> RankResources:
+    return RankResources({"bf16": peak, "fp32": peak / 10}, bw, 1.0, prof)
+
+
+def test_ideal_matmul_is_flops_over_peak():
+    op = Op("mm", "matmul", "forward", 2.0 * 64 * 96 * 80, 0.0, 1, (1, 64, 96, 80), dtype="bf16")
+    t = op_time(op, res(profile()))
+    assert t.time_s == op.flops / 1e12 and t.bound == "compute"
+
+
+def test_memory_bound_op_and_overhead():
+    op = Op("add", "elementwise", "forward", 0.0, 3e6, 4)
+    t = op_time(op, res(profile(op_overhead_s=2e-6)))
+    assert t.memory_s == pytest.approx(3e6 / 1e11)
+    assert t.overhead_s == pytest.approx(8e-6)
+    assert t.time_s == pytest.approx(3e6 / 1e11 + 8e-6) and t.bound == "memory"
+    # a rank's bandwidth is the device's times the elementwise efficiency
+    h100 = get_device("H100")
+    shared = rank_resources(h100, profile(memory_efficiency=0.5))
+    assert shared.bandwidth == pytest.approx(0.5 * h100.memory.hbm_bandwidth)
+    tiny = op_time(
+        Op("tiny", "elementwise", "forward", 0.0, 16.0, 1), res(profile(op_overhead_s=1e-5))
+    )
+    assert tiny.bound == "overhead"
+
+
+def test_framework_efficiency_divides_the_roofline_not_the_overhead():
+    op = Op("mm", "matmul", "forward", 1e9, 0.0, 1, (1, 100, 100, 50_000), dtype="bf16")
+    t = op_time(op, res(profile(op_overhead_s=1e-6)), efficiency=0.5)
+    assert t.compute_s == pytest.approx(2e-3) and t.overhead_s == pytest.approx(1e-6)
+
+
+def test_wave_quantisation_by_hand():
+    # 128x128 tiles on 108 units: m = n = 1280 -> 100 tiles in one wave: 100 / 108 of the units
+    curve = MatmulCurve(
+        peak_fraction=0.8, flops_half=0.0, tile_m=128, tile_n=128, parallel_units=108, source="test"
+    )
+    assert matmul_efficiency(curve, (1, 1280, 1280, 64)) == pytest.approx(0.8 * 100 / 108)
+    # 129 rows need a second, almost empty row of tiles: 2 x 1 tiles of which 129 / 256 is used
+    assert matmul_efficiency(curve, (1, 129, 128, 64)) == pytest.approx(
+        0.8 * (129 * 128) / (1 * 108 * 128 * 128)
+    )
+    # saturation: F / (F + F_half)
+    sat = curve.model_copy(update={"flops_half": 2.0 * 1280 * 1280 * 64})
+    assert matmul_efficiency(sat, (1, 1280, 1280, 64)) == pytest.approx(0.8 * 100 / 108 / 2)
+
+
+def test_plan_with_ideal_profile_is_flops_over_peak(tmp_path):
+    """One device, every efficiency 1, no overheads, memory free: the step's compute is the
+    executed FLOPs over the peak (the old model at u = 1)."""
+    dev = get_device("H100").model_copy(
+        update={"name": "ideal-gpu", "aliases": (), "compute": profile(memory_efficiency=1.0)}
+    )
+    hw = tmp_path / "ideal.yaml"
+    dump_hardware_file(hw, devices=[dev])
+    cfg = make_plan_config(
+        model="tiny-clip",
+        device="ideal-gpu",
+        hardware_file=str(hw),
+        devices=1,
+        global_batch=8,
+        precision="bf16",
+        grad_clip=False,
+    )
+    r = plan(cfg)
+    compute = sum(t.compute_s for t in r.costs.op_times)
+    memory = sum(t.memory_s for t in r.costs.op_times)
+    peaks = {"bf16": dev.peak_flops.bf16, "fp32": dev.peak_flops.fp32}
+    by_hand = sum(t.op.executed_flops / peaks[t.op.dtype] for t in r.costs.op_times)
+    assert compute == pytest.approx(by_hand, rel=1e-12)
+    # the step is the ops back to back (one rank, nothing to overlap)
+    assert r.step_time_s == pytest.approx(
+        sum(max(t.compute_s, t.memory_s) for t in r.costs.op_times), rel=1e-9
+    )
+    assert memory > 0
+
+
+def test_grad_accumulation_keeps_the_model_flops_and_costs_time():
+    base = dict(model="tiny-clip", device="A100-40GB", devices=8, global_batch=256)
+    one = plan(make_plan_config(base))
+    four = plan(make_plan_config(base, grad_accum=4))
+    assert four.costs.model_flops_per_step == pytest.approx(
+        one.costs.model_flops_per_step, rel=0.02
+    )
+    assert four.step_time_s > one.step_time_s  # 4 micro-steps of fixed costs
+    assert four.memory_breakdown["activations"] < one.memory_breakdown["activations"]
+    with pytest.raises(Exception, match="grad_accum"):
+        make_plan_config(base, grad_accum=3)  # 32 per rank is not divisible by 3
+
+
+def test_h100_over_a100_is_physical():
+    """ViT-L-14 on 256 GPUs: the H100 / A100 throughput ratio stays within what the dense peaks
+    (989 / 312 TFLOP/s bf16 = 3.2x) and published training benchmarks (about 2-3x) allow."""
+    cfg = dict(
+        model="ViT-L-14",
+        devices=256,
+        global_batch=32768,
+        samples=12_800_000_000,
+        sharding="ddp",
+        checkpointing=True,
+        precision="bf16",
+    )
+    a100 = plan(make_plan_config(cfg, device="A100-40GB")).samples_per_s_per_device
+    h100 = plan(make_plan_config(cfg, device="H100")).samples_per_s_per_device
+    assert 1.5 < h100 / a100 < 3.3
+    assert math.isfinite(h100)
