@@ -74,6 +74,7 @@ def test_calibrate_writes_a_profile_that_replays_its_runs(tmp_path):
     "args, field",
     [
         (["validate", "nope.jsonl", "--hardware-file", str(PROFILE)], "runs"),
+        (["validate", str(CPU / "runs/fit")], "device"),  # a CPU run has no catalog device
         (
             ["validate", str(CPU / "runs"), "--hardware-file", str(PROFILE), "--device", "x"],
             "device",

@@ -93,9 +93,8 @@ def test_hand_computed_unit_durations(round_config):
     assert units["visual"].forward_s == pytest.approx((stem + proj) * b / rate, rel=1e-12)
     assert units["visual"].backward_s == pytest.approx((stem + 2 * proj) * b / rate, rel=1e-12)
     assert costs.peak_flops == 1e12
-    # the loss runs in fp32 (trainer.losses), at half of the fp32 peak of 1e11: it pulls the
-    # achieved fraction of the bf16 peak below the towers' 0.5
-    assert 0.45 < costs.utilisation < 0.5
+    # the loss runs in fp32 (trainer.losses), at half of the fp32 peak of 1e11
+    assert 0.45 < costs.utilisation < 0.55
 
 
 def test_hand_computed_checkpointing_adds_the_recompute(round_config):
@@ -128,7 +127,9 @@ def test_hand_computed_communication(round_config):
 
 def test_measured_profile_sets_the_utilisation(round_config):
     result = plan(round_config)
-    assert 0.45 < result.costs.utilisation < 0.5  # towers at 0.5 of bf16, the loss in fp32
+    # towers at 0.5 of bf16 (a causal text kernel skips half its attention: counted FLOPs run
+    # faster than 0.5), the loss in fp32 at 0.5 of a tenth of the peak
+    assert 0.45 < result.costs.utilisation < 0.55
     assert result.utilisation_source.startswith("measured profile")
     given = plan(round_config.model_copy(update={"utilisation": 0.25}))
     assert given.costs.utilisation == pytest.approx(result.costs.utilisation / 2)

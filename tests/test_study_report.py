@@ -121,9 +121,11 @@ def test_assumptions_say_where_each_efficiency_comes_from(device, kind):
         {}, model="tiny-clip", device=device, devices=8, global_batch=64, precision="fp16"
     )
     spec = get_device(device)
-    rows = efficiency_rows(spec, cfg, plan(cfg).to_json())
+    planned = plan(cfg)
+    rows = efficiency_rows(spec, cfg, planned.to_json())
     assert rows[0][2] == kind
-    assert rows[0][1] == f"{plan(cfg).costs.utilisation:.4f}"
+    assert rows[0][1] == f"{planned.compute['framework_efficiency']:.4f}"
+    assert rows[1][2] == "assumed"  # catalog op-level defaults
     hardware = hardware_rows(spec, "fp16")
     assert hardware[0][2] == spec.peak_flops.source
     assert hardware[0][1] == f"{spec.peak_flops.fp16 / 1e12:,.1f} TFLOP/s"

@@ -32,6 +32,7 @@ def check_inputs(cfg: TrainConfig, world: int, rank: int, device_type: str) -> l
     """Data, tokenizer, image-tower checkpoint and memory; returns lines to print."""
     from trainer.checkpoint import resolve_checkpoint
     from trainer.data import build_source
+    from trainer.init_from import is_openclip_file
     from trainer.tokenizer import build_tokenizer
 
     spec = cfg.model_spec()
@@ -40,7 +41,8 @@ def check_inputs(cfg: TrainConfig, world: int, rank: int, device_type: str) -> l
     )
     build_source(cfg.data, image_size=spec.vision.image_size, seed=cfg.seed, rank=rank,
                  world_size=world)  # fmt: skip
-    if cfg.init_image_from:
+    if cfg.init_image_from and not is_openclip_file(cfg.init_image_from):
+        # a run's DCP checkpoint must be complete and valid; an OpenCLIP file is read at load
         resolve_checkpoint(cfg.init_image_from, "init_image_from")
     return check_memory(cfg, world, device_type)
 

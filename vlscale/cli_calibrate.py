@@ -1,10 +1,12 @@
 """``vlscale calibrate`` and ``vlscale validate``: the planner against the trainer's own runs.
 
     vlscale calibrate RUNS... --hardware-file P --device NAME --out P2
-    vlscale validate  RUNS... --hardware-file P2 --device NAME [--json] [--report F] [--out F]
+    vlscale validate  RUNS... [--hardware-file P2] [--device NAME] [--json] [--report F] [--out F]
 
-RUNS are run files (a trainer's ``OUT/run.jsonl``) or folders of them. See
-``vlscale.calibrate.fit`` for what is fitted and how the splits are defined.
+RUNS are run files (a trainer's ``OUT/run.jsonl``) or folders of them. Without a hardware file,
+runs are predicted on the catalog device the trainer recorded (CUDA runs carry its catalog key)
+or the one named by --device. See ``vlscale.calibrate.fit`` for what is fitted and how the
+splits are defined.
 """
 
 from __future__ import annotations
@@ -25,8 +27,13 @@ DevOpt = Annotated[
 ]
 
 
-def _device(hardware_file: str, name: str | None):
-    from vlscale.specs.hardware import load_hardware_file
+def _device(hardware_file: str | None, name: str | None):
+    """The device to predict on: one of a hardware file's, or (no file) a catalog device; None
+    when neither is given (each run's recorded catalog key is used)."""
+    from vlscale.specs.hardware import get_device, load_hardware_file
+
+    if hardware_file is None:
+        return get_device(name) if name else None
 
     devices = load_hardware_file(hardware_file).devices
     if name is None:
@@ -40,10 +47,11 @@ def _device(hardware_file: str, name: str | None):
     return devices[name]
 
 
-def _runs(paths: list[str], device, hardware_file: str):
+def _runs(paths: list[str], device, hardware_file: str | None):
     from vlscale.calibrate.runs import expand_run_paths, load_measured_run
 
-    return [load_measured_run(p, device.name, hardware_file) for p in expand_run_paths(paths)]
+    name = device.name if device is not None else None
+    return [load_measured_run(p, name, hardware_file) for p in expand_run_paths(paths)]
 
 
 def _check_out(out: Path, suffixes: tuple[str, ...]) -> None:
@@ -85,7 +93,10 @@ def calibrate_cmd(
 @handles_bad_input
 def validate_cmd(
     runs: RunsArg,
-    hardware_file: HwOpt,
+    hardware_file: Annotated[
+        str | None,
+        typer.Option("--hardware-file", help="hardware file (default: the catalog device)"),
+    ] = None,
     device: DevOpt = None,
     as_json: Annotated[bool, typer.Option("--json", help="the JSON contract")] = False,
     report: Annotated[Path | None, typer.Option("--report", help="HTML figure")] = None,
@@ -102,6 +113,7 @@ def validate_cmd(
         _check_out(out, (".json",))
     dev = _device(hardware_file, device)
     result = validate(_runs(runs, dev, hardware_file), dev).to_json()
+    title = dev.name if dev is not None else "catalog devices"
     if out is not None:
         tmp = out.with_name(f".{out.name}.tmp")
         tmp.write_text(json.dumps(result, indent=1) + "\n")
@@ -110,7 +122,7 @@ def validate_cmd(
         from vlscale.report.html import write_report_atomic
         from vlscale.report.validation import validation_report
 
-        write_report_atomic(validation_report(result, f"{dev.name}: predicted vs measured"), report)
+        write_report_atomic(validation_report(result, f"{title}: predicted vs measured"), report)
     if as_json:
         emit_json(result)
         return
@@ -125,7 +137,7 @@ def validate_cmd(
         for r in result["runs"]
     ]
     print_table(
-        f"{dev.name}: step time, predicted vs measured (median over timed steps)",
+        f"{title}: step time, predicted vs measured (median over timed steps)",
         ["run", "split", "measured ms", "predicted ms", "error"],
         rows,
     )

@@ -246,7 +246,9 @@ def build_workload(
         local_batch=local_batch,
         world_size=world,
     )
-    hardware = sum(t.op.executed_flops for t in price.table)
+    # FLOPs as FlopCounterMode counts them (recompute included) over the time matmuls take:
+    # the rate the matmul work runs at, never below MFU
+    hardware = sum(t.op.flops for t in price.table)
     matmul_s = sum(t.time_s for t in price.table if t.op.flops > 0)
     peak = resources.peak(precision)
     costs = StepCosts(

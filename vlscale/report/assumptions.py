@@ -24,7 +24,7 @@ EFFICIENCY_HEADER = ["parameter", "value", "kind", "source"]
 
 
 def efficiency_kind(source: str) -> str:
-    """'measured' / 'calibrated' / 'given' / 'assumed' from a utilisation source string."""
+    """'measured' / 'calibrated' / 'given' / 'assumed' from a compute-model source string."""
     for kind in ("measured", "calibrated", "given"):
         if source.startswith(kind):
             return kind
@@ -33,6 +33,7 @@ def efficiency_kind(source: str) -> str:
 
 def hardware_rows(device: DeviceSpec, precision: str) -> list[list[str]]:
     """One row per catalog value the planner uses for ``device``, with its source."""
+    precision = precision or ("bf16" if device.peak_flops.bf16 else "fp16")
     peak = getattr(device.peak_flops, precision, None) or device.peak_flops.bf16
     rows = [
         [
@@ -82,13 +83,32 @@ def efficiency_rows(
     from vlscale.costs.topology import DEFAULT_LINKS
 
     source = str(base["utilisation_source"])
+    model = base.get("compute_model") or {}
+    gamma_part = source.split("framework efficiency", 1)[-1]
+    if source.startswith(("given", "measured")):
+        gamma_kind = efficiency_kind(source)
+    elif (
+        "calibrated" in gamma_part
+        or (model.get("origins") or {}).get("framework_efficiency") == "calibrated"
+    ):
+        gamma_kind = "calibrated"
+    else:
+        gamma_kind = "assumed"
+    origins = set((model.get("origins") or {}).values()) or {"assumed"}
+    op_kind = next((k for k in ("calibrated", "measured") if k in origins), "assumed")
     rows = [
         [
-            "compute utilisation (fraction of dense peak)",
-            f"{base['utilisation']:.4f}",
-            efficiency_kind(source),
+            "framework efficiency γ (achieved fraction of the op roofline)",
+            f"{model.get('framework_efficiency', 1.0):.4f}",
+            gamma_kind,
             source,
-        ]
+        ],
+        [
+            "op-level compute: matmul curve, bandwidth, per-launch overhead",
+            f"matmuls at {base['utilisation']:.1%} of peak in this plan",
+            op_kind,
+            "vlscale plan --ops shows every op; defaults: vlscale/specs/data/compute.yaml",
+        ],
     ]
     measured_links = {}
     if device.measured is not None and getattr(device.measured, "links", None):
