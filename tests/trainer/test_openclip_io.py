@@ -28,7 +28,7 @@ def test_init_from_openclip_then_export_gives_the_weights_back(tmp_path):
     weights = TINY / "weights.safetensors"
     # a vanishing lr keeps the one step from moving the weights measurably
     proc = _train(
-        tmp_path / "run", "--init-from", str(weights), "--steps", "1", "--warmup-steps", "0", "--ckpt-every", "1",
+        tmp_path / "run", "--init-from", str(weights), "--steps", "1", "--ckpt-every", "1",
         "--lr", "1e-12", "--warmup-steps", "0", "--weight-decay", "0",
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-2000:]
@@ -66,7 +66,7 @@ def test_export_without_checkpoint_is_a_config_error(tmp_path, capsys):
 def test_init_image_from_an_openclip_file_loads_only_the_image_tower(tmp_path):
     weights = TINY / "weights.safetensors"
     proc = _train(
-        tmp_path / "run", "--init-image-from", str(weights), "--steps", "1", "--warmup-steps", "0", "--ckpt-every", "1",
+        tmp_path / "run", "--init-image-from", str(weights), "--steps", "1", "--ckpt-every", "1",
         "--lr", "1e-12", "--warmup-steps", "0", "--weight-decay", "0",
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-2000:]
