@@ -139,6 +139,13 @@ def plan_cmd(
     ops: Annotated[
         bool, typer.Option("--ops", help="the per-op table: FLOPs, bytes, bound and time")
     ] = False,
+    uncertainty: Annotated[
+        bool,
+        typer.Option("--uncertainty", help="P10 / P50 / P90 from the efficiencies' spread"),
+    ] = False,
+    draws: Annotated[
+        int, typer.Option("--draws", help="Monte Carlo plans for --uncertainty", min=2, max=10000)
+    ] = 64,
     as_json: JsonOpt = False,
 ):
     """Plan a run: step time, memory per device, wall time, device-hours and cost."""
@@ -179,8 +186,13 @@ def plan_cmd(
 
         write_plan_report(result, report)
         typer.echo(f"report written to {report}", err=True)
+    spread = None
+    if uncertainty:
+        from vlscale.plan.uncertainty import plan_uncertainty
+
+        spread = plan_uncertainty(cfg, draws=draws, seed=cfg.seed)
     if as_json:
-        emit_json(result.to_json(ops=ops))
+        emit_json(result.to_json(ops=ops) | ({"uncertainty": spread} if spread else {}))
         return
     r = result.recipe
     title = (
@@ -196,6 +208,21 @@ def plan_cmd(
     )
     if ops:
         _print_ops(result)
+    if spread:
+        s = spread["spread"]
+        print_table(
+            f"uncertainty over {spread['draws']} plans (compute σ {s['compute_sigma']:.2f}: "
+            f"{s['compute_source']}; communication σ {s['comm_sigma']:.2f})",
+            ["", "P10", "P50", "P90"],
+            [
+                [name, *(fmt.format(spread[key][q]) for q in ("p10", "p50", "p90"))]
+                for name, key, fmt in (
+                    ("step time (s)", "step_time_s", "{:.3f}"),
+                    ("wall time (h)", "wall_time_h", "{:,.1f}"),
+                    ("cost (USD)", "cost_usd", "${:,.0f}"),
+                )
+            ],
+        )
     for w in result.warnings:
         typer.echo(f"warning: {w}", err=True)
     if trace is not None:

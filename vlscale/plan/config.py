@@ -81,6 +81,12 @@ class PlanConfig(BaseModel):
     framework_efficiency: float | None = Field(
         default=None, gt=0.0, le=1.0, description="overrides the device kind's calibrated γ"
     )
+    compute_efficiency_scale: float = Field(
+        default=1.0, gt=0.0, le=10.0, description="compute roofline times / this (uncertainty)"
+    )
+    comm_efficiency_scale: float = Field(
+        default=1.0, gt=0.0, le=10.0, description="collective times / this (uncertainty draws)"
+    )
     price_per_device_hour: float | None = Field(default=None, ge=0)
     decode_samples_per_s_per_device: float | None = Field(
         default=None, gt=0, description="input pipeline throughput; None: never stalls"

@@ -174,9 +174,10 @@ def plan(
         reshard_after_forward=config.reshard_after_forward,
         checkpointing=config.checkpointing,
         resources=compute.resources,
-        framework_efficiency=compute.framework_efficiency,
+        framework_efficiency=compute.framework_efficiency * config.compute_efficiency_scale,
         grad_clip=config.grad_clip,
         decode_samples_per_s=config.decode_samples_per_s_per_device,
+        comm_efficiency=config.comm_efficiency_scale,
     )
     stragglers = StragglerModel(sigma=config.straggler_sigma) if config.straggler_sigma else None
     sim = simulate(workload, steps=config.sim_steps, stragglers=stragglers, seed=config.seed)
@@ -263,6 +264,12 @@ def plan(
             "framework_efficiency": compute.framework_efficiency,
             "origins": dict(compute.profile.origins),
             "op_overhead_s": compute.profile.op_overhead_s,
+            **(
+                {"calibration_mape": compute.profile.calibration.mape}
+                if compute.profile.calibration is not None
+                and compute.profile.calibration.mape is not None
+                else {}
+            ),
         },
         warnings=warnings,
         sim=sim if keep_sim else None,

@@ -87,13 +87,15 @@ class _Collectives:
     group: Group
     measured: dict
     overhead_s: float = 0.0  # per collective call (ComputeProfile.collective_overhead_s)
+    efficiency: float = 1.0  # scales every transfer time by 1 / efficiency (uncertainty draws)
 
     def _fit(self, kind: str, steps: int, moved: float, default):
         fit = self.measured.get(kind)
         if fit is None:
             r = default()
-            return _Timed(r.time_s + self.overhead_s, r.bytes_moved_per_rank)
-        return _Timed(steps * fit.alpha_s + moved / fit.bandwidth + self.overhead_s, moved)
+            return _Timed(r.time_s / self.efficiency + self.overhead_s, r.bytes_moved_per_rank)
+        t = (steps * fit.alpha_s + moved / fit.bandwidth) / self.efficiency
+        return _Timed(t + self.overhead_s, moved)
 
     def all_gather(self, shard: float):
         w = self.group.size
@@ -152,6 +154,7 @@ def build_workload(
     framework_efficiency: float = 1.0,
     grad_clip: bool = True,
     decode_samples_per_s: float | None = None,
+    comm_efficiency: float = 1.0,
 ) -> tuple[Workload, StepCosts]:
     """The durations of one step on one rank (module docstring) and the step's totals."""
     world = cluster.num_devices
@@ -162,7 +165,7 @@ def build_workload(
     r = recipe.mask_ratio
     comm = dict.fromkeys(("all_gather", "reduce_scatter", "all_reduce", "p2p"), 0.0)
     hidden = 1.0 if world == 1 else prof.comm_overlap  # collectives that hide behind compute
-    coll = _Collectives(group, dict(prof.collectives), prof.collective_overhead_s)
+    coll = _Collectives(group, dict(prof.collectives), prof.collective_overhead_s, comm_efficiency)
 
     def comm_for(params: int) -> tuple[dict[str, float], float, float]:
         """The unit's collective times and the (forward, backward) time they do not hide."""
