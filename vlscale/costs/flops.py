@@ -1,5 +1,8 @@
 """Analytic FLOPs of the two towers and of the contrastive losses (torch-free, pure functions).
 
+The numbers are summed from the op lists of ``vlscale.costs.ops`` (the one place where a layer's
+matmuls are written down); the formulas below say what those lists add up to.
+
 Convention: 2 FLOPs per multiply-add, counting exactly what ``torch.utils.flop_counter.
 FlopCounterMode`` counts — matrix multiplies (mm / addmm / bmm), convolutions and scaled-dot-
 product attention (QK^T and AV). Elementwise work (norms, GELU / SiLU, softmax, RoPE rotation,
@@ -44,6 +47,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
+from vlscale.costs.ops import OpList, block_ops, map_head_ops, patch_embed_ops, proj_ops
 from vlscale.errors import ConfigError
 from vlscale.specs.models import ModelSpec
 from vlscale.specs.towers import TextTowerSpec, TrunkSpec, VisionTowerSpec
@@ -94,29 +98,38 @@ class FlipRatio:
     total: float  # the whole tower, stem and head included
 
 
+def _op_flops(build, predicate=lambda op: True) -> float:
+    """FLOPs of the ops ``build(ops)`` appends (one sample) that satisfy ``predicate``."""
+    ops = OpList("fp32", 4)
+    build(ops)
+    return sum(op.flops for op in ops if predicate(op))
+
+
 def block_flops(t: TrunkSpec, tokens: int, name: str = "block") -> LayerFlops:
-    """One transformer block over ``tokens`` tokens: 8Sd² + 4S²d + (4 or 6)·S·d·h."""
-    d, h, s = t.width, t.mlp_width, tokens
-    n_mlp_mats = 2 if t.mlp_kind == "gelu" else 3
+    """One transformer block over ``tokens`` tokens: 8Sd² + 4S²d + (4 or 6)·S·d·h, summed from
+    its op list (``vlscale.costs.ops.block_ops``, one sample)."""
+
+    def build(ops: OpList) -> None:
+        block_ops(ops, name, t, 1, tokens, causal=False, rope=False)
+
     return LayerFlops(
         name=name,
         kind="block",
-        attn_linear=2.0 * s * d * (4 * d),
-        attn_core=4.0 * s * s * d,
-        mlp=2.0 * n_mlp_mats * s * d * h,
+        attn_linear=_op_flops(build, lambda o: o.kind == "matmul" and ".attn." in o.name),
+        attn_core=_op_flops(build, lambda o: o.kind == "attention"),
+        mlp=_op_flops(build, lambda o: o.kind == "matmul" and ".mlp." in o.name),
     )
 
 
 def map_head_flops(t: TrunkSpec, tokens: int) -> float:
     """Attention-pooling head, one learned query over S tokens:
-    q 2d² + kv 4Sd² + core 4Sd + out 2d² + GELU mlp 4dh."""
-    d, h, s = t.width, t.mlp_width, tokens
-    return 2.0 * d * d + 4.0 * s * d * d + 4.0 * s * d + 2.0 * d * d + 4.0 * d * h
+    q 2d² + kv 4Sd² + core 4Sd + out 2d² + GELU mlp 4dh (``ops.map_head_ops``)."""
+    return _op_flops(lambda ops: map_head_ops(ops, t, 1, tokens))
 
 
 def proj_flops(kind: str, width: int, embed_dim: int) -> float:
     """2·d·e for a linear projection (bias adds are elementwise, not counted)."""
-    return 0.0 if kind == "none" else 2.0 * width * embed_dim
+    return _op_flops(lambda ops: proj_ops(ops, "proj", kind, 1, width, embed_dim))
 
 
 def _check_mask_ratio(mask_ratio: float) -> None:
@@ -132,7 +145,7 @@ def vision_layer_flops(
     t = v.trunk
     d = t.width
     s = v.seq_len(mask_ratio)
-    layers = [LayerFlops("stem", "stem", other=2.0 * v.num_patches * 3 * v.patch_size**2 * d)]
+    layers = [LayerFlops("stem", "stem", other=_op_flops(lambda ops: patch_embed_ops(ops, v, 1)))]
     layers += [block_flops(t, s, f"block.{i}") for i in range(t.depth)]
     if v.pool == "map":
         layers.append(LayerFlops("head", "head", other=map_head_flops(t, s)))
@@ -275,10 +288,12 @@ def loss_flops(
     ):
         if value < 1:
             raise ConfigError(field, f"must be a positive integer, got {value}")
-    block = 2.0 * local_batch * (local_batch * world_size) * embed_dim  # one b×B logit matmul
-    n_blocks = 2 if loss == "softmax" else 1
-    per_block = 3.0 + (1.0 if recompute_logits else 0.0)  # forward 1, backward 2, [recompute 1]
-    return n_blocks * per_block * block
+    # summed from the loss's op list (vlscale.costs.step_ops.loss_ops): 2bBd per logit matmul
+    # forward, twice that backward, [the ring's recomputed logits once more]
+    from vlscale.costs.step_ops import loss_ops
+
+    fwd, bwd = loss_ops(loss, impl, local_batch, world_size, embed_dim)
+    return sum(o.flops for o in fwd + bwd if recompute_logits or o.phase != "recompute")
 
 
 def model_flops_per_sample(

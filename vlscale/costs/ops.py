@@ -251,7 +251,7 @@ def vision_stem_ops(ops: OpList, v: VisionTowerSpec, b: int, mask_ratio: float) 
     d, n, s = v.trunk.width, v.num_patches, v.seq_len(mask_ratio)
     k = v.kept_patches(mask_ratio)
     ops.elementwise("visual.images", b * 3 * v.image_size**2 * 2, "forward")  # cast / im2col
-    ops.linear("visual.patch_embed", b * n, d, 3 * v.patch_size**2, v.patch_bias, "forward")
+    patch_embed_ops(ops, v, b)
     if v.learned_pos:
         ops.elementwise("visual.pos_add", 3 * b * n * d, "forward")
     if mask_ratio > 0.0 and k < n:  # rand, argsort, gather (models.vision.drop_patches)
@@ -260,6 +260,18 @@ def vision_stem_ops(ops: OpList, v: VisionTowerSpec, b: int, mask_ratio: float) 
         ops.elementwise("visual.cls_cat", 2 * b * s * d, "forward")
     if v.ln_pre:
         ops.elementwise("visual.ln_pre", 2 * b * s * d, "forward")
+
+
+def patch_embed_ops(ops: OpList, v: VisionTowerSpec, b: int) -> None:
+    """The patch stem: a p×p stride-p conv, i.e. a matmul over the b·N patches (3p² -> d)."""
+    ops.linear(
+        "visual.patch_embed",
+        b * v.num_patches,
+        v.trunk.width,
+        3 * v.patch_size**2,
+        v.patch_bias,
+        "forward",
+    )
 
 
 def vision_stem_backward_ops(ops: OpList, v: VisionTowerSpec, b: int, mask_ratio: float) -> None:
@@ -286,17 +298,29 @@ def vision_head_ops(ops: OpList, v: VisionTowerSpec, embed_dim: int, b: int, s: 
         ops.elementwise("visual.norm", 2 * b * d, "forward")
     else:  # MAP: norm over all tokens, one learned query (models.vision.MapHead)
         ops.elementwise("visual.norm", 2 * b * s * d, "forward")
-        ops.linear("visual.head.q", b, d, d, True, "forward")
-        ops.linear("visual.head.kv", b * s, 2 * d, d, True, "forward")
-        ops.attention("visual.head.sdpa", b * t.heads, 1, s, t.head_dim, False, "forward")
-        ops.linear("visual.head.out", b, d, d, True, "forward")
-        ops.elementwise("visual.head.norm", 2 * b * d, "forward")
-        ops.linear("visual.head.mlp.fc1", b, t.mlp_width, d, True, "forward")
-        ops.elementwise("visual.head.mlp.gelu", 2 * b * t.mlp_width, "forward")
-        ops.linear("visual.head.mlp.fc2", b, d, t.mlp_width, True, "forward")
-        ops.elementwise("visual.head.residual", 3 * b * d, "forward")
-    if v.proj != "none":
-        ops.linear("visual.proj", b, embed_dim, d, v.proj == "linear_bias", "forward")
+        map_head_ops(ops, t, b, s)
+    proj_ops(ops, "visual.proj", v.proj, b, d, embed_dim)
+
+
+def map_head_ops(ops: OpList, t: TrunkSpec, b: int, s: int) -> None:
+    """SigLIP's attention-pooling head over S tokens, forward: q on the learned query, kv on
+    the tokens, one-query SDPA, out, then x + mlp(norm(x)) with a GELU MLP (all biased)."""
+    d = t.width
+    ops.linear("visual.head.q", b, d, d, True, "forward")
+    ops.linear("visual.head.kv", b * s, 2 * d, d, True, "forward")
+    ops.attention("visual.head.sdpa", b * t.heads, 1, s, t.head_dim, False, "forward")
+    ops.linear("visual.head.out", b, d, d, True, "forward")
+    ops.elementwise("visual.head.norm", 2 * b * d, "forward")
+    ops.linear("visual.head.mlp.fc1", b, t.mlp_width, d, True, "forward")
+    ops.elementwise("visual.head.mlp.gelu", 2 * b * t.mlp_width, "forward")
+    ops.linear("visual.head.mlp.fc2", b, d, t.mlp_width, True, "forward")
+    ops.elementwise("visual.head.residual", 3 * b * d, "forward")
+
+
+def proj_ops(ops: OpList, name: str, kind: str, b: int, width: int, embed_dim: int) -> None:
+    """The output projection ("none": nothing; the bias add is fused in the linear)."""
+    if kind != "none":
+        ops.linear(name, b, embed_dim, width, kind == "linear_bias", "forward")
 
 
 def vision_head_backward_ops(
@@ -340,8 +364,7 @@ def text_head_ops(ops: OpList, tx: TextTowerSpec, embed_dim: int, b: int) -> Non
     d, m = tx.trunk.width, b * tx.context_length
     ops.elementwise("text.norm", 2 * m * d, "forward")
     ops.elementwise("text.pool", 2 * b * d + m, "forward", kernels=3)  # argmax, arange, index
-    if tx.proj != "none":
-        ops.linear("text.proj", b, embed_dim, d, tx.proj == "linear_bias", "forward")
+    proj_ops(ops, "text.proj", tx.proj, b, d, embed_dim)
 
 
 def text_head_backward_ops(ops: OpList, tx: TextTowerSpec, embed_dim: int, b: int) -> None:
