@@ -17,6 +17,22 @@ REPO = Path(__file__).resolve().parents[1]
 CPU = REPO / "reports/validation/cpu"
 PROFILE = CPU / "profile.yaml"
 DEVICE = "xeon-2c"
+SMALL_PLAN = (
+    "plan",
+    "--model",
+    "small-clip",
+    "--devices",
+    "1",
+    "--global-batch",
+    "32",
+    "--precision",
+    "fp32",
+    "--hardware-file",
+    str(PROFILE),
+    "--device",
+    DEVICE,
+    "--ops",
+)
 
 
 def test_committed_profile_is_a_calibrated_cpu_device():
@@ -118,23 +134,7 @@ def test_bad_input_is_one_line_and_exit_2(args, field):
 
 
 def test_plan_ops_table_sums_to_the_step_and_names_the_bound():
-    out = vlscale(
-        "plan",
-        "--model",
-        "small-clip",
-        "--devices",
-        "1",
-        "--global-batch",
-        "32",
-        "--precision",
-        "fp32",
-        "--hardware-file",
-        str(PROFILE),
-        "--device",
-        DEVICE,
-        "--ops",
-        "--json",
-    )
+    out = vlscale(*SMALL_PLAN, "--json")
     assert out.returncode == 0, out.stderr
     plan = json.loads(out.stdout)
     ops = plan["ops"]
@@ -144,22 +144,7 @@ def test_plan_ops_table_sums_to_the_step_and_names_the_bound():
     phases = plan["phases_s"]
     assert sum(r["time_s"] for r in ops) < plan["step_time_s"]  # + per-unit and step overheads
     assert plan["step_time_s"] == pytest.approx(sum(phases.values()), rel=1e-9)
-    table = vlscale(
-        "plan",
-        "--model",
-        "small-clip",
-        "--devices",
-        "1",
-        "--global-batch",
-        "32",
-        "--precision",
-        "fp32",
-        "--hardware-file",
-        str(PROFILE),
-        "--device",
-        DEVICE,
-        "--ops",
-    )
+    table = vlscale(*SMALL_PLAN)
     assert "overhead-bound" in table.stdout and "visual.blocks.*" in table.stdout
 
 

@@ -106,32 +106,22 @@ class OpList:
 
     def linear_backward(self, name: str, m: int, n: int, k: int, bias: bool, dx: bool) -> None:
         """dX[m, k] = dY[m, n]·W (skipped for the stem) and dW[n, k] = dYᵀ·X; bias: Σ over m."""
-        a = self.act_bytes
-        if dx:
+        bytes_ = (m * n + n * k + m * k) * self.act_bytes  # read dY and one operand, write one
+        grads = [(f"{name}.dx", (1, m, k, n))] if dx else []
+        grads.append((f"{name}.dw", (1, n, k, m)))
+        for op_name, shape in grads:
             self.add(
                 Op(
-                    f"{name}.dx",
+                    op_name,
                     "matmul",
                     "backward",
                     2.0 * m * n * k,
-                    (m * n + n * k + m * k) * a,
+                    bytes_,
                     1,
-                    (1, m, k, n),
+                    shape,
                     dtype=self.dtype,
                 )
             )
-        self.add(
-            Op(
-                f"{name}.dw",
-                "matmul",
-                "backward",
-                2.0 * m * n * k,
-                (m * n + m * k + n * k) * a,
-                1,
-                (1, n, k, m),
-                dtype=self.dtype,
-            )
-        )
         if bias:
             self.elementwise(f"{name}.db", m * n + n, "backward")
 
