@@ -111,22 +111,31 @@ def measure_op_overhead(threads: int, length: int = 200) -> float:
     return timeit(chain, reps=7) / (4 * length)
 
 
-def measure_attention(threads: int, peak: float, curve, quick: bool, dtype: str = "fp32") -> float:
-    """Median of (curve time for SDPA's FLOPs) / (measured fwd + bwd): the attention fraction."""
+def measure_attention(
+    threads: int, peak: float, curve, quick: bool, dtype: str = "fp32"
+) -> tuple[float, float]:
+    """(forward, backward) attention fractions: median over shapes of (matmul-curve time of
+    SDPA's FLOPs) / (measured time). q, k, v are laid out as the towers make them (a fused qkv
+    projection viewed as (B, S, 3, H, hd) and permuted): CPU kernels differ by layout and dtype
+    (bf16 flash-attention backward is several times slower than fp32's here)."""
     torch.set_num_threads(threads)
-    shapes = [(128, 17, 16), (128, 65, 32), (64, 65, 64)] + ([] if quick else [(32, 257, 64)])
-    ratios = []
-    for g, s, hd in shapes:
-        q, k, v = (torch.randn(g, s, hd, dtype=DTYPES[dtype], requires_grad=True) for _ in range(3))
+    shapes = [(32, 4, 17, 16), (32, 4, 65, 32), (16, 4, 65, 64)]
+    shapes += [] if quick else [(8, 4, 257, 64)]
+    forward, backward = [], []
+    for b, h, s, hd in shapes:
+        qkv = torch.randn(b, s, 3 * h * hd, dtype=DTYPES[dtype], requires_grad=True)
 
-        def fwd_bwd(q=q, k=k, v=v) -> None:
-            F.scaled_dot_product_attention(q, k, v).sum().backward()
+        def run(qkv=qkv, b=b, h=h, s=s, hd=hd) -> torch.Tensor:
+            q, k, v = qkv.view(b, s, 3, h, hd).permute(2, 0, 3, 1, 4).unbind(0)
+            return F.scaled_dot_product_attention(q, k, v)  # (B, H, S, hd)
 
-        measured = timeit(fwd_bwd)
-        flops = 3 * 4.0 * g * s * s * hd  # forward 4gS²hd, backward twice that
-        eff = matmul_efficiency(curve, (g, s, s, hd))
-        ratios.append(flops / (peak * eff) / measured)
-    return min(2.0, statistics.median(ratios))
+        fwd = timeit(run)
+        both = timeit(lambda run=run: run().sum().backward())
+        flops = 4.0 * b * h * s * s * hd  # forward; backward twice that
+        ideal = flops / (peak * matmul_efficiency(curve, (b * h, s, s, hd)))
+        forward.append(ideal / fwd)
+        backward.append(2 * ideal / max(both - fwd, 1e-9))
+    return min(2.0, statistics.median(forward)), min(2.0, statistics.median(backward))
 
 
 def _comm_worker(rank: int, port: int, sizes: list[int], queue) -> None:
@@ -166,16 +175,62 @@ def _comm_worker(rank: int, port: int, sizes: list[int], queue) -> None:
     dist.destroy_process_group()
 
 
+def _fsdp_worker(rank: int, port: int, world: int, units: int, reps: int, queue) -> None:
+    """``units`` tiny FSDP2 units (Linear(64, 64)) forward + backward; rank 0 reports the
+    median step time."""
+    import warnings
+
+    import torch.distributed as dist
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.fsdp import fully_shard
+
+    warnings.filterwarnings("ignore")
+    torch.set_num_threads(1)
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    dist.init_process_group("gloo", rank=rank, world_size=world)
+    mesh = init_device_mesh("cpu", (world,))
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(*[torch.nn.Linear(FSDP_WIDTH, FSDP_WIDTH) for _ in range(units)])
+    for layer in model:
+        fully_shard(layer, mesh=mesh)
+    fully_shard(model, mesh=mesh)
+    x = torch.randn(8, FSDP_WIDTH)
+    times = []
+    for _ in range(reps + 3):  # every rank runs the same count: the collectives must match
+        dist.barrier()
+        t0 = time.perf_counter()
+        model(x).sum().backward()
+        times.append(time.perf_counter() - t0)
+    if rank == 0:
+        queue.put(statistics.median(times[3:]))
+    dist.barrier()
+    dist.destroy_process_group()
+
+
+FSDP_WIDTH = 64
+FSDP_UNITS = 16
+
+
+def measure_fsdp_unit_seconds(world: int, reps: int = 15) -> float:
+    """Seconds per FSDP2 unit (forward + backward) of tiny units on ``world`` local ranks."""
+    return _spawn(_fsdp_worker, world, (world, FSDP_UNITS, reps)) / FSDP_UNITS
+
+
 def measure_collectives(quick: bool) -> list[tuple[str, int, int, int, float]]:
+    sizes = [1 << 12, 1 << 16, 1 << 20, 1 << 22] + ([] if quick else [1 << 24])
+    return _spawn(_comm_worker, 2, (sizes,))
+
+
+def _spawn(target, world: int, args: tuple):
+    """Run ``target(rank, port, *args, queue)`` on ``world`` spawned ranks; rank 0's answer."""
     import torch.multiprocessing as mp
 
-    sizes = [1 << 12, 1 << 16, 1 << 20, 1 << 22] + ([] if quick else [1 << 24])
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     ctx = mp.get_context("spawn")
     queue = ctx.Queue()
-    procs = [ctx.Process(target=_comm_worker, args=(r, port, sizes, queue)) for r in range(2)]
+    procs = [ctx.Process(target=target, args=(r, port, *args, queue)) for r in range(world)]
     for p in procs:
         p.start()
     deadline = time.monotonic() + 120
@@ -234,16 +289,18 @@ def probe(name: str, quick: bool, comm: bool) -> tuple[DeviceSpec, dict]:
     bw_all = measure_bandwidth(host_threads)
     bw_one = measure_bandwidth(1)
     overhead = measure_op_overhead(host_threads)
-    attention = measure_attention(host_threads, peaks["fp32"], curves["fp32"], quick)
+    attention, attention_bwd = measure_attention(host_threads, peaks["fp32"], curves["fp32"], quick)
     # other dtypes relative to fp32: elementwise bytes/s and attention efficiency
     memory_scale = {
         dt: measure_bandwidth(host_threads, dtype=dt) / bw_all for dt in DTYPES if dt != "fp32"
     }
-    attention_scale = {
-        dt: measure_attention(host_threads, peaks[dt], curves[dt], quick, dt) / attention
-        for dt in DTYPES
-        if dt != "fp32"
-    }
+    # attention_scale: forward of a dtype ("bf16") and backward ("fp32.backward", ...) relative
+    # to the fp32 forward fraction
+    attention_scale = {"fp32.backward": attention_bwd / attention}
+    for dt in DTYPES:
+        if dt != "fp32":
+            fwd, bwd = measure_attention(host_threads, peaks[dt], curves[dt], quick, dt)
+            attention_scale |= {dt: fwd / attention, f"{dt}.backward": bwd / attention}
     report |= {"memory_scale": memory_scale, "attention_scale": attention_scale}
     report |= {
         "bandwidth": bw_all,
@@ -251,7 +308,7 @@ def probe(name: str, quick: bool, comm: bool) -> tuple[DeviceSpec, dict]:
         "op_overhead_s": overhead,
         "attention_fraction": attention,
     }
-    links, per_op = {}, {}
+    links, per_op, collective_overhead = {}, {}, 0.0
     if comm and host_threads >= 2:
         rows = measure_collectives(quick)
         samples = [CommSample(steps, moved, t) for _, _, steps, moved, t in rows]
@@ -262,6 +319,16 @@ def probe(name: str, quick: bool, comm: bool) -> tuple[DeviceSpec, dict]:
             )
             per_op[op] = {"alpha_s": a, "bandwidth": b}
             report[f"collective_{op}"] = {"alpha_s": a, "bandwidth": b, "median_rel_error": err}
+        # What a collective costs inside FSDP2 beyond its transfer: the same tiny units on two
+        # ranks and on one; each unit issues 2 all-gathers (reshard) and 1 reduce-scatter.
+        one, two = measure_fsdp_unit_seconds(1), measure_fsdp_unit_seconds(2)
+        shard = (FSDP_WIDTH * FSDP_WIDTH + FSDP_WIDTH) * 4 / 2
+        ag, rs = per_op["all_gather"], per_op["reduce_scatter"]
+        transfer = 2 * (ag["alpha_s"] + shard / ag["bandwidth"])
+        transfer += rs["alpha_s"] + shard / rs["bandwidth"]
+        collective_overhead = max(0.0, (two - one - transfer) / 3)
+        report["fsdp_unit_s"] = {"world_1": one, "world_2": two}
+        report["collective_overhead_s"] = collective_overhead
         links["host"] = {
             "alpha_s": alpha,
             "bandwidth": bandwidth,
@@ -284,6 +351,7 @@ def probe(name: str, quick: bool, comm: bool) -> tuple[DeviceSpec, dict]:
         unit_overhead_s=2e-4,
         step_overhead_s=1e-3,
         comm_overlap=0.0,
+        collective_overhead_s=collective_overhead,
         thread_bandwidth=bw_one,
         memory_scale=memory_scale,
         attention_scale=attention_scale,
@@ -300,6 +368,8 @@ def probe(name: str, quick: bool, comm: bool) -> tuple[DeviceSpec, dict]:
             "step_overhead_s": "assumed",
             "comm_overlap": "assumed",
             "data_s_per_sample": "assumed",
+            "collectives": "measured" if per_op else "assumed",
+            "collective_overhead_s": "measured" if per_op else "assumed",
         },
         source=src,
     )

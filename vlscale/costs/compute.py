@@ -101,7 +101,9 @@ def op_time(op: Op, res: RankResources, efficiency: float = 1.0) -> OpTime:
         curve = prof.curve(op.dtype)
         eff = matmul_efficiency(curve, op.shape, res.units_scale)
         if op.kind == "attention":
-            eff *= prof.attention_fraction * prof.attention_scale.get(op.dtype, 1.0)
+            scale = prof.attention_scale
+            key = f"{op.dtype}.backward" if op.phase == "backward" else op.dtype
+            eff *= prof.attention_fraction * scale.get(key, scale.get(op.dtype, 1.0))
         compute = op.executed_flops / (res.peak(op.dtype) * eff * efficiency)
     bandwidth = res.bandwidth * prof.memory_scale.get(op.dtype, 1.0)
     memory = op.bytes / (bandwidth * efficiency) if op.bytes else 0.0

@@ -109,7 +109,9 @@ class ComputeProfile(_Spec):
         default_factory=dict, description="elementwise bytes/s of a dtype relative to fp32"
     )
     attention_scale: dict[str, float] = Field(
-        default_factory=dict, description="attention efficiency of a dtype relative to fp32"
+        default_factory=dict,
+        description="attention efficiency relative to fp32 forward, per dtype ('bf16') and for "
+        "backward ('fp32.backward', 'bf16.backward')",
     )
     thread_bandwidth: float | None = Field(
         default=None, gt=0, description="cpu: memory bandwidth one thread reaches, bytes/s"
