@@ -199,6 +199,7 @@ def test_sweep_writes_one_row_per_point_with_an_error_column(tmp_path):
         "grid:\n  devices: [8, 16, 3]\n  recipe: [clip, siglip]\n"
     )
     out_csv = tmp_path / "out" / "x.csv"
+    (tmp_path / "out").mkdir()  # the CLI never creates folders (vlscale.paths)
     out = vlscale("sweep", str(grid), "--out", str(out_csv), "--quiet")
     assert out.returncode == 0, out.stderr
     rows = list(csv.DictReader(out_csv.open()))

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import functools
 import json
+import math
 import sys
 from collections.abc import Callable
 from typing import Any
@@ -86,15 +87,15 @@ def human_bytes(n: float) -> str:
 
 
 def check_mask_ratio(mask_ratio: float) -> None:
-    if not 0.0 <= mask_ratio < 1.0:
+    if not 0.0 <= mask_ratio < 1.0:  # NaN fails this too
         raise ConfigError(
             "mask_ratio", f"must be in [0, 1), got {mask_ratio}; e.g. 0.5 drops half the patches"
         )
 
 
 def check_positive(field: str, value: int | float | None) -> None:
-    if value is not None and value <= 0:
-        raise ConfigError(field, f"must be positive, got {value}")
+    if value is not None and not (value > 0 and math.isfinite(value)):
+        raise ConfigError(field, f"must be a positive finite number, got {value}")
 
 
 # --- models / params / flops / memory -------------------------------------------------------
@@ -343,11 +344,31 @@ from vlscale import cli_report  # noqa: E402, F401
 
 
 def main() -> None:
-    """Console-script entry point."""
+    """Console-script entry point. Usage errors (a flag's value of the wrong type, a missing
+    argument, an unknown option) are one line ``error: <option>: <what is wrong>`` and exit
+    status 2, like every other bad input, instead of click's boxed usage text."""
+    try:  # typer >= 0.20 vendors click; older ones use the click package
+        from typer._click.exceptions import NoArgsIsHelpError, UsageError
+    except ImportError:  # pragma: no cover - older typer
+        from click.exceptions import NoArgsIsHelp as NoArgsIsHelpError
+        from click.exceptions import UsageError
     try:
-        app()
+        status = app(standalone_mode=False)
+    except NoArgsIsHelpError as exc:  # `vlscale` alone prints the help, as before
+        typer.echo(exc.ctx.get_help() if exc.ctx else str(exc))
+        sys.exit(0)
+    except UsageError as exc:
+        param = getattr(exc, "param", None)
+        opts = getattr(param, "opts", None)
+        name = opts[0] if opts else getattr(param, "name", None)
+        message = " ".join(exc.format_message().split())
+        typer.echo(f"error: {name or 'usage'}: {message}; see --help", err=True)
+        sys.exit(EXIT_BAD_INPUT)
     except KeyboardInterrupt:  # pragma: no cover - interactive only
         sys.exit(130)
+    # without standalone mode a typer.Exit(code) (e.g. handles_bad_input's 2) comes back here
+    if isinstance(status, int) and status:
+        sys.exit(status)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -16,6 +16,7 @@ import typer
 
 from vlscale.cli import app, emit_json, handles_bad_input, print_table
 from vlscale.errors import ConfigError
+from vlscale.paths import check_output_file
 
 
 def parse_count(field: str, text: str | None) -> int | None:
@@ -178,6 +179,8 @@ def plan_cmd(
         image_size=image_size,
         grad_accum=grad_accum,
     )
+    if trace is not None:
+        check_output_file(trace, "trace", (".json",))
     result = plan(cfg, keep_sim=trace is not None or report is not None)
     if trace is not None:
         result.sim.to_chrome_trace(trace)
@@ -414,8 +417,7 @@ def sweep_cmd(
     flags, when given, set that key in every point (over the grid file)."""
     from vlscale.plan.sweep import expand_grid, run_sweep
 
-    if out.suffix not in (".csv", ".parquet"):
-        raise ConfigError("out", f"'{out}' must end in .csv or .parquet")
+    check_output_file(out, "out", (".csv", ".parquet"))
     topology = {
         k: v
         for k, v in dict(
@@ -425,8 +427,11 @@ def sweep_cmd(
     }
     points = [point | topology for point in expand_grid(grid_file)]
     frame = run_sweep(points, progress=not quiet, workers=workers, scheduler=scheduler)
-    write_table_atomic(frame, out)
     ok = int(frame["error"].isna().sum())
+    if ok == 0:  # nothing planned: a typo'd key or an impossible grid, not a result
+        first = frame["error"].dropna().iloc[0] if len(frame) else "the grid has no points"
+        raise ConfigError("grid", f"no configuration could be planned; the first says: {first}")
+    write_table_atomic(frame, out)
     typer.echo(f"{len(frame)} configurations ({ok} planned, {len(frame) - ok} invalid) -> {out}")
 
 

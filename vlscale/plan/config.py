@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from vlscale.errors import ConfigError, validate_as
 from vlscale.specs.recipes import LossImpl, Optimizer, Precision, RecipeName, RecipeSpec
@@ -49,7 +49,7 @@ class PlanConfig(BaseModel):
     model: str = "ViT-L-14"
     recipe: RecipeName = "clip"
     loss_impl: LossImpl = "gather"
-    mask_ratio: float | None = Field(default=None, ge=0.0, lt=1.0)
+    mask_ratio: float | None = Field(default=None, ge=0.0, lt=1.0, allow_inf_nan=False)
     optimizer: Optimizer | None = None
     image_size: int | None = Field(default=None, gt=0)
     context_length: int | None = Field(default=None, gt=0, description="text tokens override")
@@ -95,6 +95,14 @@ class PlanConfig(BaseModel):
     sim_steps: int = Field(default=1, ge=1, le=1000)
     seed: int = 0
     failures: FailureConfig = FailureConfig()
+
+    @field_validator("samples", "global_batch", "devices", "grad_accum", mode="before")
+    @classmethod
+    def _counts_are_not_booleans(cls, value: Any) -> Any:
+        # pydantic would read `samples: true` as 1 sample; a count is a number
+        if isinstance(value, bool):
+            raise ValueError(f"must be a whole number, not {str(value).lower()}")
+        return value
 
     @model_validator(mode="after")
     def _check(self) -> PlanConfig:
@@ -146,7 +154,12 @@ def read_config_file(path: str | Path) -> dict[str, Any]:
     p = Path(path)
     if not p.is_file():
         raise ConfigError("config", f"no such file: {p}; pass an existing YAML or TOML file")
-    text = p.read_text()
+    try:
+        text = p.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise ConfigError(
+            "config", f"{p} is not a text file; pass a YAML (.yaml) or TOML (.toml) plan file"
+        ) from None
     try:
         data = tomllib.loads(text) if p.suffix == ".toml" else yaml.safe_load(text)
     except (yaml.YAMLError, tomllib.TOMLDecodeError) as exc:

@@ -28,6 +28,8 @@ from vlscale.plan.config import read_config_file
 def expand_grid(path: str | Path) -> list[dict[str, Any]]:
     """All grid points as flat dicts of PlanConfig keys (base updated by one grid combination)."""
     data = read_config_file(path)
+    if not data:
+        raise ConfigError("grid", f"{path} is empty; give 'base' (a plan) and 'grid' (lists)")
     unknown = set(data) - {"base", "grid"}
     if unknown:
         raise ConfigError(

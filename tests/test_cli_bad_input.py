@@ -1,0 +1,76 @@
+"""What a new user hit (issue 11's list): every case is one line ``error: <field>: ...`` on
+stderr, exit status 2, and nothing written."""
+
+from __future__ import annotations
+
+import pytest
+
+from tests.test_plan_cli import vlscale
+
+
+def _fails(*args: str, field: str, cwd_files=()) -> None:
+    out = vlscale(*args)
+    assert out.returncode == 2, (out.returncode, out.stderr)
+    lines = [ln for ln in out.stderr.splitlines() if ln.strip()]
+    assert len(lines) == 1 and lines[0].startswith(f"error: {field}"), out.stderr
+
+
+@pytest.mark.parametrize(
+    "args, field",
+    [
+        (["plan", "--devices", "abc"], "--devices"),
+        (["plan", "--global-batch", "1.5"], "--global-batch"),
+        (["plan", "--bogus-flag"], "usage"),
+        (["params"], "model"),
+        (["plan", "--mask-ratio", "nan"], "mask_ratio"),
+        (["memory", "ViT-L-14", "--device-memory-gib", "nan"], "device_memory_gib"),
+        (["memory", "ViT-L-14", "--device-memory-gib", "inf"], "device_memory_gib"),
+    ],
+)
+def test_usage_and_value_errors_are_one_line(args, field):
+    _fails(*args, field=field)
+
+
+def test_binary_config_file(tmp_path):
+    f = tmp_path / "bin.yaml"
+    f.write_bytes(bytes(range(128, 256)))
+    _fails("plan", "--config", str(f), field="config")
+
+
+def test_boolean_is_not_a_count(tmp_path):
+    f = tmp_path / "s.yaml"
+    f.write_text("samples: true\n")
+    _fails("plan", "--config", str(f), field="samples")
+
+
+def test_trace_to_a_folder_fails_before_planning(tmp_path):
+    _fails(
+        "plan",
+        "--model",
+        "tiny-clip",
+        "--devices",
+        "8",
+        "--global-batch",
+        "64",
+        "--trace",
+        str(tmp_path),
+        field="trace",
+    )
+    _fails("plan", "--trace", str(tmp_path / "missing" / "t.json"), field="trace")
+
+
+def test_sweep_with_nothing_planned_or_nothing_in_it(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("base: {model: tiny-clip, global_batch: 64}\ngrid: {devices: [3, 5]}\n")
+    out = tmp_path / "o.csv"
+    _fails("sweep", str(bad), "--out", str(out), field="grid")
+    assert not out.exists()
+    empty = tmp_path / "empty.yaml"
+    empty.write_text("")
+    _fails("sweep", str(empty), "--out", str(out), field="grid")
+    _fails("sweep", str(bad), "--out", str(tmp_path), field="out")  # a folder
+
+
+def test_no_arguments_still_prints_the_help():
+    out = vlscale()
+    assert out.returncode == 0 and "plan" in out.stdout
