@@ -19,6 +19,7 @@ import typer
 
 from vlscale.cli import app, emit_json, handles_bad_input, print_table
 from vlscale.errors import ConfigError
+from vlscale.paths import check_output_file
 
 RunsArg = Annotated[list[str], typer.Argument(help="run files (OUT/run.jsonl) or folders")]
 HwOpt = Annotated[str, typer.Option("--hardware-file", help="hardware file with the device")]
@@ -54,13 +55,6 @@ def _runs(paths: list[str], device, hardware_file: str | None):
     return [load_measured_run(p, name, hardware_file) for p in expand_run_paths(paths)]
 
 
-def _check_out(out: Path, suffixes: tuple[str, ...]) -> None:
-    if out.is_dir() or out.suffix.lower() not in suffixes:
-        raise ConfigError("out", f"'{out}' must be a file ending in {' or '.join(suffixes)}")
-    if not out.parent.is_dir():
-        raise ConfigError("out", f"folder '{out.parent}' does not exist; create it first")
-
-
 @app.command("calibrate")
 @handles_bad_input
 def calibrate_cmd(
@@ -77,7 +71,7 @@ def calibrate_cmd(
     from vlscale.calibrate.fit import DEFAULT_PARAMETERS, calibrate
     from vlscale.specs.hardware import dump_hardware_file
 
-    _check_out(out, (".yaml", ".yml"))
+    check_output_file(out, "out", (".yaml", ".yml"))
     dev = _device(hardware_file, device)
     chosen = tuple(p.strip() for p in params.split(",")) if params else DEFAULT_PARAMETERS
     measured = _runs(runs, dev, hardware_file)
@@ -110,7 +104,7 @@ def validate_cmd(
 
         check_report_path(report)
     if out is not None:
-        _check_out(out, (".json",))
+        check_output_file(out, "out", (".json",))
     dev = _device(hardware_file, device)
     result = validate(_runs(runs, dev, hardware_file), dev).to_json()
     title = dev.name if dev is not None else "catalog devices"
