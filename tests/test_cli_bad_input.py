@@ -74,3 +74,13 @@ def test_sweep_with_nothing_planned_or_nothing_in_it(tmp_path):
 def test_no_arguments_still_prints_the_help():
     out = vlscale()
     assert out.returncode == 0 and "plan" in out.stdout
+
+
+def test_replacing_an_output_file_is_said(tmp_path):
+    grid = tmp_path / "g.yaml"
+    grid.write_text("base: {model: tiny-clip, global_batch: 64}\ngrid: {devices: [8]}\n")
+    out = tmp_path / "o.csv"
+    first = vlscale("sweep", str(grid), "--out", str(out), "--quiet", "--workers", "1")
+    assert first.returncode == 0 and "replaced" not in first.stderr
+    again = vlscale("sweep", str(grid), "--out", str(out), "--quiet", "--workers", "1")
+    assert again.returncode == 0 and "exists and will be replaced" in again.stderr

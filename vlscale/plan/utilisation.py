@@ -83,7 +83,7 @@ def resolve_compute(
         cal = f"; calibrated: {prof.calibration.source}" if prof.calibration else ""
         return ComputeModel(rank_resources(device, prof, ranks_per_host), gamma, prof.source + cal)
     prof = default_profile(device)
-    gamma, why = CALIBRATED.get(device.name, FALLBACK)
+    gamma, why = CALIBRATED.get(device.derived_from or device.name, FALLBACK)
     if framework_efficiency is not None:
         gamma, why = framework_efficiency, "given (--framework-efficiency)"
     source = f"per-op model, catalog defaults (assumed); framework efficiency {gamma:.3f}: {why}"
@@ -99,7 +99,7 @@ def default_profile(device: DeviceSpec) -> ComputeProfile:
     """Catalog defaults for ``device`` (``vlscale/specs/data/compute.yaml``)."""
     data = _defaults()
     kind = dict(data["defaults"][device.kind])
-    entry = data["devices"].get(device.name, {})
+    entry = data["devices"].get(device.derived_from or device.name, {})
     tile = entry.get("tile", [1, 1])
     fraction = entry.get("peak_fraction", 0.7)
     latency = entry.get("latency_s", 3e-6)

@@ -183,6 +183,9 @@ class DeviceSpec(_Spec):
     compute: ComputeProfile | None = Field(
         default=None, description="op-level efficiencies (vlscale.costs.compute); catalog defaults"
     )
+    derived_from: str | None = Field(
+        default=None, description="catalog device a hardware-file entry is based on (base:)"
+    )
 
     @model_validator(mode="after")
     def _fabric_matches_kind(self) -> DeviceSpec:
@@ -618,9 +621,12 @@ def _device_entry(entry: dict, known: dict[str, DeviceSpec], where: str) -> Devi
     entry = dict(entry)
     base_name = entry.pop("base", None)
     if base_name is not None:
-        base = _with_field(get_device, where)(str(base_name), known).model_dump()
+        parent = _with_field(get_device, where)(str(base_name), known)
+        base = parent.model_dump()
         if entry.get("name", base["name"]) != base["name"]:
             base["aliases"] = ()  # the catalog's aliases belong to the catalog device
+        # same silicon: the catalog's op-level defaults and γ still apply (vlscale.plan)
+        base["derived_from"] = parent.derived_from or parent.name
         entry = _deep_merge(base, entry)
     try:
         return DeviceSpec.model_validate(entry)
