@@ -84,3 +84,23 @@ def test_replacing_an_output_file_is_said(tmp_path):
     assert first.returncode == 0 and "replaced" not in first.stderr
     again = vlscale("sweep", str(grid), "--out", str(out), "--quiet", "--workers", "1")
     assert again.returncode == 0 and "exists and will be replaced" in again.stderr
+
+
+def test_a_hardware_file_cannot_shadow_a_catalog_device(tmp_path):
+    hw = tmp_path / "hw.yaml"
+    hw.write_text("devices:\n  - base: H100\n    name: H100\n")
+    _fails("plan", "--hardware-file", str(hw), "--device", "H100", field="hardware_file")
+    hw.write_text("devices:\n  - base: H100\n    name: h100-lab\n")
+    ok = vlscale("plan", "--hardware-file", str(hw), "--device", "h100-lab", "--json")
+    assert ok.returncode == 0, ok.stderr
+
+
+def test_hardware_table_takes_a_cpu_profile_and_lists_sources():
+    from pathlib import Path
+
+    profile = Path(__file__).resolve().parents[1] / "reports/validation/cpu/profile.yaml"
+    table = vlscale("hardware", "--hardware-file", str(profile))
+    assert table.returncode == 0, table.stderr
+    assert "xeon-2c" in table.stdout
+    sources = vlscale("hardware", "--sources")
+    assert sources.returncode == 0 and "H100 datasheet" in sources.stdout

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import sys
 import textwrap
 
 import pytest
@@ -287,7 +286,6 @@ def test_user_file_round_trip(tmp_path):
     assert again.devices == hw.devices  # the non-catalog device is written along
 
 
-@pytest.mark.skipif(sys.version_info < (3, 11), reason="tomllib")
 def test_toml_file_equals_yaml(tmp_path):
     toml = tmp_path / "hw.toml"
     toml.write_text(

@@ -340,6 +340,9 @@ def compare_cmd(
 @handles_bad_input
 def hardware_cmd(
     hardware_file: HwOpt = None,
+    sources: Annotated[
+        bool, typer.Option("--sources", help="one row per value with the document it came from")
+    ] = False,
     as_json: JsonOpt = False,
 ):
     """The device catalog: peak FLOP/s, memory, links and price, each with its source."""
@@ -350,10 +353,23 @@ def hardware_cmd(
     if as_json:
         emit_json([d.model_dump(mode="json") for d in devices])
         return
+    if sources:
+        print_table(
+            "where each catalog value comes from",
+            ["device", "value", "source"],
+            [[d.name, what, src] for d in devices for what, src in _sources(d)],
+        )
+        return
     rows = []
     for d in devices:
         half = d.peak_flops.bf16 or d.peak_flops.fp16
-        link = d.nvlink.bandwidth if d.nvlink else d.ici.link_bandwidth
+        if d.nvlink is not None:
+            link = d.nvlink.bandwidth
+        elif d.ici is not None:
+            link = d.ici.link_bandwidth
+        else:  # a CPU host: what its ranks exchange through (measured), else its memory
+            host = d.measured.links.get("host") if d.measured else None
+            link = host.bandwidth if host and host.bandwidth else d.memory.hbm_bandwidth
         rows.append(
             [
                 d.name,
@@ -382,7 +398,10 @@ def hardware_cmd(
         ],
         rows,
     )
-    typer.echo("sources: vlscale hardware --json; 'uncertain' values are estimates", err=True)
+    typer.echo(
+        "sources: vlscale hardware --sources (or --json); 'uncertain' values are estimates",
+        err=True,
+    )
 
 
 def _uncertain(device) -> list[str]:
@@ -393,6 +412,17 @@ def _uncertain(device) -> list[str]:
         for g in groups
         if getattr(device, g) is not None and "UNCERTAIN" in getattr(device, g).source.upper()
     ]
+
+
+def _sources(d) -> list[tuple[str, str]]:
+    """(value, source) pairs of a device entry: every block that carries a ``source``."""
+    out = [("peak FLOP/s", d.peak_flops.source), ("memory", d.memory.source)]
+    out += [("NVLink", d.nvlink.source)] if d.nvlink else []
+    out += [("ICI", d.ici.source)] if d.ici else []
+    out += [("network", d.network.source), ("price", d.price.source)]
+    out += [("measured", d.measured.source)] if d.measured else []
+    out += [("compute profile", d.compute.source)] if d.compute else []
+    return out
 
 
 @app.command("sweep")

@@ -539,6 +539,12 @@ def load_hardware_file(path: str | os.PathLike) -> HardwareFile:
     devices: dict[str, DeviceSpec] = {}
     for i, entry in enumerate(_entries(data, "devices", field)):
         spec = _device_entry(entry, devices, f"{field}: devices[{i}]")
+        if _key(spec.name) in _index():  # it would shadow the catalog's device without a word
+            raise ConfigError(
+                f"{field}: devices[{i}].name",
+                f"'{spec.name}' is a catalog device; give yours another name (e.g. "
+                f"{spec.name}-measured) and start from the catalog's with base: {spec.name}",
+            )
         devices[spec.name] = spec
     clusters: dict[str, ClusterSpec] = {}
     for i, entry in enumerate(_entries(data, "clusters", field)):
