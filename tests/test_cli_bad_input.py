@@ -104,3 +104,34 @@ def test_hardware_table_takes_a_cpu_profile_and_lists_sources():
     assert "xeon-2c" in table.stdout
     sources = vlscale("hardware", "--sources")
     assert sources.returncode == 0 and "H100 datasheet" in sources.stdout
+
+
+def test_compare_takes_a_hardware_file_and_a_price():
+    import json
+    from pathlib import Path
+
+    profile = Path(__file__).resolve().parents[1] / "reports/validation/cpu/profile.yaml"
+    args = (
+        "compare",
+        "--model",
+        "tiny-clip",
+        "--devices",
+        "2",
+        "--global-batch",
+        "32",
+        "--precision",
+        "fp32",
+        "--hardware-file",
+        str(profile),
+        "--device",
+        "xeon-2c",
+    )
+    cheap = vlscale(*args, "--price", "1.0", "--json")
+    dear = vlscale(*args, "--price", "2.0", "--json")
+    assert cheap.returncode == 0 and dear.returncode == 0, cheap.stderr + dear.stderr
+    cheap, dear = json.loads(cheap.stdout), json.loads(dear.stdout)
+    assert {r["device"] for r in cheap} == {"xeon-2c"}
+    for c, d in zip(cheap, dear, strict=True):
+        assert d["cost_usd"] == 2 * c["cost_usd"]
+    table = vlscale(*args)
+    assert "tiny-clip on 2xxeon-2c" in table.stdout and "(mask 0.5)" in table.stdout

@@ -284,6 +284,8 @@ def compare_cmd(
     sharding: ShardingOpt = None,
     checkpointing: CkptOpt = None,
     utilisation: UtilOpt = None,
+    price: PriceOpt = None,
+    hardware_file: HwOpt = None,
     report: ReportOpt = None,
     as_json: JsonOpt = False,
 ):
@@ -322,6 +324,8 @@ def compare_cmd(
             sharding=sharding,
             checkpointing=checkpointing,
             utilisation=utilisation,
+            price_per_device_hour=price,
+            hardware_file=hardware_file,
         )
         results.append(plan(cfg).to_json())
     if report is not None:
@@ -332,8 +336,17 @@ def compare_cmd(
     if as_json:
         emit_json(results)
         return
-    header = [""] + [f"{r['recipe']}/{r['loss_impl']}" for r in results]
-    print_table("recipes side by side", header, compare_rows(results))
+    header = [""] + [
+        f"{r['recipe']}/{r['loss_impl']}"
+        + (f" (mask {r['mask_ratio']:g})" if r["mask_ratio"] else "")
+        for r in results
+    ]
+    first = results[0]
+    title = (
+        f"recipes side by side: {first['model']} on {first['devices']}x{first['device']}, "
+        f"global batch {first['global_batch']:,}"
+    )
+    print_table(title, header, compare_rows(results))
 
 
 @app.command("hardware")
