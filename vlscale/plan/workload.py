@@ -13,7 +13,9 @@ durations only. Per rank and per step (b the local micro-batch):
                       gradient-accumulator hops backward
     optimizer         its op list over the rank's shard (+ gradient clipping)
     host              step overhead + synchronous data loading (CPU profiles)
-    per unit          + ``unit_overhead_s`` (hooks and bookkeeping), split forward : backward 1 : 2
+    per unit          + ``unit_overhead_s`` (hooks and bookkeeping), half in forward, half in
+                      backward; every collective + ``collective_overhead_s`` (its cost in the
+                      step beyond the transfer: hand-off and waiting for the peer)
 
 t(op) is ``vlscale.costs.compute.op_time``: max(FLOPs / (P·e_mm), bytes / (BW·e_bw)) + launches ·
 overhead, the roofline part divided by the framework efficiency γ (catalog devices: the one
