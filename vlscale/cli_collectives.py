@@ -15,25 +15,16 @@ from typing import Annotated, Any
 import typer
 
 from vlscale.cli import app, emit_json, handles_bad_input, print_table
+from vlscale.cli_options import (
+    DeviceOpt,
+    DevicesOpt,
+    HwOpt,
+    JsonOpt,
+    PerNodeOpt,
+    ShapeOpt,
+    SlicesOpt,
+)
 from vlscale.errors import ConfigError
-
-# The same flags as `vlscale plan` (not imported from cli_plan: `vlscale.cli` imports this
-# module while cli_plan may still be initialising).
-DeviceOpt = Annotated[str | None, typer.Option("--device", help="e.g. H100, TPUv5p")]
-DevicesOpt = Annotated[int | None, typer.Option("--devices", help="number of devices")]
-PerNodeOpt = Annotated[
-    int | None,
-    typer.Option("--devices-per-node", help="GPUs per NVLink node (default: the device's node)"),
-]
-SlicesOpt = Annotated[
-    int | None, typer.Option("--num-slices", help="TPU slices joined by DCN (default 1)")
-]
-ShapeOpt = Annotated[
-    str | None,
-    typer.Option("--slice-shape", help="TPU slice torus, e.g. 4x4x8 (default: compact)"),
-]
-HwOpt = Annotated[str | None, typer.Option("--hardware-file", help="YAML/TOML with devices")]
-JsonOpt = Annotated[bool, typer.Option("--json", help="machine-readable output")]
 
 OPS = ("all_reduce", "all_gather", "reduce_scatter")
 # nccl-tests' busbw factor per op (doc/PERFORMANCE.md)

@@ -15,6 +15,33 @@ from typing import Annotated, Any
 import typer
 
 from vlscale.cli import app, emit_json, handles_bad_input, print_table
+from vlscale.cli_options import (
+    BatchOpt,
+    CkptOpt,
+    ConfigOpt,
+    DecodeOpt,
+    DeviceOpt,
+    DevicesOpt,
+    HwOpt,
+    ImageOpt,
+    JsonOpt,
+    MaskOpt,
+    ModelOpt,
+    OptimOpt,
+    PerNodeOpt,
+    PrecisionOpt,
+    PriceOpt,
+    ReportOpt,
+    SamplesOpt,
+    SchedulerOpt,
+    ShapeOpt,
+    ShardingOpt,
+    SlicesOpt,
+    StepsOpt,
+    StragglerOpt,
+    UtilOpt,
+    WorkersOpt,
+)
 from vlscale.errors import ConfigError
 from vlscale.paths import check_output_file
 
@@ -30,59 +57,6 @@ def parse_count(field: str, text: str | None) -> int | None:
     if not value.is_integer() or value <= 0:
         raise ConfigError(field, f"'{text}' must be a positive whole number, e.g. 12.8e9")
     return int(value)
-
-
-ConfigOpt = Annotated[Path | None, typer.Option("--config", help="YAML/TOML plan file")]
-ModelOpt = Annotated[
-    str | None, typer.Option("--model", help="preset (e.g. ViT-L-14) or model file (YAML/JSON)")
-]
-DeviceOpt = Annotated[str | None, typer.Option("--device", help="e.g. H100, TPUv5p")]
-DevicesOpt = Annotated[int | None, typer.Option("--devices", help="number of devices")]
-BatchOpt = Annotated[int | None, typer.Option("--global-batch", help="samples per step")]
-SamplesOpt = Annotated[str | None, typer.Option("--samples", help="samples seen, e.g. 12.8e9")]
-MaskOpt = Annotated[float | None, typer.Option("--mask-ratio", help="FLIP ratio in [0, 1)")]
-PrecisionOpt = Annotated[str | None, typer.Option("--precision", help="fp32 | bf16 | fp16")]
-ShardingOpt = Annotated[str | None, typer.Option("--sharding", help="fsdp | ddp")]
-CkptOpt = Annotated[
-    bool | None, typer.Option("--checkpointing/--no-checkpointing", help="activation ckpt")
-]
-OptimOpt = Annotated[str | None, typer.Option("--optimizer", help="adamw | lamb | adafactor")]
-UtilOpt = Annotated[
-    float | None,
-    typer.Option("--utilisation", help="fraction of peak FLOP/s (default: calibrated)"),
-]
-PriceOpt = Annotated[float | None, typer.Option("--price", help="USD per device-hour")]
-StragglerOpt = Annotated[
-    float | None, typer.Option("--stragglers", help="lognormal sigma of per-rank slowdown")
-]
-StepsOpt = Annotated[int | None, typer.Option("--sim-steps", help="steps to simulate")]
-DecodeOpt = Annotated[
-    float | None, typer.Option("--decode-rate", help="input samples/s per device (default: ∞)")
-]
-HwOpt = Annotated[str | None, typer.Option("--hardware-file", help="YAML/TOML with devices")]
-PerNodeOpt = Annotated[
-    int | None,
-    typer.Option("--devices-per-node", help="GPUs per NVLink node (default: the device's node)"),
-]
-SlicesOpt = Annotated[
-    int | None, typer.Option("--num-slices", help="TPU slices joined by DCN (default 1)")
-]
-ShapeOpt = Annotated[
-    str | None,
-    typer.Option("--slice-shape", help="TPU slice torus, e.g. 4x4x8 (default: compact)"),
-]
-ImageOpt = Annotated[int | None, typer.Option("--image-size", help="override the image size")]
-JsonOpt = Annotated[bool, typer.Option("--json", help="machine-readable output")]
-WorkersOpt = Annotated[
-    int | None, typer.Option("--workers", help="local processes (default: every core)")
-]
-SchedulerOpt = Annotated[
-    str | None,
-    typer.Option("--scheduler", help="Dask scheduler address, e.g. tcp://host:8786 (extra dask)"),
-]
-ReportOpt = Annotated[
-    Path | None, typer.Option("--report", help="write an HTML report with plotly figures")
-]
 
 
 def _check_report(report: Path | None) -> None:

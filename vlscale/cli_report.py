@@ -13,17 +13,8 @@ from typing import Annotated
 import typer
 
 from vlscale.cli import app, emit_json, handles_bad_input, print_table
+from vlscale.cli_options import SchedulerOpt, WorkersOpt
 from vlscale.errors import ConfigError
-
-# Defined here, not imported from cli_plan: importing cli_plan first (a sweep worker does) runs
-# vlscale.cli, which imports this module while cli_plan is still half-initialised.
-WorkersOpt = Annotated[
-    int | None, typer.Option("--workers", help="local processes (default: every core)")
-]
-SchedulerOpt = Annotated[
-    str | None,
-    typer.Option("--scheduler", help="Dask scheduler address, e.g. tcp://host:8786 (extra dask)"),
-]
 
 
 def reproduce_command(

@@ -1,11 +1,11 @@
 """Published training runs the planner is held against (tests/published/test_published_plans.py).
 
 Each case is a PlanConfig with the run's model, cluster, batch and samples, and the wall time the
-authors report. ``solve_utilisation`` finds the utilisation that makes the planner reproduce a
-case (bisection: the planned wall time is non-increasing in u); ``vlscale.plan.utilisation``
-stores the result for ONE case per device, and the others are predictions: the other
-OpenCLIP LAION-400M runs (``PREDICTED_RUNS``) and FLIP's Table 1a. ``vlscale.plan.papers``
-puts them all in one table (``vlscale papers``).
+authors report. ``solve_framework_efficiency`` finds the framework efficiency γ that makes the
+per-op model reproduce a case (bisection: the planned wall time is non-increasing in γ);
+``vlscale.plan.utilisation`` stores the result for ONE case per device kind, and the others are
+predictions: the other OpenCLIP LAION-400M runs (``PREDICTED_RUNS``) and FLIP's Table 1a.
+``vlscale.plan.papers`` puts them all in one table (``vlscale papers``).
 """
 
 from __future__ import annotations
@@ -143,26 +143,6 @@ def flip_config(row: FlipRow, samples: int = 6_400_000_000) -> PlanConfig:
         precision="bf16",
         sharding="fsdp",
     )
-
-
-def planned_wall_time_h(config: PlanConfig, utilisation: float) -> float:
-    from vlscale.plan.planner import plan
-
-    return plan(config.model_copy(update={"utilisation": utilisation})).wall_time_h
-
-
-def solve_utilisation(run: PublishedRun, tol: float = 1e-4) -> float:
-    """The u in (0, 1] that reproduces ``run.wall_time_h`` (bisection, monotone in u)."""
-    lo, hi = 1e-3, 1.0
-    if planned_wall_time_h(run.config, hi) > run.wall_time_h:
-        return hi  # even at peak the planner is slower than the published run
-    while hi - lo > tol:
-        mid = (lo + hi) / 2
-        if planned_wall_time_h(run.config, mid) > run.wall_time_h:
-            lo = mid
-        else:
-            hi = mid
-    return (lo + hi) / 2
 
 
 def planned_wall_time_at(config: PlanConfig, framework_efficiency: float) -> float:
