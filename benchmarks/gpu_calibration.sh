@@ -1,23 +1,26 @@
 #!/usr/bin/env bash
-# GPU calibration run (issue #7): the real trainer on one CUDA device over a small grid (presets,
-# batch, mask ratio, precision, checkpointing), then `vlscale validate` of those runs against the
-# catalog device the trainer recorded. Finishes in well under 9 minutes.
+# GPU calibration run (issue #7) on one CUDA device, in well under 9 minutes:
+#   1. `python -m trainer.probe` measures the card (GEMM curve per dtype, HBM bandwidth, launch
+#      overhead, SDPA; NCCL when 2+ GPUs) -> profile.yaml;
+#   2. the real trainer over a small grid (presets, batch, mask ratio, precision,
+#      checkpointing): runs/fit/ (the runs `vlscale calibrate` may see) and runs/heldout/
+#      (another preset, another mask ratio, fp32, checkpointing: never seen in fitting);
+#   3. `vlscale calibrate` fits the profile's overheads to runs/fit -> profile.fit.yaml;
+#   4. `vlscale validate` of every run against the fitted profile (validation.json: replay vs
+#      prediction) and against the catalog device with its published defaults
+#      (validation_catalog.json).
 #
 #   OUT=/some/dir bash benchmarks/gpu_calibration.sh
 #
-# Writes under $OUT: runs/<case>.jsonl (run records), validation.json (`vlscale validate --json`
-# contract), gpu_tests.log (the GPU-only tests, their exit status recorded), env.txt. Commit the
-# records under reports/validation/<card>/. torch must already be a CUDA build; the planner's
+# Also writes gpu_tests.log (the GPU-only tests, their exit status recorded) and env.txt. Commit
+# $OUT under reports/validation/<card>/. torch must already be a CUDA build; the planner's
 # pure-Python dependencies (pydantic, simpy, typer, scipy) must be installed.
-#
-# Not yet here: a CUDA probe (trainer.probe measures CPUs); the catalog's op-level defaults and
-# the device kind's framework efficiency are what these runs validate.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:?set OUT to a folder for the results}
 PY=${PY:-python3}
 export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH} PYTHONWARNINGS=ignore
-mkdir -p "$OUT/runs"
+mkdir -p "$OUT/runs/fit" "$OUT/runs/heldout"
 
 { nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv; \
   $PY -c 'import torch; print("torch", torch.__version__, torch.cuda.get_device_name())'; } \
@@ -30,20 +33,31 @@ timeout 120 $PY -m pytest -q -m gpu -p no:cacheprovider tests > "$OUT/gpu_tests.
 echo "exit status: $status" >> "$OUT/gpu_tests.log"
 tail -3 "$OUT/gpu_tests.log"
 
-run_case() {  # name, then trainer flags
+timeout 120 $PY -m trainer.probe --out "$OUT/profile.yaml" 2>&1 | tee "$OUT/probe.log" \
+  || echo "probe failed (see probe.log)"
+
+run_case() {  # split/name, then trainer flags
   local name=$1; shift
   local dir; dir=$(mktemp -d)
   timeout 100 $PY -m trainer.train --device cuda --steps 25 --timing-warmup 5 --log-every 25 \
     --phase-timing --out "$dir" "$@" || echo "case $name failed"
-  [ -f "$dir/run.jsonl" ] && cp "$dir/run.jsonl" "$OUT/runs/$name.jsonl"
+  if [ -f "$dir/run.jsonl" ]; then cp "$dir/run.jsonl" "$OUT/runs/$name.jsonl"; fi
 }
-run_case vitb32_clip_b256        --model ViT-B-32 --recipe clip --precision bf16 --global-batch 256
-run_case vitb32_clip_b128        --model ViT-B-32 --recipe clip --precision bf16 --global-batch 128
-run_case vitb32_clip_fp32        --model ViT-B-32 --recipe clip --precision fp32 --global-batch 128
-run_case vitb16_siglip_ring      --model ViT-B-16 --recipe siglip --loss-impl ring --precision bf16 --global-batch 128
-run_case vitl14_clip_ckpt        --model ViT-L-14 --recipe clip --precision bf16 --global-batch 128 --checkpointing
-run_case vitl14_flip50           --model ViT-L-14 --recipe clip --mask-ratio 0.5 --precision bf16 --global-batch 128 --checkpointing
-run_case eva02b16_flip75         --model EVA02-B-16 --recipe eva-clip --mask-ratio 0.75 --precision bf16 --global-batch 128
+run_case fit/vitb32_clip_b256        --model ViT-B-32 --recipe clip --precision bf16 --global-batch 256
+run_case fit/vitb32_clip_b128        --model ViT-B-32 --recipe clip --precision bf16 --global-batch 128
+run_case heldout/vitb32_clip_fp32        --model ViT-B-32 --recipe clip --precision fp32 --global-batch 128
+run_case fit/vitb16_siglip_ring      --model ViT-B-16 --recipe siglip --loss-impl ring --precision bf16 --global-batch 128
+run_case heldout/vitl14_clip_ckpt        --model ViT-L-14 --recipe clip --precision bf16 --global-batch 128 --checkpointing
+run_case heldout/vitl14_flip50           --model ViT-L-14 --recipe clip --mask-ratio 0.5 --precision bf16 --global-batch 128 --checkpointing
+run_case heldout/eva02b16_flip75         --model EVA02-B-16 --recipe eva-clip --mask-ratio 0.75 --precision bf16 --global-batch 128
 
-$PY -m vlscale.cli validate "$OUT/runs" --out "$OUT/validation.json" || true
+VL="$PY -m vlscale.cli"
+$VL validate "$OUT/runs" --out "$OUT/validation_catalog.json" \
+  || echo "catalog validation failed"
+if [ -f "$OUT/profile.yaml" ]; then
+  $VL calibrate "$OUT/runs/fit" --hardware-file "$OUT/profile.yaml" --out "$OUT/profile.fit.yaml" \
+    || echo "calibrate failed"
+  $VL validate "$OUT/runs" --hardware-file "$OUT/profile.fit.yaml" \
+    --out "$OUT/validation.json" --report "$OUT/validation.html" || echo "validation failed"
+fi
 ls -l "$OUT" "$OUT/runs"

@@ -1,7 +1,11 @@
 """Measure this machine and write a device profile the planner uses like a catalog device.
 
-    python -m trainer.probe --out profile.yaml [--name NAME] [--quick]
+    python -m trainer.probe --out profile.yaml [--name NAME] [--quick] [--cpu]
     vlscale plan --hardware-file profile.yaml --device NAME ...
+
+On a machine where torch sees a GPU it measures GPU 0 instead (``trainer.probe_cuda``: CUDA
+events, cuBLAS tiles over the SM count, NCCL between 2 GPUs when there are 2); ``--cpu`` keeps
+the CPU probe.
 
 What it measures (torch lives here, on the trainer side; every fit is torch-free in
 ``vlscale.calibrate.fits``):
@@ -395,18 +399,27 @@ def probe(name: str, quick: bool, comm: bool) -> tuple[DeviceSpec, dict]:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", required=True, help="hardware file to write (YAML)")
-    parser.add_argument("--name", default="this-cpu", help="device name in the file")
+    parser.add_argument(
+        "--name", default="this-cpu", help="device name in the file (GPU: <catalog name>-probed)"
+    )
     parser.add_argument("--quick", action="store_true", help="a smaller grid")
-    parser.add_argument("--no-comm", action="store_true", help="skip the gloo collectives")
+    parser.add_argument("--no-comm", action="store_true", help="skip the collectives")
+    parser.add_argument(
+        "--cpu", action="store_true", help="measure the CPU even when a GPU is visible"
+    )
     args = parser.parse_args(argv)
     out = Path(args.out)
     try:
         if not out.parent.is_dir():
             raise ConfigError("out", f"folder {out.parent} does not exist; create it first")
-        if torch.cuda.is_available():
-            raise ConfigError("device", "the probe measures CPUs; CUDA profiles: see benchmarks/")
         t0 = time.perf_counter()
-        device, report = probe(args.name, args.quick, not args.no_comm)
+        if torch.cuda.is_available() and not args.cpu:
+            from trainer.probe_cuda import probe_cuda
+
+            name = None if args.name == "this-cpu" else args.name
+            device, report = probe_cuda(name, args.quick, not args.no_comm)
+        else:
+            device, report = probe(args.name, args.quick, not args.no_comm)
         dump_hardware_file(out, devices=[device])
         # the raw measurements and fit errors next to the profile, for whoever doubts a number
         raw = out.with_suffix(".probe.json")
@@ -414,6 +427,21 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    if device.kind == "gpu":
+        print(f"wrote {out} ({time.perf_counter() - t0:.0f} s): device {device.name}")
+        for dtype in ("fp32", "bf16", "fp16"):
+            g = report[f"gemm_{dtype}"]
+            print(
+                f"  {dtype}: GEMM asymptote {g['fitted_peak_flops'] / 1e12:.0f} TFLOP/s = "
+                f"{g['peak_fraction']:.2f} of the datasheet, F_half {g['flops_half']:.3g}, "
+                f"tile {g['tile']}, median fit error {g['median_abs_log_error']:.0%}"
+            )
+        print(
+            f"  HBM {report['bandwidth'] / 1e12:.2f} TB/s ({report['memory_efficiency']:.2f}), "
+            f"launch {report['launch_overhead_s'] * 1e6:.1f} us/kernel, attention "
+            f"{report['attention']}"
+        )
+        return 0
     g = report["gemm_fp32"]
     print(
         f"wrote {out} ({time.perf_counter() - t0:.0f} s): device {device.name}, fp32 peak "

@@ -1,0 +1,321 @@
+"""The probe on a CUDA device: measure one GPU and write a ``kind: gpu`` device profile.
+
+    python -m trainer.probe --out profile.yaml            # picks CUDA when torch sees a GPU
+
+What differs from the CPU probe (``trainer.probe``):
+
+- times come from CUDA events around each call (the host returns before the kernel ends);
+- GEMMs run at sizes of the towers of CLIP-class models (m = batch · tokens up to 16 k rows,
+  n, k from 768 to 8 k) in fp32 (tensor cores off: the trainer leaves TF32 disabled), bf16 and
+  fp16; the curve is fitted with the GPU's SM count as its parallel units and cuBLAS's output
+  tiles (128×128, 128×256, 256×128) as the candidate tiles (``fit_matmul_curve``);
+- the datasheet peak of the card stays the device's peak when the catalog knows the card, and the
+  fitted asymptote becomes the curve's ``peak_fraction`` (large-GEMM efficiency, e.g. ~0.7 of
+  H100's bf16 dense peak in public cuBLAS sweeps); an unknown card gets the fitted asymptote as
+  its peak;
+- HBM bandwidth from a large ``torch.add`` (2 reads + 1 write); its ratio to the datasheet is the
+  profile's ``memory_efficiency``;
+- the launch overhead: a chain of tiny ops forward + backward, host wall time per kernel (what
+  an eager step pays when kernels are too small to hide the launches);
+- with 2+ visible GPUs, NCCL all-gather / reduce-scatter / all-reduce / P2P between 2 ranks,
+  fitted to T = steps · α + bytes / B and written as ``measured.links.nvlink``.
+
+Every measurement function takes its sizes as arguments, so the assembly
+(:func:`assemble_gpu_device`) is tested on the CPU with synthetic numbers
+(tests/trainer/test_probe_cuda.py); the CUDA timing itself runs only on a GPU.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import statistics
+import time
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+
+from vlscale.calibrate.fits import CommSample, GemmSample, fit_alpha_beta, fit_matmul_curve
+from vlscale.costs.compute import matmul_efficiency
+from vlscale.specs.compute_profile import ComputeProfile, MatmulCurve
+from vlscale.specs.hardware import DeviceSpec, get_device
+
+CUDA_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+GPU_TILES = ((128, 128), (128, 256), (256, 128))
+
+
+def cuda_seconds(fn, reps: int = 10, warmup: int = 3) -> float:
+    """Median seconds of ``fn()`` on the current stream, each call between two CUDA events."""
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(reps):
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        fn()
+        end.record()
+        end.synchronize()
+        times.append(start.elapsed_time(end) / 1e3)  # ms -> s
+    return statistics.median(times)
+
+
+def gemm_grid(quick: bool) -> list[tuple[int, int, int]]:
+    # 1000 and 3000 rows are not multiples of a tile: they show the wave quantisation
+    ms = (128, 1000, 8192) if quick else (128, 1000, 3000, 8192, 16384)
+    nk = (1024, 4096) if quick else (768, 3072, 8192)
+    return [(m, n, k) for m in ms for n in nk for k in nk]
+
+
+def measure_gemms(dtype: str, quick: bool) -> list[GemmSample]:
+    samples = []
+    for m, n, k in gemm_grid(quick):
+        a = torch.randn(m, k, device="cuda", dtype=CUDA_DTYPES[dtype])
+        b = torch.randn(k, n, device="cuda", dtype=CUDA_DTYPES[dtype])
+        c = torch.empty(m, n, device="cuda", dtype=CUDA_DTYPES[dtype])
+        seconds = cuda_seconds(lambda a=a, b=b, c=c: torch.matmul(a, b, out=c))
+        samples.append(GemmSample((1, m, n, k), 1, seconds))
+    return samples
+
+
+def measure_bandwidth(elements: int = 1 << 28, dtype: str = "fp32") -> float:
+    """bytes/s of c = a + b (two reads, one write per element); 3 GiB moved in fp32."""
+    t = CUDA_DTYPES[dtype]
+    a = torch.randn(elements, device="cuda", dtype=t)
+    b, c = torch.randn_like(a), torch.empty_like(a)
+    size = torch.finfo(t).bits // 8
+    return 3 * size * elements / cuda_seconds(lambda: torch.add(a, b, out=c))
+
+
+def measure_launch_overhead(length: int = 200) -> float:
+    """Host seconds per kernel of a chain of tiny ops forward + backward (4 kernels per link)."""
+    x0 = torch.randn(4, 4, device="cuda", requires_grad=True)
+
+    def chain() -> None:
+        x = x0
+        for _ in range(length):
+            x = x * 1.0001 + 0.5
+        x.sum().backward()
+        torch.cuda.synchronize()
+
+    for _ in range(3):
+        chain()
+    times = []
+    for _ in range(7):
+        t0 = time.perf_counter()
+        chain()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times) / (4 * length)
+
+
+ATTENTION_SHAPES = ((32, 12, 197, 64), (32, 12, 257, 64), (16, 16, 257, 64), (8, 16, 577, 64))
+
+
+def measure_attention(peak: float, curve: MatmulCurve, dtype: str) -> tuple[float, float]:
+    """(forward, backward) SDPA fractions: matmul-curve time of SDPA's FLOPs / measured time,
+    median over ViT-sized shapes (b, heads, tokens, head dim); q, k, v from a fused projection
+    as the towers make them."""
+    forward, backward = [], []
+    for b, h, s, hd in ATTENTION_SHAPES:
+        qkv = torch.randn(b, s, 3 * h * hd, device="cuda", dtype=CUDA_DTYPES[dtype])
+        qkv.requires_grad_()
+
+        def run(qkv=qkv, b=b, h=h, s=s, hd=hd) -> torch.Tensor:
+            q, k, v = qkv.view(b, s, 3, h, hd).permute(2, 0, 3, 1, 4).unbind(0)
+            return F.scaled_dot_product_attention(q, k, v)  # (B, H, S, hd)
+
+        fwd = cuda_seconds(run)
+        both = cuda_seconds(lambda run=run: run().sum().backward())
+        flops = 4.0 * b * h * s * s * hd  # forward; backward twice that
+        ideal = flops / (peak * matmul_efficiency(curve, (b * h, s, s, hd)))
+        forward.append(ideal / fwd)
+        backward.append(2 * ideal / max(both - fwd, 1e-9))
+    return min(2.0, statistics.median(forward)), min(2.0, statistics.median(backward))
+
+
+def _nccl_worker(rank: int, port: int, sizes: list[int], queue) -> None:
+    import torch.distributed as dist
+
+    torch.cuda.set_device(rank)
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    dist.init_process_group("nccl", rank=rank, world_size=2)
+    rows = []
+    for size in sizes:  # bytes of one rank's shard
+        n = size // 4
+        shard, full = torch.randn(n, device="cuda"), torch.empty(2 * n, device="cuda")
+        buf, out = torch.randn(2 * n, device="cuda"), torch.empty(n, device="cuda")
+        recv = torch.empty(n, device="cuda")
+
+        def p2p(shard=shard, recv=recv) -> None:
+            peer = 1 - dist.get_rank()
+            ops = [dist.P2POp(dist.isend, shard, peer), dist.P2POp(dist.irecv, recv, peer)]
+            for w in dist.batch_isend_irecv(ops):
+                w.wait()
+
+        cases = {
+            "all_gather": (1, size, lambda f=full, s=shard: dist.all_gather_into_tensor(f, s)),
+            "reduce_scatter": (1, size, lambda o=out, b=buf: dist.reduce_scatter_tensor(o, b)),
+            "all_reduce": (2, 2 * size, lambda b=buf: dist.all_reduce(b)),
+            "p2p": (1, size, p2p),
+        }
+        for name, (steps, moved, fn) in cases.items():
+            dist.barrier()
+            rows.append((name, size, steps, moved, cuda_seconds(fn, reps=9)))
+    if rank == 0:
+        queue.put(rows)
+    dist.barrier()
+    dist.destroy_process_group()
+
+
+def measure_nccl(quick: bool) -> list[tuple[str, int, int, int, float]]:
+    from trainer.probe import _spawn
+
+    sizes = [1 << 12, 1 << 16, 1 << 20, 1 << 24] + ([] if quick else [1 << 27])
+    return _spawn(_nccl_worker, 2, (sizes,))
+
+
+@dataclass
+class GpuMeasurements:
+    """Everything the CUDA probe measured, in SI units (assembled by ``assemble_gpu_device``)."""
+
+    card: str  # torch.cuda.get_device_name
+    sms: int
+    memory_bytes: float
+    gemms: dict[str, list[GemmSample]]
+    bandwidth: float  # fp32 elementwise bytes/s
+    memory_scale: dict[str, float]  # other dtypes' elementwise bytes/s relative to fp32
+    launch_overhead_s: float
+    attention: dict[str, tuple[float, float]] = field(default_factory=dict)  # dtype: (fwd, bwd)
+    collectives: list[tuple[str, int, int, int, float]] = field(default_factory=list)
+
+
+def assemble_gpu_device(name: str, m: GpuMeasurements, catalog_key: str | None, source: str):
+    """The ``kind: gpu`` device entry and a report of the fits.
+
+    Known card: datasheet peaks and bandwidth from the catalog entry ``catalog_key``; the fitted
+    GEMM asymptote P_fit gives ``peak_fraction = min(1, P_fit / P_datasheet)`` and the measured
+    bandwidth ``memory_efficiency = min(1, BW / BW_datasheet)``. Unknown card: the measured
+    asymptote and bandwidth are the peak (fractions 1).
+    """
+    catalog = get_device(catalog_key) if catalog_key else None
+    curves, peaks, report = {}, {}, {}
+    for dtype, samples in m.gemms.items():
+        fit = fit_matmul_curve(samples, 1, source, tiles=GPU_TILES, parallel_units=m.sms)
+        datasheet = getattr(catalog.peak_flops, dtype, None) if catalog else None
+        peak = datasheet or fit.peak_flops
+        fraction = min(1.0, fit.peak_flops / peak)
+        curves[dtype] = fit.curve.model_copy(update={"peak_fraction": fraction})
+        peaks[dtype] = peak
+        report[f"gemm_{dtype}"] = {
+            "fitted_peak_flops": fit.peak_flops,
+            "datasheet_peak_flops": datasheet,
+            "peak_fraction": fraction,
+            "flops_half": fit.curve.flops_half,
+            "tile": [fit.curve.tile_m, fit.curve.tile_n],
+            "median_abs_log_error": fit.median_abs_log_error,
+        }
+    hbm = catalog.memory.hbm_bandwidth if catalog else m.bandwidth
+    memory_efficiency = min(1.0, m.bandwidth / hbm)
+    fwd, bwd = m.attention.get("bf16") or m.attention.get("fp32") or (1.0, 1.0)
+    attention_scale = {"bf16.backward": bwd / fwd} if "bf16" in m.attention else {}
+    for dtype, (f, b) in m.attention.items():
+        if dtype != "bf16":
+            attention_scale |= {dtype: f / fwd, f"{dtype}.backward": b / fwd}
+    links = {}
+    if m.collectives:
+        alpha, bandwidth, err = fit_alpha_beta(
+            [CommSample(s, b, t) for *_, s, b, t in m.collectives]
+        )
+        links["nvlink"] = {"alpha_s": alpha, "bandwidth": bandwidth}
+        report["nccl"] = {"alpha_s": alpha, "bandwidth": bandwidth, "median_rel_error": err}
+    measured = "measured"
+    profile = ComputeProfile(
+        matmul=curves,
+        attention_fraction=fwd,
+        memory_efficiency=memory_efficiency,
+        op_overhead_s=m.launch_overhead_s,
+        memory_scale=m.memory_scale,
+        attention_scale=attention_scale,
+        source=source,
+        origins={
+            "matmul": measured,
+            "attention_fraction": measured,
+            "memory_efficiency": measured,
+            "op_overhead_s": measured,
+            "memory_scale": measured,
+            "attention_scale": measured,
+        },
+    )
+    peak_source = catalog.peak_flops.source if catalog else source
+    # a known card keeps its node (GPUs per node, NVLink, NICs, price) from the catalog
+    keep_out = {"name", "aliases", "compute", "measured", "derived_from"}
+    base = catalog.model_dump(exclude=keep_out) if catalog else {"devices_per_node": 1}
+    device = DeviceSpec(
+        **base
+        | {
+            "name": name,
+            "kind": "gpu",
+            "peak_flops": peaks | {"source": peak_source},
+            "memory": {
+                "hbm_bytes": m.memory_bytes,
+                "hbm_bandwidth": hbm,
+                "source": catalog.memory.source if catalog else source,
+            },
+            "nvlink": base.get("nvlink")
+            or {
+                "bandwidth": links.get("nvlink", {}).get("bandwidth", 25e9),
+                "nvswitch": False,
+                "source": (
+                    "NCCL between 2 GPUs, measured" if links else "assumed: PCIe 4.0 x16, 25 GB/s"
+                ),
+            },
+            "network": base.get("network")
+            or {"nics_per_node": 1, "nic_bandwidth": 50e9, "source": "assumed: one 400G NIC"},
+            "price": base.get("price") or {"usd_per_hour": 0.0, "source": "assumed: owned"},
+            "measured": {"links": links, "source": source} if links else None,
+            "compute": profile,
+        }
+    )
+    report |= {
+        "card": m.card,
+        "catalog_key": catalog_key,
+        "bandwidth": m.bandwidth,
+        "memory_efficiency": memory_efficiency,
+        "launch_overhead_s": m.launch_overhead_s,
+        "attention": m.attention,
+    }
+    return device, report
+
+
+def probe_cuda(name: str | None, quick: bool, comm: bool) -> tuple[DeviceSpec, dict]:
+    """Measure GPU 0 and assemble its device entry (module docstring)."""
+    from trainer.profiling import catalog_device_key
+
+    props = torch.cuda.get_device_properties(0)
+    card = torch.cuda.get_device_name(0)
+    key = catalog_device_key(card)
+    stamp = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
+    source = f"measured by python -m trainer.probe on {socket.gethostname()} ({card}), {stamp}"
+    gemms = {dtype: measure_gemms(dtype, quick) for dtype in CUDA_DTYPES}
+    bandwidth = measure_bandwidth()
+    memory_scale = {"bf16": measure_bandwidth(dtype="bf16") / bandwidth}
+    memory_scale["fp16"] = measure_bandwidth(dtype="fp16") / bandwidth
+    # attention fractions need a curve: a first fit of each dtype's GEMMs
+    attention = {}
+    for dtype in ("bf16", "fp32"):
+        fit = fit_matmul_curve(
+            gemms[dtype], 1, source, tiles=GPU_TILES, parallel_units=props.multi_processor_count
+        )
+        attention[dtype] = measure_attention(fit.peak_flops, fit.curve, dtype)
+    m = GpuMeasurements(
+        card=card,
+        sms=props.multi_processor_count,
+        memory_bytes=float(props.total_memory),
+        gemms=gemms,
+        bandwidth=bandwidth,
+        memory_scale=memory_scale,
+        launch_overhead_s=measure_launch_overhead(),
+        attention=attention,
+        collectives=measure_nccl(quick) if comm and torch.cuda.device_count() >= 2 else [],
+    )
+    return assemble_gpu_device(name or f"{key or 'gpu'}-probed", m, key, source)
