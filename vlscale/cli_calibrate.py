@@ -127,15 +127,27 @@ def validate_cmd(
             f"{r['measured_step_s'] * 1e3:.1f}",
             f"{r['predicted_step_s'] * 1e3:.1f}",
             f"{r['error']:+.1%}",
+            _mib(r["measured_peak_memory_bytes"]),
+            _mib(r["predicted_comparable_memory_bytes"]),
         ]
         for r in result["runs"]
     ]
     print_table(
         f"{title}: step time, predicted vs measured (median over timed steps)",
-        ["run", "split", "measured ms", "predicted ms", "error"],
+        ["run", "split", "measured ms", "predicted ms", "error", "peak MiB", "predicted MiB"],
         rows,
     )
     for split in ("replay", "prediction"):
         m, x = result["mape"][split], result["max_error"][split]
         if m is not None:
             typer.echo(f"{split}: MAPE {m:.1%}, max |error| {x:.1%}")
+    mem = result["memory"]
+    if mem["mape"] is not None:
+        typer.echo(
+            f"peak memory (what the run's metric sees): MAPE {mem['mape']:.1%} over "
+            f"{mem['runs_scored']} runs measured above {mem['min_measured_bytes'] / 2**20:.0f} MiB"
+        )
+
+
+def _mib(value: int | None) -> str:
+    return "–" if value is None else f"{value / 2**20:.0f}"

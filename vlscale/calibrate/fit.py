@@ -15,6 +15,16 @@ measured (GEMM curve, bandwidth, collectives) stays as measured.
 ``validate`` compares every run with its prediction: per-run error = predicted / measured − 1,
 MAPE and max |error| separately for **replay** (runs used in the fit, listed in the profile's
 ``calibration.runs``) and **prediction** (all others).
+
+Memory is compared like with like (``comparable_memory_bytes``): the trainer's metric
+(``vlscale.records.MemoryMetric``) does not see everything the planner's total holds.
+``cuda_max_memory_allocated`` counts tensors only, so the planner's flat allowance for the CUDA
+context and allocator slack is left out; ``cpu_max_rss_delta`` is the growth of the peak RSS
+from the start of the training loop, when parameters (and fp32 masters) already exist, so only
+what a step allocates is compared: gradients, optimizer state (created at the first step), FSDP's
+unsharded buffers, activations and loss buffers. RSS growth is a lower bound (memory freed
+before the loop is reused first), so runs whose growth is under ``MIN_COMPARED_MEMORY_BYTES``
+are shown but not scored.
 """
 
 from __future__ import annotations
@@ -55,11 +65,20 @@ PHASE_MAP = {
 }
 
 
+MIN_COMPARED_MEMORY_BYTES = 32 * 2**20
+# planner memory categories that a trainer metric does not see (module docstring)
+UNSEEN_MEMORY = {
+    "cuda_max_memory_allocated": ("overhead",),
+    "cpu_max_rss_delta": ("params", "master_weights", "overhead"),
+}
+
+
 @dataclass(frozen=True)
 class Prediction:
     step_s: float
     phases_s: dict[str, float]
     memory_bytes: int
+    memory_breakdown: dict[str, int] = field(default_factory=dict)
 
 
 def predict(run: MeasuredRun, device: DeviceSpec | None = None) -> Prediction:
@@ -68,7 +87,10 @@ def predict(run: MeasuredRun, device: DeviceSpec | None = None) -> Prediction:
 
     result = plan(run.config, device_override=device)
     return Prediction(
-        result.step_time_s, dict(result.costs.phases_s), result.memory_per_device_bytes
+        result.step_time_s,
+        dict(result.costs.phases_s),
+        result.memory_per_device_bytes,
+        dict(result.memory_breakdown),
     )
 
 
@@ -175,6 +197,23 @@ class RunValidation:
     def error(self) -> float:
         return self.predicted.step_s / self.run.step_s - 1.0
 
+    @property
+    def comparable_memory_bytes(self) -> int | None:
+        """The planner's memory less what the run's metric cannot see; None: not measured."""
+        unseen = UNSEEN_MEMORY.get(self.run.memory_metric)
+        if unseen is None or self.run.peak_memory_bytes is None:
+            return None
+        breakdown = self.predicted.memory_breakdown
+        return sum(v for k, v in breakdown.items() if k not in unseen)
+
+    @property
+    def memory_error(self) -> float | None:
+        """comparable predicted / measured − 1, for runs measured above the noise floor."""
+        predicted, measured = self.comparable_memory_bytes, self.run.peak_memory_bytes
+        if predicted is None or measured is None or measured < MIN_COMPARED_MEMORY_BYTES:
+            return None
+        return predicted / measured - 1.0
+
     def phase_errors(self) -> dict[str, float]:
         out = {}
         for recorded, planned in PHASE_MAP.items():
@@ -190,6 +229,12 @@ class Validation:
 
     def _errors(self, split: str) -> list[float]:
         return [abs(r.error) for r in self.rows if r.split == split]
+
+    def memory_mape(self) -> float | None:
+        """Mean |memory error| over the runs measured above the noise floor (all splits: no
+        memory parameter is fitted)."""
+        e = [abs(r.memory_error) for r in self.rows if r.memory_error is not None]
+        return float(np.mean(e)) if e else None
 
     def mape(self, split: str) -> float | None:
         e = self._errors(split)
@@ -219,9 +264,16 @@ class Validation:
                     "measured_peak_memory_bytes": r.run.peak_memory_bytes,
                     "memory_metric": r.run.memory_metric,
                     "predicted_memory_bytes": r.predicted.memory_bytes,
+                    "predicted_comparable_memory_bytes": r.comparable_memory_bytes,
+                    "memory_error": r.memory_error,
                 }
                 for r in self.rows
             ],
+            "memory": {
+                "mape": self.memory_mape(),
+                "runs_scored": sum(r.memory_error is not None for r in self.rows),
+                "min_measured_bytes": MIN_COMPARED_MEMORY_BYTES,
+            },
             "mape": {s: self.mape(s) for s in ("replay", "prediction")},
             "max_error": {s: self.max_error(s) for s in ("replay", "prediction")},
         }

@@ -89,6 +89,11 @@ def validation_report(result: dict, title: str) -> str:
         ]
         for split in ("replay", "prediction")
     ]
+    memory = result.get("memory") or {}  # files written before memory was compared lack it
+    if memory.get("mape") is not None:
+        rows.append(
+            ["peak memory (what the run measures)", memory["runs_scored"], pct(memory["mape"]), "–"]
+        )
     summary = summary_table(["split", "runs", "MAPE", "max |error|"], rows)
     frame = validation_frame(result)
     return render_report(title, summary, [("Predicted vs measured", validation_figure(frame))])
