@@ -9,7 +9,7 @@ from vlscale.costs.compute import RankResources, matmul_efficiency, op_time, ran
 from vlscale.costs.ops import Op
 from vlscale.plan.config import make_plan_config
 from vlscale.plan.planner import plan
-from vlscale.specs.compute_profile import ComputeProfile, MatmulCurve
+from vlscale.specs.compute_profile import AttentionCost, ComputeProfile, MatmulCurve
 from vlscale.specs.hardware import dump_hardware_file, get_device
 
 IDEAL = MatmulCurve(peak_fraction=1.0, flops_half=0.0, source="test: ideal")
@@ -50,6 +50,23 @@ def test_framework_efficiency_divides_the_roofline_not_the_overhead():
     op = Op("mm", "matmul", "forward", 1e9, 0.0, 1, (1, 100, 100, 50_000), dtype="bf16")
     t = op_time(op, res(profile(op_overhead_s=1e-6)), efficiency=0.5)
     assert t.compute_s == pytest.approx(2e-3) and t.overhead_s == pytest.approx(1e-6)
+
+
+def test_measured_attention_cost_by_hand():
+    """A backward SDPA kernel with a measured cost: FLOPs at its fraction of the curve, plus
+    its blocks' cost; on half the host (W = 2 ranks of a CPU) the blocks take twice as long."""
+    cost = AttentionCost(fraction=0.5, block_s=4e-5, element_s=3e-8)
+    prof = profile(attention_costs={"bf16.backward": cost}, attention_fraction=0.9)
+    g, s, d = 128, 65, 32
+    flops = 8.0 * g * s * s * d
+    op = Op("sdpa.grad", "attention", "backward", flops, 0.0, 1, (g, s, s, d), dtype="bf16")
+    blocks = g * (4e-5 + 3e-8 * s * d)
+    assert op_time(op, res(prof)).compute_s == pytest.approx(flops / (1e12 * 0.5) + blocks)
+    half = RankResources({"bf16": 5e11}, 1e11, 0.5, prof)
+    assert op_time(op, half).compute_s == pytest.approx(flops / (5e11 * 0.5) + 2 * blocks)
+    # forward has no measured cost here: the fraction path (0.9 of the curve) prices it
+    fwd = Op("sdpa", "attention", "forward", flops / 2, 0.0, 1, (g, s, s, d), dtype="bf16")
+    assert op_time(fwd, res(prof)).compute_s == pytest.approx(flops / 2 / (1e12 * 0.9))
 
 
 def test_wave_quantisation_by_hand():

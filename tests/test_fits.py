@@ -6,15 +6,18 @@ import pytest
 
 from vlscale.calibrate.fit import calibrate, predict, validate
 from vlscale.calibrate.fits import (
+    AttentionSample,
     CommSample,
     GemmSample,
     fit_alpha_beta,
+    fit_attention_cost,
     fit_matmul_curve,
+    predict_attention_s,
     predict_gemm_s,
 )
 from vlscale.calibrate.runs import MeasuredRun
 from vlscale.plan.config import make_plan_config
-from vlscale.specs.compute_profile import ComputeProfile, MatmulCurve
+from vlscale.specs.compute_profile import AttentionCost, ComputeProfile, MatmulCurve
 from vlscale.specs.hardware import DeviceSpec
 
 
@@ -34,6 +37,30 @@ def test_gemm_curve_is_recovered():
     assert fit.curve.flops_half == pytest.approx(3e6, rel=1e-2)
     assert fit.curve.tile_m == 8  # 30 and 130 rows tell 8-row tiles from the others
     assert fit.median_abs_log_error < 1e-6
+
+
+def test_attention_cost_is_recovered():
+    """Synthetic SDPA timings over the probe's shapes (bf16-backward-like: a large per-block
+    cost) give back the fraction and both per-block terms."""
+    from trainer.probe import ATTENTION_SHAPES
+
+    curve = MatmulCurve(
+        peak_fraction=1.0, flops_half=2e6, tile_m=16, tile_n=16, parallel_units=2, source="t"
+    )
+    truth = AttentionCost(fraction=0.3, block_s=4e-5, element_s=3.5e-8)
+    samples = []
+    for blocks in (64, 256):
+        for s, d, causal in ATTENTION_SHAPES:
+            flops = 8.0 * blocks * s * s * d * ((s + 1) / (2 * s) if causal else 1)
+            x = AttentionSample(blocks, s, d, flops, 1.0)
+            samples.append(
+                AttentionSample(blocks, s, d, flops, predict_attention_s(x, 2e11, curve, truth))
+            )
+    cost, err = fit_attention_cost(samples, 2e11, curve)
+    assert cost.fraction == pytest.approx(0.3, rel=1e-6)
+    assert cost.block_s == pytest.approx(4e-5, rel=1e-6)
+    assert cost.element_s == pytest.approx(3.5e-8, rel=1e-6)
+    assert err < 1e-9
 
 
 def test_alpha_beta_is_recovered_and_outliers_do_not_pull_it():

@@ -12,8 +12,9 @@ What it measures (torch lives here, on the trainer side; every fit is torch-free
 
 - GEMM time over a grid of shapes (m, n, k) per dtype, with one thread and with all of them,
   fitted to the planner's matmul curve (peak, F½, tile / wave quantisation over threads);
-- SDPA forward + backward at attention shapes of the CPU presets: the attention fraction is the
-  median of (matmul-curve time of the same FLOPs) / (measured time);
+- SDPA forward and backward per dtype over attention shapes of the CPU presets, fitted to the
+  per-shape ``AttentionCost`` (curve fraction + per-block + per-element cost), and the median
+  fraction of the curve the older profiles used;
 - elementwise bandwidth: a large ``torch.add`` (2 reads + 1 write) with one and all threads;
 - per-kernel dispatch overhead: a chain of tiny ops forward + backward under autograd, divided
   by the kernels it launches (the host cost of one eager op in a training step);
@@ -43,10 +44,17 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from vlscale.calibrate.fits import CommSample, GemmSample, fit_alpha_beta, fit_matmul_curve
-from vlscale.costs.compute import matmul_efficiency
+from vlscale.calibrate.fits import (
+    AttentionSample,
+    CommSample,
+    GemmSample,
+    fit_alpha_beta,
+    fit_attention_cost,
+    fit_matmul_curve,
+    predict_attention_s,
+)
 from vlscale.errors import ConfigError
-from vlscale.specs.compute_profile import ComputeProfile
+from vlscale.specs.compute_profile import AttentionCost, ComputeProfile
 from vlscale.specs.hardware import DeviceSpec, dump_hardware_file
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
@@ -115,31 +123,52 @@ def measure_op_overhead(threads: int, length: int = 200) -> float:
     return timeit(chain, reps=7) / (4 * length)
 
 
-def measure_attention(
-    threads: int, peak: float, curve, quick: bool, dtype: str = "fp32"
-) -> tuple[float, float]:
-    """(forward, backward) attention fractions: median over shapes of (matmul-curve time of
-    SDPA's FLOPs) / (measured time). q, k, v are laid out as the towers make them (a fused qkv
-    projection viewed as (B, S, 3, H, hd) and permuted): CPU kernels differ by layout and dtype
-    (bf16 flash-attention backward is several times slower than fp32's here)."""
+# (tokens, head dim, causal): the attention shapes of the CPU presets' towers (ViT: patches +
+# class token; text: causal) and two longer ones; each at two batch·head counts
+ATTENTION_SHAPES = (
+    (17, 16, False),
+    (32, 16, True),
+    (65, 32, False),
+    (32, 32, True),
+    (65, 64, False),
+    (32, 64, True),
+    (129, 64, False),
+    (257, 64, False),
+)
+
+
+def measure_attention(threads: int, quick: bool, dtype: str = "fp32"):
+    """SDPA forward and backward timings (``AttentionSample`` lists) over ``ATTENTION_SHAPES``;
+    q, k, v laid out as the towers make them (a fused qkv projection viewed as (B, S, 3, H, hd)
+    and permuted): CPU kernels differ by layout and dtype."""
     torch.set_num_threads(threads)
-    shapes = [(32, 4, 17, 16), (32, 4, 65, 32), (16, 4, 65, 64)]
-    shapes += [] if quick else [(8, 4, 257, 64)]
     forward, backward = [], []
-    for b, h, s, hd in shapes:
-        qkv = torch.randn(b, s, 3 * h * hd, dtype=DTYPES[dtype], requires_grad=True)
+    heads = 4
+    for blocks in (64,) if quick else (64, 256):
+        for s, hd, causal in ATTENTION_SHAPES:
+            b = blocks // heads
+            qkv = torch.randn(b, s, 3 * heads * hd, dtype=DTYPES[dtype], requires_grad=True)
 
-        def run(qkv=qkv, b=b, h=h, s=s, hd=hd) -> torch.Tensor:
-            q, k, v = qkv.view(b, s, 3, h, hd).permute(2, 0, 3, 1, 4).unbind(0)
-            return F.scaled_dot_product_attention(q, k, v)  # (B, H, S, hd)
+            def run(qkv=qkv, b=b, s=s, hd=hd, causal=causal) -> torch.Tensor:
+                q, k, v = qkv.view(b, s, 3, heads, hd).permute(2, 0, 3, 1, 4).unbind(0)
+                return F.scaled_dot_product_attention(q, k, v, is_causal=causal)  # (B, H, S, hd)
 
-        fwd = timeit(run)
-        both = timeit(lambda run=run: run().sum().backward())
-        flops = 4.0 * b * h * s * s * hd  # forward; backward twice that
-        ideal = flops / (peak * matmul_efficiency(curve, (b * h, s, s, hd)))
-        forward.append(ideal / fwd)
-        backward.append(2 * ideal / max(both - fwd, 1e-9))
-    return min(2.0, statistics.median(forward)), min(2.0, statistics.median(backward))
+            fwd = timeit(run)
+            both = timeit(lambda run=run: run().sum().backward())
+            flops = 4.0 * blocks * s * s * hd  # forward; backward twice that
+            executed = flops * (s + 1) / (2 * s) if causal else flops
+            forward.append(AttentionSample(blocks, s, hd, executed, fwd))
+            backward.append(AttentionSample(blocks, s, hd, 2 * executed, max(both - fwd, 1e-7)))
+    return forward, backward
+
+
+def attention_fractions(samples, peak: float, curve) -> float:
+    """Median over shapes of (matmul-curve time of the FLOPs) / (measured time)."""
+    return statistics.median(
+        predict_attention_s(x, peak, curve, AttentionCost(fraction=1, block_s=0, element_s=0))
+        / x.seconds
+        for x in samples
+    )
 
 
 def _comm_worker(rank: int, port: int, sizes: list[int], queue) -> None:
@@ -293,18 +322,23 @@ def probe(name: str, quick: bool, comm: bool) -> tuple[DeviceSpec, dict]:
     bw_all = measure_bandwidth(host_threads)
     bw_one = measure_bandwidth(1)
     overhead = measure_op_overhead(host_threads)
-    attention, attention_bwd = measure_attention(host_threads, peaks["fp32"], curves["fp32"], quick)
-    # other dtypes relative to fp32: elementwise bytes/s and attention efficiency
+    # other dtypes relative to fp32: elementwise bytes/s
     memory_scale = {
         dt: measure_bandwidth(host_threads, dtype=dt) / bw_all for dt in DTYPES if dt != "fp32"
     }
-    # attention_scale: forward of a dtype ("bf16") and backward ("fp32.backward", ...) relative
-    # to the fp32 forward fraction
-    attention_scale = {"fp32.backward": attention_bwd / attention}
+    # SDPA per dtype and direction: the fitted per-shape cost (what the planner uses), and the
+    # median fraction of the curve (attention_fraction / attention_scale: fp32 forward, and the
+    # others relative to it), kept for profiles and readers that predate the per-shape cost
+    attention_costs, fractions = {}, {}
     for dt in DTYPES:
-        if dt != "fp32":
-            fwd, bwd = measure_attention(host_threads, peaks[dt], curves[dt], quick, dt)
-            attention_scale |= {dt: fwd / attention, f"{dt}.backward": bwd / attention}
+        fwd, bwd = measure_attention(host_threads, quick, dt)
+        for key, samples in ((dt, fwd), (f"{dt}.backward", bwd)):
+            cost, err = fit_attention_cost(samples, peaks[dt], curves[dt])
+            attention_costs[key] = cost
+            fractions[key] = attention_fractions(samples, peaks[dt], curves[dt])
+            report[f"attention_{key}"] = cost.model_dump() | {"median_rel_error": err}
+    attention = fractions["fp32"]
+    attention_scale = {k: v / attention for k, v in fractions.items() if k != "fp32"}
     report |= {"memory_scale": memory_scale, "attention_scale": attention_scale}
     report |= {
         "bandwidth": bw_all,
@@ -359,6 +393,7 @@ def probe(name: str, quick: bool, comm: bool) -> tuple[DeviceSpec, dict]:
         thread_bandwidth=bw_one,
         memory_scale=memory_scale,
         attention_scale=attention_scale,
+        attention_costs=attention_costs,
         collectives=per_op,
         origins={
             "matmul": "measured",
@@ -368,6 +403,7 @@ def probe(name: str, quick: bool, comm: bool) -> tuple[DeviceSpec, dict]:
             "plain_op_overhead_s": "measured",
             "memory_scale": "measured",
             "attention_scale": "measured",
+            "attention_costs": "measured",
             "unit_overhead_s": "assumed",
             "step_overhead_s": "assumed",
             "comm_overlap": "assumed",

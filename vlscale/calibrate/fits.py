@@ -4,6 +4,9 @@
   :class:`~vlscale.specs.compute_profile.MatmulCurve` (least squares on log time over
   peak_fraction and F½, grid search over square tiles), the model of
   ``vlscale.costs.compute.matmul_efficiency``.
+- ``fit_attention_cost``: SDPA timings over shapes -> an
+  :class:`~vlscale.specs.compute_profile.AttentionCost` (bounded linear least squares on
+  relative error: the model is linear in 1 / fraction, the per-block and the per-element cost).
 - ``fit_alpha_beta``: collective / P2P timings -> α (s per step) and bandwidth (bytes/s) of
   T = steps · α + bytes / B (Hockney's model, ``vlscale.costs.topology``).
 
@@ -17,10 +20,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
-from scipy.optimize import least_squares
+from scipy.optimize import least_squares, lsq_linear
 
 from vlscale.costs.compute import matmul_efficiency
-from vlscale.specs.compute_profile import MatmulCurve
+from vlscale.specs.compute_profile import AttentionCost, MatmulCurve
 
 TILES = (1, 2, 4, 8, 16, 32, 64)
 
@@ -107,6 +110,56 @@ def fit_matmul_curve(
             best, best_med = CurveFit(peak, c, rms, med), med
     assert best is not None
     return best
+
+
+@dataclass(frozen=True)
+class AttentionSample:
+    """One timed SDPA kernel: ``blocks`` = batch·heads, ``tokens`` queries (= keys) of
+    ``head_dim``; ``executed_flops`` what the kernel runs (a causal one about half)."""
+
+    blocks: int
+    tokens: int
+    head_dim: int
+    executed_flops: float
+    seconds: float
+
+
+def predict_attention_s(sample: AttentionSample, peak: float, curve: MatmulCurve, cost):
+    """t = F / (P · e_mm · fraction) + g · (block_s + element_s · s · d) (``AttentionCost``)."""
+    g, s, d = sample.blocks, sample.tokens, sample.head_dim
+    ideal = sample.executed_flops / (peak * matmul_efficiency(curve, (g, s, s, d)))
+    return ideal / cost.fraction + g * (cost.block_s + cost.element_s * s * d)
+
+
+def fit_attention_cost(
+    samples: list[AttentionSample], peak: float, curve: MatmulCurve
+) -> tuple[AttentionCost, float]:
+    """(cost, median relative error): the model is linear in (1 / fraction, block_s,
+    element_s), so each row is divided by its measured time (relative error) and solved with
+    bounds 1 / fraction >= 0.5 (a kernel is not faster than twice the GEMM curve), costs >= 0."""
+    if len(samples) < 3:
+        raise ValueError("need at least 3 attention samples to fit its cost")
+    t = np.array([x.seconds for x in samples])
+    columns = np.array(
+        [
+            [
+                x.executed_flops
+                / (peak * matmul_efficiency(curve, (x.blocks, x.tokens, x.tokens, x.head_dim))),
+                x.blocks,
+                x.blocks * x.tokens * x.head_dim,
+            ]
+            for x in samples
+        ]
+    )
+    scale = columns.max(axis=0)  # condition the columns; undone below
+    a = columns / scale / t[:, None]
+    sol = lsq_linear(a, np.ones(len(t)), bounds=(np.array([0.5, 0, 0]) * scale, np.inf))
+    inverse_fraction, block_s, element_s = sol.x / scale
+    cost = AttentionCost(
+        fraction=float(1.0 / inverse_fraction), block_s=float(block_s), element_s=float(element_s)
+    )
+    errors = [abs(predict_attention_s(x, peak, curve, cost) / x.seconds - 1) for x in samples]
+    return cost, float(np.median(errors))
 
 
 @dataclass(frozen=True)

@@ -2,6 +2,9 @@
 
     t(op) = max(F_exec / (P · e_mm(shape)), bytes / (BW · e_bw)) + kernels · t_op
 
+(an SDPA kernel with a measured ``AttentionCost`` adds its per-block term to the compute part:
+``vlscale.specs.compute_profile``)
+
 P is the rank's dense peak for the op's dtype, BW its memory bandwidth, e_mm the matmul curve of
 ``vlscale.specs.compute_profile`` (tile / wave quantisation times a saturation in size), e_bw
 the elementwise efficiency and t_op the host's dispatch overhead per kernel launch. The op is
@@ -100,11 +103,20 @@ def op_time(op: Op, res: RankResources, efficiency: float = 1.0) -> OpTime:
     if op.kind in ("matmul", "attention") and op.executed_flops > 0:
         curve = prof.curve(op.dtype)
         eff = matmul_efficiency(curve, op.shape, res.units_scale)
+        block_s = 0.0
         if op.kind == "attention":
-            scale = prof.attention_scale
             key = f"{op.dtype}.backward" if op.phase == "backward" else op.dtype
-            eff *= prof.attention_fraction * scale.get(key, scale.get(op.dtype, 1.0))
-        compute = op.executed_flops / (res.peak(op.dtype) * eff * efficiency)
+            cost = prof.attention_costs.get(key)
+            if cost is not None:
+                eff *= cost.fraction
+                g, s, _, d = op.shape
+                # blocks spread over the rank's threads: one of two threads takes twice as long
+                block_s = op.kernels * g * (cost.block_s + cost.element_s * s * d)
+                block_s /= res.units_scale
+            else:
+                scale = prof.attention_scale
+                eff *= prof.attention_fraction * scale.get(key, scale.get(op.dtype, 1.0))
+        compute = (op.executed_flops / (res.peak(op.dtype) * eff) + block_s) / efficiency
     bandwidth = res.bandwidth * prof.memory_scale.get(op.dtype, 1.0)
     memory = op.bytes / (bandwidth * efficiency) if op.bytes else 0.0
     per_launch = {"dtensor": prof.dtensor_op_overhead_s, "plain": prof.plain_op_overhead_s}.get(

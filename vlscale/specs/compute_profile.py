@@ -13,7 +13,11 @@ with the matmul efficiency curve of the shape (batch g, m, n, k; F = 2·g·m·n�
 ``q`` is tile and wave quantisation (a GEMM is cut into output tiles spread over ``units``
 parallel engines — SMs, TPU cores, CPU threads — and the last wave runs partly empty); the
 saturation F / (F + F½) is a fixed per-GEMM latency (F½ = P · peak_fraction · latency). Attention
-(SDPA) uses the same curve times ``attention_fraction``.
+(SDPA) uses the same curve times ``attention_fraction``, or, where the probe measured it per
+dtype and direction, an :class:`AttentionCost`: the curve at its own fraction plus a cost per
+(batch · head) block and per query element of it, what CPU flash-attention kernels spend on
+per-block buffers and conversions (bf16's backward is 3-5x fp32's at ViT-tiny shapes but on par
+at 257 tokens: no single fraction fits both).
 
 Step-level terms, the few free parameters that ``vlscale calibrate`` fits to trainer runs:
 ``op_overhead_s`` (host cost per kernel launch inside the towers: module call, autograd,
@@ -57,6 +61,19 @@ class MatmulCurve(_Spec):
     tile_n: int = Field(default=1, ge=1)
     parallel_units: int = Field(default=1, ge=1, description="SMs / cores / threads")
     source: str = Field(min_length=1)
+
+
+class AttentionCost(_Spec):
+    """One SDPA kernel (a dtype, forward or backward) on g = batch·heads blocks of s queries of
+    head dim d, with F its executed FLOPs::
+
+        t = F / (P · e_mm(g, s, s, d) · fraction) + g · (block_s + element_s · s · d)
+
+    fitted by non-negative least squares over a grid of shapes (``fit_attention_cost``)."""
+
+    fraction: float = Field(gt=0, le=2, description="of the matmul curve, on the FLOPs")
+    block_s: float = Field(ge=0, description="seconds per (batch·head) block, all threads")
+    element_s: float = Field(ge=0, description="seconds per query element (s·d) of a block")
 
 
 class AlphaBeta(_Spec):
@@ -112,6 +129,11 @@ class ComputeProfile(_Spec):
         default_factory=dict,
         description="attention efficiency relative to fp32 forward, per dtype ('bf16') and for "
         "backward ('fp32.backward', 'bf16.backward')",
+    )
+    attention_costs: dict[str, AttentionCost] = Field(
+        default_factory=dict,
+        description="measured SDPA kernels per 'fp32', 'fp32.backward', 'bf16', ... (replace "
+        "attention_fraction / attention_scale for those keys)",
     )
     thread_bandwidth: float | None = Field(
         default=None, gt=0, description="cpu: memory bandwidth one thread reaches, bytes/s"
