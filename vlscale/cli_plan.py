@@ -7,8 +7,6 @@ which overrides the embedded default scenario. JSON keys are documented in the R
 from __future__ import annotations
 
 import itertools
-import os
-import tempfile
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -43,7 +41,7 @@ from vlscale.cli_options import (
     WorkersOpt,
 )
 from vlscale.errors import ConfigError
-from vlscale.paths import check_output_file
+from vlscale.paths import atomic_write_with, check_output_file
 
 
 def parse_count(field: str, text: str | None) -> int | None:
@@ -453,11 +451,9 @@ def sweep_cmd(
 
 
 def write_table_atomic(frame, path: Path) -> None:
-    """CSV or Parquet via a temp file in the same folder and os.replace: never half-written."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
+    """CSV or Parquet via ``vlscale.paths.atomic_write_with``: never half-written."""
+
+    def write(tmp: Path) -> None:
         if path.suffix == ".parquet":
             try:
                 frame.to_parquet(tmp, index=False)
@@ -467,7 +463,5 @@ def write_table_atomic(frame, path: Path) -> None:
                 ) from None
         else:
             frame.to_csv(tmp, index=False)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+
+    atomic_write_with(path, write, field="out")
