@@ -10,14 +10,13 @@ ViT-L-14 recipe size: 12.8B samples seen at a global batch of 32,768 on 256 H100
 
 from __future__ import annotations
 
-import tomllib
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from vlscale.errors import ConfigError, validate_as
+from vlscale.config_files import read_mapping
+from vlscale.errors import validate_as
 from vlscale.specs.recipes import LossImpl, Optimizer, Precision, RecipeName, RecipeSpec
 from vlscale.specs.recipes import default_recipe as _default_recipe
 
@@ -149,25 +148,6 @@ def make_plan_config(data: dict[str, Any] | PlanConfig | None = None, **override
     return validate_as(PlanConfig, merged, "")
 
 
-def read_config_file(path: str | Path) -> dict[str, Any]:
-    """Parse a YAML (.yaml/.yml) or TOML (.toml) mapping; bad files name the fix."""
-    p = Path(path)
-    if not p.is_file():
-        raise ConfigError("config", f"no such file: {p}; pass an existing YAML or TOML file")
-    try:
-        text = p.read_text(encoding="utf-8")
-    except UnicodeDecodeError:
-        raise ConfigError(
-            "config", f"{p} is not a text file; pass a YAML (.yaml) or TOML (.toml) plan file"
-        ) from None
-    try:
-        data = tomllib.loads(text) if p.suffix == ".toml" else yaml.safe_load(text)
-    except (yaml.YAMLError, tomllib.TOMLDecodeError) as exc:
-        # parser messages span several lines (with a caret drawing); the CLI prints one line
-        why = " ".join(line.strip() for line in str(exc).splitlines() if line.strip())
-        raise ConfigError("config", f"{p} is not valid {p.suffix[1:] or 'YAML'}: {why}") from None
-    if data is None:
-        return {}
-    if not isinstance(data, dict):
-        raise ConfigError("config", f"{p} must hold a mapping of plan keys, got {type(data)}")
-    return data
+def read_config_file(path: str | Path, field: str = "config") -> dict[str, Any]:
+    """Parse a YAML (.yaml/.yml) or TOML (.toml) plan mapping (``vlscale.config_files``)."""
+    return read_mapping(path, field, "a YAML (.yaml) or TOML (.toml) plan file")
