@@ -17,7 +17,7 @@ from typing import Annotated
 
 import typer
 
-from vlscale.cli import app, emit_json, handles_bad_input, print_table
+from vlscale.cli_app import app, emit_json, handles_bad_input, print_table
 from vlscale.errors import ConfigError
 from vlscale.paths import atomic_write_text, check_output_file
 

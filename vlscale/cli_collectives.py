@@ -14,7 +14,7 @@ from typing import Annotated, Any
 
 import typer
 
-from vlscale.cli import app, emit_json, handles_bad_input, print_table
+from vlscale.cli_app import app, emit_json, handles_bad_input, print_table
 from vlscale.cli_options import (
     DeviceOpt,
     DevicesOpt,

@@ -12,7 +12,7 @@ from typing import Annotated, Any
 
 import typer
 
-from vlscale.cli import app, emit_json, handles_bad_input, print_table
+from vlscale.cli_app import app, emit_json, handles_bad_input, print_table
 from vlscale.cli_options import (
     BatchOpt,
     CkptOpt,
@@ -44,19 +44,6 @@ from vlscale.errors import ConfigError
 from vlscale.paths import atomic_write_with, check_output_file
 
 
-def parse_count(field: str, text: str | None) -> int | None:
-    """'12.8e9' / '12_800_000_000' / '12800000000' -> int; names the field when it is not."""
-    if text is None:
-        return None
-    try:
-        value = float(text.replace("_", ""))
-    except ValueError:
-        raise ConfigError(field, f"'{text}' is not a number; write e.g. 12.8e9") from None
-    if not value.is_integer() or value <= 0:
-        raise ConfigError(field, f"'{text}' must be a positive whole number, e.g. 12.8e9")
-    return int(value)
-
-
 def _check_report(report: Path | None) -> None:
     """Refuse a bad --report path before planning (vlscale.report is only imported here)."""
     if report is not None:
@@ -66,7 +53,7 @@ def _check_report(report: Path | None) -> None:
 
 
 def _base_config(config: Path | None, **flags: Any):
-    from vlscale.plan.config import make_plan_config, read_config_file
+    from vlscale.plan.config import make_plan_config, parse_count, read_config_file
 
     data = read_config_file(config) if config is not None else {}
     # YAML reads 12.8e9 as a string and TOML as a float: accept what the flag accepts
@@ -206,7 +193,7 @@ def plan_cmd(
 
 def _print_ops(result, top: int = 30) -> None:
     """The largest rows of the per-op table, and where the op time goes by bound."""
-    from vlscale.cli import human
+    from vlscale.cli_app import human
     from vlscale.plan.op_table import bound_shares
 
     rows = result.op_rows()

@@ -16,7 +16,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from vlscale.config_files import read_mapping
-from vlscale.errors import validate_as
+from vlscale.errors import ConfigError, validate_as
 from vlscale.specs.recipes import LossImpl, Optimizer, Precision, RecipeName, RecipeSpec
 from vlscale.specs.recipes import default_recipe as _default_recipe
 
@@ -146,6 +146,19 @@ def make_plan_config(data: dict[str, Any] | PlanConfig | None = None, **override
     merged = dict(data or {})
     merged |= {k: v for k, v in overrides.items() if v is not None}
     return validate_as(PlanConfig, merged, "")
+
+
+def parse_count(field: str, text: str | None) -> int | None:
+    """'12.8e9' / '12_800_000_000' / '12800000000' -> int; names the field when it is not."""
+    if text is None:
+        return None
+    try:
+        value = float(text.replace("_", ""))
+    except ValueError:
+        raise ConfigError(field, f"'{text}' is not a number; write e.g. 12.8e9") from None
+    if not value.is_integer() or value <= 0:
+        raise ConfigError(field, f"'{text}' must be a positive whole number, e.g. 12.8e9")
+    return int(value)
 
 
 def read_config_file(path: str | Path, field: str = "config") -> dict[str, Any]:

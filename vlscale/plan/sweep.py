@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from vlscale.errors import ConfigError
-from vlscale.plan.config import read_config_file
+from vlscale.plan.config import parse_count, read_config_file
 
 
 def expand_grid(path: str | Path) -> list[dict[str, Any]]:
@@ -51,8 +51,6 @@ def expand_grid(path: str | Path) -> list[dict[str, Any]]:
 def _normalise(point: dict[str, Any]) -> dict[str, Any]:
     out = dict(point)
     if isinstance(out.get("samples"), float | str):
-        from vlscale.cli_plan import parse_count
-
         out["samples"] = parse_count("samples", str(out["samples"]))
     return out
 
