@@ -25,6 +25,12 @@ def _fails(*args: str, field: str, cwd_files=()) -> None:
         (["plan", "--mask-ratio", "nan"], "mask_ratio"),
         (["memory", "ViT-L-14", "--device-memory-gib", "nan"], "device_memory_gib"),
         (["memory", "ViT-L-14", "--device-memory-gib", "inf"], "device_memory_gib"),
+        # whole-config checks name their field, not `config:` (issue 11)
+        (["plan", "--recipe", "clip", "--loss-impl", "ring"], "loss_impl: 'ring'"),
+        (["compare", "--recipe", "eva-clip", "--loss-impl", "ring"], "loss_impl: 'ring'"),
+        (["memory", "ViT-B-32", "--recipe", "clip", "--loss-impl", "ring"], "loss_impl: 'ring'"),
+        (["plan", "--devices", "3"], "global_batch: 32768 is not divisible by devices=3"),
+        (["plan", "--devices", "8", "--global-batch", "64", "--grad-accum", "3"], "grad_accum:"),
     ],
 )
 def test_usage_and_value_errors_are_one_line(args, field):

@@ -105,18 +105,21 @@ class PlanConfig(BaseModel):
 
     @model_validator(mode="after")
     def _check(self) -> PlanConfig:
+        # ConfigError (a ValueError) names the field; errors.from_validation_error keeps it
         if self.global_batch % self.devices:
-            raise ValueError(
-                f"global_batch={self.global_batch} is not divisible by devices={self.devices}; "
+            raise ConfigError(
+                "global_batch",
+                f"{self.global_batch} is not divisible by devices={self.devices}; "
                 f"use a multiple of {self.devices}, e.g. "
-                f"{max(1, round(self.global_batch / self.devices)) * self.devices}"
+                f"{max(1, round(self.global_batch / self.devices)) * self.devices}",
             )
         if (self.global_batch // self.devices) % self.grad_accum:
-            raise ValueError(
+            raise ConfigError(
+                "grad_accum",
                 f"the local batch {self.global_batch // self.devices} is not divisible by "
-                f"grad_accum={self.grad_accum}; use a grad_accum that divides it"
+                f"grad_accum={self.grad_accum}; use a grad_accum that divides it",
             )
-        self.recipe_spec()  # ring with a softmax recipe etc.
+        self.recipe_spec()  # ring with a softmax recipe (a ConfigError on loss_impl) etc.
         return self
 
     @property
