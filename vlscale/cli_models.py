@@ -171,19 +171,34 @@ def memory_cmd(
     model: str = typer.Argument(..., help=MODEL_HELP),
     local_batch: int = typer.Option(32, "--local-batch", help="samples per device per step"),
     shard_degree: int = typer.Option(1, "--shard-degree", help="FSDP shard degree (1 = DDP)"),
-    world_size: int | None = typer.Option(None, "--world-size", help="devices (default: shard)"),
+    world_size: int | None = typer.Option(
+        None, "--world-size", help="devices", show_default="the shard degree"
+    ),
     precision: str = typer.Option("bf16", "--precision", help="fp32 | bf16 | fp16"),
     optimizer: str = typer.Option("adamw", "--optimizer", help="adamw | lamb | adafactor"),
     checkpointing: bool = typer.Option(False, "--checkpointing/--no-checkpointing"),
     mask_ratio: float = typer.Option(0.0, "--mask-ratio", help="FLIP patch-drop ratio in [0, 1)"),
     recipe: str = typer.Option("clip", "--recipe", help="clip | siglip | eva-clip"),
     loss_impl: str = typer.Option("gather", "--loss-impl", help="gather | ring"),
+    device: str | None = typer.Option(
+        None,
+        "--device",
+        help="catalog device to fit in, e.g. H100 (80 GB = 74.5 GiB, as `plan` counts it); "
+        "adds fits / largest local batch",
+    ),
     device_memory_gib: float | None = typer.Option(
-        None, "--device-memory-gib", help="device memory; adds fits / largest local batch"
+        None,
+        "--device-memory-gib",
+        help="device memory in GiB (2^30 bytes; an '80 GB' card has 74.5 GiB); "
+        "adds fits / largest local batch",
+        show_default="the --device's memory",
     ),
     as_json: bool = typer.Option(False, "--json", help="machine-readable output"),
 ):
-    """Per-device memory broken down: params, grads, optimizer, master, FSDP buffers, ..."""
+    """Per-device memory broken down: params, grads, optimizer, master, FSDP buffers, ...
+
+    Sizes are printed in GiB (2^30 bytes), like `plan`; catalog capacities are the vendors'
+    decimal GB, converted the same way in both commands."""
     from vlscale.costs.memory import estimate_memory, max_local_batch
     from vlscale.specs.presets import resolve_model
     from vlscale.specs.recipes import RecipeSpec
@@ -228,8 +243,9 @@ def memory_cmd(
         "breakdown": mem.as_dict(),
         "total": mem.total,
     }
-    if device_memory_gib is not None:
-        capacity = int(device_memory_gib * 2**30)
+    capacity = _device_capacity(device, device_memory_gib)
+    if capacity is not None:
+        result["device_memory_bytes"] = capacity
         result["fits"] = mem.total <= capacity
         result["max_local_batch"] = max_local_batch(spec, capacity, **kwargs)
     if as_json:
@@ -237,7 +253,9 @@ def memory_cmd(
         return
     rows = [[k, human_bytes(v)] for k, v in mem.as_dict().items()]
     rows.append(["total", human_bytes(mem.total)])
-    if device_memory_gib is not None:
+    if capacity is not None:
+        source = f"--device {device}" if device_memory_gib is None else "--device-memory-gib"
+        rows.append([f"device memory ({source})", human_bytes(capacity)])
         rows.append(["fits", str(result["fits"])])
         rows.append(["largest local batch", str(result["max_local_batch"])])
     print_table(
@@ -251,3 +269,15 @@ def memory_cmd(
 def _check_choice(field: str, value: str, choices: tuple[str, ...]) -> None:
     if value not in choices:
         raise ConfigError(field, f"'{value}' is not one of {', '.join(choices)}")
+
+
+def _device_capacity(device: str | None, device_memory_gib: float | None) -> int | None:
+    """Bytes to fit in: --device-memory-gib (GiB) wins, else the catalog device's memory
+    (decimal bytes as published; ``plan`` uses the same number); None when neither is given."""
+    if device_memory_gib is not None:
+        return int(device_memory_gib * 2**30)
+    if device is None:
+        return None
+    from vlscale.specs.hardware import get_device
+
+    return int(get_device(device).memory.hbm_bytes)

@@ -20,15 +20,18 @@ from vlscale.cli_options import (
     DecodeOpt,
     DeviceOpt,
     DevicesOpt,
+    GradAccumOpt,
     HwOpt,
     ImageOpt,
     JsonOpt,
+    LossImplOpt,
     MaskOpt,
     ModelOpt,
     OptimOpt,
     PerNodeOpt,
     PrecisionOpt,
     PriceOpt,
+    RecipeOpt,
     ReportOpt,
     SamplesOpt,
     SchedulerOpt,
@@ -68,8 +71,8 @@ def _base_config(config: Path | None, **flags: Any):
 def plan_cmd(
     config: ConfigOpt = None,
     model: ModelOpt = None,
-    recipe: Annotated[str | None, typer.Option(help="clip | siglip | eva-clip")] = None,
-    loss_impl: Annotated[str | None, typer.Option(help="gather | ring")] = None,
+    recipe: RecipeOpt = None,
+    loss_impl: LossImplOpt = None,
     device: DeviceOpt = None,
     devices: DevicesOpt = None,
     devices_per_node: PerNodeOpt = None,
@@ -89,9 +92,7 @@ def plan_cmd(
     decode_rate: DecodeOpt = None,
     hardware_file: HwOpt = None,
     image_size: ImageOpt = None,
-    grad_accum: Annotated[
-        int | None, typer.Option("--grad-accum", help="micro-steps per optimizer step")
-    ] = None,
+    grad_accum: GradAccumOpt = None,
     trace: Annotated[
         Path | None, typer.Option("--trace", help="write the simulated timeline (Chrome JSON)")
     ] = None,
@@ -108,7 +109,10 @@ def plan_cmd(
     ] = 64,
     as_json: JsonOpt = False,
 ):
-    """Plan a run: step time, memory per device, wall time, device-hours and cost."""
+    """Plan a run: step time, memory per device, wall time, device-hours and cost.
+
+    Defaults are the embedded scenario's (OpenCLIP's ViT-L-14 run); a --config file overrides
+    them and flags override both."""
     from vlscale.plan.planner import plan, summary_rows
 
     _check_report(report)
@@ -401,7 +405,8 @@ def _sources(d) -> list[tuple[str, str]]:
 @handles_bad_input
 def sweep_cmd(
     grid_file: Annotated[
-        Path, typer.Argument(help="YAML/TOML: `base: {...}` and `grid: {key: [values]}`")
+        # rich markup would eat "[values]" as a style tag: escape the bracket
+        Path, typer.Argument(help="YAML/TOML: `base: {...}` and `grid: {key: \\[values]}`")
     ],
     out: Annotated[Path, typer.Option("--out", help="results file: .csv or .parquet")] = Path(
         "sweep.csv"
