@@ -43,8 +43,7 @@ from vlscale.cli_options import (
     UtilOpt,
     WorkersOpt,
 )
-from vlscale.errors import ConfigError
-from vlscale.paths import atomic_write_with, check_output_file
+from vlscale.paths import check_output_file
 
 
 def _check_report(report: Path | None) -> None:
@@ -417,12 +416,23 @@ def sweep_cmd(
     slice_shape: ShapeOpt = None,
     workers: WorkersOpt = None,
     scheduler: SchedulerOpt = None,
+    max_points: Annotated[
+        int | None,
+        typer.Option(
+            "--max-points",
+            min=1,
+            help="refuse a bigger grid (counted before any work)",
+            show_default="1,000,000",  # vlscale.plan.sweep.MAX_POINTS (a test holds them equal)
+        ),
+    ] = None,
 ):
     """Plan every point of a grid and write one row per configuration (CSV or Parquet).
 
     Runs on every local core by default, or on a Dask cluster with --scheduler. The topology
-    flags, when given, set that key in every point (over the grid file)."""
-    from vlscale.plan.sweep import expand_grid, run_sweep
+    flags, when given, set that key in every point (over the grid file). The size and an
+    estimated time are printed first; CSV rows are written as they finish (into a temp file
+    renamed onto --out at the end, so --out is never half-written)."""
+    from vlscale.plan.sweep import MAX_POINTS, check_size, expand_grid, write_sweep
 
     check_output_file(out, "out", (".csv", ".parquet"))
     topology = {
@@ -432,28 +442,15 @@ def sweep_cmd(
         ).items()
         if v is not None
     }
-    points = [point | topology for point in expand_grid(grid_file)]
-    frame = run_sweep(points, progress=not quiet, workers=workers, scheduler=scheduler)
-    ok = int(frame["error"].isna().sum())
-    if ok == 0:  # nothing planned: a typo'd key or an impossible grid, not a result
-        first = frame["error"].dropna().iloc[0] if len(frame) else "the grid has no points"
-        raise ConfigError("grid", f"no configuration could be planned; the first says: {first}")
-    write_table_atomic(frame, out)
-    typer.echo(f"{len(frame)} configurations ({ok} planned, {len(frame) - ok} invalid) -> {out}")
-
-
-def write_table_atomic(frame, path: Path) -> None:
-    """CSV or Parquet via ``vlscale.paths.atomic_write_with``: never half-written."""
-
-    def write(tmp: Path) -> None:
-        if path.suffix == ".parquet":
-            try:
-                frame.to_parquet(tmp, index=False)
-            except ImportError:
-                raise ConfigError(
-                    "out", "writing .parquet needs pyarrow (pip install pyarrow); or use .csv"
-                ) from None
-        else:
-            frame.to_csv(tmp, index=False)
-
-    atomic_write_with(path, write, field="out")
+    points = expand_grid(grid_file).with_overrides(topology)
+    check_size(len(points), max_points or MAX_POINTS)
+    summary = write_sweep(
+        points,
+        out,
+        progress=not quiet,
+        workers=workers,
+        scheduler=scheduler,
+        notify=lambda line: typer.echo(line, err=True),
+    )
+    n, ok = summary.points, summary.planned
+    typer.echo(f"{n} configurations ({ok} planned, {n - ok} invalid) -> {out}")
