@@ -5,9 +5,8 @@ Options whose value is ``None`` until a default is computed show that effective 
 (``vlscale.plan.config.PlanConfig``; a test holds the two together), which a ``--config`` file
 overrides and a flag overrides again.
 
-A module of its own, importing nothing of the CLI: ``vlscale.cli`` imports the command modules,
-and one command module importing another's options while that one is half-initialised (a sweep
-worker imports ``cli_plan`` first) would be circular.
+A module of its own, importing nothing of the CLI (not even ``vlscale.cli_app``), so that any
+command module can use these types without importing another command module.
 """
 
 from __future__ import annotations

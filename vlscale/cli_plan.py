@@ -229,9 +229,16 @@ def _print_ops(result, top: int = 30) -> None:
 @handles_bad_input
 def compare_cmd(
     recipe: Annotated[
-        list[str] | None, typer.Option(help="repeat to compare: --recipe clip --recipe siglip")
+        list[str] | None,
+        typer.Option(
+            help="repeat to compare: --recipe clip --recipe siglip",
+            show_default="clip, siglip (gather and ring), eva-clip; siglip with --loss-impl",
+        ),
     ] = None,
-    loss_impl: Annotated[list[str] | None, typer.Option(help="repeat: gather, ring")] = None,
+    loss_impl: Annotated[
+        list[str] | None,
+        typer.Option(help="repeat: gather, ring", show_default="gather with --recipe"),
+    ] = None,
     config: ConfigOpt = None,
     model: ModelOpt = None,
     device: DeviceOpt = None,
