@@ -142,3 +142,16 @@ def test_parquet_has_the_csv_rows(tmp_path):
     )
     assert list(csv_rows.columns) == list(parquet_rows.columns) and len(parquet_rows) == 8
     assert sorted(os.listdir(tmp_path)) == ["o.csv", "o.parquet"]
+
+
+def test_an_unreachable_scheduler_fails_before_any_point_is_planned(tmp_path, monkeypatch):
+    pytest.importorskip("distributed")
+    from vlscale.plan import backends
+
+    monkeypatch.setattr(backends, "CONNECT_TIMEOUT", "1s")
+    said: list[str] = []
+    with pytest.raises(ConfigError) as err:
+        address = "tcp://127.0.0.1:9"
+        write_sweep(_points(), tmp_path / "o.csv", scheduler=address, notify=said.append)
+    assert err.value.field == "scheduler" and said == []
+    assert os.listdir(tmp_path) == []

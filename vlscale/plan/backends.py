@@ -71,8 +71,19 @@ def worker_count(workers: int | None, scheduler: str | None) -> int | None:
     if workers is not None and workers < 1:
         raise ConfigError("workers", f"{workers} is not a number of processes; give 1 or more")
     if scheduler is not None:
+        _distributed()  # a missing extra is said before any work
         return None
     return workers or os.cpu_count() or 1
+
+
+def _distributed():
+    try:
+        import distributed
+    except ImportError:
+        raise ConfigError(
+            "scheduler", "a Dask scheduler needs the 'dask' extra: pip install 'vlscale[dask]'"
+        ) from None
+    return distributed
 
 
 def iter_map(
@@ -85,23 +96,28 @@ def iter_map(
     scheduler: str | None = None,
 ) -> Iterator[list[Any]]:
     """``fn`` over the ``total`` points, yielded chunk by chunk in input order (see the module
-    docstring for the backend); concatenated, the chunks are ``[fn(p) for p in points]``."""
+    docstring for the backend); concatenated, the chunks are ``[fn(p) for p in points]``.
+
+    Bad options and an unreachable Dask scheduler are ConfigErrors raised here, at the call;
+    the points are read and planned only as the result is iterated."""
     n_workers = worker_count(workers, scheduler)
     if scheduler is not None:
-        yield from _map_dask(fn, points, total, scheduler, progress)
-        return
+        return _map_dask(fn, points, total, _connect(scheduler), progress)
     assert n_workers is not None
     size = chunk_size(total, n_workers)
     if n_workers == 1 or total < 2 * size:
-        with _progress_bar(total, progress, "planning") as advance:
-            for chunk in _chunks(points, size):
-                out = []
-                for p in chunk:
-                    out.append(fn(p))
-                    advance(1)
-                yield out
-        return
-    yield from _map_processes(fn, points, total, n_workers, size, progress)
+        return _map_serial(fn, points, total, size, progress)
+    return _map_processes(fn, points, total, n_workers, size, progress)
+
+
+def _map_serial(fn, points, total: int, size: int, progress: bool) -> Iterator[list[Any]]:
+    with _progress_bar(total, progress, "planning") as advance:
+        for chunk in _chunks(points, size):
+            out = []
+            for p in chunk:
+                out.append(fn(p))
+                advance(1)
+            yield out
 
 
 def map_points(
@@ -171,19 +187,19 @@ def _map_processes(fn, points, total: int, n_workers: int, size: int, progress: 
                 future.cancel()
 
 
-def _map_dask(fn, points, total: int, address: str, progress: bool):
+def _connect(address: str):
+    distributed = _distributed()
     try:
-        from distributed import Client, as_completed
-    except ImportError:
-        raise ConfigError(
-            "scheduler", "a Dask scheduler needs the 'dask' extra: pip install 'vlscale[dask]'"
-        ) from None
-    try:
-        client = Client(address, timeout=CONNECT_TIMEOUT)
+        return distributed.Client(address, timeout=CONNECT_TIMEOUT)
     except (OSError, TimeoutError) as exc:
         raise ConfigError(
             "scheduler", f"cannot reach a Dask scheduler at '{address}' ({exc}); check the address"
         ) from None
+
+
+def _map_dask(fn, points, total: int, client, progress: bool):
+    from distributed import as_completed
+
     try:
         n_workers = max(1, sum(client.nthreads().values()))
         chunks = enumerate(_chunks(points, chunk_size(total, n_workers)))

@@ -163,12 +163,19 @@ def iter_rows(
     n = len(points)
     n_workers = worker_count(workers, scheduler)
     it = iter(points)
+    rest = n - min(n, HEAD_POINTS)
+    # set up the backend first (a bad option or an unreachable scheduler fails before any work);
+    # it reads the points after the head, lazily, once iterated
+    chunks = (
+        iter_map(plan_point, it, rest, progress=progress, workers=workers, scheduler=scheduler)
+        if rest
+        else iter(())
+    )
     head_rows, times = [], []
     for point in itertools.islice(it, HEAD_POINTS):
         start = time.perf_counter()
         head_rows.append(plan_point(point))
         times.append(time.perf_counter() - start)
-    rest = n - len(head_rows)
     if notify is not None:
         # the first point pays for imports and caches: time the others when there are some
         per_point = sum(times[1:]) / (len(times) - 1) if len(times) > 1 else sum(times)
@@ -182,10 +189,7 @@ def iter_rows(
         notify(f"sweep: {n:,} points{est}")
     if head_rows:
         yield head_rows
-    if rest:
-        yield from iter_map(
-            plan_point, it, rest, progress=progress, workers=workers, scheduler=scheduler
-        )
+    yield from chunks
 
 
 class _Columns:
