@@ -32,7 +32,7 @@ demo: $(STAMP)
 	$(BIN)/vlscale models
 	$(BIN)/vlscale params ViT-L-14
 	$(BIN)/vlscale flops EVA02-L-14 --mask-ratio 0.5
-	$(BIN)/vlscale memory ViT-L-14 --local-batch 256 --shard-degree 64 --checkpointing --device-memory-gib 80
+	$(BIN)/vlscale memory ViT-L-14 --local-batch 256 --shard-degree 64 --checkpointing --device H100
 	$(BIN)/vlscale plan
 	$(BIN)/vlscale compare --model ViT-SO400M-14-SigLIP --devices 1024 --global-batch 1048576 --checkpointing
 	$(BIN)/python -m trainer.train --model tiny-clip --recipe clip --global-batch 32 --steps 20 --out runs/demo --overwrite

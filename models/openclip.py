@@ -423,16 +423,13 @@ def load_state_dict_file(path: str | Path, field: str = "init_from") -> dict[str
 def save_state_dict_file(state_dict: Mapping[str, torch.Tensor], path: str | Path) -> None:
     """Write ``state_dict`` to ``path`` atomically (temp file + rename): ``.safetensors`` with
     the ``safetensors`` package, anything else with ``torch.save``."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp")
-    try:
-        if path.suffix == ".safetensors":
+    from vlscale.paths import atomic_path
+
+    with atomic_path(path) as tmp:
+        if Path(path).suffix == ".safetensors":
             _safetensors("out").save_file(dict(state_dict), str(tmp))
         else:
             torch.save(dict(state_dict), tmp)
-        tmp.replace(path)
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 def _safetensors(field: str):

@@ -25,6 +25,12 @@ def _fails(*args: str, field: str, cwd_files=()) -> None:
         (["plan", "--mask-ratio", "nan"], "mask_ratio"),
         (["memory", "ViT-L-14", "--device-memory-gib", "nan"], "device_memory_gib"),
         (["memory", "ViT-L-14", "--device-memory-gib", "inf"], "device_memory_gib"),
+        # whole-config checks name their field, not `config:` (issue 11)
+        (["plan", "--recipe", "clip", "--loss-impl", "ring"], "loss_impl: 'ring'"),
+        (["compare", "--recipe", "eva-clip", "--loss-impl", "ring"], "loss_impl: 'ring'"),
+        (["memory", "ViT-B-32", "--recipe", "clip", "--loss-impl", "ring"], "loss_impl: 'ring'"),
+        (["plan", "--devices", "3"], "global_batch: 32768 is not divisible by devices=3"),
+        (["plan", "--devices", "8", "--global-batch", "64", "--grad-accum", "3"], "grad_accum:"),
     ],
 )
 def test_usage_and_value_errors_are_one_line(args, field):
@@ -63,8 +69,13 @@ def test_sweep_with_nothing_planned_or_nothing_in_it(tmp_path):
     bad = tmp_path / "bad.yaml"
     bad.write_text("base: {model: tiny-clip, global_batch: 64}\ngrid: {devices: [3, 5]}\n")
     out = tmp_path / "o.csv"
-    _fails("sweep", str(bad), "--out", str(out), field="grid")
-    assert not out.exists()
+    # the size and estimate line comes first (the grid is only known to be all invalid at the
+    # end); then the one error line, and nothing written
+    res = vlscale("sweep", str(bad), "--out", str(out))
+    lines = [ln for ln in res.stderr.splitlines() if ln.strip()]
+    assert res.returncode == 2 and len(lines) == 2, res.stderr
+    assert lines[0] == "sweep: 2 points" and lines[1].startswith("error: grid: no configuration")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bad.yaml"]
     empty = tmp_path / "empty.yaml"
     empty.write_text("")
     _fails("sweep", str(empty), "--out", str(out), field="grid")

@@ -241,9 +241,11 @@ def test_read_config_file_yaml_toml_and_errors(tmp_path):
 @pytest.mark.parametrize(
     "overrides, field",
     [
-        ({"devices": 3}, "config"),  # 32,768 is not divisible by 3
+        ({"devices": 3}, "global_batch"),  # 32,768 is not divisible by 3
+        ({"devices": 8, "global_batch": 64, "grad_accum": 3}, "grad_accum"),
         ({"mask_ratio": 1.0}, "mask_ratio"),
-        ({"recipe": "clip", "loss_impl": "ring"}, "config"),
+        ({"recipe": "clip", "loss_impl": "ring"}, "loss_impl"),
+        ({"recipe": "eva-clip", "loss_impl": "ring"}, "loss_impl"),
         ({"bogus": 1}, "bogus"),
     ],
 )

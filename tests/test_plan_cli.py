@@ -152,9 +152,10 @@ def test_trace_is_chrome_trace_json(tmp_path):
     "args, field",
     [
         (("--device", "Z999"), "device"),
-        (("--devices", "3"), "config"),  # 32,768 is not divisible by 3
+        (("--devices", "3"), "global_batch"),  # 32,768 is not divisible by 3
+        (("--devices", "8", "--global-batch", "64", "--grad-accum", "3"), "grad_accum"),
         (("--samples", "abc"), "samples"),
-        (("--recipe", "clip", "--loss-impl", "ring"), "config"),
+        (("--recipe", "clip", "--loss-impl", "ring"), "loss_impl"),
         (("--mask-ratio", "1.0"), "mask_ratio"),
         (("--config", "no/such/file.yaml"), "config"),
         (("--config", "BAD_YAML"), "config"),

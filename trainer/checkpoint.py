@@ -10,11 +10,12 @@ Layout of one run directory::
     RUN/ckpt/step_000200.tmp/      a save in progress (or one that crashed): never loaded
 
 Crash safety. Every rank writes into ``step_N.tmp``; after a barrier rank 0 writes the marker
-(temp file + ``os.replace``), fsyncs, and renames the directory to ``step_N`` in one atomic
-``rename(2)``. "Latest" is not a pointer file: :func:`find_latest` scans for directories whose
-name is ``step_<digits>`` *and* that hold the marker, so a save killed at any instant leaves the
-previous checkpoint as the latest loadable one. All ranks must see the same directory (shared
-filesystem), as DCP's file writer already assumes.
+(``vlscale.paths.atomic_write_bytes``: temp file, fsync, ``os.replace``) and renames the
+directory to ``step_N`` in one atomic ``rename(2)``. "Latest" is not a pointer file:
+:func:`find_latest` scans for directories whose name is ``step_<digits>`` *and* that hold the
+marker, so a save killed at any instant leaves the previous checkpoint as the latest loadable
+one. All ranks must see the same directory (shared filesystem), as DCP's file writer already
+assumes.
 
 Trust. The marker lists every file of the checkpoint with its size and SHA-256 (FIPS 180-4),
 hashed by the ranks in parallel before the marker is written. :func:`choose_checkpoint` verifies
@@ -57,6 +58,7 @@ from torch.distributed.checkpoint.state_dict import (
 )
 
 from vlscale.errors import ConfigError
+from vlscale.paths import atomic_write_bytes, fsync_dir
 
 CKPT_SUBDIR = "ckpt"
 MARKER = "COMPLETE"
@@ -156,33 +158,9 @@ def read_marker(path: str | os.PathLike) -> dict[str, Any]:
 # --------------------------------------------------------------------------- atomic files
 
 
-def _fsync_dir(path: Path) -> None:
-    # Directory fsync makes a rename durable; not supported on every platform/filesystem.
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
-def _write_atomic(path: Path, data: bytes) -> None:
-    tmp = path.with_name(path.name + f".part{os.getpid()}")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-
 def _write_marker(path: Path, payload: dict[str, Any]) -> None:
     """The completion marker; the only file whose presence makes a checkpoint loadable."""
-    _write_atomic(path / MARKER, json.dumps(payload, indent=1).encode())
-    _fsync_dir(path)
+    atomic_write_bytes(path / MARKER, json.dumps(payload, indent=1).encode())  # fsyncs path
 
 
 def _write_extra(path: Path, extra: dict[str, Any]) -> None:
@@ -307,7 +285,7 @@ def _publish(tmp: Path, final: Path) -> None:
         shutil.rmtree(stale, ignore_errors=True)
     else:
         os.rename(tmp, final)
-    _fsync_dir(final.parent)
+    fsync_dir(final.parent)
 
 
 # --------------------------------------------------------------------------- checksums

@@ -18,9 +18,9 @@ import os
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from vlscale.config_files import read_mapping
 from vlscale.errors import ConfigError, from_validation_error
 from vlscale.specs.models import ModelSpec
 from vlscale.specs.presets import resolve_model
@@ -331,15 +331,7 @@ def env_world_size() -> int:
 
 
 def _read_yaml(path: str) -> dict[str, Any]:
-    p = Path(path)
-    if not p.is_file():
-        raise ConfigError("config", f"no config file at '{path}'; pass an existing YAML file")
-    try:
-        raw = yaml.safe_load(p.read_text()) or {}
-    except yaml.YAMLError as exc:
-        raise ConfigError("config", f"{path} is not valid YAML ({exc}); fix the syntax") from None
-    if not isinstance(raw, dict):
-        raise ConfigError("config", f"{path} must be a mapping of option: value")
+    raw = read_mapping(path, "config", "a YAML file of trainer options (see --help)")
     out = {}
     fields = list(TrainConfig.model_fields)
     for key, value in raw.items():

@@ -54,6 +54,7 @@ from vlscale.calibrate.fits import (
     predict_attention_s,
 )
 from vlscale.errors import ConfigError
+from vlscale.paths import atomic_write_text
 from vlscale.specs.compute_profile import AttentionCost, ComputeProfile
 from vlscale.specs.hardware import DeviceSpec, dump_hardware_file
 
@@ -459,7 +460,7 @@ def main(argv: list[str] | None = None) -> int:
         dump_hardware_file(out, devices=[device])
         # the raw measurements and fit errors next to the profile, for whoever doubts a number
         raw = out.with_suffix(".probe.json")
-        raw.write_text(json.dumps(report, indent=1, default=str) + "\n")
+        atomic_write_text(raw, json.dumps(report, indent=1, default=str) + "\n")
     except ConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -14,6 +14,7 @@ from pathlib import Path
 
 from pydantic import BaseModel
 
+from vlscale.paths import atomic_write_text
 from vlscale.records import RunHeader
 
 RUN_FILE = "run.jsonl"
@@ -44,12 +45,7 @@ class RecordWriter:
 
     def _replace(self, text: str) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.path.with_name(self.path.name + f".tmp{os.getpid()}")
-        with open(tmp, "w") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, self.path)
+        atomic_write_text(self.path, text)
 
     def write(self, record: BaseModel) -> None:
         """Append one validated record as one line."""

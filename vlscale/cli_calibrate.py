@@ -17,9 +17,9 @@ from typing import Annotated
 
 import typer
 
-from vlscale.cli import app, emit_json, handles_bad_input, print_table
+from vlscale.cli_app import app, emit_json, handles_bad_input, print_table
 from vlscale.errors import ConfigError
-from vlscale.paths import check_output_file
+from vlscale.paths import atomic_write_text, check_output_file
 
 RunsArg = Annotated[list[str], typer.Argument(help="run files (OUT/run.jsonl) or folders")]
 HwOpt = Annotated[str, typer.Option("--hardware-file", help="hardware file with the device")]
@@ -109,9 +109,7 @@ def validate_cmd(
     result = validate(_runs(runs, dev, hardware_file), dev).to_json()
     title = dev.name if dev is not None else "catalog devices"
     if out is not None:
-        tmp = out.with_name(f".{out.name}.tmp")
-        tmp.write_text(json.dumps(result, indent=1) + "\n")
-        tmp.replace(out)
+        atomic_write_text(out, json.dumps(result, indent=1) + "\n", field="out")
     if report is not None:
         from vlscale.report.html import write_report_atomic
         from vlscale.report.validation import validation_report

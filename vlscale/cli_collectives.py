@@ -14,10 +14,8 @@ from typing import Annotated, Any
 
 import typer
 
-from vlscale.cli import app, emit_json, handles_bad_input, print_table
+from vlscale.cli_app import app, emit_json, handles_bad_input, print_table
 from vlscale.cli_options import (
-    DeviceOpt,
-    DevicesOpt,
     HwOpt,
     JsonOpt,
     PerNodeOpt,
@@ -26,6 +24,9 @@ from vlscale.cli_options import (
 )
 from vlscale.errors import ConfigError
 
+# required here (no embedded scenario), unlike the planner's --device / --devices
+DeviceOpt = Annotated[str | None, typer.Option("--device", help="e.g. H100, TPUv5p (required)")]
+DevicesOpt = Annotated[int | None, typer.Option("--devices", help="number of devices (required)")]
 OPS = ("all_reduce", "all_gather", "reduce_scatter")
 # nccl-tests' busbw factor per op (doc/PERFORMANCE.md)
 BUS_FACTOR = {

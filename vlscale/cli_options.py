@@ -1,8 +1,12 @@
 """The CLI's shared option types (typer ``Annotated`` aliases), in one place.
 
-A module of its own, importing nothing of the CLI: ``vlscale.cli`` imports the command modules,
-and one command module importing another's options while that one is half-initialised (a sweep
-worker imports ``cli_plan`` first) would be circular.
+Options whose value is ``None`` until a default is computed show that effective default in
+``--help`` (``show_default`` text): for the planner it is the embedded scenario's value
+(``vlscale.plan.config.PlanConfig``; a test holds the two together), which a ``--config`` file
+overrides and a flag overrides again.
+
+A module of its own, importing nothing of the CLI (not even ``vlscale.cli_app``), so that any
+command module can use these types without importing another command module.
 """
 
 from __future__ import annotations
@@ -14,47 +18,119 @@ import typer
 
 ConfigOpt = Annotated[Path | None, typer.Option("--config", help="YAML/TOML plan file")]
 ModelOpt = Annotated[
-    str | None, typer.Option("--model", help="preset (e.g. ViT-L-14) or model file (YAML/JSON)")
+    str | None,
+    typer.Option(
+        "--model",
+        help="preset (e.g. ViT-L-14) or model file (YAML/JSON)",
+        show_default="ViT-L-14",
+    ),
 ]
-DeviceOpt = Annotated[str | None, typer.Option("--device", help="e.g. H100, TPUv5p")]
-DevicesOpt = Annotated[int | None, typer.Option("--devices", help="number of devices")]
-BatchOpt = Annotated[int | None, typer.Option("--global-batch", help="samples per step")]
-SamplesOpt = Annotated[str | None, typer.Option("--samples", help="samples seen, e.g. 12.8e9")]
-MaskOpt = Annotated[float | None, typer.Option("--mask-ratio", help="FLIP ratio in [0, 1)")]
-PrecisionOpt = Annotated[str | None, typer.Option("--precision", help="fp32 | bf16 | fp16")]
-ShardingOpt = Annotated[str | None, typer.Option("--sharding", help="fsdp | ddp")]
+RecipeOpt = Annotated[
+    str | None, typer.Option("--recipe", help="clip | siglip | eva-clip", show_default="clip")
+]
+LossImplOpt = Annotated[
+    str | None, typer.Option("--loss-impl", help="gather | ring", show_default="gather")
+]
+DeviceOpt = Annotated[
+    str | None, typer.Option("--device", help="e.g. H100, TPUv5p", show_default="H100")
+]
+DevicesOpt = Annotated[
+    int | None, typer.Option("--devices", help="number of devices", show_default="256")
+]
+BatchOpt = Annotated[
+    int | None, typer.Option("--global-batch", help="samples per step", show_default="32768")
+]
+SamplesOpt = Annotated[
+    str | None,
+    typer.Option("--samples", help="samples seen, e.g. 12.8e9", show_default="12.8e9"),
+]
+MaskOpt = Annotated[
+    float | None,
+    typer.Option(
+        "--mask-ratio",
+        help="FLIP ratio in [0, 1)",
+        show_default="the recipe's: eva-clip 0.5, else 0",
+    ),
+]
+PrecisionOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--precision",
+        help="fp32 | bf16 | fp16",
+        show_default="the device's 16-bit type: bf16, fp16 on V100",
+    ),
+]
+ShardingOpt = Annotated[
+    str | None, typer.Option("--sharding", help="fsdp | ddp", show_default="fsdp")
+]
 CkptOpt = Annotated[
-    bool | None, typer.Option("--checkpointing/--no-checkpointing", help="activation ckpt")
+    bool | None,
+    typer.Option(
+        "--checkpointing/--no-checkpointing",
+        help="activation ckpt",
+        show_default="no-checkpointing",
+    ),
 ]
-OptimOpt = Annotated[str | None, typer.Option("--optimizer", help="adamw | lamb | adafactor")]
+OptimOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--optimizer",
+        help="adamw | lamb | adafactor",
+        show_default="the recipe's: eva-clip lamb, else adamw",
+    ),
+]
 UtilOpt = Annotated[
     float | None,
-    typer.Option("--utilisation", help="fraction of peak FLOP/s (default: calibrated)"),
+    typer.Option(
+        "--utilisation",
+        help="fraction of peak FLOP/s",
+        show_default="the calibrated per-op model",
+    ),
 ]
-PriceOpt = Annotated[float | None, typer.Option("--price", help="USD per device-hour")]
+PriceOpt = Annotated[
+    float | None,
+    typer.Option("--price", help="USD per device-hour", show_default="the catalog's price"),
+]
 StragglerOpt = Annotated[
-    float | None, typer.Option("--stragglers", help="lognormal sigma of per-rank slowdown")
+    float | None,
+    typer.Option("--stragglers", help="lognormal sigma of per-rank slowdown", show_default="0"),
 ]
-StepsOpt = Annotated[int | None, typer.Option("--sim-steps", help="steps to simulate")]
+StepsOpt = Annotated[
+    int | None, typer.Option("--sim-steps", help="steps to simulate", show_default="1")
+]
 DecodeOpt = Annotated[
-    float | None, typer.Option("--decode-rate", help="input samples/s per device (default: ∞)")
+    float | None,
+    typer.Option(
+        "--decode-rate", help="input samples/s per device", show_default="∞, never stalls"
+    ),
 ]
 HwOpt = Annotated[str | None, typer.Option("--hardware-file", help="YAML/TOML with devices")]
 PerNodeOpt = Annotated[
     int | None,
-    typer.Option("--devices-per-node", help="GPUs per NVLink node (default: the device's node)"),
+    typer.Option(
+        "--devices-per-node", help="GPUs per NVLink node", show_default="the device's node"
+    ),
 ]
 SlicesOpt = Annotated[
-    int | None, typer.Option("--num-slices", help="TPU slices joined by DCN (default 1)")
+    int | None,
+    typer.Option("--num-slices", help="TPU slices joined by DCN", show_default="1"),
 ]
 ShapeOpt = Annotated[
     str | None,
-    typer.Option("--slice-shape", help="TPU slice torus, e.g. 4x4x8 (default: compact)"),
+    typer.Option("--slice-shape", help="TPU slice torus, e.g. 4x4x8", show_default="compact"),
 ]
-ImageOpt = Annotated[int | None, typer.Option("--image-size", help="override the image size")]
+ImageOpt = Annotated[
+    int | None,
+    typer.Option("--image-size", help="override the image size", show_default="the model's"),
+]
+GradAccumOpt = Annotated[
+    int | None,
+    typer.Option("--grad-accum", help="micro-steps per optimizer step", show_default="1"),
+]
 JsonOpt = Annotated[bool, typer.Option("--json", help="machine-readable output")]
 WorkersOpt = Annotated[
-    int | None, typer.Option("--workers", help="local processes (default: every core)")
+    int | None,
+    typer.Option("--workers", help="local processes", show_default="every core"),
 ]
 SchedulerOpt = Annotated[
     str | None,

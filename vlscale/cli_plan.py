@@ -7,14 +7,12 @@ which overrides the embedded default scenario. JSON keys are documented in the R
 from __future__ import annotations
 
 import itertools
-import os
-import tempfile
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
 
-from vlscale.cli import app, emit_json, handles_bad_input, print_table
+from vlscale.cli_app import app, emit_json, handles_bad_input, print_table
 from vlscale.cli_options import (
     BatchOpt,
     CkptOpt,
@@ -22,15 +20,18 @@ from vlscale.cli_options import (
     DecodeOpt,
     DeviceOpt,
     DevicesOpt,
+    GradAccumOpt,
     HwOpt,
     ImageOpt,
     JsonOpt,
+    LossImplOpt,
     MaskOpt,
     ModelOpt,
     OptimOpt,
     PerNodeOpt,
     PrecisionOpt,
     PriceOpt,
+    RecipeOpt,
     ReportOpt,
     SamplesOpt,
     SchedulerOpt,
@@ -42,21 +43,7 @@ from vlscale.cli_options import (
     UtilOpt,
     WorkersOpt,
 )
-from vlscale.errors import ConfigError
 from vlscale.paths import check_output_file
-
-
-def parse_count(field: str, text: str | None) -> int | None:
-    """'12.8e9' / '12_800_000_000' / '12800000000' -> int; names the field when it is not."""
-    if text is None:
-        return None
-    try:
-        value = float(text.replace("_", ""))
-    except ValueError:
-        raise ConfigError(field, f"'{text}' is not a number; write e.g. 12.8e9") from None
-    if not value.is_integer() or value <= 0:
-        raise ConfigError(field, f"'{text}' must be a positive whole number, e.g. 12.8e9")
-    return int(value)
 
 
 def _check_report(report: Path | None) -> None:
@@ -68,7 +55,7 @@ def _check_report(report: Path | None) -> None:
 
 
 def _base_config(config: Path | None, **flags: Any):
-    from vlscale.plan.config import make_plan_config, read_config_file
+    from vlscale.plan.config import make_plan_config, parse_count, read_config_file
 
     data = read_config_file(config) if config is not None else {}
     # YAML reads 12.8e9 as a string and TOML as a float: accept what the flag accepts
@@ -83,8 +70,8 @@ def _base_config(config: Path | None, **flags: Any):
 def plan_cmd(
     config: ConfigOpt = None,
     model: ModelOpt = None,
-    recipe: Annotated[str | None, typer.Option(help="clip | siglip | eva-clip")] = None,
-    loss_impl: Annotated[str | None, typer.Option(help="gather | ring")] = None,
+    recipe: RecipeOpt = None,
+    loss_impl: LossImplOpt = None,
     device: DeviceOpt = None,
     devices: DevicesOpt = None,
     devices_per_node: PerNodeOpt = None,
@@ -104,9 +91,7 @@ def plan_cmd(
     decode_rate: DecodeOpt = None,
     hardware_file: HwOpt = None,
     image_size: ImageOpt = None,
-    grad_accum: Annotated[
-        int | None, typer.Option("--grad-accum", help="micro-steps per optimizer step")
-    ] = None,
+    grad_accum: GradAccumOpt = None,
     trace: Annotated[
         Path | None, typer.Option("--trace", help="write the simulated timeline (Chrome JSON)")
     ] = None,
@@ -123,7 +108,10 @@ def plan_cmd(
     ] = 64,
     as_json: JsonOpt = False,
 ):
-    """Plan a run: step time, memory per device, wall time, device-hours and cost."""
+    """Plan a run: step time, memory per device, wall time, device-hours and cost.
+
+    Defaults are the embedded scenario's (OpenCLIP's ViT-L-14 run); a --config file overrides
+    them and flags override both."""
     from vlscale.plan.planner import plan, summary_rows
 
     _check_report(report)
@@ -208,7 +196,7 @@ def plan_cmd(
 
 def _print_ops(result, top: int = 30) -> None:
     """The largest rows of the per-op table, and where the op time goes by bound."""
-    from vlscale.cli import human
+    from vlscale.cli_app import human
     from vlscale.plan.op_table import bound_shares
 
     rows = result.op_rows()
@@ -241,9 +229,16 @@ def _print_ops(result, top: int = 30) -> None:
 @handles_bad_input
 def compare_cmd(
     recipe: Annotated[
-        list[str] | None, typer.Option(help="repeat to compare: --recipe clip --recipe siglip")
+        list[str] | None,
+        typer.Option(
+            help="repeat to compare: --recipe clip --recipe siglip",
+            show_default="clip, siglip (gather and ring), eva-clip; siglip with --loss-impl",
+        ),
     ] = None,
-    loss_impl: Annotated[list[str] | None, typer.Option(help="repeat: gather, ring")] = None,
+    loss_impl: Annotated[
+        list[str] | None,
+        typer.Option(help="repeat: gather, ring", show_default="gather with --recipe"),
+    ] = None,
     config: ConfigOpt = None,
     model: ModelOpt = None,
     device: DeviceOpt = None,
@@ -416,7 +411,8 @@ def _sources(d) -> list[tuple[str, str]]:
 @handles_bad_input
 def sweep_cmd(
     grid_file: Annotated[
-        Path, typer.Argument(help="YAML/TOML: `base: {...}` and `grid: {key: [values]}`")
+        # rich markup would eat "[values]" as a style tag: escape the bracket
+        Path, typer.Argument(help="YAML/TOML: `base: {...}` and `grid: {key: \\[values]}`")
     ],
     out: Annotated[Path, typer.Option("--out", help="results file: .csv or .parquet")] = Path(
         "sweep.csv"
@@ -427,12 +423,23 @@ def sweep_cmd(
     slice_shape: ShapeOpt = None,
     workers: WorkersOpt = None,
     scheduler: SchedulerOpt = None,
+    max_points: Annotated[
+        int | None,
+        typer.Option(
+            "--max-points",
+            min=1,
+            help="refuse a bigger grid (counted before any work)",
+            show_default="1,000,000",  # vlscale.plan.sweep.MAX_POINTS (a test holds them equal)
+        ),
+    ] = None,
 ):
     """Plan every point of a grid and write one row per configuration (CSV or Parquet).
 
     Runs on every local core by default, or on a Dask cluster with --scheduler. The topology
-    flags, when given, set that key in every point (over the grid file)."""
-    from vlscale.plan.sweep import expand_grid, run_sweep
+    flags, when given, set that key in every point (over the grid file). The size and an
+    estimated time are printed first; CSV rows are written as they finish (into a temp file
+    renamed onto --out at the end, so --out is never half-written)."""
+    from vlscale.plan.sweep import MAX_POINTS, check_size, expand_grid, write_sweep
 
     check_output_file(out, "out", (".csv", ".parquet"))
     topology = {
@@ -442,32 +449,15 @@ def sweep_cmd(
         ).items()
         if v is not None
     }
-    points = [point | topology for point in expand_grid(grid_file)]
-    frame = run_sweep(points, progress=not quiet, workers=workers, scheduler=scheduler)
-    ok = int(frame["error"].isna().sum())
-    if ok == 0:  # nothing planned: a typo'd key or an impossible grid, not a result
-        first = frame["error"].dropna().iloc[0] if len(frame) else "the grid has no points"
-        raise ConfigError("grid", f"no configuration could be planned; the first says: {first}")
-    write_table_atomic(frame, out)
-    typer.echo(f"{len(frame)} configurations ({ok} planned, {len(frame) - ok} invalid) -> {out}")
-
-
-def write_table_atomic(frame, path: Path) -> None:
-    """CSV or Parquet via a temp file in the same folder and os.replace: never half-written."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        if path.suffix == ".parquet":
-            try:
-                frame.to_parquet(tmp, index=False)
-            except ImportError:
-                raise ConfigError(
-                    "out", "writing .parquet needs pyarrow (pip install pyarrow); or use .csv"
-                ) from None
-        else:
-            frame.to_csv(tmp, index=False)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    points = expand_grid(grid_file).with_overrides(topology)
+    check_size(len(points), max_points or MAX_POINTS)
+    summary = write_sweep(
+        points,
+        out,
+        progress=not quiet,
+        workers=workers,
+        scheduler=scheduler,
+        notify=lambda line: typer.echo(line, err=True),
+    )
+    n, ok = summary.points, summary.planned
+    typer.echo(f"{n} configurations ({ok} planned, {n - ok} invalid) -> {out}")

@@ -1,6 +1,6 @@
 """``vlscale report`` (the scaling study page) and ``vlscale papers`` (the published record).
 
-Registered on ``vlscale.cli.app`` when ``vlscale.cli`` imports this module; plotly and pandas
+Registered on ``vlscale.cli_app.app`` when ``vlscale.cli`` imports this module; plotly and pandas
 are imported inside the commands only.
 """
 
@@ -12,7 +12,7 @@ from typing import Annotated
 
 import typer
 
-from vlscale.cli import app, emit_json, handles_bad_input, print_table
+from vlscale.cli_app import app, emit_json, handles_bad_input, print_table
 from vlscale.cli_options import SchedulerOpt, WorkersOpt
 from vlscale.errors import ConfigError
 

@@ -29,6 +29,10 @@ def from_validation_error(exc: Exception, prefix: str = "") -> ConfigError:
     if not errors:
         return ConfigError(prefix or "config", str(exc))
     first = errors[0]
+    inner = (first.get("ctx") or {}).get("error")
+    if isinstance(inner, ConfigError):  # a validator that knows its field (e.g. whole-model checks)
+        field = ".".join(p for p in (prefix, inner.field) if p)
+        return ConfigError(field, str(inner).removeprefix(f"{inner.field}: "))
     loc = ".".join(str(p) for p in first.get("loc", ()) if p != "__root__")
     field = ".".join(p for p in (prefix, loc) if p) or "config"
     msg = str(first.get("msg", exc))

@@ -1,15 +1,24 @@
-"""Where the CLI may write: one rule for every output file (reports, traces, sweeps, profiles).
+"""Where the CLI may write, and how every file is written: one rule for every output file.
 
 An output path must name a file (not a folder) with one of the command's suffixes, in a folder
 that exists and is writable: the CLI never creates folders, and it checks all this before any
 work, so a mistake costs nothing and leaves nothing half-written. An existing file is replaced
 (atomically, at the end), with a note on stderr saying so up front.
+
+Every file vlscale and the trainer write goes through :func:`atomic_path` (or its text / bytes
+shorthands): the data goes to a temp file in the same folder, is fsynced, and is renamed onto the
+final path with ``os.replace``, so a reader sees the old file or the new one, never half of one.
+On any failure the temp file is removed and the old file is untouched. The new file gets the
+permissions a plain ``open()`` would give it (0666 minus the umask), not ``mkstemp``'s 0600.
 """
 
 from __future__ import annotations
 
 import os
+import secrets
 import sys
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from vlscale.errors import ConfigError
@@ -31,3 +40,86 @@ def check_output_file(path: str | Path, field: str, suffixes: tuple[str, ...]) -
     if path.exists():  # replaced atomically once the work is done; say so now
         print(f"note: {field}: '{path}' exists and will be replaced", file=sys.stderr)
     return path
+
+
+def _new_temp(path: Path, field: str | None) -> Path:
+    """An empty, new temp file next to ``path``, created with mode 0666 so that the kernel
+    applies the umask exactly as for a plain ``open(path, "w")``."""
+    while True:
+        tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
+        try:
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+        except FileExistsError:  # pragma: no cover - 32 random bits collided
+            continue
+        except OSError as exc:
+            if field is None:
+                raise
+            raise ConfigError(
+                field, f"cannot write in '{path.parent}': {exc.strerror}; pick another folder"
+            ) from None
+        os.close(fd)
+        return tmp
+
+
+def _fsync(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def fsync_dir(path: Path) -> None:
+    """Make a rename in folder ``path`` durable (best effort: not every file system allows it)."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+@contextmanager
+def atomic_path(path: str | Path, field: str | None = None) -> Iterator[Path]:
+    """Yields a temp path next to ``path`` to write (by name: pandas, torch.save, a stream);
+    when the block ends without an exception, the temp file is fsynced and renamed onto
+    ``path``; on any exception it is removed and ``path`` is untouched.
+
+    ``field`` turns a folder where no file can be created into a ConfigError on that field."""
+    path = Path(path)
+    tmp = _new_temp(path, field)
+    try:
+        yield tmp
+        _fsync(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    fsync_dir(path.parent)
+
+
+def atomic_write_with(path: str | Path, write: Callable[[Path], object], field: str | None = None):
+    """``write(tmp)`` writes the file at the temp path it is given; see :func:`atomic_path`."""
+    with atomic_path(path, field) as tmp:
+        write(tmp)
+    return Path(path)
+
+
+def atomic_write_text(
+    path: str | Path, text: str, field: str | None = None, encoding: str = "utf-8"
+) -> Path:
+    """Write ``text`` to ``path`` atomically (see :func:`atomic_path`)."""
+    with atomic_path(path, field) as tmp:
+        tmp.write_text(text, encoding=encoding)
+    return Path(path)
+
+
+def atomic_write_bytes(path: str | Path, data: bytes, field: str | None = None) -> Path:
+    """Write ``data`` to ``path`` atomically (see :func:`atomic_path`)."""
+    with atomic_path(path, field) as tmp:
+        tmp.write_bytes(data)
+    return Path(path)

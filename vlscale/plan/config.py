@@ -10,13 +10,12 @@ ViT-L-14 recipe size: 12.8B samples seen at a global batch of 32,768 on 256 H100
 
 from __future__ import annotations
 
-import tomllib
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from vlscale.config_files import read_mapping
 from vlscale.errors import ConfigError, validate_as
 from vlscale.specs.recipes import LossImpl, Optimizer, Precision, RecipeName, RecipeSpec
 from vlscale.specs.recipes import default_recipe as _default_recipe
@@ -106,18 +105,21 @@ class PlanConfig(BaseModel):
 
     @model_validator(mode="after")
     def _check(self) -> PlanConfig:
+        # ConfigError (a ValueError) names the field; errors.from_validation_error keeps it
         if self.global_batch % self.devices:
-            raise ValueError(
-                f"global_batch={self.global_batch} is not divisible by devices={self.devices}; "
+            raise ConfigError(
+                "global_batch",
+                f"{self.global_batch} is not divisible by devices={self.devices}; "
                 f"use a multiple of {self.devices}, e.g. "
-                f"{max(1, round(self.global_batch / self.devices)) * self.devices}"
+                f"{max(1, round(self.global_batch / self.devices)) * self.devices}",
             )
         if (self.global_batch // self.devices) % self.grad_accum:
-            raise ValueError(
+            raise ConfigError(
+                "grad_accum",
                 f"the local batch {self.global_batch // self.devices} is not divisible by "
-                f"grad_accum={self.grad_accum}; use a grad_accum that divides it"
+                f"grad_accum={self.grad_accum}; use a grad_accum that divides it",
             )
-        self.recipe_spec()  # ring with a softmax recipe etc.
+        self.recipe_spec()  # ring with a softmax recipe (a ConfigError on loss_impl) etc.
         return self
 
     @property
@@ -149,25 +151,19 @@ def make_plan_config(data: dict[str, Any] | PlanConfig | None = None, **override
     return validate_as(PlanConfig, merged, "")
 
 
-def read_config_file(path: str | Path) -> dict[str, Any]:
-    """Parse a YAML (.yaml/.yml) or TOML (.toml) mapping; bad files name the fix."""
-    p = Path(path)
-    if not p.is_file():
-        raise ConfigError("config", f"no such file: {p}; pass an existing YAML or TOML file")
+def parse_count(field: str, text: str | None) -> int | None:
+    """'12.8e9' / '12_800_000_000' / '12800000000' -> int; names the field when it is not."""
+    if text is None:
+        return None
     try:
-        text = p.read_text(encoding="utf-8")
-    except UnicodeDecodeError:
-        raise ConfigError(
-            "config", f"{p} is not a text file; pass a YAML (.yaml) or TOML (.toml) plan file"
-        ) from None
-    try:
-        data = tomllib.loads(text) if p.suffix == ".toml" else yaml.safe_load(text)
-    except (yaml.YAMLError, tomllib.TOMLDecodeError) as exc:
-        # parser messages span several lines (with a caret drawing); the CLI prints one line
-        why = " ".join(line.strip() for line in str(exc).splitlines() if line.strip())
-        raise ConfigError("config", f"{p} is not valid {p.suffix[1:] or 'YAML'}: {why}") from None
-    if data is None:
-        return {}
-    if not isinstance(data, dict):
-        raise ConfigError("config", f"{p} must hold a mapping of plan keys, got {type(data)}")
-    return data
+        value = float(text.replace("_", ""))
+    except ValueError:
+        raise ConfigError(field, f"'{text}' is not a number; write e.g. 12.8e9") from None
+    if not value.is_integer() or value <= 0:
+        raise ConfigError(field, f"'{text}' must be a positive whole number, e.g. 12.8e9")
+    return int(value)
+
+
+def read_config_file(path: str | Path, field: str = "config") -> dict[str, Any]:
+    """Parse a YAML (.yaml/.yml) or TOML (.toml) plan mapping (``vlscale.config_files``)."""
+    return read_mapping(path, field, "a YAML (.yaml) or TOML (.toml) plan file")

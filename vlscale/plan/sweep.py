@@ -9,25 +9,79 @@ Grid file (YAML or TOML)::
       loss_impl: [gather, ring]
 
 Points are planned on all local cores by default, or on a Dask cluster (``scheduler``); see
-``run_sweep``. Points that fail validation (e.g. ``clip`` with ``ring``, a batch that does not
-divide the devices, a model that does not fit) become rows with an ``error`` message instead of
-stopping the sweep; every other row has the ``vlscale plan --json`` keys (nested dicts
+``vlscale.plan.backends``. Points that fail validation (e.g. ``clip`` with ``ring``, a batch that
+does not divide the devices, a model that does not fit) become rows with an ``error`` message
+instead of stopping the sweep; every other row has the ``vlscale plan --json`` keys (nested dicts
 flattened with '.').
+
+Big grids: :class:`Grid` is lazy (its size is the product of the list lengths; points are made
+as they are planned), a grid over ``max_points`` (default :data:`MAX_POINTS`) is refused before
+any work, the first points are timed to say the size and an estimated time up front, and
+:func:`write_sweep` streams rows, in grid order, into a temp file next to the output that is
+renamed onto it at the end (CSV; Parquet is written at the end from the rows).
 """
 
 from __future__ import annotations
 
+import csv
 import itertools
+import math
+import sys
+import time
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import ExitStack
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from vlscale.errors import ConfigError
-from vlscale.plan.config import read_config_file
+from vlscale.plan.config import parse_count, read_config_file
+
+MAX_POINTS = 1_000_000  # about a day on 16 cores at ~20 ms a point; --max-points raises it
+HEAD_POINTS = 3  # planned first, in this process, to time a point before the rest start
 
 
-def expand_grid(path: str | Path) -> list[dict[str, Any]]:
-    """All grid points as flat dicts of PlanConfig keys (base updated by one grid combination)."""
-    data = read_config_file(path)
+@dataclass(frozen=True)
+class Grid(Sequence):
+    """The points of a grid file, made on demand: ``base`` updated by one combination of the
+    ``values`` of ``keys`` (the last key varies fastest), then by ``overrides``."""
+
+    base: dict[str, Any]
+    keys: tuple[str, ...]
+    values: tuple[tuple[Any, ...], ...]
+    overrides: dict[str, Any] = field(default_factory=dict)
+
+    def __len__(self) -> int:
+        return math.prod(len(v) for v in self.values)
+
+    def _point(self, combo: Sequence[Any]) -> dict[str, Any]:
+        return self.base | dict(zip(self.keys, combo, strict=True)) | self.overrides
+
+    def __iter__(self) -> Iterator[dict[str, Any]]:
+        return (self._point(combo) for combo in itertools.product(*self.values))
+
+    def __getitem__(self, index):  # type: ignore[override]
+        if isinstance(index, slice):
+            return [self[i] for i in range(*index.indices(len(self)))]
+        n = len(self)
+        if index < 0:
+            index += n
+        if not 0 <= index < n:
+            raise IndexError(index)
+        combo = []
+        for values in reversed(self.values):  # mixed radix, last key fastest
+            index, digit = divmod(index, len(values))
+            combo.append(values[digit])
+        return self._point(combo[::-1])
+
+    def with_overrides(self, overrides: dict[str, Any]) -> Grid:
+        """The same grid with ``overrides`` set in every point (over the grid's own values)."""
+        return Grid(self.base, self.keys, self.values, self.overrides | overrides)
+
+
+def expand_grid(path: str | Path) -> Grid:
+    """The grid file's points (a lazy :class:`Grid`; nothing is planned or materialised)."""
+    data = read_config_file(path, field="grid")
     if not data:
         raise ConfigError("grid", f"{path} is empty; give 'base' (a plan) and 'grid' (lists)")
     unknown = set(data) - {"base", "grid"}
@@ -42,17 +96,22 @@ def expand_grid(path: str | Path) -> list[dict[str, Any]]:
     for key, values in grid.items():
         if not isinstance(values, list) or not values:
             raise ConfigError(f"grid.{key}", "must be a non-empty list of values")
-    keys = list(grid)
-    return [
-        base | dict(zip(keys, combo, strict=True)) for combo in itertools.product(*grid.values())
-    ]
+    return Grid(dict(base), tuple(grid), tuple(tuple(v) for v in grid.values()))
+
+
+def check_size(n: int, max_points: int = MAX_POINTS) -> None:
+    """Refuse a grid of more than ``max_points`` points before any work (ConfigError)."""
+    if n > max_points:
+        raise ConfigError(
+            "max_points",
+            f"the grid has {n:,} points, more than the limit of {max_points:,}; shrink the grid "
+            f"(or split it into several sweeps), or raise the limit with --max-points {n}",
+        )
 
 
 def _normalise(point: dict[str, Any]) -> dict[str, Any]:
     out = dict(point)
     if isinstance(out.get("samples"), float | str):
-        from vlscale.cli_plan import parse_count
-
         out["samples"] = parse_count("samples", str(out["samples"]))
     return out
 
@@ -77,8 +136,183 @@ def plan_point(point: dict[str, Any]) -> dict[str, Any]:
     return row | {"error": None}
 
 
+def _duration(seconds: float) -> str:
+    if seconds < 10:
+        return f"{seconds:.1f} s"
+    if seconds < 90:
+        return f"{seconds:.0f} s"
+    if seconds < 90 * 60:
+        return f"{seconds / 60:.0f} min"
+    return f"{seconds / 3600:.1f} h"
+
+
+def iter_rows(
+    points: Sequence[dict[str, Any]],
+    *,
+    progress: bool = True,
+    workers: int | None = None,
+    scheduler: str | None = None,
+    notify: Callable[[str], None] | None = None,
+) -> Iterator[list[dict[str, Any]]]:
+    """Rows of ``points`` in grid order, chunk by chunk as they finish.
+
+    The first :data:`HEAD_POINTS` are planned here and timed; ``notify`` gets one line with
+    the size and the estimated time before the rest go to the backend."""
+    from vlscale.plan.backends import iter_map, worker_count
+
+    n = len(points)
+    n_workers = worker_count(workers, scheduler)
+    it = iter(points)
+    rest = n - min(n, HEAD_POINTS)
+    # set up the backend first (a bad option or an unreachable scheduler fails before any work);
+    # it reads the points after the head, lazily, once iterated
+    chunks = (
+        iter_map(plan_point, it, rest, progress=progress, workers=workers, scheduler=scheduler)
+        if rest
+        else iter(())
+    )
+    head_rows, times = [], []
+    for point in itertools.islice(it, HEAD_POINTS):
+        start = time.perf_counter()
+        head_rows.append(plan_point(point))
+        times.append(time.perf_counter() - start)
+    if notify is not None:
+        # the first point pays for imports and caches: time the others when there are some
+        per_point = sum(times[1:]) / (len(times) - 1) if len(times) > 1 else sum(times)
+        where = f"on {n_workers} processes" if n_workers else "of work for the Dask workers"
+        est = (
+            f"; estimated {_duration(per_point * rest / (n_workers or 1))} more {where} "
+            f"({per_point * 1e3:.0f} ms a point, from the first {len(times)})"
+            if rest
+            else ""
+        )
+        notify(f"sweep: {n:,} points{est}")
+    if head_rows:
+        yield head_rows
+    yield from chunks
+
+
+class _Columns:
+    """The column order of a sweep's rows: the point's keys (``in.*``), the plan's keys (from
+    the first planned row), then ``error``. Rows before the first planned one are held."""
+
+    def __init__(self) -> None:
+        self.names: list[str] | None = None
+        self.held: list[dict[str, Any]] = []
+        self.extra_warned = False
+
+    def add(self, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """Rows that can be written now (in order)."""
+        if self.names is None:
+            self.held += rows
+            planned = next((r for r in self.held if r.get("error") is None), None)
+            if planned is None:
+                return []
+            inputs = [k for k in self.held[0] if k.startswith("in.")]
+            inputs += [k for k in planned if k.startswith("in.") and k not in inputs]
+            self.names = inputs + [k for k in planned if not k.startswith("in.") and k != "error"]
+            self.names.append("error")
+            rows, self.held = self.held, []
+        return rows
+
+    def conform(self, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """``rows`` with only the known columns. Every plan has the same keys, so nothing is
+        dropped in practice; if a row ever has more, say so once rather than fail at the end."""
+        names = set(self.names or ())
+        extra = {k for row in rows for k in row if k not in names}
+        if extra and not self.extra_warned:
+            self.extra_warned = True
+            print(f"warning: sweep: columns {sorted(extra)} are not written", file=sys.stderr)
+        return [{k: v for k, v in row.items() if k in names} for row in rows] if extra else rows
+
+    def finish(self) -> list[dict[str, Any]]:
+        """What is still held (only error rows: nothing was planned)."""
+        if self.names is None:
+            first = self.held[0] if self.held else {}
+            self.names = [k for k in first if k.startswith("in.")] + ["error"]
+        rows, self.held = self.held, []
+        return rows
+
+
+@dataclass
+class SweepSummary:
+    points: int
+    planned: int
+    first_error: str | None
+
+
+def write_sweep(
+    points: Sequence[dict[str, Any]],
+    out: str | Path,
+    *,
+    progress: bool = True,
+    workers: int | None = None,
+    scheduler: str | None = None,
+    notify: Callable[[str], None] | None = None,
+    on_chunk: Callable[[Path, int], None] | None = None,
+) -> SweepSummary:
+    """Plan ``points`` and write one row each to ``out`` (.csv streamed, or .parquet).
+
+    Rows go to a temp file next to ``out`` as their chunk finishes (``on_chunk(temp, rows so
+    far)`` after each) and the file is renamed onto ``out`` at the end; when no point could be
+    planned, nothing is written (ConfigError on ``grid``) and ``out`` is untouched."""
+    from vlscale.paths import atomic_path
+
+    out = Path(out)
+    parquet = out.suffix.lower() == ".parquet"
+    if parquet:
+        try:
+            import pyarrow  # noqa: F401
+        except ImportError:
+            raise ConfigError(
+                "out", "writing .parquet needs pyarrow (pip install pyarrow); or use .csv"
+            ) from None
+    columns = _Columns()
+    count = planned = 0
+    first_error: str | None = None
+    kept: list[dict[str, Any]] = []  # Parquet only: written at the end
+    with atomic_path(out, field="out") as tmp, ExitStack() as files:
+        fh = None if parquet else files.enter_context(open(tmp, "w", newline="", encoding="utf-8"))
+        writer: csv.DictWriter | None = None
+
+        def emit(rows: list[dict[str, Any]]) -> None:
+            nonlocal writer
+            if fh is None:
+                kept.extend(rows)
+                return
+            if writer is None and rows:
+                writer = csv.DictWriter(fh, columns.names, lineterminator="\n")
+                writer.writeheader()
+            if writer is not None:
+                writer.writerows(columns.conform(rows))
+                fh.flush()
+
+        chunks = iter_rows(
+            points, progress=progress, workers=workers, scheduler=scheduler, notify=notify
+        )
+        for rows in chunks:
+            count += len(rows)
+            for row in rows:
+                if row.get("error") is None:
+                    planned += 1
+                elif first_error is None:
+                    first_error = row["error"]
+            emit(columns.add(rows))
+            if on_chunk is not None:
+                on_chunk(tmp, count)
+        if planned == 0:  # a typo'd key or an impossible grid, not a result: write nothing
+            first = first_error or "the grid has no points"
+            raise ConfigError("grid", f"no configuration could be planned; the first says: {first}")
+        emit(columns.finish())
+        if fh is None:
+            import pandas as pd
+
+            pd.DataFrame(kept, columns=columns.names).to_parquet(tmp, index=False)
+    return SweepSummary(count, planned, first_error)
+
+
 def run_sweep(
-    points: list[dict[str, Any]],
+    points: Sequence[dict[str, Any]],
     progress: bool = True,
     *,
     workers: int | None = None,
@@ -90,11 +324,14 @@ def run_sweep(
     otherwise a process pool of ``workers`` (default: every local core), or in this process when
     ``workers == 1`` or there are too few points to pay for a pool. The rows are the same
     whatever the backend: each point is planned by ``plan_point`` alone, and results are put
-    back in grid order. The progress bar goes to stderr (stdout stays for the summary).
+    back in grid order. The progress bar goes to stderr (stdout stays for the summary). The
+    columns are in the order :func:`write_sweep` writes them.
     """
     import pandas as pd
 
-    from vlscale.plan.backends import map_points
-
-    rows = map_points(plan_point, points, progress=progress, workers=workers, scheduler=scheduler)
-    return pd.DataFrame(rows)
+    columns = _Columns()
+    rows: list[dict[str, Any]] = []
+    for chunk in iter_rows(points, progress=progress, workers=workers, scheduler=scheduler):
+        rows += columns.add(chunk)
+    rows += columns.finish()
+    return pd.DataFrame(rows, columns=columns.names)

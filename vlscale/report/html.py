@@ -11,11 +11,11 @@ from __future__ import annotations
 
 import html
 import os
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
 from vlscale.errors import ConfigError
+from vlscale.paths import atomic_write_text
 
 SUFFIXES = (".html", ".htm")
 STYLE = """
@@ -92,27 +92,6 @@ def render_report(
 
 
 def write_report_atomic(text: str, path: str | Path) -> Path:
-    """Write ``text`` to ``path`` via a temp file in the same folder and ``os.replace``."""
+    """Write ``text`` to ``path`` atomically (``vlscale.paths.atomic_write_text``)."""
     path = check_report_path(path)
-    try:
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    except OSError as exc:
-        raise ConfigError("report", f"cannot write in '{path.parent}': {exc.strerror}") from None
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(text)
-            fh.flush()
-            os.fsync(fh.fileno())
-        # mkstemp makes the file private (0600); a report is meant to be shared like any file
-        os.chmod(tmp, 0o666 & ~_current_umask())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
-
-
-def _current_umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
+    return atomic_write_text(path, text, field="report")

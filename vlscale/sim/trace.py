@@ -11,10 +11,10 @@ never leaves a half-written trace.
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING
+
+from vlscale.paths import atomic_path
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -62,14 +62,6 @@ def write_chrome_trace(
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     doc = {"traceEvents": chrome_trace_events(events, rank_labels), "displayTimeUnit": "ms"}
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as fh:
-            json.dump(doc, fh)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_path(path) as tmp, open(tmp, "w", encoding="utf-8") as fh:
+        json.dump(doc, fh)  # streamed: a long trace is never one string in memory
     return path

@@ -17,7 +17,6 @@ import difflib
 import math
 import os
 import re
-import tempfile
 from functools import cache
 from pathlib import Path
 from typing import Any, Literal
@@ -577,18 +576,9 @@ def dump_hardware_file(path: str | os.PathLike, devices=(), clusters=()) -> None
             for c in clusters
         ]
     path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        with os.fdopen(fd, "w") as f:
-            yaml.safe_dump(doc, f, sort_keys=False)
-        # mkstemp makes the file private (0600); a hardware file is meant to be shared
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    from vlscale.paths import atomic_write_text
+
+    atomic_write_text(path, yaml.safe_dump(doc, sort_keys=False))
 
 
 def _read_mapping(path: Path, field: str) -> dict:

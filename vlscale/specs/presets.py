@@ -16,8 +16,7 @@ import difflib
 from functools import cache
 from pathlib import Path
 
-import yaml
-
+from vlscale.config_files import read_mapping
 from vlscale.errors import ConfigError, validate_as
 from vlscale.specs.models import ModelSpec
 from vlscale.specs.openclip_config import is_openclip_config, spec_from_openclip_config
@@ -352,17 +351,11 @@ def resolve_model(name_or_path: str | ModelSpec) -> ModelSpec:
 def load_model_file(path: str) -> ModelSpec:
     """A ``ModelSpec`` from a vlscale model file or an OpenCLIP model config (``resolve_model``)."""
     file = Path(path)
-    if not file.is_file():
+    if not file.exists():
         raise ConfigError(
             "model", f"no such model file '{path}'; give a preset name (`vlscale models`) or a file"
         )
-    try:
-        data = yaml.safe_load(file.read_text())  # YAML is a superset of JSON
-    except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
-        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        raise ConfigError("model", f"cannot read '{path}' ({reason}); fix the file") from None
-    if not isinstance(data, dict):
-        raise ConfigError("model", f"'{path}' must hold a mapping (a model spec or config)")
+    data = read_mapping(file, "model", "a model file (YAML / JSON; `vlscale models show NAME`)")
     if is_openclip_config(data):
         return spec_from_openclip_config(data, name=file.stem)
     data = {"name": file.stem} | data

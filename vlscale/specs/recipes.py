@@ -14,6 +14,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from vlscale.errors import ConfigError
+
 RecipeName = Literal["clip", "siglip", "eva-clip"]
 LossImpl = Literal["gather", "ring"]
 Optimizer = Literal["adamw", "lamb", "adafactor"]
@@ -39,9 +41,10 @@ class RecipeSpec(BaseModel):
     @model_validator(mode="after")
     def _ring_is_sigmoid_only(self) -> RecipeSpec:
         if self.loss_impl == "ring" and self.name != "siglip":
-            raise ValueError(
-                f"loss_impl='ring' is the chunked sigmoid loss; recipe '{self.name}' uses softmax. "
-                "Use --loss-impl gather, or --recipe siglip"
+            raise ConfigError(
+                "loss_impl",
+                f"'ring' is the chunked sigmoid loss; recipe '{self.name}' uses softmax. "
+                "Use --loss-impl gather, or --recipe siglip",
             )
         return self
 

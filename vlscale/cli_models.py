@@ -1,0 +1,283 @@
+"""``vlscale models`` / ``params`` / ``flops`` / ``memory``: a model on its own, no cluster."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import typer
+
+from vlscale.cli_app import (
+    MODEL_HELP,
+    app,
+    check_mask_ratio,
+    check_positive,
+    emit_json,
+    handles_bad_input,
+    human,
+    human_bytes,
+    print_table,
+)
+from vlscale.errors import ConfigError
+
+models_app = typer.Typer(
+    help="Model presets: list them, or print one as a starting model file.",
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+app.add_typer(models_app, name="models")
+
+
+@models_app.callback(invoke_without_command=True)
+@handles_bad_input
+def models_cmd(
+    ctx: typer.Context,
+    as_json: bool = typer.Option(False, "--json", help="machine-readable output"),
+):
+    """List the model presets with their parameter counts."""
+    if ctx.invoked_subcommand is not None:
+        return
+    from vlscale.costs.params import count_params
+    from vlscale.specs.presets import get_model, list_models
+
+    rows = []
+    for name in list_models():
+        spec = get_model(name)
+        count = count_params(spec)
+        rows.append(
+            {
+                "name": name,
+                "image_params": count.image,
+                "text_params": count.text,
+                "total_params": count.total,
+                "embed_dim": spec.embed_dim,
+                "image_size": spec.vision.image_size,
+                "patch_size": spec.vision.patch_size,
+                "context_length": spec.text.context_length,
+                "source": spec.source,
+            }
+        )
+    if as_json:
+        emit_json(rows)
+        return
+    print_table(
+        "model presets",
+        ["model", "image", "text", "total", "embed", "image size", "patch"],
+        [
+            [
+                r["name"],
+                human(r["image_params"]),
+                human(r["text_params"]),
+                human(r["total_params"]),
+                r["embed_dim"],
+                r["image_size"],
+                r["patch_size"],
+            ]
+            for r in rows
+        ],
+    )
+
+
+@models_app.command("show")
+@handles_bad_input
+def models_show_cmd(
+    model: str = typer.Argument(..., help="preset name or model file"),
+    as_yaml: bool = typer.Option(True, "--yaml", help="YAML model spec (the default)"),
+    as_json: bool = typer.Option(False, "--json", help="JSON model spec instead of YAML"),
+):
+    """Print a model's full spec: a starting file for `--model FILE` (vlscale's own schema)."""
+    from vlscale.specs.presets import resolve_model
+
+    data = resolve_model(model).model_dump(mode="json")
+    if as_json:
+        emit_json(data)
+        return
+    import yaml
+
+    typer.echo(yaml.safe_dump(data, sort_keys=False), nl=False)
+
+
+@app.command("params")
+@handles_bad_input
+def params_cmd(
+    model: str = typer.Argument(..., help=MODEL_HELP),
+    as_json: bool = typer.Option(False, "--json", help="machine-readable output"),
+):
+    """Parameter counts of a model's image and text towers."""
+    from vlscale.costs.params import count_params
+    from vlscale.specs.presets import resolve_model
+
+    spec = resolve_model(model)
+    count = count_params(spec)
+    result = {"model": spec.name, "image": count.image, "text": count.text, "total": count.total}
+    if as_json:
+        emit_json(result)
+        return
+    print_table(
+        f"{spec.name} parameters",
+        ["tower", "parameters", "exact"],
+        [[k, human(result[k]), f"{result[k]:,}"] for k in ("image", "text", "total")],
+    )
+
+
+@app.command("flops")
+@handles_bad_input
+def flops_cmd(
+    model: str = typer.Argument(..., help=MODEL_HELP),
+    mask_ratio: float = typer.Option(0.0, "--mask-ratio", help="FLIP patch-drop ratio in [0, 1)"),
+    image_size: int | None = typer.Option(None, "--image-size", help="override image size"),
+    as_json: bool = typer.Option(False, "--json", help="machine-readable output"),
+):
+    """Forward FLOPs per sample (2 per multiply-add), per tower, and training FLOPs."""
+    from vlscale.costs.flops import flip_flop_ratio, forward_flops, train_flops_per_sample
+    from vlscale.specs.presets import resolve_model
+
+    check_mask_ratio(mask_ratio)
+    check_positive("image_size", image_size)
+    spec = resolve_model(model)
+    if image_size is not None:
+        spec = spec.with_image_size(image_size)
+    f = forward_flops(spec, mask_ratio=mask_ratio)
+    flip = flip_flop_ratio(spec.vision, spec.embed_dim, mask_ratio)
+    result = {
+        "model": spec.name,
+        "mask_ratio": mask_ratio,
+        "image": f.image,
+        "text": f.text,
+        "total": f.total,
+        "image_size": spec.vision.image_size,
+        "context_length": spec.text.context_length,
+        "train_total": train_flops_per_sample(spec, mask_ratio),
+        "train_total_recompute": train_flops_per_sample(spec, mask_ratio, recompute=True),
+        "flip_ratio": {"linear": flip.linear, "attention": flip.attention, "total": flip.total},
+    }
+    if as_json:
+        emit_json(result)
+        return
+    rows = [[k, f"{result[k] / 1e9:.2f}"] for k in ("image", "text", "total")]
+    rows.append(["train (fwd+bwd)", f"{result['train_total'] / 1e9:.2f}"])
+    rows.append(["train + recompute", f"{result['train_total_recompute'] / 1e9:.2f}"])
+    if mask_ratio > 0:
+        rows.append(["image vs unmasked", f"{flip.total:.3f}x"])
+    print_table(
+        f"{spec.name} FLOPs per sample (image {spec.vision.image_size}px, mask ratio {mask_ratio})",
+        ["", "GFLOPs"],
+        rows,
+    )
+
+
+@app.command("memory")
+@handles_bad_input
+def memory_cmd(
+    model: str = typer.Argument(..., help=MODEL_HELP),
+    local_batch: int = typer.Option(32, "--local-batch", help="samples per device per step"),
+    shard_degree: int = typer.Option(1, "--shard-degree", help="FSDP shard degree (1 = DDP)"),
+    world_size: int | None = typer.Option(
+        None, "--world-size", help="devices", show_default="the shard degree"
+    ),
+    precision: str = typer.Option("bf16", "--precision", help="fp32 | bf16 | fp16"),
+    optimizer: str = typer.Option("adamw", "--optimizer", help="adamw | lamb | adafactor"),
+    checkpointing: bool = typer.Option(False, "--checkpointing/--no-checkpointing"),
+    mask_ratio: float = typer.Option(0.0, "--mask-ratio", help="FLIP patch-drop ratio in [0, 1)"),
+    recipe: str = typer.Option("clip", "--recipe", help="clip | siglip | eva-clip"),
+    loss_impl: str = typer.Option("gather", "--loss-impl", help="gather | ring"),
+    device: str | None = typer.Option(
+        None,
+        "--device",
+        help="catalog device to fit in, e.g. H100 (80 GB = 74.5 GiB, as `plan` counts it); "
+        "adds fits / largest local batch",
+    ),
+    device_memory_gib: float | None = typer.Option(
+        None,
+        "--device-memory-gib",
+        help="device memory in GiB (2^30 bytes; an '80 GB' card has 74.5 GiB); "
+        "adds fits / largest local batch",
+        show_default="the --device's memory",
+    ),
+    as_json: bool = typer.Option(False, "--json", help="machine-readable output"),
+):
+    """Per-device memory broken down: params, grads, optimizer, master, FSDP buffers, ...
+
+    Sizes are printed in GiB (2^30 bytes), like `plan`; catalog capacities are the vendors'
+    decimal GB, converted the same way in both commands."""
+    from vlscale.costs.memory import estimate_memory, max_local_batch
+    from vlscale.specs.presets import resolve_model
+    from vlscale.specs.recipes import RecipeSpec
+
+    check_mask_ratio(mask_ratio)
+    for field, value in (
+        ("local_batch", local_batch),
+        ("shard_degree", shard_degree),
+        ("world_size", world_size),
+        ("device_memory_gib", device_memory_gib),
+    ):
+        check_positive(field, value)
+    world = world_size if world_size is not None else shard_degree
+    if world % shard_degree:
+        raise ConfigError(
+            "shard_degree", f"{shard_degree} does not divide world_size {world}; pick a divisor"
+        )
+    rec = RecipeSpec(name=recipe, loss_impl=loss_impl, optimizer=optimizer, mask_ratio=mask_ratio)
+    _check_choice("precision", precision, ("fp32", "bf16", "fp16"))
+    spec = resolve_model(model)
+    kwargs = dict(
+        shard_degree=shard_degree,
+        world_size=world,
+        precision=precision,
+        optimizer=rec.optimizer,
+        checkpointing=checkpointing,
+        mask_ratio=mask_ratio,
+        loss=rec.loss,
+        loss_impl=rec.loss_impl,
+    )
+    mem = estimate_memory(spec, local_batch=local_batch, **kwargs)
+    result: dict[str, Any] = {
+        "model": spec.name,
+        "local_batch": local_batch,
+        "shard_degree": shard_degree,
+        "world_size": world,
+        "precision": precision,
+        "optimizer": rec.optimizer,
+        "checkpointing": checkpointing,
+        "mask_ratio": mask_ratio,
+        "loss_impl": rec.loss_impl,
+        "breakdown": mem.as_dict(),
+        "total": mem.total,
+    }
+    capacity = _device_capacity(device, device_memory_gib)
+    if capacity is not None:
+        result["device_memory_bytes"] = capacity
+        result["fits"] = mem.total <= capacity
+        result["max_local_batch"] = max_local_batch(spec, capacity, **kwargs)
+    if as_json:
+        emit_json(result)
+        return
+    rows = [[k, human_bytes(v)] for k, v in mem.as_dict().items()]
+    rows.append(["total", human_bytes(mem.total)])
+    if capacity is not None:
+        source = f"--device {device}" if device_memory_gib is None else "--device-memory-gib"
+        rows.append([f"device memory ({source})", human_bytes(capacity)])
+        rows.append(["fits", str(result["fits"])])
+        rows.append(["largest local batch", str(result["max_local_batch"])])
+    print_table(
+        f"{spec.name} memory per device (b={local_batch}, shard {shard_degree}/{world}, "
+        f"{precision}, {rec.optimizer}, ckpt={checkpointing})",
+        ["component", "bytes"],
+        rows,
+    )
+
+
+def _check_choice(field: str, value: str, choices: tuple[str, ...]) -> None:
+    if value not in choices:
+        raise ConfigError(field, f"'{value}' is not one of {', '.join(choices)}")
+
+
+def _device_capacity(device: str | None, device_memory_gib: float | None) -> int | None:
+    """Bytes to fit in: --device-memory-gib (GiB) wins, else the catalog device's memory
+    (decimal bytes as published; ``plan`` uses the same number); None when neither is given."""
+    if device_memory_gib is not None:
+        return int(device_memory_gib * 2**30)
+    if device is None:
+        return None
+    from vlscale.specs.hardware import get_device
+
+    return int(get_device(device).memory.hbm_bytes)
