@@ -46,7 +46,7 @@ IMPLS = ("clip", "siglip-gather", "siglip-ring")
 SCALAR_BYTES = 16 * FP32
 
 
-def _saved_bytes_by_world(ctx) -> dict[int, dict]:
+def _measure_by_world(ctx) -> dict[int, dict]:
     """One 4-process spawn measures W = 4 (the world) and W = 2 (the "dp" rows of a 2 × 2 mesh)."""
     mesh = init_device_mesh("cpu", (2, 2), mesh_dim_names=("replica", "dp"))
     create_ring_groups(mesh, "dp")  # subgroups need their ring twins made by every rank
@@ -99,7 +99,7 @@ def _backward_peak(loss: torch.Tensor) -> int:
 def measured() -> dict[int, dict]:
     """{W: {(b, e, impl): {"saved"[, "backward"]}}} for W = 1 (this process), 2, 4 (rank 0)."""
     os.environ.setdefault("KINETO_LOG_LEVEL", "5")  # children inherit: no profiler chatter
-    per_rank = run_distributed(_saved_bytes_by_world, 4)
+    per_rank = run_distributed(_measure_by_world, 4)
     for w in (2, 4):
         ranks = [r[w] for r in per_rank]
         assert all(r == ranks[0] for r in ranks), f"ranks disagree at W={w}: {ranks}"
