@@ -30,7 +30,7 @@ torch = pytest.importorskip("torch")
 from models.two_tower import TwoTower  # noqa: E402
 from trainer.parallelize import apply_activation_checkpointing  # noqa: E402
 from vlscale.costs.activations import text_activations, vision_activations  # noqa: E402
-from vlscale.costs.memory import loss_buffer_bytes, parameter_shapes  # noqa: E402
+from vlscale.costs.memory import loss_buffer_parts, parameter_shapes  # noqa: E402
 from vlscale.specs import get_model, list_models  # noqa: E402
 from vlscale.specs.presets import eva_vit  # noqa: E402
 
@@ -199,8 +199,9 @@ def test_parameter_shapes_match_the_torch_model(name):
 @pytest.mark.parametrize("loss", ["softmax", "sigmoid"])
 def test_gather_loss_buffers_match_saved_tensors(loss):
     """Single process (W = 1, the gathers are identities): what the trainer's loss saves, plus
-    the two normalisations, vs ``loss_buffer_bytes`` less its backward-only part (the b×B logit
-    gradient per direction: 2 for softmax, 1 for sigmoid)."""
+    the two normalisations, vs the saved part of ``loss_buffer_parts`` (its backward part, the
+    b×B logit gradients, is allocated only in backward). W = 2 and 4, and the ring:
+    tests/trainer/test_loss_memory.py."""
     from trainer.losses import clip_loss, siglip_loss
     from trainer.losses.saved_memory import SavedTensorBytes
 
@@ -212,6 +213,5 @@ def test_gather_loss_buffers_match_saved_tensors(loss):
         x = torch.nn.functional.normalize(image, dim=-1)
         y = torch.nn.functional.normalize(text, dim=-1)
         clip_loss(x, y, scale) if loss == "softmax" else siglip_loss(x, y, scale, bias)
-    grads = 4 * b * b * (2 if loss == "softmax" else 1)
-    _check(f"{loss}-gather loss saved", loss_buffer_bytes(loss, "gather", b, 1, e) - grads,
-           saved.bytes)  # fmt: skip
+    estimate = loss_buffer_parts(loss, "gather", b, 1, e).saved
+    _check(f"{loss}-gather loss saved", estimate, saved.bytes)

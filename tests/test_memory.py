@@ -15,6 +15,7 @@ from vlscale.costs.memory import (
     estimate_memory,
     fsdp_unit_params,
     loss_buffer_bytes,
+    loss_buffer_parts,
     max_local_batch,
     optimizer_state_bytes,
     optimizer_state_elements,
@@ -123,15 +124,28 @@ def test_flip_masking_shortens_the_image_sequence():
 
 
 def test_loss_buffers_by_hand():
-    # b = 2, W = 8 -> B = 16, e = 32; every variant holds 2·b·e = 128 normalised fp32 values
+    # b = 2, W = 8 -> B = 16, e = 32; every variant holds the two F.normalize inputs and their
+    # norms and clamped norms 2·(b·e + 2·b) = 136 fp32 values
     # softmax: x, y, t·x, t·y 4·b·e = 256; gathered images + texts 2·B·e = 1024;
     # log-softmax outputs 2·b·B = 64; int64 labels 2·b = 4; logit gradients 2·b·B = 64
-    assert loss_buffer_bytes("softmax", "gather", 2, 8, 32) == 4 * (128 + 256 + 1024 + 64 + 4 + 64)
+    assert loss_buffer_bytes("softmax", "gather", 2, 8, 32) == 4 * (136 + 256 + 1024 + 64 + 4 + 64)
     # sigmoid gather: x, t·x 2·b·e = 128; gathered texts B·e = 512; logits b·B = 32;
     # negated positives b = 2; logit gradient b·B = 32
-    assert loss_buffer_bytes("sigmoid", "gather", 2, 8, 32) == 4 * (128 + 128 + 512 + 32 + 2 + 32)
-    # ring: 3·b² 12 + 6·b·e 384
-    assert loss_buffer_bytes("sigmoid", "ring", 2, 8, 32) == 4 * (128 + 12 + 384)
+    assert loss_buffer_bytes("sigmoid", "gather", 2, 8, 32) == 4 * (136 + 128 + 512 + 32 + 2 + 32)
+    # ring, saved x and y 2·b·e = 128; backward at W >= 3 holds n = 6 (b, e) blocks at its
+    # busiest hop, peak max(2b² + 6be, b² + 7be, 8be) = max(392, 452, 512): b < e, the hop wins
+    assert loss_buffer_parts("sigmoid", "ring", 2, 8, 32) == (4 * (136 + 128), 4 * 512)
+    # b = 64 > e = 32 (b·e = 2048, b² = 4096): the two b×b blocks win
+    normalised_and_saved = 2 * (2048 + 128) + 2 * 2048
+    for world, backward in (
+        (1, 2 * 4096 + 2 * 2048),  # t·x, dx; no hops: max(2b² + 2be, b² + 3be)
+        (2, 2 * 4096 + 5 * 2048),  # + the received block and the two accumulators
+        (4, 2 * 4096 + 6 * 2048),  # + the next block in flight
+        (64, 2 * 4096 + 6 * 2048),  # flat from W = 3 on
+    ):
+        parts = loss_buffer_parts("sigmoid", "ring", 64, world, 32)
+        assert parts == (4 * normalised_and_saved, 4 * backward), world
+        assert loss_buffer_bytes("sigmoid", "ring", 64, world, 32) == sum(parts)
 
 
 def test_breakdown_total_and_dict():

@@ -14,6 +14,9 @@ node must receive through its links, over those links' nominal bandwidth.
   per chip (bandwidth regime, α = n½ = 0): the book's T = V / (W_bidi · n_axes).
 - An all-reduce is never faster than a reduce-scatter plus an all-gather of the same data on the
   same algorithm.
+- No collective beats the bytes a rank must receive (textbook lower bounds) over all its links
+  together; doubling a message at most doubles the time; a bigger ring on the same link is never
+  faster; and one small case is computed by hand.
 """
 
 from __future__ import annotations
@@ -83,19 +86,112 @@ def close(a, b):
     return math.isclose(a, b, rel_tol=1e-9, abs_tol=1e-15)
 
 
+def _receive_ceiling(g: Group) -> float:
+    """Bytes/s one rank can receive through all its links at once, generously: NVLink, the
+    node's NICs together (a ring's node-crossing edge gets all of them), NVLink SHARP; on a TPU
+    an ICI link from each neighbour on every axis (two, one on an axis of 2), plus the host's
+    DCN share."""
+    total = 0.0
+    if g.kind == "gpu":
+        if g.inner_size > 1:
+            total += g.inner.bandwidth + (g.nvls.bandwidth if g.nvls is not None else 0.0)
+    else:
+        total += sum(2 if k > 2 else 1 for k in g.torus_dims if k > 1) * g.inner.bandwidth
+    if g.outer_size > 1:
+        total += g.inner_size * g.outer.bandwidth
+    return total
+
+
+IN_NETWORK = {"nvls", "nvls_tree", "collnet"}  # the switch / fabric reduces
+
+
+def _must_receive(op: str, n: float, p: int, algorithm: str) -> float:
+    """Bytes each rank must receive, whatever the schedule (textbook lower bounds):
+    all-gather and reduce-scatter of a shard n (S = p·n): (p−1)/p·S = (p−1)·n, the other ranks'
+    blocks, or their contributions to its own block; all-reduce of S without in-network
+    reduction: 2(p−1)/p·S (Patarasuk & Yuan 2009, "Bandwidth optimal all-reduce algorithms for
+    clusters of workstations"); with it, the reduced buffer S itself. A neighbour exchange of
+    p−1 hops hands each rank the p−1 other blocks: an all-gather's (p−1)·n."""
+    if op == "all_reduce":
+        return n if algorithm in IN_NETWORK else 2 * (p - 1) / p * n
+    return (p - 1) * n
+
+
 @SETTINGS
-@given(groups, sizes)
-def test_all_reduce_moves_a_reduce_scatter_plus_an_all_gather(g, n):
-    shard = n / g.size
-    ar = all_reduce(n, g)
-    assert close(
-        ar.bytes_moved_per_rank,
-        reduce_scatter(shard, g).bytes_moved_per_rank + all_gather(shard, g).bytes_moved_per_rank,
-    )
-    ring = all_reduce(n, g, "ring")
-    assert close(
-        ring.time_s, reduce_scatter(shard, g, "ring").time_s + all_gather(shard, g, "ring").time_s
-    )
+@given(
+    groups,
+    sizes,
+    st.sampled_from(["all_gather", "reduce_scatter", "all_reduce", "neighbor_exchange"]),
+)
+def test_no_collective_beats_what_a_rank_must_receive(g, n, op):
+    """time >= bytes a rank must receive / everything its links can bring in at once (α >= 0,
+    n½ >= 0 and η <= 1 only add), for every algorithm the model has for ``op``."""
+    assume(g.size > 1)
+    ceiling = _receive_ceiling(g)
+    for alg in algorithms(op, g):
+        if op == "neighbor_exchange":
+            r = neighbor_exchange(n, g, bidirectional=alg == "bidirectional_ring")
+        else:
+            r = OPS[op](n, g, alg)
+        assert r.time_s * LEEWAY >= _must_receive(op, n, g.size, alg) / ceiling, alg
+
+
+@SETTINGS
+@given(groups, sizes, st.sampled_from(["all_gather", "reduce_scatter", "all_reduce"]))
+def test_doubling_the_message_at_most_doubles_the_time(g, n, op):
+    """Each step's cost α + (D + n½)/(Bη) is affine in D with a non-negative intercept, so
+    T(2S) <= 2·T(S) for every algorithm, and hence for the fastest one; and T(2S) >= T(S)."""
+    one, two = OPS[op](n, g).time_s, OPS[op](2 * n, g).time_s
+    assert one * (1 - 1e-12) <= two <= 2 * one * LEEWAY
+
+
+@SETTINGS
+@given(
+    st.integers(2, 16),
+    tiers("nvlink"),
+    sizes,
+    st.sampled_from(["all_gather", "reduce_scatter", "all_reduce", "neighbor_exchange"]),
+)
+def test_a_bigger_ring_on_the_same_link_is_never_faster(p, link, n, op):
+    """Ring on one NVLink tier: all-gather / reduce-scatter / neighbour exchange take p−1 steps
+    of the same block, all-reduce 2(p−1) steps of S/p, i.e. 2(p−1)/p·S in total and 2(p−1)
+    latencies -- all non-decreasing in p."""
+
+    def ring(size):
+        g = Group("gpu", size, 1, link, None)
+        if op == "neighbor_exchange":  # its third argument is the hop count
+            return neighbor_exchange(n, g).time_s
+        return OPS[op](n, g, "ring").time_s
+
+    assert ring(p + 1) * LEEWAY >= ring(p)
+
+
+def test_ring_times_by_hand():
+    """4 GPUs on one NVLink tier: B = 100 GB/s, α = 10 µs, η = 0.5, n½ = 1 MB; no NVLS, so ring
+    is the only algorithm. T(S steps, D bytes per link) = S·α + (D + S·n½)/(B·η)."""
+    link = Tier("nvlink", bandwidth=100e9, alpha_s=1e-5, efficiency=0.5, n_half_bytes=1e6)
+    g = Group("gpu", 4, 1, link, None)
+    bw = 100e9 * 0.5
+    # all-gather / reduce-scatter of an 8 MB shard: 3 steps of 8 MB
+    for op in (all_gather, reduce_scatter):
+        r = op(8e6, g)
+        assert r.algorithm == "ring" and close(r.time_s, 3e-5 + (24e6 + 3e6) / bw)
+        assert r.bytes_moved_per_rank == 24e6
+    # all-reduce of 8 MB: 6 steps (reduce-scatter then all-gather) of 2 MB
+    r = all_reduce(8e6, g)
+    assert close(r.time_s, 6e-5 + (12e6 + 6e6) / bw)  # 4.2e-4 s
+    assert r.bytes_moved_per_rank == 12e6  # 2·(4−1)/4 · 8 MB
+    # the sigmoid ring: 3 hops of an 8 MB block; both directions at once: 2 steps, but the
+    # three blocks still come in through the GPU's one NVLink ingress (24 MB)
+    r = neighbor_exchange(8e6, g)
+    assert close(r.time_s, 3e-5 + (24e6 + 3e6) / bw) and r.bytes_moved_per_rank == 24e6
+    r = neighbor_exchange(8e6, g, bidirectional=True)
+    assert close(r.time_s, 2e-5 + (24e6 + 2e6) / bw) and r.bytes_moved_per_rank == 24e6
+    # on a TPU ring of 4 chips each neighbour has its own ICI link: 2 steps of 8 MB per link
+    ici = replace(link, name="ici")
+    tpu = Group("tpu", 4, 1, ici, None, (4,), (True,))
+    r = neighbor_exchange(8e6, tpu, bidirectional=True)
+    assert close(r.time_s, 2e-5 + (16e6 + 2e6) / bw)
 
 
 @SETTINGS
@@ -129,12 +225,12 @@ def test_single_rank_costs_nothing(tier, n, op):
 
 @SETTINGS
 @given(groups, sizes)
-def test_ring_exchange_moves_the_bytes_of_one_all_gather(g, n):
-    ring = neighbor_exchange(n, g)
-    assert close(ring.bytes_moved_per_rank, all_gather(n, g).bytes_moved_per_rank)
-    assert close(
-        neighbor_exchange(n, g, bidirectional=True).bytes_moved_per_rank, ring.bytes_moved_per_rank
-    )
+def test_both_directions_never_slow_the_ring_exchange(g, n):
+    """Sending to both neighbours covers the p−1 hops in ⌈(p−1)/2⌉ steps: never slower, and the
+    same blocks reach every rank."""
+    one_way, two_way = neighbor_exchange(n, g), neighbor_exchange(n, g, bidirectional=True)
+    assert two_way.time_s <= one_way.time_s * LEEWAY
+    assert two_way.bytes_moved_per_rank == one_way.bytes_moved_per_rank
 
 
 @SETTINGS

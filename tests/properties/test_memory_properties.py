@@ -96,7 +96,10 @@ def test_flip_at_half_saves_memory():
 def test_ring_loss_memory_is_flat_in_world_size_and_gathers_grow(batch, embed, log_w):
     w1, w2 = 2**log_w, 2 ** (log_w + 1)
     ring = [loss_buffer_bytes("sigmoid", "ring", batch, w, embed) for w in (w1, w2)]
-    assert ring[0] == ring[1]
+    # W = 1 has no hops and W = 2 no block in flight behind the received one; from W = 3 on
+    # the ring's backward holds the same buffers whatever W is
+    assert ring[0] <= ring[1]
+    assert ring[0] == ring[1] or w1 < 3
     for loss in ("softmax", "sigmoid"):
         grows = [loss_buffer_bytes(loss, "gather", batch, w, embed) for w in (w1, w2)]
         assert grows[1] > grows[0]

@@ -168,11 +168,22 @@ def test_ring_moves_one_all_gather_and_clip_twice_that(cfg, world):
 @FEW
 @given(cfg=configs(world=None))
 def test_memory_falls_as_the_shard_degree_rises(cfg):
+    """FSDP over all W > 1 devices holds 1/W of the replicated (DDP) model states (ZeRO-3: each
+    rank keeps only its shard, bytes rounded up), so the total falls strictly."""
     assume(cfg.devices > 1)
+    w = cfg.devices
     fsdp = plan(cfg.model_copy(update={"sharding": "fsdp"}))
     ddp = plan(cfg.model_copy(update={"sharding": "ddp"}))
-    assert fsdp.memory_per_device_bytes <= ddp.memory_per_device_bytes
-    assert fsdp.memory_per_device_bytes < ddp.memory_per_device_bytes or cfg.devices == 1
+    sharded, replicated = fsdp.memory_breakdown, ddp.memory_breakdown
+    # Adafactor factors each SHARD's second moment (rows + columns of the local piece), which
+    # is not 1/W of the full tensor's factors; only "no more" holds for it
+    exact = ["params", "grads", "master_weights"]
+    if cfg.optimizer != "adafactor":
+        exact.append("optimizer_state")
+    for key in exact:
+        assert 0 <= sharded[key] * w - replicated[key] < w, key  # ceil(replicated / W)
+    assert sharded["optimizer_state"] <= replicated["optimizer_state"]
+    assert fsdp.memory_per_device_bytes < ddp.memory_per_device_bytes
 
 
 @FEW

@@ -23,19 +23,35 @@ Predictions:
 - FLIP (Li et al. 2023, "Scaling Language-Image Pre-training via Masking", Table 1a): ViT-L/16
   on 256 TPU-v3 cores (128 chips), mask 0 / 50 / 75 % at batch 16k / 32k / 64k, same epochs.
   Relative FLOPs 1.00 / 0.52 / 0.28 from ``vlscale.costs.flops`` (training FLOPs per sample,
-  text tower included) within ±0.04 absolute; relative wall time 1.00 / 0.50 / 0.33 from the
-  planner within ±0.06 absolute. FLIP pads / cuts captions to 32 tokens (its implementation
-  details), so both checks use the ViT-L-16 preset with a 32-token text tower
-  (``flip_config`` sets ``context_length=32``; the printed numbers also show 77 tokens).
+  text tower included) within ±0.005 absolute: the paper prints two decimals, so its true
+  ratio lies within half a unit of the last digit, and the model has no other slack (it equals
+  FlopCounterMode). Predicted 0.517 and 0.281. Negative controls must miss that tolerance: the
+  same computation without the text tower (0.496 / 0.249: both rows miss), and with attention
+  made linear in tokens (0.5245 / 0.287: the r = 0.5 row is within rounding, as the S² term is
+  only ~3 % of a ViT-L/16 block at 197 tokens; the r = 0.75 row misses, so the table rejects
+  it); 77-token captions give 0.545 / 0.322 and miss both rows. Relative wall time 1.00 /
+  0.50 / 0.33 from the planner: the planner predicts 0.518 / 0.293, a miss by more than the
+  printed rounding (±0.005) on both rows (by 0.018 and 0.037); that check is an expected
+  failure (strict) at the rounding tolerance rather than a tolerance widened until it passes;
+  only the ordering is asserted to hold. FLIP pads / cuts captions to 32 tokens (its
+  implementation details), so both checks use the ViT-L-16 preset with a 32-token text tower
+  (``flip_config`` sets ``context_length=32``).
 - Cross-device: the A100 constant applied to the V100 CLIP run (and the other way round) —
   reported, with a factor-1.6 bound (the two γ differ by 30 %). Run with ``-s`` to see them.
 """
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 
-from vlscale.costs.flops import train_flops_per_sample
+from vlscale.costs.flops import (
+    LayerFlops,
+    text_layer_flops,
+    train_flops_per_sample,
+    vision_layer_flops,
+)
 from vlscale.plan import plan
 from vlscale.plan.published import (
     FLIP_SOURCE,
@@ -51,8 +67,9 @@ from vlscale.specs.presets import get_model
 
 CALIBRATION_TOLERANCE = 0.03  # relative
 PREDICTION_TOLERANCE = 0.15  # relative, on wall time
-FLIP_FLOPS_TOLERANCE = 0.04  # absolute, on the relative-FLOPs column
-FLIP_WALL_TOLERANCE = 0.06  # absolute, on the relative-wall-time column
+# absolute, on the relative columns of FLIP Table 1a: half a unit of the printed 2nd decimal
+FLIP_FLOPS_TOLERANCE = 0.005
+FLIP_WALL_TOLERANCE = 0.005
 
 
 @pytest.mark.parametrize("name", sorted(PUBLISHED_RUNS))
@@ -112,12 +129,77 @@ def test_flip_relative_flops(row):
     preset = get_model("ViT-L-16")
     rel77 = train_flops_per_sample(preset, row.mask_ratio) / train_flops_per_sample(preset)
     print(
-        f"\nFLIP mask {row.mask_ratio}: relative FLOPs {rel:.3f} (77-token text: {rel77:.3f}), "
+        f"\nFLIP mask {row.mask_ratio}: relative FLOPs {rel:.4f} (77-token text: {rel77:.4f}), "
         f"published {row.relative_flops} ({FLIP_SOURCE})"
     )
     assert rel == pytest.approx(row.relative_flops, abs=FLIP_FLOPS_TOLERANCE)
 
 
+def _train_from_layers(vision: list[LayerFlops], text: list[LayerFlops]) -> float:
+    """Training FLOPs per sample from per-layer forward FLOPs, as ``train_flops_per_sample``
+    defines them: forward F plus backward 2F, except the patch stem's F (pixels need no
+    gradient). Anchored below: on the unmodified layers it equals ``train_flops_per_sample``."""
+    return sum(x.total + (x.total if x.kind == "stem" else 2 * x.total) for x in vision + text)
+
+
+def _linear_attention(spec, mask_ratio: float) -> list[LayerFlops]:
+    """The image tower's layers at ``mask_ratio`` with the attention core scaled like the
+    token-linear terms, S_r / S_0, instead of (S_r / S_0)²: a model that forgot the S² terms."""
+    full = vision_layer_flops(spec.vision, spec.embed_dim, 0.0)
+    masked = vision_layer_flops(spec.vision, spec.embed_dim, mask_ratio)
+    tokens = spec.vision.seq_len(mask_ratio) / spec.vision.seq_len(0.0)
+    return [
+        replace(m, attn_core=f.attn_core * tokens) if m.kind == "block" else m
+        for m, f in zip(masked, full, strict=True)
+    ]
+
+
+def test_flip_flops_tolerance_rejects_wrong_models():
+    """Negative controls: two wrong FLOP models, each computed by the same layer sum as the
+    real one, must miss FLIP Table 1a at FLIP_FLOPS_TOLERANCE. Dropping the text tower misses
+    every masked row; linear attention misses at r = 0.75 (at r = 0.5 it is within the
+    paper's rounding: the S² term is too small there to show in two decimals). Captions of 77
+    tokens instead of FLIP's 32 (a larger unmasked text share) miss every masked row too."""
+    spec = _flip_spec()
+    text = text_layer_flops(spec.text, spec.embed_dim)
+    full = vision_layer_flops(spec.vision, spec.embed_dim, 0.0)
+    assert _train_from_layers(full, text) == train_flops_per_sample(spec, 0.0)  # the anchor
+    preset = get_model("ViT-L-16")  # 77-token captions instead of FLIP's 32
+    misses = {"no text tower": [], "linear attention": [], "77-token text": []}
+    for row in FLIP_TABLE_1A[1:]:
+        r = row.mask_ratio
+        masked = vision_layer_flops(spec.vision, spec.embed_dim, r)
+        assert _train_from_layers(masked, text) == train_flops_per_sample(spec, r)
+        controls = {
+            "no text tower": _train_from_layers(masked, []) / _train_from_layers(full, []),
+            "linear attention": (
+                _train_from_layers(_linear_attention(spec, r), text)
+                / _train_from_layers(full, text)
+            ),
+            "77-token text": train_flops_per_sample(preset, r) / train_flops_per_sample(preset),
+        }
+        for name, rel in controls.items():
+            miss = abs(rel - row.relative_flops)
+            print(f"\nFLIP mask {r} {name}: {rel:.4f} vs {row.relative_flops} (off {miss:.4f})")
+            if miss > FLIP_FLOPS_TOLERANCE:
+                misses[name].append(r)
+    assert misses["no text tower"] == [0.5, 0.75]
+    assert misses["linear attention"] == [0.75]
+    assert misses["77-token text"] == [0.5, 0.75]
+
+
+def test_flip_wall_time_falls_with_the_mask():
+    """What the planner and the paper agree on: a higher mask ratio (with the batch FLIP used)
+    trains the same epochs in less time."""
+    walls = [plan(flip_config(row)).wall_time_h for row in FLIP_TABLE_1A]
+    assert walls[0] > walls[1] > walls[2]
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="known miss: the planner predicts relative wall 0.518 / 0.293 for mask 0.5 / 0.75, "
+    "FLIP Table 1a prints 0.50 / 0.33 (more than the printed rounding, ±0.005)",
+)
 def test_flip_relative_wall_time():
     base = plan(flip_config(FLIP_TABLE_1A[0]))
     for row in FLIP_TABLE_1A:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import math
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -128,17 +129,50 @@ def test_siglip_ring_and_gather_agree_at_start(runs):
     assert a == pytest.approx(b, rel=1e-4)
 
 
+def _counted_train_flops_per_sample(model_name: str, batch: int) -> float:
+    """Forward + backward FLOPs of one training step of ``model_name`` with the CLIP loss at
+    W = 1, counted by torch's FlopCounterMode on the meta device (no compute), per sample: a
+    source independent of ``vlscale.costs.flops``, which the trainer's record uses."""
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from models import build_model
+    from trainer.losses import clip_loss
+    from vlscale.specs import get_model
+
+    spec = get_model(model_name)
+    model = build_model(spec, device="meta")
+    size = spec.vision.image_size
+    images = torch.empty(batch, 3, size, size, device="meta")
+    tokens = torch.zeros(batch, spec.text.context_length, dtype=torch.long, device="meta")
+    counter = FlopCounterMode(display=False)
+    with counter:
+        image, text = model(images, tokens)
+        clip_loss(image, text, model.logit_scale).backward()
+    return counter.get_total_flops() / batch
+
+
 def test_plain_python_entry_with_profile(tmp_path):
     out = tmp_path / "solo"
+    batch, peak = 8, 1e12
     cmd = [sys.executable, "-m", "trainer.train", "--model", "tiny-clip", "--steps", "3",
-           "--global-batch", "8", "--out", str(out), "--profile-steps", "2:3", "--phase-timing",
-           "--eval-every", "3", "--peak-flops", "1e12"]  # fmt: skip
+           "--global-batch", str(batch), "--out", str(out), "--profile-steps", "2:3",
+           "--phase-timing", "--eval-every", "3", "--peak-flops", str(peak)]  # fmt: skip
+    started = time.perf_counter()
     proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=120)
+    wall = time.perf_counter() - started
     assert proc.returncode == 0, proc.stderr[-3000:]
     run = read_run(out / "run.jsonl")
     assert run.header.world_size == 1 and run.header.peak_flops_source == "option"
+    assert run.header.recipe.name == "clip" and run.header.model.name == "tiny-clip"
     assert len(run.steps) == 3 and len(run.evals) == 1
-    s = run.steps[-1]
-    assert s.mfu == pytest.approx(s.flops_per_sample * 8 / (s.step_time_s * 1e12))
+    # the recorded FLOPs per sample are what the counter counts on the real model and loss
+    # (float sums of integer counts: 1e-12 relative)
+    counted = _counted_train_flops_per_sample("tiny-clip", batch)
+    for s in run.steps:
+        assert s.flops_per_sample == pytest.approx(counted, rel=1e-12)
+        assert 0 < s.step_time_s < wall  # a step is timed inside the process the test timed
+        # MFU = counted FLOPs of the step / (step time · the peak given on the command line)
+        assert s.mfu == pytest.approx(counted * batch / (s.step_time_s * peak), rel=1e-12)
     assert (out / "trace_rank0.json").stat().st_size > 1000
     assert "step 3/3" in proc.stdout

@@ -195,7 +195,10 @@ def neighbor_exchange(
     This is the sigmoid-loss ring: W−1 hops of n bytes move (W−1)·n bytes per rank, the same as
     one all-gather of n, but as serial steps that can hide behind block compute. Each hop waits
     for the slowest link of the ring (the NIC once the ring leaves a node). ``bidirectional``
-    sends to both neighbours, covering the hops in ⌈hops/2⌉ steps.
+    sends to both neighbours, covering the hops in ⌈hops/2⌉ steps; each rank still receives
+    hops·n bytes, through one ingress (a GPU's NVLink, its NIC share, a host's DCN share), so
+    only the per-step costs (α, n½) are saved -- except on TPU ICI, where each neighbour comes
+    over its own link and each link carries ⌈hops/2⌉·n.
     """
     n = _check_bytes(bytes_per_hop, "bytes_per_hop")
     hops = group.size - 1 if hops is None else hops
@@ -203,7 +206,10 @@ def neighbor_exchange(
         raise ConfigError("hops", f"must be >= 0, got {hops}")
     steps = math.ceil(hops / 2) if bidirectional else hops
     name = "bidirectional_ring" if bidirectional else "ring"
-    cands = {name: lambda: _seq((_bottleneck(group, n), steps, steps * n))}
+    tier = _bottleneck(group, n)
+    own_links = group.kind == "tpu" and tier is group.inner  # one ICI link per neighbour
+    per_link = steps * n if own_links else hops * n
+    cands = {name: lambda: _seq((tier, steps, per_link))}
     return _pick("neighbor_exchange", n, group, name, cands, hops * n, empty=hops == 0)
 
 
