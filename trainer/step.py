@@ -216,23 +216,11 @@ def current_lr(optimizer: torch.optim.Optimizer, base_lr: float) -> float:
 def train_loop(ctx: LoopContext) -> list[StepRecord]:
     """Steps ``start_step + 1 .. cfg.steps``; writes a record per step; returns them."""
     cfg = ctx.cfg
-    timer = PhaseTimer(ctx.device, cfg.phase_timing)
-    memory = PeakMemory(ctx.device)
-    profiler = StepProfiler(
-        cfg.profile_range() if cfg.profile_steps else None, Path(cfg.out), ctx.rank, ctx.device
-    )
-    spec = cfg.model_spec()
+    meters = StepMeters(ctx)
     records = []
     t_start = time.perf_counter()
     for step in range(ctx.start_step + 1, cfg.steps + 1):
-        profiler.before_step(step)
-        memory.reset()
-        m = train_step(ctx, step, timer)
-        trace = profiler.after_step(step)
-        if trace is not None:
-            ctx.log(f"profile of steps {cfg.profile_steps} written to {trace}")
-        record = make_record(ctx, step, m, memory.peak_bytes(), spec)
-        ctx.writer.write(record)
+        record = run_step(ctx, step, meters)
         records.append(record)
         if step % cfg.log_every == 0 or step == cfg.steps:
             ctx.log(format_log(record, cfg.steps))
@@ -255,6 +243,31 @@ def train_loop(ctx: LoopContext) -> list[StepRecord]:
     else:
         ctx.log(f"nothing to train: the checkpoint is at the last step ({cfg.steps})")
     return records
+
+
+class StepMeters:
+    """The per-run measuring tools of ``run_step``: phase timer, peak memory, profiler."""
+
+    def __init__(self, ctx: LoopContext):
+        cfg = ctx.cfg
+        self.timer = PhaseTimer(ctx.device, cfg.phase_timing)
+        self.memory = PeakMemory(ctx.device)
+        profile = cfg.profile_range() if cfg.profile_steps else None
+        self.profiler = StepProfiler(profile, Path(cfg.out), ctx.rank, ctx.device)
+        self.spec = cfg.model_spec()
+
+
+def run_step(ctx: LoopContext, step: int, meters: StepMeters) -> StepRecord:
+    """One step of ``train_loop`` with its record (written): profile, train, measure."""
+    meters.profiler.before_step(step)
+    meters.memory.reset()
+    m = train_step(ctx, step, meters.timer)
+    trace = meters.profiler.after_step(step)
+    if trace is not None:
+        ctx.log(f"profile of steps {ctx.cfg.profile_steps} written to {trace}")
+    record = make_record(ctx, step, m, meters.memory.peak_bytes(), meters.spec)
+    ctx.writer.write(record)
+    return record
 
 
 def format_summary(records: list[StepRecord], wall_s: float, path: Path) -> str:

@@ -170,6 +170,20 @@ def run(cfg: TrainConfig, device_type: str) -> None:
 
 def train(cfg: TrainConfig, device, mesh, backend: str) -> list:
     """Train on an existing process group / ``mesh``; returns the step records (every rank)."""
+    from trainer.step import train_loop
+
+    ctx, loader = build_context(cfg, device, mesh, backend)
+    try:
+        return train_loop(ctx)
+    finally:
+        loader.close()  # decode workers stop here, not in a finaliser at interpreter exit
+
+
+def build_context(cfg: TrainConfig, device, mesh, backend: str):
+    """Everything before the first step: model, optimizer, data, resume, run header.
+
+    Returns ``(LoopContext, loader)``; the caller closes the loader. Split from ``train`` so
+    that ``benchmarks/train_overhead.py`` times exactly the steps the CLI runs."""
     import torch
     import torch.distributed as dist
 
@@ -180,7 +194,7 @@ def train(cfg: TrainConfig, device, mesh, backend: str) -> list:
     from trainer.parallelize import ParallelPlan, parallelize
     from trainer.profiling import PeakMemory, device_name, resolve_peak_flops
     from trainer.records import RecordWriter
-    from trainer.step import LoopContext, train_loop
+    from trainer.step import LoopContext
     from vlscale.records import ResumeRecord
 
     rank, world = dist.get_rank(), dist.get_world_size()
@@ -274,10 +288,7 @@ def train(cfg: TrainConfig, device, mesh, backend: str) -> list:
         f" [{backend}, {cfg.sharding}, {cfg.precision}], global batch {cfg.global_batch}"
         f", peak {peak / 1e9 if peak else float('nan'):.1f} GFLOP/s/device ({peak_source})"
     )
-    try:
-        return train_loop(ctx)
-    finally:
-        loader.close()  # decode workers stop here, not in a finaliser at interpreter exit
+    return ctx, loader
 
 
 @dataclass(frozen=True)

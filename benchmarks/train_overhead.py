@@ -1,0 +1,258 @@
+"""What the trainer costs on top of a bare training loop, at world size 1 (issue 11).
+
+    nice -n -20 .venv/bin/python benchmarks/train_overhead.py --model ViT-B-32 --batch 16 \\
+        --steps 6 [--threads 2] [--grad-clip 1.0] [--sharding fsdp] [--profile]
+
+One process, one thread count, one batch, interleaved (trainer, bare, bare, trainer, ...):
+
+* trainer: the CLI's own code: ``trainer.train.init_distributed`` + ``build_context`` (a world
+  of one, ``parallelize``, the optimizer, schedule and records the CLI builds) and
+  ``trainer.step.run_step`` (``train_step`` + the step record), with ``--phase-timing``;
+* bare: the same ``models/`` towers with the trainer's initial weights, the same loss
+  (``clip_loss``/``siglip_loss``), ``torch.optim.AdamW`` over the same parameter groups, the same
+  clipping and logit-scale clamp, one host read of the loss; nothing else.
+
+Both see the same synthetic batch (the first batch of the trainer's ``shapes`` loader), so data
+loading is out of both (the trainer's ``data_time_s`` stays in its records). Reported: median
+wall time per step of each (the trainer's including its bookkeeping after the clock), the
+trainer's recorded ``step_time_s``, the ratio trainer / bare (goal <= 1.05), the per-phase
+medians of both, the largest loss difference (the two compute the same losses), the load
+(``os.getloadavg``), and with ``--profile`` the top ops of one step of each (torch.profiler).
+Results go to ``reports/train_overhead_<model>_b<batch>.{json,md}``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import os
+import platform
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+PHASES = ("forward", "loss", "backward", "optimizer")
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--model", default="small-clip")
+    p.add_argument("--recipe", default="clip")
+    p.add_argument("--batch", type=int, default=16)
+    p.add_argument("--steps", type=int, default=8, help="timed steps of each (after warm-up)")
+    p.add_argument("--warmup", type=int, default=2, help="untimed steps of each first")
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--grad-clip", type=float, default=1.0, help="0: off")
+    p.add_argument("--sharding", default="fsdp", choices=("fsdp", "ddp"))
+    p.add_argument("--profile", action="store_true", help="torch.profiler top ops, one step each")
+    p.add_argument("--out-dir", default=str(REPO / "reports"))
+    return p.parse_args(argv)
+
+
+def build_trainer(args, out: str):
+    """The CLI's objects for a world of one; returns (ctx, batch, meters)."""
+    import torch
+
+    from trainer.config import load_config
+    from trainer.step import StepMeters
+    from trainer.train import build_context, init_distributed
+
+    total = args.warmup + args.steps + (1 if args.profile else 0)
+    argv = ["--model", args.model, "--recipe", args.recipe, "--global-batch", str(args.batch),
+            "--steps", str(total), "--out", out, "--phase-timing", "--log-every", str(10**6),
+            "--grad-clip", str(args.grad_clip), "--sharding", args.sharding, "--device", "cpu",
+            "--peak-flops", "1e12"]  # fmt: skip
+    cfg = load_config(argv, world_size=1)
+    device, mesh, backend = init_distributed("cpu")
+    torch.set_num_threads(args.threads)
+    ctx, loader = build_context(cfg, device, mesh, backend)
+    batch = next(loader)
+    loader.close()
+    ctx.batches = itertools.repeat(batch)  # the same batch as the bare loop, no data loading
+    ctx.log = lambda s: None
+    return ctx, batch, StepMeters(ctx)
+
+
+class BareLoop:
+    """The same towers, loss and optimizer as the trainer, with none of its machinery."""
+
+    def __init__(self, ctx, batch):
+        import torch
+
+        from models import build_model
+        from trainer.optim import build_optimizer, build_param_groups, build_scheduler
+        from trainer.parallelize import full_value
+
+        cfg, recipe = ctx.cfg, ctx.recipe
+        self.recipe, self.clip = recipe, cfg.grad_clip
+        self.model = build_model(
+            cfg.model_spec(),
+            device="cpu",
+            init_logit_scale=recipe.init_logit_scale,
+            init_logit_bias=recipe.init_logit_bias,
+        )
+        with torch.no_grad():  # the trainer's initial weights (parameter order is the same)
+            for q, p in zip(self.model.parameters(), ctx.model.parameters(), strict=True):
+                q.copy_(full_value(p))
+        groups = build_param_groups(self.model, cfg.lr, cfg.weight_decay)
+        self.optimizer = build_optimizer(recipe.optimizer, groups, betas=recipe.betas)
+        self.scheduler = build_scheduler(self.optimizer, cfg.warmup_steps, cfg.steps)
+        self.images, self.tokens = batch
+
+    def step(self) -> tuple[float, dict[str, float]]:
+        import torch
+
+        from trainer.step import compute_loss
+
+        m, times = self.model, {}
+        t = time.perf_counter()
+        img, txt = m(self.images, self.tokens)
+        times["forward"], t = time.perf_counter() - t, time.perf_counter()
+        loss = compute_loss(self.recipe, img, txt, m.logit_scale, m.logit_bias, None)
+        times["loss"], t = time.perf_counter() - t, time.perf_counter()
+        loss.backward()
+        times["backward"], t = time.perf_counter() - t, time.perf_counter()
+        if self.clip:
+            torch.nn.utils.clip_grad_norm_(m.parameters(), self.clip)
+        self.optimizer.step()
+        self.scheduler.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        if self.recipe.loss == "softmax":
+            with torch.no_grad():
+                m.logit_scale.clamp_(max=self.recipe.max_logit_scale)
+        value = loss.item()
+        times["optimizer"] = time.perf_counter() - t
+        return value, times
+
+
+def profile_top(fn, rows: int = 15) -> str:
+    import torch
+
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+        fn()
+    return prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=rows)
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    os.environ.setdefault("OMP_NUM_THREADS", str(args.threads))
+    import torch
+
+    from trainer.step import run_step
+
+    load_before = os.getloadavg()
+    with tempfile.TemporaryDirectory() as out:
+        ctx, batch, meters = build_trainer(args, out)
+        bare = BareLoop(ctx, batch)
+        rows = {"trainer": [], "bare": []}
+        step = 0
+
+        def trainer_step():
+            nonlocal step
+            step += 1
+            t = time.perf_counter()
+            r = run_step(ctx, step, meters)
+            wall = time.perf_counter() - t
+            phases = {p: getattr(r, f"{p}_s") for p in PHASES}
+            row = {"wall_s": wall, "step_time_s": r.step_time_s, "loss_value": r.loss}
+            rows["trainer"].append(row | phases)
+
+        def bare_step():
+            t = time.perf_counter()
+            loss, phases = bare.step()
+            rows["bare"].append({"wall_s": time.perf_counter() - t, "loss_value": loss} | phases)
+
+        for i in range(args.warmup + args.steps):
+            order = (trainer_step, bare_step) if i % 2 == 0 else (bare_step, trainer_step)
+            for fn in order:
+                fn()
+        profiles = {}
+        if args.profile:
+            profiles["trainer"] = profile_top(trainer_step)
+            profiles["bare"] = profile_top(bare_step)
+        torch.distributed.destroy_process_group()
+    load_after = os.getloadavg()
+    result = summarise(args, rows, load_before, load_after, profiles)
+    write(args, result)
+    return 0
+
+
+def summarise(args, rows, load_before, load_after, profiles) -> dict:
+    import torch
+
+    def med(name, key):
+        timed = rows[name][args.warmup : args.warmup + args.steps]
+        return statistics.median(r[key] for r in timed)
+
+    n = min(len(rows["trainer"]), len(rows["bare"]))
+    loss_diff = max(
+        abs(rows["trainer"][i]["loss_value"] - rows["bare"][i]["loss_value"]) for i in range(n)
+    )
+    t, b = med("trainer", "wall_s"), med("bare", "wall_s")
+    return {
+        "model": args.model,
+        "recipe": args.recipe,
+        "batch": args.batch,
+        "threads": args.threads,
+        "grad_clip": args.grad_clip,
+        "sharding": args.sharding,
+        "steps": args.steps,
+        "warmup": args.warmup,
+        "torch": torch.__version__,
+        "cpu": platform.processor() or platform.machine(),
+        "load_before": load_before,
+        "load_after": load_after,
+        "trainer_wall_s": t,
+        "trainer_step_time_s": med("trainer", "step_time_s"),
+        "bare_wall_s": b,
+        "ratio": t / b,
+        "phases": {p: {"trainer": med("trainer", p), "bare": med("bare", p)} for p in PHASES},
+        "max_loss_diff": loss_diff,
+        "rows": rows,
+        "profiles": profiles,
+    }
+
+
+def write(args, r: dict) -> None:
+    out = Path(args.out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    stem = out / f"train_overhead_{args.model}_b{args.batch}"
+    stem.with_suffix(".json").write_text(json.dumps(r, indent=1) + "\n")
+    lines = [
+        f"# Trainer overhead: {r['model']} / {r['recipe']}, batch {r['batch']}, fp32, "
+        f"{r['threads']} threads, {r['sharding']}, clip {r['grad_clip'] or 'off'}",
+        "",
+        f"torch {r['torch']}; {r['steps']} timed steps of each after {r['warmup']} warm-up, "
+        f"interleaved; load {r['load_before'][0]:.2f} before, {r['load_after'][0]:.2f} after.",
+        "",
+        "| median | trainer | bare | trainer − bare |",
+        "|---|---:|---:|---:|",
+        f"| wall per step (s) | {r['trainer_wall_s']:.3f} | {r['bare_wall_s']:.3f} | "
+        f"{r['trainer_wall_s'] - r['bare_wall_s']:+.3f} |",
+    ]
+    for p, v in r["phases"].items():
+        lines.append(
+            f"| {p} (s) | {v['trainer']:.3f} | {v['bare']:.3f} | {v['trainer'] - v['bare']:+.3f} |"
+        )
+    lines += [
+        "",
+        f"Trainer recorded step_time_s (median): {r['trainer_step_time_s']:.3f} s. "
+        f"Ratio trainer / bare: **{r['ratio']:.3f}** (goal <= 1.05). "
+        f"Largest loss difference over the steps: {r['max_loss_diff']:.2e}.",
+    ]
+    for name, table in r["profiles"].items():
+        title = f"## torch.profiler, one {name} step (top ops by self CPU time)"
+        lines += ["", title, "", "```", table, "```"]
+    stem.with_suffix(".md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines[: 12 + len(r["phases"])]))
+    print(f"wrote {stem}.json and {stem}.md")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
