@@ -231,10 +231,15 @@ def build_context(cfg: TrainConfig, device, mesh, backend: str):
     run_id = broadcast_str(resumed.run_id if resumed and resumed.run_id else new_run_id())
     identity = make_identity(run_id, cfg, world)
 
-    peak, peak_source = resolve_peak_flops(
-        device, device_name(device), cfg.precision, cfg.peak_flops
+    ranks_per_host = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
+    peak, peak_source, peak_note = resolve_peak_flops(
+        device, device_name(device), cfg.precision, cfg.peak_flops, cfg.peak_from, ranks_per_host
     )
     peak = mean_over_ranks(peak, device)
+    if peak is None:
+        peak_source = "none"
+    if peak_note:
+        log(peak_note)
     evaluate = build_eval(cfg, spec, model, device) if cfg.eval_every else None
     memory = PeakMemory(device)
     writer = RecordWriter(cfg.out, active=rank == 0)
@@ -398,15 +403,16 @@ def build_eval(cfg: TrainConfig, spec, model, device):
 
 
 def mean_over_ranks(value: float | None, device) -> float | None:
-    """Per-device peak as the mean of what the ranks measured (they measured concurrently)."""
+    """Per-device peak as the mean of what the ranks measured (they measured concurrently);
+    None on every rank when any rank has none (its measurement was rejected). Collective."""
     import torch
     import torch.distributed as dist
 
-    if value is None or dist.get_world_size() == 1:
+    if dist.get_world_size() == 1:
         return value
-    t = torch.tensor([value], dtype=torch.float64, device=device)
+    t = torch.tensor([value or 0.0, value is None], dtype=torch.float64, device=device)
     dist.all_reduce(t)
-    return t.item() / dist.get_world_size()
+    return None if t[1].item() else t[0].item() / dist.get_world_size()
 
 
 def init_from_files(cfg: TrainConfig, model) -> None:
