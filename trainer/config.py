@@ -65,6 +65,7 @@ class TrainConfig(BaseModel):
     reshard_after_forward: bool = True
     checkpointing: bool = False
     compile: bool = False
+    compile_backend: Literal["inductor", "aot_eager", "eager"] = "inductor"
     seed: int = 0
     eval_every: int = Field(default=0, ge=0, description="0: no evaluation")
     ckpt_every: int = Field(default=0, ge=0, description="0: no checkpoints")
@@ -262,6 +263,8 @@ _HELP = {
     "reshard_after_forward": "FSDP: free gathered parameters after forward (ZeRO-3 vs ZeRO-2)",
     "checkpointing": "activation checkpointing of every transformer block",
     "compile": "torch.compile each transformer block",
+    "compile_backend": "torch.compile backend of --compile: inductor (generated kernels), or "
+    "aot_eager / eager (graph capture only, eager kernels: quick, for testing the wiring)",
     "seed": "random seed (model init, data, FLIP masks)",
     "eval_every": "evaluate every N steps (0: off)",
     "ckpt_every": "write a checkpoint every N steps (0: off)",

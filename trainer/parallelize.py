@@ -57,6 +57,7 @@ class ParallelPlan:
     reshard_after_forward: bool = True
     checkpointing: bool = False
     compile: bool = False
+    compile_backend: str = "inductor"  # torch.compile backend; "eager"/"aot_eager" for tests
 
 
 def towers(model: nn.Module) -> list[nn.Module]:
@@ -85,10 +86,15 @@ def apply_activation_checkpointing(model: nn.Module) -> None:
             tower.blocks[i] = checkpoint_wrapper(block, checkpoint_impl=CheckpointImpl.NO_REENTRANT)
 
 
-def apply_compile(model: nn.Module) -> None:
-    """Step 3: compile each block in place (``nn.Module.compile`` keeps parameter names)."""
+def apply_compile(model: nn.Module, backend: str = "inductor") -> None:
+    """Step 3: compile each block in place (``nn.Module.compile`` keeps parameter names).
+
+    ``backend`` is torch.compile's: ``inductor`` generates kernels (the point of ``--compile``;
+    on CPU it builds C++ for ~25 s); ``aot_eager`` / ``eager`` run the captured graphs with eager
+    kernels, so the wiring (what is compiled, graph capture through FSDP's hooks, autograd)
+    is exercised in seconds (``tests/trainer/test_compile.py``)."""
     for block in blocks(model):
-        block.compile()
+        block.compile(backend=backend)
 
 
 def apply_fsdp(model: nn.Module, mesh: DeviceMesh, plan: ParallelPlan) -> None:
@@ -159,7 +165,7 @@ def parallelize(
     if plan.checkpointing:
         apply_activation_checkpointing(model)
     if plan.compile:
-        apply_compile(model)
+        apply_compile(model, plan.compile_backend)
     attach_logit_params(model)
     if plan.sharding not in ("fsdp", "ddp"):
         raise ValueError(f"unknown sharding {plan.sharding!r}")

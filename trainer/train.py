@@ -212,6 +212,7 @@ def build_context(cfg: TrainConfig, device, mesh, backend: str):
         reshard_after_forward=cfg.reshard_after_forward,
         checkpointing=cfg.checkpointing,
         compile=cfg.compile,
+        compile_backend=cfg.compile_backend,
     )
     parallelize(model, mesh, plan, device, init_weights)
     init_from_files(cfg, model)
