@@ -27,7 +27,6 @@ import argparse
 import itertools
 import json
 import os
-import platform
 import statistics
 import sys
 import tempfile
@@ -51,17 +50,26 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--grad-clip", type=float, default=1.0, help="0: off")
     p.add_argument("--sharding", default="fsdp", choices=("fsdp", "ddp"))
     p.add_argument("--profile", action="store_true", help="torch.profiler top ops, one step each")
+    p.add_argument(
+        "--compare-wrapped",
+        action="store_true",
+        help="also the trainer with FSDP / replicate forced at W=1 (how it ran before)",
+    )
     p.add_argument("--out-dir", default=str(REPO / "reports"))
     return p.parse_args(argv)
 
 
-def build_trainer(args, out: str):
-    """The CLI's objects for a world of one; returns (ctx, batch, meters)."""
-    import torch
+def build_trainer(args, out: str, wrapped: bool = False):
+    """The CLI's objects for a world of one (the process group must exist); returns a step
+    function (appending to its rows) and the batch it trains on.
 
+    ``wrapped``: FSDP / replicate even for one fp32 rank, as the trainer did before it learnt
+    to skip the wrapping there (``trainer.parallelize.needs_wrapping``): the "before" of the
+    issue, measured next to the "after"."""
+    import trainer.parallelize as par
     from trainer.config import load_config
-    from trainer.step import StepMeters
-    from trainer.train import build_context, init_distributed
+    from trainer.step import StepMeters, run_step
+    from trainer.train import build_context
 
     total = args.warmup + args.steps + (1 if args.profile else 0)
     argv = ["--model", args.model, "--recipe", args.recipe, "--global-batch", str(args.batch),
@@ -69,14 +77,28 @@ def build_trainer(args, out: str):
             "--grad-clip", str(args.grad_clip), "--sharding", args.sharding, "--device", "cpu",
             "--peak-flops", "1e12"]  # fmt: skip
     cfg = load_config(argv, world_size=1)
-    device, mesh, backend = init_distributed("cpu")
-    torch.set_num_threads(args.threads)
-    ctx, loader = build_context(cfg, device, mesh, backend)
+    default = par.needs_wrapping
+    if wrapped:
+        par.needs_wrapping = lambda mesh, plan: True
+    try:
+        ctx, loader = build_context(cfg, *args.group)
+    finally:
+        par.needs_wrapping = default
     batch = next(loader)
     loader.close()
     ctx.batches = itertools.repeat(batch)  # the same batch as the bare loop, no data loading
     ctx.log = lambda s: None
-    return ctx, batch, StepMeters(ctx)
+    meters, rows, step = StepMeters(ctx), [], [0]
+
+    def train_step():
+        step[0] += 1
+        t = time.perf_counter()
+        r = run_step(ctx, step[0], meters)
+        wall = time.perf_counter() - t
+        phases = {p: getattr(r, f"{p}_s") for p in PHASES}
+        rows.append({"wall_s": wall, "step_time_s": r.step_time_s, "loss_value": r.loss} | phases)
+
+    return ctx, batch, train_step, rows
 
 
 class BareLoop:
@@ -144,38 +166,35 @@ def main(argv=None) -> int:
     os.environ.setdefault("OMP_NUM_THREADS", str(args.threads))
     import torch
 
-    from trainer.step import run_step
+    from trainer.train import init_distributed
 
     load_before = os.getloadavg()
+    device, mesh, backend = init_distributed("cpu")
+    torch.set_num_threads(args.threads)
+    args.group = (device, mesh, backend)
     with tempfile.TemporaryDirectory() as out:
-        ctx, batch, meters = build_trainer(args, out)
+        ctx, batch, trainer_step, trainer_rows = build_trainer(args, f"{out}/plain")
+        steps, rows = {"trainer": trainer_step}, {"trainer": trainer_rows}
+        if args.compare_wrapped:
+            _, _, steps["trainer_wrapped"], rows["trainer_wrapped"] = build_trainer(
+                args, f"{out}/wrapped", wrapped=True
+            )
         bare = BareLoop(ctx, batch)
-        rows = {"trainer": [], "bare": []}
-        step = 0
-
-        def trainer_step():
-            nonlocal step
-            step += 1
-            t = time.perf_counter()
-            r = run_step(ctx, step, meters)
-            wall = time.perf_counter() - t
-            phases = {p: getattr(r, f"{p}_s") for p in PHASES}
-            row = {"wall_s": wall, "step_time_s": r.step_time_s, "loss_value": r.loss}
-            rows["trainer"].append(row | phases)
+        rows["bare"] = []
 
         def bare_step():
             t = time.perf_counter()
             loss, phases = bare.step()
             rows["bare"].append({"wall_s": time.perf_counter() - t, "loss_value": loss} | phases)
 
+        steps["bare"] = bare_step
+        names = list(steps)
         for i in range(args.warmup + args.steps):
-            order = (trainer_step, bare_step) if i % 2 == 0 else (bare_step, trainer_step)
-            for fn in order:
-                fn()
+            for name in names[i % len(names) :] + names[: i % len(names)]:  # rotate the order
+                steps[name]()
         profiles = {}
         if args.profile:
-            profiles["trainer"] = profile_top(trainer_step)
-            profiles["bare"] = profile_top(bare_step)
+            profiles = {name: profile_top(fn) for name, fn in steps.items()}
         torch.distributed.destroy_process_group()
     load_after = os.getloadavg()
     result = summarise(args, rows, load_before, load_after, profiles)
@@ -190,11 +209,20 @@ def summarise(args, rows, load_before, load_after, profiles) -> dict:
         timed = rows[name][args.warmup : args.warmup + args.steps]
         return statistics.median(r[key] for r in timed)
 
-    n = min(len(rows["trainer"]), len(rows["bare"]))
-    loss_diff = max(
-        abs(rows["trainer"][i]["loss_value"] - rows["bare"][i]["loss_value"]) for i in range(n)
-    )
-    t, b = med("trainer", "wall_s"), med("bare", "wall_s")
+    bare = med("bare", "wall_s")
+    variants = {}
+    for name in rows:
+        n = min(len(rows[name]), len(rows["bare"]))
+        diff = max(
+            abs(rows[name][i]["loss_value"] - rows["bare"][i]["loss_value"]) for i in range(n)
+        )
+        variants[name] = {
+            "wall_s": med(name, "wall_s"),
+            "step_time_s": med(name, "step_time_s") if name != "bare" else None,
+            "ratio_to_bare": med(name, "wall_s") / bare,
+            "max_loss_diff_to_bare": diff,
+            "phases": {p: med(name, p) for p in PHASES},
+        }
     return {
         "model": args.model,
         "recipe": args.recipe,
@@ -205,18 +233,22 @@ def summarise(args, rows, load_before, load_after, profiles) -> dict:
         "steps": args.steps,
         "warmup": args.warmup,
         "torch": torch.__version__,
-        "cpu": platform.processor() or platform.machine(),
+        "cpu": cpu_model(),
         "load_before": load_before,
         "load_after": load_after,
-        "trainer_wall_s": t,
-        "trainer_step_time_s": med("trainer", "step_time_s"),
-        "bare_wall_s": b,
-        "ratio": t / b,
-        "phases": {p: {"trainer": med("trainer", p), "bare": med("bare", p)} for p in PHASES},
-        "max_loss_diff": loss_diff,
+        "ratio": variants["trainer"]["ratio_to_bare"],
+        "variants": variants,
         "rows": rows,
         "profiles": profiles,
     }
+
+
+def cpu_model() -> str:
+    import torch
+
+    from trainer.profiling import device_name
+
+    return device_name(torch.device("cpu"))
 
 
 def write(args, r: dict) -> None:
@@ -224,33 +256,37 @@ def write(args, r: dict) -> None:
     out.mkdir(parents=True, exist_ok=True)
     stem = out / f"train_overhead_{args.model}_b{args.batch}"
     stem.with_suffix(".json").write_text(json.dumps(r, indent=1) + "\n")
+    v = r["variants"]
+    names = list(v)
     lines = [
         f"# Trainer overhead: {r['model']} / {r['recipe']}, batch {r['batch']}, fp32, "
         f"{r['threads']} threads, {r['sharding']}, clip {r['grad_clip'] or 'off'}",
         "",
-        f"torch {r['torch']}; {r['steps']} timed steps of each after {r['warmup']} warm-up, "
-        f"interleaved; load {r['load_before'][0]:.2f} before, {r['load_after'][0]:.2f} after.",
+        f"{r['cpu']}, torch {r['torch']}; {r['steps']} timed steps of each after {r['warmup']} "
+        f"warm-up, interleaved in one process; load {r['load_before'][0]:.2f} before, "
+        f"{r['load_after'][0]:.2f} after (1-min average).",
         "",
-        "| median | trainer | bare | trainer − bare |",
-        "|---|---:|---:|---:|",
-        f"| wall per step (s) | {r['trainer_wall_s']:.3f} | {r['bare_wall_s']:.3f} | "
-        f"{r['trainer_wall_s'] - r['bare_wall_s']:+.3f} |",
+        "| median (s) | " + " | ".join(names) + " |",
+        "|---|" + "---:|" * len(names),
+        "| wall per step | " + " | ".join(f"{v[n]['wall_s']:.3f}" for n in names) + " |",
     ]
-    for p, v in r["phases"].items():
-        lines.append(
-            f"| {p} (s) | {v['trainer']:.3f} | {v['bare']:.3f} | {v['trainer'] - v['bare']:+.3f} |"
-        )
+    for p in PHASES:
+        lines.append(f"| {p} | " + " | ".join(f"{v[n]['phases'][p]:.3f}" for n in names) + " |")
     lines += [
+        "| ratio to bare | " + " | ".join(f"{v[n]['ratio_to_bare']:.3f}" for n in names) + " |",
+        "| max loss diff to bare | "
+        + " | ".join(f"{v[n]['max_loss_diff_to_bare']:.1e}" for n in names)
+        + " |",
         "",
-        f"Trainer recorded step_time_s (median): {r['trainer_step_time_s']:.3f} s. "
-        f"Ratio trainer / bare: **{r['ratio']:.3f}** (goal <= 1.05). "
-        f"Largest loss difference over the steps: {r['max_loss_diff']:.2e}.",
+        f"Trainer recorded step_time_s (median): {v['trainer']['step_time_s']:.3f} s. "
+        f"Ratio trainer / bare: **{r['ratio']:.3f}** (goal <= 1.05).",
     ]
+    head = len(lines)
     for name, table in r["profiles"].items():
         title = f"## torch.profiler, one {name} step (top ops by self CPU time)"
         lines += ["", title, "", "```", table, "```"]
     stem.with_suffix(".md").write_text("\n".join(lines) + "\n")
-    print("\n".join(lines[: 12 + len(r["phases"])]))
+    print("\n".join(lines[:head]))
     print(f"wrote {stem}.json and {stem}.md")
 
 
