@@ -1,7 +1,9 @@
 """Entry point: ``torchrun --nproc_per_node N -m trainer.train --config run.yaml [overrides]``.
 
 Also runs as plain ``python -m trainer.train`` (world 1: a one-rank gloo/NCCL group on a
-HashStore, so FSDP2 code paths are the same). Multi-node goes through torchrun's rendezvous.
+HashStore, so collectives, checkpoints and losses take the distributed code paths; one fp32 rank
+skips the FSDP wrapping itself, which computes the same at a cost: ``parallelize.needs_wrapping``).
+Multi-node goes through torchrun's rendezvous.
 
 Order: parse + validate the config (torch-free; a bad config exits 2 with one message and writes
 nothing) -> process group and DeviceMesh -> model on meta -> ``parallelize`` -> optional image
@@ -191,7 +193,7 @@ def build_context(cfg: TrainConfig, device, mesh, backend: str):
     from trainer import checkpoint as ckpt
     from trainer.identity import make_identity, new_run_id
     from trainer.optim import build_optimizer, build_param_groups, build_scheduler
-    from trainer.parallelize import ParallelPlan, parallelize
+    from trainer.parallelize import ParallelPlan, needs_wrapping, parallelize
     from trainer.profiling import PeakMemory, device_name, resolve_peak_flops
     from trainer.records import RecordWriter
     from trainer.step import LoopContext
@@ -289,9 +291,12 @@ def build_context(cfg: TrainConfig, device, mesh, backend: str):
         start_samples=start_samples,
         last_checkpoint=resumed.info.path if resumed else None,
     )
+    sharding = (
+        cfg.sharding if needs_wrapping(mesh, plan) else f"{cfg.sharding}: one rank, unwrapped"
+    )
     ctx.log(
         f"{spec.name} / {recipe.name} ({recipe.loss_impl}) on {world} x {device_name(device)}"
-        f" [{backend}, {cfg.sharding}, {cfg.precision}], global batch {cfg.global_batch}"
+        f" [{backend}, {sharding}, {cfg.precision}], global batch {cfg.global_batch}"
         f", peak {peak / 1e9 if peak else float('nan'):.1f} GFLOP/s/device ({peak_source})"
     )
     return ctx, loader
