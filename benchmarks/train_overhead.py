@@ -3,7 +3,8 @@
     nice -n -20 .venv/bin/python benchmarks/train_overhead.py --model ViT-B-32 --batch 16 \\
         --steps 6 [--threads 2] [--grad-clip 1.0] [--sharding fsdp] [--profile]
 
-One process, one thread count, one batch, interleaved (trainer, bare, bare, trainer, ...):
+One process, one thread count, one batch, interleaved (one step of each in turn, the order
+rotating from step to step):
 
 * trainer: the CLI's own code: ``trainer.train.init_distributed`` + ``build_context`` (a world
   of one, ``parallelize``, the optimizer, schedule and records the CLI builds) and
@@ -12,11 +13,14 @@ One process, one thread count, one batch, interleaved (trainer, bare, bare, trai
   (``clip_loss``/``siglip_loss``), ``torch.optim.AdamW`` over the same parameter groups, the same
   clipping and logit-scale clamp, one host read of the loss; nothing else.
 
-Both see the same synthetic batch (the first batch of the trainer's ``shapes`` loader), so data
+``--compare-wrapped`` adds the trainer with FSDP forced at W=1 (how it ran before issue 11) and
+``--control`` a second bare loop (the noise floor: how far apart two identical loops measure).
+
+All see the same synthetic batch (the first batch of the trainer's ``shapes`` loader), so data
 loading is out of both (the trainer's ``data_time_s`` stays in its records). Reported: median
 wall time per step of each (the trainer's including its bookkeeping after the clock), the
 trainer's recorded ``step_time_s``, the ratio trainer / bare (goal <= 1.05), the per-phase
-medians of both, the largest loss difference (the two compute the same losses), the load
+medians of each, the largest loss difference (the two compute the same losses), the load
 (``os.getloadavg``), and with ``--profile`` the top ops of one step of each (torch.profiler).
 Results go to ``reports/train_overhead_<model>_b<batch>[_ddp][_noclip].{json,md}``.
 """
@@ -50,6 +54,11 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--grad-clip", type=float, default=1.0, help="0: off")
     p.add_argument("--sharding", default="fsdp", choices=("fsdp", "ddp"))
     p.add_argument("--profile", action="store_true", help="torch.profiler top ops, one step each")
+    p.add_argument(
+        "--control",
+        action="store_true",
+        help="also a second, identical bare loop: how far apart two equal loops measure",
+    )
     p.add_argument(
         "--compare-wrapped",
         action="store_true",
@@ -153,6 +162,18 @@ class BareLoop:
         return value, times
 
 
+def bare_stepper(bare: BareLoop):
+    """A step function of ``bare`` appending to the rows it returns with it."""
+    rows = []
+
+    def step():
+        t = time.perf_counter()
+        loss, phases = bare.step()
+        rows.append({"wall_s": time.perf_counter() - t, "loss_value": loss} | phases)
+
+    return step, rows
+
+
 def profile_top(fn, rows: int = 15) -> str:
     import torch
 
@@ -179,15 +200,8 @@ def main(argv=None) -> int:
             _, _, steps["trainer_wrapped"], rows["trainer_wrapped"] = build_trainer(
                 args, f"{out}/wrapped", wrapped=True
             )
-        bare = BareLoop(ctx, batch)
-        rows["bare"] = []
-
-        def bare_step():
-            t = time.perf_counter()
-            loss, phases = bare.step()
-            rows["bare"].append({"wall_s": time.perf_counter() - t, "loss_value": loss} | phases)
-
-        steps["bare"] = bare_step
+        for name in ("bare", "bare_control") if args.control else ("bare",):
+            steps[name], rows[name] = bare_stepper(BareLoop(ctx, batch))
         names = list(steps)
         for i in range(args.warmup + args.steps):
             for name in names[i % len(names) :] + names[: i % len(names)]:  # rotate the order
@@ -218,7 +232,7 @@ def summarise(args, rows, load_before, load_after, profiles) -> dict:
         )
         variants[name] = {
             "wall_s": med(name, "wall_s"),
-            "step_time_s": med(name, "step_time_s") if name != "bare" else None,
+            "step_time_s": med(name, "step_time_s") if name.startswith("trainer") else None,
             "ratio_to_bare": med(name, "wall_s") / bare,
             "max_loss_diff_to_bare": diff,
             "phases": {p: med(name, p) for p in PHASES},
