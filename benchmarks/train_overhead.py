@@ -22,7 +22,7 @@ wall time per step of each (the trainer's including its bookkeeping after the cl
 trainer's recorded ``step_time_s``, the ratio trainer / bare (goal <= 1.05), the per-phase
 medians of each, the largest loss difference (the two compute the same losses), the load
 (``os.getloadavg``), and with ``--profile`` the top ops of one step of each (torch.profiler).
-Results go to ``reports/train_overhead_<model>_b<batch>[_ddp][_noclip].{json,md}``.
+Results go to ``reports/train_overhead_<model>_b<batch>[_ddp][_noclip][_control].{json,md}``.
 """
 
 from __future__ import annotations
@@ -269,6 +269,7 @@ def write(args, r: dict) -> None:
     out = Path(args.out_dir)
     out.mkdir(parents=True, exist_ok=True)
     variant = ("_ddp" if args.sharding == "ddp" else "") + ("" if args.grad_clip else "_noclip")
+    variant += "_control" if args.control else ""
     stem = out / f"train_overhead_{args.model}_b{args.batch}{variant}"
     stem.with_suffix(".json").write_text(json.dumps(r, indent=1) + "\n")
     v = r["variants"]
