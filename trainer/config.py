@@ -65,6 +65,7 @@ class TrainConfig(BaseModel):
     reshard_after_forward: bool = True
     checkpointing: bool = False
     compile: bool = False
+    compile_backend: Literal["inductor", "aot_eager", "eager"] = "inductor"
     seed: int = 0
     eval_every: int = Field(default=0, ge=0, description="0: no evaluation")
     ckpt_every: int = Field(default=0, ge=0, description="0: no checkpoints")
@@ -78,6 +79,9 @@ class TrainConfig(BaseModel):
     init_from: str | None = None
     peak_flops: float | None = Field(
         default=None, gt=0, allow_inf_nan=False, description="per device, FLOP/s"
+    )
+    peak_from: str | None = Field(
+        default=None, description="hardware file (python -m trainer.probe) with the peak"
     )
     timing_warmup: int = Field(default=2, ge=0, description="first steps marked warmup")
     log_every: int = Field(default=1, gt=0)
@@ -115,6 +119,12 @@ class TrainConfig(BaseModel):
                 "pass a Hugging Face tokenizer.json or use --tokenizer byte",
             )
         self._check_safety()
+        if self.peak_from is not None and not Path(self.peak_from).is_file():
+            raise ConfigError(
+                "peak_from",
+                f"no hardware file at '{self.peak_from}'; write one with python -m trainer.probe "
+                "--out FILE, or pass --peak-flops",
+            )
         for field in ("init_image_from", "init_from"):
             path = getattr(self, field)
             if path is not None and not Path(path).exists():
@@ -253,6 +263,8 @@ _HELP = {
     "reshard_after_forward": "FSDP: free gathered parameters after forward (ZeRO-3 vs ZeRO-2)",
     "checkpointing": "activation checkpointing of every transformer block",
     "compile": "torch.compile each transformer block",
+    "compile_backend": "torch.compile backend of --compile: inductor (generated kernels), or "
+    "aot_eager / eager (graph capture only, eager kernels: quick, for testing the wiring)",
     "seed": "random seed (model init, data, FLIP masks)",
     "eval_every": "evaluate every N steps (0: off)",
     "ckpt_every": "write a checkpoint every N steps (0: off)",
@@ -266,6 +278,8 @@ _HELP = {
     "file (.pt/.bin/.safetensors)",
     "init_from": "initialise the whole model from an OpenCLIP file (.pt/.bin/.safetensors)",
     "peak_flops": "peak FLOP/s per device for MFU (default: device lookup / CPU measurement)",
+    "peak_from": "take the peak FLOP/s for MFU from this device profile (a hardware file as "
+    "python -m trainer.probe writes; a CPU's peak is shared by the ranks of the host)",
     "timing_warmup": "number of first steps marked warmup in the run record",
     "log_every": "print a log line every N steps (rank 0)",
     "device": "auto picks cuda when available",

@@ -57,6 +57,7 @@ class ParallelPlan:
     reshard_after_forward: bool = True
     checkpointing: bool = False
     compile: bool = False
+    compile_backend: str = "inductor"  # torch.compile backend; "eager"/"aot_eager" for tests
 
 
 def towers(model: nn.Module) -> list[nn.Module]:
@@ -85,10 +86,15 @@ def apply_activation_checkpointing(model: nn.Module) -> None:
             tower.blocks[i] = checkpoint_wrapper(block, checkpoint_impl=CheckpointImpl.NO_REENTRANT)
 
 
-def apply_compile(model: nn.Module) -> None:
-    """Step 3: compile each block in place (``nn.Module.compile`` keeps parameter names)."""
+def apply_compile(model: nn.Module, backend: str = "inductor") -> None:
+    """Step 3: compile each block in place (``nn.Module.compile`` keeps parameter names).
+
+    ``backend`` is torch.compile's: ``inductor`` generates kernels (the point of ``--compile``;
+    on CPU it builds C++ for ~25 s); ``aot_eager`` / ``eager`` run the captured graphs with eager
+    kernels, so the wiring (what is compiled, graph capture through FSDP's hooks, autograd)
+    is exercised in seconds (``tests/trainer/test_compile.py``)."""
     for block in blocks(model):
-        block.compile()
+        block.compile(backend=backend)
 
 
 def apply_fsdp(model: nn.Module, mesh: DeviceMesh, plan: ParallelPlan) -> None:
@@ -154,21 +160,40 @@ def parallelize(
     device: torch.device,
     init_fn: Callable[[nn.Module], None],
 ) -> nn.Module:
-    """Apply steps 2-5 to a meta-device ``model``; returns the same (now FSDP) module."""
+    """Apply steps 2-5 to a meta-device ``model``; returns the same (now FSDP) module, or for one
+    fp32 rank the plain module (``needs_wrapping``)."""
     if plan.checkpointing:
         apply_activation_checkpointing(model)
     if plan.compile:
-        apply_compile(model)
+        apply_compile(model, plan.compile_backend)
     attach_logit_params(model)
-    if plan.sharding == "fsdp":
-        apply_fsdp(model, mesh, plan)
-    elif plan.sharding == "ddp":
-        apply_ddp(model, mesh, plan)
-    else:
+    if plan.sharding not in ("fsdp", "ddp"):
         raise ValueError(f"unknown sharding {plan.sharding!r}")
-    register_forward_methods(model)
+    if needs_wrapping(mesh, plan):
+        if plan.sharding == "fsdp":
+            apply_fsdp(model, mesh, plan)
+        else:
+            apply_ddp(model, mesh, plan)
+        register_forward_methods(model)
     materialize(model, device, init_fn)
     return model
+
+
+def needs_wrapping(mesh: DeviceMesh, plan: ParallelPlan) -> bool:
+    """False for one rank in fp32: step 4 is skipped and the model stays a plain module.
+
+    With one rank there is nothing to shard, gather or reduce, and in fp32 FSDP's mixed
+    precision casts nothing, so the wrapped model computes exactly what the plain one does
+    (same init at a fixed seed, same losses bit for bit: ``tests/trainer/test_parallelize.py``)
+    but pays for it: copies into and out of the all-gather and reduce-scatter buffers of every
+    unit, hooks, and DTensor dispatch of every op in gradient clipping and the optimizer
+    (``benchmarks/train_overhead.py``, ViT-B-32 batch 16 on 2 CPU threads: 1.34x a bare loop's
+    step wrapped, 1.02x unwrapped; mostly backward, where the gradients are copied into and out of
+    the reduce-scatter buffers and the parameters gathered again).
+    Everything downstream works on plain parameters as well (``full_value``, checkpoints through
+    DCP's state-dict API, ``logit_params``); bf16 / fp16 keep FSDP for its precision policy.
+    """
+    return mesh.size() > 1 or DTYPES[plan.precision] != torch.float32
 
 
 def set_gradient_sync(model: nn.Module, enabled: bool) -> None:

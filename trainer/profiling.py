@@ -4,19 +4,24 @@ MFU (PaLM, Chowdhery et al. 2022, App. B) = achieved model FLOP/s / peak FLOP/s,
 FLOPs come from ``vlscale.costs.flops.model_flops_per_sample`` (never a second formula here) and
 the peak per device is, in this order of preference:
 
-1. ``--peak-flops`` (the user knows their hardware): source ``option``;
+1. ``--peak-flops`` (the user knows their hardware), or ``--peak-from PROFILE``: the peak of the
+   device profile that ``python -m trainer.probe`` wrote for this machine (a CPU's divided among
+   the ranks of the host): source ``option``;
 2. on CUDA, the dense peak for the training dtype from the hardware catalog
    (``vlscale.specs.hardware``), matched on ``torch.cuda.get_device_name``: source ``lookup``;
 3. on CPU (or an unknown GPU), a matmul measured once at start-up: source ``measured``.
    A CPU has no honest datasheet peak for "this process with these threads", so the best
    square matmul this process achieves stands in for it; MFU on CPU is therefore relative to a
-   practical, not a nominal, peak (it can approach 1).
+   practical, not a nominal, peak (it can approach 1). The best of several short trials is
+   taken, and a best that no CPU with these threads could produce is rejected with a warning
+   (no MFU, source ``none``) rather than recorded: a busy machine once gave a 100x low peak.
 """
 
 from __future__ import annotations
 
 import re
 import resource
+import statistics
 import sys
 import time
 from pathlib import Path
@@ -32,37 +37,103 @@ def synchronize(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
+# Physical bounds of a CPU matmul rate per thread, to reject a measurement that makes no sense.
+# Lower (fp32 only): any x86 / Arm core of the last 15 years runs an fp32 GEMM at >= 4 FLOP per
+# cycle at >= 1 GHz; far below that the probe was starved (e.g. an OpenMP barrier waiting each call
+# for a thread that another process holds off its core), which once gave 1.7 GFLOP/s on 2 threads
+# where 187 GFLOP/s is normal, and a median MFU of 143 %. bf16 / fp16 have no lower bound: a CPU
+# without kernels for them is slow for real. Upper: AVX-512 with two FMA units does 64 fp32 FLOP
+# per cycle, AMX 1024 bf16 FLOP per cycle, at < 6 GHz; the bounds leave room above both.
+CPU_FLOPS_PER_THREAD = {"fp32": (4e9, 1e12), "bf16": (0.0, 1e13), "fp16": (0.0, 1e13)}
+PEAK_TRIALS = 3
+
+
 def measure_matmul_flops(
     device: torch.device,
     precision: str = "fp32",
     sizes: tuple[int, ...] = (256, 1024, 2048),
-    seconds: float = 0.25,
+    seconds: float = 0.1,
+    trials: int = PEAK_TRIALS,
+    clock=time.perf_counter,
 ) -> float:
-    """Best achieved FLOP/s of square (n, n) @ (n, n) matmuls (2n³ FLOPs each) over ``sizes``.
+    """Best achieved FLOP/s of square (n, n) @ (n, n) matmuls (2n³ FLOPs each) over ``sizes``,
+    best of ``trials`` independent trials (``matmul_flops_trials``)."""
+    return max(matmul_flops_trials(device, precision, sizes, seconds, trials, clock))
 
-    Small sizes under-use wide CPUs; a larger size is tried only if one call of it is predicted
-    (n³ scaling) to stay under ``seconds``: fp16 on a CPU without fp16 kernels is orders of
-    magnitude slower.
+
+def matmul_flops_trials(
+    device: torch.device,
+    precision: str = "fp32",
+    sizes: tuple[int, ...] = (256, 1024, 2048),
+    seconds: float = 0.1,
+    trials: int = PEAK_TRIALS,
+    clock=time.perf_counter,
+) -> list[float]:
+    """The best FLOP/s of each of ``trials`` trials over ``sizes``, in order.
+
+    Why several short trials and their best: a busy machine slows a trial down (never speeds it
+    up), and the slow-down comes in bursts, so one pathological trial must not decide the peak.
+    Within a trial the first call of each size warms up thread pools and kernel selection and is
+    not timed. Small sizes under-use wide CPUs; a larger size is tried only if one call of it is
+    predicted (n³ scaling) to stay under ``seconds``: fp16 on a CPU without fp16 kernels is
+    orders of magnitude slower. ``clock`` is the timer (tests replace it).
     """
     dtype = DTYPES[precision]
+    mats = {n: torch.randn(n, n, device=device, dtype=dtype) for n in sizes}
+    return [trial_flops(device, mats, seconds, clock) for _ in range(trials)]
+
+
+def trial_flops(
+    device: torch.device, mats: dict[int, torch.Tensor], seconds: float, clock
+) -> float:
+    """One trial of ``matmul_flops_trials``: the best FLOP/s of ``a @ a`` over the sizes of
+    ``mats`` (size -> (n, n) matrix), in order."""
+    sizes = list(mats)
     best_flops = 0.0
     for k, n in enumerate(sizes):
-        a = torch.randn(n, n, device=device, dtype=dtype)
-        b = torch.randn(n, n, device=device, dtype=dtype)
+        a = mats[n]
         best = float("inf")
-        deadline = time.perf_counter() + seconds
+        deadline = clock() + seconds
         for i in range(1000):
-            t0 = time.perf_counter()
-            a @ b
+            t0 = clock()
+            a @ a
             synchronize(device)
+            t1 = clock()
             if i:  # the first call warms up thread pools and kernel selection
-                best = min(best, time.perf_counter() - t0)
-            if i >= 2 and time.perf_counter() > deadline:
+                best = min(best, t1 - t0)
+            if i >= 2 and t1 > deadline:
                 break
         best_flops = max(best_flops, 2.0 * n**3 / best)
         if k + 1 < len(sizes) and best * (sizes[k + 1] / n) ** 3 > seconds:
             break  # the next size would take too long
     return best_flops
+
+
+def check_cpu_peak(rates: list[float], precision: str, threads: int) -> tuple[float | None, str]:
+    """(peak, note) from the trials' rates: their best, or None when even the best is outside
+    the physical bounds of ``threads`` CPU threads (``CPU_FLOPS_PER_THREAD``); the note (empty
+    when all is well) says what was wrong and what to do."""
+    best = max(rates)
+    low, high = (threads * x for x in CPU_FLOPS_PER_THREAD.get(precision, (0.0, float("inf"))))
+    fix = (
+        "pass --peak-flops, or --peak-from a device profile (python -m trainer.probe), for a "
+        "reliable MFU"
+    )
+    if not low <= best <= high:
+        side = "below" if best < low else "above"
+        return None, (
+            f"warning: the measured {precision} matmul peak, {best / 1e9:.3g} GFLOP/s on "
+            f"{threads} threads, is {side} what {threads} CPU threads can do "
+            f"({low / 1e9:.3g}-{high / 1e9:.3g} GFLOP/s; the machine was probably busy): MFU is "
+            f"not recorded; {fix}"
+        )
+    spread = statistics.median(rates) / best
+    if spread < 0.5:
+        return best, (
+            f"note: the peak-FLOP trials disagree ({', '.join(f'{r / 1e9:.3g}' for r in rates)} "
+            f"GFLOP/s; the machine is busy); the best is used; {fix}"
+        )
+    return best, ""
 
 
 def catalog_peak_flops(device_name: str, precision: str) -> float | None:
@@ -93,16 +164,53 @@ def catalog_device_key(device_name: str) -> str | None:
 
 
 def resolve_peak_flops(
-    device: torch.device, device_name: str, precision: str, option: float | None
-) -> tuple[float | None, str]:
-    """(peak FLOP/s per device, source) following the preference order of the module doc."""
+    device: torch.device,
+    device_name: str,
+    precision: str,
+    option: float | None,
+    profile: str | None = None,
+    ranks_per_host: int = 1,
+) -> tuple[float | None, str, str]:
+    """(peak FLOP/s per device or None, source, note) following the module doc's order; the
+    note (empty when all is well) is for the log."""
     if option is not None:
-        return float(option), "option"
+        return float(option), "option", ""
+    if profile is not None:
+        return profile_peak_flops(profile, device, precision, ranks_per_host), "option", ""
     if device.type == "cuda":
         peak = catalog_peak_flops(device_name, precision)
         if peak is not None:
-            return peak, "lookup"
-    return measure_matmul_flops(device, precision), "measured"
+            return peak, "lookup", ""
+        return measure_matmul_flops(device, precision), "measured", ""
+    rates = matmul_flops_trials(device, precision)
+    peak, note = check_cpu_peak(rates, precision, torch.get_num_threads())
+    return peak, ("measured" if peak is not None else "none"), note
+
+
+def profile_peak_flops(
+    path: str, device: torch.device, precision: str, ranks_per_host: int = 1
+) -> float:
+    """The ``precision`` peak per rank of the one device of ``device``'s kind in a hardware
+    file (``python -m trainer.probe`` writes one for a CPU). A CPU profile's peak is the whole
+    host's (all threads), so each of ``ranks_per_host`` ranks gets its share, as the planner
+    does (``vlscale.costs.compute.rank_resources``)."""
+    from vlscale.errors import ConfigError
+    from vlscale.specs.hardware import load_hardware_file
+
+    kind = "cpu" if device.type == "cpu" else "gpu"
+    found = [d for d in load_hardware_file(path).devices.values() if d.kind == kind]
+    if len(found) != 1:
+        names = ", ".join(d.name for d in found) or "none"
+        raise ConfigError(
+            "peak_from",
+            f"{path} must hold exactly one {kind} device to take the peak from (it has: "
+            f"{names}); pass --peak-flops instead",
+        )
+    try:
+        peak = found[0].peak(precision)
+    except ConfigError as exc:
+        raise ConfigError("peak_from", f"{path}: {exc}; pass --peak-flops instead") from None
+    return peak / ranks_per_host if kind == "cpu" else peak
 
 
 def device_name(device: torch.device) -> str:

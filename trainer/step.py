@@ -73,6 +73,9 @@ class LoopContext:
     start_samples: int = 0
     last_checkpoint: Path | None = None  # named when a non-finite step stops the run
     nonfinite_skips: int = 0  # steps skipped by --skip-nonfinite so far (this launch)
+    # model FLOPs per sample by mask ratio: the only input of the count that varies over a run,
+    # and counting costs tens of ms per call (ViT-B-32), as much as 1 % of a CPU step
+    flops_by_mask_ratio: dict[float, float] = field(default_factory=dict)
     recipe: RecipeSpec = field(init=False)
 
     def __post_init__(self) -> None:
@@ -216,23 +219,11 @@ def current_lr(optimizer: torch.optim.Optimizer, base_lr: float) -> float:
 def train_loop(ctx: LoopContext) -> list[StepRecord]:
     """Steps ``start_step + 1 .. cfg.steps``; writes a record per step; returns them."""
     cfg = ctx.cfg
-    timer = PhaseTimer(ctx.device, cfg.phase_timing)
-    memory = PeakMemory(ctx.device)
-    profiler = StepProfiler(
-        cfg.profile_range() if cfg.profile_steps else None, Path(cfg.out), ctx.rank, ctx.device
-    )
-    spec = cfg.model_spec()
+    meters = StepMeters(ctx)
     records = []
     t_start = time.perf_counter()
     for step in range(ctx.start_step + 1, cfg.steps + 1):
-        profiler.before_step(step)
-        memory.reset()
-        m = train_step(ctx, step, timer)
-        trace = profiler.after_step(step)
-        if trace is not None:
-            ctx.log(f"profile of steps {cfg.profile_steps} written to {trace}")
-        record = make_record(ctx, step, m, memory.peak_bytes(), spec)
-        ctx.writer.write(record)
+        record = run_step(ctx, step, meters)
         records.append(record)
         if step % cfg.log_every == 0 or step == cfg.steps:
             ctx.log(format_log(record, cfg.steps))
@@ -257,6 +248,31 @@ def train_loop(ctx: LoopContext) -> list[StepRecord]:
     return records
 
 
+class StepMeters:
+    """The per-run measuring tools of ``run_step``: phase timer, peak memory, profiler."""
+
+    def __init__(self, ctx: LoopContext):
+        cfg = ctx.cfg
+        self.timer = PhaseTimer(ctx.device, cfg.phase_timing)
+        self.memory = PeakMemory(ctx.device)
+        profile = cfg.profile_range() if cfg.profile_steps else None
+        self.profiler = StepProfiler(profile, Path(cfg.out), ctx.rank, ctx.device)
+        self.spec = cfg.model_spec()
+
+
+def run_step(ctx: LoopContext, step: int, meters: StepMeters) -> StepRecord:
+    """One step of ``train_loop`` with its record (written): profile, train, measure."""
+    meters.profiler.before_step(step)
+    meters.memory.reset()
+    m = train_step(ctx, step, meters.timer)
+    trace = meters.profiler.after_step(step)
+    if trace is not None:
+        ctx.log(f"profile of steps {ctx.cfg.profile_steps} written to {trace}")
+    record = make_record(ctx, step, m, meters.memory.peak_bytes(), meters.spec)
+    ctx.writer.write(record)
+    return record
+
+
 def format_summary(records: list[StepRecord], wall_s: float, path: Path) -> str:
     """End-of-run line: steps, median samples/s and MFU (timed steps; all if none), final loss."""
     timed = [r for r in records if not r.warmup] or records
@@ -279,14 +295,16 @@ def make_record(ctx: LoopContext, step: int, m: dict, peak_memory: int | None, s
     norm = m["grad_norm"]
     norm = None if norm is None else full_value(norm).float().item()
     # model FLOPs (no recompute): the same MFU numerator as `vlscale plan`
-    flops = model_flops_per_sample(
-        spec,
-        mask_ratio=m["mask_ratio"],
-        loss=ctx.recipe.loss,
-        loss_impl=ctx.recipe.loss_impl,
-        local_batch=cfg.local_batch(ctx.world_size),
-        world_size=ctx.world_size,
-    )
+    flops = ctx.flops_by_mask_ratio.get(m["mask_ratio"])
+    if flops is None:
+        flops = ctx.flops_by_mask_ratio[m["mask_ratio"]] = model_flops_per_sample(
+            spec,
+            mask_ratio=m["mask_ratio"],
+            loss=ctx.recipe.loss,
+            loss_impl=ctx.recipe.loss_impl,
+            local_batch=cfg.local_batch(ctx.world_size),
+            world_size=ctx.world_size,
+        )
     t = m["step_time_s"]
     mfu = None
     if ctx.peak_flops:

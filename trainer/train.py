@@ -1,7 +1,9 @@
 """Entry point: ``torchrun --nproc_per_node N -m trainer.train --config run.yaml [overrides]``.
 
 Also runs as plain ``python -m trainer.train`` (world 1: a one-rank gloo/NCCL group on a
-HashStore, so FSDP2 code paths are the same). Multi-node goes through torchrun's rendezvous.
+HashStore, so collectives, checkpoints and losses take the distributed code paths; one fp32 rank
+skips the FSDP wrapping itself, which computes the same at a cost: ``parallelize.needs_wrapping``).
+Multi-node goes through torchrun's rendezvous.
 
 Order: parse + validate the config (torch-free; a bad config exits 2 with one message and writes
 nothing) -> process group and DeviceMesh -> model on meta -> ``parallelize`` -> optional image
@@ -170,6 +172,20 @@ def run(cfg: TrainConfig, device_type: str) -> None:
 
 def train(cfg: TrainConfig, device, mesh, backend: str) -> list:
     """Train on an existing process group / ``mesh``; returns the step records (every rank)."""
+    from trainer.step import train_loop
+
+    ctx, loader = build_context(cfg, device, mesh, backend)
+    try:
+        return train_loop(ctx)
+    finally:
+        loader.close()  # decode workers stop here, not in a finaliser at interpreter exit
+
+
+def build_context(cfg: TrainConfig, device, mesh, backend: str):
+    """Everything before the first step: model, optimizer, data, resume, run header.
+
+    Returns ``(LoopContext, loader)``; the caller closes the loader. Split from ``train`` so
+    that ``benchmarks/train_overhead.py`` times exactly the steps the CLI runs."""
     import torch
     import torch.distributed as dist
 
@@ -177,10 +193,10 @@ def train(cfg: TrainConfig, device, mesh, backend: str) -> list:
     from trainer import checkpoint as ckpt
     from trainer.identity import make_identity, new_run_id
     from trainer.optim import build_optimizer, build_param_groups, build_scheduler
-    from trainer.parallelize import ParallelPlan, parallelize
+    from trainer.parallelize import ParallelPlan, needs_wrapping, parallelize
     from trainer.profiling import PeakMemory, device_name, resolve_peak_flops
     from trainer.records import RecordWriter
-    from trainer.step import LoopContext, train_loop
+    from trainer.step import LoopContext
     from vlscale.records import ResumeRecord
 
     rank, world = dist.get_rank(), dist.get_world_size()
@@ -198,6 +214,7 @@ def train(cfg: TrainConfig, device, mesh, backend: str) -> list:
         reshard_after_forward=cfg.reshard_after_forward,
         checkpointing=cfg.checkpointing,
         compile=cfg.compile,
+        compile_backend=cfg.compile_backend,
     )
     parallelize(model, mesh, plan, device, init_weights)
     init_from_files(cfg, model)
@@ -217,10 +234,15 @@ def train(cfg: TrainConfig, device, mesh, backend: str) -> list:
     run_id = broadcast_str(resumed.run_id if resumed and resumed.run_id else new_run_id())
     identity = make_identity(run_id, cfg, world)
 
-    peak, peak_source = resolve_peak_flops(
-        device, device_name(device), cfg.precision, cfg.peak_flops
+    ranks_per_host = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
+    peak, peak_source, peak_note = resolve_peak_flops(
+        device, device_name(device), cfg.precision, cfg.peak_flops, cfg.peak_from, ranks_per_host
     )
     peak = mean_over_ranks(peak, device)
+    if peak is None:
+        peak_source = "none"
+    if peak_note:
+        log(peak_note)
     evaluate = build_eval(cfg, spec, model, device) if cfg.eval_every else None
     memory = PeakMemory(device)
     writer = RecordWriter(cfg.out, active=rank == 0)
@@ -269,15 +291,15 @@ def train(cfg: TrainConfig, device, mesh, backend: str) -> list:
         start_samples=start_samples,
         last_checkpoint=resumed.info.path if resumed else None,
     )
+    sharding = (
+        cfg.sharding if needs_wrapping(mesh, plan) else f"{cfg.sharding}: one rank, unwrapped"
+    )
     ctx.log(
         f"{spec.name} / {recipe.name} ({recipe.loss_impl}) on {world} x {device_name(device)}"
-        f" [{backend}, {cfg.sharding}, {cfg.precision}], global batch {cfg.global_batch}"
+        f" [{backend}, {sharding}, {cfg.precision}], global batch {cfg.global_batch}"
         f", peak {peak / 1e9 if peak else float('nan'):.1f} GFLOP/s/device ({peak_source})"
     )
-    try:
-        return train_loop(ctx)
-    finally:
-        loader.close()  # decode workers stop here, not in a finaliser at interpreter exit
+    return ctx, loader
 
 
 @dataclass(frozen=True)
@@ -387,15 +409,16 @@ def build_eval(cfg: TrainConfig, spec, model, device):
 
 
 def mean_over_ranks(value: float | None, device) -> float | None:
-    """Per-device peak as the mean of what the ranks measured (they measured concurrently)."""
+    """Per-device peak as the mean of what the ranks measured (they measured concurrently);
+    None on every rank when any rank has none (its measurement was rejected). Collective."""
     import torch
     import torch.distributed as dist
 
-    if value is None or dist.get_world_size() == 1:
+    if dist.get_world_size() == 1:
         return value
-    t = torch.tensor([value], dtype=torch.float64, device=device)
+    t = torch.tensor([value or 0.0, value is None], dtype=torch.float64, device=device)
     dist.all_reduce(t)
-    return t.item() / dist.get_world_size()
+    return None if t[1].item() else t[0].item() / dist.get_world_size()
 
 
 def init_from_files(cfg: TrainConfig, model) -> None:

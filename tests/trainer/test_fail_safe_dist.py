@@ -140,8 +140,9 @@ def test_torchrun_prints_each_error_once_without_trainer_traceback(tmp_path):
 
 def test_second_trainer_on_same_out_refuses_first_finishes(tmp_path):
     out = tmp_path / "shared"
-    cmd = [sys.executable, "-m", "trainer.train", "--steps", "100", "--global-batch", "8",
-           "--out", str(out), "--peak-flops", "1e12", "--ckpt-every", "50"]  # fmt: skip
+    # long enough (~10 s at ~25 ms per step) to still run when the second one has started
+    cmd = [sys.executable, "-m", "trainer.train", "--steps", "400", "--global-batch", "8",
+           "--out", str(out), "--peak-flops", "1e12", "--ckpt-every", "200"]  # fmt: skip
     first = subprocess.Popen(cmd, cwd=REPO, env=_env(), stdout=subprocess.PIPE,
                              stderr=subprocess.PIPE, text=True)  # fmt: skip
     try:
@@ -161,5 +162,5 @@ def test_second_trainer_on_same_out_refuses_first_finishes(tmp_path):
     assert second.returncode == 2 and len(lines) == 1, second.stderr
     assert lines[0].startswith("error: out: ") and f"pid {first.pid}" in lines[0]
     assert first.returncode == 0, first_err[-2000:]
-    assert sorted(_losses(out)) == list(range(1, 101))
+    assert sorted(_losses(out)) == list(range(1, 401))
     assert not (out / LOCK_FILE).exists()

@@ -129,3 +129,66 @@ def test_forward_backward_match_single_process(sharding, precision, checkpointin
         # both ranks ran the same inputs, so the averaged gradient equals one process's
         assert r["grad_err"] < tol * max(1.0, r["grad_ref_max"]) * 10
         assert r["grad_scale"][0] == pytest.approx(r["grad_scale"][1], rel=tol * 10, abs=tol)
+
+
+def _train_one_rank(ctx):
+    """Three clipped AdamW steps of tiny-clip on one rank, plain (the default for one fp32 rank)
+    and wrapped in FSDP anyway; same seed, same batch."""
+    import trainer.parallelize as par
+    from trainer.losses import clip_loss
+
+    out = {}
+    for wrapped in (False, True):
+        torch.manual_seed(0)
+        model = build_model(get_model("tiny-clip"), device="meta")
+        default = par.needs_wrapping
+        par.needs_wrapping = (lambda mesh, plan: True) if wrapped else default
+        try:
+            parallelize(model, ctx.mesh, ParallelPlan(), torch.device("cpu"), init_weights)
+        finally:
+            par.needs_wrapping = default
+        optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
+        g = torch.Generator().manual_seed(1)
+        images = torch.randn(4, 3, 32, 32, generator=g)
+        tokens = torch.randint(1, 250, (4, 32), generator=g)
+        losses = []
+        for _ in range(3):
+            img, txt = model(images, tokens)
+            scale, _ = model.logit_params()
+            loss = clip_loss(img, txt, scale, None)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_([p for p in model.parameters() if p.grad is not None], 1)
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            losses.append(loss.item())
+        out[wrapped] = {
+            "fsdp": isinstance(model, FSDPModule),
+            "dtensor": [isinstance(p, DTensor) for p in model.parameters()],
+            "losses": losses,
+            "weights": [par.full_value(p).detach().clone() for p in model.parameters()],
+        }
+    return out
+
+
+def test_one_fp32_rank_trains_unwrapped_and_exactly_as_fsdp():
+    (r,) = run_distributed(_train_one_rank, 1)
+    plain, wrapped = r[False], r[True]
+    assert not plain["fsdp"] and not any(plain["dtensor"])
+    assert wrapped["fsdp"] and all(wrapped["dtensor"])
+    # nothing to shard or reduce on one rank: the same init, losses and weights, bit for bit
+    assert plain["losses"] == wrapped["losses"]
+    assert all(torch.equal(a, b) for a, b in zip(plain["weights"], wrapped["weights"], strict=True))
+
+
+@pytest.mark.parametrize(
+    ("world", "precision", "wraps"),
+    [(1, "fp32", False), (1, "bf16", True), (1, "fp16", True), (2, "fp32", True)],
+)
+def test_wrapping_needed_for_several_ranks_or_mixed_precision(world, precision, wraps):
+    from types import SimpleNamespace
+
+    from trainer.parallelize import needs_wrapping
+
+    mesh = SimpleNamespace(size=lambda: world)
+    for sharding in ("fsdp", "ddp"):
+        assert needs_wrapping(mesh, ParallelPlan(sharding=sharding, precision=precision)) is wraps
