@@ -17,6 +17,7 @@ import typer
 from pydantic import ValidationError
 
 from vlscale.errors import ConfigError, from_validation_error
+from vlscale.specs.validation import check_mask_ratio
 
 app = typer.Typer(
     help="Plan, simulate and validate CLIP / SigLIP / EVA-CLIP training runs.",
@@ -84,13 +85,6 @@ def human_bytes(n: float) -> str:
         if abs(n) >= factor:
             return f"{n / factor:.2f} {prefix}"
     return f"{int(n)} B"
-
-
-def check_mask_ratio(mask_ratio: float) -> None:
-    if not 0.0 <= mask_ratio < 1.0:  # NaN fails this too
-        raise ConfigError(
-            "mask_ratio", f"must be in [0, 1), got {mask_ratio}; e.g. 0.5 drops half the patches"
-        )
 
 
 def check_positive(field: str, value: int | float | None) -> None:

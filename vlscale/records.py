@@ -36,6 +36,7 @@ from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 from vlscale.errors import ConfigError, from_validation_error
 from vlscale.specs.models import ModelSpec
 from vlscale.specs.recipes import Precision, RecipeSpec
+from vlscale.specs.validation import MaskRatio
 
 SCHEMA_VERSION = 1
 
@@ -96,7 +97,7 @@ class StepRecord(_Record):
     step: int = Field(ge=1)
     samples_seen: int = Field(ge=0)
     warmup: bool
-    mask_ratio: float = Field(ge=0.0, lt=1.0)
+    mask_ratio: MaskRatio
     step_time_s: float = Field(gt=0)
     data_time_s: float = Field(ge=0)
     forward_s: float | None = None

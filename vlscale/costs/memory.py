@@ -44,19 +44,16 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 
 from vlscale.costs.activations import activation_bytes
+from vlscale.costs.dtypes import FP32, LOSS_BYTES, REDUCE_BYTES
 from vlscale.costs.params import block_params, count_params, text_params, vision_params
 from vlscale.errors import ConfigError
 from vlscale.specs.models import LOGIT_PARAMS, ModelSpec
-from vlscale.specs.recipes import BYTES_PER_ELEMENT
+from vlscale.specs.recipes import BYTES_PER_ELEMENT, check_loss_impl
 from vlscale.specs.towers import TextTowerSpec, TrunkSpec, VisionTowerSpec
+from vlscale.specs.validation import check_mask_ratio
 
-FP32 = 4
-REDUCE_BYTES = 4  # trainer.parallelize reduces gradients in fp32
-LOSS_BYTES = 4  # embeddings are normalised in fp32 and logits / losses are fp32
 DEFAULT_OVERHEAD_BYTES = 1 << 30
 OPTIMIZERS = ("adamw", "lamb", "adafactor")
-LOSSES = ("softmax", "sigmoid")
-LOSS_IMPLS = ("gather", "ring")
 
 
 @dataclass(frozen=True)
@@ -102,7 +99,7 @@ def estimate_memory(
     forward and the loss buffers never coexist in full).
     """
     _check(local_batch, shard_degree, world_size, precision, optimizer, mask_ratio)
-    _check_loss(loss, loss_impl)
+    check_loss_impl(loss, loss_impl)
     if overhead_bytes < 0:
         raise ConfigError("overhead_bytes", f"must be >= 0, got {overhead_bytes}")
     psi = count_params(spec).total
@@ -167,7 +164,7 @@ def loss_buffer_bytes(
                         block and the incoming one 6·b·e -- independent of W
                         (``trainer.losses.siglip_ring``)
     """
-    _check_loss(loss, impl)
+    check_loss_impl(loss, impl)
     if local_batch < 1:
         raise ConfigError("local_batch", f"must be >= 1, got {local_batch}")
     if world_size < 1:
@@ -340,19 +337,7 @@ def _check(local_batch, shard_degree, world_size, precision, optimizer, mask_rat
         )
     if optimizer not in OPTIMIZERS:
         raise ConfigError("optimizer", f"unknown optimizer '{optimizer}'; use one of {OPTIMIZERS}")
-    if not 0.0 <= mask_ratio < 1.0:
-        raise ConfigError("mask_ratio", f"must be in [0, 1), got {mask_ratio}; e.g. 0.5")
-
-
-def _check_loss(loss: str, impl: str) -> None:
-    if loss not in LOSSES:
-        raise ConfigError("loss", f"unknown loss '{loss}'; use one of {LOSSES}")
-    if impl not in LOSS_IMPLS:
-        raise ConfigError("loss_impl", f"unknown loss_impl '{impl}'; use one of {LOSS_IMPLS}")
-    if impl == "ring" and loss != "sigmoid":
-        raise ConfigError(
-            "loss_impl", "'ring' is the chunked sigmoid loss; use loss_impl='gather' for softmax"
-        )
+    check_mask_ratio(mask_ratio)
 
 
 def _ceil_div(a: int, b: int) -> int:

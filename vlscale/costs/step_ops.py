@@ -33,9 +33,9 @@ Those copies are memory-bound ops here; the collective itself is priced by
 
 from __future__ import annotations
 
+from vlscale.costs.dtypes import FP32
 from vlscale.costs.ops import Op, OpList
 
-FP32 = 4
 OPTIMIZER_BYTES_PER_PARAM = {"adamw": 28, "lamb": 36, "adafactor": 16}  # foreach / fused
 SINGLE_TENSOR_BYTES_PER_PARAM = {"adamw": 84, "lamb": 100, "adafactor": 48}
 OPTIMIZER_KERNELS_PER_TENSOR = {"adamw": 10, "lamb": 14, "adafactor": 12}  # single-tensor

@@ -37,6 +37,7 @@ from dataclasses import dataclass, field
 
 from vlscale.costs.collectives import all_gather, all_reduce, neighbor_exchange, reduce_scatter
 from vlscale.costs.compute import OpTime, RankResources, op_time
+from vlscale.costs.dtypes import FP32, LOSS_BYTES, REDUCE_BYTES
 from vlscale.costs.flops import model_flops_per_sample
 from vlscale.costs.memory import fsdp_unit_params, parameter_shapes
 from vlscale.costs.ops import Op, unit_ops
@@ -53,10 +54,6 @@ from vlscale.sim.workload import (
 from vlscale.specs.hardware import ClusterSpec
 from vlscale.specs.models import ModelSpec
 from vlscale.specs.recipes import BYTES_PER_ELEMENT, RecipeSpec
-
-FP32 = 4
-REDUCE_BYTES = FP32  # MixedPrecisionPolicy(reduce_dtype=fp32)
-EMBED_BYTES = FP32  # the losses gather fp32 embeddings (trainer.losses)
 
 
 @dataclass(frozen=True)
@@ -286,7 +283,7 @@ def _loss_phase(spec, recipe, coll, world, b, price, comm, loss_comm, exposed):
     communication that does not hide (all of it when ``exposed``: a CPU)."""
     e = spec.embed_dim
     fwd_ops, bwd_ops = loss_ops(recipe.loss, recipe.loss_impl, b, world, e)
-    shard = b * e * EMBED_BYTES
+    shard = b * e * LOSS_BYTES
     if recipe.loss_impl == "ring":
         blocks_f = _per_block(fwd_ops)
         blocks_b = _per_block(bwd_ops)
