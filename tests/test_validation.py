@@ -1,5 +1,5 @@
 """The FLIP mask ratio and the loss implementation are checked in one place each
-(``vlscale.specs.validation``, ``vlscale.specs.recipes``); every layer gives the same answer."""
+(``vlscale.validation``, ``vlscale.specs.recipes``); every layer gives the same answer."""
 
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ from vlscale.records import StepRecord
 from vlscale.specs import get_model
 from vlscale.specs.recipes import RecipeSpec, check_loss_impl
 from vlscale.specs.towers import kept_patches
-from vlscale.specs.validation import check_mask_ratio
+from vlscale.validation import check_mask_ratio
 
 BAD = [float("nan"), -0.1, 1.0, True, math.inf]
 

@@ -32,7 +32,7 @@ from vlscale.specs.recipes import (
     RecipeSpec,
     default_recipe,
 )
-from vlscale.specs.validation import MaskRatio
+from vlscale.validation import MaskRatio
 
 BUILTIN_DATA = ("shapes",)
 

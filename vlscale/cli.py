@@ -17,7 +17,7 @@ import typer
 from pydantic import ValidationError
 
 from vlscale.errors import ConfigError, from_validation_error
-from vlscale.specs.validation import check_mask_ratio
+from vlscale.validation import check_mask_ratio
 
 app = typer.Typer(
     help="Plan, simulate and validate CLIP / SigLIP / EVA-CLIP training runs.",

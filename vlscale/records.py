@@ -36,7 +36,7 @@ from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 from vlscale.errors import ConfigError, from_validation_error
 from vlscale.specs.models import ModelSpec
 from vlscale.specs.recipes import Precision, RecipeSpec
-from vlscale.specs.validation import MaskRatio
+from vlscale.validation import MaskRatio
 
 SCHEMA_VERSION = 1
 

@@ -77,7 +77,7 @@ from vlscale.errors import ConfigError
 from vlscale.specs.models import ModelSpec
 from vlscale.specs.recipes import BYTES_PER_ELEMENT
 from vlscale.specs.towers import TextTowerSpec, TrunkSpec, VisionTowerSpec
-from vlscale.specs.validation import check_mask_ratio
+from vlscale.validation import check_mask_ratio
 
 
 @dataclass(frozen=True)

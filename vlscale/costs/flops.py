@@ -53,7 +53,7 @@ from vlscale.errors import ConfigError
 from vlscale.specs.models import ModelSpec
 from vlscale.specs.recipes import check_loss_impl
 from vlscale.specs.towers import TextTowerSpec, TrunkSpec, VisionTowerSpec
-from vlscale.specs.validation import check_mask_ratio
+from vlscale.validation import check_mask_ratio
 
 LayerKind = Literal["stem", "block", "head", "proj"]
 

@@ -50,7 +50,7 @@ from vlscale.errors import ConfigError
 from vlscale.specs.models import LOGIT_PARAMS, ModelSpec
 from vlscale.specs.recipes import BYTES_PER_ELEMENT, check_loss_impl
 from vlscale.specs.towers import TextTowerSpec, TrunkSpec, VisionTowerSpec
-from vlscale.specs.validation import check_mask_ratio
+from vlscale.validation import check_mask_ratio
 
 DEFAULT_OVERHEAD_BYTES = 1 << 30
 OPTIMIZERS = ("adamw", "lamb", "adafactor")

@@ -20,7 +20,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 from vlscale.errors import ConfigError, validate_as
 from vlscale.specs.recipes import LossImpl, Optimizer, Precision, RecipeName, RecipeSpec
 from vlscale.specs.recipes import default_recipe as _default_recipe
-from vlscale.specs.validation import MaskRatio
+from vlscale.validation import MaskRatio
 
 
 class FailureConfig(BaseModel):
