@@ -41,15 +41,21 @@ allocator's fragmentation (default 1 GiB; calibrate it per device).
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass
 
 from vlscale.costs.activations import activation_bytes
 from vlscale.costs.dtypes import FP32, LOSS_BYTES, REDUCE_BYTES
-from vlscale.costs.params import block_params, count_params, text_params, vision_params
+from vlscale.costs.params import (
+    block_params,
+    count_params,
+    parameter_shapes,
+    text_params,
+    vision_params,
+)
 from vlscale.errors import ConfigError
 from vlscale.specs.models import LOGIT_PARAMS, ModelSpec
 from vlscale.specs.recipes import BYTES_PER_ELEMENT, check_loss_impl
-from vlscale.specs.towers import TextTowerSpec, TrunkSpec, VisionTowerSpec
 from vlscale.validation import check_mask_ratio
 
 DEFAULT_OVERHEAD_BYTES = 1 << 30
@@ -254,67 +260,9 @@ def _adafactor_elements(shape: tuple[int, ...]) -> int:
     """torch.optim.Adafactor: row variance (last dim reduced) + column variance (second to last
     reduced) for rank >= 2; the full variance for vectors."""
     if len(shape) < 2:
-        return _numel(shape)
-    lead = _numel(shape[:-2])
+        return math.prod(shape)
+    lead = math.prod(shape[:-2])
     return lead * shape[-2] + lead * shape[-1]
-
-
-def parameter_shapes(spec: ModelSpec) -> list[tuple[int, ...]]:
-    """Shapes of every parameter tensor, as ``models/`` allocates them (the fused qkv and fc1
-    weights are single tensors; ``tests/test_activation_memory_torch.py`` checks the list)."""
-    towers = [
-        *_vision_shapes(spec.vision, spec.embed_dim),
-        *_text_shapes(spec.text, spec.embed_dim),
-    ]
-    return towers + [(1,)] * LOGIT_PARAMS  # logit_scale, logit_bias
-
-
-def _vision_shapes(v: VisionTowerSpec, embed_dim: int) -> list[tuple[int, ...]]:
-    t = v.trunk
-    d = t.width
-    shapes: list[tuple[int, ...]] = [(d, 3, v.patch_size, v.patch_size)]
-    shapes += [(d,)] if v.patch_bias else []
-    shapes += [(1, 1, d)] if v.class_token else []
-    shapes += [(1, v.num_prefix_tokens + v.num_patches, d)] if v.learned_pos else []
-    shapes += _norm_shapes(d, t) if v.ln_pre else []
-    shapes += _trunk_shapes(t)
-    shapes += _norm_shapes(d, t)
-    if v.pool == "map":
-        h = t.mlp_width
-        shapes += [(1, 1, d), (d, d), (d,), (2 * d, d), (2 * d,), (d, d), (d,)]
-        shapes += [*_norm_shapes(d, t), (h, d), (h,), (d, h), (d,)]
-    return shapes + _proj_shapes(v.proj, d, embed_dim)
-
-
-def _text_shapes(tx: TextTowerSpec, embed_dim: int) -> list[tuple[int, ...]]:
-    t = tx.trunk
-    d = t.width
-    shapes = [(tx.vocab_size, d), (tx.context_length, d), *_trunk_shapes(t), *_norm_shapes(d, t)]
-    return shapes + _proj_shapes(tx.proj, d, embed_dim)
-
-
-def _trunk_shapes(t: TrunkSpec) -> list[tuple[int, ...]]:
-    d, h = t.width, t.mlp_width
-    attn: list[tuple[int, ...]] = [(3 * d, d)]
-    attn += {"qkv": [(3 * d,)], "qv": [(d,), (d,)], "none": []}[t.qkv_bias]
-    attn += _norm_shapes(d, t) if t.sub_ln else []
-    attn += [(d, d)] + ([(d,)] if t.proj_bias else [])
-    fc1 = h if t.mlp_kind == "gelu" else 2 * h
-    mlp: list[tuple[int, ...]] = [(fc1, d)] + ([(fc1,)] if t.mlp_bias else [])
-    mlp += _norm_shapes(h, t) if (t.sub_ln and t.mlp_kind == "swiglu") else []
-    mlp += [(d, h)] + ([(d,)] if t.mlp_bias else [])
-    block = [*_norm_shapes(d, t), *attn, *_norm_shapes(d, t), *mlp]
-    return block * t.depth
-
-
-def _norm_shapes(n: int, t: TrunkSpec) -> list[tuple[int, ...]]:
-    return [(n,), (n,)] if t.norm_kind == "layernorm" else [(n,)]
-
-
-def _proj_shapes(kind: str, width: int, embed_dim: int) -> list[tuple[int, ...]]:
-    if kind == "none":
-        return []
-    return [(embed_dim, width)] + ([(embed_dim,)] if kind == "linear_bias" else [])
 
 
 # --- validation ------------------------------------------------------------------------------
@@ -342,10 +290,3 @@ def _check(local_batch, shard_degree, world_size, precision, optimizer, mask_rat
 
 def _ceil_div(a: int, b: int) -> int:
     return -(-a // b)
-
-
-def _numel(shape: tuple[int, ...]) -> int:
-    n = 1
-    for k in shape:
-        n *= k
-    return n

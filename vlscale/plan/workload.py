@@ -39,8 +39,9 @@ from vlscale.costs.collectives import all_gather, all_reduce, neighbor_exchange,
 from vlscale.costs.compute import OpTime, RankResources, op_time
 from vlscale.costs.dtypes import FP32, LOSS_BYTES, REDUCE_BYTES
 from vlscale.costs.flops import model_flops_per_sample
-from vlscale.costs.memory import fsdp_unit_params, parameter_shapes
+from vlscale.costs.memory import fsdp_unit_params
 from vlscale.costs.ops import Op, unit_ops
+from vlscale.costs.params import parameter_shapes
 from vlscale.costs.step_ops import fsdp_copy_ops, loss_ops, optimizer_ops
 from vlscale.costs.topology import Group
 from vlscale.sim.workload import (
