@@ -160,15 +160,6 @@ def text_layer_flops(tx: TextTowerSpec, embed_dim: int) -> list[LayerFlops]:
     return layers
 
 
-def layer_forward_flops(
-    tower: VisionTowerSpec | TextTowerSpec, embed_dim: int, mask_ratio: float = 0.0
-) -> list[LayerFlops]:
-    """Per-layer breakdown for either tower (``mask_ratio`` applies to the image tower only)."""
-    if isinstance(tower, VisionTowerSpec):
-        return vision_layer_flops(tower, embed_dim, mask_ratio)
-    return text_layer_flops(tower, embed_dim)
-
-
 def vision_forward_flops(v: VisionTowerSpec, embed_dim: int, mask_ratio: float = 0.0) -> float:
     """Image-tower forward FLOPs per sample (sum of ``vision_layer_flops``)."""
     return sum(layer.total for layer in vision_layer_flops(v, embed_dim, mask_ratio))
