@@ -124,14 +124,24 @@ def estimate_memory(
     )
 
 
-def fsdp_unit_params(spec: ModelSpec) -> list[int]:
-    """Parameters per FSDP unit, as ``trainer.parallelize`` wraps: every block of both towers,
-    each tower's non-block parameters, and the root (``logit_scale``, ``logit_bias``)."""
+def fsdp_units(spec: ModelSpec) -> dict[str, int]:
+    """Parameters per FSDP unit by name, as ``trainer.parallelize`` wraps: every block of both
+    towers ("visual.blocks.i", "text.blocks.i", the names of ``vlscale.costs.ops.unit_ops``),
+    each tower's non-block parameters ("visual", "text") and the root ("root": ``logit_scale``,
+    ``logit_bias``), in that order."""
     v, tx = spec.vision, spec.text
     vb, tb = block_params(v.trunk), block_params(tx.trunk)
-    v_rest = vision_params(v, spec.embed_dim) - v.trunk.depth * vb
-    t_rest = text_params(tx, spec.embed_dim) - tx.trunk.depth * tb
-    return [vb] * v.trunk.depth + [tb] * tx.trunk.depth + [v_rest, t_rest, LOGIT_PARAMS]
+    units = {f"visual.blocks.{i}": vb for i in range(v.trunk.depth)}
+    units |= {f"text.blocks.{i}": tb for i in range(tx.trunk.depth)}
+    units["visual"] = vision_params(v, spec.embed_dim) - v.trunk.depth * vb
+    units["text"] = text_params(tx, spec.embed_dim) - tx.trunk.depth * tb
+    units["root"] = LOGIT_PARAMS
+    return units
+
+
+def fsdp_unit_params(spec: ModelSpec) -> list[int]:
+    """Parameters per FSDP unit (:func:`fsdp_units`' values: blocks, tower rests, root)."""
+    return list(fsdp_units(spec).values())
 
 
 def fsdp_buffer_bytes(
