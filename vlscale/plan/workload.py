@@ -33,6 +33,7 @@ compute is the stem (before the blocks) plus head and projection (after them).
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 from vlscale.costs.collectives import all_gather, all_reduce, neighbor_exchange, reduce_scatter
@@ -44,6 +45,7 @@ from vlscale.costs.ops import UnitOps, unit_ops
 from vlscale.costs.params import parameter_shapes
 from vlscale.costs.step_ops import fsdp_copy_ops, loss_ops, optimizer_ops, ring_loss_ops
 from vlscale.costs.topology import Group
+from vlscale.errors import ConfigError
 from vlscale.sim.workload import (
     ClipGatherLoss,
     InputPipeline,
@@ -136,6 +138,12 @@ class _Pricer:
             t = op_time(op, self.res, self.efficiency)
             self.table.append(t)
             total += t.time_s
+        if not math.isfinite(total):  # e.g. --utilisation 1e-300: FLOPs / (u · peak) overflows
+            raise ConfigError(
+                "config",
+                f"the ops would take {total} s; the sizes or efficiencies are out of range "
+                "(check --utilisation and --global-batch)",
+            )
         return total
 
 
