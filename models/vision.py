@@ -21,8 +21,8 @@ from torch import nn
 
 from models.layers import Mlp, fan_in_std, make_blocks, make_norm, make_proj
 from models.rope import VisionRope
-from vlscale.errors import ConfigError
 from vlscale.specs.towers import TrunkSpec, VisionTowerSpec
+from vlscale.validation import check_mask_ratio
 
 
 class MapHead(nn.Module):
@@ -95,8 +95,7 @@ class VisionTower(nn.Module):
     ) -> torch.Tensor:
         """(B, 3, H, W) images -> (B, embed_dim) features (not normalised)."""
         spec = self.spec
-        if not 0.0 <= mask_ratio < 1.0:
-            raise ConfigError("mask_ratio", f"must be in [0, 1), got {mask_ratio}; e.g. 0.5")
+        check_mask_ratio(mask_ratio)
         prefix = spec.num_prefix_tokens
         x = self.patch_embed(images).flatten(2).transpose(1, 2)  # (B, N, d)
         if self.pos_embed is not None:

@@ -13,7 +13,6 @@ from vlscale.costs.collectives import (
     algorithms,
     all_gather,
     all_reduce,
-    broadcast,
     neighbor_exchange,
     reduce_scatter,
 )
@@ -98,17 +97,6 @@ def test_collnet_only_with_in_network_reduction():
     # Each node sends S up and gets S back (2 steps, 8e6 through 4e10): 2e-5 + 2e-4,
     # pipelined with the NVLink chain (6e-6 + 8e-5): 2.26e-4.
     assert all_reduce(8 * N, sharp, "collnet").time_s == approx(2.6e-5 + 2e-4)
-
-
-def test_broadcast():
-    # tree: ceil(lg 8) = 3 rounds of the whole 8e6 buffer on the slowest tier:
-    # 3 x (1e-5 + 8e6/1e10) = 2.43e-3.
-    assert broadcast(8 * N, G, "tree").time_s == approx(3 * (1e-5 + 8e-4))
-    # scatter (3 rounds, 7/8 of the buffer through the root's NIC share):
-    # 3e-5 + 7e6/1e10 = 7.3e-4, then the best all-gather of 1e6 shards (ring, 2.45e-4).
-    r = broadcast(8 * N, G)
-    assert r.algorithm == "scatter_allgather"
-    assert r.time_s == approx(7.3e-4 + 2.45e-4)
 
 
 def test_neighbor_exchange():

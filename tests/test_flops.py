@@ -16,12 +16,13 @@ from vlscale.costs.flops import (
     block_flops,
     flip_flop_ratio,
     forward_flops,
-    layer_forward_flops,
     loss_flops,
     model_flops_per_sample,
     text_forward_flops,
+    text_layer_flops,
     train_flops_per_sample,
     vision_forward_flops,
+    vision_layer_flops,
 )
 from vlscale.errors import ConfigError
 from vlscale.specs import get_model, list_models
@@ -68,7 +69,10 @@ def test_per_block_flops_equal_flop_counter(name):
         block = (model.visual if tower is spec.vision else model.text).blocks[0]
         x = torch.empty(1, seq, tower.trunk.width, device="meta")
         assert counted(block, x).get_total_flops() == block_flops(tower.trunk, seq).total
-        layers = layer_forward_flops(tower, spec.embed_dim, r)
+        if tower is spec.vision:
+            layers = vision_layer_flops(tower, spec.embed_dim, r)
+        else:
+            layers = text_layer_flops(tower, spec.embed_dim)
         assert sum(x.kind == "block" for x in layers) == tower.trunk.depth
 
 

@@ -9,8 +9,10 @@ import pytest
 from vlscale.errors import ConfigError
 from vlscale.specs.hardware import (
     DeviceSpec,
+    catalog_name,
     default_slice_shape,
     dump_hardware_file,
+    find_device,
     get_device,
     list_devices,
     load_hardware_file,
@@ -101,6 +103,26 @@ def test_aliases_do_not_collide():
         for alias in (d.name, *d.aliases):
             key = alias.lower().replace("-", "").replace("_", "").replace(" ", "")
             assert seen.setdefault(key, name) == name, alias
+
+
+@pytest.mark.parametrize(
+    "description, name",
+    [
+        ("NVIDIA H100 80GB HBM3", "H100"),
+        ("NVIDIA A100-SXM4-80GB", "A100-80GB"),  # the longest alias wins over "A100"
+        ("NVIDIA A100-SXM4-40GB", "A100-40GB"),
+        ("h200", "H200"),
+        ("tpu v5e", "TPUv5e"),
+        ("NVIDIA GeForce RTX 4090", None),
+    ],
+)
+def test_find_device_names_the_catalog_device_in_a_description(description, name):
+    assert find_device(description) == name
+
+
+def test_catalog_name_is_exact_and_quiet():
+    assert catalog_name("a100 80gb") == "A100-80GB"
+    assert catalog_name("H100-measured") is None
 
 
 def test_unknown_device_lists_close_matches():

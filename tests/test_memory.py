@@ -212,8 +212,7 @@ def test_bad_input_names_the_field(kwargs, field):
 
 def test_adafactor_column_factors_are_replicated_across_shards():
     # each 2-D (r, c) matrix keeps r/s row statistics and all c column statistics per rank
-    from vlscale.costs.memory import parameter_shapes
-    from vlscale.costs.params import count_params
+    from vlscale.costs.params import count_params, parameter_shapes
 
     shapes = parameter_shapes(TINY)
     cols = sum(shape[1] for shape in shapes if len(shape) == 2)

@@ -32,6 +32,7 @@ from vlscale.specs.recipes import (
     RecipeSpec,
     default_recipe,
 )
+from vlscale.validation import MaskRatio
 
 BUILTIN_DATA = ("shapes",)
 
@@ -44,7 +45,7 @@ class TrainConfig(BaseModel):
     model: str = "tiny-clip"
     recipe: RecipeName = "clip"
     loss_impl: LossImpl | None = None
-    mask_ratio: float | None = Field(default=None, ge=0.0, lt=1.0, allow_inf_nan=False)
+    mask_ratio: MaskRatio | None = None
     optimizer: Optimizer | None = None
     global_batch: int = Field(default=32, gt=0)
     grad_accum: int = Field(default=1, gt=0)

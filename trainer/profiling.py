@@ -148,19 +148,12 @@ def catalog_device_key(device_name: str) -> str | None:
     """The hardware catalog's name for a CUDA device, or None when it is not listed.
 
     ``torch.cuda.get_device_name`` says e.g. "NVIDIA H100 80GB HBM3"; the catalog entry whose
-    name or alias is the longest substring of it wins (so "A100-SXM4-80GB" beats "A100").
+    name or alias is the longest substring of it wins (so "A100-SXM4-80GB" beats "A100"):
+    ``vlscale.specs.catalog.find_device``.
     """
-    from vlscale.specs.hardware import _key, get_device, list_devices
+    from vlscale.specs.catalog import find_device
 
-    key = _key(device_name.removeprefix("NVIDIA "))
-    best: tuple[int, str] | None = None
-    for name in list_devices():
-        spec = get_device(name)
-        for alias in (spec.name, *spec.aliases):
-            k = _key(alias)
-            if k and k in key and (best is None or len(k) > best[0]):
-                best = (len(k), spec.name)
-    return None if best is None else best[1]
+    return find_device(device_name.removeprefix("NVIDIA "))
 
 
 def resolve_peak_flops(

@@ -89,13 +89,6 @@ def human_bytes(n: float) -> str:
     return f"{int(n)} B"
 
 
-def check_mask_ratio(mask_ratio: float) -> None:
-    if not 0.0 <= mask_ratio < 1.0:  # NaN fails this too
-        raise ConfigError(
-            "mask_ratio", f"must be in [0, 1), got {mask_ratio}; e.g. 0.5 drops half the patches"
-        )
-
-
 def check_positive(field: str, value: int | float | None) -> None:
     if value is not None and not (value > 0 and math.isfinite(value)):
         raise ConfigError(field, f"must be a positive finite number, got {value}")

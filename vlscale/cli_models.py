@@ -9,7 +9,6 @@ import typer
 from vlscale.cli_app import (
     MODEL_HELP,
     app,
-    check_mask_ratio,
     check_positive,
     emit_json,
     handles_bad_input,
@@ -18,6 +17,7 @@ from vlscale.cli_app import (
     print_table,
 )
 from vlscale.errors import ConfigError
+from vlscale.validation import check_mask_ratio
 
 models_app = typer.Typer(
     help="Model presets: list them, or print one as a starting model file.",

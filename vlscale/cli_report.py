@@ -15,6 +15,7 @@ import typer
 from vlscale.cli_app import app, emit_json, handles_bad_input, print_table
 from vlscale.cli_options import SchedulerOpt, WorkersOpt
 from vlscale.errors import ConfigError
+from vlscale.validation import check_mask_ratio
 
 
 def reproduce_command(
@@ -101,8 +102,8 @@ def report_cmd(
     from vlscale.report.study import StudySpec
 
     check_report_path(out)
-    if mask_ratio is not None and any(not 0 <= r < 1 for r in mask_ratio):
-        raise ConfigError("mask_ratio", f"{mask_ratio} must each be in [0, 1)")
+    for ratio in mask_ratio or ():
+        check_mask_ratio(ratio)
     if loss_local_batch is not None and loss_local_batch <= 0:
         raise ConfigError("loss_local_batch", f"{loss_local_batch} must be positive")
     base = _base_config(config)

@@ -1,4 +1,5 @@
-"""Run-record schema: what the trainer writes and what the planner reads back (read_run).
+"""Run-record schema: what the trainer writes and what ``vlscale calibrate`` and
+``vlscale validate`` read back (:func:`read_run`, through ``vlscale.calibrate.runs``).
 
 A run file is JSON Lines. The first line is a :class:`RunHeader`; every later line is a
 :class:`StepRecord`, an :class:`EvalRecord`, a :class:`CheckpointRecord` or a
@@ -22,7 +23,8 @@ Definitions (the trainer measures exactly these):
 - ``peak_memory_bytes``: see ``RunHeader.memory_metric``; null when nothing honest is available.
 - ``warmup``: the first steps (compilation, allocator growth, caches) are marked, not dropped.
 
-This module is torch-free: the planner imports it.
+This module is torch-free: the trainer writes with it and ``vlscale.calibrate`` reads with it
+(``vlscale plan`` itself never reads runs).
 """
 
 from __future__ import annotations
@@ -36,6 +38,7 @@ from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 from vlscale.errors import ConfigError, from_validation_error
 from vlscale.specs.models import ModelSpec
 from vlscale.specs.recipes import Precision, RecipeSpec
+from vlscale.validation import MaskRatio
 
 SCHEMA_VERSION = 1
 
@@ -96,7 +99,7 @@ class StepRecord(_Record):
     step: int = Field(ge=1)
     samples_seen: int = Field(ge=0)
     warmup: bool
-    mask_ratio: float = Field(ge=0.0, lt=1.0)
+    mask_ratio: MaskRatio
     step_time_s: float = Field(gt=0)
     data_time_s: float = Field(ge=0)
     forward_s: float | None = None

@@ -72,13 +72,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from vlscale.costs.dtypes import INDEX_BYTES, STAT_BYTES
 from vlscale.errors import ConfigError
 from vlscale.specs.models import ModelSpec
 from vlscale.specs.recipes import BYTES_PER_ELEMENT
 from vlscale.specs.towers import TextTowerSpec, TrunkSpec, VisionTowerSpec
-
-STAT_BYTES = 4  # norm statistics and the attention logsumexp are kept in fp32
-INDEX_BYTES = 8  # int64 token ids and FLIP indices
+from vlscale.validation import check_mask_ratio
 
 
 @dataclass(frozen=True)
@@ -216,8 +215,7 @@ def activation_bytes(
         raise ConfigError(
             "precision", f"unknown precision '{precision}'; use one of {list(BYTES_PER_ELEMENT)}"
         )
-    if not 0.0 <= mask_ratio < 1.0:
-        raise ConfigError("mask_ratio", f"must be in [0, 1), got {mask_ratio}; e.g. 0.5")
+    check_mask_ratio(mask_ratio)
     if local_batch < 1:
         raise ConfigError("local_batch", f"must be >= 1, got {local_batch}")
     act_bytes = BYTES_PER_ELEMENT[precision]

@@ -5,7 +5,6 @@ Message-size convention (bytes, per rank):
     all_gather(shard_bytes)      each rank contributes ``shard_bytes``; ends with p · shard
     reduce_scatter(shard_bytes)  each rank starts with p · shard; ends with its reduced shard
     all_reduce(buffer_bytes)     each rank holds and ends with the whole ``buffer_bytes``
-    broadcast(buffer_bytes)      the root's ``buffer_bytes`` reach every rank
     neighbor_exchange(bytes)     each of ``hops`` steps sends ``bytes`` to the next rank
 
 So FSDP's parameter all-gather takes the shard. ``bytes_moved_per_rank`` follows nccl-tests'
@@ -168,25 +167,6 @@ def all_reduce(buffer_bytes: float, group: Group, algorithm: str = "auto") -> Co
     return _pick("all_reduce", n, group, algorithm, cands, moved)
 
 
-def broadcast(buffer_bytes: float, group: Group, algorithm: str = "auto") -> CollectiveResult:
-    """Broadcast of ``buffer_bytes`` from one root: binomial tree or scatter + all-gather."""
-    n = _check_bytes(buffer_bytes, "buffer_bytes")
-    p = group.size
-    rounds = math.ceil(math.log2(p)) if p > 1 else 0
-    scatter_moved = (p - 1) / p * n
-
-    def tree() -> Schedule:
-        return _seq((_bottleneck(group, n), rounds, rounds * n))
-
-    def scatter_allgather() -> Schedule:
-        ag = min((f() for f in _ag_candidates(n / p, group).values()), key=_time)
-        return [*_seq((_bottleneck(group, n / 2), rounds, scatter_moved)), *ag]
-
-    cands = {"tree": tree, "scatter_allgather": scatter_allgather}
-    moved = {"tree": rounds * n, "scatter_allgather": scatter_moved + (p - 1) * n / p}
-    return _pick("broadcast", n, group, algorithm, cands, moved)
-
-
 def neighbor_exchange(
     bytes_per_hop: float, group: Group, hops: int | None = None, bidirectional: bool = False
 ) -> CollectiveResult:
@@ -215,8 +195,6 @@ def neighbor_exchange(
 
 def algorithms(op: str, group: Group) -> list[str]:
     """Algorithms available for ``op`` on ``group``."""
-    if op == "broadcast":
-        return ["tree", "scatter_allgather"]
     if op == "neighbor_exchange":
         return ["ring", "bidirectional_ring"]
     ag = list(_ag_candidates(1.0, group))

@@ -47,10 +47,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
+from vlscale.costs.dtypes import FP32
 from vlscale.costs.ops import OpList, block_ops, map_head_ops, patch_embed_ops, proj_ops
 from vlscale.errors import ConfigError
 from vlscale.specs.models import ModelSpec
+from vlscale.specs.recipes import check_loss_impl
 from vlscale.specs.towers import TextTowerSpec, TrunkSpec, VisionTowerSpec
+from vlscale.validation import check_mask_ratio
 
 LayerKind = Literal["stem", "block", "head", "proj"]
 
@@ -100,7 +103,7 @@ class FlipRatio:
 
 def _op_flops(build, predicate=lambda op: True) -> float:
     """FLOPs of the ops ``build(ops)`` appends (one sample) that satisfy ``predicate``."""
-    ops = OpList("fp32", 4)
+    ops = OpList("fp32", FP32)
     build(ops)
     return sum(op.flops for op in ops if predicate(op))
 
@@ -132,16 +135,11 @@ def proj_flops(kind: str, width: int, embed_dim: int) -> float:
     return _op_flops(lambda ops: proj_ops(ops, "proj", kind, 1, width, embed_dim))
 
 
-def _check_mask_ratio(mask_ratio: float) -> None:
-    if not 0.0 <= mask_ratio < 1.0:
-        raise ConfigError("mask_ratio", f"must be in [0, 1), got {mask_ratio}; e.g. 0.5 for FLIP")
-
-
 def vision_layer_flops(
     v: VisionTowerSpec, embed_dim: int, mask_ratio: float = 0.0
 ) -> list[LayerFlops]:
     """Per-layer forward FLOPs of the image tower for one sample: stem, blocks, head, proj."""
-    _check_mask_ratio(mask_ratio)
+    check_mask_ratio(mask_ratio)
     t = v.trunk
     d = t.width
     s = v.seq_len(mask_ratio)
@@ -160,15 +158,6 @@ def text_layer_flops(tx: TextTowerSpec, embed_dim: int) -> list[LayerFlops]:
     layers = [block_flops(t, tx.context_length, f"block.{i}") for i in range(t.depth)]
     layers.append(LayerFlops("proj", "proj", other=proj_flops(tx.proj, t.width, embed_dim)))
     return layers
-
-
-def layer_forward_flops(
-    tower: VisionTowerSpec | TextTowerSpec, embed_dim: int, mask_ratio: float = 0.0
-) -> list[LayerFlops]:
-    """Per-layer breakdown for either tower (``mask_ratio`` applies to the image tower only)."""
-    if isinstance(tower, VisionTowerSpec):
-        return vision_layer_flops(tower, embed_dim, mask_ratio)
-    return text_layer_flops(tower, embed_dim)
 
 
 def vision_forward_flops(v: VisionTowerSpec, embed_dim: int, mask_ratio: float = 0.0) -> float:
@@ -273,14 +262,7 @@ def loss_flops(
 
     Softmax / sigmoid / log terms are elementwise and not counted (as FlopCounterMode).
     """
-    if loss not in ("softmax", "sigmoid"):
-        raise ConfigError("loss", f"unknown loss '{loss}'; use 'softmax' or 'sigmoid'")
-    if impl not in ("gather", "ring"):
-        raise ConfigError("loss_impl", f"unknown implementation '{impl}'; use 'gather' or 'ring'")
-    if impl == "ring" and loss != "sigmoid":
-        raise ConfigError(
-            "loss_impl", "'ring' is the chunked sigmoid loss; use 'gather' for softmax"
-        )
+    check_loss_impl(loss, impl)
     for field, value in (
         ("local_batch", local_batch),
         ("world_size", world_size),

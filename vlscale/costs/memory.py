@@ -41,23 +41,26 @@ allocator's fragmentation (default 1 GiB; calibrate it per device).
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass
 from typing import NamedTuple
 
 from vlscale.costs.activations import activation_bytes
-from vlscale.costs.params import block_params, count_params, text_params, vision_params
+from vlscale.costs.dtypes import FP32, LOSS_BYTES, REDUCE_BYTES
+from vlscale.costs.params import (
+    block_params,
+    count_params,
+    parameter_shapes,
+    text_params,
+    vision_params,
+)
 from vlscale.errors import ConfigError
 from vlscale.specs.models import LOGIT_PARAMS, ModelSpec
-from vlscale.specs.recipes import BYTES_PER_ELEMENT
-from vlscale.specs.towers import TextTowerSpec, TrunkSpec, VisionTowerSpec
+from vlscale.specs.recipes import BYTES_PER_ELEMENT, check_loss_impl
+from vlscale.validation import check_mask_ratio
 
-FP32 = 4
-REDUCE_BYTES = 4  # trainer.parallelize reduces gradients in fp32
-LOSS_BYTES = 4  # embeddings are normalised in fp32 and logits / losses are fp32
 DEFAULT_OVERHEAD_BYTES = 1 << 30
 OPTIMIZERS = ("adamw", "lamb", "adafactor")
-LOSSES = ("softmax", "sigmoid")
-LOSS_IMPLS = ("gather", "ring")
 
 
 @dataclass(frozen=True)
@@ -103,7 +106,7 @@ def estimate_memory(
     forward and the loss buffers never coexist in full).
     """
     _check(local_batch, shard_degree, world_size, precision, optimizer, mask_ratio)
-    _check_loss(loss, loss_impl)
+    check_loss_impl(loss, loss_impl)
     if overhead_bytes < 0:
         raise ConfigError("overhead_bytes", f"must be >= 0, got {overhead_bytes}")
     psi = count_params(spec).total
@@ -122,14 +125,24 @@ def estimate_memory(
     )
 
 
-def fsdp_unit_params(spec: ModelSpec) -> list[int]:
-    """Parameters per FSDP unit, as ``trainer.parallelize`` wraps: every block of both towers,
-    each tower's non-block parameters, and the root (``logit_scale``, ``logit_bias``)."""
+def fsdp_units(spec: ModelSpec) -> dict[str, int]:
+    """Parameters per FSDP unit by name, as ``trainer.parallelize`` wraps: every block of both
+    towers ("visual.blocks.i", "text.blocks.i", the names of ``vlscale.costs.ops.unit_ops``),
+    each tower's non-block parameters ("visual", "text") and the root ("root": ``logit_scale``,
+    ``logit_bias``), in that order."""
     v, tx = spec.vision, spec.text
     vb, tb = block_params(v.trunk), block_params(tx.trunk)
-    v_rest = vision_params(v, spec.embed_dim) - v.trunk.depth * vb
-    t_rest = text_params(tx, spec.embed_dim) - tx.trunk.depth * tb
-    return [vb] * v.trunk.depth + [tb] * tx.trunk.depth + [v_rest, t_rest, LOGIT_PARAMS]
+    units = {f"visual.blocks.{i}": vb for i in range(v.trunk.depth)}
+    units |= {f"text.blocks.{i}": tb for i in range(tx.trunk.depth)}
+    units["visual"] = vision_params(v, spec.embed_dim) - v.trunk.depth * vb
+    units["text"] = text_params(tx, spec.embed_dim) - tx.trunk.depth * tb
+    units["root"] = LOGIT_PARAMS
+    return units
+
+
+def fsdp_unit_params(spec: ModelSpec) -> list[int]:
+    """Parameters per FSDP unit (:func:`fsdp_units`' values: blocks, tower rests, root)."""
+    return list(fsdp_units(spec).values())
 
 
 def fsdp_buffer_bytes(
@@ -200,7 +213,7 @@ def loss_buffer_parts(
 
     One-element tensors (scale, bias, their exp and gradients) are not counted.
     """
-    _check_loss(loss, impl)
+    check_loss_impl(loss, impl)
     if local_batch < 1:
         raise ConfigError("local_batch", f"must be >= 1, got {local_batch}")
     if world_size < 1:
@@ -304,67 +317,9 @@ def _adafactor_elements(shape: tuple[int, ...]) -> int:
     """torch.optim.Adafactor: row variance (last dim reduced) + column variance (second to last
     reduced) for rank >= 2; the full variance for vectors."""
     if len(shape) < 2:
-        return _numel(shape)
-    lead = _numel(shape[:-2])
+        return math.prod(shape)
+    lead = math.prod(shape[:-2])
     return lead * shape[-2] + lead * shape[-1]
-
-
-def parameter_shapes(spec: ModelSpec) -> list[tuple[int, ...]]:
-    """Shapes of every parameter tensor, as ``models/`` allocates them (the fused qkv and fc1
-    weights are single tensors; ``tests/test_activation_memory_torch.py`` checks the list)."""
-    towers = [
-        *_vision_shapes(spec.vision, spec.embed_dim),
-        *_text_shapes(spec.text, spec.embed_dim),
-    ]
-    return towers + [(1,)] * LOGIT_PARAMS  # logit_scale, logit_bias
-
-
-def _vision_shapes(v: VisionTowerSpec, embed_dim: int) -> list[tuple[int, ...]]:
-    t = v.trunk
-    d = t.width
-    shapes: list[tuple[int, ...]] = [(d, 3, v.patch_size, v.patch_size)]
-    shapes += [(d,)] if v.patch_bias else []
-    shapes += [(1, 1, d)] if v.class_token else []
-    shapes += [(1, v.num_prefix_tokens + v.num_patches, d)] if v.learned_pos else []
-    shapes += _norm_shapes(d, t) if v.ln_pre else []
-    shapes += _trunk_shapes(t)
-    shapes += _norm_shapes(d, t)
-    if v.pool == "map":
-        h = t.mlp_width
-        shapes += [(1, 1, d), (d, d), (d,), (2 * d, d), (2 * d,), (d, d), (d,)]
-        shapes += [*_norm_shapes(d, t), (h, d), (h,), (d, h), (d,)]
-    return shapes + _proj_shapes(v.proj, d, embed_dim)
-
-
-def _text_shapes(tx: TextTowerSpec, embed_dim: int) -> list[tuple[int, ...]]:
-    t = tx.trunk
-    d = t.width
-    shapes = [(tx.vocab_size, d), (tx.context_length, d), *_trunk_shapes(t), *_norm_shapes(d, t)]
-    return shapes + _proj_shapes(tx.proj, d, embed_dim)
-
-
-def _trunk_shapes(t: TrunkSpec) -> list[tuple[int, ...]]:
-    d, h = t.width, t.mlp_width
-    attn: list[tuple[int, ...]] = [(3 * d, d)]
-    attn += {"qkv": [(3 * d,)], "qv": [(d,), (d,)], "none": []}[t.qkv_bias]
-    attn += _norm_shapes(d, t) if t.sub_ln else []
-    attn += [(d, d)] + ([(d,)] if t.proj_bias else [])
-    fc1 = h if t.mlp_kind == "gelu" else 2 * h
-    mlp: list[tuple[int, ...]] = [(fc1, d)] + ([(fc1,)] if t.mlp_bias else [])
-    mlp += _norm_shapes(h, t) if (t.sub_ln and t.mlp_kind == "swiglu") else []
-    mlp += [(d, h)] + ([(d,)] if t.mlp_bias else [])
-    block = [*_norm_shapes(d, t), *attn, *_norm_shapes(d, t), *mlp]
-    return block * t.depth
-
-
-def _norm_shapes(n: int, t: TrunkSpec) -> list[tuple[int, ...]]:
-    return [(n,), (n,)] if t.norm_kind == "layernorm" else [(n,)]
-
-
-def _proj_shapes(kind: str, width: int, embed_dim: int) -> list[tuple[int, ...]]:
-    if kind == "none":
-        return []
-    return [(embed_dim, width)] + ([(embed_dim,)] if kind == "linear_bias" else [])
 
 
 # --- validation ------------------------------------------------------------------------------
@@ -387,27 +342,8 @@ def _check(local_batch, shard_degree, world_size, precision, optimizer, mask_rat
         )
     if optimizer not in OPTIMIZERS:
         raise ConfigError("optimizer", f"unknown optimizer '{optimizer}'; use one of {OPTIMIZERS}")
-    if not 0.0 <= mask_ratio < 1.0:
-        raise ConfigError("mask_ratio", f"must be in [0, 1), got {mask_ratio}; e.g. 0.5")
-
-
-def _check_loss(loss: str, impl: str) -> None:
-    if loss not in LOSSES:
-        raise ConfigError("loss", f"unknown loss '{loss}'; use one of {LOSSES}")
-    if impl not in LOSS_IMPLS:
-        raise ConfigError("loss_impl", f"unknown loss_impl '{impl}'; use one of {LOSS_IMPLS}")
-    if impl == "ring" and loss != "sigmoid":
-        raise ConfigError(
-            "loss_impl", "'ring' is the chunked sigmoid loss; use loss_impl='gather' for softmax"
-        )
+    check_mask_ratio(mask_ratio)
 
 
 def _ceil_div(a: int, b: int) -> int:
     return -(-a // b)
-
-
-def _numel(shape: tuple[int, ...]) -> int:
-    n = 1
-    for k in shape:
-        n *= k
-    return n

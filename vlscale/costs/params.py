@@ -1,99 +1,140 @@
-"""Parameter counts from specs, exactly as the torch modules in ``models/`` allocate them.
+"""Parameter tensors and counts from specs, exactly as the torch modules in ``models/`` allocate
+them. The shapes are the one place the architecture's parameters are written down; every count
+is the sum of their products, and the memory model (sharding, Adafactor's factored statistics)
+reads the same shapes.
 
-Formulas (d = width, h = mlp_width, L = depth; layout in ``vlscale.specs.towers``):
+Shapes (d = width, h = mlp_width, L = depth, e = embed_dim; layout in ``vlscale.specs.towers``;
+the fused qkv and SwiGLU fc1 weights are single tensors, as ``models/`` allocates them):
 
-    norm(n)            = 2n (LayerNorm: weight + bias) or n (RMSNorm)
-    attention          = 3d^2 + qkv biases (3d "qkv", 2d "qv", 0 "none")
-                         + d^2 + d·proj_bias + [sub-LN: norm(d)]
-    mlp  gelu          = 2dh + (h + d)·mlp_bias
-         swiglu        = 3dh + (2h + d)·mlp_bias + [sub-LN: norm(h)]
-    block              = norm(d) + attention + norm(d) + mlp
+    norm(n)            (n,) (n,) for LayerNorm (weight, bias); (n,) for RMSNorm
+    attention          qkv (3d, d); biases (3d,) "qkv", (d,) (d,) "qv", none "none";
+                       [sub-LN: norm(d)]; out (d, d) [+ (d,) with proj_bias]
+    mlp  gelu          fc1 (h, d) [+ (h,)]; fc2 (d, h) [+ (d,)]        (biases with mlp_bias)
+         swiglu        fc1 (2h, d) [+ (2h,)]; [sub-LN: norm(h)]; fc2 (d, h) [+ (d,)]
+    block              norm(d), attention, norm(d), mlp                 (L of them)
+    image tower        patch conv (d, 3, p, p) [+ (d,)]; [cls (1, 1, d)]; [positions
+                       (1, prefix + N, d)]; [ln_pre norm(d)]; blocks; final norm(d);
+                       ["map" head: query (1, 1, d), q (d, d) (d,), kv (2d, d) (2d,),
+                       out (d, d) (d,), norm(d), mlp (h, d) (h,) (d, h) (d,)]; proj (e, d) [+ (e,)]
+    text tower         token embedding (vocab, d), positions (context, d), blocks, final
+                       norm(d), proj (e, d) [+ (e,)]
+    root               logit_scale (1,), logit_bias (1,)
 
-The same formulas give the published OpenCLIP counts (``tests/published``), e.g. the ViT-B-32
-image tower: 3·32²·768 + 768 + 50·768 + 2·768 + 12·7,087,872 + 2·768 + 768·512 = 87,849,216.
+Summed, a block is 2·norm(d) + 4d² + qkv biases + d·proj_bias + (2 or 3)·d·h + MLP biases
++ sub-LNs. The same counts give the published OpenCLIP numbers (``tests/published``), e.g. the
+ViT-B-32 image tower: 3·32²·768 + 768 + 50·768 + 2·768 + 12·7,087,872 + 2·768 + 768·512 =
+87,849,216. ``tests/test_params_match.py`` holds them equal to the torch modules' ``numel``.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
+from functools import cache
 
 from vlscale.specs.models import LOGIT_PARAMS, ModelSpec
 from vlscale.specs.towers import TextTowerSpec, TrunkSpec, VisionTowerSpec
 
-
-def norm_params(n: int, trunk: TrunkSpec) -> int:
-    """LayerNorm has weight and bias (2n); RMSNorm has a weight only (n)."""
-    return 2 * n if trunk.norm_kind == "layernorm" else n
+Shape = tuple[int, ...]
 
 
-def attention_params(t: TrunkSpec) -> int:
-    """q, k, v and out projections, their biases, and the optional sub-LN before the out proj."""
+# --- shapes ----------------------------------------------------------------------------------
+
+
+def parameter_shapes(spec: ModelSpec) -> list[Shape]:
+    """Shapes of every parameter tensor of the model: image tower, text tower, then the root's
+    logit_scale and logit_bias (``tests/test_activation_memory_torch.py`` checks the list)."""
+    towers = [*vision_shapes(spec.vision, spec.embed_dim), *text_shapes(spec.text, spec.embed_dim)]
+    return towers + [(1,)] * LOGIT_PARAMS
+
+
+@cache
+def vision_shapes(v: VisionTowerSpec, embed_dim: int) -> tuple[Shape, ...]:
+    """The image tower's tensors: patch stem, tokens, positions, blocks, norms, head, proj."""
+    t = v.trunk
     d = t.width
-    qkv_bias = {"qkv": 3 * d, "qv": 2 * d, "none": 0}[t.qkv_bias]
-    out = d * d + (d if t.proj_bias else 0)
-    sub = norm_params(d, t) if t.sub_ln else 0
-    return 3 * d * d + qkv_bias + out + sub
+    shapes: list[Shape] = [(d, 3, v.patch_size, v.patch_size)]
+    shapes += [(d,)] if v.patch_bias else []
+    shapes += [(1, 1, d)] if v.class_token else []
+    shapes += [(1, v.num_prefix_tokens + v.num_patches, d)] if v.learned_pos else []
+    shapes += norm_shapes(d, t) if v.ln_pre else []
+    shapes += block_shapes(t) * t.depth
+    shapes += norm_shapes(d, t)
+    shapes += map_head_shapes(t) if v.pool == "map" else []
+    return tuple(shapes + proj_shapes(v.proj, d, embed_dim))
 
 
-def mlp_params(t: TrunkSpec) -> int:
-    """GELU MLP: two matrices; SwiGLU: gate, value and out matrices (+ sub-LN over h)."""
+@cache
+def text_shapes(tx: TextTowerSpec, embed_dim: int) -> tuple[Shape, ...]:
+    """The text tower's tensors: token and position embeddings, blocks, final norm, proj."""
+    t = tx.trunk
+    d = t.width
+    shapes = [(tx.vocab_size, d), (tx.context_length, d), *block_shapes(t) * t.depth]
+    shapes += norm_shapes(d, t)
+    return tuple(shapes + proj_shapes(tx.proj, d, embed_dim))
+
+
+def block_shapes(t: TrunkSpec) -> list[Shape]:
+    """One transformer block: norm, attention (fused qkv, biases, [sub-LN], out), norm, MLP."""
     d, h = t.width, t.mlp_width
-    if t.mlp_kind == "gelu":
-        return 2 * d * h + ((h + d) if t.mlp_bias else 0)
-    sub = norm_params(h, t) if t.sub_ln else 0
-    return 3 * d * h + ((2 * h + d) if t.mlp_bias else 0) + sub
+    attn: list[Shape] = [(3 * d, d)]
+    attn += {"qkv": [(3 * d,)], "qv": [(d,), (d,)], "none": []}[t.qkv_bias]
+    attn += norm_shapes(d, t) if t.sub_ln else []
+    attn += [(d, d)] + ([(d,)] if t.proj_bias else [])
+    fc1 = h if t.mlp_kind == "gelu" else 2 * h
+    mlp: list[Shape] = [(fc1, d)] + ([(fc1,)] if t.mlp_bias else [])
+    mlp += norm_shapes(h, t) if (t.sub_ln and t.mlp_kind == "swiglu") else []
+    mlp += [(d, h)] + ([(d,)] if t.mlp_bias else [])
+    return [*norm_shapes(d, t), *attn, *norm_shapes(d, t), *mlp]
 
 
+def map_head_shapes(t: TrunkSpec) -> list[Shape]:
+    """Attention-pooling head: learned query, q (d->d), kv (d->2d), out (d->d), all biased,
+    then a norm and a GELU MLP with biases."""
+    d, h = t.width, t.mlp_width
+    attn: list[Shape] = [(1, 1, d), (d, d), (d,), (2 * d, d), (2 * d,), (d, d), (d,)]
+    return [*attn, *norm_shapes(d, t), (h, d), (h,), (d, h), (d,)]
+
+
+def norm_shapes(n: int, t: TrunkSpec) -> list[Shape]:
+    """LayerNorm has a weight and a bias; RMSNorm a weight only."""
+    return [(n,), (n,)] if t.norm_kind == "layernorm" else [(n,)]
+
+
+def proj_shapes(kind: str, width: int, embed_dim: int) -> list[Shape]:
+    """The tower's output projection to the shared embedding (none, linear, linear with bias)."""
+    if kind == "none":
+        return []
+    return [(embed_dim, width)] + ([(embed_dim,)] if kind == "linear_bias" else [])
+
+
+# --- counts ----------------------------------------------------------------------------------
+
+
+def numel(shapes) -> int:
+    """Elements of all ``shapes``: Σ Π dims."""
+    return sum(math.prod(shape) for shape in shapes)
+
+
+@cache
 def block_params(t: TrunkSpec) -> int:
-    return 2 * norm_params(t.width, t) + attention_params(t) + mlp_params(t)
-
-
-def trunk_params(t: TrunkSpec) -> int:
-    return t.depth * block_params(t)
+    return numel(block_shapes(t))
 
 
 def map_head_params(t: TrunkSpec) -> int:
-    """Attention-pooling head: learned query d, q (d->d), kv (d->2d), out (d->d), all biased,
-    then a LayerNorm and a GELU MLP with biases."""
-    d, h = t.width, t.mlp_width
-    attn = d + (d * d + d) + (2 * d * d + 2 * d) + (d * d + d)
-    return attn + norm_params(d, t) + 2 * d * h + h + d
+    return numel(map_head_shapes(t))
 
 
-def proj_params(kind: str, width: int, embed_dim: int) -> int:
-    if kind == "none":
-        return 0
-    return width * embed_dim + (embed_dim if kind == "linear_bias" else 0)
-
-
+@cache
 def vision_params(v: VisionTowerSpec, embed_dim: int) -> int:
     """All parameters of the image tower (patch stem, tokens, positions, trunk, pooling, proj)."""
-    t = v.trunk
-    d = t.width
-    stem = 3 * v.patch_size**2 * d + (d if v.patch_bias else 0)
-    cls = d if v.class_token else 0
-    pos = (v.num_prefix_tokens + v.num_patches) * d if v.learned_pos else 0
-    ln_pre = norm_params(d, t) if v.ln_pre else 0
-    final_norm = norm_params(d, t)
-    head = map_head_params(t) if v.pool == "map" else 0
-    return (
-        stem
-        + cls
-        + pos
-        + ln_pre
-        + trunk_params(t)
-        + final_norm
-        + head
-        + proj_params(v.proj, d, embed_dim)
-    )
+    return numel(vision_shapes(v, embed_dim))
 
 
+@cache
 def text_params(tx: TextTowerSpec, embed_dim: int) -> int:
     """Token and position embeddings, trunk, final norm and projection."""
-    t = tx.trunk
-    d = t.width
-    embed = tx.vocab_size * d + tx.context_length * d
-    return embed + trunk_params(t) + norm_params(d, t) + proj_params(tx.proj, d, embed_dim)
+    return numel(text_shapes(tx, embed_dim))
 
 
 @dataclass(frozen=True)

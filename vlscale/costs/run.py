@@ -16,10 +16,10 @@
 w(τ) is the first-order model of Young (1974), "A first order approximation to the optimum
 checkpoint interval", CACM 17(9), restated with the restart term by Daly (2006), "A higher order
 estimate of the optimum checkpoint interval for restart dumps", FGCS 22(3). Minimising δ/τ + τ/(2M)
-gives Young's interval τ* = sqrt(2 δ M). It is accurate while τ + δ + R ≪ M; :func:`daly_interval_s`
-(Daly's higher-order optimum) and :func:`exponential_goodput` (Daly's exact expectation for
-exponential failures, T_wall = M·e^(R/M)·(e^((τ+δ)/M) − 1)·T_s/τ) are there to check it. When the
-first-order model is stretched (τ + δ + R > M / 10) :class:`RunPlan` says so in ``warnings``.
+gives Young's interval τ* = sqrt(2 δ M). It is accurate while τ + δ + R ≪ M: there it agrees with
+Daly's exact expectation for exponential failures, T_wall = M·e^(R/M)·(e^((τ+δ)/M) − 1)·T_s/τ, to
+second order (``tests/test_run.py`` checks both). When the first-order model is stretched
+(τ + δ + R > M / 10) :class:`RunPlan` says so in ``warnings``.
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ import math
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from vlscale.errors import ConfigError, validate_as
+from vlscale.errors import ConfigError
 
 HOUR_S = 3600.0
 
@@ -91,15 +91,6 @@ def young_interval_s(checkpoint_write_s: float, mtbf_s: float) -> float:
     return math.sqrt(2.0 * checkpoint_write_s * mtbf_s)
 
 
-def daly_interval_s(checkpoint_write_s: float, mtbf_s: float) -> float:
-    """Daly (2006) higher-order optimum: for δ < 2M,
-    τ = sqrt(2δM)·[1 + (1/3)·sqrt(δ/(2M)) + δ/(18M)] − δ; otherwise τ = M."""
-    d, m = checkpoint_write_s, mtbf_s
-    if d >= 2 * m:
-        return m
-    return math.sqrt(2 * d * m) * (1 + math.sqrt(d / (2 * m)) / 3 + d / (18 * m)) - d
-
-
 def overhead(interval_s: float, checkpoint_write_s: float, restart_s: float, mtbf_s: float):
     """First-order extra wall time per second of useful work: δ/τ + (τ/2 + R)/M."""
     return checkpoint_write_s / interval_s + (interval_s / 2 + restart_s) / mtbf_s
@@ -109,16 +100,6 @@ def goodput(interval_s: float, checkpoint_write_s: float, restart_s: float, mtbf
     """Fraction of wall time doing useful work, 1 / (1 + w(τ)), in (0, 1]."""
     _require(interval_s > 0, "checkpoint_interval_s", "the checkpoint interval must be > 0 s")
     return 1.0 / (1.0 + overhead(interval_s, checkpoint_write_s, restart_s, mtbf_s))
-
-
-def exponential_goodput(
-    interval_s: float, checkpoint_write_s: float, restart_s: float, mtbf_s: float
-) -> float:
-    """Daly (2006) exact expectation for exponential failures: τ / (M e^(R/M) (e^((τ+δ)/M) − 1))."""
-    m = mtbf_s
-    return interval_s / (
-        m * math.exp(restart_s / m) * math.expm1((interval_s + checkpoint_write_s) / m)
-    )
 
 
 def plan_run(
@@ -172,11 +153,6 @@ def plan_run(
         checkpoint_interval_s=tau,
         warnings=tuple(warnings),
     )
-
-
-def make_failure_model(data: dict | FailureModel) -> FailureModel:
-    """Validate ``data`` into a :class:`FailureModel`; bad input raises one ConfigError."""
-    return validate_as(FailureModel, data, "failures")
 
 
 def _require(ok: bool, field: str, message: str) -> None:

@@ -33,9 +33,11 @@ Those copies are memory-bound ops here; the collective itself is priced by
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
+from vlscale.costs.dtypes import FP32
 from vlscale.costs.ops import Op, OpList
 
-FP32 = 4
 OPTIMIZER_BYTES_PER_PARAM = {"adamw": 28, "lamb": 36, "adafactor": 16}  # foreach / fused
 SINGLE_TENSOR_BYTES_PER_PARAM = {"adamw": 84, "lamb": 100, "adafactor": 48}
 OPTIMIZER_KERNELS_PER_TENSOR = {"adamw": 10, "lamb": 14, "adafactor": 12}  # single-tensor
@@ -43,21 +45,27 @@ FOREACH_LAUNCHES = 12  # multi-tensor kernels per step (chunks of many tensors e
 CLIP_KERNELS_PER_TENSOR = 2  # per-tensor norm, then scale
 
 
+@dataclass(frozen=True)
+class RingLossOps:
+    """The chunked sigmoid loss's ops on one rank, split as the step schedules them: the
+    normalisation outside the ring, and the W blocks of b×b (one per text block that visits)."""
+
+    outside_forward: list[Op]
+    blocks_forward: list[Op]
+    blocks_backward: list[Op]
+    outside_backward: list[Op]
+
+
 def loss_ops(loss: str, impl: str, b: int, world: int, e: int) -> tuple[list[Op], list[Op]]:
     """(forward ops, backward ops) of the loss on one rank (module docstring)."""
+    if impl == "ring":
+        ring = ring_loss_ops(b, world, e)
+        fwd_ops = [*ring.outside_forward, *ring.blocks_forward]
+        return fwd_ops, [*ring.blocks_backward, *ring.outside_backward]
     fwd, bwd = OpList("fp32", FP32), OpList("fp32", FP32)
     big = b * b * world  # b×B logits
-    fwd.elementwise("loss.normalize", 2 * 3 * b * e, "forward", kernels=6)
-    if impl == "ring":
-        for k in range(world):
-            fwd.linear(f"loss.block{k}.logits", b, b, e, False, "forward")
-            fwd.elementwise(f"loss.block{k}.sigmoid", 5 * 2 * b * b, "forward", kernels=5)
-        for k in range(world):
-            bwd.linear(f"loss.block{k}.recompute", b, b, e, False, "recompute")
-            bwd.elementwise(f"loss.block{k}.grad", 4 * 3 * b * b, "backward", kernels=4)
-            bwd.add(_matmul(f"loss.block{k}.dx", b, e, b, "backward"))
-            bwd.add(_matmul(f"loss.block{k}.dy", b, e, b, "backward"))
-    elif loss == "softmax":
+    fwd.add(_normalize(b, e))
+    if loss == "softmax":
         for side in ("image", "text"):
             fwd.linear(f"loss.logits_per_{side}", b, b * world, e, False, "forward")
             fwd.elementwise(f"loss.scale_{side}", 2 * big, "forward")
@@ -71,8 +79,37 @@ def loss_ops(loss: str, impl: str, b: int, world: int, e: int) -> tuple[list[Op]
         fwd.elementwise("loss.sigmoid", 5 * 2 * big, "forward", kernels=5)
         bwd.elementwise("loss.sigmoid.grad", 6 * 3 * big, "backward", kernels=6)
         bwd.linear_backward("loss.logits", b, b * world, e, False, dx=True)
-    bwd.elementwise("loss.normalize.grad", 2 * 4 * b * e, "backward", kernels=6)
+    bwd.add(_normalize_grad(b, e))
     return list(fwd), list(bwd)
+
+
+def ring_loss_ops(b: int, world: int, e: int) -> RingLossOps:
+    """The chunked sigmoid loss (``trainer.losses.siglip_ring``): normalise, then per block a
+    (b, b, e) logit matmul and 5 kernels forward; backward recomputes the block's logits, forms
+    G (4 kernels) and dx, dy (2 matmuls); then the normalisation's gradient."""
+    fwd, bwd = OpList("fp32", FP32), OpList("fp32", FP32)
+    for k in range(world):
+        fwd.linear(f"loss.block{k}.logits", b, b, e, False, "forward")
+        fwd.elementwise(f"loss.block{k}.sigmoid", 5 * 2 * b * b, "forward", kernels=5)
+    for k in range(world):
+        bwd.linear(f"loss.block{k}.recompute", b, b, e, False, "recompute")
+        bwd.elementwise(f"loss.block{k}.grad", 4 * 3 * b * b, "backward", kernels=4)
+        bwd.add(_matmul(f"loss.block{k}.dx", b, e, b, "backward"))
+        bwd.add(_matmul(f"loss.block{k}.dy", b, e, b, "backward"))
+    return RingLossOps([_normalize(b, e)], list(fwd), list(bwd), [_normalize_grad(b, e)])
+
+
+def _normalize(b: int, e: int) -> Op:
+    """L2-normalise both embeddings: norm, clamp, div for each (6 kernels)."""
+    ops = OpList("fp32", FP32)
+    ops.elementwise("loss.normalize", 2 * 3 * b * e, "forward", kernels=6)
+    return ops.ops[0]
+
+
+def _normalize_grad(b: int, e: int) -> Op:
+    ops = OpList("fp32", FP32)
+    ops.elementwise("loss.normalize.grad", 2 * 4 * b * e, "backward", kernels=6)
+    return ops.ops[0]
 
 
 def _matmul(name: str, m: int, n: int, k: int, phase: str) -> Op:

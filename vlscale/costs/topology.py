@@ -195,12 +195,6 @@ def make_group(cluster: ClusterSpec, size: int | None = None) -> Group:
     return Group("tpu", inner_size, outer_size, inner, outer, dims, wrap)
 
 
-def with_tier(group: Group, **changes) -> Group:
-    """A copy of ``group`` whose tiers are changed: ``inner=dict(bandwidth=...)`` etc."""
-    updates = {k: replace(getattr(group, k), **v) for k, v in changes.items() if getattr(group, k)}
-    return replace(group, **updates)
-
-
 def _sub_torus(
     dims: tuple[int, ...], wrap: tuple[bool, ...], size: int
 ) -> tuple[tuple[int, ...], tuple[bool, ...]]:

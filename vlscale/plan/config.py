@@ -19,6 +19,7 @@ from vlscale.config_files import read_mapping
 from vlscale.errors import ConfigError, validate_as
 from vlscale.specs.recipes import LossImpl, Optimizer, Precision, RecipeName, RecipeSpec
 from vlscale.specs.recipes import default_recipe as _default_recipe
+from vlscale.validation import MaskRatio
 
 
 class FailureConfig(BaseModel):
@@ -48,7 +49,7 @@ class PlanConfig(BaseModel):
     model: str = "ViT-L-14"
     recipe: RecipeName = "clip"
     loss_impl: LossImpl = "gather"
-    mask_ratio: float | None = Field(default=None, ge=0.0, lt=1.0, allow_inf_nan=False)
+    mask_ratio: MaskRatio | None = None
     optimizer: Optimizer | None = None
     image_size: int | None = Field(default=None, gt=0)
     context_length: int | None = Field(default=None, gt=0, description="text tokens override")

@@ -33,15 +33,19 @@ compute is the stem (before the blocks) plus head and projection (after them).
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 from vlscale.costs.collectives import all_gather, all_reduce, neighbor_exchange, reduce_scatter
 from vlscale.costs.compute import OpTime, RankResources, op_time
+from vlscale.costs.dtypes import FP32, LOSS_BYTES, REDUCE_BYTES
 from vlscale.costs.flops import model_flops_per_sample
-from vlscale.costs.memory import fsdp_unit_params, parameter_shapes
-from vlscale.costs.ops import Op, unit_ops
-from vlscale.costs.step_ops import fsdp_copy_ops, loss_ops, optimizer_ops
+from vlscale.costs.memory import fsdp_units
+from vlscale.costs.ops import UnitOps, unit_ops
+from vlscale.costs.params import parameter_shapes
+from vlscale.costs.step_ops import fsdp_copy_ops, loss_ops, optimizer_ops, ring_loss_ops
 from vlscale.costs.topology import Group
+from vlscale.errors import ConfigError
 from vlscale.sim.workload import (
     ClipGatherLoss,
     InputPipeline,
@@ -53,10 +57,6 @@ from vlscale.sim.workload import (
 from vlscale.specs.hardware import ClusterSpec
 from vlscale.specs.models import ModelSpec
 from vlscale.specs.recipes import BYTES_PER_ELEMENT, RecipeSpec
-
-FP32 = 4
-REDUCE_BYTES = FP32  # MixedPrecisionPolicy(reduce_dtype=fp32)
-EMBED_BYTES = FP32  # the losses gather fp32 embeddings (trainer.losses)
 
 
 @dataclass(frozen=True)
@@ -138,7 +138,54 @@ class _Pricer:
             t = op_time(op, self.res, self.efficiency)
             self.table.append(t)
             total += t.time_s
+        if not math.isfinite(total):  # e.g. --utilisation 1e-300: FLOPs / (u · peak) overflows
+            raise ConfigError(
+                "config",
+                f"the ops would take {total} s; the sizes or efficiencies are out of range "
+                "(check --utilisation and --global-batch)",
+            )
         return total
+
+
+COMM_KINDS = ("all_gather", "reduce_scatter", "all_reduce", "p2p")
+# the phases the trainer times (trainer.step): towers forward, loss forward, loss + towers
+# backward, optimizer (with the gradient-norm all-reduce), data wait; "other" is the rest
+PHASES = ("forward", "loss", "backward", "optimizer", "data", "other")
+
+
+@dataclass(frozen=True)
+class _Layout:
+    """How parameters and gradients move on this step: world size W, FSDP or DDP, the bytes of
+    a gathered parameter, and ``exposed``: the fraction of a collective that does not hide
+    behind compute (0 on one device; 1 − ``comm_overlap`` otherwise, > 0 on a CPU)."""
+
+    world: int
+    sharding: str
+    param_bytes: int
+    reshard_after_forward: bool
+    exposed: float
+
+
+@dataclass(frozen=True)
+class _Comm:
+    """One unit's collectives: their times (``Unit`` fields), the bytes each moves per rank by
+    kind, and the (forward, backward) time they add to compute where they do not hide."""
+
+    times: dict[str, float] = field(default_factory=dict)
+    moved: dict[str, float] = field(default_factory=dict)
+    exposed_forward_s: float = 0.0
+    exposed_backward_s: float = 0.0
+
+
+@dataclass(frozen=True)
+class _LossCosts:
+    """The loss phase, its (forward, backward) time on the compute stream, and its traffic."""
+
+    phase: ClipGatherLoss | SiglipGatherLoss | SiglipRingLoss
+    forward_s: float
+    backward_s: float
+    moved: dict[str, float]  # bytes per rank by collective kind
+    per_pass: dict[str, float]  # {"forward": .., "backward": ..} bytes per rank
 
 
 def build_workload(
@@ -162,74 +209,45 @@ def build_workload(
     world = cluster.num_devices
     prof = resources.profile
     price = _Pricer(resources, framework_efficiency)
-    # tf32 is how fp32 matmuls run on Ampere+; the parameters themselves stay fp32
-    param_bytes = BYTES_PER_ELEMENT["fp32" if precision == "tf32" else precision]
-    r = recipe.mask_ratio
-    comm = dict.fromkeys(("all_gather", "reduce_scatter", "all_reduce", "p2p"), 0.0)
-    hidden = 1.0 if world == 1 else prof.comm_overlap  # collectives that hide behind compute
+    layout = _Layout(
+        world=world,
+        sharding=sharding,
+        # tf32 is how fp32 matmuls run on Ampere+; the parameters themselves stay fp32
+        param_bytes=BYTES_PER_ELEMENT["fp32" if precision == "tf32" else precision],
+        reshard_after_forward=reshard_after_forward,
+        exposed=1 - (1.0 if world == 1 else prof.comm_overlap),
+    )
     coll = _Collectives(group, dict(prof.collectives), prof.collective_overhead_s, comm_efficiency)
+    comm = dict.fromkeys(COMM_KINDS, 0.0)
+    phases = dict.fromkeys(PHASES, 0.0)
 
-    def comm_for(params: int) -> tuple[dict[str, float], float, float]:
-        """The unit's collective times and the (forward, backward) time they do not hide."""
-        if world == 1:
-            return {}, 0.0, 0.0
-        if sharding == "ddp":
-            ar = coll.all_reduce(params * REDUCE_BYTES)
-            comm["all_reduce"] += ar.bytes_moved_per_rank
-            return {"all_reduce_s": ar.time_s}, 0.0, (1 - hidden) * ar.time_s
-        ag = coll.all_gather(params * param_bytes / world)
-        rs = coll.reduce_scatter(params * REDUCE_BYTES / world)
-        gathers = 1 if not reshard_after_forward else 2
-        comm["all_gather"] += gathers * ag.bytes_moved_per_rank
-        comm["reduce_scatter"] += rs.bytes_moved_per_rank
-        exposed = (1 - hidden) * ag.time_s, (1 - hidden) * ((gathers - 1) * ag.time_s + rs.time_s)
-        return {"all_gather_s": ag.time_s, "reduce_scatter_s": rs.time_s}, *exposed
-
-    op_units = unit_ops(
+    params = _unit_params(spec)
+    units: list[Unit] = []
+    for ops in unit_ops(
         spec,
         local_batch=local_batch,
-        mask_ratio=r,
+        mask_ratio=recipe.mask_ratio,
         precision=precision,
         checkpointing=checkpointing,
-    )
-    unit_params = _unit_params_in_order(spec)
-    units: list[Unit] = []
-    # the phases the trainer times (trainer.step): towers forward, loss forward, loss + towers
-    # backward, optimizer (with the gradient-norm all-reduce), data wait; "other" is the rest
-    phases = dict.fromkeys(("forward", "loss", "backward", "optimizer", "data", "other"), 0.0)
-    for ops, params in zip(op_units, unit_params, strict=True):
-        collectives, fwd_exposed, bwd_exposed = comm_for(params)
-        fwd_ops, bwd_ops = list(ops.forward), list(ops.backward)
-        if sharding == "fsdp":
-            copy_f, copy_b = fsdp_copy_ops(params, world, param_bytes, reshard_after_forward)
-            fwd_ops, bwd_ops = copy_f + fwd_ops, bwd_ops + copy_b
-        fwd = price(fwd_ops) + prof.unit_overhead_s / 2 + fwd_exposed
-        bwd = price(bwd_ops) + prof.unit_overhead_s / 2 + bwd_exposed
-        phases["forward"] += fwd
-        phases["backward"] += bwd
-        units.append(Unit(name=ops.name, forward_s=fwd, backward_s=bwd, **collectives))
+    ):
+        unit_comm = _unit_comm(params[ops.name], coll, layout)
+        unit = _timed_unit(ops, params[ops.name], unit_comm, layout, price, prof.unit_overhead_s)
+        _accumulate(comm, unit_comm.moved)
+        phases["forward"] += unit.forward_s
+        phases["backward"] += unit.backward_s
+        units.append(unit)
 
-    loss_comm = {"forward": 0.0, "backward": 0.0}
-    loss, loss_s = _loss_phase(
-        spec, recipe, coll, world, local_batch, price, comm, loss_comm, 1 - hidden
-    )
-    phases["loss"], phases["backward"] = loss_s[0], phases["backward"] + loss_s[1]
-    shard = world if sharding == "fsdp" else 1
-    tensors = len(parameter_shapes(spec))
-    foreach = cluster.device.kind != "cpu"  # torch's default: foreach kernels on accelerators
-    optimizer_s = price(
-        optimizer_ops(sum(unit_params) / shard, tensors, recipe.optimizer, grad_clip, foreach)
-    )
+    loss = _loss_costs(spec, recipe, coll, local_batch, price, layout)
+    _accumulate(comm, loss.moved)
+    phases["loss"] = loss.forward_s
+    phases["backward"] += loss.backward_s
+
+    total_params = sum(params.values())
+    optimizer_s = _optimizer_time(spec, recipe, cluster, layout, price, grad_clip, total_params)
     grad_norm_s = coll.all_reduce(FP32).time_s if world > 1 else 0.0
     phases["optimizer"] = optimizer_s + grad_norm_s
     phases["data"] = prof.data_s_per_sample * local_batch
     phases["other"] = prof.step_overhead_s
-    host_s = phases["data"] + phases["other"]
-    pipeline = None
-    if decode_samples_per_s is not None:
-        pipeline = InputPipeline(
-            workers=1, batch_decode_s=local_batch / decode_samples_per_s, queue_depth=2
-        )
     wl = Workload(
         name=f"{spec.name} {recipe.name}/{recipe.loss_impl} on {cluster.name}",
         world_size=world,
@@ -237,15 +255,15 @@ def build_workload(
         strategy=sharding,
         reshard_after_forward=reshard_after_forward,
         units=tuple(units),
-        loss=loss,
+        loss=loss.phase,
         grad_norm_all_reduce_s=grad_norm_s,
         optimizer_s=optimizer_s,
-        host_s=host_s,
-        input=pipeline,
+        host_s=phases["data"] + phases["other"],
+        input=_input_pipeline(local_batch, decode_samples_per_s),
     )
     model_flops = model_flops_per_sample(
         spec,
-        mask_ratio=r,
+        mask_ratio=recipe.mask_ratio,
         loss=recipe.loss,
         loss_impl=recipe.loss_impl,
         local_batch=local_batch,
@@ -258,9 +276,9 @@ def build_workload(
     peak = resources.peak(precision)
     costs = StepCosts(
         model_flops_per_step=model_flops * local_batch * world,
-        hardware_flops_per_rank=sum(t.op.flops for t in price.table),
+        hardware_flops_per_rank=hardware,
         comm_bytes_per_rank=comm,
-        loss_comm_bytes_per_rank=loss_comm,
+        loss_comm_bytes_per_rank=loss.per_pass,
         peak_flops=peak,
         utilisation=hardware / (matmul_s * peak) if matmul_s > 0 else 0.0,
         op_times=price.table,
@@ -269,56 +287,117 @@ def build_workload(
     return wl, costs
 
 
-def _unit_params_in_order(spec: ModelSpec) -> list[int]:
-    """Parameters per unit in ``unit_ops`` order: visual rest, visual blocks, text rest, text
-    blocks (``fsdp_unit_params`` lists blocks first and the root's logit parameters last)."""
-    per = fsdp_unit_params(spec)
-    v_depth, t_depth = spec.vision.trunk.depth, spec.text.trunk.depth
-    v_blocks, t_blocks = per[:v_depth], per[v_depth : v_depth + t_depth]
-    v_rest, t_rest, root = per[v_depth + t_depth :]
-    # the root's logit_scale / logit_bias ride with the first unit (a few bytes)
-    return [v_rest + root, *v_blocks, t_rest, *t_blocks]
+def _unit_params(spec: ModelSpec) -> dict[str, int]:
+    """Parameters per unit of ``unit_ops`` by name; the root's logit_scale / logit_bias (a few
+    bytes) ride with the image tower's own unit, the first in forward order."""
+    units = fsdp_units(spec)
+    root = units.pop("root")
+    units["visual"] += root
+    return units
 
 
-def _loss_phase(spec, recipe, coll, world, b, price, comm, loss_comm, exposed):
-    """Durations of the loss phase for the recipe's loss implementation (module docstring);
-    returns the phase and its (forward, backward) time on the compute stream, with the
-    communication that does not hide (all of it when ``exposed``: a CPU)."""
-    e = spec.embed_dim
-    fwd_ops, bwd_ops = loss_ops(recipe.loss, recipe.loss_impl, b, world, e)
-    shard = b * e * EMBED_BYTES
-    if recipe.loss_impl == "ring":
-        blocks_f = _per_block(fwd_ops)
-        blocks_b = _per_block(bwd_ops)
-        block_f, block_b = price(blocks_f[1]) / world, price(blocks_b[1]) / world
-        head_f, head_b = price(blocks_f[0]), price(blocks_b[0])
-        hop = coll.hop(shard).time_s if world > 1 else 0.0
-        if world > 1:
-            loss_comm["forward"] = (world - 1) * shard  # W-1 hops of the text block
-            # backward: the text blocks hop again, and each block's gradient accumulator makes
-            # W hops behind it (trainer.losses.siglip_ring)
-            loss_comm["backward"] = (world - 1) * shard + world * shard
-            comm["p2p"] += loss_comm["forward"] + loss_comm["backward"]
-        # hops that do not hide (CPU) lengthen each block
-        extra_f = exposed * hop * (world - 1) / world
-        extra_b = exposed * hop * (2 * world - 1) / world
-        phase = SiglipRingLoss(
-            hop_s=hop,
-            grad_hop_s=hop,
-            block_forward_s=block_f + (head_f / world) + extra_f,
-            block_backward_s=block_b + (head_b / world) + extra_b,
+def _unit_comm(params: int, coll: _Collectives, layout: _Layout) -> _Comm:
+    """A unit's collectives: DDP all-reduces its fp32 gradients in backward; FSDP all-gathers
+    its parameters (again in backward when it reshards after forward) and reduce-scatters its
+    fp32 gradients."""
+    if layout.world == 1:
+        return _Comm()
+    exposed = layout.exposed
+    if layout.sharding == "ddp":
+        ar = coll.all_reduce(params * REDUCE_BYTES)
+        moved = {"all_reduce": ar.bytes_moved_per_rank}
+        return _Comm({"all_reduce_s": ar.time_s}, moved, 0.0, exposed * ar.time_s)
+    ag = coll.all_gather(params * layout.param_bytes / layout.world)
+    rs = coll.reduce_scatter(params * REDUCE_BYTES / layout.world)
+    gathers = 1 if not layout.reshard_after_forward else 2
+    moved = {
+        "all_gather": gathers * ag.bytes_moved_per_rank,
+        "reduce_scatter": rs.bytes_moved_per_rank,
+    }
+    return _Comm(
+        {"all_gather_s": ag.time_s, "reduce_scatter_s": rs.time_s},
+        moved,
+        exposed * ag.time_s,
+        exposed * ((gathers - 1) * ag.time_s + rs.time_s),
+    )
+
+
+def _timed_unit(
+    ops: UnitOps, params: int, comm: _Comm, layout: _Layout, price: _Pricer, overhead_s: float
+) -> Unit:
+    """The unit's forward and backward time: its ops (with FSDP's copies around the
+    collectives), half the per-unit overhead each, and the communication that does not hide."""
+    fwd_ops, bwd_ops = list(ops.forward), list(ops.backward)
+    if layout.sharding == "fsdp":
+        copy_f, copy_b = fsdp_copy_ops(
+            params, layout.world, layout.param_bytes, layout.reshard_after_forward
         )
-        return phase, (world * phase.block_forward_s, world * phase.block_backward_s)
+        fwd_ops, bwd_ops = copy_f + fwd_ops, bwd_ops + copy_b
+    fwd = price(fwd_ops) + overhead_s / 2 + comm.exposed_forward_s
+    bwd = price(bwd_ops) + overhead_s / 2 + comm.exposed_backward_s
+    return Unit(name=ops.name, forward_s=fwd, backward_s=bwd, **comm.times)
+
+
+def _accumulate(total: dict[str, float], moved: dict[str, float]) -> None:
+    for kind, n in moved.items():
+        total[kind] += n
+
+
+def _loss_costs(spec, recipe, coll, b, price, layout) -> _LossCosts:
+    """The loss phase for the recipe's implementation (module docstring)."""
+    if recipe.loss_impl == "ring":
+        return _ring_loss(spec.embed_dim, coll, b, price, layout)
+    return _gather_loss(recipe.loss, spec.embed_dim, coll, b, price, layout)
+
+
+def _ring_loss(e, coll, b, price, layout) -> _LossCosts:
+    """The chunked sigmoid loss: W blocks per pass, each one W-th of the blocks' ops and of the
+    normalisation; W−1 text-block hops forward; backward the text blocks hop again and each
+    block's gradient accumulator makes W hops behind it (``trainer.losses.siglip_ring``). Hops
+    that do not hide (a CPU) lengthen each block."""
+    world = layout.world
+    ops = ring_loss_ops(b, world, e)
+    block_f, block_b = price(ops.blocks_forward) / world, price(ops.blocks_backward) / world
+    outside_f, outside_b = price(ops.outside_forward), price(ops.outside_backward)
+    shard = b * e * LOSS_BYTES
+    hop = coll.hop(shard).time_s if world > 1 else 0.0
+    per_pass = {"forward": 0.0, "backward": 0.0}
+    moved: dict[str, float] = {}
+    if world > 1:
+        per_pass = {"forward": (world - 1) * shard, "backward": (world - 1) * shard + world * shard}
+        moved = {"p2p": per_pass["forward"] + per_pass["backward"]}
+    phase = SiglipRingLoss(
+        hop_s=hop,
+        grad_hop_s=hop,
+        block_forward_s=block_f + (outside_f / world) + layout.exposed * hop * (world - 1) / world,
+        block_backward_s=block_b
+        + (outside_b / world)
+        + layout.exposed * hop * (2 * world - 1) / world,
+    )
+    return _LossCosts(
+        phase, world * phase.block_forward_s, world * phase.block_backward_s, moved, per_pass
+    )
+
+
+def _gather_loss(loss, e, coll, b, price, layout) -> _LossCosts:
+    """The gather implementations: all-gather the b·e fp32 embeddings (images and texts for
+    softmax, texts for sigmoid) and reduce-scatter their gradients in backward."""
+    world, exposed = layout.world, layout.exposed
+    fwd_ops, bwd_ops = loss_ops(loss, "gather", b, world, e)
+    shard = b * e * LOSS_BYTES
     ag = coll.all_gather(shard) if world > 1 else None
     rs = coll.reduce_scatter(shard) if world > 1 else None
-    n = 2 if recipe.loss == "softmax" else 1
+    n = 2 if loss == "softmax" else 1
     comm_s = n * (ag.time_s + rs.time_s) if ag else 0.0
+    moved: dict[str, float] = {}
+    per_pass = {"forward": 0.0, "backward": 0.0}
     if ag is not None:
-        comm["all_gather"] += n * ag.bytes_moved_per_rank
-        comm["reduce_scatter"] += n * rs.bytes_moved_per_rank
-        loss_comm["forward"] = n * ag.bytes_moved_per_rank
-        loss_comm["backward"] = n * rs.bytes_moved_per_rank
-    cls = ClipGatherLoss if recipe.loss == "softmax" else SiglipGatherLoss
+        moved = {
+            "all_gather": n * ag.bytes_moved_per_rank,
+            "reduce_scatter": n * rs.bytes_moved_per_rank,
+        }
+        per_pass = {"forward": moved["all_gather"], "backward": moved["reduce_scatter"]}
+    cls = ClipGatherLoss if loss == "softmax" else SiglipGatherLoss
     fwd = price(fwd_ops) + exposed * comm_s / 2
     bwd = price(bwd_ops) + exposed * comm_s / 2
     phase = cls(
@@ -328,10 +407,22 @@ def _loss_phase(spec, recipe, coll, world, b, price, comm, loss_comm, exposed):
         reduce_scatter_s=rs.time_s if rs else 0.0,
     )
     gathers = (phase.all_gather_s * n, phase.reduce_scatter_s * n) if exposed else (0.0, 0.0)
-    return phase, (fwd + gathers[0], bwd + gathers[1])
+    return _LossCosts(phase, fwd + gathers[0], bwd + gathers[1], moved, per_pass)
 
 
-def _per_block(ops: list[Op]) -> tuple[list[Op], list[Op]]:
-    """(ops outside the ring's blocks, ops of all W blocks)."""
-    inside = [o for o in ops if ".block" in o.name]
-    return [o for o in ops if ".block" not in o.name], inside
+def _optimizer_time(spec, recipe, cluster, layout, price, grad_clip, params) -> float:
+    """The optimizer step (and gradient clipping) over the rank's shard of the parameters;
+    foreach kernels on accelerators, torch's default."""
+    shard = layout.world if layout.sharding == "fsdp" else 1
+    tensors = len(parameter_shapes(spec))
+    foreach = cluster.device.kind != "cpu"
+    return price(optimizer_ops(params / shard, tensors, recipe.optimizer, grad_clip, foreach))
+
+
+def _input_pipeline(local_batch: int, decode_samples_per_s: float | None) -> InputPipeline | None:
+    """One decode worker feeding a queue of two batches, when a decode rate is given."""
+    if decode_samples_per_s is None:
+        return None
+    return InputPipeline(
+        workers=1, batch_decode_s=local_batch / decode_samples_per_s, queue_depth=2
+    )

@@ -10,18 +10,51 @@
 from __future__ import annotations
 
 import math
-from typing import Literal
+from typing import Literal, get_args
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, model_validator
 
 from vlscale.errors import ConfigError
+from vlscale.validation import MaskRatio
 
 RecipeName = Literal["clip", "siglip", "eva-clip"]
+Loss = Literal["softmax", "sigmoid"]
 LossImpl = Literal["gather", "ring"]
 Optimizer = Literal["adamw", "lamb", "adafactor"]
 Precision = Literal["fp32", "bf16", "fp16"]
 
 BYTES_PER_ELEMENT: dict[str, int] = {"fp32": 4, "bf16": 2, "fp16": 2}
+LOSSES: tuple[str, ...] = get_args(Loss)
+LOSS_IMPLS: tuple[str, ...] = get_args(LossImpl)
+
+
+def recipe_loss(name: RecipeName) -> Loss:
+    """The loss a recipe trains with: SigLIP's pairwise sigmoid, else CLIP's softmax."""
+    return "sigmoid" if name == "siglip" else "softmax"
+
+
+def ring_problem(loss: str, impl: str) -> str | None:
+    """Why ``impl`` cannot compute ``loss``, or None: the ring is the chunked *sigmoid* loss
+    (each b×b block of pairs is independent); softmax normalises over the whole row of B
+    logits, so CLIP / EVA-CLIP gather (``trainer.losses``). The one home of this rule."""
+    if impl == "ring" and loss != "sigmoid":
+        return (
+            f"'ring' is the chunked sigmoid loss and the {loss} loss cannot use it; use "
+            "loss_impl 'gather' (--loss-impl gather), or recipe 'siglip' (--recipe siglip)"
+        )
+    return None
+
+
+def check_loss_impl(loss: str, impl: str) -> None:
+    """One ConfigError naming the field for an unknown loss or implementation, or for a
+    ring with the softmax loss (:func:`ring_problem`)."""
+    if loss not in LOSSES:
+        raise ConfigError("loss", f"unknown loss '{loss}'; use one of {LOSSES}")
+    if impl not in LOSS_IMPLS:
+        raise ConfigError("loss_impl", f"unknown loss_impl '{impl}'; use one of {LOSS_IMPLS}")
+    problem = ring_problem(loss, impl)
+    if problem:
+        raise ConfigError("loss_impl", problem)
 
 
 class RecipeSpec(BaseModel):
@@ -31,7 +64,7 @@ class RecipeSpec(BaseModel):
 
     name: RecipeName = "clip"
     loss_impl: LossImpl = "gather"
-    mask_ratio: float = Field(default=0.0, ge=0.0, lt=1.0)
+    mask_ratio: MaskRatio = 0.0
     optimizer: Optimizer = "adamw"
     betas: tuple[float, float] = (0.9, 0.98)
     init_logit_scale: float = math.log(1 / 0.07)
@@ -40,17 +73,14 @@ class RecipeSpec(BaseModel):
 
     @model_validator(mode="after")
     def _ring_is_sigmoid_only(self) -> RecipeSpec:
-        if self.loss_impl == "ring" and self.name != "siglip":
-            raise ConfigError(
-                "loss_impl",
-                f"'ring' is the chunked sigmoid loss; recipe '{self.name}' uses softmax. "
-                "Use --loss-impl gather, or --recipe siglip",
-            )
+        problem = ring_problem(self.loss, self.loss_impl)
+        if problem:
+            raise ConfigError("loss_impl", f"recipe '{self.name}': {problem}")
         return self
 
     @property
-    def loss(self) -> Literal["softmax", "sigmoid"]:
-        return "sigmoid" if self.name == "siglip" else "softmax"
+    def loss(self) -> Loss:
+        return recipe_loss(self.name)
 
 
 def default_recipe(name: RecipeName, **overrides) -> RecipeSpec:

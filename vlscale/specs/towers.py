@@ -59,6 +59,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 
+from vlscale.validation import check_mask_ratio
+
 MlpKind = Literal["gelu", "swiglu"]
 NormKind = Literal["layernorm", "rmsnorm"]
 QkvBias = Literal["qkv", "qv", "none"]
@@ -196,8 +198,7 @@ def kept_patches(num_patches: int, mask_ratio: float) -> int:
     ``max(1, int(L * (1. - self.prob)))``) evaluate it, float rounding included:
     ViT-B-32 (N = 49) at r = 0.5 keeps 24.
     """
-    if not 0.0 <= mask_ratio < 1.0:
-        raise ValueError(f"mask_ratio must be in [0, 1), got {mask_ratio}")
+    check_mask_ratio(mask_ratio)
     return max(1, int(num_patches * (1.0 - mask_ratio)))
 
 
