@@ -344,7 +344,7 @@ def test_full_device_definition(tmp_path):
 
 
 BAD_FILES = {
-    "syntax.yaml": ("devices: [\n  - name: x", "parse"),
+    "syntax.yaml": ("devices: [\n  - name: x", "not valid YAML"),
     "top.yaml": ("gpus: []", "devices"),
     "empty.yaml": ("", "mapping"),
     "missing.yaml": ("devices:\n  - {name: x, kind: gpu, devices_per_node: 8}", "missing; add"),

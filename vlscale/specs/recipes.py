@@ -75,7 +75,7 @@ class RecipeSpec(BaseModel):
     def _ring_is_sigmoid_only(self) -> RecipeSpec:
         problem = ring_problem(self.loss, self.loss_impl)
         if problem:
-            raise ConfigError("loss_impl", f"recipe '{self.name}': {problem}")
+            raise ConfigError("loss_impl", f"{problem} (recipe '{self.name}')")
         return self
 
     @property
