@@ -9,6 +9,7 @@ from vlscale.costs.compute import RankResources, matmul_efficiency, op_time, ran
 from vlscale.costs.ops import Op
 from vlscale.plan.config import make_plan_config
 from vlscale.plan.planner import plan
+from vlscale.plan.utilisation import default_profile
 from vlscale.specs.compute_profile import AttentionCost, ComputeProfile, MatmulCurve
 from vlscale.specs.hardware import dump_hardware_file, get_device
 
@@ -52,6 +53,49 @@ def test_framework_efficiency_divides_the_roofline_not_the_overhead():
     assert t.compute_s == pytest.approx(2e-3) and t.overhead_s == pytest.approx(1e-6)
 
 
+def test_a_gemm_is_its_quantised_roofline_plus_one_latency():
+    """F½ = P · pf · latency: time = F / (P · pf · q) + latency, whatever q is (a saturation
+    that divided the latency by q made a 1-tile GEMM on 132 SMs cost 132 latencies)."""
+    latency, pf, peak = 3e-6, 0.72, 1e12
+    curve = MatmulCurve(
+        peak_fraction=pf,
+        flops_half=peak * pf * latency,
+        tile_m=128,
+        tile_n=256,
+        parallel_units=132,
+        source="test",
+    )
+    prof = profile(matmul={"default": curve})
+    slots = 132 * 128 * 256  # one wave of full tiles
+    cases = {  # (m, n, k): q by hand (tiles, waves)
+        (4096, 4096, 4096): 4096 * 4096 / (4 * slots),  # 32 x 16 = 512 tiles: 4 waves
+        (1000, 3000, 768): 1000 * 3000 / slots,  # 8 x 12 = 96 tiles: 1 wave
+        (256, 256, 64): 256 * 256 / slots,  # 2 x 1 tiles: 1 wave, mostly empty
+    }
+    for (m, n, k), q in cases.items():
+        flops = 2.0 * m * n * k
+        op = Op("mm", "matmul", "forward", flops, 0.0, 1, (1, m, n, k), dtype="bf16")
+        t = op_time(op, res(prof, peak=peak)).compute_s
+        assert t == pytest.approx(flops / (peak * pf * q) + latency, rel=1e-9)
+
+
+def test_a_tiny_gemm_takes_a_small_tile_not_a_128x256_one():
+    """An 8×8×768 fp32 logit block (the SigLIP ring at 4,096 ranks) is latency-bound: one
+    16×16 tile on one SM, a few µs, not the 0.1 ms of a 128×256 tile."""
+    h100 = get_device("H100")
+    prof = default_profile(h100)
+    curve = prof.curve("fp32")
+    assert (curve.tile_m, curve.tile_n, curve.parallel_units) == (128, 256, 132)
+    flops = 2.0 * 8 * 8 * 768
+    op = Op("logits", "matmul", "forward", flops, 0.0, 1, (1, 8, 8, 768), dtype="fp32")
+    t = op_time(op, rank_resources(h100, prof)).compute_s
+    peak = h100.peak_flops.fp32 * curve.peak_fraction
+    latency = curve.flops_half / peak
+    one_small_tile = 2.0 * 16 * 16 * 768 / (peak / 132)
+    assert t == pytest.approx(latency + one_small_tile, rel=1e-9)
+    assert t < 10e-6
+
+
 def test_measured_attention_cost_by_hand():
     """A backward SDPA kernel with a measured cost: FLOPs at its fraction of the curve, plus
     its blocks' cost; on half the host (W = 2 ranks of a CPU) the blocks take twice as long."""
@@ -79,9 +123,10 @@ def test_wave_quantisation_by_hand():
     assert matmul_efficiency(curve, (1, 129, 128, 64)) == pytest.approx(
         0.8 * (129 * 128) / (1 * 108 * 128 * 128)
     )
-    # saturation: F / (F + F_half)
+    # saturation: F / (F + F_half · q), so the latency is paid once whatever the quantisation
     sat = curve.model_copy(update={"flops_half": 2.0 * 1280 * 1280 * 64})
-    assert matmul_efficiency(sat, (1, 1280, 1280, 64)) == pytest.approx(0.8 * 100 / 108 / 2)
+    q = 100 / 108
+    assert matmul_efficiency(sat, (1, 1280, 1280, 64)) == pytest.approx(0.8 * q / (1 + q))
 
 
 def test_plan_with_ideal_profile_is_flops_over_peak(tmp_path):

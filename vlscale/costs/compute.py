@@ -63,17 +63,35 @@ def rank_resources(
 
 
 def matmul_efficiency(curve: MatmulCurve, shape: tuple[int, int, int, int], units_scale=1.0):
-    """e_mm(g, m, n, k) = peak_fraction · q · F / (F + F½) (``compute_profile`` docstring)."""
+    """e_mm(g, m, n, k) = peak_fraction · q · F / (F + F½ · q) (``compute_profile`` docstring).
+
+    With F½ = P · peak_fraction · latency this makes a GEMM's time
+    F / (P · peak_fraction · q) + latency: the quantised roofline plus ONE fixed latency. (The
+    saturation F / (F + F½) without q divided the latency by q as well, so a tiny GEMM that
+    fills one tile of 132 SMs cost 132 latencies: a 32×32×768 fp32 logit block 9 ms on an H100.)
+    """
     g, m, n, k = shape
     flops = 2.0 * g * m * n * k
     if flops <= 0:
         return curve.peak_fraction
     units = max(1, round(curve.parallel_units * units_scale))
-    tiles = g * math.ceil(m / curve.tile_m) * math.ceil(n / curve.tile_n)
+    # GEMM libraries pick a smaller tile for a small output (cuBLAS's heuristics): no tile is
+    # taken larger than the output rounded up to a power of two (at least one 16-wide MMA)
+    tile_m = min(curve.tile_m, _tile_cap(m))
+    tile_n = min(curve.tile_n, _tile_cap(n))
+    tiles = g * math.ceil(m / tile_m) * math.ceil(n / tile_n)
     waves = math.ceil(tiles / units)
-    quantisation = (g * m * n) / (waves * units * curve.tile_m * curve.tile_n)
-    saturation = flops / (flops + curve.flops_half * units_scale)
+    quantisation = (g * m * n) / (waves * units * tile_m * tile_n)
+    saturation = flops / (flops + curve.flops_half * units_scale * quantisation)
     return curve.peak_fraction * quantisation * saturation
+
+
+MIN_TILE = 16  # the smallest tensor-core MMA edge (m16n8k16 / 16x16 fragments)
+
+
+def _tile_cap(dim: int) -> int:
+    """The largest tile edge a library would use for an output edge of ``dim``."""
+    return max(MIN_TILE, 1 << max(0, math.ceil(math.log2(max(dim, 1)))))
 
 
 @dataclass(frozen=True)

@@ -6,13 +6,14 @@ An op's time is (``vlscale.costs.compute``)::
 
 with the matmul efficiency curve of the shape (batch g, m, n, k; F = 2·g·m·n·k)::
 
-    e_mm = peak_fraction · q(g, m, n) · F / (F + F½)
+    e_mm = peak_fraction · q(g, m, n) · F / (F + F½ · q)
     q    = g·m·n / (waves · units · tile_m · tile_n)
     waves = ceil(g · ⌈m / tile_m⌉ · ⌈n / tile_n⌉ / units)
 
 ``q`` is tile and wave quantisation (a GEMM is cut into output tiles spread over ``units``
 parallel engines — SMs, TPU cores, CPU threads — and the last wave runs partly empty); the
-saturation F / (F + F½) is a fixed per-GEMM latency (F½ = P · peak_fraction · latency). Attention
+saturation is a fixed per-GEMM latency (F½ = P · peak_fraction · latency), so that a GEMM takes
+F / (P · peak_fraction · q) + latency. Attention
 (SDPA) uses the same curve times ``attention_fraction``, or, where the probe measured it per
 dtype and direction, an :class:`AttentionCost`: the curve at its own fraction plus a cost per
 (batch · head) block and per query element of it, what CPU flash-attention kernels spend on
