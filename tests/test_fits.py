@@ -131,6 +131,9 @@ def _runs(device: DeviceSpec) -> list[MeasuredRun]:
             samples=batch,
             precision="fp32",
             checkpointing=ckpt,
+            # wrapped as the committed campaign's trainer did: per-unit and DTensor overheads
+            # are only seen (and so only identifiable) on a wrapped model
+            wrap_one_rank=True,
             failures={"enabled": False},
         )
         probe = MeasuredRun(f"run{i}.jsonl", f"id{i}", cfg, 1.0)

@@ -328,3 +328,30 @@ def test_hfu_counts_recompute_and_mfu_does_not(recipe, impl, ckpt):
     else:
         # activation recompute, or the ring's recomputed block logits
         assert out["hfu"] > out["mfu"]
+
+
+def test_one_fp32_rank_is_planned_unwrapped_like_the_trainer_runs_it():
+    """trainer.parallelize.needs_wrapping: one fp32 rank runs the plain module. The planner
+    drops FSDP's copies, the per-unit overhead and DTensor dispatch there, and only there."""
+    from vlscale.plan.planner import plan
+
+    profile = "reports/validation/cpu/profile.yaml"
+
+    def run(**kw):
+        base = dict(model="small-clip", device="xeon-2c", hardware_file=profile, samples=32)
+        base |= dict(global_batch=32, failures={"enabled": False})
+        return plan(make_plan_config(**(base | kw)))
+
+    plain, wrapped = (
+        run(devices=1, precision="fp32"),
+        run(devices=1, precision="fp32", wrap_one_rank=True),
+    )
+    names = {t.op.name for t in plain.costs.op_times}
+    assert not any(n.startswith("fsdp.") for n in names)
+    assert any(t.op.name.startswith("fsdp.") for t in wrapped.costs.op_times)
+    assert plain.step_time_s < wrapped.step_time_s
+    # the optimizer's ops are plain tensor ops, not DTensor ones
+    assert all(t.op.dispatch != "dtensor" for t in plain.costs.op_times)
+    # bf16 keeps FSDP for its precision policy, and two ranks are always wrapped
+    for kw in (dict(devices=1, precision="bf16"), dict(devices=2, precision="fp32")):
+        assert run(**kw).step_time_s == run(**kw, wrap_one_rank=True).step_time_s

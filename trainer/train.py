@@ -247,7 +247,17 @@ def build_context(cfg: TrainConfig, device, mesh, backend: str):
     memory = PeakMemory(device)
     writer = RecordWriter(cfg.out, active=rank == 0)
     writer.start(
-        make_header(cfg, world, backend, device, peak, peak_source, memory.metric, identity),
+        make_header(
+            cfg,
+            world,
+            backend,
+            device,
+            peak,
+            peak_source,
+            memory.metric,
+            identity,
+            wrapped=needs_wrapping(mesh, plan),
+        ),
         resume_step=start_step if cfg.resume else None,
     )
     log(f"run {run_id} (config {identity['config_hash']}, seed {cfg.seed}): records {writer.path}")
@@ -436,7 +446,15 @@ def init_from_files(cfg: TrainConfig, model) -> None:
 
 
 def make_header(
-    cfg: TrainConfig, world, backend, device, peak, peak_source, memory_metric, identity=None
+    cfg: TrainConfig,
+    world,
+    backend,
+    device,
+    peak,
+    peak_source,
+    memory_metric,
+    identity=None,
+    wrapped: bool = True,
 ):
     import torch
 
@@ -462,6 +480,7 @@ def make_header(
         local_batch=cfg.local_batch(world),
         grad_accum=cfg.grad_accum,
         sharding=cfg.sharding,
+        wrapped=wrapped,
         activation_checkpointing=cfg.checkpointing,
         peak_flops_per_device=peak,
         peak_flops_source=peak_source,

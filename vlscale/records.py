@@ -77,6 +77,11 @@ class RunHeader(_Record):
     local_batch: int = Field(gt=0, description="per rank per micro-step")
     grad_accum: int = Field(gt=0)
     sharding: Literal["fsdp", "ddp"]
+    wrapped: bool | None = Field(
+        default=None,
+        description="FSDP2 / replicate applied (False: one fp32 rank runs the plain module, "
+        "trainer.parallelize.needs_wrapping); None: a trainer before that rule, always wrapped",
+    )
     activation_checkpointing: bool
     peak_flops_per_device: float | None = Field(default=None, ge=0)
     peak_flops_source: Literal["option", "lookup", "measured", "none"] = "none"

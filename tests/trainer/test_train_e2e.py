@@ -164,6 +164,8 @@ def test_plain_python_entry_with_profile(tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     run = read_run(out / "run.jsonl")
     assert run.header.world_size == 1 and run.header.peak_flops_source == "option"
+    # one fp32 rank runs the plain module, and the record says so (the planner reads it)
+    assert run.header.wrapped is (run.header.dtype != "fp32")
     assert run.header.recipe.name == "clip" and run.header.model.name == "tiny-clip"
     assert len(run.steps) == 3 and len(run.evals) == 1
     # the recorded FLOPs per sample are what the counter counts on the real model and loss

@@ -141,6 +141,8 @@ def plan_config_of(run: Run, device: str | None, hardware_file: str | None) -> P
         samples=h.global_batch,
         precision=h.dtype,
         sharding=h.sharding,
+        # records without the field come from trainers that wrapped even one fp32 rank
+        wrap_one_rank=h.wrapped is not False,
         reshard_after_forward=cfg.get("reshard_after_forward", True),
         checkpointing=h.activation_checkpointing,
         grad_clip=bool(cfg.get("grad_clip")),

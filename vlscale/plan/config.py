@@ -69,6 +69,12 @@ class PlanConfig(BaseModel):
         default=None, description="None: the device's 16-bit type (bf16, or fp16 on V100)"
     )
     sharding: Literal["fsdp", "ddp"] = "fsdp"
+    wrap_one_rank: bool = Field(
+        default=False,
+        description="wrap even one fp32 rank in FSDP / replicate, as trainers before "
+        "trainer.parallelize.needs_wrapping did (their run records); False: it runs the plain "
+        "module",
+    )
     reshard_after_forward: bool = True
     checkpointing: bool = False
 

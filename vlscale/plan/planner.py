@@ -171,6 +171,7 @@ def plan(
         local_batch=config.micro_batch,
         precision=_compute_dtype(device, config.precision),
         sharding=config.sharding,
+        wrapped=_wrapped(config, _compute_dtype(device, config.precision)),
         reshard_after_forward=config.reshard_after_forward,
         checkpointing=config.checkpointing,
         resources=compute.resources,
@@ -288,6 +289,13 @@ def _without_sync(wl: Workload) -> Workload:
 def default_precision(device: DeviceSpec) -> str:
     """The device's 16-bit training type: bf16 where it has a bf16 path, else fp16 (V100)."""
     return "bf16" if device.peak_flops.bf16 is not None else "fp16"
+
+
+def _wrapped(config: PlanConfig, dtype: str) -> bool:
+    """Is the model wrapped in FSDP2 / replicate? Not for one fp32 rank (nothing to shard,
+    gather or reduce, no mixed precision to apply: ``trainer.parallelize.needs_wrapping``),
+    unless ``wrap_one_rank`` (run records of trainers before that rule)."""
+    return config.devices > 1 or dtype not in ("fp32", "tf32") or config.wrap_one_rank
 
 
 def _compute_dtype(device: DeviceSpec, precision: str) -> str:

@@ -28,7 +28,9 @@ hide is added to the unit's compute.
 
 FSDP units follow ``trainer.parallelize``: every transformer block, then per tower the rest of
 its parameters (stem, positions, norms, pooling head, projection) as the tower's own unit, whose
-compute is the stem (before the blocks) plus head and projection (after them).
+compute is the stem (before the blocks) plus head and projection (after them). One fp32 rank is
+not wrapped at all (``trainer.parallelize.needs_wrapping``): no FSDP copies, no per-unit
+overhead, and the optimizer works on plain tensors, not DTensors (``_Layout.wrapped``).
 """
 
 from __future__ import annotations
@@ -161,6 +163,7 @@ class _Layout:
 
     world: int
     sharding: str
+    wrapped: bool  # False: one rank runs the plain module (no FSDP copies, hooks or DTensors)
     param_bytes: int
     reshard_after_forward: bool
     exposed: float
@@ -200,6 +203,7 @@ def build_workload(
     reshard_after_forward: bool,
     checkpointing: bool,
     resources: RankResources,
+    wrapped: bool = True,
     framework_efficiency: float = 1.0,
     grad_clip: bool = True,
     decode_samples_per_s: float | None = None,
@@ -212,6 +216,7 @@ def build_workload(
     layout = _Layout(
         world=world,
         sharding=sharding,
+        wrapped=wrapped or world > 1,
         # tf32 is how fp32 matmuls run on Ampere+; the parameters themselves stay fp32
         param_bytes=BYTES_PER_ELEMENT["fp32" if precision == "tf32" else precision],
         reshard_after_forward=reshard_after_forward,
@@ -231,7 +236,8 @@ def build_workload(
         checkpointing=checkpointing,
     ):
         unit_comm = _unit_comm(params[ops.name], coll, layout)
-        unit = _timed_unit(ops, params[ops.name], unit_comm, layout, price, prof.unit_overhead_s)
+        overhead_s = prof.unit_overhead_s if layout.wrapped else 0.0
+        unit = _timed_unit(ops, params[ops.name], unit_comm, layout, price, overhead_s)
         _accumulate(comm, unit_comm.moved)
         phases["forward"] += unit.forward_s
         phases["backward"] += unit.backward_s
@@ -328,7 +334,7 @@ def _timed_unit(
     """The unit's forward and backward time: its ops (with FSDP's copies around the
     collectives), half the per-unit overhead each, and the communication that does not hide."""
     fwd_ops, bwd_ops = list(ops.forward), list(ops.backward)
-    if layout.sharding == "fsdp":
+    if layout.sharding == "fsdp" and layout.wrapped:
         copy_f, copy_b = fsdp_copy_ops(
             params, layout.world, layout.param_bytes, layout.reshard_after_forward
         )
@@ -416,7 +422,10 @@ def _optimizer_time(spec, recipe, cluster, layout, price, grad_clip, params) -> 
     shard = layout.world if layout.sharding == "fsdp" else 1
     tensors = len(parameter_shapes(spec))
     foreach = cluster.device.kind != "cpu"
-    return price(optimizer_ops(params / shard, tensors, recipe.optimizer, grad_clip, foreach))
+    ops = optimizer_ops(
+        params / shard, tensors, recipe.optimizer, grad_clip, foreach, dtensor=layout.wrapped
+    )
+    return price(ops)
 
 
 def _input_pipeline(local_batch: int, decode_samples_per_s: float | None) -> InputPipeline | None:
