@@ -110,7 +110,7 @@ TRUTH = dict(
 )
 
 
-def _runs(device: DeviceSpec) -> list[MeasuredRun]:
+def _runs(device: DeviceSpec, wrapped: bool = True) -> list[MeasuredRun]:
     runs = []
     for i, (model, batch, ckpt, recipe) in enumerate(
         [
@@ -133,7 +133,7 @@ def _runs(device: DeviceSpec) -> list[MeasuredRun]:
             checkpointing=ckpt,
             # wrapped as the committed campaign's trainer did: per-unit and DTensor overheads
             # are only seen (and so only identifiable) on a wrapped model
-            wrap_one_rank=True,
+            wrap_one_rank=wrapped,
             failures={"enabled": False},
         )
         probe = MeasuredRun(f"run{i}.jsonl", f"id{i}", cfg, 1.0)
@@ -178,6 +178,21 @@ def test_calibrate_recovers_the_overheads_that_made_the_runs():
     v = validate([*runs[:2], *new], _with_compute(start, fitted))
     assert [r.split for r in v.rows] == ["replay", "replay", "prediction"]
     assert v.mape("prediction") < 1e-2 and v.max_error("replay") < 1e-2
+
+
+def test_parameters_the_runs_never_exercise_are_not_fitted():
+    """Runs of one unwrapped fp32 rank have no FSDP units or DTensor ops: their overheads get a
+    zero Jacobian column, so calibrate keeps them (value and origin) and says so; the rest is
+    still recovered."""
+    runs = _runs(_cpu(**TRUTH), wrapped=False)
+    start = _cpu(**(TRUTH | dict(op_overhead_s=5e-6, unit_overhead_s=3e-4, step_overhead_s=1e-3)))
+    fitted = calibrate(start, runs).compute
+    assert fitted.unit_overhead_s == 3e-4 and fitted.origins.get("unit_overhead_s") != "calibrated"
+    assert fitted.dtensor_op_overhead_s == start.compute.dtensor_op_overhead_s
+    assert "unit_overhead_s" in fitted.calibration.source
+    assert "dtensor_op_overhead_s" in fitted.calibration.source
+    assert fitted.op_overhead_s == pytest.approx(TRUTH["op_overhead_s"], rel=2e-2)
+    assert fitted.calibration.mape < 1e-3
 
 
 def _with_compute(device: DeviceSpec, compute: ComputeProfile) -> DeviceSpec:

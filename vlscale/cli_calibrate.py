@@ -81,6 +81,8 @@ def calibrate_cmd(
     rows = [[k, f"{v:.4g}"] for k, v in cal.parameters.items()]
     rows += [["replay MAPE", f"{cal.mape:.1%}"], ["replay max |error|", f"{cal.max_error:.1%}"]]
     print_table(f"{dev.name}: fitted to {len(measured)} runs -> {out}", ["", ""], rows)
+    if "not constrained" in cal.source:
+        typer.echo(cal.source.split("; ", 1)[1])
 
 
 @app.command("validate")

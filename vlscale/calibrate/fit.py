@@ -10,7 +10,10 @@ step), plus ``collective_overhead_s`` (per collective a step issues) when a fitt
 than one rank. It minimises log(predicted / measured) of each run's step time and, at half
 weight, of each timed phase (scipy least squares, trust-region reflective, within bounds);
 ``data_s_per_sample`` is set from the fitting runs' measured data time. Everything the probe
-measured (GEMM curve, bandwidth, collectives) stays as measured.
+measured (GEMM curve, bandwidth, collectives) stays as measured. A parameter the fitting runs do
+not exercise (perturbing it changes no residual: e.g. the per-unit and DTensor overheads when
+every fitting run is one unwrapped fp32 rank) is left out and keeps its value and origin; the
+calibration's ``source`` names it.
 
 ``validate`` compares every run with its prediction: per-run error = predicted / measured − 1,
 MAPE and max |error| separately for **replay** (runs used in the fit, listed in the profile's
@@ -167,8 +170,40 @@ def calibrate(
                     out.append(PHASE_WEIGHT * np.log(p / m))
         return np.array(out)
 
-    sol = least_squares(residuals, x0, bounds=(lo, hi), method="trf", x_scale=1.0, diff_step=1e-3)
-    fitted = {p: float(v * s) for p, v, s in zip(params, sol.x, scale, strict=True)}
+    # A parameter the fitting runs never exercise (e.g. the per-unit and DTensor overheads when
+    # every run is one unwrapped fp32 rank) has a zero Jacobian column: the solver may move it
+    # anywhere at no cost, so it is left out of the fit and keeps its value and origin.
+    base = residuals(x0)
+    seen = []
+    for i in range(len(params)):
+        probe = x0.copy()
+        up = x0[i] * 2 + 1.0
+        probe[i] = up if up < hi[i] else max(x0[i] / 2, lo[i])  # at a bound: look the other way
+        seen.append(not np.allclose(residuals(probe), base, rtol=0, atol=1e-12))
+    free = [i for i, ok in enumerate(seen) if ok]
+    unconstrained = [p for p, ok in zip(params, seen, strict=True) if not ok]
+    x = x0.copy()
+    if free:
+
+        def free_residuals(y: np.ndarray) -> np.ndarray:
+            full = x0.copy()
+            full[free] = y
+            return residuals(full)
+
+        sol = least_squares(
+            free_residuals,
+            x0[free],
+            bounds=(lo[free], hi[free]),
+            method="trf",
+            x_scale=1.0,
+            diff_step=1e-3,
+        )
+        x[free] = sol.x
+    fitted = {
+        p: float(v * s)
+        for p, v, s, ok in zip(params, x, scale, seen, strict=True)
+        if ok  # the unconstrained ones stay as they were
+    }
     final = _with(device, **fitted)
     errors = np.array([predict(r, final).step_s / r.step_s - 1 for r in runs])
     origins = dict(prof.origins) | dict.fromkeys(fitted, "calibrated")
@@ -181,7 +216,12 @@ def calibrate(
         residuals={r.run_id: float(e) for r, e in zip(runs, errors, strict=True)},
         mape=float(np.mean(np.abs(errors))),
         max_error=float(np.max(np.abs(errors))),
-        source=f"vlscale calibrate: least squares on log step time over {len(runs)} runs",
+        source=f"vlscale calibrate: least squares on log step time over {len(runs)} runs"
+        + (
+            f"; not constrained by these runs, kept as they were: {', '.join(unconstrained)}"
+            if unconstrained
+            else ""
+        ),
     )
     new = prof.with_parameters(**fitted, origins=origins, calibration=cal)
     return device.model_copy(update={"compute": new})
