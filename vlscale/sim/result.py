@@ -20,6 +20,7 @@ so compute + data_stall + Σ exposed comm + idle = step_time_s (up to float roun
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -37,17 +38,26 @@ BREAKDOWN_COLUMNS = ["compute", "data_stall", *COMM_KINDS, "idle"]
 
 @dataclass
 class SimResult:
-    """What a simulation produced; see the module docstring for the tables."""
+    """What a simulation produced; see the module docstring for the tables.
+
+    The step times and the breakdown are numpy arrays computed once; ``events`` and ``steps``
+    are pandas tables built on first use (reports, traces): a plain ``vlscale plan`` never
+    imports pandas (a third of its cold start)."""
 
     workload: Workload
-    events: pd.DataFrame
-    steps: pd.DataFrame
+    records: list[tuple]  # one per event, in EVENT_COLUMNS order
+    step_ends: np.ndarray  # rank 0's step end times
+    warmup_steps: int
+    breakdown_rows: np.ndarray  # (steps, BREAKDOWN_COLUMNS) seconds
     simulated_ranks: int
     rank_labels: dict[int, str] = field(default_factory=dict)
 
+    @property
+    def step_times(self) -> np.ndarray:
+        return np.diff(self.step_ends, prepend=0.0)
+
     def _measured(self) -> np.ndarray:
-        kept = self.steps.loc[~self.steps["warmup"], "step_time_s"].to_numpy()
-        return kept
+        return self.step_times[self.warmup_steps :]
 
     @property
     def step_time_s(self) -> float:
@@ -63,10 +73,37 @@ class SimResult:
         return float(np.percentile(self._measured(), 95))
 
     @property
-    def breakdown(self) -> pd.Series:
+    def breakdown(self) -> dict[str, float]:
         """Mean seconds per step in each breakdown category (non-warm-up steps)."""
-        kept = self.steps.loc[~self.steps["warmup"], BREAKDOWN_COLUMNS]
-        return kept.mean()
+        kept = self.breakdown_rows[self.warmup_steps :].mean(axis=0)
+        return dict(zip(BREAKDOWN_COLUMNS, map(float, kept), strict=True))
+
+    @cached_property
+    def events(self) -> pd.DataFrame:
+        import pandas as pd
+
+        events = pd.DataFrame.from_records(self.records, columns=EVENT_COLUMNS)
+        return events.sort_values(["rank", "start_s", "end_s"], kind="stable").reset_index(
+            drop=True
+        )
+
+    @cached_property
+    def steps(self) -> pd.DataFrame:
+        import pandas as pd
+
+        ends = self.step_ends
+        n = len(ends)
+        table = pd.DataFrame(
+            {
+                "step": np.arange(n),
+                "start_s": np.concatenate([[0.0], ends[:-1]]),
+                "end_s": ends,
+                "step_time_s": self.step_times,
+                "warmup": np.arange(n) < self.warmup_steps,
+            }
+        )
+        breakdown = pd.DataFrame(self.breakdown_rows, columns=BREAKDOWN_COLUMNS)
+        return pd.concat([table, breakdown], axis=1)
 
     def to_chrome_trace(self, path: str | Path) -> Path:
         """Write the events as Chrome trace JSON (opens in Perfetto); atomic. Returns the path."""
@@ -82,46 +119,40 @@ def build_result(
     warmup_steps: int,
     simulated_ranks: int,
 ) -> SimResult:
-    """Turn the plain records into tables (once, at the end)."""
-    import pandas as pd
-
-    events = pd.DataFrame.from_records(records, columns=EVENT_COLUMNS)
-    events = events.sort_values(["rank", "start_s", "end_s"], kind="stable").reset_index(drop=True)
-    ends = np.asarray(step_ends[0])
+    """The step times and the breakdown of rank 0 from the plain records (once, at the end)."""
+    ends = np.asarray(step_ends[0], dtype=float)
     starts = np.concatenate([[0.0], ends[:-1]])
-    steps = pd.DataFrame(
-        {
-            "step": np.arange(len(ends)),
-            "start_s": starts,
-            "end_s": ends,
-            "step_time_s": ends - starts,
-            "warmup": np.arange(len(ends)) < warmup_steps,
-        }
-    )
-    rank0 = events[events["rank"] == 0]
-    rows = [
-        partition_window(rank0[rank0["step"] == s], a, b)
-        for s, a, b in zip(steps["step"], starts, ends, strict=True)
-    ]
-    steps = pd.concat([steps, pd.DataFrame(rows, columns=BREAKDOWN_COLUMNS)], axis=1)
+    # rank 0's events as arrays: (step, stream, kind, start, end)
+    rank0 = [r for r in records if r[0] == 0]
+    step = np.array([r[1] for r in rank0], dtype=int)
+    stream = np.array([r[2] for r in rank0], dtype=object)
+    kind = np.array([r[3] for r in rank0], dtype=object)
+    start = np.array([r[5] for r in rank0], dtype=float)
+    end = np.array([r[6] for r in rank0], dtype=float)
+    rows = []
+    for s, a, b in zip(range(len(ends)), starts, ends, strict=True):
+        mask = (step == s) & (stream != "input")
+        rows.append(partition_window(kind[mask], start[mask], end[mask], a, b))
     labels = {0: "rank 0"}
     if simulated_ranks == 2 and wl.world_size > 2:
         labels[1] = f"slowest of the other {wl.world_size - 1} ranks"
     else:
         labels |= {r: f"rank {r}" for r in range(1, simulated_ranks)}
-    return SimResult(wl, events, steps, simulated_ranks, labels)
+    breakdown = np.array(rows, dtype=float).reshape(len(ends), len(BREAKDOWN_COLUMNS))
+    return SimResult(wl, records, ends, warmup_steps, breakdown, simulated_ranks, labels)
 
 
-def partition_window(ev: pd.DataFrame, a: float, b: float) -> list[float]:
-    """Split [a, b] into the breakdown categories (priority order in the module docstring)."""
+def partition_window(
+    kinds: np.ndarray, starts: np.ndarray, ends: np.ndarray, a: float, b: float
+) -> list[float]:
+    """Split [a, b] into the breakdown categories (priority order in the module docstring),
+    given the kinds and times of the events (input-stream events left out) in that step."""
     if b <= a:
         return [0.0] * len(BREAKDOWN_COLUMNS)
-    ev = ev[ev["stream"] != "input"]
-    s = ev["start_s"].to_numpy().clip(a, b)
-    e = ev["end_s"].to_numpy().clip(a, b)
+    s = starts.clip(a, b)
+    e = ends.clip(a, b)
     bounds = np.unique(np.concatenate([[a, b], s, e]))
     seg = np.diff(bounds)
-    kinds = ev["kind"].to_numpy()
 
     def active(mask: np.ndarray) -> np.ndarray:
         # +1 at an interval's first segment, -1 after its last: the running sum counts overlaps
