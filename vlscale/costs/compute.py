@@ -23,6 +23,7 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable
 from dataclasses import dataclass
+from functools import cached_property
 
 from vlscale.costs.ops import Op
 from vlscale.specs.compute_profile import ComputeProfile, MatmulCurve
@@ -101,7 +102,7 @@ class OpTime:
     memory_s: float
     overhead_s: float
 
-    @property
+    @cached_property  # read for every op of every table and sum: computed once
     def time_s(self) -> float:
         return max(self.compute_s, self.memory_s) + self.overhead_s
 

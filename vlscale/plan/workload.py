@@ -35,6 +35,8 @@ overhead, and the optimizer works on plain tensors, not DTensors (``_Layout.wrap
 
 from __future__ import annotations
 
+import dataclasses
+
 import math
 from dataclasses import dataclass, field
 
@@ -133,11 +135,17 @@ class _Pricer:
     res: RankResources
     efficiency: float  # framework efficiency γ
     table: list[OpTime] = field(default_factory=list)
+    # the same op priced once: a SigLIP ring on W ranks repeats its block ops W times
+    _seen: dict = field(default_factory=dict)
 
     def __call__(self, ops) -> float:
         total = 0.0
         for op in ops:
-            t = op_time(op, self.res, self.efficiency)
+            key = dataclasses.replace(op, name="")  # the price does not depend on the name
+            priced = self._seen.get(key)
+            if priced is None:
+                priced = self._seen[key] = op_time(key, self.res, self.efficiency)
+            t = dataclasses.replace(priced, op=op)
             self.table.append(t)
             total += t.time_s
         if not math.isfinite(total):  # e.g. --utilisation 1e-300: FLOPs / (u · peak) overflows
