@@ -36,7 +36,6 @@ overhead, and the optimizer works on plain tensors, not DTensors (``_Layout.wrap
 from __future__ import annotations
 
 import dataclasses
-
 import math
 from dataclasses import dataclass, field
 
