@@ -172,7 +172,10 @@ def attention_fractions(samples, peak: float, curve) -> float:
     )
 
 
-def _comm_worker(rank: int, port: int, sizes: list[int], queue) -> None:
+def _comm_worker(rank: int, port: int, sizes: list[int], queue, backend: str = "gloo") -> None:
+    """The trainer's collectives between 2 ranks over ``sizes`` (bytes of one rank's shard):
+    gloo on CPU tensors, timed on the host; NCCL on this rank's GPU, timed with CUDA events
+    (``trainer.probe_cuda.cuda_seconds``). Rank 0 puts (name, size, steps, bytes, s) rows."""
     import warnings
 
     import torch.distributed as dist
@@ -180,13 +183,20 @@ def _comm_worker(rank: int, port: int, sizes: list[int], queue) -> None:
     warnings.filterwarnings("ignore", category=FutureWarning)  # *_tensor collective names
     torch.set_num_threads(1)
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    dist.init_process_group("gloo", rank=rank, world_size=2)
+    device = "cpu"
+    seconds = lambda fn: timeit(fn, min_s=0.0, reps=9)  # noqa: E731  (every rank: same calls)
+    if backend == "nccl":
+        from trainer.probe_cuda import cuda_seconds
+
+        torch.cuda.set_device(rank)
+        device, seconds = "cuda", lambda fn: cuda_seconds(fn, reps=9)
+    dist.init_process_group(backend, rank=rank, world_size=2)
     rows = []
-    for size in sizes:  # bytes of one rank's shard
+    for size in sizes:
         n = size // 4
-        shard, full = torch.randn(n), torch.empty(2 * n)
-        buf, out = torch.randn(2 * n), torch.empty(n)
-        recv = torch.empty(n)
+        shard, full = torch.randn(n, device=device), torch.empty(2 * n, device=device)
+        buf, out = torch.randn(2 * n, device=device), torch.empty(n, device=device)
+        recv = torch.empty(n, device=device)
 
         def p2p(shard=shard, recv=recv) -> None:
             peer = 1 - dist.get_rank()
@@ -202,7 +212,7 @@ def _comm_worker(rank: int, port: int, sizes: list[int], queue) -> None:
         }
         for name, (steps, moved, fn) in cases.items():
             dist.barrier()
-            rows.append((name, size, steps, moved, timeit(fn, min_s=0.0, reps=9)))
+            rows.append((name, size, steps, moved, seconds(fn)))
     if rank == 0:
         queue.put(rows)
     dist.barrier()
@@ -255,8 +265,9 @@ def measure_collectives(quick: bool) -> list[tuple[str, int, int, int, float]]:
     return _spawn(_comm_worker, 2, (sizes,))
 
 
-def _spawn(target, world: int, args: tuple):
-    """Run ``target(rank, port, *args, queue)`` on ``world`` spawned ranks; rank 0's answer."""
+def _spawn(target, world: int, args: tuple, kwargs: dict | None = None):
+    """Run ``target(rank, port, *args, queue, **kwargs)`` on ``world`` spawned ranks; rank 0's
+    answer."""
     import torch.multiprocessing as mp
 
     with socket.socket() as s:
@@ -264,7 +275,10 @@ def _spawn(target, world: int, args: tuple):
         port = s.getsockname()[1]
     ctx = mp.get_context("spawn")
     queue = ctx.Queue()
-    procs = [ctx.Process(target=target, args=(r, port, *args, queue)) for r in range(world)]
+    procs = [
+        ctx.Process(target=target, args=(r, port, *args, queue), kwargs=kwargs or {})
+        for r in range(world)
+    ]
     for p in procs:
         p.start()
     deadline = time.monotonic() + 120

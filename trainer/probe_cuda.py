@@ -27,7 +27,6 @@ Every measurement function takes its sizes as arguments, so the assembly
 
 from __future__ import annotations
 
-import os
 import socket
 import statistics
 import time
@@ -133,45 +132,12 @@ def measure_attention(peak: float, curve: MatmulCurve, dtype: str) -> tuple[floa
     return min(2.0, statistics.median(forward)), min(2.0, statistics.median(backward))
 
 
-def _nccl_worker(rank: int, port: int, sizes: list[int], queue) -> None:
-    import torch.distributed as dist
-
-    torch.cuda.set_device(rank)
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    dist.init_process_group("nccl", rank=rank, world_size=2)
-    rows = []
-    for size in sizes:  # bytes of one rank's shard
-        n = size // 4
-        shard, full = torch.randn(n, device="cuda"), torch.empty(2 * n, device="cuda")
-        buf, out = torch.randn(2 * n, device="cuda"), torch.empty(n, device="cuda")
-        recv = torch.empty(n, device="cuda")
-
-        def p2p(shard=shard, recv=recv) -> None:
-            peer = 1 - dist.get_rank()
-            ops = [dist.P2POp(dist.isend, shard, peer), dist.P2POp(dist.irecv, recv, peer)]
-            for w in dist.batch_isend_irecv(ops):
-                w.wait()
-
-        cases = {
-            "all_gather": (1, size, lambda f=full, s=shard: dist.all_gather_into_tensor(f, s)),
-            "reduce_scatter": (1, size, lambda o=out, b=buf: dist.reduce_scatter_tensor(o, b)),
-            "all_reduce": (2, 2 * size, lambda b=buf: dist.all_reduce(b)),
-            "p2p": (1, size, p2p),
-        }
-        for name, (steps, moved, fn) in cases.items():
-            dist.barrier()
-            rows.append((name, size, steps, moved, cuda_seconds(fn, reps=9)))
-    if rank == 0:
-        queue.put(rows)
-    dist.barrier()
-    dist.destroy_process_group()
-
-
 def measure_nccl(quick: bool) -> list[tuple[str, int, int, int, float]]:
-    from trainer.probe import _spawn
+    """The CPU probe's collective worker on 2 GPUs over NCCL (``trainer.probe._comm_worker``)."""
+    from trainer.probe import _comm_worker, _spawn
 
     sizes = [1 << 12, 1 << 16, 1 << 20, 1 << 24] + ([] if quick else [1 << 27])
-    return _spawn(_nccl_worker, 2, (sizes,))
+    return _spawn(_comm_worker, 2, (sizes,), {"backend": "nccl"})
 
 
 @dataclass
