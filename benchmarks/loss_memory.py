@@ -18,10 +18,8 @@ keeps two, one per direction), the ring stays at O(b² + b·d) whatever W is.
 
 from __future__ import annotations
 
-import json
 import os
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -29,11 +27,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # repo root, for t
 
 import torch
 import torch.nn.functional as F
-from torch.profiler import ProfilerActivity, profile
 
 from tests.dist_utils import run_distributed
 from trainer.losses import clip_loss, siglip_loss
-from trainer.losses.saved_memory import SavedTensorBytes
+from trainer.losses.saved_memory import SavedTensorBytes, allocator_peak_bytes
 
 DIM = 64
 LOCAL_BATCHES = (64, 256, 1024)
@@ -58,18 +55,7 @@ def _loss_step(impl: str, b: int, group, seed: int) -> tuple[torch.Tensor, Saved
 
 def _peak_bytes(impl: str, b: int, group, seed: int) -> int:
     """Allocator high-water mark during forward + backward, above the level at its start."""
-    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
-        _loss_step(impl, b, group, seed)
-    with tempfile.TemporaryDirectory() as tmp:
-        trace = os.path.join(tmp, "trace.json")
-        prof.export_chrome_trace(trace)
-        with open(trace) as f:
-            events = json.load(f)["traceEvents"]
-    mem = [e["args"] for e in events if e.get("name") == "[memory]"]
-    if not mem:
-        return 0
-    start = mem[0]["Total Allocated"] - mem[0]["Bytes"]  # level before the first (de)allocation
-    return max(m["Total Allocated"] for m in mem) - start
+    return allocator_peak_bytes(lambda: _loss_step(impl, b, group, seed))
 
 
 def _measure(ctx) -> list[dict]:

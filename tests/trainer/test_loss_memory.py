@@ -23,19 +23,16 @@ keeps, while the ring must not grow at all.
 from __future__ import annotations
 
 import itertools
-import json
 import os
-import tempfile
 
 import pytest
 import torch
 import torch.nn.functional as F
 from torch.distributed.device_mesh import init_device_mesh
-from torch.profiler import ProfilerActivity, profile
 
 from tests.dist_utils import run_distributed
 from trainer.losses import clip_loss, create_ring_groups, siglip_loss
-from trainer.losses.saved_memory import SavedTensorBytes
+from trainer.losses.saved_memory import SavedTensorBytes, allocator_peak_bytes
 from vlscale.costs.memory import loss_buffer_parts
 
 B_LOCAL, DIM, FP32 = 64, 32, 4
@@ -83,16 +80,7 @@ def _measure(rank: int, group) -> dict[tuple[int, int, str], dict[str, int]]:
 
 def _backward_peak(loss: torch.Tensor) -> int:
     """Allocator high-water mark of ``loss.backward()`` above the level at its start."""
-    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
-        loss.backward()
-    with tempfile.TemporaryDirectory() as tmp:
-        trace = os.path.join(tmp, "trace.json")
-        prof.export_chrome_trace(trace)
-        with open(trace) as f:
-            events = json.load(f)["traceEvents"]
-    mem = [e["args"] for e in events if e.get("name") == "[memory]"]
-    start = mem[0]["Total Allocated"] - mem[0]["Bytes"]  # level before the first event
-    return max(m["Total Allocated"] for m in mem) - start
+    return allocator_peak_bytes(loss.backward)
 
 
 @pytest.fixture(scope="module")

@@ -42,3 +42,26 @@ class SavedTensorBytes:
 
     def __exit__(self, *exc) -> None:
         self._hooks.__exit__(*exc)
+
+
+def allocator_peak_bytes(fn) -> int:
+    """The CPU allocator's high-water mark while ``fn()`` runs, above the level at its start
+    (torch.profiler's memory events; 0 when ``fn`` allocates nothing)."""
+    import json
+    import os
+    import tempfile
+
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+        fn()
+    with tempfile.TemporaryDirectory() as tmp:
+        trace = os.path.join(tmp, "trace.json")
+        prof.export_chrome_trace(trace)
+        with open(trace) as f:
+            events = json.load(f)["traceEvents"]
+    mem = [e["args"] for e in events if e.get("name") == "[memory]"]
+    if not mem:
+        return 0
+    start = mem[0]["Total Allocated"] - mem[0]["Bytes"]  # level before the first (de)allocation
+    return max(m["Total Allocated"] for m in mem) - start
