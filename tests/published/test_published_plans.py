@@ -31,7 +31,7 @@ Predictions:
   only ~3 % of a ViT-L/16 block at 197 tokens; the r = 0.75 row misses, so the table rejects
   it); 77-token captions give 0.545 / 0.322 and miss both rows. Relative wall time 1.00 /
   0.50 / 0.33 from the planner: the planner predicts 0.518 / 0.292, a miss by more than the
-  printed rounding (±0.005) on both rows (by 0.018 and 0.037); that check is an expected
+  printed rounding (±0.005) on both rows (by 0.018 and 0.038); that check is an expected
   failure (strict) at the rounding tolerance rather than a tolerance widened until it passes;
   only the ordering is asserted to hold. FLIP pads / cuts captions to 32 tokens (its
   implementation details), so both checks use the ViT-L-16 preset with a 32-token text tower
