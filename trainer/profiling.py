@@ -48,19 +48,6 @@ CPU_FLOPS_PER_THREAD = {"fp32": (4e9, 1e12), "bf16": (0.0, 1e13), "fp16": (0.0, 
 PEAK_TRIALS = 3
 
 
-def measure_matmul_flops(
-    device: torch.device,
-    precision: str = "fp32",
-    sizes: tuple[int, ...] = (256, 1024, 2048),
-    seconds: float = 0.1,
-    trials: int = PEAK_TRIALS,
-    clock=time.perf_counter,
-) -> float:
-    """Best achieved FLOP/s of square (n, n) @ (n, n) matmuls (2n³ FLOPs each) over ``sizes``,
-    best of ``trials`` independent trials (``matmul_flops_trials``)."""
-    return max(matmul_flops_trials(device, precision, sizes, seconds, trials, clock))
-
-
 def matmul_flops_trials(
     device: torch.device,
     precision: str = "fp32",
@@ -174,7 +161,7 @@ def resolve_peak_flops(
         peak = catalog_peak_flops(device_name, precision)
         if peak is not None:
             return peak, "lookup", ""
-        return measure_matmul_flops(device, precision), "measured", ""
+        return max(matmul_flops_trials(device, precision)), "measured", ""
     rates = matmul_flops_trials(device, precision)
     peak, note = check_cpu_peak(rates, precision, torch.get_num_threads())
     return peak, ("measured" if peak is not None else "none"), note

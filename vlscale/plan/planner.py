@@ -163,15 +163,16 @@ def plan(
         framework_efficiency=config.framework_efficiency,
     )
     source = compute.source
+    dtype = _compute_dtype(device, config.precision)
     workload, costs = build_workload(
         spec,
         recipe,
         cluster,
         make_group(cluster),
         local_batch=config.micro_batch,
-        precision=_compute_dtype(device, config.precision),
+        precision=dtype,
         sharding=config.sharding,
-        wrapped=_wrapped(config, _compute_dtype(device, config.precision)),
+        wrapped=_wrapped(config, dtype),
         reshard_after_forward=config.reshard_after_forward,
         checkpointing=config.checkpointing,
         resources=compute.resources,

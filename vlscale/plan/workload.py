@@ -223,7 +223,7 @@ def build_workload(
     layout = _Layout(
         world=world,
         sharding=sharding,
-        wrapped=wrapped or world > 1,
+        wrapped=wrapped,
         # tf32 is how fp32 matmuls run on Ampere+; the parameters themselves stay fp32
         param_bytes=BYTES_PER_ELEMENT["fp32" if precision == "tf32" else precision],
         reshard_after_forward=reshard_after_forward,
