@@ -146,6 +146,16 @@ class _Ordered:
     def put(self, index: int, rows: list[Any]) -> None:
         self.results[index] = rows
 
+    def refill(self, chunks: Iterator, pending: dict, submit: Callable[[list], Any]) -> None:
+        """Submit the next chunks while fewer than ``window`` are in flight or held;
+        ``submit(chunk)`` returns the key ``pending`` tracks it by."""
+        while len(pending) + len(self.results) < self.window:
+            item = next(chunks, None)
+            if item is None:
+                return
+            i, chunk = item
+            pending[submit(chunk)] = (i, len(chunk))
+
     def ready(self) -> Iterator[list[Any]]:
         while self.next in self.results:
             yield self.results.pop(self.next)
@@ -162,12 +172,7 @@ def _map_processes(fn, points, total: int, n_workers: int, size: int, progress: 
     with ProcessPoolExecutor(max_workers=min(n_workers, math.ceil(total / size))) as pool:
 
         def submit_more() -> None:
-            while len(pending) + len(order.results) < order.window:
-                item = next(chunks, None)
-                if item is None:
-                    return
-                i, chunk = item
-                pending[pool.submit(_apply, fn, chunk)] = (i, len(chunk))
+            order.refill(chunks, pending, lambda chunk: pool.submit(_apply, fn, chunk))
 
         try:
             # submit (which forks the workers) before the progress bar starts its refresh
@@ -207,16 +212,14 @@ def _map_dask(fn, points, total: int, client, progress: bool):
         pending: dict[str, tuple[int, int]] = {}  # future key -> (chunk index, points in it)
         running = as_completed()
 
+        def submit(chunk: list) -> str:
+            # pure=False: identical chunks (a grid may repeat a point) are separate tasks
+            future = client.submit(_apply, fn, chunk, pure=False)
+            running.add(future)
+            return future.key
+
         def submit_more() -> None:
-            while len(pending) + len(order.results) < order.window:
-                item = next(chunks, None)
-                if item is None:
-                    return
-                i, chunk = item
-                # pure=False: identical chunks (a grid may repeat a point) are separate tasks
-                future = client.submit(_apply, fn, chunk, pure=False)
-                pending[future.key] = (i, len(chunk))
-                running.add(future)
+            order.refill(chunks, pending, submit)
 
         submit_more()
         label = f"planning (dask, {n_workers} threads)"
