@@ -1,23 +1,23 @@
-"""Solve the framework efficiency γ that reproduces each published run (vlscale.plan.published)
+"""Solve the framework efficiency γ that reproduces each published run (vlscale.plan.published_runs)
 with the per-op model, show the single-utilisation model next to it ("before"), the absolute
 predictions, the FLIP rows and the H100 / A100 ratio. Paste the solved γ of the calibration
-cases into vlscale/plan/utilisation.py:CALIBRATED.
+cases into vlscale/plan/compute_model.py:CALIBRATED.
 
     .venv/bin/python benchmarks/calibrate_published.py
 """
 
 from __future__ import annotations
 
+from vlscale.plan.compute_model import CALIBRATED
 from vlscale.plan.config import make_plan_config
 from vlscale.plan.planner import plan
-from vlscale.plan.published import (
+from vlscale.plan.published_runs import (
     FLIP_TABLE_1A,
     PREDICTED_RUNS,
     PUBLISHED_RUNS,
     flip_config,
     solve_framework_efficiency,
 )
-from vlscale.plan.utilisation import CALIBRATED
 
 # the single-constant model this replaced (u per device kind, solved from the same two runs)
 OLD_UTILISATION = {"V100": 0.2525, "A100-40GB": 0.1135}

@@ -21,8 +21,8 @@ from torch import nn
 
 from models.layers import Mlp, fan_in_std, make_blocks, make_norm, make_proj
 from models.rope import VisionRope
+from vlscale.specs.fields import check_mask_ratio
 from vlscale.specs.towers import TrunkSpec, VisionTowerSpec
-from vlscale.validation import check_mask_ratio
 
 
 class MapHead(nn.Module):

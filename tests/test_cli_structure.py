@@ -1,8 +1,9 @@
-"""How the CLI is put together: no import cycles, and the planner layer never imports the CLI.
+"""How the CLI is put together: one package, commands registered in one place, no import cycles,
+and the planner layer never imports the CLI.
 
-``vlscale.cli_app`` holds the typer app; command modules import it (never ``vlscale.cli``) and
-register their commands; ``vlscale.cli`` imports them all and is imported by nothing in the
-package. ``vlscale.plan`` (sweeps, config parsing) never pulls in typer or a CLI module.
+``vlscale.cli.app`` holds the typer app and what commands share; the command modules define plain
+functions and import neither the app object nor ``vlscale.cli``; ``vlscale.cli`` registers them
+all in ``COMMANDS`` (one list). ``vlscale.plan`` (sweeps, config parsing) never pulls in typer.
 """
 
 from __future__ import annotations
@@ -15,7 +16,8 @@ from pathlib import Path
 import pytest
 
 PACKAGE = Path(__file__).resolve().parents[1] / "vlscale"
-COMMAND_MODULES = ["cli_models", "cli_calibrate", "cli_collectives", "cli_plan", "cli_report"]
+CLI = PACKAGE / "cli"
+COMMAND_MODULES = ["models", "calibrate", "collectives", "plan", "report"]
 
 
 def _imports(path: Path) -> set[str]:
@@ -29,16 +31,40 @@ def _imports(path: Path) -> set[str]:
     return out
 
 
-def test_nothing_in_the_package_imports_the_entry_module():
-    offenders = [
-        p.name for p in PACKAGE.rglob("*.py") if p.name != "cli.py" and "vlscale.cli" in _imports(p)
+def _decorators(path: Path) -> list[str]:
+    return [
+        ast.unparse(d)
+        for node in ast.walk(ast.parse(path.read_text()))
+        if isinstance(node, ast.FunctionDef)
+        for d in node.decorator_list
     ]
-    assert offenders == []
+
+
+def test_no_cli_module_lives_at_the_package_root():
+    assert sorted(p.name for p in PACKAGE.glob("cli*.py")) == []
+
+
+@pytest.mark.parametrize("module", COMMAND_MODULES)
+def test_command_modules_register_nothing_themselves(module):
+    path = CLI / f"{module}.py"
+    assert "vlscale.cli.app.app" not in _imports(path)
+    assert not [d for d in _decorators(path) if d.startswith("app.")]
+    assert "vlscale.cli" not in _imports(path)
+
+
+def test_every_command_is_registered_once_in_the_one_list():
+    from vlscale.cli import COMMANDS, app
+
+    names = [name for name, _ in COMMANDS]
+    assert len(names) == len(set(names))
+    registered = [c.name for c in app.registered_commands]
+    assert registered == names
+    assert [g.name for g in app.registered_groups] == ["models"]
 
 
 def test_cli_app_imports_no_command_module():
-    imported = _imports(PACKAGE / "cli_app.py")
-    assert not {f"vlscale.{m}" for m in COMMAND_MODULES} & imported
+    imported = _imports(CLI / "app.py")
+    assert not {f"vlscale.cli.{m}" for m in COMMAND_MODULES} & imported
 
 
 def _fresh(code: str) -> subprocess.CompletedProcess:
@@ -48,14 +74,11 @@ def _fresh(code: str) -> subprocess.CompletedProcess:
 
 
 @pytest.mark.parametrize("module", COMMAND_MODULES)
-def test_each_command_module_imports_alone_and_registers(module):
+def test_each_command_module_imports_alone(module):
     code = (
-        f"import vlscale.{module}\n"
-        "from vlscale.cli_app import app\n"
-        "names = [c.name for c in app.registered_commands]\n"
-        "assert names and all(names), names\n"
-        "import vlscale.cli\n"  # and the entry module after it, without a cycle
-        "assert vlscale.cli.app is app\n"
+        f"import vlscale.cli.{module}\n"
+        "import vlscale.cli\n"
+        "assert vlscale.cli.app.registered_commands\n"
     )
     out = _fresh(code)
     assert out.returncode == 0, out.stderr

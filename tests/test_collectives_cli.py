@@ -12,7 +12,7 @@ import sys
 
 import pytest
 
-from vlscale.cli_collectives import parse_size
+from vlscale.cli.collectives import parse_size
 from vlscale.errors import ConfigError
 from vlscale.plan import plan
 from vlscale.plan.config import make_plan_config

@@ -7,9 +7,9 @@ import pytest
 
 from vlscale.costs.compute import RankResources, matmul_efficiency, op_time, rank_resources
 from vlscale.costs.ops import Op
+from vlscale.plan.compute_model import default_profile
 from vlscale.plan.config import make_plan_config
 from vlscale.plan.planner import plan
-from vlscale.plan.utilisation import default_profile
 from vlscale.specs.compute_profile import AttentionCost, ComputeProfile, MatmulCurve
 from vlscale.specs.hardware import dump_hardware_file, get_device
 

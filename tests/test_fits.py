@@ -1,11 +1,11 @@
 """Fits recover the parameters that made synthetic data: the probe's GEMM curve and α–β fits
-(vlscale.calibrate.fits), and ``vlscale calibrate``'s overheads (vlscale.calibrate.fit)."""
+(vlscale.calibrate.probe_fits), and ``vlscale calibrate``'s overheads
+(vlscale.calibrate.run_fit)."""
 
 import numpy as np
 import pytest
 
-from vlscale.calibrate.fit import calibrate, predict, validate
-from vlscale.calibrate.fits import (
+from vlscale.calibrate.probe_fits import (
     AttentionSample,
     CommSample,
     GemmSample,
@@ -15,6 +15,7 @@ from vlscale.calibrate.fits import (
     predict_attention_s,
     predict_gemm_s,
 )
+from vlscale.calibrate.run_fit import calibrate, predict, validate
 from vlscale.calibrate.runs import MeasuredRun
 from vlscale.plan.config import make_plan_config
 from vlscale.specs.compute_profile import AttentionCost, ComputeProfile, MatmulCurve

@@ -17,11 +17,11 @@ from vlscale.costs.memory import fsdp_unit_params
 from vlscale.costs.topology import make_group
 from vlscale.errors import ConfigError
 from vlscale.plan import make_plan_config, plan
+from vlscale.plan.compute_model import CALIBRATED, FALLBACK, resolve_compute
 from vlscale.plan.config import read_config_file
 from vlscale.plan.planner import default_precision, resolve
 from vlscale.plan.sweep import expand_grid, run_sweep
-from vlscale.plan.utilisation import CALIBRATED, FALLBACK, resolve_compute
-from vlscale.plan.workload import build_workload
+from vlscale.plan.workload_builder import build_workload
 from vlscale.sim import ClipGatherLoss
 from vlscale.specs.presets import get_model
 

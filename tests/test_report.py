@@ -20,8 +20,13 @@ from vlscale.errors import ConfigError
 from vlscale.plan.config import make_plan_config
 from vlscale.plan.planner import plan
 from vlscale.report import html as report_html
-from vlscale.report.figures import breakdown_figure, loss_figure, memory_figure, timeline_figure
 from vlscale.report.pages import compare_report, plan_report, write_plan_report
+from vlscale.report.step_figures import (
+    breakdown_figure,
+    loss_figure,
+    memory_figure,
+    timeline_figure,
+)
 from vlscale.report.tables import (
     GIB,
     MIB,

@@ -16,10 +16,10 @@ import sys
 import pytest
 
 from vlscale.errors import ConfigError
-from vlscale.plan.papers import KEYS, paper_rows
+from vlscale.plan.compute_model import CALIBRATED
+from vlscale.plan.papers_table import KEYS, paper_rows
 from vlscale.plan.planner import plan
-from vlscale.plan.published import FLIP_TABLE_1A, PREDICTED_RUNS, PUBLISHED_RUNS, flip_config
-from vlscale.plan.utilisation import CALIBRATED
+from vlscale.plan.published_runs import FLIP_TABLE_1A, PREDICTED_RUNS, PUBLISHED_RUNS, flip_config
 from vlscale.report.record import calibration_frame, calibration_summary, read_validation
 from vlscale.report.study_figures import calibration_figure, papers_figure
 from vlscale.report.study_page import NO_VALIDATION

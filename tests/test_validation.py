@@ -1,5 +1,5 @@
 """The FLIP mask ratio and the loss implementation are checked in one place each
-(``vlscale.validation``, ``vlscale.specs.recipes``); every layer gives the same answer."""
+(``vlscale.specs.fields``, ``vlscale.specs.recipes``); every layer gives the same answer."""
 
 from __future__ import annotations
 
@@ -15,9 +15,9 @@ from vlscale.errors import ConfigError
 from vlscale.plan.config import make_plan_config
 from vlscale.records import StepRecord
 from vlscale.specs import get_model
+from vlscale.specs.fields import check_mask_ratio
 from vlscale.specs.recipes import RecipeSpec, check_loss_impl
 from vlscale.specs.towers import kept_patches
-from vlscale.validation import check_mask_ratio
 
 BAD = [float("nan"), -0.1, 1.0, True, math.inf]
 

@@ -22,6 +22,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from vlscale.config_files import read_mapping
 from vlscale.errors import ConfigError, from_validation_error
+from vlscale.specs.fields import MaskRatio
 from vlscale.specs.models import ModelSpec
 from vlscale.specs.presets import resolve_model
 from vlscale.specs.recipes import (
@@ -32,7 +33,6 @@ from vlscale.specs.recipes import (
     RecipeSpec,
     default_recipe,
 )
-from vlscale.validation import MaskRatio
 
 BUILTIN_DATA = ("shapes",)
 

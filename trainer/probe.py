@@ -8,7 +8,7 @@ events, cuBLAS tiles over the SM count, NCCL between 2 GPUs when there are 2); `
 the CPU probe.
 
 What it measures (torch lives here, on the trainer side; every fit is torch-free in
-``vlscale.calibrate.fits``):
+``vlscale.calibrate.probe_fits``):
 
 - GEMM time over a grid of shapes (m, n, k) per dtype, with one thread and with all of them,
   fitted to the planner's matmul curve (peak, F½, tile / wave quantisation over threads);
@@ -44,7 +44,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from vlscale.calibrate.fits import (
+from vlscale.calibrate.probe_fits import (
     AttentionSample,
     CommSample,
     GemmSample,

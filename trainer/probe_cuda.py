@@ -35,7 +35,7 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 
-from vlscale.calibrate.fits import CommSample, GemmSample, fit_alpha_beta, fit_matmul_curve
+from vlscale.calibrate.probe_fits import CommSample, GemmSample, fit_alpha_beta, fit_matmul_curve
 from vlscale.costs.compute import matmul_efficiency
 from vlscale.specs.compute_profile import ComputeProfile, MatmulCurve
 from vlscale.specs.hardware import DeviceSpec, get_device

@@ -36,9 +36,9 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 
 from vlscale.errors import ConfigError, from_validation_error
+from vlscale.specs.fields import MaskRatio
 from vlscale.specs.models import ModelSpec
 from vlscale.specs.recipes import Precision, RecipeSpec
-from vlscale.validation import MaskRatio
 
 SCHEMA_VERSION = 1
 

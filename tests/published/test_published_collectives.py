@@ -21,7 +21,7 @@ from typing import Any
 
 import pytest
 
-from vlscale.cli_collectives import predict
+from vlscale.cli.collectives import predict
 from vlscale.costs.topology import make_group
 from vlscale.specs.hardware import DeviceSpec, get_device, make_cluster
 

@@ -1,8 +1,8 @@
-"""Published training runs against the planner (cases in ``vlscale.plan.published``).
+"""Published training runs against the planner (cases in ``vlscale.plan.published_runs``).
 
 Calibration, stated plainly: the planner prices compute op by op (``vlscale.costs.compute``,
 catalog defaults from public GEMM and bandwidth measurements), and
-``vlscale.plan.utilisation.CALIBRATED`` holds ONE remaining constant per device kind — the
+``vlscale.plan.compute_model.CALIBRATED`` holds ONE remaining constant per device kind — the
 framework efficiency γ (the achieved fraction of the op roofline in a real training run) — each
 solved from one published run —
 
@@ -53,7 +53,8 @@ from vlscale.costs.flops import (
     vision_layer_flops,
 )
 from vlscale.plan import plan
-from vlscale.plan.published import (
+from vlscale.plan.compute_model import CALIBRATED
+from vlscale.plan.published_runs import (
     FLIP_SOURCE,
     FLIP_TABLE_1A,
     FLIP_TEXT_TOKENS,
@@ -62,7 +63,6 @@ from vlscale.plan.published import (
     flip_config,
     solve_framework_efficiency,
 )
-from vlscale.plan.utilisation import CALIBRATED
 from vlscale.specs.presets import get_model
 
 CALIBRATION_TOLERANCE = 0.03  # relative

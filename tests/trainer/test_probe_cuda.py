@@ -16,7 +16,7 @@ import pytest
 import torch
 
 from trainer.probe_cuda import GpuMeasurements, assemble_gpu_device, gemm_grid
-from vlscale.calibrate.fits import GemmSample, predict_gemm_s
+from vlscale.calibrate.probe_fits import GemmSample, predict_gemm_s
 from vlscale.specs.compute_profile import MatmulCurve
 from vlscale.specs.hardware import dump_hardware_file, get_device, load_hardware_file
 

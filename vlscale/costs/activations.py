@@ -74,10 +74,10 @@ from dataclasses import dataclass
 
 from vlscale.costs.dtypes import INDEX_BYTES, STAT_BYTES
 from vlscale.errors import ConfigError
+from vlscale.specs.fields import check_mask_ratio
 from vlscale.specs.models import ModelSpec
 from vlscale.specs.recipes import BYTES_PER_ELEMENT
 from vlscale.specs.towers import TextTowerSpec, TrunkSpec, VisionTowerSpec
-from vlscale.validation import check_mask_ratio
 
 
 @dataclass(frozen=True)

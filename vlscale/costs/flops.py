@@ -50,10 +50,10 @@ from typing import Literal
 from vlscale.costs.dtypes import FP32
 from vlscale.costs.ops import OpList, block_ops, map_head_ops, patch_embed_ops, proj_ops
 from vlscale.errors import ConfigError
+from vlscale.specs.fields import check_mask_ratio
 from vlscale.specs.models import ModelSpec
 from vlscale.specs.recipes import check_loss_impl
 from vlscale.specs.towers import TextTowerSpec, TrunkSpec, VisionTowerSpec
-from vlscale.validation import check_mask_ratio
 
 LayerKind = Literal["stem", "block", "head", "proj"]
 

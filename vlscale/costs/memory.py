@@ -55,9 +55,9 @@ from vlscale.costs.params import (
     vision_params,
 )
 from vlscale.errors import ConfigError
+from vlscale.specs.fields import check_mask_ratio
 from vlscale.specs.models import LOGIT_PARAMS, ModelSpec
 from vlscale.specs.recipes import BYTES_PER_ELEMENT, check_loss_impl
-from vlscale.validation import check_mask_ratio
 
 DEFAULT_OVERHEAD_BYTES = 1 << 30
 OPTIMIZERS = ("adamw", "lamb", "adafactor")

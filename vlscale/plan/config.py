@@ -17,9 +17,9 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 from vlscale.config_files import read_mapping
 from vlscale.errors import ConfigError, validate_as
+from vlscale.specs.fields import MaskRatio
 from vlscale.specs.recipes import LossImpl, Optimizer, Precision, RecipeName, RecipeSpec
 from vlscale.specs.recipes import default_recipe as _default_recipe
-from vlscale.validation import MaskRatio
 
 
 class FailureConfig(BaseModel):

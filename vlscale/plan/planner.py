@@ -1,8 +1,8 @@
 """Plan a run: simulate one step, check memory, and turn samples seen into time and money.
 
 ``plan(config)`` is what ``vlscale plan`` prints. The step time is the simpy simulation of the
-workload that ``vlscale.plan.workload`` builds (stragglers and the input pipeline included when
-configured; with neither it equals the analytic critical path). MFU is model FLOPs (no
+workload that ``vlscale.plan.workload_builder`` builds (stragglers and the input pipeline
+included when configured; with neither it equals the analytic critical path). MFU is model FLOPs (no
 recompute) per second per device over the dense peak of the compute dtype (PaLM's convention,
 Chowdhery et al. 2022, appendix B); HFU counts the FLOPs the hardware really runs (activation
 recompute and recomputed ring logits included).
@@ -19,9 +19,9 @@ from vlscale.costs.memory import MemoryBreakdown, estimate_memory, max_local_bat
 from vlscale.costs.run import FailureModel, plan_run
 from vlscale.costs.topology import make_group
 from vlscale.errors import ConfigError, from_validation_error
+from vlscale.plan.compute_model import resolve_compute
 from vlscale.plan.config import PlanConfig
-from vlscale.plan.utilisation import resolve_compute
-from vlscale.plan.workload import StepCosts, build_workload
+from vlscale.plan.workload_builder import StepCosts, build_workload
 from vlscale.sim.workload import Workload
 from vlscale.specs.hardware import ClusterSpec, DeviceSpec, load_hardware_file, make_cluster
 from vlscale.specs.models import ModelSpec

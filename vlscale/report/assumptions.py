@@ -3,7 +3,7 @@
 - Hardware: the base device's catalog values (peak FLOP/s of the compute dtype, memory, links,
   network, price), each with the ``source`` string the catalog carries.
 - Efficiencies, each labelled measured / calibrated / given / assumed:
-  compute utilisation (``vlscale.plan.utilisation``: the plan's ``utilisation_source``), link
+  compute utilisation (``vlscale.plan.compute_model``: the plan's ``utilisation_source``), link
   α / η / n½ per tier (a device profile's ``measured.links`` or the documented defaults in
   ``vlscale.costs.topology.DEFAULT_LINKS``), the failure model's MTBF (Llama 3), stragglers and
   the input pipeline (off unless configured).

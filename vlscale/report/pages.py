@@ -12,8 +12,13 @@ from pathlib import Path
 from typing import Any
 
 from vlscale.plan.planner import compare_rows
-from vlscale.report.figures import breakdown_figure, loss_figure, memory_figure, timeline_figure
 from vlscale.report.html import render_report, summary_table, write_report_atomic
+from vlscale.report.step_figures import (
+    breakdown_figure,
+    loss_figure,
+    memory_figure,
+    timeline_figure,
+)
 from vlscale.report.tables import (
     breakdown_frame,
     loss_frame,

@@ -8,7 +8,7 @@ each::
 
 ``read_validation`` loads them (a file that is not that shape is a ConfigError naming it);
 ``calibration_frame`` and ``calibration_summary`` are pure pandas. Published runs come from
-``vlscale.plan.papers.paper_rows`` (``vlscale papers --json``); ``papers_table`` turns them
+``vlscale.plan.papers_table.paper_rows`` (``vlscale papers --json``); ``papers_table`` turns them
 into table rows for people.
 """
 

@@ -22,7 +22,7 @@ import pandas as pd
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
-from vlscale.report.figures import LAYOUT
+from vlscale.report.step_figures import LAYOUT
 from vlscale.report.study import SCALING_METRICS, first_unfit
 from vlscale.report.tables import GIB, MIB
 

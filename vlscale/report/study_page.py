@@ -279,7 +279,7 @@ def build_study_report(
 ) -> str:
     """Plan the study, the base scenario and the published runs, read validation results, and
     return the page's HTML."""
-    from vlscale.plan.papers import paper_rows
+    from vlscale.plan.papers_table import paper_rows
     from vlscale.plan.planner import plan
     from vlscale.report.record import read_validation
 

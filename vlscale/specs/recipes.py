@@ -15,7 +15,7 @@ from typing import Literal, get_args
 from pydantic import BaseModel, ConfigDict, model_validator
 
 from vlscale.errors import ConfigError
-from vlscale.validation import MaskRatio
+from vlscale.specs.fields import MaskRatio
 
 RecipeName = Literal["clip", "siglip", "eva-clip"]
 Loss = Literal["softmax", "sigmoid"]

@@ -7,7 +7,7 @@ One row per (run, metric), the ``vlscale papers --json`` contract::
 - ``error`` = (predicted − published) / published, signed (positive: the planner is slower /
   more expensive than the paper). A miss stays in the table with its real error.
 - ``calibration`` is true for a run whose wall time a stored constant was solved from
-  (``vlscale.plan.utilisation.CALIBRATED``): its error only shows that the constant still
+  (``vlscale.plan.compute_model.CALIBRATED``): its error only shows that the constant still
   reproduces its own case; every other row is a prediction.
 
 Rows, all planned with the public ``plan()`` (nothing here predicts on its own):
@@ -27,7 +27,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from vlscale.plan.published import (
+from vlscale.plan.published_runs import (
     FLIP_SOURCE,
     FLIP_TABLE_1A,
     PREDICTED_RUNS,
@@ -54,7 +54,7 @@ def _row(id_: str, source: str, metric: str, published: float, predicted: float,
 def is_calibration_case(run: PublishedRun) -> bool:
     """True when the stored constant of the run's device was solved from this run: the run is
     one of ``PUBLISHED_RUNS`` (one per calibrated device) and its device is in ``CALIBRATED``."""
-    from vlscale.plan.utilisation import CALIBRATED
+    from vlscale.plan.compute_model import CALIBRATED
 
     return run.name in PUBLISHED_RUNS and run.config.device in CALIBRATED
 

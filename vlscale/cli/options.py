@@ -5,7 +5,7 @@ Options whose value is ``None`` until a default is computed show that effective 
 (``vlscale.plan.config.PlanConfig``; a test holds the two together), which a ``--config`` file
 overrides and a flag overrides again.
 
-A module of its own, importing nothing of the CLI (not even ``vlscale.cli_app``), so that any
+A module of its own, importing nothing of the CLI (not even ``vlscale.cli.app``), so that any
 command module can use these types without importing another command module.
 """
 

@@ -14,8 +14,8 @@ from typing import Annotated, Any
 
 import typer
 
-from vlscale.cli_app import app, emit_json, handles_bad_input, print_table
-from vlscale.cli_options import (
+from vlscale.cli.app import emit_json, handles_bad_input, print_table
+from vlscale.cli.options import (
     HwOpt,
     JsonOpt,
     PerNodeOpt,
@@ -74,7 +74,6 @@ def predict(op: str, size: float, group, algorithm: str = "auto") -> dict[str, A
     }
 
 
-@app.command("collectives")
 @handles_bad_input
 def collectives_cmd(
     device: DeviceOpt = None,

@@ -10,7 +10,7 @@ Order of precedence:
 4. Catalog defaults (``vlscale/specs/data/compute.yaml``: assumed op-level efficiencies drawn
    from public GEMM / bandwidth measurements) and ONE constant per device kind,
    ``framework_efficiency`` γ (compute times are divided by it), solved from ONE named
-   published run (``vlscale.plan.published``, ``benchmarks/calibrate_published.py``). Devices
+   published run (``vlscale.plan.published_runs``, ``benchmarks/calibrate_published.py``). Devices
    without a run of their own borrow the A100's γ (stated as assumed); every other published
    run is a prediction (tests/published).
 """

@@ -1,6 +1,6 @@
 """``vlscale report`` (the scaling study page) and ``vlscale papers`` (the published record).
 
-Registered on ``vlscale.cli_app.app`` when ``vlscale.cli`` imports this module; plotly and pandas
+Registered on ``vlscale.cli.app.app`` when ``vlscale.cli`` imports this module; plotly and pandas
 are imported inside the commands only.
 """
 
@@ -12,10 +12,10 @@ from typing import Annotated
 
 import typer
 
-from vlscale.cli_app import app, emit_json, handles_bad_input, print_table
-from vlscale.cli_options import SchedulerOpt, WorkersOpt
+from vlscale.cli.app import emit_json, handles_bad_input, print_table
+from vlscale.cli.options import SchedulerOpt, WorkersOpt
 from vlscale.errors import ConfigError
-from vlscale.validation import check_mask_ratio
+from vlscale.specs.fields import check_mask_ratio
 
 
 def reproduce_command(
@@ -60,7 +60,6 @@ def _positive(field: str, values: list | None) -> tuple | None:
     return tuple(sorted(set(values)))
 
 
-@app.command("report")
 @handles_bad_input
 def report_cmd(
     config: Annotated[
@@ -97,7 +96,7 @@ def report_cmd(
     quiet: Annotated[bool, typer.Option("--quiet", help="no progress bar")] = False,
 ):
     """The scaling study: one offline HTML page over devices, batch, recipe and mask ratio."""
-    from vlscale.cli_plan import _base_config
+    from vlscale.cli.plan import _base_config
     from vlscale.report.html import check_report_path
     from vlscale.report.study import StudySpec
 
@@ -144,13 +143,12 @@ def report_cmd(
     typer.echo(f"report written to {out}", err=True)
 
 
-@app.command("papers")
 @handles_bad_input
 def papers_cmd(
     as_json: Annotated[bool, typer.Option("--json", help="machine-readable output")] = False,
 ):
     """Published training runs: predicted vs published, the error, and which calibrated."""
-    from vlscale.plan.papers import mean_abs_error, paper_rows
+    from vlscale.plan.papers_table import mean_abs_error, paper_rows
     from vlscale.report.record import PAPERS_HEADER, papers_table
 
     rows = paper_rows()

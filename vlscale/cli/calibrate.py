@@ -5,7 +5,7 @@
 
 RUNS are run files (a trainer's ``OUT/run.jsonl``) or folders of them. Without a hardware file,
 runs are predicted on the catalog device the trainer recorded (CUDA runs carry its catalog key)
-or the one named by --device. See ``vlscale.calibrate.fit`` for what is fitted and how the
+or the one named by --device. See ``vlscale.calibrate.run_fit`` for what is fitted and how the
 splits are defined.
 """
 
@@ -17,7 +17,7 @@ from typing import Annotated
 
 import typer
 
-from vlscale.cli_app import app, emit_json, handles_bad_input, print_table
+from vlscale.cli.app import emit_json, handles_bad_input, print_table
 from vlscale.errors import ConfigError
 from vlscale.paths import atomic_write_text, check_output_file
 
@@ -55,7 +55,6 @@ def _runs(paths: list[str], device, hardware_file: str | None):
     return [load_measured_run(p, name, hardware_file) for p in expand_run_paths(paths)]
 
 
-@app.command("calibrate")
 @handles_bad_input
 def calibrate_cmd(
     runs: RunsArg,
@@ -68,7 +67,7 @@ def calibrate_cmd(
     ] = None,
 ):
     """Fit the profile's free parameters (overheads, overlap) to trainer runs."""
-    from vlscale.calibrate.fit import DEFAULT_PARAMETERS, calibrate
+    from vlscale.calibrate.run_fit import DEFAULT_PARAMETERS, calibrate
     from vlscale.specs.hardware import dump_hardware_file
 
     check_output_file(out, "out", (".yaml", ".yml"))
@@ -85,7 +84,6 @@ def calibrate_cmd(
         typer.echo(cal.source.split("; ", 1)[1])
 
 
-@app.command("validate")
 @handles_bad_input
 def validate_cmd(
     runs: RunsArg,
@@ -99,7 +97,7 @@ def validate_cmd(
     out: Annotated[Path | None, typer.Option("--out", help="also write the JSON here")] = None,
 ):
     """Predict each run and compare with its measured median step time and phases."""
-    from vlscale.calibrate.fit import validate
+    from vlscale.calibrate.run_fit import validate
 
     if report is not None:
         from vlscale.report.html import check_report_path

@@ -6,9 +6,8 @@ from typing import Any
 
 import typer
 
-from vlscale.cli_app import (
+from vlscale.cli.app import (
     MODEL_HELP,
-    app,
     check_positive,
     emit_json,
     handles_bad_input,
@@ -17,14 +16,13 @@ from vlscale.cli_app import (
     print_table,
 )
 from vlscale.errors import ConfigError
-from vlscale.validation import check_mask_ratio
+from vlscale.specs.fields import check_mask_ratio
 
 models_app = typer.Typer(
     help="Model presets: list them, or print one as a starting model file.",
     add_completion=False,
     pretty_exceptions_enable=False,
 )
-app.add_typer(models_app, name="models")
 
 
 @models_app.callback(invoke_without_command=True)
@@ -96,7 +94,6 @@ def models_show_cmd(
     typer.echo(yaml.safe_dump(data, sort_keys=False), nl=False)
 
 
-@app.command("params")
 @handles_bad_input
 def params_cmd(
     model: str = typer.Argument(..., help=MODEL_HELP),
@@ -119,7 +116,6 @@ def params_cmd(
     )
 
 
-@app.command("flops")
 @handles_bad_input
 def flops_cmd(
     model: str = typer.Argument(..., help=MODEL_HELP),
@@ -165,7 +161,6 @@ def flops_cmd(
     )
 
 
-@app.command("memory")
 @handles_bad_input
 def memory_cmd(
     model: str = typer.Argument(..., help=MODEL_HELP),

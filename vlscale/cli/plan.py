@@ -12,8 +12,8 @@ from typing import Annotated, Any
 
 import typer
 
-from vlscale.cli_app import app, emit_json, handles_bad_input, print_table
-from vlscale.cli_options import (
+from vlscale.cli.app import emit_json, handles_bad_input, print_table
+from vlscale.cli.options import (
     BatchOpt,
     CkptOpt,
     ConfigOpt,
@@ -65,7 +65,6 @@ def _base_config(config: Path | None, **flags: Any):
     return make_plan_config(data, **flags)
 
 
-@app.command("plan")
 @handles_bad_input
 def plan_cmd(
     config: ConfigOpt = None,
@@ -196,7 +195,7 @@ def plan_cmd(
 
 def _print_ops(result, top: int = 30) -> None:
     """The largest rows of the per-op table, and where the op time goes by bound."""
-    from vlscale.cli_app import human
+    from vlscale.cli.app import human
     from vlscale.plan.op_table import bound_shares
 
     rows = result.op_rows()
@@ -225,7 +224,6 @@ def _print_ops(result, top: int = 30) -> None:
     )
 
 
-@app.command("compare")
 @handles_bad_input
 def compare_cmd(
     recipe: Annotated[
@@ -318,7 +316,6 @@ def compare_cmd(
     print_table(title, header, compare_rows(results))
 
 
-@app.command("hardware")
 @handles_bad_input
 def hardware_cmd(
     hardware_file: HwOpt = None,
@@ -407,7 +404,6 @@ def _sources(d) -> list[tuple[str, str]]:
     return out
 
 
-@app.command("sweep")
 @handles_bad_input
 def sweep_cmd(
     grid_file: Annotated[

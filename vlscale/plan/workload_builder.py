@@ -19,7 +19,7 @@ durations only. Per rank and per step (b the local micro-batch):
 
 t(op) is ``vlscale.costs.compute.op_time``: max(FLOPs / (P·e_mm), bytes / (BW·e_bw)) + launches ·
 overhead, the roofline part divided by the framework efficiency γ (catalog devices: the one
-constant per device kind solved from a published run, ``vlscale.plan.utilisation``; measured
+constant per device kind solved from a published run, ``vlscale.plan.compute_model``; measured
 profiles: fitted by ``vlscale calibrate``). With a CPU profile
 ``comm_overlap`` < 1 says that collectives run on the cores that compute: the part that does not
 hide is added to the unit's compute.

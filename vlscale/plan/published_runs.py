@@ -3,9 +3,9 @@
 Each case is a PlanConfig with the run's model, cluster, batch and samples, and the wall time the
 authors report. ``solve_framework_efficiency`` finds the framework efficiency γ that makes the
 per-op model reproduce a case (bisection: the planned wall time is non-increasing in γ);
-``vlscale.plan.utilisation`` stores the result for ONE case per device kind, and the others are
+``vlscale.plan.compute_model`` stores the result for ONE case per device kind, and the others are
 predictions: the other OpenCLIP LAION-400M runs (``PREDICTED_RUNS``) and FLIP's Table 1a.
-``vlscale.plan.papers`` puts them all in one table (``vlscale papers``).
+``vlscale.plan.papers_table`` puts them all in one table (``vlscale papers``).
 """
 
 from __future__ import annotations

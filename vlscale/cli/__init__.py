@@ -1,8 +1,10 @@
 """The ``vlscale`` command line: load -> compute -> print a table (or ``--json``) / write a file.
 
 Kept thin and torch-free so that it starts fast; every command turns bad input into one line on
-stderr naming the field and the fix, and exit status 2. The app lives in ``vlscale.cli_app``; the
-command modules imported here register their commands on it (this order is ``--help``'s).
+stderr naming the field and the fix, and exit status 2. The typer app and its shared helpers live
+in ``vlscale.cli.app``; the command modules define plain functions and register nothing
+themselves. :func:`register_commands` below is the one place that names every command, in the
+order ``vlscale --help`` lists them.
 """
 
 from __future__ import annotations
@@ -11,16 +13,38 @@ import sys
 
 import typer
 
-from vlscale.cli_app import EXIT_BAD_INPUT, app
+from vlscale.cli import calibrate, collectives, models, plan, report
+from vlscale.cli.app import EXIT_BAD_INPUT, app
 
-# Each import registers that module's commands on `app`, in this order (that of `--help`).
-# isort: split
-from vlscale import cli_models  # noqa: F401
+__all__ = ["COMMANDS", "app", "main"]
 
-# isort: split
-from vlscale import cli_calibrate, cli_collectives, cli_plan, cli_report  # noqa: F401
+# (name, function), in --help order. `models` is a group of its own (list / show).
+COMMANDS = (
+    ("params", models.params_cmd),
+    ("flops", models.flops_cmd),
+    ("memory", models.memory_cmd),
+    ("calibrate", calibrate.calibrate_cmd),
+    ("validate", calibrate.validate_cmd),
+    ("collectives", collectives.collectives_cmd),
+    ("plan", plan.plan_cmd),
+    ("compare", plan.compare_cmd),
+    ("hardware", plan.hardware_cmd),
+    ("sweep", plan.sweep_cmd),
+    ("report", report.report_cmd),
+    ("papers", report.papers_cmd),
+)
 
-__all__ = ["app", "main"]
+
+def register_commands(target: typer.Typer) -> None:
+    """Register every command on ``target``, once."""
+    if target.registered_commands or target.registered_groups:
+        return
+    target.add_typer(models.models_app, name="models")
+    for name, function in COMMANDS:
+        target.command(name)(function)
+
+
+register_commands(app)
 
 
 def main() -> None:
