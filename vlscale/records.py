@@ -37,6 +37,7 @@ from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 
 from vlscale.errors import ConfigError, from_validation_error
 from vlscale.specs.fields import MaskRatio
+from vlscale.specs.layout import RunLayout
 from vlscale.specs.models import ModelSpec
 from vlscale.specs.recipes import Precision, RecipeSpec
 
@@ -76,7 +77,12 @@ class RunHeader(_Record):
     global_batch: int = Field(gt=0)
     local_batch: int = Field(gt=0, description="per rank per micro-step")
     grad_accum: int = Field(gt=0)
-    sharding: Literal["fsdp", "ddp"]
+    sharding: Literal["fsdp", "ddp", "hsdp"]
+    layout: RunLayout | None = Field(
+        default=None,
+        description="the run layout as it ran (vlscale.specs.layout); None: a trainer before it, "
+        "whose layout is read from the flat fields below",
+    )
     wrapped: bool | None = Field(
         default=None,
         description="FSDP2 / replicate applied (False: one fp32 rank runs the plain module, "

@@ -15,7 +15,7 @@ from __future__ import annotations
 import numbers
 from typing import Annotated, Any
 
-from pydantic import AfterValidator, BeforeValidator
+from pydantic import AfterValidator, BeforeValidator, Field
 
 from vlscale.errors import ConfigError
 
@@ -49,3 +49,18 @@ def _not_bool(value: Any) -> Any:
 
 MaskRatio = Annotated[float, BeforeValidator(_not_bool), AfterValidator(_validate)]
 """A FLIP mask ratio as a pydantic field: a float in [0, 1), never NaN, never a bool."""
+
+
+def _no_bool_count(value: Any) -> Any:
+    # pydantic reads `true` as 1; a count of devices, steps or samples is a number
+    if isinstance(value, bool):
+        raise ValueError(f"must be a whole number, not {str(value).lower()}")
+    return value
+
+
+MAX_COUNT = 2**62
+"""The largest count any field accepts: it fits an int64 (torch, numpy) with room to multiply."""
+
+Count = Annotated[int, BeforeValidator(_no_bool_count), Field(ge=1, le=MAX_COUNT)]
+"""A positive whole number as a pydantic field (devices, steps, micro-steps, group sizes):
+never a bool, never beyond :data:`MAX_COUNT`."""

@@ -1,0 +1,159 @@
+"""The run layout: how one training step is spread over devices, written once for both halves.
+
+A :class:`RunLayout` says how many ranks run, how they are grouped (``ddp``, ``fsdp`` or
+``hsdp``), in what precision, with or without activation checkpointing, and in how many
+micro-steps a step is accumulated. The planner (``vlscale.plan``), the trainer
+(``trainer.parallelize``, ``trainer.preflight``) and the run records (header ``layout``) hold
+this object itself, never a copy of its fields.
+
+Sharding, with W ranks and shard group size s (ZeRO: Rajbhandari et al. 2020; PyTorch FSDP:
+Zhao et al. 2023, "hybrid sharding"; torchtitan's ``dp_replicate × dp_shard``):
+
+    ddp    s = 1      every rank holds everything; gradients all-reduced over W
+    fsdp   s = W      parameters, gradients and optimizer state sharded over all W ranks
+    hsdp   1 ≤ s ≤ W  sharded inside groups of s ranks (all-gather / reduce-scatter there),
+                      replicated across the W / s groups (gradient all-reduce across replicas)
+
+``shard_size`` defaults to the devices per node, so that the frequent collectives stay on the
+node's fast links. ``wrapped`` is the one place of the wrapping rule: one fp32 rank runs the
+plain module (nothing to shard, gather, reduce or cast).
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from vlscale.errors import ConfigError
+from vlscale.specs.fields import Count
+from vlscale.specs.recipes import Precision
+
+Sharding = Literal["ddp", "fsdp", "hsdp"]
+SHARDINGS: tuple[str, ...] = ("ddp", "fsdp", "hsdp")
+
+
+class RunLayout(BaseModel):
+    """How a step is laid out on ``devices`` ranks (see the module docstring)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    devices: Count = Field(default=1, description="ranks in the run (the world size)")
+    devices_per_node: Count | None = Field(
+        default=None, description="ranks per node (None: the device's node / torchrun's)"
+    )
+    sharding: Sharding = Field(default="fsdp", description="ddp | fsdp | hsdp")
+    shard_size: Count | None = Field(
+        default=None, description="hsdp: ranks per shard group (None: the devices per node)"
+    )
+    reshard_after_forward: bool = Field(
+        default=True, description="free gathered parameters after forward (ZeRO-3, not ZeRO-2)"
+    )
+    precision: Precision | None = Field(
+        default=None, description="parameter and compute dtype (None: the device's default)"
+    )
+    checkpointing: bool = Field(default=False, description="activation checkpointing per block")
+    grad_accum: Count = Field(default=1, description="micro-steps per optimizer step")
+    wrap_one_rank: bool = Field(
+        default=False,
+        description="wrap even one fp32 rank (what trainers before the wrapping rule did)",
+    )
+
+    @model_validator(mode="after")
+    def _check(self) -> RunLayout:
+        if self.shard_size is not None and self.sharding != "hsdp":
+            raise ConfigError(
+                "shard_size", f"applies to --sharding hsdp only (sharding is {self.sharding})"
+            )
+        if self.shard_size is not None and self.devices % self.shard_size:
+            raise ConfigError(
+                "shard_size",
+                f"{self.shard_size} does not divide devices={self.devices}; use a divisor, "
+                f"e.g. {_divisor_near(self.devices, self.shard_size)}",
+            )
+        return self
+
+    # --- resolution -------------------------------------------------------------------------
+
+    def resolved(self, precision: str, devices_per_node: int) -> RunLayout:
+        """This layout with its defaults filled in: the precision, the devices per node, and for
+        ``hsdp`` the shard size (the devices per node unless given)."""
+        update: dict = {}
+        if self.precision is None:
+            update["precision"] = precision
+        if self.devices_per_node is None:
+            update["devices_per_node"] = min(devices_per_node, self.devices)
+        layout = self.model_copy(update=update)
+        if layout.sharding == "hsdp" and layout.shard_size is None:
+            size = layout.devices_per_node or 1
+            if layout.devices % size:
+                raise ConfigError(
+                    "shard_size",
+                    f"the default ({size} devices per node) does not divide devices="
+                    f"{self.devices}; pass --shard-size, e.g. {_divisor_near(self.devices, size)}",
+                )
+            layout = layout.model_copy(update={"shard_size": size})
+        return RunLayout.model_validate(layout.model_dump())
+
+    # --- derived ----------------------------------------------------------------------------
+
+    @property
+    def shard_group(self) -> int:
+        """Ranks that share one copy of the parameters (the shard degree s)."""
+        if self.sharding == "ddp":
+            return 1
+        if self.sharding == "fsdp":
+            return self.devices
+        if self.shard_size is None:
+            raise ConfigError("shard_size", "unresolved; call RunLayout.resolved() first")
+        return self.shard_size
+
+    @property
+    def replicas(self) -> int:
+        """Copies of the parameters (W / s): the gradient all-reduce group size."""
+        return self.devices // self.shard_group
+
+    @property
+    def wrapped(self) -> bool:
+        """Whether the model is wrapped at all (FSDP2's ``fully_shard`` / ``replicate``).
+
+        One rank in fp32 runs the plain module: there is nothing to shard, gather or reduce,
+        and no mixed precision to apply, so the wrapper would only add copies and DTensor
+        dispatch (``benchmarks/train_overhead.py``). Anything else is wrapped."""
+        if self.precision is None:
+            raise ConfigError("precision", "unresolved; call RunLayout.resolved() first")
+        return self.wrap_one_rank or self.devices > 1 or self.precision != "fp32"
+
+    def local_batch(self, global_batch: int) -> int:
+        """Samples per rank per optimizer step (all micro-steps): B / W."""
+        return global_batch // self.devices
+
+    def micro_batch(self, global_batch: int) -> int:
+        """Samples per rank per micro-step: B / (W · grad_accum)."""
+        return global_batch // (self.devices * self.grad_accum)
+
+    def check_batch(self, global_batch: int) -> None:
+        """B must split evenly over ranks and micro-steps; one ConfigError naming the field."""
+        if global_batch % self.devices:
+            near = max(1, round(global_batch / self.devices)) * self.devices
+            raise ConfigError(
+                "global_batch",
+                f"{global_batch} is not divisible by devices={self.devices}; use a multiple of "
+                f"{self.devices}, e.g. {near}",
+            )
+        if self.local_batch(global_batch) % self.grad_accum:
+            raise ConfigError(
+                "grad_accum",
+                f"the local batch {self.local_batch(global_batch)} is not divisible by "
+                f"grad_accum={self.grad_accum}; use a grad_accum that divides it",
+            )
+
+
+def hsdp_shard_sizes(devices: int) -> list[int]:
+    """Every shard size HSDP can take on ``devices`` ranks other than the two ends (1 is DDP,
+    ``devices`` is FSDP): the divisors strictly between them."""
+    return [s for s in range(2, devices) if devices % s == 0]
+
+
+def _divisor_near(n: int, target: int) -> int:
+    return min((d for d in range(1, n + 1) if n % d == 0), key=lambda d: (abs(d - target), d))
