@@ -1,4 +1,4 @@
-"""The README's sweep-grid and hardware-file examples run as written (so they cannot rot)."""
+"""The sweep-grid and hardware-file examples of docs/planner.md run as written (so they cannot rot)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from pathlib import Path
 
 from tests.test_plan_cli import vlscale
 
-README = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+README = (Path(__file__).resolve().parents[1] / "docs" / "planner.md").read_text()
 
 
 def _example(first_line: str) -> str:
