@@ -29,7 +29,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from vlscale.costs.layers import Layer, Saved, model_layers, tower_layers
+from vlscale.costs.layers import Layer, Saved, model_layers, runs, tower_layers
 from vlscale.errors import ConfigError
 from vlscale.specs.fields import check_mask_ratio
 from vlscale.specs.models import ModelSpec
@@ -52,9 +52,11 @@ def layers_activations(
     layers: tuple[Layer, ...] | list[Layer], batch: int, act_bytes: int, checkpointing: bool
 ) -> TowerActivations:
     """Σ of what the layers keep; the largest single-block recompute peak."""
-    kept = sum(layer.kept(batch, checkpointing).nbytes(act_bytes) for layer in layers)
-    peaks = (layer.recompute_saved(batch, checkpointing).nbytes(act_bytes) for layer in layers)
-    return TowerActivations(kept=kept, recompute=max(peaks, default=0))
+    kept = peak = 0
+    for layer, count in runs(layers):
+        kept += count * layer.kept(batch, checkpointing).nbytes(act_bytes)
+        peak = max(peak, layer.recompute_saved(batch, checkpointing).nbytes(act_bytes))
+    return TowerActivations(kept=kept, recompute=peak)
 
 
 def vision_activations(

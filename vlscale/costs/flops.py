@@ -41,7 +41,7 @@ formula for SDPA at all (``models.flop_counting`` registers one).
 from __future__ import annotations
 
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import cache
 from typing import Literal
 
@@ -54,6 +54,7 @@ from vlscale.costs.layers import (
     Projection,
     TransformerBlock,
     model_layers,
+    runs,
     tower_layers,
 )
 from vlscale.errors import ConfigError
@@ -120,9 +121,13 @@ def _sample_ops(layer: Layer, build: str, early_stop: bool = True) -> OpList:
     return ops
 
 
-@cache
 def layer_flops(layer: Layer) -> LayerFlops:
     """Forward FLOPs of one layer per sample, split by how they scale (blocks: by op)."""
+    return replace(_forward_split(layer), name=layer.name)
+
+
+@cache
+def _forward_split(layer: Layer) -> LayerFlops:
     ops = list(_sample_ops(layer, "forward"))
     if layer.role != "block":
         return LayerFlops(layer.name, layer.role, other=sum(o.flops for o in ops))
@@ -147,14 +152,16 @@ def layer_train_flops(layer: Layer, recompute: bool = False, early_stop: bool = 
 
 def layers_forward_flops(layers: Iterable[Layer]) -> float:
     """Forward FLOPs per sample of a list of layers: Σ of their forward ops' FLOPs."""
-    return sum(layer_flops(layer).total for layer in layers)
+    return sum(count * _forward_split(layer).total for layer, count in runs(layers))
 
 
 def layers_train_flops(
     layers: Iterable[Layer], recompute: bool = False, early_stop: bool = True
 ) -> float:
     """Forward + backward (+ block recompute) FLOPs per sample of a list of layers."""
-    return sum(layer_train_flops(layer, recompute, early_stop) for layer in layers)
+    return sum(
+        count * layer_train_flops(layer, recompute, early_stop) for layer, count in runs(layers)
+    )
 
 
 def block_flops(t: TrunkSpec, tokens: int, name: str = "block") -> LayerFlops:

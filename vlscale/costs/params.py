@@ -19,7 +19,14 @@ import math
 from dataclasses import dataclass
 from functools import cache
 
-from vlscale.costs.layers import Layer, Shape, TransformerBlock, map_head_shapes, model_layers
+from vlscale.costs.layers import (
+    Layer,
+    Shape,
+    TransformerBlock,
+    map_head_shapes,
+    model_layers,
+    runs,
+)
 from vlscale.costs.layers.towers import tower_layers
 from vlscale.specs.models import ModelSpec
 from vlscale.specs.towers import TextTowerSpec, TrunkSpec, VisionTowerSpec
@@ -32,13 +39,21 @@ def numel(shapes) -> int:
 
 def layers_params(layers: tuple[Layer, ...] | list[Layer]) -> int:
     """Parameters of a list of layers: Σ over the layers of Σ Π dims."""
-    return sum(layer.params() for layer in layers)
+    return sum(count * layer.params() for layer, count in runs(layers))
 
 
 def parameter_shapes(spec: ModelSpec) -> list[Shape]:
     """Shapes of every parameter tensor of the model: image tower, text tower, then the root's
     logit_scale and logit_bias (``tests/test_activation_memory_torch.py`` checks the list)."""
-    return [shape for layer in model_layers(spec) for shape in layer.param_shapes()]
+    return list(_parameter_shapes(spec))
+
+
+@cache
+def _parameter_shapes(spec: ModelSpec) -> tuple[Shape, ...]:
+    shapes = []
+    for layer, count in runs(model_layers(spec)):
+        shapes += layer.param_shapes() * count
+    return tuple(shapes)
 
 
 @cache
@@ -71,6 +86,7 @@ class ParamCount:
     total: int
 
 
+@cache
 def count_params(spec: ModelSpec) -> ParamCount:
     """Image, text and total parameters (total adds the loss layer's logit_scale, logit_bias)."""
     layers = model_layers(spec)

@@ -30,7 +30,9 @@ from __future__ import annotations
 
 import math
 from abc import ABC, abstractmethod
-from dataclasses import dataclass
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from itertools import groupby
 from typing import ClassVar, Literal, dataclass_transform
 
 from vlscale.costs.layers.primitives import OpList, Phase, Saved, Shape
@@ -46,11 +48,12 @@ LAYER_KINDS: dict[str, type[Layer]] = {}
 class Layer(ABC):
     """One layer of a model. Subclasses are frozen dataclasses (made so here) holding what they
     need from the spec (widths, token counts); ``name`` is the module path its ops are named
-    under. ``class X(Layer, kind="x", role="block")`` registers the kind ``x``."""
+    under, a label only: layers that differ in name alone cost the same and compare equal.
+    ``class X(Layer, kind="x", role="block")`` registers the kind ``x``."""
 
     kind: ClassVar[str] = ""
     role: ClassVar[Role]
-    name: str
+    name: str = field(compare=False)
 
     def __init_subclass__(cls, kind: str = "", role: Role | None = None, **kwargs) -> None:
         super().__init_subclass__(**kwargs)
@@ -98,6 +101,12 @@ class Layer(ABC):
         if checkpointing and self.role == "block":
             return self.saved(b) - self.checkpoint_saved(b)
         return Saved()
+
+
+def runs(layers: Iterable[Layer]) -> Iterator[tuple[Layer, int]]:
+    """(layer, how many times it repeats in a row): a tower's L equal blocks are costed once."""
+    for layer, run in groupby(layers):
+        yield layer, sum(1 for _ in run)
 
 
 def _register(cls: type[Layer], kind: str, role: Role | None) -> None:
