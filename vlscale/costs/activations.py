@@ -27,16 +27,15 @@ buffers that live only during backward are not activations and are not counted.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 
-from vlscale.costs.layers import Layer, Saved, model_layers, runs, tower_layers
+from vlscale.costs.layers import Layer, model_layers, runs, tower_layers
 from vlscale.errors import ConfigError
 from vlscale.specs.fields import check_mask_ratio
 from vlscale.specs.models import ModelSpec
 from vlscale.specs.recipes import BYTES_PER_ELEMENT
 from vlscale.specs.towers import TextTowerSpec, VisionTowerSpec
-
-__all__ = ["Saved", "TowerActivations", "activation_bytes", "layers_activations"]
 
 
 @dataclass(frozen=True)
@@ -49,7 +48,7 @@ class TowerActivations:
 
 
 def layers_activations(
-    layers: tuple[Layer, ...] | list[Layer], batch: int, act_bytes: int, checkpointing: bool
+    layers: Iterable[Layer], batch: int, act_bytes: int, checkpointing: bool
 ) -> TowerActivations:
     """Σ of what the layers keep; the largest single-block recompute peak."""
     kept = peak = 0
@@ -72,6 +71,7 @@ def vision_activations(
 def text_activations(
     tx: TextTowerSpec, batch: int, act_bytes: int, checkpointing: bool
 ) -> TowerActivations:
+    """The text tower's layers at its full context length."""
     return layers_activations(tower_layers(tx, tx.trunk.width), batch, act_bytes, checkpointing)
 
 

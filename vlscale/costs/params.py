@@ -16,6 +16,7 @@ modules' ``numel``; ``tests/test_activation_memory_torch.py`` the shapes to thei
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable
 from dataclasses import dataclass
 from functools import cache
 
@@ -26,8 +27,8 @@ from vlscale.costs.layers import (
     map_head_shapes,
     model_layers,
     runs,
+    tower_layers,
 )
-from vlscale.costs.layers.towers import tower_layers
 from vlscale.specs.models import ModelSpec
 from vlscale.specs.towers import TextTowerSpec, TrunkSpec, VisionTowerSpec
 
@@ -37,7 +38,7 @@ def numel(shapes) -> int:
     return sum(math.prod(shape) for shape in shapes)
 
 
-def layers_params(layers: tuple[Layer, ...] | list[Layer]) -> int:
+def layers_params(layers: Iterable[Layer]) -> int:
     """Parameters of a list of layers: Σ over the layers of Σ Π dims."""
     return sum(count * layer.params() for layer, count in runs(layers))
 

@@ -152,13 +152,15 @@ class TransformerBlock(Layer, kind="transformer_block", role="block"):
     def saved(self, b: int) -> Saved:
         t = self.trunk
         n, d, h = b * self.tokens, t.width, t.mlp_width
+        # (n, d) tensors: x, norm1 out, qkv (3), o; RoPE: rotated q, k and o's copy; sub-LN out
         attn_nd = 6 + (3 if self.rope else 0) + (1 if t.sub_ln else 0)
         attn = Saved(act=attn_nd * n * d, fp32=n * t.heads) + norm_saved(n, d, t)
         if t.sub_ln:
             attn += norm_saved(n, d, t)
-        mlp = Saved(act=2 * n * d) + norm_saved(n, d, t)
-        if t.mlp_kind == "gelu":
+        mlp = Saved(act=2 * n * d) + norm_saved(n, d, t)  # x1 = x + attn, norm2 out
+        if t.mlp_kind == "gelu":  # (n, h): fc1 out, GELU out
             return attn + mlp + Saved(act=2 * n * h)
+        # (n, h): fc1 out (gate | value, 2), silu(gate), silu(gate)·value; sub-LN out
         mlp += Saved(act=(4 + (1 if t.sub_ln else 0)) * n * h)
         if t.sub_ln:
             mlp += norm_saved(n, h, t)

@@ -118,6 +118,7 @@ class ContrastiveLoss(Layer, kind="contrastive_loss", role="loss"):
         return loss_ops(self.loss, self.impl, b, self.world, self.embed_dim)
 
     def forward_ops(self, ops: OpList, b: int, phase: Phase = "forward") -> None:
+        """The loss's own fp32 ops (never checkpointed: ``phase`` is always forward)."""
         for op in self._ops(b)[0]:
             ops.add(op)
 
@@ -126,7 +127,8 @@ class ContrastiveLoss(Layer, kind="contrastive_loss", role="loss"):
             ops.add(op)
 
     def saved(self, b: int) -> Saved:
-        from vlscale.costs.memory import loss_buffer_parts  # memory sums the layers' bytes
+        # memory imports the layers (through activations): import it when first needed
+        from vlscale.costs.memory import loss_buffer_parts
 
         parts = loss_buffer_parts(self.loss, self.impl, b, self.world, self.embed_dim)
         return Saved(fp32=parts.saved // LOSS_BYTES)

@@ -52,7 +52,7 @@ class PatchEmbed(Layer, kind="patch_embed", role="stem"):
         d, n, s = v.trunk.width, v.num_patches, v.seq_len(self.mask_ratio)
         k = v.kept_patches(self.mask_ratio)
         ops.elementwise(f"{name}.images", b * 3 * v.image_size**2 * 2, phase)  # cast / im2col
-        conv = (b * n, d, 3 * v.patch_size**2)
+        conv = (b * n, d, 3 * v.patch_size**2)  # (m, n, k): the p×p stride-p conv as a matmul
         ops.linear(f"{name}.patch_embed", *conv, v.patch_bias, phase)
         if v.learned_pos:
             ops.elementwise(f"{name}.pos_add", 3 * b * n * d, phase)

@@ -6,8 +6,10 @@
                             Projection
     root                    ContrastiveLoss (logit_scale, logit_bias and the loss's ops)
 
-The order is ``models/``'s forward order and its parameter registration order. A new kind of
-tower spec (e.g. a ResNet image tower) registers its own builder::
+The order is ``models/``'s forward order and its parameter registration order; layers are
+named by their module path ("visual.blocks.3", "text.proj"), the tower's own FSDP unit being
+"visual" or "text". A new kind of tower spec (e.g. a ResNet image tower) registers its own
+builder::
 
     @tower_layers.register
     def _(tower: ResNetTowerSpec, embed_dim: int, mask_ratio: float = 0.0) -> Layers: ...
@@ -15,6 +17,7 @@ tower spec (e.g. a ResNet image tower) registers its own builder::
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
 from functools import cache, singledispatch
 
@@ -84,7 +87,7 @@ class ModelLayers:
         """(FSDP unit name, layers) of each tower, in forward order."""
         return (("visual", self.image), ("text", self.text))
 
-    def __iter__(self):
+    def __iter__(self) -> Iterator[Layer]:
         return iter((*self.image, *self.text, self.loss))
 
 
