@@ -21,7 +21,7 @@ from vlscale.costs.layers import (
     model_layers,
     tower_layers,
 )
-from vlscale.costs.ops import layers_units
+from vlscale.costs.ops import layers_units, unit_ops
 from vlscale.costs.params import count_params, layers_params, vision_params
 from vlscale.specs import get_model, list_models
 
@@ -209,3 +209,15 @@ def test_the_toy_equals_torch_saved_tensors():
     with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
         module(x)
     assert sum(storages.values()) == TOY.saved(B).nbytes(4)
+
+
+@pytest.mark.parametrize("name", list_models())
+def test_unit_params_from_layers_equal_memory_units(name):
+    from vlscale.costs.memory import fsdp_units
+    from vlscale.costs.params import unit_params
+
+    spec = get_model(name)
+    units = unit_params(spec)
+    assert units == fsdp_units(spec) and list(units) == list(fsdp_units(spec))
+    ops = unit_ops(spec, local_batch=1, mask_ratio=0.0, precision="bf16", checkpointing=False)
+    assert {u.name for u in ops} == set(units) - {"root"}

@@ -93,3 +93,17 @@ def count_params(spec: ModelSpec) -> ParamCount:
     layers = model_layers(spec)
     image, text = layers_params(layers.image), layers_params(layers.text)
     return ParamCount(image=image, text=text, total=image + text + layers.loss.params())
+
+
+def unit_params(spec: ModelSpec) -> dict[str, int]:
+    """Parameters per FSDP unit by name, from the layers (``ops.layers_units`` groups the same
+    way): every block of both towers, each tower's other layers ("visual", "text"), then the
+    root ("root": the loss layer's logit_scale and logit_bias) — ``memory.fsdp_units``' order."""
+    layers = model_layers(spec)
+    units: dict[str, int] = {}
+    for _, tower in layers.towers:
+        units |= {x.name: x.params() for x in tower if x.role == "block"}
+    for name, tower in layers.towers:
+        units[name] = layers_params(x for x in tower if x.role != "block")
+    units["root"] = layers.loss.params()
+    return units
