@@ -1,28 +1,24 @@
-"""Analytic FLOPs of the two towers and of the contrastive losses (torch-free, pure functions).
-
-The numbers are summed from the op lists of ``vlscale.costs.ops`` (the one place where a layer's
-matmuls are written down); the formulas below say what those lists add up to.
+"""Analytic FLOPs of the two towers and of the contrastive losses (torch-free, pure functions):
+sums over a model's layers of their op lists (``vlscale.costs.layers``, where each layer's
+matmuls are written down with their formulas).
 
 Convention: 2 FLOPs per multiply-add, counting exactly what ``torch.utils.flop_counter.
 FlopCounterMode`` counts — matrix multiplies (mm / addmm / bmm), convolutions and scaled-dot-
-product attention (QK^T and AV). Elementwise work (norms, GELU / SiLU, softmax, RoPE rotation,
+product attention (QKᵀ and AV). Elementwise work (norms, GELU / SiLU, softmax, RoPE rotation,
 residual adds, bias adds, embedding lookups, patch gathers) is NOT counted, as the counter does
-not. Tests hold these formulas equal to FlopCounterMode on the meta-device torch model for every
+not. Tests hold these sums equal to FlopCounterMode on the meta-device torch model for every
 preset (tests/test_flops.py) and to OpenCLIP's published profile (tests/published/).
 
 Per sample, with d = width, h = mlp_width, S = tokens through the trunk, e = embed_dim:
 
     stem (conv p x p, 3 -> d, on all N patches)     2 · N · 3p² · d
     block  attention linears (q, k, v, out)          8 · S · d²
-           attention core (QK^T and AV)              4 · S² · d
+           attention core (QKᵀ and AV)               4 · S² · d
            mlp gelu (two matrices)                   4 · S · d · h
            mlp swiglu (three matrices)               6 · S · d · h
     head   "map" (1 query; q, kv, core, out, mlp)    2d² + 4·S·d² + 4·S·d + 2d² + 4·d·h
-           "cls" / "mean"                            0
+           "cls" / "mean" / text pools, embeddings   0
     proj   "linear" / "linear_bias"                  2 · d · e        ("none": 0)
-
-Causal text attention is counted in full (4 S² d): FlopCounterMode and OpenCLIP's profile both
-count the full QK^T / AV whatever the mask (a causal kernel may skip about half of that work).
 
 FLIP patch dropout (Li et al. 2023) keeps K = floor(N (1 - r)) patch tokens
 (``vlscale.specs.towers.kept_patches``), so S = prefix + K: the token-linear terms scale with S
@@ -34,21 +30,33 @@ costs 2F (gradients w.r.t. inputs and weights) except where the input needs no g
 patch stem, whose input is pixels, costs F in backward (weights only), as FlopCounterMode counts
 ``convolution_backward``. Activation checkpointing recomputes every block forward once more,
 less the block's last matmul that torch's early-stopping checkpoint skips in a pre-norm block
-(``block_recompute_flops``).
+(``block_recompute_flops``). Both come from the layers' backward and recompute op lists.
 
-These are model FLOPs (the MFU convention of PaLM, Chowdhery et al. 2022, appendix B): fused
-flash-attention backward kernels also recompute QK^T, and FlopCounterMode counts that on CUDA
-(5 instead of 4 attention matmuls in backward); it is not added here. On CPU tensors the counter
-has no formula for SDPA at all (``models.flop_counting`` registers one).
+These are model FLOPs (the MFU convention of PaLM, Chowdhery et al. 2022, appendix B): a fused
+flash-attention backward also recomputes QKᵀ, which FlopCounterMode counts on CUDA (5 instead
+of 4 attention matmuls in backward); it is not added here. On CPU tensors the counter has no
+formula for SDPA at all (``models.flop_counting`` registers one).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Iterable
+from dataclasses import dataclass, replace
+from functools import cache
 from typing import Literal
 
 from vlscale.costs.dtypes import FP32
-from vlscale.costs.ops import OpList, block_ops, map_head_ops, patch_embed_ops, proj_ops
+from vlscale.costs.layers import (
+    AttentionPool,
+    ContrastiveLoss,
+    Layer,
+    OpList,
+    Projection,
+    TransformerBlock,
+    model_layers,
+    runs,
+    tower_layers,
+)
 from vlscale.errors import ConfigError
 from vlscale.specs.fields import check_mask_ratio
 from vlscale.specs.models import ModelSpec
@@ -62,8 +70,8 @@ LayerKind = Literal["stem", "block", "head", "proj"]
 class LayerFlops:
     """Forward FLOPs of one layer of a tower, per sample, split by how they scale.
 
-    ``attn_linear`` and ``mlp`` scale linearly with tokens, ``attn_core`` with tokens²;
-    ``other`` is the stem conv, the pooling head or the projection.
+    ``kind`` is the layer's role. ``attn_linear`` and ``mlp`` scale linearly with tokens,
+    ``attn_core`` with tokens² (blocks only); ``other`` is a stem, pool, head or projection.
     """
 
     name: str
@@ -101,73 +109,99 @@ class FlipRatio:
     total: float  # the whole tower, stem and head included
 
 
-def _op_flops(build, predicate=lambda op: True) -> float:
-    """FLOPs of the ops ``build(ops)`` appends (one sample) that satisfy ``predicate``."""
+def _sample_ops(layer: Layer, build: str, early_stop: bool = True) -> OpList:
+    """One sample's ``build`` ops ("forward", "backward" or "recompute") of ``layer``."""
     ops = OpList("fp32", FP32)
-    build(ops)
-    return sum(op.flops for op in ops if predicate(op))
+    if build == "forward":
+        layer.forward_ops(ops, 1)
+    elif build == "backward":
+        layer.backward_ops(ops, 1)
+    else:
+        layer.recompute_ops(ops, 1, early_stop)
+    return ops
+
+
+def layer_flops(layer: Layer) -> LayerFlops:
+    """Forward FLOPs of one layer per sample, split by how they scale (blocks: by op)."""
+    return replace(_forward_split(layer), name=layer.name)
+
+
+@cache
+def _forward_split(layer: Layer) -> LayerFlops:
+    ops = list(_sample_ops(layer, "forward"))
+    if layer.role != "block":
+        return LayerFlops(layer.name, layer.role, other=sum(o.flops for o in ops))
+
+    def summed(kind: str, part: str = "") -> float:
+        return sum(o.flops for o in ops if o.kind == kind and part in o.name)
+
+    attn_linear, mlp = summed("matmul", ".attn."), summed("matmul", ".mlp.")
+    core = summed("attention")
+    other = sum(o.flops for o in ops) - attn_linear - mlp - core
+    return LayerFlops(layer.name, "block", attn_linear, core, mlp, other)
+
+
+@cache
+def layer_train_flops(layer: Layer, recompute: bool = False, early_stop: bool = True) -> float:
+    """Forward + backward (+ checkpoint recompute of a block) FLOPs of one layer per sample."""
+    phases = ["forward", "backward"] + (
+        ["recompute"] if recompute and layer.role == "block" else []
+    )
+    return sum(op.flops for phase in phases for op in _sample_ops(layer, phase, early_stop))
+
+
+def layers_forward_flops(layers: Iterable[Layer]) -> float:
+    """Forward FLOPs per sample of a list of layers: Σ of their forward ops' FLOPs."""
+    return sum(count * _forward_split(layer).total for layer, count in runs(layers))
+
+
+def layers_train_flops(
+    layers: Iterable[Layer], recompute: bool = False, early_stop: bool = True
+) -> float:
+    """Forward + backward (+ block recompute) FLOPs per sample of a list of layers."""
+    return sum(
+        count * layer_train_flops(layer, recompute, early_stop) for layer, count in runs(layers)
+    )
 
 
 def block_flops(t: TrunkSpec, tokens: int, name: str = "block") -> LayerFlops:
-    """One transformer block over ``tokens`` tokens: 8Sd² + 4S²d + (4 or 6)·S·d·h, summed from
-    its op list (``vlscale.costs.ops.block_ops``, one sample)."""
-
-    def build(ops: OpList) -> None:
-        block_ops(ops, name, t, 1, tokens, causal=False, rope=False)
-
-    return LayerFlops(
-        name=name,
-        kind="block",
-        attn_linear=_op_flops(build, lambda o: o.kind == "matmul" and ".attn." in o.name),
-        attn_core=_op_flops(build, lambda o: o.kind == "attention"),
-        mlp=_op_flops(build, lambda o: o.kind == "matmul" and ".mlp." in o.name),
-    )
+    """One transformer block over ``tokens`` tokens: 8Sd² + 4S²d + (4 or 6)·S·d·h."""
+    return layer_flops(TransformerBlock(name, t, tokens))
 
 
 def map_head_flops(t: TrunkSpec, tokens: int) -> float:
     """Attention-pooling head, one learned query over S tokens:
-    q 2d² + kv 4Sd² + core 4Sd + out 2d² + GELU mlp 4dh (``ops.map_head_ops``)."""
-    return _op_flops(lambda ops: map_head_ops(ops, t, 1, tokens))
+    q 2d² + kv 4Sd² + core 4Sd + out 2d² + GELU mlp 4dh."""
+    return layer_flops(AttentionPool("visual", t, tokens)).total
 
 
 def proj_flops(kind: str, width: int, embed_dim: int) -> float:
     """2·d·e for a linear projection (bias adds are elementwise, not counted)."""
-    return _op_flops(lambda ops: proj_ops(ops, "proj", kind, 1, width, embed_dim))
+    return layer_flops(Projection("proj", kind, width, embed_dim)).total
 
 
 def vision_layer_flops(
     v: VisionTowerSpec, embed_dim: int, mask_ratio: float = 0.0
 ) -> list[LayerFlops]:
-    """Per-layer forward FLOPs of the image tower for one sample: stem, blocks, head, proj."""
+    """Per-layer forward FLOPs of the image tower for one sample: stem, blocks, pool, proj."""
     check_mask_ratio(mask_ratio)
-    t = v.trunk
-    d = t.width
-    s = v.seq_len(mask_ratio)
-    layers = [LayerFlops("stem", "stem", other=_op_flops(lambda ops: patch_embed_ops(ops, v, 1)))]
-    layers += [block_flops(t, s, f"block.{i}") for i in range(t.depth)]
-    if v.pool == "map":
-        layers.append(LayerFlops("head", "head", other=map_head_flops(t, s)))
-    layers.append(LayerFlops("proj", "proj", other=proj_flops(v.proj, d, embed_dim)))
-    return layers
+    return [layer_flops(layer) for layer in tower_layers(v, embed_dim, mask_ratio)]
 
 
 def text_layer_flops(tx: TextTowerSpec, embed_dim: int) -> list[LayerFlops]:
     """Per-layer forward FLOPs of the text tower for one sample at full context length
-    (the embedding lookup is not a matmul: 0)."""
-    t = tx.trunk
-    layers = [block_flops(t, tx.context_length, f"block.{i}") for i in range(t.depth)]
-    layers.append(LayerFlops("proj", "proj", other=proj_flops(tx.proj, t.width, embed_dim)))
-    return layers
+    (the embedding lookup and the pool are not matmuls: 0)."""
+    return [layer_flops(layer) for layer in tower_layers(tx, embed_dim)]
 
 
 def vision_forward_flops(v: VisionTowerSpec, embed_dim: int, mask_ratio: float = 0.0) -> float:
     """Image-tower forward FLOPs per sample (sum of ``vision_layer_flops``)."""
-    return sum(layer.total for layer in vision_layer_flops(v, embed_dim, mask_ratio))
+    return layers_forward_flops(tower_layers(v, embed_dim, mask_ratio))
 
 
 def text_forward_flops(t: TextTowerSpec, embed_dim: int) -> float:
     """Text-tower forward FLOPs per sample (sum of ``text_layer_flops``)."""
-    return sum(layer.total for layer in text_layer_flops(t, embed_dim))
+    return layers_forward_flops(tower_layers(t, embed_dim))
 
 
 def forward_flops(
@@ -212,10 +246,8 @@ def block_recompute_flops(t: TrunkSpec, tokens: int, early_stop: bool = True) ->
     which saves it, so nothing is skipped. Reentrant checkpointing (``early_stop=False``)
     re-runs the whole block. Measured equal to FlopCounterMode (tests/test_flops.py).
     """
-    full = block_flops(t, tokens).total
-    if not early_stop or t.post_norm:
-        return full
-    return full - 2.0 * tokens * t.mlp_width * t.width
+    ops = _sample_ops(TransformerBlock("block", t, tokens), "recompute", early_stop)
+    return sum(op.flops for op in ops)
 
 
 def train_flops_per_sample(
@@ -227,17 +259,8 @@ def train_flops_per_sample(
     ``recompute`` (activation checkpointing of every block) adds ``block_recompute_flops`` per
     block: a block forward less its last matmul with torch's default early stop.
     """
-    vision = vision_layer_flops(spec.vision, spec.embed_dim, mask_ratio)
-    text = text_layer_flops(spec.text, spec.embed_dim)
-    total = 0.0
-    for layer in vision + text:
-        backward = layer.total if layer.kind == "stem" else 2.0 * layer.total
-        total += layer.total + backward
-    if recompute:
-        v, tx = spec.vision, spec.text
-        total += v.trunk.depth * block_recompute_flops(v.trunk, v.seq_len(mask_ratio), early_stop)
-        total += tx.trunk.depth * block_recompute_flops(tx.trunk, tx.context_length, early_stop)
-    return total
+    layers = model_layers(spec, mask_ratio)
+    return layers_train_flops((*layers.image, *layers.text), recompute, early_stop)
 
 
 def loss_flops(
@@ -270,12 +293,11 @@ def loss_flops(
     ):
         if value < 1:
             raise ConfigError(field, f"must be a positive integer, got {value}")
-    # summed from the loss's op list (vlscale.costs.step_ops.loss_ops): 2bBd per logit matmul
-    # forward, twice that backward, [the ring's recomputed logits once more]
-    from vlscale.costs.step_ops import loss_ops
-
-    fwd, bwd = loss_ops(loss, impl, local_batch, world_size, embed_dim)
-    return sum(o.flops for o in fwd + bwd if recompute_logits or o.phase != "recompute")
+    layer = ContrastiveLoss("loss", embed_dim, loss, impl, world_size)
+    ops = OpList("fp32", FP32)
+    layer.forward_ops(ops, local_batch)
+    layer.backward_ops(ops, local_batch)
+    return sum(o.flops for o in ops if recompute_logits or o.phase != "recompute")
 
 
 def model_flops_per_sample(

@@ -1,18 +1,5 @@
-"""The rest of a step's op list: the contrastive loss, the optimizer, FSDP's copies.
-
-Loss (``trainer.losses``; fp32 throughout, b local batch, B = W·b, e embedding width):
-
-- every implementation first L2-normalises both embeddings (3 kernels each: norm, clamp, div);
-- ``clip`` gather: two logit matmuls (b, B, e) — image·textsᵀ and text·imagesᵀ — each scaled
-  (b·B elementwise) and fed to a cross entropy (log-softmax + NLL, 2 kernels); backward: the
-  cross-entropy gradient, the scale's gradient, and dX / dY of each matmul (4 matmuls);
-- ``siglip`` gather: one matmul (b, B, e), then scale, bias, labels and log-sigmoid over b×B
-  (5 kernels); backward 6 kernels over b×B and 2 matmuls;
-- ``siglip`` ring: W blocks of b×b, each a matmul (b, b, e) and 5 elementwise kernels forward;
-  backward recomputes each block's logits (one more matmul) and forms the analytic gradient
-  G (4 kernels over b×b) and dx += t·G·y, dy = t·Gᵀ·x (2 matmuls).
-
-Their FLOPs equal ``vlscale.costs.flops.loss_flops`` (with ``recompute_logits`` for the ring).
+"""The rest of a step's op list: the optimizer and FSDP's copies. The contrastive loss's ops
+are its layer's (``vlscale.costs.layers.loss``: ``loss_ops``, ``ring_loss_ops``, re-exported here).
 
 Optimizer (per rank, over its shard of the parameters; fp32 state). With foreach / fused
 kernels (torch's default on accelerators) AdamW reads param, grad, m, v and writes param, m, v
@@ -33,89 +20,16 @@ Those copies are memory-bound ops here; the collective itself is priced by
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 from vlscale.costs.dtypes import FP32
-from vlscale.costs.ops import Op, OpList
+from vlscale.costs.layers import Op, OpList, RingLossOps, loss_ops, ring_loss_ops
+
+__all__ = ["RingLossOps", "fsdp_copy_ops", "loss_ops", "optimizer_ops", "ring_loss_ops"]
 
 OPTIMIZER_BYTES_PER_PARAM = {"adamw": 28, "lamb": 36, "adafactor": 16}  # foreach / fused
 SINGLE_TENSOR_BYTES_PER_PARAM = {"adamw": 84, "lamb": 100, "adafactor": 48}
 OPTIMIZER_KERNELS_PER_TENSOR = {"adamw": 10, "lamb": 14, "adafactor": 12}  # single-tensor
 FOREACH_LAUNCHES = 12  # multi-tensor kernels per step (chunks of many tensors each)
 CLIP_KERNELS_PER_TENSOR = 2  # per-tensor norm, then scale
-
-
-@dataclass(frozen=True)
-class RingLossOps:
-    """The chunked sigmoid loss's ops on one rank, split as the step schedules them: the
-    normalisation outside the ring, and the W blocks of b×b (one per text block that visits)."""
-
-    outside_forward: list[Op]
-    blocks_forward: list[Op]
-    blocks_backward: list[Op]
-    outside_backward: list[Op]
-
-
-def loss_ops(loss: str, impl: str, b: int, world: int, e: int) -> tuple[list[Op], list[Op]]:
-    """(forward ops, backward ops) of the loss on one rank (module docstring)."""
-    if impl == "ring":
-        ring = ring_loss_ops(b, world, e)
-        fwd_ops = [*ring.outside_forward, *ring.blocks_forward]
-        return fwd_ops, [*ring.blocks_backward, *ring.outside_backward]
-    fwd, bwd = OpList("fp32", FP32), OpList("fp32", FP32)
-    big = b * b * world  # b×B logits
-    fwd.add(_normalize(b, e))
-    if loss == "softmax":
-        for side in ("image", "text"):
-            fwd.linear(f"loss.logits_per_{side}", b, b * world, e, False, "forward")
-            fwd.elementwise(f"loss.scale_{side}", 2 * big, "forward")
-            fwd.elementwise(f"loss.cross_entropy_{side}", 2 * big + b, "forward", kernels=2)
-        for side in ("text", "image"):
-            bwd.elementwise(f"loss.cross_entropy_{side}.grad", 3 * big, "backward", kernels=2)
-            bwd.elementwise(f"loss.scale_{side}.grad", 3 * big, "backward", kernels=2)
-            bwd.linear_backward(f"loss.logits_per_{side}", b, b * world, e, False, dx=True)
-    else:
-        fwd.linear("loss.logits", b, b * world, e, False, "forward")
-        fwd.elementwise("loss.sigmoid", 5 * 2 * big, "forward", kernels=5)
-        bwd.elementwise("loss.sigmoid.grad", 6 * 3 * big, "backward", kernels=6)
-        bwd.linear_backward("loss.logits", b, b * world, e, False, dx=True)
-    bwd.add(_normalize_grad(b, e))
-    return list(fwd), list(bwd)
-
-
-def ring_loss_ops(b: int, world: int, e: int) -> RingLossOps:
-    """The chunked sigmoid loss (``trainer.losses.siglip_ring``): normalise, then per block a
-    (b, b, e) logit matmul and 5 kernels forward; backward recomputes the block's logits, forms
-    G (4 kernels) and dx, dy (2 matmuls); then the normalisation's gradient."""
-    fwd, bwd = OpList("fp32", FP32), OpList("fp32", FP32)
-    for k in range(world):
-        fwd.linear(f"loss.block{k}.logits", b, b, e, False, "forward")
-        fwd.elementwise(f"loss.block{k}.sigmoid", 5 * 2 * b * b, "forward", kernels=5)
-    for k in range(world):
-        bwd.linear(f"loss.block{k}.recompute", b, b, e, False, "recompute")
-        bwd.elementwise(f"loss.block{k}.grad", 4 * 3 * b * b, "backward", kernels=4)
-        bwd.add(_matmul(f"loss.block{k}.dx", b, e, b, "backward"))
-        bwd.add(_matmul(f"loss.block{k}.dy", b, e, b, "backward"))
-    return RingLossOps([_normalize(b, e)], list(fwd), list(bwd), [_normalize_grad(b, e)])
-
-
-def _normalize(b: int, e: int) -> Op:
-    """L2-normalise both embeddings: norm, clamp, div for each (6 kernels)."""
-    ops = OpList("fp32", FP32)
-    ops.elementwise("loss.normalize", 2 * 3 * b * e, "forward", kernels=6)
-    return ops.ops[0]
-
-
-def _normalize_grad(b: int, e: int) -> Op:
-    ops = OpList("fp32", FP32)
-    ops.elementwise("loss.normalize.grad", 2 * 4 * b * e, "backward", kernels=6)
-    return ops.ops[0]
-
-
-def _matmul(name: str, m: int, n: int, k: int, phase: str) -> Op:
-    return Op(
-        name, "matmul", phase, 2.0 * m * n * k, (m * k + k * n + m * n) * FP32, 1, (1, m, n, k)
-    )
 
 
 def optimizer_ops(
