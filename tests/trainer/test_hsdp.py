@@ -6,7 +6,9 @@ initial weights (process start-up dominates on CPU, so the runs share it):
 - ``fsdp``: the reference, sharded over all 4 ranks;
 - ``hsdp``: shard groups {0, 1} and {2, 3}, replicated across them, a checkpoint every 2 steps;
 - ``hsdp-keep``: the same with ``--no-reshard-after-forward``;
-- ``hsdp-resumed``: a new launch resumed from ``hsdp``'s checkpoint of step 2 (DCP under HSDP).
+- ``hsdp-resumed``: a new launch resumed from ``hsdp``'s checkpoint of step 2 (DCP under HSDP);
+- ``siglip-gather`` / ``siglip-ring``: tiny-siglip under HSDP with either sigmoid loss: the ring's
+  W - 1 hops go around all 4 ranks, so it computes what the world gather computes.
 
 HSDP reduces gradients in two stages (reduce-scatter in the shard group, all-reduce across the
 replicas) where FSDP reduce-scatters once over the world, so the sums are ordered differently:
@@ -37,13 +39,17 @@ TINY = Path(__file__).parents[1] / "fixtures" / "openclip" / "tiny_clip"
 STEPS = 4
 COMMON = ["--model", str(TINY / "open_clip_config.json"), "--init-from",
           str(TINY / "weights.safetensors"), "--steps", str(STEPS), "--global-batch", "8",
-          "--lr", "1e-3", "--warmup-steps", "1", "--log-every", "1000", "--seed", "5"]  # fmt: skip
+          "--lr", "1e-3", "--warmup-steps", "1", "--log-every", "1000", "--seed", "5",
+          "--peak-flops", "1e11"]  # fmt: skip
 HSDP = ["--sharding", "hsdp", "--shard-size", "2"]
 RUNS = {
     "fsdp": ["--sharding", "fsdp"],
     "hsdp": [*HSDP, "--ckpt-every", "2"],
     "hsdp-keep": [*HSDP, "--no-reshard-after-forward"],
 }
+SIGLIP = ["--model", "tiny-siglip", "--recipe", "siglip", "--steps", "2", "--global-batch", "8",
+          "--warmup-steps", "1", "--log-every", "1000", "--seed", "5", "--peak-flops", "1e11",
+          *HSDP]  # fmt: skip
 
 pytestmark = pytest.mark.dist
 
@@ -58,6 +64,9 @@ def _train_all(ctx, out_root):
     resume = str(step_dir(f"{out_root}/hsdp", 2))
     argv = [*COMMON, *HSDP, "--out", f"{out_root}/hsdp-resumed", "--resume", resume]
     entry.train(load_config(argv, world_size=4), torch.device("cpu"), ctx.mesh, "gloo")
+    for impl in ("gather", "ring"):
+        argv = [*SIGLIP, "--loss-impl", impl, "--out", f"{out_root}/siglip-{impl}"]
+        entry.train(load_config(argv, world_size=4), torch.device("cpu"), ctx.mesh, "gloo")
     return ctx.rank
 
 
@@ -65,7 +74,7 @@ def _train_all(ctx, out_root):
 def runs(tmp_path_factory):
     out_root = tmp_path_factory.mktemp("hsdp")
     assert run_distributed(_train_all, 4, str(out_root), timeout=600) == [0, 1, 2, 3]
-    names = [*RUNS, "hsdp-resumed"]
+    names = [*RUNS, "hsdp-resumed", "siglip-gather", "siglip-ring"]
     return {name: read_run(out_root / name / "run.jsonl") for name in names}
 
 
@@ -102,3 +111,10 @@ def test_header_carries_the_layout_as_it_ran(runs):
     # the flat config keeps the layout's fields where readers of older records look
     assert h.config["sharding"] == "hsdp" and h.config["shard_size"] == 2
     assert "layout" not in h.config
+
+
+def test_siglip_ring_spans_the_world_under_hsdp(runs):
+    gather, ring = _losses(runs["siglip-gather"]), _losses(runs["siglip-ring"])
+    assert sorted(gather) == sorted(ring) == [1, 2]
+    for step in (1, 2):
+        assert ring[step] == pytest.approx(gather[step], rel=1e-5)
