@@ -456,7 +456,8 @@ def with_launch(values: dict[str, Any], world: int, local: int | None) -> dict[s
         if int(given) != ranks:
             raise ConfigError(
                 name,
-                f"{given} but this launch has {ranks} ranks (torchrun's {where}); launch "
+                f"{given} but this launch has {ranks} rank{'s' * (ranks != 1)} (torchrun's "
+                f"{where}); launch "
                 f"{given} ranks (torchrun --nnodes / --nproc-per-node), or drop {name}: the "
                 "trainer takes it from the launch",
             )

@@ -208,6 +208,8 @@ def _train(tmp_path, *argv, env_world=None):
         (["--global-batch", "9"], 2, "global_batch: 9 is not divisible"),
         (["--recipe", "eva-clip", "--loss-impl", "ring"], None, "loss_impl:"),
         (["--data", "missing.csv"], None, "data: no dataset"),
+        (["--devices", "4"], None, "devices: 4 but this launch has 1 rank (torchrun's"),
+        (["--sharding", "hsdp", "--shard-size", "3"], 2, "shard_size: 3 does not divide"),
     ],
 )
 def test_bad_config_exits_2_before_any_process_group(tmp_path, argv, world, needle):
@@ -216,3 +218,23 @@ def test_bad_config_exits_2_before_any_process_group(tmp_path, argv, world, need
     lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]
     assert len(lines) == 1 and needle in lines[0], proc.stderr  # one clear message
     assert not out.exists()  # nothing written
+
+
+def test_train_reads_a_run_file_with_planner_keys(tmp_path):
+    """``python -m trainer.train --config run.yaml`` on a file the planner reads too: it trains,
+    names the keys it ignored in one stderr line, and records the layout as it ran."""
+    from vlscale.records import read_run
+
+    f = tmp_path / "run.yaml"
+    f.write_text(
+        "model: tiny-clip\nrecipe: clip\nglobal_batch: 8\ndevices: 1\nsharding: fsdp\n"
+        "precision: fp32\ndevice: H100\nsamples: 80\nprice_per_device_hour: 2.0\n"
+        "steps: 1\nwarmup_steps: 0\npeak_flops: 1.0e+11\n"
+    )
+    proc, out = _train(tmp_path, "--config", str(f))
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    notes = [ln for ln in proc.stderr.splitlines() if ln.startswith("note: ignored")]
+    assert notes == ["note: ignored planner keys: device, samples, price_per_device_hour"]
+    layout = read_run(out / "run.jsonl").header.layout
+    assert layout == RunLayout(devices=1, devices_per_node=1, sharding="fsdp", precision="fp32")
+    assert not layout.wrapped
