@@ -118,11 +118,8 @@ class TrainConfig(BaseModel):
         """Flat layout keys (``sharding: hsdp``) join the ``layout`` mapping; flat keys win."""
         if not isinstance(data, dict) or not any(k in data for k in LAYOUT_FIELDS):
             return data
-        data = dict(data)
-        nested = data.pop("layout", None)
-        layout = nested.model_dump() if isinstance(nested, RunLayout) else dict(nested or {})
-        layout |= {k: data.pop(k) for k in LAYOUT_FIELDS if k in data}
-        return data | {"layout": layout}
+        rest, layout = split_layout(data)
+        return rest | {"layout": layout}
 
     @field_validator("layout")
     @classmethod
@@ -440,12 +437,20 @@ def env_local_world_size() -> int | None:
     return int(local) if local else None
 
 
+def split_layout(values: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """``values`` less the layout, and the layout as one mapping: a ``layout`` entry (mapping or
+    ``RunLayout``) updated by the flat layout keys (``sharding``, ``shard_size``, ...)."""
+    nested = values.get("layout")
+    layout = nested.model_dump() if isinstance(nested, RunLayout) else dict(nested or {})
+    layout |= {k: values[k] for k in LAYOUT_FIELDS if k in values}
+    rest = {k: v for k, v in values.items() if k not in LAYOUT_FIELDS and k != "layout"}
+    return rest, layout
+
+
 def with_launch(values: dict[str, Any], world: int, local: int | None) -> dict[str, Any]:
     """``values`` with the layout's ``devices`` / ``devices_per_node`` taken from the launch
     when not given; a given one that disagrees with the launch is one ConfigError."""
-    layout = values.get("layout")
-    layout = layout.model_dump() if isinstance(layout, RunLayout) else dict(layout or {})
-    layout |= {k: values[k] for k in LAYOUT_FIELDS if k in values}
+    out, layout = split_layout(values)
     launch = {"devices": (world, "WORLD_SIZE")}
     if local is not None:  # torchrun says how many ranks run on this node
         launch["devices_per_node"] = (local, "LOCAL_WORLD_SIZE")
@@ -457,11 +462,9 @@ def with_launch(values: dict[str, Any], world: int, local: int | None) -> dict[s
             raise ConfigError(
                 name,
                 f"{given} but this launch has {ranks} rank{'s' * (ranks != 1)} (torchrun's "
-                f"{where}); launch "
-                f"{given} ranks (torchrun --nnodes / --nproc-per-node), or drop {name}: the "
-                "trainer takes it from the launch",
+                f"{where}); launch {given} ranks (torchrun --nnodes / --nproc-per-node), or "
+                f"drop {name}: the trainer takes it from the launch",
             )
-    out = {k: v for k, v in values.items() if k not in LAYOUT_FIELDS}
     layout.setdefault("devices", world)
     layout.setdefault("devices_per_node", min(local or world, world))
     return out | {"layout": validate_as(RunLayout, layout, "")}  # errors name the flag's field

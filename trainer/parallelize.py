@@ -14,7 +14,9 @@ One wrapping order, pinned by ``tests/trainer/test_parallelize.py``:
    parameters gathered after forward (the backward needs them at once anyway);
 5. ``to_empty`` on the real device, then the model's own initialisation, run by every rank on
    its own shards (seed all ranks alike; whether shards then equal a one-process init depends on
-   the DTensor RNG support of the device, so checkpoints, not seeds, carry exact weights).
+   the DTensor RNG support of the device, so checkpoints, not seeds, carry exact weights; on a
+   CPU mesh the draw depends on the shard layout, so FSDP over 4 ranks and HSDP 2 x 2 start from
+   different weights at the same seed: ``tests/trainer/test_hsdp.py`` starts both from a file).
 
 ``ddp`` replaces step 4 by ``replicate`` (``torch.distributed._composable.replicate_with_fsdp``:
 FSDP2's machinery with a replicated placement, so mixed precision, gradient-sync control and

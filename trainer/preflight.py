@@ -48,7 +48,8 @@ def check_inputs(cfg: TrainConfig, world: int, rank: int, device_type: str) -> l
 
 
 def check_memory(cfg: TrainConfig, world: int, device_type: str) -> list[str]:
-    """Refuse (ConfigError "memory") when the estimate exceeds one rank's capacity."""
+    """Refuse (ConfigError "memory") when the estimate exceeds one rank's capacity. ``world``
+    is the launch's ranks, already the layout's ``devices`` (``load_config`` checks it)."""
     spec = cfg.model_spec()
     capacity, what = rank_capacity(device_type)
     if capacity is None:
