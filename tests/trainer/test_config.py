@@ -222,19 +222,31 @@ def test_bad_config_exits_2_before_any_process_group(tmp_path, argv, world, need
 
 def test_train_reads_a_run_file_with_planner_keys(tmp_path):
     """``python -m trainer.train --config run.yaml`` on a file the planner reads too: it trains,
-    names the keys it ignored in one stderr line, and records the layout as it ran."""
+    names the keys it ignored in one stderr line, and records the layout as it ran; the planner,
+    reading that header, sees exactly that layout."""
+    from vlscale.calibrate.runs import plan_config_of
     from vlscale.records import read_run
 
     f = tmp_path / "run.yaml"
     f.write_text(
         "model: tiny-clip\nrecipe: clip\nglobal_batch: 8\ndevices: 1\nsharding: fsdp\n"
-        "precision: fp32\ndevice: H100\nsamples: 80\nprice_per_device_hour: 2.0\n"
+        "precision: fp32\ncheckpointing: true\nreshard_after_forward: false\ngrad_accum: 2\n"
+        "device: H100\nsamples: 80\nprice_per_device_hour: 2.0\n"
         "steps: 1\nwarmup_steps: 0\npeak_flops: 1.0e+11\n"
     )
     proc, out = _train(tmp_path, "--config", str(f))
     assert proc.returncode == 0, proc.stderr[-2000:]
     notes = [ln for ln in proc.stderr.splitlines() if ln.startswith("note: ignored")]
     assert notes == ["note: ignored planner keys: device, samples, price_per_device_hour"]
-    layout = read_run(out / "run.jsonl").header.layout
-    assert layout == RunLayout(devices=1, devices_per_node=1, sharding="fsdp", precision="fp32")
-    assert not layout.wrapped
+    run = read_run(out / "run.jsonl")
+    layout = run.header.layout
+    assert layout == RunLayout(
+        devices=1, devices_per_node=1, sharding="fsdp", precision="fp32", checkpointing=True,
+        reshard_after_forward=False, grad_accum=2,
+    )  # fmt: skip
+    assert not layout.wrapped and run.header.wrapped is False
+    plan = plan_config_of(run, "H100", None)
+    planned = plan.layout if "layout" in type(plan).model_fields else plan
+    for name in RunLayout.model_fields:
+        if hasattr(planned, name) and name != "shard_size":  # fsdp: no shard size to compare
+            assert getattr(planned, name) == getattr(layout, name), name
