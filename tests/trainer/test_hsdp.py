@@ -5,7 +5,8 @@ initial weights (process start-up dominates on CPU, so the runs share it):
 
 - ``fsdp``: the reference, sharded over all 4 ranks;
 - ``hsdp``: shard groups {0, 1} and {2, 3}, replicated across them, a checkpoint every 2 steps;
-- ``hsdp-keep``: the same with ``--no-reshard-after-forward``;
+- ``hsdp-keep``: the same with ``--no-reshard-after-forward``, and an evaluation at the end
+  (``encode_image`` / ``encode_text`` as FSDP forward methods on the 2-D mesh);
 - ``hsdp-resumed``: a new launch resumed from ``hsdp``'s checkpoint of step 2 (DCP under HSDP);
 - ``siglip-gather`` / ``siglip-ring``: tiny-siglip under HSDP with either sigmoid loss: the ring's
   W - 1 hops go around all 4 ranks, so it computes what the world gather computes.
@@ -45,7 +46,7 @@ HSDP = ["--sharding", "hsdp", "--shard-size", "2"]
 RUNS = {
     "fsdp": ["--sharding", "fsdp"],
     "hsdp": [*HSDP, "--ckpt-every", "2"],
-    "hsdp-keep": [*HSDP, "--no-reshard-after-forward"],
+    "hsdp-keep": [*HSDP, "--no-reshard-after-forward", "--eval-every", str(STEPS)],
 }
 SIGLIP = ["--model", "tiny-siglip", "--recipe", "siglip", "--steps", "2", "--global-batch", "8",
           "--warmup-steps", "1", "--log-every", "1000", "--seed", "5", "--peak-flops", "1e11",
@@ -91,6 +92,7 @@ def test_hsdp_losses_match_fsdp(runs):
     )
     # resharding after forward or not changes memory, never the numbers
     assert _losses(runs["hsdp-keep"]) == hsdp
+    assert [e.step for e in runs["hsdp-keep"].evals] == [STEPS]
 
 
 def test_hsdp_resumes_bit_identically(runs):
