@@ -72,10 +72,9 @@ def build_trainer(args, out: str, wrapped: bool = False):
     """The CLI's objects for a world of one (the process group must exist); returns a step
     function (appending to its rows) and the batch it trains on.
 
-    ``wrapped``: FSDP / replicate even for one fp32 rank, as the trainer did before it learnt
-    to skip the wrapping there (``trainer.parallelize.needs_wrapping``): the "before" of the
+    ``wrapped``: FSDP / replicate even for one fp32 rank (``--wrap-one-rank``), as the trainer
+    did before it learnt to skip the wrapping there (``RunLayout.wrapped``): the "before" of the
     issue, measured next to the "after"."""
-    import trainer.parallelize as par
     from trainer.config import load_config
     from trainer.step import StepMeters, run_step
     from trainer.train import build_context
@@ -84,15 +83,9 @@ def build_trainer(args, out: str, wrapped: bool = False):
     argv = ["--model", args.model, "--recipe", args.recipe, "--global-batch", str(args.batch),
             "--steps", str(total), "--out", out, "--phase-timing", "--log-every", str(10**6),
             "--grad-clip", str(args.grad_clip), "--sharding", args.sharding, "--device", "cpu",
-            "--peak-flops", "1e12"]  # fmt: skip
+            "--peak-flops", "1e12"] + (["--wrap-one-rank"] if wrapped else [])  # fmt: skip
     cfg = load_config(argv, world_size=1)
-    default = par.needs_wrapping
-    if wrapped:
-        par.needs_wrapping = lambda mesh, plan: True
-    try:
-        ctx, loader = build_context(cfg, *args.group)
-    finally:
-        par.needs_wrapping = default
+    ctx, loader = build_context(cfg, *args.group)
     batch = next(loader)
     loader.close()
     ctx.batches = itertools.repeat(batch)  # the same batch as the bare loop, no data loading

@@ -6,6 +6,19 @@ Precedence: field defaults < recipe defaults (``vlscale.specs.recipes.default_re
 stops with one message naming the field and the fix (``vlscale.errors.ConfigError``, exit 2) and
 nothing is written.
 
+``TrainConfig`` = model + recipe + layout + training settings. The layout is a
+:class:`~vlscale.specs.layout.RunLayout` held by the config (``cfg.layout``), never a copy of its
+fields: its keys are written flat in the file and on the command line (``--sharding``,
+``--shard-size``, ``--precision``, ...; the flags are generated from the layout's fields), or as
+one ``layout:`` mapping (what a run header stores). ``devices`` and ``devices_per_node`` come from
+torchrun (``WORLD_SIZE``, ``LOCAL_WORLD_SIZE``) unless given; a given value that disagrees with
+the launch is an error. The layout is resolved here (precision fp32 unless given; HSDP's shard
+size the devices per node unless given).
+
+One file for both halves (``vlscale.specs.run_file``): the planner's keys (``device: H100``,
+``samples``, ``price_per_device_hour``, ...) are ignored and listed in one stderr line; a key that
+neither half reads is refused with a did-you-mean.
+
 This module must not import torch: ``--help`` and config errors stay instant.
 """
 
@@ -15,26 +28,31 @@ import argparse
 import difflib
 import glob
 import os
+import re
+import sys
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from vlscale.config_files import read_mapping
-from vlscale.errors import ConfigError, from_validation_error
+from vlscale.errors import ConfigError, from_validation_error, validate_as
 from vlscale.specs.fields import MaskRatio
+from vlscale.specs.layout import RunLayout
 from vlscale.specs.models import ModelSpec
 from vlscale.specs.presets import resolve_model
 from vlscale.specs.recipes import (
     LossImpl,
     Optimizer,
-    Precision,
     RecipeName,
     RecipeSpec,
     default_recipe,
 )
+from vlscale.specs.run_file import key_name, split_keys
 
 BUILTIN_DATA = ("shapes",)
+LAYOUT_FIELDS = tuple(RunLayout.model_fields)
+TRAINER_PRECISION = "fp32"  # the trainer's default (the planner's is the device's)
 
 
 class TrainConfig(BaseModel):
@@ -48,9 +66,12 @@ class TrainConfig(BaseModel):
     mask_ratio: MaskRatio | None = None
     optimizer: Optimizer | None = None
     global_batch: int = Field(default=32, gt=0)
-    grad_accum: int = Field(default=1, gt=0)
+    layout: RunLayout = Field(
+        default_factory=RunLayout,
+        validate_default=True,
+        description="how a step is laid out on the ranks (resolved)",
+    )
     steps: int = Field(default=20, gt=0)
-    precision: Precision = "fp32"
     data: str = "shapes"
     tokenizer: str = Field(default="byte", description="'byte' or a tokenizer.json path")
     out: str = "runs/latest"
@@ -62,9 +83,6 @@ class TrainConfig(BaseModel):
     grad_clip: float | None = Field(
         default=1.0, ge=0, allow_inf_nan=False, description="0 or null: no clipping"
     )
-    sharding: Literal["fsdp", "ddp"] = "fsdp"
-    reshard_after_forward: bool = True
-    checkpointing: bool = False
     compile: bool = False
     compile_backend: Literal["inductor", "aot_eager", "eager"] = "inductor"
     seed: int = 0
@@ -94,10 +112,26 @@ class TrainConfig(BaseModel):
     skip_nonfinite: bool = False
     force: bool = False
 
+    @model_validator(mode="before")
+    @classmethod
+    def _gather_layout(cls, data: Any) -> Any:
+        """Flat layout keys (``sharding: hsdp``) join the ``layout`` mapping; flat keys win."""
+        if not isinstance(data, dict) or not any(k in data for k in LAYOUT_FIELDS):
+            return data
+        rest, layout = split_layout(data)
+        return rest | {"layout": layout}
+
+    @field_validator("layout")
+    @classmethod
+    def _resolve_layout(cls, layout: RunLayout) -> RunLayout:
+        """The layout as it runs: fp32 unless given, HSDP's shard size the node's ranks."""
+        return layout.resolved(TRAINER_PRECISION, layout.devices_per_node or layout.devices)
+
     @model_validator(mode="after")
     def _check(self) -> TrainConfig:
         self.model_spec()  # unknown preset -> ConfigError("model", ...)
         self.recipe_spec()  # ring + softmax recipe -> message naming --loss-impl
+        self.check_batch()
         if self.profile_steps is not None:
             self.profile_range()
         if self.unmasked_final_steps > self.steps:
@@ -200,9 +234,18 @@ class TrainConfig(BaseModel):
             )
         return a, b
 
-    def local_batch(self, world_size: int) -> int:
-        """Samples per rank per micro-step: global_batch / (world_size * grad_accum)."""
-        return self.global_batch // (world_size * self.grad_accum)
+    def local_batch(self, world_size: int | None = None) -> int:
+        """Samples per rank per micro-step: global_batch / (world_size * grad_accum); the world
+        size is the layout's devices unless given."""
+        world = self.layout.devices if world_size is None else world_size
+        return self.global_batch // (world * self.layout.grad_accum)
+
+    def flat_dump(self) -> dict[str, Any]:
+        """The config as JSON values with the layout's fields flat (``sharding``, ``precision``,
+        ...), as a run file writes them: what the run header's ``config`` and the run identity
+        hold, and what ``--config`` reads back."""
+        values = self.model_dump(mode="json")
+        return values | values.pop("layout")
 
     def mask_ratio_at(self, step: int) -> float:
         """FLIP ratio of 1-based ``step``: the recipe's ratio, 0 in the unmasked final phase."""
@@ -210,16 +253,16 @@ class TrainConfig(BaseModel):
             return 0.0
         return self.recipe_spec().mask_ratio
 
-    def check_world(self, world_size: int) -> None:
-        """Checks that need the world size (known from torchrun's env before any group starts)."""
-        per = world_size * self.grad_accum
+    def check_batch(self) -> None:
+        """The global batch splits evenly over the ranks and micro-steps of the layout."""
+        world, accum = self.layout.devices, self.layout.grad_accum
+        per = world * accum
         if self.global_batch % per:
             lo = max(per, self.global_batch // per * per)
             raise ConfigError(
                 "global_batch",
                 f"{self.global_batch} is not divisible by world_size x grad_accum = "
-                f"{world_size} x {self.grad_accum} = {per}; use e.g. --global-batch {lo}"
-                f" or {lo + per}",
+                f"{world} x {accum} = {per}; use e.g. --global-batch {lo} or {lo + per}",
             )
 
 
@@ -246,11 +289,9 @@ _HELP = {
     "mask_ratio": "FLIP patch-drop ratio r in [0, 1) (eva-clip default 0.5)",
     "optimizer": "optimizer (recipe default: adamw, lamb for eva-clip)",
     "global_batch": "samples per optimizer step over all ranks",
-    "grad_accum": "micro-steps per optimizer step",
     "steps": "optimizer steps; the warm-up + cosine schedule spans exactly these, so it is part "
     "of the run identity: --resume with another --steps is refused (start a new run to train "
     "longer)",
-    "precision": "parameter/compute dtype (reductions stay fp32)",
     "data": "'shapes' (synthetic) or a path to a CSV file / tar-shard directory",
     "tokenizer": "'byte' (byte-level, the default) or a Hugging Face tokenizer.json file",
     "out": "output directory (run.jsonl, traces, checkpoints)",
@@ -260,9 +301,6 @@ _HELP = {
     "weight_decay": "decoupled weight decay (not on norms, biases, logit params)",
     "warmup_steps": "linear learning-rate warm-up steps, then cosine decay",
     "grad_clip": "clip the global gradient norm to this value (0: off)",
-    "sharding": "fsdp (fully_shard) or ddp (replicate)",
-    "reshard_after_forward": "FSDP: free gathered parameters after forward (ZeRO-3 vs ZeRO-2)",
-    "checkpointing": "activation checkpointing of every transformer block",
     "compile": "torch.compile each transformer block",
     "compile_backend": "torch.compile backend of --compile: inductor (generated kernels), or "
     "aot_eager / eager (graph capture only, eager kernels: quick, for testing the wiring)",
@@ -294,8 +332,9 @@ _HELP = {
 
 
 def build_parser() -> argparse.ArgumentParser:
-    """Every TrainConfig field as ``--kebab-case``; defaults are suppressed so that only what the
-    user typed overrides the file."""
+    """Every TrainConfig field as ``--kebab-case``, the layout's fields included (generated from
+    ``RunLayout``: help from each field's description); defaults are suppressed so that only
+    what the user typed overrides the file."""
     parser = argparse.ArgumentParser(
         prog="python -m trainer.train",
         description="Train a CLIP / SigLIP / EVA-CLIP two-tower model with FSDP2 "
@@ -304,6 +343,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--config", help="YAML file with the same keys; the command line wins")
     for name, field in TrainConfig.model_fields.items():
+        if name == "layout":
+            add_layout_flags(parser)
+            continue
         flag = "--" + name.replace("_", "-")
         kwargs: dict[str, Any] = {"help": f"{_HELP[name]} (default: {field.default})"}
         choices = _literal_choices(field.annotation)
@@ -321,6 +363,50 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+# what the trainer fills in for the layout's unresolved defaults (None in RunLayout)
+_LAYOUT_DEFAULTS = {
+    "devices": "torchrun's WORLD_SIZE, 1 without torchrun",
+    "devices_per_node": "torchrun's LOCAL_WORLD_SIZE",
+    "precision": TRAINER_PRECISION,
+    "shard_size": "--devices-per-node",
+}
+
+
+def add_layout_flags(parser: argparse.ArgumentParser) -> None:
+    """One flag per ``RunLayout`` field: ``--sharding``, ``--shard-size``, ``--precision``,
+    ``--checkpointing/--no-checkpointing``, ... with the field's description as help."""
+    group = parser.add_argument_group("run layout (vlscale.specs.layout.RunLayout)")
+    for name, field in RunLayout.model_fields.items():
+        text, default = field.description or "", field.default
+        if name in _LAYOUT_DEFAULTS:  # the trainer's default replaces the layout's "None: ..."
+            text = re.sub(r" \(None: [^)]*\)", "", text)
+            default = _LAYOUT_DEFAULTS[name]
+        kwargs: dict[str, Any] = {"help": f"{text} (default: {default})"}
+        kind = _base_type(field.annotation)
+        if kind is bool:
+            kwargs["action"] = argparse.BooleanOptionalAction
+        elif choices := _literal_choices(field.annotation):
+            kwargs["choices"] = choices
+        else:
+            kwargs["type"] = kind
+        group.add_argument("--" + name.replace("_", "-"), dest=name, **kwargs)
+
+
+def _base_type(annotation) -> Any:
+    """``int`` for ``Count | None`` (Optional and Annotated stripped); bool, float, str alike."""
+    from typing import Annotated, get_args, get_origin
+
+    while True:
+        if get_origin(annotation) is Annotated:
+            annotation = get_args(annotation)[0]
+            continue
+        args = [a for a in get_args(annotation) if a is not type(None)]
+        if get_origin(annotation) is not Literal and len(args) == 1:
+            annotation = args[0]
+            continue
+        return annotation
+
+
 def load_config(argv: list[str] | None = None, world_size: int | None = None) -> TrainConfig:
     """Parse ``argv`` (and ``--config``), validate, and check against ``world_size``.
 
@@ -332,12 +418,12 @@ def load_config(argv: list[str] | None = None, world_size: int | None = None) ->
     if config_file is not None:
         values |= _read_yaml(config_file)
     values |= args
+    values = with_launch(values, world_size or env_world_size(), env_local_world_size())
     try:
         cfg = TrainConfig(**values)
     except ValidationError as exc:
         cause = _config_error_inside(exc)
         raise cause or from_validation_error(exc) from None
-    cfg.check_world(world_size if world_size is not None else env_world_size())
     return cfg
 
 
@@ -345,17 +431,63 @@ def env_world_size() -> int:
     return int(os.environ.get("WORLD_SIZE", "1"))
 
 
+def env_local_world_size() -> int | None:
+    """torchrun's ranks on this node; None without torchrun."""
+    local = os.environ.get("LOCAL_WORLD_SIZE")
+    return int(local) if local else None
+
+
+def split_layout(values: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """``values`` less the layout, and the layout as one mapping: a ``layout`` entry (mapping or
+    ``RunLayout``) updated by the flat layout keys (``sharding``, ``shard_size``, ...)."""
+    nested = values.get("layout")
+    layout = nested.model_dump() if isinstance(nested, RunLayout) else dict(nested or {})
+    layout |= {k: values[k] for k in LAYOUT_FIELDS if k in values}
+    rest = {k: v for k, v in values.items() if k not in LAYOUT_FIELDS and k != "layout"}
+    return rest, layout
+
+
+def with_launch(values: dict[str, Any], world: int, local: int | None) -> dict[str, Any]:
+    """``values`` with the layout's ``devices`` / ``devices_per_node`` taken from the launch
+    when not given; a given one that disagrees with the launch is one ConfigError."""
+    out, layout = split_layout(values)
+    launch = {"devices": (world, "WORLD_SIZE")}
+    if local is not None:  # torchrun says how many ranks run on this node
+        launch["devices_per_node"] = (local, "LOCAL_WORLD_SIZE")
+    for name, (ranks, where) in launch.items():
+        given = layout.get(name)
+        if given is None or isinstance(given, bool) or not str(given).isdigit():
+            continue  # absent, or not a count: the layout's validation names it
+        if int(given) != ranks:
+            raise ConfigError(
+                name,
+                f"{given} but this launch has {ranks} rank{'s' * (ranks != 1)} (torchrun's "
+                f"{where}); launch {given} ranks (torchrun --nnodes / --nproc-per-node), or "
+                f"drop {name}: the trainer takes it from the launch",
+            )
+    layout.setdefault("devices", world)
+    layout.setdefault("devices_per_node", min(local or world, world))
+    return out | {"layout": validate_as(RunLayout, layout, "")}  # errors name the flag's field
+
+
 def _read_yaml(path: str) -> dict[str, Any]:
+    """The trainer's keys of the run file at ``path``. The planner's keys are ignored and listed
+    in one stderr line (rank 0); a key of neither half is refused with a did-you-mean."""
     raw = read_mapping(path, "config", "a YAML file of trainer options (see --help)")
-    out = {}
-    fields = list(TrainConfig.model_fields)
-    for key, value in raw.items():
-        name = str(key).replace("-", "_")
-        if name not in fields:
-            close = difflib.get_close_matches(name, fields, n=1)
-            hint = f"did you mean '{close[0]}'?" if close else "see --help for the keys"
-            raise ConfigError(f"config.{key}", f"unknown key in {path}; {hint}")
-        out[name] = value
+    own_keys = [f for f in TrainConfig.model_fields] + list(LAYOUT_FIELDS)
+    device = next((k for k in raw if key_name(k) == "device"), None)
+    if device is not None and raw[device] not in _literal_choices(
+        TrainConfig.model_fields["device"].annotation
+    ):
+        own_keys.remove("device")  # ``device: H100`` names the planner's catalog device
+    out, foreign, unknown = split_keys(raw, own_keys)
+    for key in unknown:
+        name = key_name(key)
+        close = difflib.get_close_matches(name, own_keys, n=1)
+        hint = f"did you mean '{close[0]}'?" if close else "see --help for the keys"
+        raise ConfigError(f"config.{key}", f"unknown key in {path}; {hint}")
+    if foreign and os.environ.get("RANK", "0") == "0":
+        print(f"note: ignored planner keys: {', '.join(foreign)}", file=sys.stderr, flush=True)
     return out
 
 
@@ -391,7 +523,6 @@ _FLOAT_FIELDS = {
 }
 _INT_FIELDS = {
     "global_batch",
-    "grad_accum",
     "steps",
     "warmup_steps",
     "seed",

@@ -53,8 +53,9 @@ IDENTITY_FIELDS = (
 
 
 def identity_config(cfg: TrainConfig) -> dict[str, Any]:
-    """The identity fields of ``cfg`` as JSON values."""
-    values = cfg.model_dump(mode="json")
+    """The identity fields of ``cfg`` as JSON values (layout fields flat, as before the layout
+    had a type of its own, so that older checkpoints keep their hash)."""
+    values = cfg.flat_dump()
     return {name: values[name] for name in IDENTITY_FIELDS}
 
 

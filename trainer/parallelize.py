@@ -14,11 +14,24 @@ One wrapping order, pinned by ``tests/trainer/test_parallelize.py``:
    parameters gathered after forward (the backward needs them at once anyway);
 5. ``to_empty`` on the real device, then the model's own initialisation, run by every rank on
    its own shards (seed all ranks alike; whether shards then equal a one-process init depends on
-   the DTensor RNG support of the device, so checkpoints, not seeds, carry exact weights).
+   the DTensor RNG support of the device, so checkpoints, not seeds, carry exact weights; on a
+   CPU mesh the draw depends on the shard layout, so FSDP over 4 ranks and HSDP 2 x 2 start from
+   different weights at the same seed: ``tests/trainer/test_hsdp.py`` starts both from a file).
 
 ``ddp`` replaces step 4 by ``replicate`` (``torch.distributed._composable.replicate_with_fsdp``:
 FSDP2's machinery with a replicated placement, so mixed precision, gradient-sync control and
 ``clip_grad_norm_`` on DTensors work exactly as for ``fsdp``).
+
+``hsdp`` is step 4 of ``fsdp`` on a 2-D mesh (``build_mesh``: dims ``("replicate", "shard")``,
+shape ``(W / s, s)`` for shard size s): FSDP2's ``fully_shard`` shards each parameter over the
+``shard`` dim (all-gather and reduce-scatter inside a group of s ranks) and replicates it over the
+``replicate`` dim (gradients all-reduced across the W / s groups), the hybrid sharding of
+Zhao et al. 2023 (PyTorch FSDP) and torchtitan's ``dp_replicate x dp_shard``. The model is the
+same; only the mesh differs.
+
+What is wrapped and how comes from the run layout (``vlscale.specs.layout.RunLayout``): sharding,
+precision, resharding after forward and activation checkpointing; ``layout.wrapped`` is the one
+place of the one-rank rule (one fp32 rank runs the plain module).
 
 ``encode_image``, ``encode_text`` and ``logit_params`` (added here) are registered as FSDP forward
 methods, so evaluation and the loss can call them on the root and still trigger the all-gathers.
@@ -28,7 +41,6 @@ from __future__ import annotations
 
 import types
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 
 import torch
 from torch import nn
@@ -44,20 +56,37 @@ from torch.distributed.fsdp import (
     register_fsdp_forward_method,
 )
 
+from vlscale.specs.layout import RunLayout
+
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 FORWARD_METHODS = ("encode_image", "encode_text", "logit_params")
+HSDP_DIMS = ("replicate", "shard")
+WORLD_DIMS = ("dp",)
 
 
-@dataclass(frozen=True)
-class ParallelPlan:
-    """How to wrap: the choices of the ``TrainConfig`` that matter here."""
+def build_mesh(layout: RunLayout, device_type: str) -> DeviceMesh:
+    """The parameter mesh of ``layout`` over the whole world (a collective: every rank calls it).
 
-    sharding: str = "fsdp"  # "fsdp" | "ddp"
-    precision: str = "fp32"
-    reshard_after_forward: bool = True
-    checkpointing: bool = False
-    compile: bool = False
-    compile_backend: str = "inductor"  # torch.compile backend; "eager"/"aot_eager" for tests
+    ``ddp`` / ``fsdp``: 1-D ``("dp",)`` of W ranks. ``hsdp``: 2-D ``("replicate", "shard")`` of
+    shape (W / s, s): ranks r with the same r // s form one shard group (consecutive ranks, so a
+    shard group of s = devices per node stays on one node's links). On CPU (gloo) the mesh is an
+    explicit CPU mesh."""
+    from torch.distributed.device_mesh import init_device_mesh
+
+    if layout.sharding == "hsdp":
+        shape = (layout.replicas, layout.shard_group)
+        return init_device_mesh(device_type, shape, mesh_dim_names=HSDP_DIMS)
+    return init_device_mesh(device_type, (layout.devices,), mesh_dim_names=WORLD_DIMS)
+
+
+def check_mesh(mesh: DeviceMesh, layout: RunLayout) -> None:
+    """``mesh`` is the one ``build_mesh(layout)`` makes (a mismatch is a programming error)."""
+    want = (layout.replicas, layout.shard_group) if layout.sharding == "hsdp" else (layout.devices,)
+    if tuple(mesh.shape) != want:
+        raise ValueError(
+            f"mesh of shape {tuple(mesh.shape)} for a {layout.sharding} layout on "
+            f"{layout.devices} ranks (shard group {layout.shard_group}): want {want}"
+        )
 
 
 def towers(model: nn.Module) -> list[nn.Module]:
@@ -97,26 +126,24 @@ def apply_compile(model: nn.Module, backend: str = "inductor") -> None:
         block.compile(backend=backend)
 
 
-def apply_fsdp(model: nn.Module, mesh: DeviceMesh, plan: ParallelPlan) -> None:
-    """Step 4: ``fully_shard`` blocks, then towers, then the root (bottom-up, as FSDP2 needs)."""
-    mp = mixed_precision(plan.precision)
+def apply_fsdp(model: nn.Module, mesh: DeviceMesh, layout: RunLayout) -> None:
+    """Step 4: ``fully_shard`` blocks, then towers, then the root (bottom-up, as FSDP2 needs).
+    On a 2-D mesh (``hsdp``) FSDP2 shards over the last dim and replicates over the first."""
+    mp = mixed_precision(layout.precision)
+    reshard = layout.reshard_after_forward
     for block in blocks(model):
-        fully_shard(
-            block, mesh=mesh, mp_policy=mp, reshard_after_forward=plan.reshard_after_forward
-        )
+        fully_shard(block, mesh=mesh, mp_policy=mp, reshard_after_forward=reshard)
     for tower in towers(model):
-        fully_shard(
-            tower, mesh=mesh, mp_policy=mp, reshard_after_forward=plan.reshard_after_forward
-        )
+        fully_shard(tower, mesh=mesh, mp_policy=mp, reshard_after_forward=reshard)
     fully_shard(model, mesh=mesh, mp_policy=mp, reshard_after_forward=False)
 
 
-def apply_ddp(model: nn.Module, mesh: DeviceMesh, plan: ParallelPlan) -> None:
+def apply_ddp(model: nn.Module, mesh: DeviceMesh, layout: RunLayout) -> None:
     """Step 4 for ``ddp``: replicate blocks, towers and root with the same units as FSDP, so that
     gradient all-reduces overlap backward block by block."""
     from torch.distributed._composable.replicate_with_fsdp import replicate
 
-    mp = mixed_precision(plan.precision)
+    mp = mixed_precision(layout.precision)
     for module in [*blocks(model), *towers(model), model]:
         replicate(module, mesh=mesh, mp_policy=mp)
 
@@ -156,44 +183,30 @@ def materialize(model: nn.Module, device: torch.device, init_fn: Callable[[nn.Mo
 def parallelize(
     model: nn.Module,
     mesh: DeviceMesh,
-    plan: ParallelPlan,
+    layout: RunLayout,
     device: torch.device,
     init_fn: Callable[[nn.Module], None],
+    compile_backend: str | None = None,
 ) -> nn.Module:
-    """Apply steps 2-5 to a meta-device ``model``; returns the same (now FSDP) module, or for one
-    fp32 rank the plain module (``needs_wrapping``)."""
-    if plan.checkpointing:
+    """Apply steps 2-5 to a meta-device ``model`` as the resolved ``layout`` says, on ``mesh``
+    (``build_mesh(layout)``); ``compile_backend`` None: no ``torch.compile``. Returns the same
+    (now FSDP) module, or the plain module when ``layout.wrapped`` is False (one fp32 rank:
+    nothing to shard, gather, reduce or cast; the wrapped model would compute the same at a
+    cost, ``benchmarks/train_overhead.py``)."""
+    check_mesh(mesh, layout)
+    if layout.checkpointing:
         apply_activation_checkpointing(model)
-    if plan.compile:
-        apply_compile(model, plan.compile_backend)
+    if compile_backend is not None:
+        apply_compile(model, compile_backend)
     attach_logit_params(model)
-    if plan.sharding not in ("fsdp", "ddp"):
-        raise ValueError(f"unknown sharding {plan.sharding!r}")
-    if needs_wrapping(mesh, plan):
-        if plan.sharding == "fsdp":
-            apply_fsdp(model, mesh, plan)
-        else:
-            apply_ddp(model, mesh, plan)
+    if layout.wrapped:
+        if layout.sharding == "ddp":
+            apply_ddp(model, mesh, layout)
+        else:  # fsdp on the 1-D mesh, hsdp on the 2-D one
+            apply_fsdp(model, mesh, layout)
         register_forward_methods(model)
     materialize(model, device, init_fn)
     return model
-
-
-def needs_wrapping(mesh: DeviceMesh, plan: ParallelPlan) -> bool:
-    """False for one rank in fp32: step 4 is skipped and the model stays a plain module.
-
-    With one rank there is nothing to shard, gather or reduce, and in fp32 FSDP's mixed
-    precision casts nothing, so the wrapped model computes exactly what the plain one does
-    (same init at a fixed seed, same losses bit for bit: ``tests/trainer/test_parallelize.py``)
-    but pays for it: copies into and out of the all-gather and reduce-scatter buffers of every
-    unit, hooks, and DTensor dispatch of every op in gradient clipping and the optimizer
-    (``benchmarks/train_overhead.py``, ViT-B-32 batch 16 on 2 CPU threads: 1.34x a bare loop's
-    step wrapped, 1.02x unwrapped; mostly backward, where the gradients are copied into and out of
-    the reduce-scatter buffers and the parameters gathered again).
-    Everything downstream works on plain parameters as well (``full_value``, checkpoints through
-    DCP's state-dict API, ``logit_params``); bf16 / fp16 keep FSDP for its precision policy.
-    """
-    return mesh.size() > 1 or DTYPES[plan.precision] != torch.float32
 
 
 def set_gradient_sync(model: nn.Module, enabled: bool) -> None:

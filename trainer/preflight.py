@@ -48,27 +48,13 @@ def check_inputs(cfg: TrainConfig, world: int, rank: int, device_type: str) -> l
 
 
 def check_memory(cfg: TrainConfig, world: int, device_type: str) -> list[str]:
-    """Refuse (ConfigError "memory") when the estimate exceeds one rank's capacity."""
-    from vlscale.costs.memory import DEFAULT_OVERHEAD_BYTES, estimate_memory
-
-    spec, recipe = cfg.model_spec(), cfg.recipe_spec()
+    """Refuse (ConfigError "memory") when the estimate exceeds one rank's capacity. ``world``
+    is the launch's ranks, already the layout's ``devices`` (``load_config`` checks it)."""
+    spec = cfg.model_spec()
     capacity, what = rank_capacity(device_type)
     if capacity is None:
         return [f"memory check skipped: {what}"]
-    need = estimate_memory(
-        spec,
-        local_batch=cfg.local_batch(world),
-        shard_degree=world if cfg.sharding == "fsdp" else 1,
-        world_size=world,
-        precision=cfg.precision,
-        optimizer=recipe.optimizer,
-        checkpointing=cfg.checkpointing,
-        mask_ratio=recipe.mask_ratio,
-        loss=recipe.loss,
-        loss_impl=recipe.loss_impl,
-        reshard_after_forward=cfg.reshard_after_forward,
-        overhead_bytes=DEFAULT_OVERHEAD_BYTES if device_type == "cuda" else 0,
-    ).total
+    need = estimate_rank_memory(cfg, device_type)
     if need <= capacity:
         return []
     text = (
@@ -82,6 +68,28 @@ def check_memory(cfg: TrainConfig, world: int, device_type: str) -> list[str]:
         f"{text}; use more ranks (FSDP shards the model states), a smaller --global-batch, "
         "--checkpointing or --precision bf16, or --force to try anyway",
     )
+
+
+def estimate_rank_memory(cfg: TrainConfig, device_type: str) -> int:
+    """Bytes per rank of this run's layout by the planner's estimate: the one call into
+    ``vlscale.costs.memory`` (HSDP: the model states are sharded over the shard group)."""
+    from vlscale.costs.memory import DEFAULT_OVERHEAD_BYTES, estimate_memory
+
+    layout, recipe = cfg.layout, cfg.recipe_spec()
+    return estimate_memory(
+        cfg.model_spec(),
+        local_batch=layout.micro_batch(cfg.global_batch),
+        shard_degree=layout.shard_group,
+        world_size=layout.devices,
+        precision=layout.precision,
+        optimizer=recipe.optimizer,
+        checkpointing=layout.checkpointing,
+        mask_ratio=recipe.mask_ratio,
+        loss=recipe.loss,
+        loss_impl=recipe.loss_impl,
+        reshard_after_forward=layout.reshard_after_forward,
+        overhead_bytes=DEFAULT_OVERHEAD_BYTES if device_type == "cuda" else 0,
+    ).total
 
 
 def rank_capacity(device_type: str) -> tuple[int | None, str]:

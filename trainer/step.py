@@ -100,7 +100,7 @@ def train_step(ctx: LoopContext, step: int, timer: PhaseTimer) -> dict:
     """Run optimizer step ``step`` (1-based); returns the measurements of the step."""
     cfg, model, device = ctx.cfg, ctx.model, ctx.device
     mask_ratio = cfg.mask_ratio_at(step)
-    accum = cfg.grad_accum
+    accum = cfg.layout.grad_accum
     loss_sum = torch.zeros((), device=device)
     data_time = 0.0
     t0 = time.perf_counter()
@@ -163,7 +163,7 @@ def mean_loss_and_finite(
 ) -> tuple[float, bool]:
     """The step's loss averaged over micro-steps and ranks, and whether it and the gradient norm
     are finite. Both inputs of the decision are global, so every rank decides alike."""
-    loss = loss_sum / ctx.cfg.grad_accum
+    loss = loss_sum / ctx.cfg.layout.grad_accum
     if ctx.world_size > 1:
         dist.all_reduce(loss, group=ctx.group)  # gloo has no AVG: sum, then divide
         loss = loss / ctx.world_size

@@ -2,13 +2,15 @@
 
 Also runs as plain ``python -m trainer.train`` (world 1: a one-rank gloo/NCCL group on a
 HashStore, so collectives, checkpoints and losses take the distributed code paths; one fp32 rank
-skips the FSDP wrapping itself, which computes the same at a cost: ``parallelize.needs_wrapping``).
+skips the FSDP wrapping itself, which computes the same at a cost: ``RunLayout.wrapped``).
 Multi-node goes through torchrun's rendezvous.
 
 Order: parse + validate the config (torch-free; a bad config exits 2 with one message and writes
-nothing) -> process group and DeviceMesh -> model on meta -> ``parallelize`` -> optional image
-tower init (EVA two-stage) -> optimizer, schedule, data -> optional resume -> run header ->
-``train_loop`` -> destroy the group.
+nothing) -> process group and the layout's DeviceMesh (1-D ``dp``; 2-D ``replicate x shard`` for
+HSDP) -> model on meta -> ``parallelize`` -> optional image tower init (EVA two-stage) ->
+optimizer, schedule, data -> optional resume -> run header (with the layout as it runs) ->
+``train_loop`` -> destroy the group. The contrastive loss always spans the whole world (the
+default group), whatever the parameter mesh.
 """
 
 from __future__ import annotations
@@ -124,11 +126,14 @@ def resolve_device_type(cfg: TrainConfig) -> str:
     return cfg.device
 
 
-def init_distributed(device_type: str):
-    """Process group (gloo on CPU, NCCL on CUDA) and a 1-D ``dp`` DeviceMesh over all ranks."""
+def init_distributed(device_type: str, layout=None):
+    """Process group (gloo on CPU, NCCL on CUDA) and the parameter mesh of ``layout``
+    (``trainer.parallelize.build_mesh``); without a layout a 1-D ``dp`` mesh over all ranks."""
     import torch
     import torch.distributed as dist
-    from torch.distributed.device_mesh import init_device_mesh
+
+    from trainer.parallelize import build_mesh
+    from vlscale.specs.layout import RunLayout
 
     backend = "nccl" if device_type == "cuda" else "gloo"
     # Initialising sharded parameters on a CPU mesh triggers this on every run; the ranks still
@@ -152,15 +157,15 @@ def init_distributed(device_type: str):
         dist.init_process_group(backend, device_id=device if device_type == "cuda" else None)
     else:  # plain python: a world of one
         dist.init_process_group(backend, store=dist.HashStore(), rank=0, world_size=1)
-    mesh = init_device_mesh(device_type, (dist.get_world_size(),), mesh_dim_names=("dp",))
-    return device, mesh, backend
+    layout = layout or RunLayout(devices=dist.get_world_size(), precision="fp32")
+    return device, build_mesh(layout, device_type), backend
 
 
 def run(cfg: TrainConfig, device_type: str) -> None:
     """Start the process group, train, and always destroy the group."""
     import torch.distributed as dist
 
-    device, mesh, backend = init_distributed(device_type)
+    device, mesh, backend = init_distributed(device_type, cfg.layout)
     try:
         train(cfg, device, mesh, backend)
         # Leave together: a rank that tears its group down while another still talks to the
@@ -184,89 +189,147 @@ def train(cfg: TrainConfig, device, mesh, backend: str) -> list:
 def build_context(cfg: TrainConfig, device, mesh, backend: str):
     """Everything before the first step: model, optimizer, data, resume, run header.
 
-    Returns ``(LoopContext, loader)``; the caller closes the loader. Split from ``train`` so
-    that ``benchmarks/train_overhead.py`` times exactly the steps the CLI runs."""
+    ``mesh``: the layout's parameter mesh (``init_distributed``); a 1-D world mesh is replaced
+    by the layout's own when they differ (HSDP). Returns ``(LoopContext, loader)``; the caller
+    closes the loader. Split from ``train`` so that ``benchmarks/train_overhead.py`` times
+    exactly the steps the CLI runs."""
     import torch
     import torch.distributed as dist
 
-    from models import build_model, init_weights
-    from trainer import checkpoint as ckpt
     from trainer.identity import make_identity, new_run_id
     from trainer.optim import build_optimizer, build_param_groups, build_scheduler
-    from trainer.parallelize import ParallelPlan, needs_wrapping, parallelize
-    from trainer.profiling import PeakMemory, device_name, resolve_peak_flops
-    from trainer.records import RecordWriter
+    from trainer.profiling import PeakMemory
     from trainer.step import LoopContext
-    from vlscale.records import ResumeRecord
 
     rank, world = dist.get_rank(), dist.get_world_size()
-    spec, recipe = cfg.model_spec(), cfg.recipe_spec()
-    torch.manual_seed(cfg.seed)  # same init stream on every rank
-    model = build_model(
-        spec,
-        device="meta",
-        init_logit_scale=recipe.init_logit_scale,
-        init_logit_bias=recipe.init_logit_bias,
-    )
-    plan = ParallelPlan(
-        sharding=cfg.sharding,
-        precision=cfg.precision,
-        reshard_after_forward=cfg.reshard_after_forward,
-        checkpointing=cfg.checkpointing,
-        compile=cfg.compile,
-        compile_backend=cfg.compile_backend,
-    )
-    parallelize(model, mesh, plan, device, init_weights)
-    init_from_files(cfg, model)
+    model = build_parallel_model(cfg, device, layout_mesh(cfg, mesh, device))
+    recipe = cfg.recipe_spec()
     groups = build_param_groups(model, cfg.lr, cfg.weight_decay, cfg.image_lr, cfg.text_lr)
     optimizer = build_optimizer(recipe.optimizer, groups, betas=recipe.betas)
     scheduler = build_scheduler(optimizer, cfg.warmup_steps, cfg.steps)
-    loader = build_train_loader(cfg, spec, rank, world)
+    loader = build_train_loader(cfg, cfg.model_spec(), rank, world)
     # FLIP masks and anything else random must differ between ranks from here on.
     torch.manual_seed(cfg.seed * 1_000_003 + rank + 1)
 
     log = (lambda s: print(s, flush=True)) if rank == 0 else (lambda s: None)
-    start_step = start_samples = 0
-    resumed = None
-    if cfg.resume:
-        resumed = resume(cfg, world, model, optimizer, scheduler, loader, log)
-        start_step, start_samples = resumed.info.step, resumed.info.samples_seen
+    resumed = resume(cfg, world, model, optimizer, scheduler, loader, log) if cfg.resume else None
+    start_step, start_samples = (
+        (resumed.info.step, resumed.info.samples_seen) if resumed else (0, 0)
+    )
+    peak, peak_source = resolve_peak(cfg, device, log)
+    memory = PeakMemory(device)
     run_id = broadcast_str(resumed.run_id if resumed and resumed.run_id else new_run_id())
     identity = make_identity(run_id, cfg, world)
+    writer = start_records(
+        cfg, backend, device, (peak, peak_source), memory.metric, identity, resumed, log
+    )
+
+    ctx = LoopContext(
+        cfg=cfg,
+        model=model,
+        optimizer=optimizer,
+        scheduler=scheduler,
+        batches=loader,
+        device=device,
+        rank=rank,
+        world_size=world,
+        writer=writer,
+        peak_flops=peak,
+        group=dist.group.WORLD,  # the loss spans every rank, also under HSDP
+        scaler=torch.amp.GradScaler(device.type) if cfg.layout.precision == "fp16" else None,
+        evaluate=build_eval(cfg, cfg.model_spec(), model, device) if cfg.eval_every else None,
+        checkpoint=make_saver(cfg, model, optimizer, scheduler, loader, identity),
+        log=log,
+        start_step=start_step,
+        start_samples=start_samples,
+        last_checkpoint=resumed.info.path if resumed else None,
+    )
+    log(describe_run(cfg, world, device, backend, peak, peak_source))
+    return ctx, loader
+
+
+def layout_mesh(cfg: TrainConfig, mesh, device):
+    """``mesh`` when it is the layout's parameter mesh, else the layout's (a collective)."""
+    from trainer.parallelize import HSDP_DIMS, build_mesh
+
+    hsdp = cfg.layout.sharding == "hsdp"
+    if hsdp == (tuple(mesh.mesh_dim_names or ()) == HSDP_DIMS):
+        return mesh
+    return build_mesh(cfg.layout, device.type)
+
+
+def build_parallel_model(cfg: TrainConfig, device, mesh):
+    """The model built on meta, parallelized as the layout says, initialised (seeded alike on
+    every rank), then loaded from ``--init-from`` / ``--init-image-from``."""
+    import torch
+
+    from models import build_model, init_weights
+    from trainer.parallelize import parallelize
+
+    recipe = cfg.recipe_spec()
+    torch.manual_seed(cfg.seed)  # same init stream on every rank
+    model = build_model(
+        cfg.model_spec(),
+        device="meta",
+        init_logit_scale=recipe.init_logit_scale,
+        init_logit_bias=recipe.init_logit_bias,
+    )
+    backend = cfg.compile_backend if cfg.compile else None
+    parallelize(model, mesh, cfg.layout, device, init_weights, compile_backend=backend)
+    init_from_files(cfg, model)
+    return model
+
+
+def resolve_peak(cfg: TrainConfig, device, log) -> tuple[float | None, str]:
+    """Peak FLOP/s per device for MFU and where it comes from (the mean over ranks)."""
+    from trainer.profiling import device_name, resolve_peak_flops
 
     ranks_per_host = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
-    peak, peak_source, peak_note = resolve_peak_flops(
-        device, device_name(device), cfg.precision, cfg.peak_flops, cfg.peak_from, ranks_per_host
+    peak, source, note = resolve_peak_flops(
+        device,
+        device_name(device),
+        cfg.layout.precision,
+        cfg.peak_flops,
+        cfg.peak_from,
+        ranks_per_host,
     )
     peak = mean_over_ranks(peak, device)
-    if peak is None:
-        peak_source = "none"
-    if peak_note:
-        log(peak_note)
-    evaluate = build_eval(cfg, spec, model, device) if cfg.eval_every else None
-    memory = PeakMemory(device)
+    if note:
+        log(note)
+    return peak, source if peak is not None else "none"
+
+
+def start_records(cfg: TrainConfig, backend, device, peak, memory_metric, identity, resumed, log):
+    """The run file's writer (rank 0 writes), started with the header (and after a resume the
+    resume record); ``peak`` is (FLOP/s, source)."""
+    import torch.distributed as dist
+
+    from trainer.records import RecordWriter
+    from vlscale.records import ResumeRecord
+
+    rank, world = dist.get_rank(), dist.get_world_size()
     writer = RecordWriter(cfg.out, active=rank == 0)
-    writer.start(
-        make_header(
-            cfg,
-            world,
-            backend,
-            device,
-            peak,
-            peak_source,
-            memory.metric,
-            identity,
-            wrapped=needs_wrapping(mesh, plan),
-        ),
-        resume_step=start_step if cfg.resume else None,
+    header = make_header(cfg, world, backend, device, *peak, memory_metric, identity)
+    writer.start(header, resume_step=resumed.info.step if resumed else None)
+    log(
+        f"run {identity['run_id']} (config {identity['config_hash']}, seed {cfg.seed}): "
+        f"records {writer.path}"
     )
-    log(f"run {run_id} (config {identity['config_hash']}, seed {cfg.seed}): records {writer.path}")
     if resumed is not None:
+        info = resumed.info
         writer.write(
-            ResumeRecord(
-                step=start_step, path=str(resumed.info.path), passed_over=resumed.passed_over
-            )
+            ResumeRecord(step=info.step, path=str(info.path), passed_over=resumed.passed_over)
         )
+    return writer
+
+
+def make_saver(cfg: TrainConfig, model, optimizer, scheduler, loader, identity):
+    """``save(step, samples)`` writing a DCP checkpoint of everything; None without
+    ``--ckpt-every``."""
+    from trainer import checkpoint as ckpt
+
+    if not cfg.ckpt_every:
+        return None
 
     def save(step: int, samples: int):
         return ckpt.save_checkpoint(
@@ -281,35 +344,25 @@ def build_context(cfg: TrainConfig, device, mesh, backend: str):
             identity=identity,
         )
 
-    ctx = LoopContext(
-        cfg=cfg,
-        model=model,
-        optimizer=optimizer,
-        scheduler=scheduler,
-        batches=loader,
-        device=device,
-        rank=rank,
-        world_size=world,
-        writer=writer,
-        peak_flops=peak,
-        group=mesh.get_group(),
-        scaler=torch.amp.GradScaler(device.type) if cfg.precision == "fp16" else None,
-        evaluate=evaluate,
-        checkpoint=save if cfg.ckpt_every else None,
-        log=log,
-        start_step=start_step,
-        start_samples=start_samples,
-        last_checkpoint=resumed.info.path if resumed else None,
+    return save
+
+
+def describe_run(cfg: TrainConfig, world, device, backend, peak, peak_source) -> str:
+    """The line that says what runs: model, recipe, ranks, layout, batch and peak."""
+    from trainer.profiling import device_name
+
+    layout, recipe = cfg.layout, cfg.recipe_spec()
+    sharding = layout.sharding
+    if layout.sharding == "hsdp":
+        sharding = f"hsdp {layout.replicas} x {layout.shard_group}"
+    if not layout.wrapped:
+        sharding += ": one rank, unwrapped"
+    return (
+        f"{cfg.model_spec().name} / {recipe.name} ({recipe.loss_impl}) on {world} x "
+        f"{device_name(device)} [{backend}, {sharding}, {layout.precision}], global batch "
+        f"{cfg.global_batch}, peak {peak / 1e9 if peak else float('nan'):.1f} GFLOP/s/device "
+        f"({peak_source})"
     )
-    sharding = (
-        cfg.sharding if needs_wrapping(mesh, plan) else f"{cfg.sharding}: one rank, unwrapped"
-    )
-    ctx.log(
-        f"{spec.name} / {recipe.name} ({recipe.loss_impl}) on {world} x {device_name(device)}"
-        f" [{backend}, {sharding}, {cfg.precision}], global batch {cfg.global_batch}"
-        f", peak {peak / 1e9 if peak else float('nan'):.1f} GFLOP/s/device ({peak_source})"
-    )
-    return ctx, loader
 
 
 @dataclass(frozen=True)
@@ -454,8 +507,9 @@ def make_header(
     peak_source,
     memory_metric,
     identity=None,
-    wrapped: bool = True,
 ):
+    """The run header: what ran, with the layout as it ran (``wrapped`` and the flat fields
+    stay for readers of older records)."""
     import torch
 
     from trainer.profiling import catalog_device_key, device_name
@@ -471,21 +525,22 @@ def make_header(
         device_type=device.type,
         device_name=name,
         device_key=catalog_device_key(name) if device.type == "cuda" else None,
-        devices_per_node=int(os.environ.get("LOCAL_WORLD_SIZE", world)),
+        devices_per_node=cfg.layout.devices_per_node,
         world_size=world,
-        dtype=cfg.precision,
+        dtype=cfg.layout.precision,
         model=cfg.model_spec(),
         recipe=cfg.recipe_spec(),
         global_batch=cfg.global_batch,
         local_batch=cfg.local_batch(world),
-        grad_accum=cfg.grad_accum,
-        sharding=cfg.sharding,
-        wrapped=wrapped,
-        activation_checkpointing=cfg.checkpointing,
+        grad_accum=cfg.layout.grad_accum,
+        sharding=cfg.layout.sharding,
+        layout=cfg.layout,
+        wrapped=cfg.layout.wrapped,
+        activation_checkpointing=cfg.layout.checkpointing,
         peak_flops_per_device=peak,
         peak_flops_source=peak_source,
         memory_metric=memory_metric,
-        config=cfg.model_dump(mode="json"),
+        config=cfg.flat_dump(),
         run_id=identity["run_id"] if identity else None,
         config_hash=identity["config_hash"] if identity else None,
         seed=cfg.seed,

@@ -86,7 +86,7 @@ class RunHeader(_Record):
     wrapped: bool | None = Field(
         default=None,
         description="FSDP2 / replicate applied (False: one fp32 rank runs the plain module, "
-        "trainer.parallelize.needs_wrapping); None: a trainer before that rule, always wrapped",
+        "RunLayout.wrapped); None: a trainer before that rule, always wrapped",
     )
     activation_checkpointing: bool
     peak_flops_per_device: float | None = Field(default=None, ge=0)

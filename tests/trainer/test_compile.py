@@ -16,9 +16,10 @@ import torch
 
 from models import build_model, init_weights
 from tests.dist_utils import run_distributed
-from trainer.parallelize import ParallelPlan, blocks, parallelize, towers
+from trainer.parallelize import blocks, parallelize, towers
 from vlscale.records import read_run
 from vlscale.specs import get_model
+from vlscale.specs.layout import RunLayout
 
 
 def _train_losses(tmp_path, *options):
@@ -44,8 +45,9 @@ def _compiled_fsdp(ctx):
     for compile in (False, True):
         torch.manual_seed(0)
         model = build_model(get_model("tiny-clip"), device="meta")
-        plan = ParallelPlan(compile=compile, compile_backend="aot_eager")
-        parallelize(model, ctx.mesh, plan, torch.device("cpu"), init_weights)
+        layout = RunLayout(devices=ctx.world_size, precision="fp32")
+        backend = "aot_eager" if compile else None
+        parallelize(model, ctx.mesh, layout, torch.device("cpu"), init_weights, backend)
         g = torch.Generator().manual_seed(1)
         images = torch.randn(4, 3, 32, 32, generator=g)
         tokens = torch.randint(1, 250, (4, 32), generator=g)

@@ -88,11 +88,13 @@ def _load_sharded(ctx, path):
 
     from models import build_model, init_weights
     from trainer.init_from import load_openclip_weights
-    from trainer.parallelize import ParallelPlan, parallelize
+    from trainer.parallelize import parallelize
+    from vlscale.specs.layout import RunLayout
     from vlscale.specs.presets import resolve_model
 
     model = build_model(resolve_model(str(TINY / "open_clip_config.json")), device="meta")
-    parallelize(model, ctx.mesh, ParallelPlan(sharding="fsdp"), torch.device("cpu"), init_weights)
+    layout = RunLayout(devices=ctx.world_size, sharding="fsdp", precision="fp32")
+    parallelize(model, ctx.mesh, layout, torch.device("cpu"), init_weights)
     load_openclip_weights(model, path, field="init_from")
     full = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True))
     return {k: v.clone() for k, v in full.items()}

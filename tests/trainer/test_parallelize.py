@@ -1,9 +1,11 @@
-"""The wrapping order of trainer.parallelize, pinned on 2 gloo ranks with the real tiny models.
+"""The wrapping order of trainer.parallelize, pinned on 2 gloo ranks with the real tiny models
+(and on 4 for HSDP's 2 x 2 mesh).
 
 Order under test: meta build -> checkpoint_wrapper per block -> fully_shard per block -> per
 tower -> root -> to_empty + init. Checked by module types and nesting, by where parameters live
-(DTensor shards on every FSDP unit), and by a forward/backward that must match a single-process
-model with the same weights.
+(DTensor shards on every FSDP unit; under HSDP replicated over the first mesh dim and sharded over
+the second), and by a forward/backward that must match a single-process model with the same
+weights. The layout (``RunLayout``) says what is wrapped; ``layout.wrapped`` is the one-rank rule.
 """
 
 from __future__ import annotations
@@ -16,17 +18,23 @@ from torch.distributed.tensor import DTensor
 
 from models import build_model, init_weights
 from tests.dist_utils import run_distributed
-from trainer.parallelize import ParallelPlan, blocks, parallelize, towers
+from trainer.parallelize import blocks, build_mesh, parallelize, towers
 from vlscale.specs import get_model
+from vlscale.specs.layout import RunLayout
 
 pytestmark = pytest.mark.dist
 
 
-def _structure(ctx, preset, sharding, checkpointing):
+def _layout(ctx, **fields) -> RunLayout:
+    return RunLayout(devices=ctx.world_size, precision="fp32", **fields).resolved("fp32", 1)
+
+
+def _structure(ctx, preset, sharding, checkpointing, shard_size=None):
     torch.manual_seed(0)
     model = build_model(get_model(preset), device="meta")
-    plan = ParallelPlan(sharding=sharding, checkpointing=checkpointing)
-    parallelize(model, ctx.mesh, plan, torch.device("cpu"), init_weights)
+    layout = _layout(ctx, sharding=sharding, checkpointing=checkpointing, shard_size=shard_size)
+    mesh = build_mesh(layout, "cpu")
+    parallelize(model, mesh, layout, torch.device("cpu"), init_weights)
     out = {
         "root_fsdp": isinstance(model, FSDPModule),
         "towers_fsdp": [isinstance(t, FSDPModule) for t in towers(model)],
@@ -41,6 +49,8 @@ def _structure(ctx, preset, sharding, checkpointing):
         ],
         "logit_shapes": [tuple(model.logit_scale.shape), tuple(model.logit_bias.shape)],
         "all_dtensor": all(isinstance(p, DTensor) for p in model.parameters()),
+        "placements": {str(p.placements) for p in model.parameters()},
+        "mesh_shape": tuple(mesh.shape),
         "meta_left": any(p.device.type == "meta" for p in model.parameters()),
         "local_numel": sum(p.to_local().numel() for p in model.parameters()),
         "global_numel": sum(p.numel() for p in model.parameters()),
@@ -82,8 +92,10 @@ def _matches_single_process(ctx, sharding, precision, checkpointing):
     torch.manual_seed(0)
     ref = build_model(spec, device="cpu")
     model = build_model(spec, device="meta")
-    plan = ParallelPlan(sharding=sharding, precision=precision, checkpointing=checkpointing)
-    parallelize(model, ctx.mesh, plan, torch.device("cpu"), init_weights)
+    layout = RunLayout(
+        devices=ctx.world_size, sharding=sharding, precision=precision, checkpointing=checkpointing
+    )
+    parallelize(model, ctx.mesh, layout, torch.device("cpu"), init_weights)
     # copy the reference weights into the shards (the init itself is not what is tested here)
     with torch.no_grad():
         for p, q in zip(model.parameters(), ref.parameters(), strict=True):
@@ -141,12 +153,9 @@ def _train_one_rank(ctx):
     for wrapped in (False, True):
         torch.manual_seed(0)
         model = build_model(get_model("tiny-clip"), device="meta")
-        default = par.needs_wrapping
-        par.needs_wrapping = (lambda mesh, plan: True) if wrapped else default
-        try:
-            parallelize(model, ctx.mesh, ParallelPlan(), torch.device("cpu"), init_weights)
-        finally:
-            par.needs_wrapping = default
+        layout = _layout(ctx, wrap_one_rank=wrapped)  # one fp32 rank: wrapped only if asked
+        assert layout.wrapped is wrapped
+        parallelize(model, ctx.mesh, layout, torch.device("cpu"), init_weights)
         optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
         g = torch.Generator().manual_seed(1)
         images = torch.randn(4, 3, 32, 32, generator=g)
@@ -185,10 +194,36 @@ def test_one_fp32_rank_trains_unwrapped_and_exactly_as_fsdp():
     [(1, "fp32", False), (1, "bf16", True), (1, "fp16", True), (2, "fp32", True)],
 )
 def test_wrapping_needed_for_several_ranks_or_mixed_precision(world, precision, wraps):
-    from types import SimpleNamespace
+    for sharding in ("fsdp", "ddp", "hsdp"):
+        layout = RunLayout(devices=world, sharding=sharding, precision=precision)
+        assert layout.resolved(precision, 1).wrapped is wraps
 
-    from trainer.parallelize import needs_wrapping
 
-    mesh = SimpleNamespace(size=lambda: world)
-    for sharding in ("fsdp", "ddp"):
-        assert needs_wrapping(mesh, ParallelPlan(sharding=sharding, precision=precision)) is wraps
+def test_trainer_config_keeps_one_fp32_rank_unwrapped():
+    """The trainer's resolved layout (fp32 by default, one rank without torchrun) is unwrapped,
+    and ``--wrap-one-rank`` wraps it, as the planner's ``wrapped`` reads it."""
+    from trainer.config import load_config
+
+    assert load_config([], world_size=1).layout.wrapped is False
+    assert load_config(["--wrap-one-rank"], world_size=1).layout.wrapped is True
+    assert load_config(["--precision", "bf16"], world_size=1).layout.wrapped is True
+    assert load_config(["--global-batch", "8"], world_size=2).layout.wrapped is True
+
+
+def test_hsdp_wrapping_order_on_a_2x2_mesh():
+    """HSDP is the FSDP wrapping on a 2-D mesh: the same units in the same order; every
+    parameter replicated over ``replicate`` and sharded over ``shard``; shard groups {0, 1} and
+    {2, 3} hold the same shards, and a shard group together holds the whole model."""
+    rs = run_distributed(_structure, 4, "tiny-eva", "hsdp", True, 2, timeout=240)
+    r0 = rs[0]
+    assert r0["mesh_shape"] == (2, 2)
+    assert r0["root_fsdp"] and all(r0["towers_fsdp"]) and all(r0["blocks_fsdp"])
+    assert all(r0["blocks_ckpt"]) and all(r0["fsdp_outside_ckpt"])
+    assert r0["all_dtensor"] and not r0["meta_left"]
+    assert r0["placements"] == {"(Replicate(), Shard(dim=0))"}
+    assert rs[0]["local_numel"] + rs[1]["local_numel"] == r0["global_numel"]
+    # replicas: rank 2 holds rank 0's shard, rank 3 rank 1's (the same draw on every replica)
+    assert rs[0]["local_numel"] == rs[2]["local_numel"]
+    assert torch.equal(rs[0]["block_weight_shard"], rs[2]["block_weight_shard"])
+    assert torch.equal(rs[1]["block_weight_shard"], rs[3]["block_weight_shard"])
+    assert not torch.equal(rs[0]["block_weight_shard"], rs[1]["block_weight_shard"])

@@ -9,6 +9,10 @@ Three ``torchrun`` launches of ``trainer.train`` on 2 gloo CPU ranks, tiny prese
 
 Per-step losses of steps k+1..2k must be equal as floats (CPU, gloo, deterministic kernels):
 model, optimizer moments, LR schedule, data position and RNG all came back exactly.
+
+The same under HSDP on 4 ranks (``--sharding hsdp --shard-size 2``: a 2 x 2 mesh, DCP shards of
+2-D DTensors): marked slow (about 2-3 min on 2 cores); ``tests/trainer/test_hsdp.py`` resumes
+under HSDP in one process group, fast.
 """
 
 from __future__ import annotations
@@ -33,10 +37,10 @@ WORLD = 2
 pytestmark = [pytest.mark.dist]
 
 
-def _command(out: Path, *extra: str) -> list[str]:
+def _command(out: Path, *extra: str, world: int = WORLD) -> list[str]:
     return [
         sys.executable, "-m", "torch.distributed.run", "--standalone",
-        f"--nproc-per-node={WORLD}", "-m", "trainer.train",
+        f"--nproc-per-node={world}", "-m", "trainer.train",
         "--model", "tiny-clip", "--steps", str(2 * K), "--global-batch", "8",
         "--seed", "7", "--out", str(out), "--ckpt-every", str(K), *extra,
     ]  # fmt: skip
@@ -48,9 +52,14 @@ def _env() -> dict[str, str]:
     return env | {"CUDA_VISIBLE_DEVICES": ""}
 
 
-def _run(out: Path, *extra: str) -> None:
+def _run(out: Path, *extra: str, world: int = WORLD) -> None:
     proc = subprocess.run(
-        _command(out, *extra), cwd=REPO, env=_env(), capture_output=True, text=True, timeout=300
+        _command(out, *extra, world=world),
+        cwd=REPO,
+        env=_env(),
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
 
@@ -94,9 +103,13 @@ def _rank_of(pid: int) -> int | None:
     return None
 
 
-def _run_and_kill(out: Path) -> None:
+def _run_and_kill(out: Path, *extra: str, world: int = WORLD) -> None:
     proc = subprocess.Popen(
-        _command(out), cwd=REPO, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT
+        _command(out, *extra, world=world),
+        cwd=REPO,
+        env=_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
     )
     try:
         deadline = time.monotonic() + 240
@@ -118,12 +131,23 @@ def _run_and_kill(out: Path) -> None:
     assert 2 * K not in _losses(out), "the interrupted run reached the last step"
 
 
-def test_kill_one_rank_then_resume_matches_uninterrupted_run(tmp_path):
+LAYOUTS = [
+    pytest.param(WORLD, (), id="fsdp"),
+    pytest.param(
+        4, ("--sharding", "hsdp", "--shard-size", "2"), id="hsdp-2x2", marks=pytest.mark.slow
+    ),
+]
+
+
+@pytest.mark.parametrize(("world", "layout"), LAYOUTS)
+def test_kill_one_rank_then_resume_matches_uninterrupted_run(tmp_path, world, layout):
     straight, broken = tmp_path / "straight", tmp_path / "broken"
-    _run(straight)
-    _run_and_kill(broken)
+    _run(straight, *layout, world=world)
+    _run_and_kill(broken, *layout, world=world)
     assert find_latest(broken) == step_dir(broken, K)  # what a resume will pick up
-    _run(broken, "--resume")
+    _run(broken, *layout, "--resume", world=world)
+    header = json.loads((broken / "run.jsonl").read_text().splitlines()[0])
+    assert header["world_size"] == world and header["layout"]["devices"] == world
 
     want, got = _losses(straight), _losses(broken)
     assert sorted(want) == list(range(1, 2 * K + 1))

@@ -166,6 +166,10 @@ def test_plain_python_entry_with_profile(tmp_path):
     assert run.header.world_size == 1 and run.header.peak_flops_source == "option"
     # one fp32 rank runs the plain module, and the record says so (the planner reads it)
     assert run.header.wrapped is (run.header.dtype != "fp32")
+    # ... and its layout as it ran: the one-rank rule read from the layout gives the same answer
+    layout = run.header.layout
+    assert (layout.devices, layout.sharding, layout.precision) == (1, "fsdp", run.header.dtype)
+    assert layout.wrapped is run.header.wrapped
     assert run.header.recipe.name == "clip" and run.header.model.name == "tiny-clip"
     assert len(run.steps) == 3 and len(run.evals) == 1
     # the recorded FLOPs per sample are what the counter counts on the real model and loss
