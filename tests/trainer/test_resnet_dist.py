@@ -130,3 +130,37 @@ def test_resnet_trains_on_two_ranks_as_one_process(sharding, checkpointing):
         # batch-norm statistics are per rank: each rank saw its own half of the batch
         r0, r1 = (r[loss_name]["running_mean"] for r in per_rank)
         assert not torch.equal(r0, r1)
+
+
+def _bf16_step(ctx):
+    """One CLIP step in bf16 (FSDP2 casts parameters, not the batch-norm statistics)."""
+    torch.manual_seed(0)
+    ref = build_model(get_model("tiny-rn"))
+    model = build_model(get_model("tiny-rn"), device="meta")
+    plan = ParallelPlan(sharding="fsdp", precision="bf16", checkpointing=True)
+    parallelize(model, ctx.mesh, plan, torch.device("cpu"), init_weights)
+    with torch.no_grad():
+        for p, q in zip(model.parameters(), ref.parameters(), strict=True):
+            p.to_local().copy_(
+                distribute_tensor(q.detach(), p.device_mesh, p.placements).to_local()
+            )
+    images, tokens = _batch()
+    rows = slice(ctx.rank * LOCAL_BATCH, (ctx.rank + 1) * LOCAL_BATCH)
+    img, txt = model(images[rows], tokens[rows])
+    scale, bias = model.logit_params()
+    loss = _loss("clip", img, txt, scale, bias)
+    loss.backward()
+    return {
+        "loss": loss.item(),
+        "grads_finite": all(
+            p.grad.isfinite().all() for p in model.parameters() if p.grad is not None
+        ),
+        "stats_dtype": model.visual.blocks[0].bn1.running_mean.dtype,
+    }
+
+
+def test_resnet_trains_in_bf16_under_fsdp():
+    per_rank = run_distributed(_bf16_step, WORLD, timeout=300)
+    ref_losses, _ = _reference("clip")
+    assert sum(r["loss"] for r in per_rank) / WORLD == pytest.approx(ref_losses[0], rel=5e-2)
+    assert all(r["grads_finite"] and r["stats_dtype"] == torch.float32 for r in per_rank)
