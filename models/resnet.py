@@ -13,7 +13,8 @@ checkpoints and shards ``tower.blocks[i]`` (one FSDP unit per bottleneck); the s
 attention pool belong to the tower's own unit.
 
 Batch norm runs per rank, as in OpenCLIP (no SyncBatchNorm): each rank normalises with its own
-local batch's statistics and keeps its own running statistics.
+local batch's statistics and keeps its own running statistics (the trainer averages them over the
+ranks when it saves a checkpoint: ``trainer/batch_norm.py``).
 
 The attention pool computes the query of the mean token only (as the original CLIP's
 ``F.multi_head_attention_forward(query=x[:1], ...)``); OpenCLIP's current module computes every

@@ -68,7 +68,8 @@ by batch norm (epsilon ``norm_eps``) and ReLU::
             projected by ``c_proj`` (Linear(32w, embed_dim), bias) is the embedding.
 
 Batch-norm statistics are per rank, as in OpenCLIP (no SyncBatchNorm): each rank normalises by
-its own local batch, and its running statistics (used in eval mode) are its own.
+its own local batch and keeps its own running statistics (used in eval mode); a checkpoint holds
+their mean over the ranks (``trainer/batch_norm.py``).
 """
 
 from __future__ import annotations
