@@ -11,7 +11,7 @@ import yaml
 from torch.utils.checkpoint import checkpoint
 
 from models import build_model
-from models.openclip import from_openclip
+from models.openclip import convert_from_openclip, from_openclip
 from models.resnet import BatchNorm2d, block_stage
 from vlscale.costs.params import count_params
 from vlscale.errors import ConfigError
@@ -197,3 +197,13 @@ def test_bf16_parameters_with_fp32_statistics():
         p.data = p.data.bfloat16()
     out = tower(torch.randn(2, 3, 64, 64, dtype=torch.bfloat16))
     assert out.dtype == torch.bfloat16 and tower.blocks[0].bn1.running_mean.dtype == torch.float32
+
+
+def test_image_tower_alone_loads_from_an_openclip_file():
+    # trainer --init-image-from: only the visual.* tensors, num_batches_tracked optional
+    weights = safetensors_torch.load_file(str(TINY_RN / "weights.safetensors"))
+    spec = resolve_model(str(TINY_RN / "open_clip_config.json"))
+    ours = convert_from_openclip(weights, spec, only="visual.")
+    model = build_model(spec, device="meta")
+    want = {k for k in model.state_dict() if k.startswith("visual.")}
+    assert set(ours) == {k for k in want if not k.endswith("num_batches_tracked")}
