@@ -206,7 +206,6 @@ class VisionTowerSpec(_Frozen):
         return VisionTowerSpec.model_validate(self.model_dump() | {"image_size": image_size})
 
 
-RESNET_STAGES = 4
 RESNET_EXPANSION = 4  # a bottleneck's output channels per plane
 RESNET_REDUCTION = 32  # stem (2 x 2) and stages 1-3 (2 each): the grid is image_size / 32
 
@@ -304,10 +303,13 @@ _VIT_ONLY = frozenset({*dir(VisionTowerSpec), *VisionTowerSpec.model_fields}) - 
 IMAGE_TOWER_KINDS = (("vit",), ("resnet",))  # union tags (as a location's first element)
 
 
-def _tower_kind(value: Any) -> str:
+def _tower_kind(value: Any) -> Any:
+    """The union tag: ``kind`` when given; else a list of stage depths means a ResNet (a dump
+    without defaults), anything else a ViT."""
     if isinstance(value, dict):
-        resnet = value.get("kind") == "resnet" or isinstance(value.get("layers"), (list, tuple))
-        return "resnet" if resnet else "vit"
+        if "kind" in value:
+            return value["kind"]
+        return "resnet" if isinstance(value.get("layers"), (list, tuple)) else "vit"
     return getattr(value, "kind", "vit")
 
 
@@ -319,7 +321,9 @@ ImageTowerSpec = Annotated[
 (``kind: resnet``)."""
 
 
-def check_patch_dropout(tower: VisionTowerSpec | ResNetTowerSpec, mask_ratio: float, name: str):
+def check_patch_dropout(
+    tower: VisionTowerSpec | ResNetTowerSpec, mask_ratio: float, name: str
+) -> float:
     """``mask_ratio`` as a float if the tower can drop patches at that ratio; a ResNet has no
     patches, so any r > 0 is one ConfigError on ``mask_ratio``."""
     ratio = check_mask_ratio(mask_ratio)
