@@ -26,6 +26,12 @@ Which OpenCLIP layout a spec has (``openclip_layout``):
 - vision "timm_eva": timm's EVA under ``visual.trunk``; q/k/v are separate Linears when the MLP
   is SwiGLU (``eva02_*_clip``: ``qkv_fused=False``), else fused with ``q_bias`` / ``v_bias``
   (``eva02_enormous``); the projection is the timm head (``visual.trunk.head``, with bias).
+- vision "resnet": OpenCLIP's ``ModifiedResNet`` (``visual.conv1..3`` / ``bn1..3`` stem,
+  ``visual.layer{s}.{j}`` bottlenecks with ``downsample.0`` / ``.1`` shortcuts, ``visual.attnpool``
+  with separate ``q_proj`` / ``k_proj`` / ``v_proj`` / ``c_proj``). Our flat ``blocks.i`` are the
+  stages' blocks in order; our attention pool's ``kv`` is k_proj and v_proj stacked ("cat").
+  Batch-norm running statistics map like weights; ``num_batches_tracked`` (a counter that the
+  numbers do not depend on at momentum 0.1) is written by export and optional on import.
 - with a timm vision tower the text tower lives under ``text.`` (``CustomTextCLIP``).
 - ``logit_bias`` exists in OpenCLIP only for its SigLIP configs (``init_logit_bias``), which
   are exactly its bidirectional text towers; elsewhere ours keeps its initial value.
@@ -42,6 +48,7 @@ from typing import Literal
 
 import torch
 
+from models.resnet import block_stage
 from models.two_tower import TwoTower, build_model
 from vlscale.errors import ConfigError
 from vlscale.specs.models import ModelSpec
@@ -61,11 +68,12 @@ class Link:
     theirs: tuple[str, ...]
     kind: Kind
     their_shapes: tuple[Shape, ...]
+    optional: bool = False  # import tolerates its absence (ours keeps its value)
 
 
 @dataclass(frozen=True)
 class Layout:
-    vision: Literal["openai", "timm_vit", "timm_eva"]
+    vision: Literal["openai", "timm_vit", "timm_eva", "resnet"]
     text_prefix: str  # "" (CLIP) or "text." (CustomTextCLIP)
     logit_bias: bool
 
@@ -77,6 +85,8 @@ def openclip_layout(spec: ModelSpec) -> Layout:
     """OpenCLIP's layout for ``spec``, or a ConfigError saying why it has none."""
     v, t = spec.vision, spec.text
     _check_text(t)
+    if v.kind == "resnet":  # OpenCLIP's CLIP class: text tower top-level
+        return Layout("resnet", "", logit_bias=not t.causal)
     if v.rope or v.trunk.mlp_kind == "swiglu" or v.trunk.sub_ln or v.trunk.post_norm:
         vision = "timm_eva"
     elif v.pool == "map":
@@ -134,8 +144,9 @@ def openclip_links(spec: ModelSpec) -> list[Link]:
     ours = _our_shapes(spec)
     links: list[Link] = []
 
-    def copy(our: str, their: str, shape: Shape | None = None) -> None:
-        links.append(Link(our, (their,), "copy", (ours[our] if shape is None else shape,)))
+    def copy(our: str, their: str, shape: Shape | None = None, optional: bool = False) -> None:
+        shape = ours[our] if shape is None else shape
+        links.append(Link(our, (their,), "copy", (shape,), optional))
 
     def transpose(our: str, their: str) -> None:
         links.append(Link(our, (their,), "transpose", (ours[our][::-1],)))
@@ -156,7 +167,10 @@ def openclip_links(spec: ModelSpec) -> list[Link]:
     copy("logit_scale", "logit_scale", ())
     if layout.logit_bias:
         copy("logit_bias", "logit_bias", ())
-    _vision_links(spec, layout, ours, copy, transpose, cat, linear, norm)
+    if layout.vision == "resnet":
+        _resnet_links(spec.vision, copy, cat, linear)
+    else:
+        _vision_links(spec, layout, ours, copy, transpose, cat, linear, norm)
     _text_links(spec, layout, ours, copy, transpose, linear, norm)
     return links
 
@@ -206,6 +220,36 @@ def _vision_links(spec, layout, ours, copy, transpose, cat, linear, norm) -> Non
         linear("visual.head.mlp.fc2", h + "mlp.fc2")
     else:
         linear("visual.proj", p + "head")
+
+
+def _resnet_links(v, copy, cat, linear) -> None:
+    """``models.resnet.ResNetTower`` <-> OpenCLIP's ``ModifiedResNet``."""
+
+    def conv_bn(ours: str, theirs: str, conv: str, bn: str) -> None:
+        copy(f"{ours}.{conv}.weight", f"{theirs}.{conv}.weight")
+        batch_norm(f"{ours}.{bn}", f"{theirs}.{bn}")
+
+    def batch_norm(ours: str, theirs: str) -> None:
+        for name in ("weight", "bias", "running_mean", "running_var"):
+            copy(f"{ours}.{name}", f"{theirs}.{name}")
+        copy(f"{ours}.num_batches_tracked", f"{theirs}.num_batches_tracked", optional=True)
+
+    for i in (1, 2, 3):
+        conv_bn("visual.stem", "visual", f"conv{i}", f"bn{i}")
+    for index in range(v.num_blocks):
+        stage, j = block_stage(v, index)
+        ob, tb = f"visual.blocks.{index}", f"visual.layer{stage + 1}.{j}"
+        for i in (1, 2, 3):
+            conv_bn(ob, tb, f"conv{i}", f"bn{i}")
+        if index == sum(v.layers[:stage]):  # first block of a stage: the shortcut convolves
+            copy(f"{ob}.downsample.conv.weight", f"{tb}.downsample.0.weight")
+            batch_norm(f"{ob}.downsample.bn", f"{tb}.downsample.1")
+    a = "visual.attnpool."
+    copy("visual.pool.pos_embed", a + "positional_embedding")
+    linear("visual.pool.q", a + "q_proj")
+    for name in ("weight", "bias"):
+        cat(f"visual.pool.kv.{name}", (f"{a}k_proj.{name}", f"{a}v_proj.{name}"))
+    linear("visual.pool.proj", a + "c_proj")
 
 
 def _eva_block(ob, tb, t, copy, cat, linear, norm) -> None:
@@ -292,6 +336,7 @@ def convert_from_openclip(
     if only is not None:
         links = [link for link in links if link.ours.startswith(only)]
         state_dict = {k: v for k, v in state_dict.items() if k.startswith(only)}
+    links = [link for link in links if not link.optional or link.theirs[0] in state_dict]
     expected = {k: s for link in links for k, s in zip(link.theirs, link.their_shapes, strict=True)}
     check_keys(state_dict, expected, field, spec.name)
     shapes = _our_shapes(spec)
@@ -372,8 +417,10 @@ def from_openclip(
     target = model if isinstance(model, TwoTower) else build_model(resolve_model(model))
     ours = convert_from_openclip(unwrap_checkpoint(state_dict), target.spec, field)
     missing, unexpected = target.load_state_dict(ours, strict=False)
-    # logit_bias is absent from OpenCLIP's non-SigLIP models: it keeps its initial value
-    left = [k for k in missing if k != "logit_bias"]
+    # logit_bias is absent from OpenCLIP's non-SigLIP models: it keeps its initial value, as
+    # does an optional tensor the file leaves out (batch norm's num_batches_tracked)
+    optional = {link.ours for link in openclip_links(target.spec) if link.optional}
+    left = [k for k in missing if k != "logit_bias" and k not in optional]
     if left or unexpected:  # the links cover our state_dict; this guards that invariant
         raise ConfigError(field, f"internal mapping gap: missing {left}, unexpected {unexpected}")
     return target

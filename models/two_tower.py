@@ -1,8 +1,9 @@
 """The contrastive two-tower model and ``build_model``.
 
-``TwoTower`` owns ``visual`` (image tower), ``text`` (text tower) and two shape-(1,) parameters,
-``logit_scale`` (log temperature; CLIP init ln(1/0.07)) and ``logit_bias`` (SigLIP's b; unused
-by the softmax loss). Shape (1,) rather than () so that FSDP2 can shard them along dim 0.
+``TwoTower`` owns ``visual`` (image tower: ``VisionTower`` or ``ResNetTower``), ``text`` (text
+tower) and two shape-(1,) parameters, ``logit_scale`` (log temperature; CLIP init ln(1/0.07))
+and ``logit_bias`` (SigLIP's b; unused by the softmax loss). Shape (1,) rather than () so that
+FSDP2 can shard them along dim 0.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from models.init import init_weights
+from models.resnet import ResNetTower
 from models.text import TextTower
 from models.vision import VisionTower
 from vlscale.specs.models import ModelSpec
@@ -30,7 +32,8 @@ class TwoTower(nn.Module):
     ):
         super().__init__()
         self.spec = spec
-        self.visual = VisionTower(spec.vision, spec.embed_dim)
+        image_tower = ResNetTower if spec.vision.kind == "resnet" else VisionTower
+        self.visual = image_tower(spec.vision, spec.embed_dim)
         self.text = TextTower(spec.text, spec.embed_dim)
         self.init_logit_scale = float(init_logit_scale)
         self.init_logit_bias = float(init_logit_bias)
@@ -50,7 +53,9 @@ class TwoTower(nn.Module):
         generator: torch.Generator | None = None,
         normalize: bool = True,
     ) -> torch.Tensor:
-        """(B, 3, H, W) -> (B, embed_dim); L2-normalised in fp32 unless ``normalize=False``."""
+        """(B, 3, H, W) -> (B, embed_dim); L2-normalised in fp32 unless ``normalize=False``.
+        A ResNet tower takes ``mask_ratio`` 0 only (``ModelSpec.check_mask_ratio``)."""
+        self.spec.check_mask_ratio(mask_ratio)
         x = self.visual(images, mask_ratio=mask_ratio, generator=generator)
         return F.normalize(x.float(), dim=-1) if normalize else x
 

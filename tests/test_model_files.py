@@ -81,7 +81,11 @@ def test_vit_b_32_openclip_config_equals_the_preset(tmp_path):
     [
         ('{"embed_dim": 8, "vision_cfg": {"timm_model_name": "vit_x"}}', "model.vision_cfg"),
         ('{"embed_dim": 8, "vision_cfg": {}, "quick_gelu": true}', "model.quick_gelu"),
-        ('{"embed_dim": 8, "vision_cfg": {"layers": [3, 4, 6, 3]}}', "model.vision_cfg.layers"),
+        ('{"embed_dim": 8, "vision_cfg": {"layers": [3, 4, 6]}}', "model.vision_cfg.layers"),
+        (
+            '{"embed_dim": 8, "vision_cfg": {"layers": [1, 1, 1, 1], "width": 7}}',
+            "model.vision_cfg.width",
+        ),
         ("vision: {image_size: 32}", "model"),
         ("[1, 2]", "model"),
         ("a: [", "model"),

@@ -57,6 +57,7 @@ from torch.distributed.checkpoint.state_dict import (
     set_state_dict,
 )
 
+from trainer.batch_norm import average_running_stats
 from vlscale.errors import ConfigError
 from vlscale.paths import atomic_write_bytes, fsync_dir
 
@@ -216,7 +217,8 @@ def save_checkpoint(
 ) -> Path:
     """Write checkpoint ``step`` of ``run_dir``; collective: every rank must call it.
 
-    Order: (rank 0) clear a stale ``step_N.tmp`` -> barrier -> DCP save of model + optimizer
+    Order: (rank 0) clear a stale ``step_N.tmp`` -> barrier -> batch-norm running statistics
+    averaged over the ranks (``trainer.batch_norm``) -> DCP save of model + optimizer
     (all ranks, their own shards) -> per-rank extra state -> barrier -> (rank 0) marker, then
     atomic rename to ``step_N`` and retention of the newest ``keep_last`` -> barrier.
     Returns the final checkpoint directory.
@@ -234,6 +236,7 @@ def save_checkpoint(
         tmp.mkdir(parents=True)
     _barrier()
 
+    average_running_stats(model)  # per-rank batch-norm statistics: one value, on every rank
     if optimizer is None:
         state = {"model": get_model_state_dict(model)}
     else:

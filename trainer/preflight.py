@@ -36,6 +36,7 @@ def check_inputs(cfg: TrainConfig, world: int, rank: int, device_type: str) -> l
     from trainer.tokenizer import build_tokenizer
 
     spec = cfg.model_spec()
+    spec.check_mask_ratio(cfg.recipe_spec().mask_ratio)  # FLIP needs a ViT
     build_tokenizer(
         cfg.tokenizer, context_length=spec.text.context_length, vocab_size=spec.text.vocab_size
     )

@@ -2,10 +2,11 @@
 
 from vlscale.specs.models import ModelSpec
 from vlscale.specs.presets import get_model, list_models
-from vlscale.specs.towers import TextTowerSpec, TrunkSpec, VisionTowerSpec
+from vlscale.specs.towers import ResNetTowerSpec, TextTowerSpec, TrunkSpec, VisionTowerSpec
 
 __all__ = [
     "ModelSpec",
+    "ResNetTowerSpec",
     "TextTowerSpec",
     "TrunkSpec",
     "VisionTowerSpec",

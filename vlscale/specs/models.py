@@ -2,13 +2,21 @@
 
 from __future__ import annotations
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from vlscale.specs.towers import TextTowerSpec, VisionTowerSpec
+from vlscale.specs.towers import (
+    IMAGE_TOWER_KINDS,
+    ImageTowerSpec,
+    TextTowerSpec,
+    check_patch_dropout,
+)
 
 
 class ModelSpec(BaseModel):
     """A contrastive two-tower model: image tower, text tower, shared embedding size.
+
+    The image tower is a ViT (``VisionTowerSpec``) or CLIP's ResNet (``ResNetTowerSpec``,
+    ``vision.kind == "resnet"``); code that needs a ViT checks ``vision.kind``.
 
     The torch model also owns two shape-(1,) parameters, ``logit_scale`` and ``logit_bias``
     (the bias is used by the sigmoid loss only), counted in ``LOGIT_PARAMS``.
@@ -17,20 +25,40 @@ class ModelSpec(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     name: str
-    vision: VisionTowerSpec
+    vision: ImageTowerSpec
     text: TextTowerSpec
     embed_dim: int = Field(gt=0)
     source: str = Field(default="", description="where the architecture comes from")
 
+    @field_validator("vision", mode="wrap")
+    @classmethod
+    def _untagged_errors(cls, value, handler):
+        # errors name the field as written ("vision.trunk.heads"), not the union member's tag
+        try:
+            return handler(value)
+        except ValidationError as exc:
+            errors = [
+                e | {"loc": e["loc"][1:]} if e["loc"][:1] in IMAGE_TOWER_KINDS else e
+                for e in exc.errors()
+            ]
+            raise ValidationError.from_exception_data(exc.title, errors) from None
+
     @model_validator(mode="after")
     def _proj_none_needs_equal_width(self) -> ModelSpec:
-        for tower_name, tower in (("vision", self.vision), ("text", self.text)):
+        # a ResNet's attention pool always projects (c_proj): nothing to check
+        towers = [("vision", self.vision)] if self.vision.kind == "vit" else []
+        for tower_name, tower in (*towers, ("text", self.text)):
             if tower.proj == "none" and tower.trunk.width != self.embed_dim:
                 raise ValueError(
                     f"{tower_name}.proj='none' needs {tower_name} width ({tower.trunk.width}) == "
                     f"embed_dim ({self.embed_dim}); set proj='linear' or change embed_dim"
                 )
         return self
+
+    def check_mask_ratio(self, mask_ratio: float) -> float:
+        """``mask_ratio`` as a float if this model's image tower can drop patches at that ratio
+        (any ratio for a ViT; only 0 for a ResNet); else one ConfigError on ``mask_ratio``."""
+        return check_patch_dropout(self.vision, mask_ratio, self.name)
 
     def with_image_size(self, image_size: int) -> ModelSpec:
         return self.model_copy(update={"vision": self.vision.with_image_size(image_size)})

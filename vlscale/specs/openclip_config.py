@@ -11,8 +11,11 @@ Supported: OpenCLIP's native towers, i.e. ``vision_cfg`` of its ``VisionTransfor
     text:   width (512), heads (8), layers (12), mlp_ratio (4.0), context_length (77),
             vocab_size (49408), causal unless no_causal_mask, pool_type "argmax" (-> "eos") or
             "last", proj_bias (False), norm_kwargs.eps (1e-5)
+    resnet: ``layers`` a list of 4 block counts -> ``ModifiedResNet`` (``ResNetTowerSpec``):
+            width (64), image_size (224), head_width (64) -> heads = width * 32 / head_width;
+            batch-norm eps 1e-5; ``patch_size`` (null in OpenCLIP's RN configs) is ignored
 
-Anything else (timm or Hugging Face towers, ResNets, QuickGELU, LayerScale, attentional
+Anything else (timm or Hugging Face towers, QuickGELU, LayerScale, attentional
 poolers, other pool types) is refused with a message naming the key: silently building a
 different function would defeat the point of reading the config.
 """
@@ -21,9 +24,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from vlscale.errors import ConfigError, from_validation_error
+from vlscale.errors import ConfigError, from_validation_error, validate_as
 from vlscale.specs.models import ModelSpec
-from vlscale.specs.towers import TextTowerSpec, TrunkSpec, VisionTowerSpec
+from vlscale.specs.towers import ResNetTowerSpec, TextTowerSpec, TrunkSpec, VisionTowerSpec
 
 OPENCLIP_LN_EPS = 1e-5  # torch's nn.LayerNorm default, which OpenCLIP's LayerNorm keeps
 
@@ -62,10 +65,13 @@ def spec_from_openclip_config(data: dict, name: str) -> ModelSpec:
     tcfg = _section(data, "text_cfg")
     _refuse(vcfg, _UNSUPPORTED_VISION, "model.vision_cfg")
     _refuse(tcfg, _UNSUPPORTED_TEXT, "model.text_cfg")
-    if isinstance(vcfg.get("layers", 12), (list, tuple)):
-        raise ConfigError("model.vision_cfg.layers", "ResNet towers are not supported; use a ViT")
+    resnet = isinstance(vcfg.get("layers", 12), (list, tuple))
+    if resnet and len(vcfg["layers"]) != 4:
+        raise ConfigError(
+            "model.vision_cfg.layers", f"a ResNet has 4 stages, got {list(vcfg['layers'])}"
+        )
     pool = vcfg.get("pool_type", "tok")
-    if pool != "tok":
+    if pool != "tok" and not resnet:
         raise ConfigError("model.vision_cfg.pool_type", f"'{pool}' is not supported; use 'tok'")
     text_pool = tcfg.get("pool_type", "argmax")
     if text_pool not in ("argmax", "last"):
@@ -73,23 +79,7 @@ def spec_from_openclip_config(data: dict, name: str) -> ModelSpec:
             "model.text_cfg.pool_type", f"'{text_pool}' is not supported; use 'argmax' or 'last'"
         )
     try:
-        vwidth = int(vcfg.get("width", 768))
-        head_width = int(vcfg.get("head_width", 64))
-        vision = VisionTowerSpec(
-            image_size=_square(vcfg.get("image_size", 224), "image_size"),
-            patch_size=_square(vcfg.get("patch_size", 16), "patch_size"),
-            trunk=TrunkSpec(
-                width=vwidth,
-                depth=int(vcfg.get("layers", 12)),
-                heads=max(1, vwidth // head_width),
-                mlp_width=int(vwidth * float(vcfg.get("mlp_ratio", 4.0))),
-                norm_eps=_eps(vcfg),
-            ),
-            patch_bias=False,
-            ln_pre=True,
-            pool="cls",
-            proj="linear",
-        )
+        vision = _resnet(vcfg) if resnet else _vit(vcfg)
         twidth = int(tcfg.get("width", 512))
         text = TextTowerSpec(
             vocab_size=int(tcfg.get("vocab_size", 49408)),
@@ -118,6 +108,38 @@ def spec_from_openclip_config(data: dict, name: str) -> ModelSpec:
         if hasattr(exc, "errors"):
             raise from_validation_error(exc, "model") from None
         raise ConfigError("model", f"bad OpenCLIP config value: {exc}") from None
+
+
+def _vit(vcfg: dict) -> VisionTowerSpec:
+    """OpenCLIP's ``VisionTransformer``."""
+    vwidth = int(vcfg.get("width", 768))
+    head_width = int(vcfg.get("head_width", 64))
+    return VisionTowerSpec(
+        image_size=_square(vcfg.get("image_size", 224), "image_size"),
+        patch_size=_square(vcfg.get("patch_size", 16), "patch_size"),
+        trunk=TrunkSpec(
+            width=vwidth,
+            depth=int(vcfg.get("layers", 12)),
+            heads=max(1, vwidth // head_width),
+            mlp_width=int(vwidth * float(vcfg.get("mlp_ratio", 4.0))),
+            norm_eps=_eps(vcfg),
+        ),
+        patch_bias=False,
+        ln_pre=True,
+        pool="cls",
+        proj="linear",
+    )
+
+
+def _resnet(vcfg: dict) -> ResNetTowerSpec:
+    """OpenCLIP's ``ModifiedResNet`` (``vision_cfg.layers`` is a list); errors name the key."""
+    fields = {
+        "image_size": _square(vcfg.get("image_size", 224), "image_size"),
+        "layers": vcfg["layers"],
+        "width": vcfg.get("width", 64),
+        "head_width": vcfg.get("head_width", 64),
+    }
+    return validate_as(ResNetTowerSpec, fields, "model.vision_cfg")
 
 
 def _section(data: dict, key: str) -> dict:

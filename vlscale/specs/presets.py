@@ -20,6 +20,7 @@ from vlscale.config_files import read_mapping
 from vlscale.errors import ConfigError, validate_as
 from vlscale.specs.models import ModelSpec
 from vlscale.specs.openclip_config import is_openclip_config, spec_from_openclip_config
+from vlscale.specs.resnet_presets import resnet_presets
 from vlscale.specs.towers import MlpKind, NormKind, TextTowerSpec, TrunkSpec, VisionTowerSpec
 
 OPENCLIP_VOCAB = 49408  # OpenAI CLIP BPE
@@ -306,12 +307,13 @@ def _presets() -> dict[str, ModelSpec]:
             "vlscale CPU calibration preset (~10 M parameters)",
         ),
     ]
-    return {s.name: s for s in specs}
+    return {s.name: s for s in [*specs, *resnet_presets()]}
 
 
 def list_models() -> list[str]:
-    """Preset names in catalogue order."""
-    return list(_presets())
+    """Preset names in catalogue order. The ResNet presets (``resnet_presets``) are left out
+    until ``vlscale.costs`` models ResNet towers (issue 18); ``get_model`` finds them."""
+    return [name for name, spec in _presets().items() if spec.vision.kind == "vit"]
 
 
 def get_model(name: str) -> ModelSpec:

@@ -51,14 +51,42 @@ Text tower (``TextTowerSpec``)::
     blocks (causal mask when ``causal``)  ->  final norm  ->  pool one token:
     "eos" (position of the highest token id, as OpenCLIP's argmax) or "last"
     proj: "linear" (no bias), "linear_bias"
+
+ResNet image tower (``ResNetTowerSpec``, CLIP's "modified ResNet", Radford et al. 2021 section
+2.4; OpenCLIP ``open_clip/modified_resnet.py``), w = ``width``, every conv bias-free and followed
+by batch norm (epsilon ``norm_eps``) and ReLU::
+
+    stem:   3x3 conv 3 -> w/2, stride 2; 3x3 conv w/2 -> w/2; 3x3 conv w/2 -> w; AvgPool 2
+    stages: i = 0..3, ``layers[i]`` bottlenecks of p = w * 2^i planes, 4p channels out:
+            1x1 conv -> p; 3x3 conv p -> p; [AvgPool s]; 1x1 conv p -> 4p (no ReLU before the
+            sum); residual = x, or [AvgPool s] -> 1x1 conv -> 4p -> BN when the shape changes;
+            ReLU(sum). s = 2 in the first block of stages 1-3 (the stride is an average pool,
+            never a strided conv: "anti-aliased" downsampling)
+    pool:   the (image_size / 32)^2 grid of 32w features, their mean prepended as a token,
+            + learned position (grid^2 + 1, 32w); multi-head attention (q, k, v, out Linears with
+            bias, ``heads`` = 32w / head_width) of all tokens; the mean token's output
+            projected by ``c_proj`` (Linear(32w, embed_dim), bias) is the embedding.
+
+Batch-norm statistics are per rank, as in OpenCLIP (no SyncBatchNorm): each rank normalises by
+its own local batch and keeps its own running statistics (used in eval mode); a checkpoint holds
+their mean over the ranks (``trainer/batch_norm.py``).
 """
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Discriminator,
+    Field,
+    Tag,
+    ValidationInfo,
+    field_validator,
+)
 
+from vlscale.errors import ConfigError
 from vlscale.specs.fields import check_mask_ratio
 
 MlpKind = Literal["gelu", "swiglu"]
@@ -106,6 +134,7 @@ class TrunkSpec(_Frozen):
 class VisionTowerSpec(_Frozen):
     """Image encoder: ViT (OpenAI / OpenCLIP / SigLIP) or EVA-ViT (RoPE, SwiGLU, sub-LN)."""
 
+    kind: Literal["vit"] = Field(default="vit", exclude=True, description="tower family")
     image_size: int = Field(gt=0)
     patch_size: int = Field(gt=0)
     trunk: TrunkSpec
@@ -175,6 +204,135 @@ class VisionTowerSpec(_Frozen):
     def with_image_size(self, image_size: int) -> VisionTowerSpec:
         """The same tower at another resolution (validated: the patch size must divide it)."""
         return VisionTowerSpec.model_validate(self.model_dump() | {"image_size": image_size})
+
+
+RESNET_EXPANSION = 4  # a bottleneck's output channels per plane
+RESNET_REDUCTION = 32  # stem (2 x 2) and stages 1-3 (2 each): the grid is image_size / 32
+
+
+class ResNetTowerSpec(_Frozen):
+    """CLIP's modified ResNet image encoder (see the module docstring for the exact layout)."""
+
+    kind: Literal["resnet"] = "resnet"
+    image_size: int = Field(gt=0, description="pixels per side; a multiple of 32")
+    layers: tuple[int, int, int, int] = Field(description="bottleneck blocks per stage")
+    width: int = Field(gt=0, description="stem width w (64 x the multiplier); even")
+    head_width: int = Field(default=64, gt=0, description="attention-pool head dimension")
+    norm: Literal["batchnorm"] = "batchnorm"
+    norm_eps: float = Field(default=1e-5, gt=0, lt=1, description="batch-norm epsilon")
+
+    @field_validator("image_size")
+    @classmethod
+    def _image_divisible(cls, image_size: int) -> int:
+        if image_size % RESNET_REDUCTION:
+            raise ValueError(
+                f"image_size={image_size} is not a multiple of {RESNET_REDUCTION} (a ResNet "
+                f"halves it 5 times); use e.g. {max(1, round(image_size / 32)) * 32}"
+            )
+        return image_size
+
+    @field_validator("layers")
+    @classmethod
+    def _blocks_positive(cls, layers: tuple[int, ...]) -> tuple[int, ...]:
+        if any(n < 1 for n in layers):
+            raise ValueError(f"every stage needs at least one block, got {list(layers)}")
+        return layers
+
+    @field_validator("width")
+    @classmethod
+    def _width_even(cls, width: int) -> int:
+        if width % 2:
+            raise ValueError(f"width={width} must be even (the stem's first convs have w/2)")
+        return width
+
+    @field_validator("head_width")
+    @classmethod
+    def _heads_divide(cls, head_width: int, info: ValidationInfo) -> int:
+        width = info.data.get("width")
+        if width and (width * RESNET_REDUCTION) % head_width:
+            raise ValueError(
+                f"head_width={head_width} does not divide the pooled width {width * 32}; "
+                "pick a divisor (64 in CLIP)"
+            )
+        return head_width
+
+    @property
+    def feature_width(self) -> int:
+        """Channels of the last stage, the attention pool's width: 32w."""
+        return self.width * RESNET_REDUCTION
+
+    @property
+    def heads(self) -> int:
+        """Attention-pool heads: 32w / head_width (OpenCLIP ``model.py``)."""
+        return self.feature_width // self.head_width
+
+    @property
+    def grid(self) -> int:
+        """Feature-map side at the attention pool."""
+        return self.image_size // RESNET_REDUCTION
+
+    @property
+    def num_blocks(self) -> int:
+        return sum(self.layers)
+
+    def planes(self, stage: int) -> int:
+        """Bottleneck planes of ``stage`` (0-3): w * 2^stage; its output is 4x that."""
+        return self.width * 2**stage
+
+    def with_image_size(self, image_size: int) -> ResNetTowerSpec:
+        """The same tower at another resolution (validated: a multiple of 32)."""
+        return ResNetTowerSpec.model_validate(self.model_dump() | {"image_size": image_size})
+
+    def __getattr__(self, name: str) -> Any:
+        # Until vlscale.costs has ResNet layers (issue 18), cost code reads ViT attributes
+        # (trunk, patch_size, seq_len, ...) of any image tower: this is the one place that
+        # turns that into a clear error. Remove it when the ResNet cost layer lands.
+        if name in _VIT_ONLY:
+            raise ConfigError(
+                "model",
+                "costs for ResNet towers: not yet modelled (params, FLOPs, memory and plans "
+                "cover ViT image towers); use a ViT preset for the planner",
+            )
+        return super().__getattr__(name)
+
+
+_VIT_ONLY = frozenset({*dir(VisionTowerSpec), *VisionTowerSpec.model_fields}) - frozenset(
+    {*dir(ResNetTowerSpec), *ResNetTowerSpec.model_fields}
+)
+
+IMAGE_TOWER_KINDS = (("vit",), ("resnet",))  # union tags (as a location's first element)
+
+
+def _tower_kind(value: Any) -> Any:
+    """The union tag: ``kind`` when given; else a list of stage depths means a ResNet (a dump
+    without defaults), anything else a ViT."""
+    if isinstance(value, dict):
+        if "kind" in value:
+            return value["kind"]
+        return "resnet" if isinstance(value.get("layers"), (list, tuple)) else "vit"
+    return getattr(value, "kind", "vit")
+
+
+ImageTowerSpec = Annotated[
+    Annotated[VisionTowerSpec, Tag("vit")] | Annotated[ResNetTowerSpec, Tag("resnet")],
+    Discriminator(_tower_kind),
+]
+"""An image tower: a ViT (no ``kind`` needed, for files written before ResNets) or a ResNet
+(``kind: resnet``)."""
+
+
+def check_patch_dropout(
+    tower: VisionTowerSpec | ResNetTowerSpec, mask_ratio: float, name: str
+) -> float:
+    """``mask_ratio`` as a float if the tower can drop patches at that ratio; a ResNet has no
+    patches, so any r > 0 is one ConfigError on ``mask_ratio``."""
+    ratio = check_mask_ratio(mask_ratio)
+    if ratio > 0 and tower.kind == "resnet":
+        raise ConfigError(
+            "mask_ratio",
+            f"patch dropout has no meaning for a ResNet image tower ({name}); use 0 or a ViT",
+        )
+    return ratio
 
 
 class TextTowerSpec(_Frozen):
