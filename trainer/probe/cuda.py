@@ -1,8 +1,7 @@
-"""The probe on a CUDA device: measure one GPU and write a ``kind: gpu`` device profile.
+"""The probe on a CUDA device: measure GPU 0 and write a ``kind: gpu`` device profile
+(``python -m trainer.probe`` picks it when torch sees a GPU).
 
-    python -m trainer.probe --out profile.yaml            # picks CUDA when torch sees a GPU
-
-What differs from the CPU probe (``trainer.probe``):
+What differs from the CPU probe (``trainer.probe.cpu``):
 
 - times come from CUDA events around each call (the host returns before the kernel ends);
 - GEMMs run at sizes of the towers of CLIP-class models (m = batch · tokens up to 16 k rows,
@@ -10,9 +9,8 @@ What differs from the CPU probe (``trainer.probe``):
   fp16; the curve is fitted with the GPU's SM count as its parallel units and cuBLAS's output
   tiles (128×128, 128×256, 256×128) as the candidate tiles (``fit_matmul_curve``);
 - the datasheet peak of the card stays the device's peak when the catalog knows the card, and the
-  fitted asymptote becomes the curve's ``peak_fraction`` (large-GEMM efficiency, e.g. ~0.7 of
-  H100's bf16 dense peak in public cuBLAS sweeps); an unknown card gets the fitted asymptote as
-  its peak;
+  fitted asymptote becomes the curve's ``peak_fraction`` (large-GEMM efficiency); an unknown
+  card gets the fitted asymptote as its peak;
 - HBM bandwidth from a large ``torch.add`` (2 reads + 1 write); its ratio to the datasheet is the
   profile's ``memory_efficiency``;
 - the launch overhead: a chain of tiny ops forward + backward, host wall time per kernel (what
@@ -27,117 +25,45 @@ Every measurement function takes its sizes as arguments, so the assembly
 
 from __future__ import annotations
 
-import socket
 import statistics
-import time
 from dataclasses import dataclass, field
 
 import torch
-import torch.nn.functional as F
 
-from vlscale.calibrate.probe_fits import CommSample, GemmSample, fit_alpha_beta, fit_matmul_curve
+from trainer.probe.assembly import CollectiveRow, fit_link, origins, probe_source
+from trainer.probe.collectives import measure_collectives
+from trainer.probe.kernels import (
+    gemm_grid,
+    measure_bandwidth,
+    measure_gemms,
+    measure_op_overhead,
+    time_sdpa,
+)
+from trainer.probe.timing import cuda_seconds, host_seconds
+from vlscale.calibrate.probe_fits import GemmSample, fit_matmul_curve
 from vlscale.costs.compute import matmul_efficiency
 from vlscale.specs.compute_profile import ComputeProfile, MatmulCurve
 from vlscale.specs.hardware import DeviceSpec, get_device
 
-CUDA_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+CUDA_DTYPES = ("fp32", "bf16", "fp16")
 GPU_TILES = ((128, 128), (128, 256), (256, 128))
-
-
-def cuda_seconds(fn, reps: int = 10, warmup: int = 3) -> float:
-    """Median seconds of ``fn()`` on the current stream, each call between two CUDA events."""
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(reps):
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        fn()
-        end.record()
-        end.synchronize()
-        times.append(start.elapsed_time(end) / 1e3)  # ms -> s
-    return statistics.median(times)
-
-
-def gemm_grid(quick: bool) -> list[tuple[int, int, int]]:
-    # 1000 and 3000 rows are not multiples of a tile: they show the wave quantisation
-    ms = (128, 1000, 8192) if quick else (128, 1000, 3000, 8192, 16384)
-    nk = (1024, 4096) if quick else (768, 3072, 8192)
-    return [(m, n, k) for m in ms for n in nk for k in nk]
-
-
-def measure_gemms(dtype: str, quick: bool) -> list[GemmSample]:
-    samples = []
-    for m, n, k in gemm_grid(quick):
-        a = torch.randn(m, k, device="cuda", dtype=CUDA_DTYPES[dtype])
-        b = torch.randn(k, n, device="cuda", dtype=CUDA_DTYPES[dtype])
-        c = torch.empty(m, n, device="cuda", dtype=CUDA_DTYPES[dtype])
-        seconds = cuda_seconds(lambda a=a, b=b, c=c: torch.matmul(a, b, out=c))
-        samples.append(GemmSample((1, m, n, k), 1, seconds))
-    return samples
-
-
-def measure_bandwidth(elements: int = 1 << 28, dtype: str = "fp32") -> float:
-    """bytes/s of c = a + b (two reads, one write per element); 3 GiB moved in fp32."""
-    t = CUDA_DTYPES[dtype]
-    a = torch.randn(elements, device="cuda", dtype=t)
-    b, c = torch.randn_like(a), torch.empty_like(a)
-    size = torch.finfo(t).bits // 8
-    return 3 * size * elements / cuda_seconds(lambda: torch.add(a, b, out=c))
-
-
-def measure_launch_overhead(length: int = 200) -> float:
-    """Host seconds per kernel of a chain of tiny ops forward + backward (4 kernels per link)."""
-    x0 = torch.randn(4, 4, device="cuda", requires_grad=True)
-
-    def chain() -> None:
-        x = x0
-        for _ in range(length):
-            x = x * 1.0001 + 0.5
-        x.sum().backward()
-        torch.cuda.synchronize()
-
-    for _ in range(3):
-        chain()
-    times = []
-    for _ in range(7):
-        t0 = time.perf_counter()
-        chain()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times) / (4 * length)
-
-
+BANDWIDTH_ELEMENTS = 1 << 28  # 3 GiB moved in fp32
+# (b, heads, tokens, head dim): ViT-sized SDPA shapes
 ATTENTION_SHAPES = ((32, 12, 197, 64), (32, 12, 257, 64), (16, 16, 257, 64), (8, 16, 577, 64))
 
 
 def measure_attention(peak: float, curve: MatmulCurve, dtype: str) -> tuple[float, float]:
     """(forward, backward) SDPA fractions: matmul-curve time of SDPA's FLOPs / measured time,
-    median over ViT-sized shapes (b, heads, tokens, head dim); q, k, v from a fused projection
-    as the towers make them."""
+    median over ``ATTENTION_SHAPES`` (4 · b · heads · S² · hd FLOPs forward, twice that
+    backward), each at most 2."""
     forward, backward = [], []
     for b, h, s, hd in ATTENTION_SHAPES:
-        qkv = torch.randn(b, s, 3 * h * hd, device="cuda", dtype=CUDA_DTYPES[dtype])
-        qkv.requires_grad_()
-
-        def run(qkv=qkv, b=b, h=h, s=s, hd=hd) -> torch.Tensor:
-            q, k, v = qkv.view(b, s, 3, h, hd).permute(2, 0, 3, 1, 4).unbind(0)
-            return F.scaled_dot_product_attention(q, k, v)  # (B, H, S, hd)
-
-        fwd = cuda_seconds(run)
-        both = cuda_seconds(lambda run=run: run().sum().backward())
-        flops = 4.0 * b * h * s * s * hd  # forward; backward twice that
+        fwd, both = time_sdpa((b, h, s, hd), False, dtype, "cuda", cuda_seconds)
+        flops = 4.0 * b * h * s * s * hd
         ideal = flops / (peak * matmul_efficiency(curve, (b * h, s, s, hd)))
         forward.append(ideal / fwd)
         backward.append(2 * ideal / max(both - fwd, 1e-9))
     return min(2.0, statistics.median(forward)), min(2.0, statistics.median(backward))
-
-
-def measure_nccl(quick: bool) -> list[tuple[str, int, int, int, float]]:
-    """The CPU probe's collective worker on 2 GPUs over NCCL (``trainer.probe._comm_worker``)."""
-    from trainer.probe import _comm_worker, _spawn
-
-    sizes = [1 << 12, 1 << 16, 1 << 20, 1 << 24] + ([] if quick else [1 << 27])
-    return _spawn(_comm_worker, 2, (sizes,), {"backend": "nccl"})
 
 
 @dataclass
@@ -152,7 +78,7 @@ class GpuMeasurements:
     memory_scale: dict[str, float]  # other dtypes' elementwise bytes/s relative to fp32
     launch_overhead_s: float
     attention: dict[str, tuple[float, float]] = field(default_factory=dict)  # dtype: (fwd, bwd)
-    collectives: list[tuple[str, int, int, int, float]] = field(default_factory=list)
+    collectives: list[CollectiveRow] = field(default_factory=list)
 
 
 def assemble_gpu_device(name: str, m: GpuMeasurements, catalog_key: str | None, source: str):
@@ -189,12 +115,9 @@ def assemble_gpu_device(name: str, m: GpuMeasurements, catalog_key: str | None, 
             attention_scale |= {dtype: f / fwd, f"{dtype}.backward": b / fwd}
     links = {}
     if m.collectives:
-        alpha, bandwidth, err = fit_alpha_beta(
-            [CommSample(s, b, t) for *_, s, b, t in m.collectives]
-        )
+        alpha, bandwidth, err = fit_link(m.collectives)
         links["nvlink"] = {"alpha_s": alpha, "bandwidth": bandwidth}
         report["nccl"] = {"alpha_s": alpha, "bandwidth": bandwidth, "median_rel_error": err}
-    measured = "measured"
     profile = ComputeProfile(
         matmul=curves,
         attention_fraction=fwd,
@@ -203,14 +126,16 @@ def assemble_gpu_device(name: str, m: GpuMeasurements, catalog_key: str | None, 
         memory_scale=m.memory_scale,
         attention_scale=attention_scale,
         source=source,
-        origins={
-            "matmul": measured,
-            "attention_fraction": measured,
-            "memory_efficiency": measured,
-            "op_overhead_s": measured,
-            "memory_scale": measured,
-            "attention_scale": measured,
-        },
+        origins=origins(
+            measured=[
+                "matmul",
+                "attention_fraction",
+                "memory_efficiency",
+                "op_overhead_s",
+                "memory_scale",
+                "attention_scale",
+            ]
+        ),
     )
     peak_source = catalog.peak_flops.source if catalog else source
     # a known card keeps its node (GPUs per node, NVLink, NICs, price) from the catalog
@@ -257,15 +182,15 @@ def probe_cuda(name: str | None, quick: bool, comm: bool) -> tuple[DeviceSpec, d
     """Measure GPU 0 and assemble its device entry (module docstring)."""
     from trainer.profiling import catalog_device_key
 
+    nccl_pair = torch.cuda.device_count() >= 2
     props = torch.cuda.get_device_properties(0)
     card = torch.cuda.get_device_name(0)
     key = catalog_device_key(card)
-    stamp = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
-    source = f"measured by python -m trainer.probe on {socket.gethostname()} ({card}), {stamp}"
-    gemms = {dtype: measure_gemms(dtype, quick) for dtype in CUDA_DTYPES}
-    bandwidth = measure_bandwidth()
-    memory_scale = {"bf16": measure_bandwidth(dtype="bf16") / bandwidth}
-    memory_scale["fp16"] = measure_bandwidth(dtype="fp16") / bandwidth
+    source = probe_source(card)
+    shapes = gemm_grid("cuda", quick)
+    gemms = {dt: measure_gemms(shapes, dt, "cuda", cuda_seconds) for dt in CUDA_DTYPES}
+    bandwidth = gpu_bandwidth("fp32")
+    memory_scale = {dt: gpu_bandwidth(dt) / bandwidth for dt in ("bf16", "fp16")}
     # attention fractions need a curve: a first fit of each dtype's GEMMs
     attention = {}
     for dtype in ("bf16", "fp32"):
@@ -280,8 +205,17 @@ def probe_cuda(name: str | None, quick: bool, comm: bool) -> tuple[DeviceSpec, d
         gemms=gemms,
         bandwidth=bandwidth,
         memory_scale=memory_scale,
-        launch_overhead_s=measure_launch_overhead(),
+        launch_overhead_s=measure_op_overhead("cuda", launch_seconds),
         attention=attention,
-        collectives=measure_nccl(quick) if comm and torch.cuda.device_count() >= 2 else [],
+        collectives=measure_collectives(quick, "nccl") if comm and nccl_pair else [],
     )
     return assemble_gpu_device(name or f"{key or 'gpu'}-probed", m, key, source)
+
+
+def gpu_bandwidth(dtype: str) -> float:
+    return measure_bandwidth(BANDWIDTH_ELEMENTS, dtype, "cuda", cuda_seconds)
+
+
+def launch_seconds(fn) -> float:
+    """Host seconds of a synchronised chain: 3 warm-up calls, median of 7."""
+    return host_seconds(fn, min_s=0.0, reps=7, warmup=3)
