@@ -1,33 +1,20 @@
 """Predict trainer runs, fit a profile's few free parameters to some, validate on the rest.
 
-``predict(run)`` plans the run's configuration (``vlscale.calibrate.runs``) on the profile's
-device and returns the planned step time and phases. ``calibrate`` fits the free parameters, all
-physical and non-negative: by default ``op_overhead_s`` (host cost per kernel launch),
-``dtensor_op_overhead_s`` (the same for ops on DTensor parameters: torch's optimizer step and
-gradient clipping under FSDP2), ``unit_overhead_s`` (per FSDP unit and step), ``step_overhead_s``
-(per step) and ``framework_efficiency`` (the achieved fraction of the op roofline in a training
-step), plus ``collective_overhead_s`` (per collective a step issues) when a fitting run has more
-than one rank. It minimises log(predicted / measured) of each run's step time and, at half
-weight, of each timed phase (scipy least squares, trust-region reflective, within bounds);
-``data_s_per_sample`` is set from the fitting runs' measured data time. Everything the probe
-measured (GEMM curve, bandwidth, collectives) stays as measured. A parameter the fitting runs do
-not exercise (perturbing it changes no residual: e.g. the per-unit and DTensor overheads when
-every fitting run is one unwrapped fp32 rank) is left out and keeps its value and origin; the
-calibration's ``source`` names it.
+- ``predict(run)``: plan the run's configuration (``vlscale.calibrate.runs``) on the profile's
+  device: step time, phases, memory.
+- ``calibrate(device, runs)``: fit the free parameters, all physical and non-negative, by
+  minimising log(predicted / measured) of each run's step time and, at half weight
+  (``PHASE_WEIGHT``), of each timed phase (scipy least squares, trust-region reflective, within
+  bounds). Everything the probe measured stays as measured.
+- ``validate(runs)``: per-run error = predicted / measured − 1; MAPE and max |error| separately
+  for **replay** (runs in the profile's ``calibration.runs``) and **prediction** (all others).
 
-``validate`` compares every run with its prediction: per-run error = predicted / measured − 1,
-MAPE and max |error| separately for **replay** (runs used in the fit, listed in the profile's
-``calibration.runs``) and **prediction** (all others).
-
-Memory is compared like with like (``comparable_memory_bytes``): the trainer's metric
-(``vlscale.records.MemoryMetric``) does not see everything the planner's total holds.
-``cuda_max_memory_allocated`` counts tensors only, so the planner's flat allowance for the CUDA
-context and allocator slack is left out; ``cpu_max_rss_delta`` is the growth of the peak RSS
-from the start of the training loop, when parameters (and fp32 masters) already exist, so only
-what a step allocates is compared: gradients, optimizer state (created at the first step), FSDP's
-unsharded buffers, activations and loss buffers. RSS growth is a lower bound (memory freed
-before the loop is reused first), so runs whose growth is under ``MIN_COMPARED_MEMORY_BYTES``
-are shown but not scored.
+Memory is compared like with like (``RunValidation.comparable_memory_bytes``): the planner's
+total less what the trainer's metric (``vlscale.records.MemoryMetric``) cannot see
+(``UNSEEN_MEMORY``). ``cuda_max_memory_allocated`` counts tensors only (no CUDA context or
+allocator slack); ``cpu_max_rss_delta`` is the peak-RSS growth from the start of the training
+loop, when parameters and fp32 masters already exist. RSS growth is a lower bound (freed memory
+is reused first), so growth under ``MIN_COMPARED_MEMORY_BYTES`` is shown but not scored.
 """
 
 from __future__ import annotations
@@ -123,7 +110,16 @@ def calibrate(
     runs: list[MeasuredRun],
     parameters: tuple[str, ...] = DEFAULT_PARAMETERS,
 ) -> DeviceSpec:
-    """``device`` with its free parameters fitted to ``runs`` and the fit recorded."""
+    """``device`` with its free parameters fitted to ``runs`` and the fit recorded.
+
+    By default ``op_overhead_s`` (host cost per kernel launch), ``dtensor_op_overhead_s`` (the
+    same for ops on DTensor parameters: the optimizer step and gradient clipping under FSDP2),
+    ``unit_overhead_s`` (per FSDP unit and step), ``step_overhead_s`` (per step) and
+    ``framework_efficiency`` (achieved fraction of the op roofline), plus
+    ``collective_overhead_s`` (per collective) when a run has more than one rank;
+    ``data_s_per_sample`` is set from the runs' measured data time. A parameter the runs do not
+    exercise keeps its value and origin, and the calibration's ``source`` names it.
+    """
     params = _parameters_to_fit(device, runs, parameters)
     device, data_fitted = _with_data_time(device, runs)
     x0, lo, hi, scale = _starting_point(device, params)
