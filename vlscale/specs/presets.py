@@ -21,10 +21,8 @@ from typing import Any
 
 import yaml
 
-from vlscale.config_files import read_mapping
 from vlscale.errors import ConfigError, validate_as
 from vlscale.specs.models import ModelSpec
-from vlscale.specs.openclip_config import is_openclip_config, spec_from_openclip_config
 from vlscale.specs.towers import TextTowerSpec, VisionTowerSpec
 
 PRESETS_FILE = Path(__file__).parent / "data" / "models.yaml"
@@ -128,6 +126,9 @@ def resolve_model(name_or_path: str | ModelSpec) -> ModelSpec:
 
 def load_model_file(path: str) -> ModelSpec:
     """A ``ModelSpec`` from a vlscale model file or an OpenCLIP model config (``resolve_model``)."""
+    from vlscale.config_files import read_mapping  # deferred: presets alone need neither
+    from vlscale.specs.openclip_config import is_openclip_config, spec_from_openclip_config
+
     file = Path(path)
     if not file.exists():
         raise ConfigError(
