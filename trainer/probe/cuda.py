@@ -90,29 +90,11 @@ def assemble_gpu_device(name: str, m: GpuMeasurements, catalog_key: str | None, 
     asymptote and bandwidth are the peak (fractions 1).
     """
     catalog = get_device(catalog_key) if catalog_key else None
-    curves, peaks, report = {}, {}, {}
-    for dtype, samples in m.gemms.items():
-        fit = fit_matmul_curve(samples, 1, source, tiles=GPU_TILES, parallel_units=m.sms)
-        datasheet = getattr(catalog.peak_flops, dtype, None) if catalog else None
-        peak = datasheet or fit.peak_flops
-        fraction = min(1.0, fit.peak_flops / peak)
-        curves[dtype] = fit.curve.model_copy(update={"peak_fraction": fraction})
-        peaks[dtype] = peak
-        report[f"gemm_{dtype}"] = {
-            "fitted_peak_flops": fit.peak_flops,
-            "datasheet_peak_flops": datasheet,
-            "peak_fraction": fraction,
-            "flops_half": fit.curve.flops_half,
-            "tile": [fit.curve.tile_m, fit.curve.tile_n],
-            "median_abs_log_error": fit.median_abs_log_error,
-        }
+    report: dict = {}
+    curves, peaks = _fit_gemm_curves(m, catalog, source, report)
     hbm = catalog.memory.hbm_bandwidth if catalog else m.bandwidth
     memory_efficiency = min(1.0, m.bandwidth / hbm)
-    fwd, bwd = m.attention.get("bf16") or m.attention.get("fp32") or (1.0, 1.0)
-    attention_scale = {"bf16.backward": bwd / fwd} if "bf16" in m.attention else {}
-    for dtype, (f, b) in m.attention.items():
-        if dtype != "bf16":
-            attention_scale |= {dtype: f / fwd, f"{dtype}.backward": b / fwd}
+    fwd, attention_scale = _attention_terms(m.attention)
     links = {}
     if m.collectives:
         alpha, bandwidth, err = fit_link(m.collectives)
@@ -137,36 +119,12 @@ def assemble_gpu_device(name: str, m: GpuMeasurements, catalog_key: str | None, 
             ]
         ),
     )
-    peak_source = catalog.peak_flops.source if catalog else source
-    # a known card keeps its node (GPUs per node, NVLink, NICs, price) from the catalog
-    keep_out = {"name", "aliases", "compute", "measured", "derived_from"}
-    base = catalog.model_dump(exclude=keep_out) if catalog else {"devices_per_node": 1}
-    device = DeviceSpec(
-        **base
-        | {
-            "name": name,
-            "kind": "gpu",
-            "peak_flops": peaks | {"source": peak_source},
-            "memory": {
-                "hbm_bytes": m.memory_bytes,
-                "hbm_bandwidth": hbm,
-                "source": catalog.memory.source if catalog else source,
-            },
-            "nvlink": base.get("nvlink")
-            or {
-                "bandwidth": links.get("nvlink", {}).get("bandwidth", 25e9),
-                "nvswitch": False,
-                "source": (
-                    "NCCL between 2 GPUs, measured" if links else "assumed: PCIe 4.0 x16, 25 GB/s"
-                ),
-            },
-            "network": base.get("network")
-            or {"nics_per_node": 1, "nic_bandwidth": 50e9, "source": "assumed: one 400G NIC"},
-            "price": base.get("price") or {"usd_per_hour": 0.0, "source": "assumed: owned"},
-            "measured": {"links": links, "source": source} if links else None,
-            "compute": profile,
-        }
-    )
+    memory = {
+        "hbm_bytes": m.memory_bytes,
+        "hbm_bandwidth": hbm,
+        "source": catalog.memory.source if catalog else source,
+    }
+    device = _gpu_device(name, catalog, peaks, memory, links, profile, source)
     report |= {
         "card": m.card,
         "catalog_key": catalog_key,
@@ -176,6 +134,66 @@ def assemble_gpu_device(name: str, m: GpuMeasurements, catalog_key: str | None, 
         "attention": m.attention,
     }
     return device, report
+
+
+def _fit_gemm_curves(m: GpuMeasurements, catalog: DeviceSpec | None, source: str, report: dict):
+    """Per dtype: the fitted curve (its ``peak_fraction`` against the datasheet) and the peak."""
+    curves, peaks = {}, {}
+    for dtype, samples in m.gemms.items():
+        fit = fit_matmul_curve(samples, 1, source, tiles=GPU_TILES, parallel_units=m.sms)
+        datasheet = getattr(catalog.peak_flops, dtype, None) if catalog else None
+        peak = datasheet or fit.peak_flops
+        fraction = min(1.0, fit.peak_flops / peak)
+        curves[dtype] = fit.curve.model_copy(update={"peak_fraction": fraction})
+        peaks[dtype] = peak
+        report[f"gemm_{dtype}"] = {
+            "fitted_peak_flops": fit.peak_flops,
+            "datasheet_peak_flops": datasheet,
+            "peak_fraction": fraction,
+            "flops_half": fit.curve.flops_half,
+            "tile": [fit.curve.tile_m, fit.curve.tile_n],
+            "median_abs_log_error": fit.median_abs_log_error,
+        }
+    return curves, peaks
+
+
+def _attention_terms(attention: dict[str, tuple[float, float]]) -> tuple[float, dict]:
+    """``attention_fraction`` (bf16 forward, else fp32) and every other (dtype, direction)
+    relative to it (``attention_scale``)."""
+    fwd, bwd = attention.get("bf16") or attention.get("fp32") or (1.0, 1.0)
+    scale = {"bf16.backward": bwd / fwd} if "bf16" in attention else {}
+    for dtype, (f, b) in attention.items():
+        if dtype != "bf16":
+            scale |= {dtype: f / fwd, f"{dtype}.backward": b / fwd}
+    return fwd, scale
+
+
+def _gpu_device(name, catalog, peaks, memory, links, profile, source) -> DeviceSpec:
+    """A known card keeps its node (GPUs per node, NVLink, NICs, price) from the catalog; an
+    unknown one gets the measured NVLink (or PCIe) and assumed network and price."""
+    keep_out = {"name", "aliases", "compute", "measured", "derived_from"}
+    base = catalog.model_dump(exclude=keep_out) if catalog else {"devices_per_node": 1}
+    nvlink = {
+        "bandwidth": links.get("nvlink", {}).get("bandwidth", 25e9),
+        "nvswitch": False,
+        "source": "NCCL between 2 GPUs, measured" if links else "assumed: PCIe 4.0 x16, 25 GB/s",
+    }
+    network = {"nics_per_node": 1, "nic_bandwidth": 50e9, "source": "assumed: one 400G NIC"}
+    peak_source = catalog.peak_flops.source if catalog else source
+    return DeviceSpec(
+        **base
+        | {
+            "name": name,
+            "kind": "gpu",
+            "peak_flops": peaks | {"source": peak_source},
+            "memory": memory,
+            "nvlink": base.get("nvlink") or nvlink,
+            "network": base.get("network") or network,
+            "price": base.get("price") or {"usd_per_hour": 0.0, "source": "assumed: owned"},
+            "measured": {"links": links, "source": source} if links else None,
+            "compute": profile,
+        }
+    )
 
 
 def probe_cuda(name: str | None, quick: bool, comm: bool) -> tuple[DeviceSpec, dict]:
