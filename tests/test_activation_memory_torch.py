@@ -33,7 +33,7 @@ from vlscale.costs.activations import text_activations, vision_activations  # no
 from vlscale.costs.memory import loss_buffer_parts  # noqa: E402
 from vlscale.costs.params import parameter_shapes  # noqa: E402
 from vlscale.specs import get_model, list_models  # noqa: E402
-from vlscale.specs.presets import eva_vit  # noqa: E402
+from vlscale.specs.presets import vision_tower  # noqa: E402
 
 BATCH = 2
 TOLERANCE = 0.10
@@ -42,16 +42,19 @@ TOLERANCE = 0.10
 def _rms_eva():
     """tiny-eva with EVA-CLIP-8B's trunk choices: RMSNorm, GELU MLP, no sub-LN, no qkv bias."""
     base = get_model("tiny-eva")
-    vision = eva_vit(32, 8, 64, 2, 4, 320, mlp_kind="gelu", sub_ln=False, norm_kind="rmsnorm",
-                     qkv_bias="none")  # fmt: skip
+    trunk = {"width": 64, "depth": 2, "heads": 4, "mlp_width": 320, "mlp_kind": "gelu",
+             "sub_ln": False, "norm_kind": "rmsnorm", "qkv_bias": "none"}  # fmt: skip
+    vision = vision_tower({"family": "eva_vit", "image_size": 32, "patch_size": 8, "trunk": trunk})
     return base.model_copy(update={"name": "tiny-eva-rms", "vision": vision})
 
 
 def _post_norm_eva():
     """tiny-eva with EVA02-E-14-plus's trunk: post-norm blocks, GELU MLP, no RoPE, no sub-LN."""
     base = get_model("tiny-eva")
-    vision = eva_vit(32, 8, 64, 2, 4, 256, mlp_kind="gelu", sub_ln=False, rope=False,
-                     post_norm=True)  # fmt: skip
+    trunk = {"width": 64, "depth": 2, "heads": 4, "mlp_width": 256, "mlp_kind": "gelu",
+             "sub_ln": False, "post_norm": True}  # fmt: skip
+    fields = {"family": "eva_vit", "image_size": 32, "patch_size": 8, "rope": False}
+    vision = vision_tower(fields | {"trunk": trunk})
     return base.model_copy(update={"name": "tiny-eva-post", "vision": vision})
 
 

@@ -14,7 +14,7 @@ from models.rope import VisionRope
 from vlscale.costs.flops import train_flops_per_sample
 from vlscale.costs.params import count_params
 from vlscale.specs import get_model
-from vlscale.specs.presets import eva_vit
+from vlscale.specs.presets import vision_tower
 
 # (image tower eps, text tower eps). Sources:
 #   OpenCLIP's own ViT and text transformer: open_clip/transformer.py, ``LayerNorm`` subclasses
@@ -132,9 +132,16 @@ def test_eva02_e14_plus_is_a_post_norm_vit_without_rope():
     assert model.visual.rope is None
 
 
+def tiny_post_norm_eva(depth, mlp_width):
+    """A tiny EVA tower with EVA02-E-14-plus's trunk: post-norm, GELU MLP, no RoPE, no sub-LN."""
+    trunk = {"width": 64, "depth": depth, "heads": 4, "mlp_width": mlp_width, "mlp_kind": "gelu",
+             "sub_ln": False, "post_norm": True}  # fmt: skip
+    fields = {"family": "eva_vit", "image_size": 32, "patch_size": 8, "rope": False}
+    return vision_tower(fields | {"trunk": trunk})
+
+
 def test_post_norm_block_normalises_the_branch_output():
-    trunk = eva_vit(32, 8, 64, 1, 4, 128, mlp_kind="gelu", sub_ln=False, rope=False,
-                    post_norm=True).trunk  # fmt: skip
+    trunk = tiny_post_norm_eva(depth=1, mlp_width=128).trunk
     torch.manual_seed(0)
     block = Block(trunk)
     for p in block.parameters():  # non-trivial norms, so pre- and post-norm differ
@@ -149,8 +156,7 @@ def test_post_norm_block_normalises_the_branch_output():
 
 def tiny_post_norm():
     base = get_model("tiny-eva")
-    vision = eva_vit(32, 8, 64, 2, 4, 256, mlp_kind="gelu", sub_ln=False, rope=False,
-                     post_norm=True)  # fmt: skip
+    vision = tiny_post_norm_eva(depth=2, mlp_width=256)
     return base.model_copy(update={"name": "tiny-eva-post", "vision": vision})
 
 

@@ -43,7 +43,7 @@ def test_gemm_curve_is_recovered():
 def test_attention_cost_is_recovered():
     """Synthetic SDPA timings over the probe's shapes (bf16-backward-like: a large per-block
     cost) give back the fraction and both per-block terms."""
-    from trainer.probe import ATTENTION_SHAPES
+    from trainer.probe.cpu import ATTENTION_SHAPES
 
     curve = MatmulCurve(
         peak_fraction=1.0, flops_half=2e6, tile_m=16, tile_n=16, parallel_units=2, source="t"

@@ -15,7 +15,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from trainer.probe_cuda import GpuMeasurements, assemble_gpu_device, gemm_grid
+from trainer.probe.cuda import GpuMeasurements, assemble_gpu_device
+from trainer.probe.kernels import gemm_grid
 from vlscale.calibrate.probe_fits import GemmSample, predict_gemm_s
 from vlscale.specs.compute_profile import MatmulCurve
 from vlscale.specs.hardware import dump_hardware_file, get_device, load_hardware_file
@@ -35,7 +36,7 @@ def _gemms(dtype: str, fraction: float, flops_half: float) -> list[GemmSample]:
     )
     peak = getattr(H100.peak_flops, dtype) * fraction
     out = []
-    for m, n, k in gemm_grid(quick=False):
+    for m, n, k in gemm_grid("cuda", quick=False):
         s = GemmSample((1, m, n, k), 1, 1.0)
         out.append(GemmSample(s.shape, 1, predict_gemm_s(s, peak, truth, 1)))
     return out

@@ -1,33 +1,20 @@
 """Predict trainer runs, fit a profile's few free parameters to some, validate on the rest.
 
-``predict(run)`` plans the run's configuration (``vlscale.calibrate.runs``) on the profile's
-device and returns the planned step time and phases. ``calibrate`` fits the free parameters, all
-physical and non-negative: by default ``op_overhead_s`` (host cost per kernel launch),
-``dtensor_op_overhead_s`` (the same for ops on DTensor parameters: torch's optimizer step and
-gradient clipping under FSDP2), ``unit_overhead_s`` (per FSDP unit and step), ``step_overhead_s``
-(per step) and ``framework_efficiency`` (the achieved fraction of the op roofline in a training
-step), plus ``collective_overhead_s`` (per collective a step issues) when a fitting run has more
-than one rank. It minimises log(predicted / measured) of each run's step time and, at half
-weight, of each timed phase (scipy least squares, trust-region reflective, within bounds);
-``data_s_per_sample`` is set from the fitting runs' measured data time. Everything the probe
-measured (GEMM curve, bandwidth, collectives) stays as measured. A parameter the fitting runs do
-not exercise (perturbing it changes no residual: e.g. the per-unit and DTensor overheads when
-every fitting run is one unwrapped fp32 rank) is left out and keeps its value and origin; the
-calibration's ``source`` names it.
+- ``predict(run)``: plan the run's configuration (``vlscale.calibrate.runs``) on the profile's
+  device: step time, phases, memory.
+- ``calibrate(device, runs)``: fit the free parameters, all physical and non-negative, by
+  minimising log(predicted / measured) of each run's step time and, at half weight
+  (``PHASE_WEIGHT``), of each timed phase (scipy least squares, trust-region reflective, within
+  bounds). Everything the probe measured stays as measured.
+- ``validate(runs)``: per-run error = predicted / measured − 1; MAPE and max |error| separately
+  for **replay** (runs in the profile's ``calibration.runs``) and **prediction** (all others).
 
-``validate`` compares every run with its prediction: per-run error = predicted / measured − 1,
-MAPE and max |error| separately for **replay** (runs used in the fit, listed in the profile's
-``calibration.runs``) and **prediction** (all others).
-
-Memory is compared like with like (``comparable_memory_bytes``): the trainer's metric
-(``vlscale.records.MemoryMetric``) does not see everything the planner's total holds.
-``cuda_max_memory_allocated`` counts tensors only, so the planner's flat allowance for the CUDA
-context and allocator slack is left out; ``cpu_max_rss_delta`` is the growth of the peak RSS
-from the start of the training loop, when parameters (and fp32 masters) already exist, so only
-what a step allocates is compared: gradients, optimizer state (created at the first step), FSDP's
-unsharded buffers, activations and loss buffers. RSS growth is a lower bound (memory freed
-before the loop is reused first), so runs whose growth is under ``MIN_COMPARED_MEMORY_BYTES``
-are shown but not scored.
+Memory is compared like with like (``RunValidation.comparable_memory_bytes``): the planner's
+total less what the trainer's metric (``vlscale.records.MemoryMetric``) cannot see
+(``UNSEEN_MEMORY``). ``cuda_max_memory_allocated`` counts tensors only (no CUDA context or
+allocator slack); ``cpu_max_rss_delta`` is the peak-RSS growth from the start of the training
+loop, when parameters and fp32 masters already exist. RSS growth is a lower bound (freed memory
+is reused first), so growth under ``MIN_COMPARED_MEMORY_BYTES`` is shown but not scored.
 """
 
 from __future__ import annotations
@@ -101,12 +88,60 @@ def _with(device: DeviceSpec, **values: float) -> DeviceSpec:
     return device.model_copy(update={"compute": device.compute.with_parameters(**values)})
 
 
+# bounds above 0 (none: unbounded) and the units each parameter is fitted in, so that the
+# solver's steps are well scaled (overheads in microseconds / milliseconds)
+UPPER_BOUNDS = {
+    "comm_overlap": 1.0,
+    "attention_fraction": 2.0,
+    "memory_efficiency": 1.0,
+    "framework_efficiency": 1.0,
+}
+FIT_UNITS = {
+    "op_overhead_s": 1e-6,
+    "dtensor_op_overhead_s": 1e-6,
+    "unit_overhead_s": 1e-4,
+    "step_overhead_s": 1e-3,
+    "collective_overhead_s": 1e-4,
+}
+
+
 def calibrate(
     device: DeviceSpec,
     runs: list[MeasuredRun],
     parameters: tuple[str, ...] = DEFAULT_PARAMETERS,
 ) -> DeviceSpec:
-    """``device`` with its free parameters fitted to ``runs`` and the fit recorded."""
+    """``device`` with its free parameters fitted to ``runs`` and the fit recorded.
+
+    By default ``op_overhead_s`` (host cost per kernel launch), ``dtensor_op_overhead_s`` (the
+    same for ops on DTensor parameters: the optimizer step and gradient clipping under FSDP2),
+    ``unit_overhead_s`` (per FSDP unit and step), ``step_overhead_s`` (per step) and
+    ``framework_efficiency`` (achieved fraction of the op roofline), plus
+    ``collective_overhead_s`` (per collective) when a run has more than one rank;
+    ``data_s_per_sample`` is set from the runs' measured data time. A parameter the runs do not
+    exercise keeps its value and origin, and the calibration's ``source`` names it.
+    """
+    params = _parameters_to_fit(device, runs, parameters)
+    device, data_fitted = _with_data_time(device, runs)
+    x0, lo, hi, scale = _starting_point(device, params)
+    residuals = _residuals(device, runs, params, scale)
+    seen = _exercised(residuals, x0, lo, hi)
+    free = [i for i, ok in enumerate(seen) if ok]
+    x = x0.copy()
+    if free:
+        x[free] = _solve(residuals, x0, lo, hi, free)
+    fitted = {
+        p: float(v * s)
+        for p, v, s, ok in zip(params, x, scale, seen, strict=True)
+        if ok  # the unconstrained ones stay as they were
+    }
+    unconstrained = [p for p, ok in zip(params, seen, strict=True) if not ok]
+    return _record_fit(device, runs, fitted, unconstrained, data_fitted)
+
+
+def _parameters_to_fit(
+    device: DeviceSpec, runs: list[MeasuredRun], parameters: tuple[str, ...]
+) -> list[str]:
+    """The parameters asked for, plus ``collective_overhead_s`` when a run has 2+ ranks."""
     if device.compute is None:
         raise ConfigError(
             "hardware_file",
@@ -121,41 +156,35 @@ def calibrate(
     params = list(parameters)
     if "collective_overhead_s" not in params and any(r.config.devices > 1 for r in runs):
         params.append("collective_overhead_s")
+    return params
+
+
+def _with_data_time(device: DeviceSpec, runs: list[MeasuredRun]) -> tuple[DeviceSpec, bool]:
+    """``data_s_per_sample`` = the median over runs of data time / micro-batch (when timed)."""
     data = [
         r.phases_s["data_time_s"] / r.config.micro_batch
         for r in runs
         if "data_time_s" in r.phases_s
     ]
+    if not data:
+        return device, False
+    return _with(device, data_s_per_sample=statistics.median(data)), True
+
+
+def _starting_point(device: DeviceSpec, params: list[str]):
+    """(x0, lower, upper, units): the profile's values in fit units, inside the bounds."""
     prof = device.compute
-    if data:
-        prof = prof.with_parameters(data_s_per_sample=statistics.median(data))
-    device = device.model_copy(update={"compute": prof})
-    upper = {
-        "comm_overlap": 1.0,
-        "attention_fraction": 2.0,
-        "memory_efficiency": 1.0,
-        "framework_efficiency": 1.0,
-    }
     lo = np.array([0.05 if p == "framework_efficiency" else 0.0 for p in params])
-    hi = np.array([upper.get(p, np.inf) for p in params])
-    # overheads are fitted in microseconds / milliseconds so that the steps are well scaled
-    scale = np.array(
-        [
-            {
-                "op_overhead_s": 1e-6,
-                "dtensor_op_overhead_s": 1e-6,
-                "unit_overhead_s": 1e-4,
-                "step_overhead_s": 1e-3,
-                "collective_overhead_s": 1e-4,
-            }.get(p, 1.0)
-            for p in params
-        ]
-    )
+    hi = np.array([UPPER_BOUNDS.get(p, np.inf) for p in params])
+    scale = np.array([FIT_UNITS.get(p, 1.0) for p in params])
     start = {"dtensor_op_overhead_s": prof.dtensor_op_overhead_s or prof.op_overhead_s}
     x0 = np.array([start.get(p, getattr(prof, p)) for p in params]) / scale
     x0 = np.clip(x0, lo, hi)
     x0 = np.where(np.isfinite(hi), np.minimum(x0, hi * 0.999), x0)
+    return x0, lo, hi, scale
 
+
+def _residuals(device: DeviceSpec, runs: list[MeasuredRun], params: list[str], scale):
     def residuals(x: np.ndarray) -> np.ndarray:
         """log(pred / measured) of each run's step time and, at half weight, of each phase the
         run timed: the phases tell per-launch from per-unit overhead and compute."""
@@ -170,58 +199,66 @@ def calibrate(
                     out.append(PHASE_WEIGHT * np.log(p / m))
         return np.array(out)
 
-    # A parameter the fitting runs never exercise (e.g. the per-unit and DTensor overheads when
-    # every run is one unwrapped fp32 rank) has a zero Jacobian column: the solver may move it
-    # anywhere at no cost, so it is left out of the fit and keeps its value and origin.
+    return residuals
+
+
+def _exercised(residuals, x0: np.ndarray, lo: np.ndarray, hi: np.ndarray) -> list[bool]:
+    """Whether perturbing each parameter changes a residual. One the fitting runs never exercise
+    (e.g. the per-unit and DTensor overheads when every run is one unwrapped fp32 rank) has a
+    zero Jacobian column: the solver could move it anywhere at no cost, so it is left out of the
+    fit and keeps its value and origin."""
     base = residuals(x0)
     seen = []
-    for i in range(len(params)):
-        probe = x0.copy()
+    for i in range(len(x0)):
+        moved = x0.copy()
         up = x0[i] * 2 + 1.0
-        probe[i] = up if up < hi[i] else max(x0[i] / 2, lo[i])  # at a bound: look the other way
-        seen.append(not np.allclose(residuals(probe), base, rtol=0, atol=1e-12))
-    free = [i for i, ok in enumerate(seen) if ok]
-    unconstrained = [p for p, ok in zip(params, seen, strict=True) if not ok]
-    x = x0.copy()
-    if free:
+        moved[i] = up if up < hi[i] else max(x0[i] / 2, lo[i])  # at a bound: look the other way
+        seen.append(not np.allclose(residuals(moved), base, rtol=0, atol=1e-12))
+    return seen
 
-        def free_residuals(y: np.ndarray) -> np.ndarray:
-            full = x0.copy()
-            full[free] = y
-            return residuals(full)
 
-        sol = least_squares(
-            free_residuals,
-            x0[free],
-            bounds=(lo[free], hi[free]),
-            method="trf",
-            x_scale=1.0,
-            diff_step=1e-3,
-        )
-        x[free] = sol.x
-    fitted = {
-        p: float(v * s)
-        for p, v, s, ok in zip(params, x, scale, seen, strict=True)
-        if ok  # the unconstrained ones stay as they were
-    }
-    final = _with(device, **fitted)
-    errors = np.array([predict(r, final).step_s / r.step_s - 1 for r in runs])
+def _solve(residuals, x0: np.ndarray, lo: np.ndarray, hi: np.ndarray, free: list[int]):
+    """Least squares (trust-region reflective, within bounds) over the ``free`` parameters."""
+
+    def free_residuals(y: np.ndarray) -> np.ndarray:
+        full = x0.copy()
+        full[free] = y
+        return residuals(full)
+
+    sol = least_squares(
+        free_residuals,
+        x0[free],
+        bounds=(lo[free], hi[free]),
+        method="trf",
+        x_scale=1.0,
+        diff_step=1e-3,
+    )
+    return sol.x
+
+
+def _record_fit(
+    device: DeviceSpec,
+    runs: list[MeasuredRun],
+    fitted: dict[str, float],
+    unconstrained: list[str],
+    data_fitted: bool,
+) -> DeviceSpec:
+    """``device`` with the fitted values, their origins and the ``Calibration`` record."""
+    prof = device.compute
+    errors = np.array([predict(r, _with(device, **fitted)).step_s / r.step_s - 1 for r in runs])
     origins = dict(prof.origins) | dict.fromkeys(fitted, "calibrated")
-    if data:
+    if data_fitted:
         origins["data_s_per_sample"] = "calibrated"
+    kept = f"; not constrained by these runs, kept as they were: {', '.join(unconstrained)}"
     cal = Calibration(
-        parameters=fitted | ({"data_s_per_sample": prof.data_s_per_sample} if data else {}),
+        parameters=fitted | ({"data_s_per_sample": prof.data_s_per_sample} if data_fitted else {}),
         runs=[r.run_id for r in runs],
         run_paths=[r.path for r in runs],
         residuals={r.run_id: float(e) for r, e in zip(runs, errors, strict=True)},
         mape=float(np.mean(np.abs(errors))),
         max_error=float(np.max(np.abs(errors))),
         source=f"vlscale calibrate: least squares on log step time over {len(runs)} runs"
-        + (
-            f"; not constrained by these runs, kept as they were: {', '.join(unconstrained)}"
-            if unconstrained
-            else ""
-        ),
+        + (kept if unconstrained else ""),
     )
     new = prof.with_parameters(**fitted, origins=origins, calibration=cal)
     return device.model_copy(update={"compute": new})

@@ -1,6 +1,11 @@
-"""Reports: tidy tables (``tables``) -> plotly figures (``figures``) -> one HTML file (``html``).
+"""Reports: tidy tables -> plotly figures -> one self-contained HTML file (``html``).
 
-``pages`` builds the two reports the CLI writes (``vlscale plan --report`` and ``vlscale compare
---report``). Importing this package imports nothing heavy; plotly is loaded by ``figures`` /
-``html`` only, so the planner's CLI pays for it only when ``--report`` is given.
+- ``pages``: the plan and compare reports (``vlscale plan --report``, ``vlscale compare
+  --report``), from ``tables`` and ``step_figures``;
+- ``study_page``: the study page (``vlscale report``), from ``study``, ``study_figures``,
+  ``record`` (validation results, published runs) and ``assumptions``;
+- ``validation``: predicted against measured (``vlscale validate --report``).
+
+Importing this package imports nothing heavy; plotly is loaded by the figure modules and
+``html`` only, so the planner's CLI pays for it only when a report is asked for.
 """

@@ -80,8 +80,11 @@ def efficiency_rows(
     device: DeviceSpec, config: PlanConfig, base: dict[str, Any]
 ) -> list[list[str]]:
     """Every efficiency the study's plans use, with its kind and source."""
-    from vlscale.costs.topology import DEFAULT_LINKS
+    return _compute_rows(base) + _link_rows(device) + _run_rows(config)
 
+
+def _compute_rows(base: dict[str, Any]) -> list[list[str]]:
+    """γ and the op-level compute model, each with where its values came from."""
     source = str(base["utilisation_source"])
     model = base.get("compute_model") or {}
     gamma_part = source.split("framework efficiency", 1)[-1]
@@ -110,6 +113,14 @@ def efficiency_rows(
             "vlscale plan --ops shows every op; defaults: vlscale/specs/data/compute.yaml",
         ],
     ]
+    return rows
+
+
+def _link_rows(device: DeviceSpec) -> list[list[str]]:
+    """α, η and n½ of every link tier: the device profile's where it measured them."""
+    from vlscale.costs.topology import DEFAULT_LINKS
+
+    rows = []
     measured_links = {}
     if device.measured is not None and getattr(device.measured, "links", None):
         measured_links = dict(device.measured.links)
@@ -132,6 +143,12 @@ def efficiency_rows(
                 where,
             ]
         )
+    return rows
+
+
+def _run_rows(config: PlanConfig) -> list[list[str]]:
+    """Failures, stragglers and the input pipeline: given or assumed."""
+    rows = []
     f = config.failures
     rows.append(
         [

@@ -103,31 +103,24 @@ def study_report(
 ) -> str:
     """The page's HTML from already-planned inputs (module docstring)."""
     from vlscale.plan.planner import resolve
-    from vlscale.report.assumptions import (
-        EFFICIENCY_HEADER,
-        HARDWARE_HEADER,
-        efficiency_rows,
-        hardware_rows,
-    )
-    from vlscale.report.record import (
-        CALIBRATION_HEADER,
-        PAPERS_HEADER,
-        calibration_frame,
-        calibration_summary,
-        papers_table,
-    )
-    from vlscale.report.study_figures import (
-        calibration_figure,
-        flip_figure,
-        frontier_figure,
-        loss_scaling_figure,
-        papers_figure,
-        scaling_figure,
-    )
 
     cfg = spec.base
     device = resolve(cfg)[2].device
     title = f"Scaling study: {cfg.model} on {device.name}, {cfg.samples:.3g} samples"
+    sections = [
+        _scaling_section(rows),
+        _loss_section(spec, rows),
+        _flip_section(spec, device.name, rows),
+        _frontier_section(spec, rows),
+        _calibration_section(validation, validation_dir),
+        _papers_section(papers),
+        _assumptions_section(spec, device, base, command),
+    ]
+    return render_document(title, sections, _intro(spec, rows, base))
+
+
+def _intro(spec: StudySpec, rows: pd.DataFrame, base: dict[str, Any]) -> str:
+    """The base scenario's summary, the grid planned, and the configurations left out."""
     failed = rows[rows["error"].notna()] if "error" in rows else rows.iloc[:0]
     devices = ", ".join(f"{d:,}" for d in spec.devices)
     grid = (
@@ -142,60 +135,59 @@ def study_report(
             + "; ".join(sorted(set(failed["error"].astype(str)))[:5]),
             "warning",
         )
+    return intro
 
-    sections: list[Section] = []
-    scaling = scaling_frame(rows)
-    sections.append(
-        Section(
-            "Scaling with devices and batch",
-            [
-                scaling_figure(scaling),
-                _p(
-                    "Each line is one variant at one global batch (a batch the device count does "
-                    "not divide, or smaller than it, is not drawn). Crosses do not fit in device "
-                    "memory. Wall time and cost are for the whole run's samples, failures and "
-                    "checkpoints included.",
-                    "note",
-                ),
-            ],
-        )
+
+def _scaling_section(rows: pd.DataFrame) -> Section:
+    from vlscale.report.study_figures import scaling_figure
+
+    note = (
+        "Each line is one variant at one global batch (a batch the device count does not "
+        "divide, or smaller than it, is not drawn). Crosses do not fit in device memory. Wall "
+        "time and cost are for the whole run's samples, failures and checkpoints included."
     )
+    return Section(
+        "Scaling with devices and batch", [scaling_figure(scaling_frame(rows)), _p(note, "note")]
+    )
+
+
+def _loss_section(spec: StudySpec, rows: pd.DataFrame) -> Section:
+    from vlscale.report.study_figures import loss_scaling_figure
+
     loss = loss_scaling_frame(rows)
-    unfit = first_unfit(loss)
     stop = "; ".join(
         f"{v}: {'fits throughout' if d is None else f'stops fitting at W = {d:,}'}"
-        for v, d in unfit.items()
+        for v, d in first_unfit(loss).items()
     )
-    sections.append(
-        Section(
-            "Softmax vs sigmoid: loss memory and traffic against world size",
-            [
-                loss_scaling_figure(loss),
-                _p(
-                    f"Fixed local batch {spec.loss_local_batch:,} (global batch = local × W), "
-                    "activation checkpointing on so that the loss, not the activations, decides "
-                    f"the fit. {stop}.",
-                    "note",
-                ),
-            ],
-        )
+    note = (
+        f"Fixed local batch {spec.loss_local_batch:,} (global batch = local × W), activation "
+        f"checkpointing on so that the loss, not the activations, decides the fit. {stop}."
     )
-    flip = flip_frame(rows)
-    sections.append(
-        Section(
-            "FLIP: FLOPs and time against mask ratio",
-            [
-                flip_figure(flip),
-                _p(
-                    f"CLIP with FLIP patch masking on {cfg.devices:,} {device.name} at global "
-                    f"batch {cfg.global_batch:,}: masking cuts the image tower's linear FLOPs by "
-                    "(1 − r) and attention's quadratic part by about (1 − r)²; the text tower is "
-                    "unchanged.",
-                    "note",
-                ),
-            ],
-        )
+    return Section(
+        "Softmax vs sigmoid: loss memory and traffic against world size",
+        [loss_scaling_figure(loss), _p(note, "note")],
     )
+
+
+def _flip_section(spec: StudySpec, device_name: str, rows: pd.DataFrame) -> Section:
+    from vlscale.report.study_figures import flip_figure
+
+    cfg = spec.base
+    note = (
+        f"CLIP with FLIP patch masking on {cfg.devices:,} {device_name} at global batch "
+        f"{cfg.global_batch:,}: masking cuts the image tower's linear FLOPs by (1 − r) and "
+        "attention's quadratic part by about (1 − r)²; the text tower is unchanged."
+    )
+    return Section(
+        "FLIP: FLOPs and time against mask ratio",
+        [flip_figure(flip_frame(rows)), _p(note, "note")],
+    )
+
+
+def _frontier_section(spec: StudySpec, rows: pd.DataFrame) -> Section:
+    """The frontier figure and, per deadline, the cheapest fitting configuration."""
+    from vlscale.report.study_figures import frontier_figure
+
     frontier = frontier_frame(rows)
     cheapest = cheapest_per_deadline(frontier, spec.deadlines_h)
     deadline_rows = [
@@ -208,64 +200,84 @@ def study_report(
         for d, lbl, w, c in cheapest.itertuples(index=False)
     ]
     n_unfit = int((~frontier["fits"]).sum())
-    sections.append(
-        Section(
-            "Cost frontier: wall time against money",
-            [
-                frontier_figure(frontier, cheapest),
-                summary_table(
-                    ["deadline", "cheapest configuration", "wall time", "cost"], deadline_rows
-                ),
-                _p(
-                    f"{n_unfit} of {len(frontier)} configurations do not fit in device memory "
-                    "(grey crosses) and are never chosen. Frontier: no fitting configuration is "
-                    "both faster and cheaper.",
-                    "note",
-                ),
-            ],
-        )
+    note = (
+        f"{n_unfit} of {len(frontier)} configurations do not fit in device memory (grey "
+        "crosses) and are never chosen. Frontier: no fitting configuration is both faster and "
+        "cheaper."
     )
-    if validation:
-        frame = calibration_frame(validation)
-        blocks = [
-            calibration_figure(frame),
+    header = ["deadline", "cheapest configuration", "wall time", "cost"]
+    return Section(
+        "Cost frontier: wall time against money",
+        [
+            frontier_figure(frontier, cheapest),
+            summary_table(header, deadline_rows),
+            _p(note, "note"),
+        ],
+    )
+
+
+def _calibration_section(
+    validation: list[tuple[str, dict[str, Any]]], validation_dir: str
+) -> Section:
+    from vlscale.report.record import CALIBRATION_HEADER, calibration_frame, calibration_summary
+    from vlscale.report.study_figures import calibration_figure
+
+    heading = "Calibration: predicted vs measured"
+    if not validation:
+        note = f"{NO_VALIDATION} in {validation_dir} (run `vlscale validate` to add them)."
+        return Section(heading, [_p(note)])
+    note = (
+        "Mean absolute percentage error and largest error as `vlscale validate` reports them, "
+        "for its replay and prediction modes; points by split."
+    )
+    return Section(
+        heading,
+        [
+            calibration_figure(calibration_frame(validation)),
             summary_table(CALIBRATION_HEADER, calibration_summary(validation)),
-            _p(
-                "Mean absolute percentage error and largest error as `vlscale validate` "
-                "reports them, for its replay and prediction modes; points by split.",
-                "note",
-            ),
-        ]
-    else:
-        blocks = [_p(f"{NO_VALIDATION} in {validation_dir} (run `vlscale validate` to add them).")]
-    sections.append(Section("Calibration: predicted vs measured", blocks))
-    sections.append(
-        Section(
-            "Published runs: predicted vs published",
-            [
-                papers_figure(papers),
-                summary_table(PAPERS_HEADER, papers_table(papers)),
-                _p(
-                    "error = (predicted − published) / published. Calibration rows reproduce the "
-                    "run their constant was solved from; every other row is a prediction. "
-                    "`vlscale papers --json` gives the same rows.",
-                    "note",
-                ),
-            ],
-        )
+            _p(note, "note"),
+        ],
     )
-    sections.append(
-        Section(
-            "Assumptions",
-            [
-                summary_table(HARDWARE_HEADER, hardware_rows(device, cfg.precision)),
-                summary_table(EFFICIENCY_HEADER, efficiency_rows(device, cfg, base)),
-                "<p>Reproduce this page:</p>",
-                f"<pre><code>{html.escape(command)}</code></pre>",
-            ],
-        )
+
+
+def _papers_section(papers: list[dict[str, Any]]) -> Section:
+    from vlscale.report.record import PAPERS_HEADER, papers_table
+    from vlscale.report.study_figures import papers_figure
+
+    note = (
+        "error = (predicted − published) / published. Calibration rows reproduce the run their "
+        "constant was solved from; every other row is a prediction. `vlscale papers --json` "
+        "gives the same rows."
     )
-    return render_document(title, sections, intro)
+    return Section(
+        "Published runs: predicted vs published",
+        [
+            papers_figure(papers),
+            summary_table(PAPERS_HEADER, papers_table(papers)),
+            _p(note, "note"),
+        ],
+    )
+
+
+def _assumptions_section(spec: StudySpec, device, base: dict[str, Any], command: str) -> Section:
+    """Hardware and efficiencies with their sources, and the command that reproduces the page."""
+    from vlscale.report.assumptions import (
+        EFFICIENCY_HEADER,
+        HARDWARE_HEADER,
+        efficiency_rows,
+        hardware_rows,
+    )
+
+    cfg = spec.base
+    return Section(
+        "Assumptions",
+        [
+            summary_table(HARDWARE_HEADER, hardware_rows(device, cfg.precision)),
+            summary_table(EFFICIENCY_HEADER, efficiency_rows(device, cfg, base)),
+            "<p>Reproduce this page:</p>",
+            f"<pre><code>{html.escape(command)}</code></pre>",
+        ],
+    )
 
 
 def build_study_report(

@@ -2,7 +2,7 @@
 
 The figure is a log-log scatter of predicted vs measured median step time, one marker per run,
 coloured by split (replay: the runs the profile was fitted to; prediction: held out), with the
-y = x line and ±10 % bands: a point inside the band is a prediction within the issue's target.
+y = x line and ±10 % bands (a point inside a band is within 10 % of its measurement).
 """
 
 from __future__ import annotations

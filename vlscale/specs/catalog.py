@@ -23,6 +23,7 @@ from vlscale.specs.device import DeviceSpec, spec_error
 
 DATA_DIR = Path(__file__).parent / "data"
 CATALOG_FILES = ("gpus.yaml", "tpus.yaml")
+_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)  # libyaml's parser when built with it
 
 
 def device_key(name: str) -> str:
@@ -35,7 +36,8 @@ def catalog_devices() -> dict[str, DeviceSpec]:
     """Every catalog device by its name, in file order (GPUs first, then TPUs)."""
     devices: dict[str, DeviceSpec] = {}
     for fname in CATALOG_FILES:
-        for spec in _parse_devices(yaml.safe_load((DATA_DIR / fname).read_text()), fname):
+        entries = yaml.load((DATA_DIR / fname).read_text(), Loader=_LOADER)
+        for spec in _parse_devices(entries, fname):
             devices[spec.name] = spec
     return devices
 

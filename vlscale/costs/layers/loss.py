@@ -20,7 +20,7 @@ Ops (each logit block X·Yᵀ costs 2·b·B·e forward and 4·b·B·e backward, 
   dy = t·Gᵀ·x (2 matmuls): 6·b·B·e, 8·b·B·e with the recomputed logits.
 
 Softmax / sigmoid / log terms are elementwise and not counted (as FlopCounterMode). Saved:
-``vlscale.costs.memory.loss_buffer_parts`` (the ``loss_buffers`` category of memory).
+``vlscale.costs.loss_buffers.loss_buffer_parts`` (the ``loss_buffers`` category of memory).
 """
 
 from __future__ import annotations
@@ -30,6 +30,7 @@ from dataclasses import dataclass
 from vlscale.costs.dtypes import FP32, LOSS_BYTES
 from vlscale.costs.layers.base import Layer
 from vlscale.costs.layers.primitives import Op, OpList, Phase, Saved, Shape
+from vlscale.costs.loss_buffers import loss_buffer_parts
 from vlscale.specs.models import LOGIT_PARAMS
 
 
@@ -127,8 +128,5 @@ class ContrastiveLoss(Layer, kind="contrastive_loss", role="loss"):
             ops.add(op)
 
     def saved(self, b: int) -> Saved:
-        # memory imports the layers (through activations): import it when first needed
-        from vlscale.costs.memory import loss_buffer_parts
-
         parts = loss_buffer_parts(self.loss, self.impl, b, self.world, self.embed_dim)
         return Saved(fp32=parts.saved // LOSS_BYTES)
