@@ -30,7 +30,7 @@ torch = pytest.importorskip("torch")
 from models.two_tower import TwoTower  # noqa: E402
 from trainer.parallelize import apply_activation_checkpointing  # noqa: E402
 from vlscale.costs.activations import text_activations, vision_activations  # noqa: E402
-from vlscale.costs.memory import loss_buffer_parts  # noqa: E402
+from vlscale.costs.loss_buffers import loss_buffer_parts  # noqa: E402
 from vlscale.costs.params import parameter_shapes  # noqa: E402
 from vlscale.specs import get_model, list_models  # noqa: E402
 from vlscale.specs.presets import vision_tower  # noqa: E402

@@ -10,12 +10,11 @@ from __future__ import annotations
 import pytest
 
 from vlscale.costs.activations import activation_bytes
+from vlscale.costs.loss_buffers import loss_buffer_bytes, loss_buffer_parts
 from vlscale.costs.memory import (
     DEFAULT_OVERHEAD_BYTES,
     estimate_memory,
     fsdp_unit_params,
-    loss_buffer_bytes,
-    loss_buffer_parts,
     max_local_batch,
     optimizer_state_bytes,
     optimizer_state_elements,

@@ -1,4 +1,4 @@
-"""The sweep-grid and hardware-file examples of docs/planner.md run as written (so they cannot rot)."""
+"""The sweep-grid and hardware-file examples of docs/planner.md run as written (they cannot rot)."""
 
 from __future__ import annotations
 

@@ -1,5 +1,5 @@
 """Loss memory measured on gloo ranks: the ring keeps O(b·d) for backward whatever W is, the
-gather losses grow with W, and ``vlscale.costs.memory.loss_buffer_parts`` equals what the
+gather losses grow with W, and ``vlscale.costs.loss_buffers.loss_buffer_parts`` equals what the
 trainer's losses hold at W = 1, 2 and 4.
 
 Two measurements per rank (fp32; b = 64, e = 32, and b = 32, e = 64, where the ring's peak
@@ -33,7 +33,7 @@ from torch.distributed.device_mesh import init_device_mesh
 from tests.dist_utils import run_distributed
 from trainer.losses import clip_loss, create_ring_groups, siglip_loss
 from trainer.losses.saved_memory import SavedTensorBytes, allocator_peak_bytes
-from vlscale.costs.memory import loss_buffer_parts
+from vlscale.costs.loss_buffers import loss_buffer_parts
 
 B_LOCAL, DIM, FP32 = 64, 32, 4
 SHAPES = ((B_LOCAL, DIM), (DIM, B_LOCAL))  # (b, e): b > e and b < e

@@ -29,6 +29,7 @@ from vlscale.costs.layers.patch_embed import PatchEmbed
 from vlscale.costs.layers.projection import Projection
 from vlscale.costs.layers.text_embed import TextEmbed
 from vlscale.costs.layers.token_pool import TextPool, TokenPool
+from vlscale.errors import ConfigError
 from vlscale.specs.fields import check_mask_ratio
 from vlscale.specs.models import ModelSpec
 from vlscale.specs.towers import TextTowerSpec, VisionTowerSpec
@@ -39,8 +40,11 @@ Layers = tuple[Layer, ...]
 @singledispatch
 def tower_layers(tower, embed_dim: int, mask_ratio: float = 0.0) -> Layers:
     """The layers of ``tower`` in forward order (one builder per tower spec type)."""
-    raise TypeError(
-        f"no layers for a {type(tower).__name__}: register a builder with @tower_layers.register"
+    kind = type(tower).__name__.removesuffix("TowerSpec")
+    raise ConfigError(
+        "model",
+        f"costs for {kind} towers: not yet modelled (no layer builder registered with "
+        "@tower_layers.register); use a ViT preset for the planner",
     )
 
 
