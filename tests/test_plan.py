@@ -14,7 +14,6 @@ import math
 import pytest
 
 from vlscale.costs.memory import fsdp_unit_params
-from vlscale.costs.topology import make_group
 from vlscale.errors import ConfigError
 from vlscale.plan import make_plan_config, plan
 from vlscale.plan.compute_model import CALIBRATED, FALLBACK, resolve_compute
@@ -61,16 +60,13 @@ def round_config(tmp_path):
 
 def _round_workload(config, checkpointing=False):
     spec, recipe, cluster = resolve(config)
+    layout = config.layout.model_copy(update={"checkpointing": checkpointing})
     return build_workload(
         spec,
         recipe,
         cluster,
-        make_group(cluster),
+        layout.resolved("bf16", cluster.node_size),
         local_batch=config.local_batch,
-        precision="bf16",
-        sharding="fsdp",
-        reshard_after_forward=True,
-        checkpointing=checkpointing,
         resources=resolve_compute(cluster.device, 0.5).resources,
     )
 
@@ -153,9 +149,9 @@ def test_calibrated_and_fallback_utilisation():
 def test_default_scenario_is_the_documented_one():
     c = make_plan_config()
     assert (c.model, c.devices, c.device, c.global_batch) == ("ViT-L-14", 256, "H100", 32_768)
-    assert (c.samples, c.sharding) == (12_800_000_000, "fsdp")
+    assert (c.samples, c.layout.sharding) == (12_800_000_000, "fsdp")
     # precision follows the device when not given: bf16 on H100 (fp16 on V100)
-    assert c.precision is None and default_precision(resolve(c)[2].device) == "bf16"
+    assert c.layout.precision is None and default_precision(resolve(c)[2].device) == "bf16"
 
 
 def test_plan_json_is_consistent():

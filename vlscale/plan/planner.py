@@ -17,7 +17,7 @@ from pydantic import ValidationError
 
 from vlscale.costs.memory import MemoryBreakdown, estimate_memory, max_local_batch
 from vlscale.costs.run import FailureModel, plan_run
-from vlscale.costs.topology import make_group
+from vlscale.costs.topology import check_shard_size
 from vlscale.errors import ConfigError, from_validation_error
 from vlscale.plan.compute_model import resolve_compute
 from vlscale.plan.config import PlanConfig
@@ -68,7 +68,7 @@ class PlanResult:
         return op_rows(self.costs.op_times)
 
     def to_json(self, ops: bool = False) -> dict[str, Any]:
-        c = self.config
+        c, layout = self.config, self.config.layout
         extra = {"ops": self.op_rows()} if ops else {}
         return extra | {
             "model": c.model,
@@ -77,13 +77,13 @@ class PlanResult:
             "mask_ratio": self.recipe.mask_ratio,
             "optimizer": self.recipe.optimizer,
             "device": c.device,
-            "devices": c.devices,
+            "devices": layout.devices,
             "global_batch": c.global_batch,
-            "local_batch": c.local_batch,
+            "local_batch": layout.local_batch(c.global_batch),
             "samples": c.samples,
-            "precision": c.precision,
-            "sharding": c.sharding,
-            "checkpointing": c.checkpointing,
+            "precision": layout.precision,
+            "sharding": layout.sharding,
+            "checkpointing": layout.checkpointing,
             "step_time_s": self.step_time_s,
             "step_time_p50_s": self.step_time_p50_s,
             "step_time_p95_s": self.step_time_p95_s,
@@ -110,10 +110,11 @@ class PlanResult:
             "comm_bytes_per_device": self.costs.comm_bytes_per_rank,
             "loss_comm_bytes_per_device": self.costs.loss_comm_bytes_per_rank,
             "model_flops_per_step": self.costs.model_flops_per_step,
-            "grad_accum": c.grad_accum,
+            "grad_accum": layout.grad_accum,
             "phases_s": self.costs.phases_s,
             "compute_model": self.compute,
             "warnings": self.warnings,
+            "layout": layout.model_dump(mode="json"),
         }
 
 
@@ -137,8 +138,8 @@ def resolve(
         extra = dict(load_hardware_file(config.hardware_file).devices)
     cluster = make_cluster(
         device_override or config.device,
-        config.devices,
-        devices_per_node=config.devices_per_node,
+        config.layout.devices,
+        devices_per_node=config.layout.devices_per_node,
         slice_shape=config.slice_shape,
         num_slices=config.num_slices,
         extra_devices=extra,
@@ -154,8 +155,10 @@ def plan(
 
     spec, recipe, cluster = resolve(config, device_override)
     device = cluster.device
-    if config.precision is None:
-        config = config.model_copy(update={"precision": default_precision(device)})
+    layout = config.layout.resolved(default_precision(device), cluster.node_size)
+    if layout.sharding == "hsdp":
+        check_shard_size(cluster, layout.shard_group)
+    config = config.model_copy(update={"layout": layout})
     compute = resolve_compute(
         device,
         config.utilisation,
@@ -163,18 +166,13 @@ def plan(
         framework_efficiency=config.framework_efficiency,
     )
     source = compute.source
-    dtype = _compute_dtype(device, config.precision)
+    micro_batch = layout.micro_batch(config.global_batch)
     workload, costs = build_workload(
         spec,
         recipe,
         cluster,
-        make_group(cluster),
-        local_batch=config.micro_batch,
-        precision=dtype,
-        sharding=config.sharding,
-        wrapped=_wrapped(config, dtype),
-        reshard_after_forward=config.reshard_after_forward,
-        checkpointing=config.checkpointing,
+        layout,
+        local_batch=micro_batch,
         resources=compute.resources,
         framework_efficiency=compute.framework_efficiency * config.compute_efficiency_scale,
         grad_clip=config.grad_clip,
@@ -184,32 +182,20 @@ def plan(
     stragglers = StragglerModel(sigma=config.straggler_sigma) if config.straggler_sigma else None
     sim = simulate(workload, steps=config.sim_steps, stragglers=stragglers, seed=config.seed)
     step_time = sim.step_time_s
-    if config.grad_accum > 1:  # the earlier micro-steps: no gradient sync, no optimizer
+    if layout.grad_accum > 1:  # the earlier micro-steps: no gradient sync, no optimizer
         micro = simulate(_without_sync(workload), steps=config.sim_steps, seed=config.seed)
-        step_time += (config.grad_accum - 1) * micro.step_time_s
-        k = config.grad_accum
+        step_time += (layout.grad_accum - 1) * micro.step_time_s
+        k = layout.grad_accum
         costs = replace(
             costs,
             model_flops_per_step=k * costs.model_flops_per_step,
             hardware_flops_per_rank=k * costs.hardware_flops_per_rank,
         )
 
-    shard = config.devices if config.sharding == "fsdp" else 1
-    mem_kwargs = dict(
-        shard_degree=shard,
-        world_size=config.devices,
-        precision=config.precision,
-        optimizer=recipe.optimizer,
-        checkpointing=config.checkpointing,
-        mask_ratio=recipe.mask_ratio,
-        loss=recipe.loss,
-        loss_impl=recipe.loss_impl,
-        reshard_after_forward=config.reshard_after_forward,
-    )
-    memory = estimate_memory(spec, local_batch=config.micro_batch, **mem_kwargs)
+    memory = estimate_memory(spec, layout, recipe, local_batch=micro_batch)
     capacity = int(device.memory.hbm_bytes)
     try:
-        largest = max_local_batch(spec, capacity, **mem_kwargs)
+        largest = max_local_batch(spec, capacity, layout, recipe)
     except ConfigError:
         largest = 0
     warnings: list[str] = []
@@ -226,7 +212,7 @@ def plan(
         config.samples,
         config.global_batch,
         step_time,
-        config.devices,
+        layout.devices,
         price_per_device_hour=(
             config.price_per_device_hour
             if config.price_per_device_hour is not None
@@ -245,8 +231,8 @@ def plan(
         critical_path_s=critical_path_time(workload),
         breakdown={k: float(v) for k, v in sim.breakdown.items()},
         samples_per_s=samples_per_s,
-        samples_per_s_per_device=samples_per_s / config.devices,
-        mfu=costs.model_flops_per_step / (step_time * config.devices * costs.peak_flops),
+        samples_per_s_per_device=samples_per_s / layout.devices,
+        mfu=costs.model_flops_per_step / (step_time * layout.devices * costs.peak_flops),
         steps=run.steps,
         wall_time_h=run.wall_time_s / 3600.0,
         device_hours=run.device_hours,
@@ -290,26 +276,6 @@ def _without_sync(wl: Workload) -> Workload:
 def default_precision(device: DeviceSpec) -> str:
     """The device's 16-bit training type: bf16 where it has a bf16 path, else fp16 (V100)."""
     return "bf16" if device.peak_flops.bf16 is not None else "fp16"
-
-
-def _wrapped(config: PlanConfig, dtype: str) -> bool:
-    """Is the model wrapped in FSDP2 / replicate? Not for one fp32 rank (nothing to shard,
-    gather or reduce, no mixed precision to apply: ``trainer.parallelize.needs_wrapping``),
-    unless ``wrap_one_rank`` (run records of trainers before that rule)."""
-    return config.devices > 1 or dtype not in ("fp32", "tf32") or config.wrap_one_rank
-
-
-def _compute_dtype(device: DeviceSpec, precision: str) -> str:
-    """fp32 training runs its matmuls in tf32 where the device has it (PyTorch's default for
-    convolutions, and what ``torch.backends.cuda.matmul.allow_tf32`` enables for matmuls)."""
-    if precision == "fp32" and device.peak_flops.tf32 is not None:
-        return "tf32"
-    if getattr(device.peak_flops, precision) is None:
-        have = [d for d in ("bf16", "fp16", "fp32") if getattr(device.peak_flops, d) is not None]
-        raise ConfigError(
-            "precision", f"{device.name} has no {precision} tensor path; use one of {have}"
-        )
-    return precision
 
 
 def _failure_model(config: PlanConfig, memory: MemoryBreakdown) -> FailureModel | None:

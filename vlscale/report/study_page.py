@@ -258,7 +258,7 @@ def study_report(
         Section(
             "Assumptions",
             [
-                summary_table(HARDWARE_HEADER, hardware_rows(device, cfg.precision)),
+                summary_table(HARDWARE_HEADER, hardware_rows(device, cfg.layout.precision)),
                 summary_table(EFFICIENCY_HEADER, efficiency_rows(device, cfg, base)),
                 "<p>Reproduce this page:</p>",
                 f"<pre><code>{html.escape(command)}</code></pre>",
