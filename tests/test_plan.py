@@ -424,3 +424,20 @@ def test_replica_groups_take_one_rank_per_node_per_group():
     assert shapes[2].inner.name == "nvlink"
     with pytest.raises(ConfigError, match="shard_size: 3 neither divides"):
         replica_group(make_cluster("H100", 24), 3)
+
+
+def test_every_node_aligned_shard_size_plans():
+    """``hsdp_shard_sizes(W, node)`` lists exactly the shard sizes the planner accepts (what
+    ``vlscale tune`` searches): 24 ranks on 8-GPU nodes take 2, 4 and 8, not 3, 6 or 12."""
+    from vlscale.specs.layout import hsdp_shard_sizes
+
+    assert hsdp_shard_sizes(24) == [2, 3, 4, 6, 8, 12]
+    assert hsdp_shard_sizes(24, 8) == [2, 4, 8]
+    base = dict(model="tiny-clip", devices=24, global_batch=48, sharding="hsdp")
+    for s in hsdp_shard_sizes(24):
+        config = make_plan_config(base | {"shard_size": s})
+        if s in hsdp_shard_sizes(24, 8):
+            assert plan(config).config.layout.shard_size == s
+        else:
+            with pytest.raises(ConfigError, match="shard_size"):
+                plan(config)

@@ -50,14 +50,14 @@ def _check_report(report: Path | None) -> None:
         check_report_path(report)
 
 
-def _base_config(config: Path | None, **flags: Any):
-    """The plan of a --config file (its trainer keys set aside, and listed on stderr) with the
-    flags given over it."""
+def _base_config(config: Path | None, *, note: bool = True, **flags: Any):
+    """The plan of a --config file (its trainer keys set aside, and listed on stderr unless
+    not ``note``) with the flags given over it."""
     from vlscale.plan.config import make_plan_config, parse_count, planner_part, read_config_file
 
     data = read_config_file(config) if config is not None else {}
     data, ignored = planner_part(data)
-    if ignored:
+    if ignored and note:
         typer.echo(f"note: ignored trainer keys: {', '.join(ignored)}", err=True)
     # YAML reads 12.8e9 as a string and TOML as a float: accept what the flag accepts
     if isinstance(data.get("samples"), str | float):
@@ -262,9 +262,10 @@ def compare_cmd(
             ("eva-clip", "gather"),
         ]
     results = []
-    for rec, impl in variants:
+    for i, (rec, impl) in enumerate(variants):
         cfg = _base_config(
             config,
+            note=i == 0,
             model=model,
             recipe=rec,
             loss_impl=impl,

@@ -10,11 +10,6 @@ durations only. Per rank and per step (b the local micro-batch):
     DDP all-reduce    all_reduce(params(unit) · 4)                        (fp32 grads)
     HSDP all-reduce   all_reduce(params(unit) · 4 / s) across the W / s replicas, after the
                       reduce-scatter (``_unit_comm``)
-
-s is the shard degree (``RunLayout.shard_group``: W for FSDP, the shard size for HSDP). FSDP's
-collectives run over all W ranks; HSDP's all-gather and reduce-scatter over its shard group's
-links (NVLink when s ≤ the devices per node) and its all-reduce over the replica group's
-(``vlscale.costs.topology.replica_group``: one rank per node per group when s ≥ the node).
     loss              its op list (``vlscale.costs.step_ops``); gathers of b·e fp32 embeddings;
                       ring hops of b·e fp32: W−1 text-block hops forward, W−1 again plus W
                       gradient-accumulator hops backward
@@ -23,6 +18,11 @@ links (NVLink when s ≤ the devices per node) and its all-reduce over the repli
     per unit          + ``unit_overhead_s`` (hooks and bookkeeping), half in forward, half in
                       backward; every collective + ``collective_overhead_s`` (its cost in the
                       step beyond the transfer: hand-off and waiting for the peer)
+
+s is the shard degree (``RunLayout.shard_group``: W for FSDP, the shard size for HSDP). FSDP's
+collectives run over all W ranks; HSDP's all-gather and reduce-scatter over its shard group's
+links (NVLink when s ≤ the devices per node) and its all-reduce over the replica group's
+(``vlscale.costs.topology.replica_group``: one rank per node per group when s ≥ the node).
 
 t(op) is ``vlscale.costs.compute.op_time``: max(FLOPs / (P·e_mm), bytes / (BW·e_bw)) + launches ·
 overhead, the roofline part divided by the framework efficiency γ (catalog devices: the one
