@@ -159,3 +159,12 @@ def test_bad_nested_layout_names_the_field():
         make_plan_config({"layout": 8})
     with pytest.raises(ConfigError, match=r"^shard_size:"):
         make_plan_config({"layout": {"sharding": "ddp", "shard_size": 2}})
+
+
+def test_copies_with_flat_layout_keys_reach_the_layout():
+    base = make_plan_config(devices=64, global_batch=1024)
+    hsdp = base.model_copy(update={"sharding": "hsdp", "shard_size": 8})
+    assert hsdp.layout.shard_group == 8 and hsdp.layout.devices == 64
+    with pytest.raises(ConfigError, match="shard_size"):
+        base.model_copy(update={"shard_size": 8})  # validated, not set beside the layout
+    assert base.model_copy(update={"seed": 3}).seed == 3  # other keys: pydantic's plain copy

@@ -142,6 +142,14 @@ class PlanConfig(BaseModel):
         self.recipe_spec()  # ring with a softmax recipe (a ConfigError on loss_impl) etc.
         return self
 
+    def model_copy(self, *, update: dict[str, Any] | None = None, deep: bool = False):
+        """pydantic's copy; an ``update`` with layout keys given flat (``sharding``,
+        ``devices``, ``shard_size``, ...) or a new ``layout`` is validated as a whole config,
+        so that they reach the layout (a plain copy would set them beside it, unchecked)."""
+        if update and any(k in LAYOUT_FIELDS or k == "layout" for k in update):
+            return validate_as(PlanConfig, self.model_dump() | dict(update), "")
+        return super().model_copy(update=update, deep=deep)
+
     @property
     def devices(self) -> int:
         """The world size (``layout.devices``)."""
