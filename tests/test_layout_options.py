@@ -168,3 +168,13 @@ def test_copies_with_flat_layout_keys_reach_the_layout():
     with pytest.raises(ConfigError, match="shard_size"):
         base.model_copy(update={"shard_size": 8})  # validated, not set beside the layout
     assert base.model_copy(update={"seed": 3}).seed == 3  # other keys: pydantic's plain copy
+
+
+def test_a_sharding_flag_over_an_hsdp_file_drops_its_shard_size():
+    hsdp = {"devices": 64, "global_batch": 1024, "sharding": "hsdp", "shard_size": 8}
+    assert make_plan_config(hsdp, sharding="fsdp").layout.shard_size is None
+    nested = {"global_batch": 1024, "layout": {"devices": 64, "sharding": "hsdp", "shard_size": 8}}
+    assert make_plan_config(nested, sharding="ddp").layout.sharding == "ddp"
+    assert make_plan_config(hsdp, shard_size=16).layout.shard_size == 16
+    with pytest.raises(ConfigError, match="shard_size: applies"):
+        make_plan_config(hsdp, sharding="fsdp", shard_size=8)

@@ -180,8 +180,13 @@ def make_plan_config(data: dict[str, Any] | PlanConfig | None = None, **override
     if isinstance(data, PlanConfig):
         data = data.model_dump()
     merged = dict(data or {})
-    merged |= {k: v for k, v in overrides.items() if v is not None}
-    return validate_as(PlanConfig, merged, "")
+    given = {k: v for k, v in overrides.items() if v is not None}
+    if given.get("sharding", "hsdp") != "hsdp" and "shard_size" not in given:
+        # `--sharding fsdp` over a file's HSDP layout: its shard size goes with it
+        merged.pop("shard_size", None)
+        if isinstance(merged.get("layout"), dict):
+            merged["layout"] = {k: v for k, v in merged["layout"].items() if k != "shard_size"}
+    return validate_as(PlanConfig, merged | given, "")
 
 
 def planner_part(data: dict[str, Any]) -> tuple[dict[str, Any], list[str]]:
