@@ -340,11 +340,30 @@ def _failure_model(config: PlanConfig, memory: MemoryBreakdown) -> FailureModel 
     )
 
 
+def describe_layout(layout: RunLayout) -> str:
+    """One line: e.g. "hsdp: 512 replicas x shard groups of 8, bf16, AC, reshard after fwd"."""
+    if layout.sharding == "hsdp":
+        parts = [f"hsdp: {layout.replicas} replicas x shard groups of {layout.shard_group}"]
+    else:
+        parts = [f"{layout.sharding} over {layout.devices}"]
+    parts.append(str(layout.precision))
+    if layout.sharding != "ddp":
+        parts.append("reshard after fwd" if layout.reshard_after_forward else "no reshard")
+    if layout.checkpointing:
+        parts.append("AC")
+    if layout.grad_accum > 1:
+        parts.append(f"{layout.grad_accum} micro-steps")
+    if not layout.wrapped:
+        parts.append("unwrapped")
+    return ", ".join(parts)
+
+
 def summary_rows(result: PlanResult) -> list[tuple[str, str]]:
     """(label, value) pairs for the human-readable table."""
     r = result
     gib = 2**30
     return [
+        ("layout", describe_layout(r.config.layout)),
         (
             "step time (mean / p50 / p95)",
             f"{r.step_time_s:.3f} / {r.step_time_p50_s:.3f} / {r.step_time_p95_s:.3f} s",
