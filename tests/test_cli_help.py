@@ -42,6 +42,7 @@ def test_plan_help_shows_every_default_and_they_match_plan_config():
     assert out.returncode == 0, out.stderr
     shown = _shown_defaults(out.stdout)
     cfg = PlanConfig()
+    layout = cfg.layout  # its flags: tests/test_layout_options.py
     for flag, field in {
         "--model": "model",
         "--recipe": "recipe",
@@ -54,15 +55,14 @@ def test_plan_help_shows_every_default_and_they_match_plan_config():
         "--sim-steps": "sim_steps",
         "--grad-accum": "grad_accum",
     }.items():
-        assert shown[flag] == str(getattr(cfg, field)), (flag, shown.get(flag))
+        owner = layout if field in type(layout).model_fields else cfg
+        assert shown[flag] == str(getattr(owner, field)), (flag, shown.get(flag))
     assert float(shown["--samples"]) == cfg.samples
     assert float(shown["--stragglers"]) == cfg.straggler_sigma
     # computed defaults say where they come from
     for flag, words in {
         "--mask-ratio": "recipe",
         "--optimizer": "recipe",
-        "--precision": "device",
-        "--devices-per-node": "device",
         "--utilisation": "calibrated",
         "--price": "catalog",
         "--image-size": "model",

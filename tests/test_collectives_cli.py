@@ -98,8 +98,8 @@ def test_plan_flags_reach_the_cluster():
 def test_precision_follows_the_device_and_topology_changes_the_plan():
     base = dict(model="tiny-clip", global_batch=64, devices=16)
     v100 = plan(make_plan_config(device="V100", **base))
-    assert v100.config.precision == "fp16"  # Volta has no bf16 path
-    assert plan(make_plan_config(device="H100", **base)).config.precision == "bf16"
+    assert v100.config.layout.precision == "fp16"  # Volta has no bf16 path
+    assert plan(make_plan_config(device="H100", **base)).config.layout.precision == "bf16"
     # Two 8-GPU nodes vs four 4-GPU nodes: more traffic crosses the slower NICs.
     two = plan(make_plan_config(device="H100", devices_per_node=8, **base))
     four = plan(make_plan_config(device="H100", devices_per_node=4, **base))

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import pytest
 
+from tests.layouts import layout_for, memory, recipe_for
 from vlscale.costs.activations import activation_bytes
 from vlscale.costs.loss_buffers import loss_buffer_bytes, loss_buffer_parts
 from vlscale.costs.memory import (
@@ -19,8 +20,9 @@ from vlscale.costs.memory import (
     optimizer_state_bytes,
     optimizer_state_elements,
 )
-from vlscale.errors import ConfigError
+from vlscale.errors import ConfigError, validate_as
 from vlscale.specs import get_model
+from vlscale.specs.layout import RunLayout
 
 TINY = get_model("tiny-clip")
 
@@ -41,7 +43,7 @@ def test_units_are_blocks_tower_rests_and_root():
 
 
 def test_model_states_bf16_fsdp():
-    m = estimate_memory(TINY, local_batch=2, shard_degree=4, world_size=8, precision="bf16")
+    m = memory(TINY, local_batch=2, shard_degree=4, world_size=8, precision="bf16")
     assert m.params == 0  # FSDP2 keeps no persistent bf16 copy
     assert m.master_weights == 4 * PSI // 4  # fp32 shards: 236546 bytes
     assert m.grads == 4 * PSI // 4  # fp32 sharded grads
@@ -53,19 +55,17 @@ def test_model_states_bf16_fsdp():
 
 
 def test_model_states_fp32_ddp_and_no_reshard():
-    ddp = estimate_memory(TINY, local_batch=2, shard_degree=1, world_size=2, precision="fp32")
+    ddp = memory(TINY, local_batch=2, shard_degree=1, world_size=2, precision="fp32")
     assert ddp.params == 4 * PSI and ddp.master_weights == 0 and ddp.grads == 4 * PSI
     assert ddp.fsdp_buffers == (4 + 4) * BLOCK  # fp32 params used as they are; grad buffers only
-    ddp16 = estimate_memory(TINY, local_batch=2, shard_degree=1, world_size=2, precision="bf16")
+    ddp16 = memory(TINY, local_batch=2, shard_degree=1, world_size=2, precision="bf16")
     assert ddp16.fsdp_buffers == 2 * PSI + 6 * BLOCK  # replicate keeps every bf16 cast
-    keep = estimate_memory(
-        TINY, local_batch=2, shard_degree=2, world_size=2, reshard_after_forward=False
-    )
+    keep = memory(TINY, local_batch=2, shard_degree=2, world_size=2, reshard_after_forward=False)
     assert keep.fsdp_buffers == 2 * PSI + 6 * BLOCK  # every unit stays gathered
 
 
 def test_sharded_states_round_up():
-    m = estimate_memory(TINY, local_batch=1, shard_degree=3, world_size=3, precision="fp32")
+    m = memory(TINY, local_batch=1, shard_degree=3, world_size=3, precision="fp32")
     assert m.params == -(-4 * PSI // 3)  # 946184 / 3 -> 315395 (ceil)
 
 
@@ -78,9 +78,9 @@ def test_adafactor_state_by_hand():
     # tokens (260,64) 324; pos (32,64) 96; blocks; norm 128; proj 96
     text = 324 + 96 + 2 * 1856 + 128 + 96  # 4356
     assert optimizer_state_elements(TINY, "adafactor") == vision + text + 2
-    m = estimate_memory(TINY, local_batch=1, shard_degree=1, world_size=1, optimizer="adafactor")
+    m = memory(TINY, local_batch=1, shard_degree=1, world_size=1, optimizer="adafactor")
     assert m.optimizer_state == 4 * (vision + text + 2)
-    lamb = estimate_memory(TINY, local_batch=1, shard_degree=1, world_size=1, optimizer="lamb")
+    lamb = memory(TINY, local_batch=1, shard_degree=1, world_size=1, optimizer="lamb")
     assert lamb.optimizer_state == 8 * PSI
 
 
@@ -148,7 +148,7 @@ def test_loss_buffers_by_hand():
 
 
 def test_breakdown_total_and_dict():
-    m = estimate_memory(TINY, local_batch=4, shard_degree=2, world_size=4, overhead_bytes=7)
+    m = memory(TINY, local_batch=4, shard_degree=2, world_size=4, overhead_bytes=7)
     d = m.as_dict()
     assert list(d) == [
         "params",
@@ -165,47 +165,70 @@ def test_breakdown_total_and_dict():
 
 
 def test_max_local_batch_is_the_largest_that_fits():
-    kw = dict(shard_degree=2, world_size=2, checkpointing=True, overhead_bytes=0)
-    budget = estimate_memory(TINY, local_batch=37, **kw).total
-    assert max_local_batch(TINY, budget, **kw) == 37
-    assert max_local_batch(TINY, budget - 1, **kw) == 36
-    big = 40 * 2**30
-    b = max_local_batch(get_model("ViT-L-14"), big, shard_degree=8, world_size=8)
-    assert (
-        estimate_memory(get_model("ViT-L-14"), local_batch=b, shard_degree=8, world_size=8).total
-        <= big
-    )
-    assert (
-        estimate_memory(
-            get_model("ViT-L-14"), local_batch=b + 1, shard_degree=8, world_size=8
-        ).total
-        > big
-    )
+    layout, recipe = layout_for(2, 2, checkpointing=True), recipe_for()
+    budget = estimate_memory(TINY, layout, recipe, local_batch=37, overhead_bytes=0).total
+    assert max_local_batch(TINY, budget, layout, recipe, overhead_bytes=0) == 37
+    assert max_local_batch(TINY, budget - 1, layout, recipe, overhead_bytes=0) == 36
+    big, l14, fsdp8 = 40 * 2**30, get_model("ViT-L-14"), layout_for(8, 8)
+    b = max_local_batch(l14, big, fsdp8, recipe)
+    assert estimate_memory(l14, fsdp8, recipe, local_batch=b).total <= big
+    assert estimate_memory(l14, fsdp8, recipe, local_batch=b + 1).total > big
 
 
 def test_max_local_batch_reports_what_does_not_fit():
-    with pytest.raises(ConfigError, match="shard_degree"):
-        max_local_batch(get_model("EVA-CLIP-18B"), 80 * 2**30, shard_degree=1, world_size=1)
+    with pytest.raises(ConfigError, match="sharding"):
+        max_local_batch(get_model("EVA-CLIP-18B"), 80 * 2**30, layout_for(1, 1), recipe_for())
+
+
+def test_one_fp32_rank_runs_unwrapped_and_holds_no_fsdp_buffers():
+    """The unwrapped rule (RunLayout.wrapped): one fp32 rank runs the plain module, so memory is
+    params 4Ψ + plain .grad 4Ψ + AdamW 8Ψ, no gathered copies and no reduce-scatter buffers.
+    The same rank wrapped (what trainers before the rule did) adds (4 + 4)·U1."""
+    plain = memory(TINY, local_batch=2, shard_degree=1, world_size=1, precision="fp32")
+    assert (plain.params, plain.grads, plain.optimizer_state) == (4 * PSI, 4 * PSI, 8 * PSI)
+    assert plain.master_weights == 0 and plain.fsdp_buffers == 0
+    wrapped = estimate_memory(
+        TINY,
+        layout_for(1, 1, "fp32", wrap_one_rank=True),
+        recipe_for(),
+        local_batch=2,
+    )
+    assert wrapped.fsdp_buffers == (4 + 4) * BLOCK
+    assert wrapped.total - plain.total == (4 + 4) * BLOCK
+    # any other one-rank layout is wrapped: bf16 keeps its casts
+    bf16 = memory(TINY, local_batch=2, shard_degree=1, world_size=1, precision="bf16")
+    assert bf16.fsdp_buffers == 2 * PSI + 6 * BLOCK
+
+
+def test_hsdp_holds_what_fsdp_over_its_shard_group_holds():
+    # 8 ranks in shard groups of 2: model states over 2, the loss over all 8
+    hsdp = memory(TINY, local_batch=2, shard_degree=2, world_size=8)
+    fsdp2 = memory(TINY, local_batch=2, shard_degree=2, world_size=2)
+    for field in ("params", "grads", "optimizer_state", "master_weights", "fsdp_buffers"):
+        assert getattr(hsdp, field) == getattr(fsdp2, field), field
+    assert hsdp.master_weights == 4 * PSI // 2
+    assert hsdp.loss_buffers == loss_buffer_bytes("softmax", "gather", 2, 8, 32)
 
 
 @pytest.mark.parametrize(
-    ("kwargs", "field"),
+    ("build", "field"),
     [
-        (dict(shard_degree=3, world_size=4), "shard_degree"),
-        (dict(shard_degree=0, world_size=4), "shard_degree"),
-        (dict(precision="fp8"), "precision"),
-        (dict(optimizer="sgd"), "optimizer"),
-        (dict(mask_ratio=1.0), "mask_ratio"),
-        (dict(loss="hinge"), "loss"),
-        (dict(loss="softmax", loss_impl="ring"), "loss_impl"),
-        (dict(local_batch=0), "local_batch"),
-        (dict(overhead_bytes=-1), "overhead_bytes"),
+        (
+            lambda: validate_as(RunLayout, dict(devices=4, sharding="hsdp", shard_size=3), ""),
+            "shard_size",
+        ),
+        (lambda: validate_as(RunLayout, dict(devices=4, shard_size=2), ""), "shard_size"),
+        (lambda: estimate_memory(TINY, RunLayout(), recipe_for(), local_batch=2), "precision"),
+        (lambda: memory(TINY, local_batch=0, shard_degree=1, world_size=1), "local_batch"),
+        (
+            lambda: memory(TINY, local_batch=2, shard_degree=1, world_size=1, overhead_bytes=-1),
+            "overhead_bytes",
+        ),
     ],
 )
-def test_bad_input_names_the_field(kwargs, field):
-    base = dict(local_batch=2, shard_degree=1, world_size=1)
+def test_bad_input_names_the_field(build, field):
     with pytest.raises(ConfigError) as err:
-        estimate_memory(TINY, **(base | kwargs))
+        build()
     assert err.value.field == field
 
 

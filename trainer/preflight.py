@@ -76,19 +76,12 @@ def estimate_rank_memory(cfg: TrainConfig, device_type: str) -> int:
     ``vlscale.costs.memory`` (HSDP: the model states are sharded over the shard group)."""
     from vlscale.costs.memory import DEFAULT_OVERHEAD_BYTES, estimate_memory
 
-    layout, recipe = cfg.layout, cfg.recipe_spec()
+    layout = cfg.layout
     return estimate_memory(
         cfg.model_spec(),
+        layout,
+        cfg.recipe_spec(),
         local_batch=layout.micro_batch(cfg.global_batch),
-        shard_degree=layout.shard_group,
-        world_size=layout.devices,
-        precision=layout.precision,
-        optimizer=recipe.optimizer,
-        checkpointing=layout.checkpointing,
-        mask_ratio=recipe.mask_ratio,
-        loss=recipe.loss,
-        loss_impl=recipe.loss_impl,
-        reshard_after_forward=layout.reshard_after_forward,
         overhead_bytes=DEFAULT_OVERHEAD_BYTES if device_type == "cuda" else 0,
     ).total
 

@@ -5,8 +5,9 @@ from __future__ import annotations
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
+from tests.layouts import memory
 from vlscale.costs.activations import activation_bytes
-from vlscale.costs.memory import estimate_memory, loss_buffer_bytes
+from vlscale.costs.memory import loss_buffer_bytes
 from vlscale.specs import get_model, list_models
 
 PRESETS = st.sampled_from(list_models())
@@ -42,8 +43,8 @@ def test_memory_does_not_grow_with_shard_degree(
     s1, s2 = sorted((2 ** min(log_s1, log_world), 2 ** min(log_s2, log_world)))
     spec = get_model(name)
     kw = dict(local_batch=batch, world_size=world, loss=loss[0], loss_impl=loss[1], **layout)
-    less = estimate_memory(spec, shard_degree=s1, **kw)
-    more = estimate_memory(spec, shard_degree=s2, **kw)
+    less = memory(spec, shard_degree=s1, **kw)
+    more = memory(spec, shard_degree=s2, **kw)
     assert more.total <= less.total
     for field in ("params", "grads", "optimizer_state", "master_weights"):
         assert getattr(more, field) <= getattr(less, field)
@@ -108,7 +109,7 @@ def test_ring_loss_memory_is_flat_in_world_size_and_gathers_grow(batch, embed, l
 @FAST
 @given(name=PRESETS, layout=LAYOUT, loss=LOSS, batch=st.integers(1, 1024), log_w=st.integers(0, 8))
 def test_total_is_the_sum_of_the_breakdown(name, layout, loss, batch, log_w):
-    m = estimate_memory(
+    m = memory(
         get_model(name),
         local_batch=batch,
         shard_degree=2**log_w,
@@ -132,8 +133,36 @@ def test_total_is_the_sum_of_the_breakdown(name, layout, loss, batch, log_w):
 def test_memory_grows_with_local_batch(name, layout, loss, batch, extra, log_w):
     kw = dict(shard_degree=1, world_size=2**log_w, loss=loss[0], loss_impl=loss[1], **layout)
     spec = get_model(name)
-    small = estimate_memory(spec, local_batch=batch, **kw)
-    large = estimate_memory(spec, local_batch=batch + extra, **kw)
+    small = memory(spec, local_batch=batch, **kw)
+    large = memory(spec, local_batch=batch + extra, **kw)
     assert large.total > small.total
     assert large.activations > small.activations
     assert large.loss_buffers > small.loss_buffers
+
+
+@FAST
+@given(
+    name=PRESETS,
+    layout=LAYOUT,
+    loss=LOSS,
+    batch=st.integers(1, 512),
+    nodes=st.integers(1, 64),
+    per_node=st.sampled_from([1, 2, 4, 8]),
+    pick=st.integers(0, 10**6),
+)
+def test_hsdp_memory_lies_between_fsdp_and_ddp(name, layout, loss, batch, nodes, per_node, pick):
+    """HSDP over shard groups of s (any divisor of W) holds at most DDP's bytes and at least
+    FSDP's; at s = W it is FSDP, at s = 1 it is DDP (its shard groups hold whole copies)."""
+    world = nodes * per_node
+    divisors = [d for d in range(1, world + 1) if world % d == 0]
+    s = divisors[pick % len(divisors)]
+    spec = get_model(name)
+    kw = dict(local_batch=batch, world_size=world, loss=loss[0], loss_impl=loss[1], **layout)
+    ddp = memory(spec, shard_degree=1, **kw)
+    fsdp = memory(spec, shard_degree=world, **kw)
+    hsdp = memory(spec, shard_degree=s, sharding="hsdp", **kw)
+    assert fsdp.total <= hsdp.total <= ddp.total
+    if s == world:
+        assert hsdp == fsdp
+    if s == 1:
+        assert hsdp == ddp

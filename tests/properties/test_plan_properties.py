@@ -258,3 +258,24 @@ def test_any_configuration_plans_or_raises_config_error(raw, on_valid_base):
         return
     event("planned")
     assert result.step_time_s > 0
+
+
+@FEW
+@given(cfg=configs(devices=GPUS), pick=st.integers(0, 10**6))
+def test_hsdp_plans_between_fsdp_and_ddp_and_is_fsdp_over_the_world(cfg, pick):
+    """Every shard size that divides a node or is whole nodes plans; its memory lies between
+    FSDP's and DDP's; HSDP over all W ranks is FSDP, step and memory alike."""
+    from vlscale.specs.hardware import make_cluster
+    from vlscale.specs.layout import hsdp_shard_sizes
+
+    w = cfg.devices
+    node = make_cluster(cfg.device, w).node_size
+    sizes = [*hsdp_shard_sizes(w, node), w]
+    s = sizes[pick % len(sizes)]
+    fsdp, ddp = (plan(cfg.model_copy(update={"sharding": k})) for k in ("fsdp", "ddp"))
+    hsdp = plan(cfg.model_copy(update={"sharding": "hsdp", "shard_size": s}))
+    event(f"s = {'W' if s == w else s}")
+    total = lambda r: r.memory_per_device_bytes  # noqa: E731
+    assert total(fsdp) <= total(hsdp) <= total(ddp)
+    if s == w:
+        assert hsdp.step_time_s == fsdp.step_time_s and total(hsdp) == total(fsdp)

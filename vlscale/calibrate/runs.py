@@ -19,7 +19,8 @@ from pathlib import Path
 
 from vlscale.errors import ConfigError
 from vlscale.plan.config import PlanConfig, make_plan_config
-from vlscale.records import Run, read_run
+from vlscale.records import Run, RunHeader, read_run
+from vlscale.specs.layout import RunLayout
 from vlscale.specs.presets import get_model
 
 PHASES = ("forward_s", "loss_s", "backward_s", "optimizer_s", "data_time_s")
@@ -133,20 +134,37 @@ def plan_config_of(run: Run, device: str | None, hardware_file: str | None) -> P
         mask_ratio=h.recipe.mask_ratio,
         optimizer=h.recipe.optimizer,
         device=device,
-        devices=h.world_size,
-        devices_per_node=h.devices_per_node or h.world_size,
+        layout=layout_of(h),
         hardware_file=hardware_file,
         global_batch=h.global_batch,
-        grad_accum=h.grad_accum,
         samples=h.global_batch,
-        precision=h.dtype,
-        sharding=h.sharding,
-        # records without the field come from trainers that wrapped even one fp32 rank
-        wrap_one_rank=h.wrapped is not False,
-        reshard_after_forward=cfg.get("reshard_after_forward", True),
-        checkpointing=h.activation_checkpointing,
         grad_clip=bool(cfg.get("grad_clip")),
         failures={"enabled": False},
+    )
+
+
+def layout_of(header: RunHeader) -> RunLayout:
+    """The layout the run ran with: the header's own ``layout``, or for a trainer before it,
+    one built from the header's flat fields. A header without ``wrapped`` comes from a trainer
+    that wrapped even one fp32 rank. Without a recorded node size, all ranks were one host."""
+    h = header
+    node = h.devices_per_node or h.world_size
+    if h.layout is not None:
+        layout = h.layout
+        return (
+            layout
+            if layout.devices_per_node
+            else layout.model_copy(update={"devices_per_node": node})
+        )
+    return RunLayout(
+        devices=h.world_size,
+        devices_per_node=node,
+        sharding=h.sharding,
+        reshard_after_forward=h.config.get("reshard_after_forward", True),
+        precision=h.dtype,
+        checkpointing=h.activation_checkpointing,
+        grad_accum=h.grad_accum,
+        wrap_one_rank=h.wrapped is not False,
     )
 
 

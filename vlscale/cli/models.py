@@ -15,8 +15,10 @@ from vlscale.cli.app import (
     human_bytes,
     print_table,
 )
-from vlscale.errors import ConfigError
+from vlscale.cli.layout_options import with_layout_options
+from vlscale.errors import ConfigError, validate_as
 from vlscale.specs.fields import check_mask_ratio
+from vlscale.specs.layout import RunLayout
 
 models_app = typer.Typer(
     help="Model presets: list them, or print one as a starting model file.",
@@ -162,16 +164,20 @@ def flops_cmd(
 
 
 @handles_bad_input
+@with_layout_options(RunLayout())
 def memory_cmd(
     model: str = typer.Argument(..., help=MODEL_HELP),
     local_batch: int = typer.Option(32, "--local-batch", help="samples per device per step"),
-    shard_degree: int = typer.Option(1, "--shard-degree", help="FSDP shard degree (1 = DDP)"),
-    world_size: int | None = typer.Option(
-        None, "--world-size", help="devices", show_default="the shard degree"
+    shard_degree: int | None = typer.Option(
+        None,
+        "--shard-degree",
+        help="ranks that shard the model (1 = DDP; = devices: FSDP; between: HSDP); "
+        "a shorthand for --sharding / --shard-size",
     ),
-    precision: str = typer.Option("bf16", "--precision", help="fp32 | bf16 | fp16"),
+    world_size: int | None = typer.Option(
+        None, "--world-size", help="devices (same as --devices)", show_default="the shard degree"
+    ),
     optimizer: str = typer.Option("adamw", "--optimizer", help="adamw | lamb | adafactor"),
-    checkpointing: bool = typer.Option(False, "--checkpointing/--no-checkpointing"),
     mask_ratio: float = typer.Option(0.0, "--mask-ratio", help="FLIP patch-drop ratio in [0, 1)"),
     recipe: str = typer.Option("clip", "--recipe", help="clip | siglip | eva-clip"),
     loss_impl: str = typer.Option("gather", "--loss-impl", help="gather | ring"),
@@ -189,11 +195,13 @@ def memory_cmd(
         show_default="the --device's memory",
     ),
     as_json: bool = typer.Option(False, "--json", help="machine-readable output"),
+    layout_flags: dict | None = None,
 ):
     """Per-device memory broken down: params, grads, optimizer, master, FSDP buffers, ...
 
     Sizes are printed in GiB (2^30 bytes), like `plan`; catalog capacities are the vendors'
-    decimal GB, converted the same way in both commands."""
+    decimal GB, converted the same way in both commands. Without --precision: bf16, or the
+    --device's 16-bit type."""
     from vlscale.costs.memory import estimate_memory, max_local_batch
     from vlscale.specs.presets import resolve_model
     from vlscale.specs.recipes import RecipeSpec
@@ -206,43 +214,30 @@ def memory_cmd(
         ("device_memory_gib", device_memory_gib),
     ):
         check_positive(field, value)
-    world = world_size if world_size is not None else shard_degree
-    if world % shard_degree:
-        raise ConfigError(
-            "shard_degree", f"{shard_degree} does not divide world_size {world}; pick a divisor"
-        )
+    layout = _memory_layout(layout_flags or {}, shard_degree, world_size, device)
     rec = RecipeSpec(name=recipe, loss_impl=loss_impl, optimizer=optimizer, mask_ratio=mask_ratio)
-    _check_choice("precision", precision, ("fp32", "bf16", "fp16"))
     spec = resolve_model(model)
-    kwargs = dict(
-        shard_degree=shard_degree,
-        world_size=world,
-        precision=precision,
-        optimizer=rec.optimizer,
-        checkpointing=checkpointing,
-        mask_ratio=mask_ratio,
-        loss=rec.loss,
-        loss_impl=rec.loss_impl,
-    )
-    mem = estimate_memory(spec, local_batch=local_batch, **kwargs)
+    mem = estimate_memory(spec, layout, rec, local_batch=local_batch)
+    s, world, precision = layout.shard_group, layout.devices, layout.precision
     result: dict[str, Any] = {
         "model": spec.name,
         "local_batch": local_batch,
-        "shard_degree": shard_degree,
+        "shard_degree": s,
         "world_size": world,
         "precision": precision,
         "optimizer": rec.optimizer,
-        "checkpointing": checkpointing,
+        "checkpointing": layout.checkpointing,
         "mask_ratio": mask_ratio,
         "loss_impl": rec.loss_impl,
         "breakdown": mem.as_dict(),
         "total": mem.total,
+        "layout": layout.model_dump(mode="json"),
     }
     capacity = _device_capacity(device, device_memory_gib)
     if capacity is not None:
         result["device_memory_bytes"] = capacity
         result["fits"] = mem.total <= capacity
-        result["max_local_batch"] = max_local_batch(spec, capacity, **kwargs)
+        result["max_local_batch"] = max_local_batch(spec, capacity, layout, rec)
     if as_json:
         emit_json(result)
         return
@@ -254,16 +249,49 @@ def memory_cmd(
         rows.append(["fits", str(result["fits"])])
         rows.append(["largest local batch", str(result["max_local_batch"])])
     print_table(
-        f"{spec.name} memory per device (b={local_batch}, shard {shard_degree}/{world}, "
-        f"{precision}, {rec.optimizer}, ckpt={checkpointing})",
+        f"{spec.name} memory per device (b={local_batch}, {layout.sharding} shard {s}/{world}, "
+        f"{precision}, {rec.optimizer}, ckpt={layout.checkpointing})",
         ["component", "bytes"],
         rows,
     )
 
 
-def _check_choice(field: str, value: str, choices: tuple[str, ...]) -> None:
-    if value not in choices:
-        raise ConfigError(field, f"'{value}' is not one of {', '.join(choices)}")
+def _memory_layout(
+    flags: dict[str, Any], shard_degree: int | None, world_size: int | None, device: str | None
+) -> RunLayout:
+    """The layout of ``vlscale memory``: the layout flags, with ``--shard-degree S`` and
+        ``--world-size W`` read as the sharding they mean (S = 1: ddp, S = W: fsdp, else hsdp with
+        shard size S); without a precision, the --device's 16-bit type (bf16 without a device), and
+    HSDP's default shard size is the --device's node (all ranks without a device)."""
+    flags = dict(flags)
+    if world_size is not None:
+        if flags.get("devices", world_size) != world_size:
+            raise ConfigError("world_size", "give --world-size or --devices, not both")
+        flags["devices"] = world_size
+    if shard_degree is not None:
+        if "sharding" in flags or "shard_size" in flags:
+            raise ConfigError(
+                "shard_degree", "give --shard-degree or --sharding / --shard-size, not both"
+            )
+        world = flags.setdefault("devices", shard_degree)
+        if world % shard_degree:
+            raise ConfigError(
+                "shard_degree",
+                f"{shard_degree} does not divide world_size {world}; pick a divisor",
+            )
+        if shard_degree == 1 and world > 1:
+            flags["sharding"] = "ddp"
+        elif shard_degree < world:
+            flags |= {"sharding": "hsdp", "shard_size": shard_degree}
+    layout = validate_as(RunLayout, flags, "")
+    precision, node = "bf16", layout.devices  # no device: one node of every rank
+    if device is not None:
+        from vlscale.plan.planner import default_precision
+        from vlscale.specs.hardware import get_device
+
+        spec = get_device(device)
+        precision, node = default_precision(spec), spec.devices_per_node
+    return layout.resolved(precision, node)
 
 
 def _device_capacity(device: str | None, device_memory_gib: float | None) -> int | None:

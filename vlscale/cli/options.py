@@ -5,6 +5,9 @@ Options whose value is ``None`` until a default is computed show that effective 
 (``vlscale.plan.config.PlanConfig``; a test holds the two together), which a ``--config`` file
 overrides and a flag overrides again.
 
+The run layout's options (``--devices``, ``--sharding``, ``--shard-size``, ``--precision``, ...)
+are not here: ``vlscale.cli.layout_options`` generates them from ``RunLayout``'s fields.
+
 A module of its own, importing nothing of the CLI (not even ``vlscale.cli.app``), so that any
 command module can use these types without importing another command module.
 """
@@ -34,9 +37,6 @@ LossImplOpt = Annotated[
 DeviceOpt = Annotated[
     str | None, typer.Option("--device", help="e.g. H100, TPUv5p", show_default="H100")
 ]
-DevicesOpt = Annotated[
-    int | None, typer.Option("--devices", help="number of devices", show_default="256")
-]
 BatchOpt = Annotated[
     int | None, typer.Option("--global-batch", help="samples per step", show_default="32768")
 ]
@@ -50,25 +50,6 @@ MaskOpt = Annotated[
         "--mask-ratio",
         help="FLIP ratio in [0, 1)",
         show_default="the recipe's: eva-clip 0.5, else 0",
-    ),
-]
-PrecisionOpt = Annotated[
-    str | None,
-    typer.Option(
-        "--precision",
-        help="fp32 | bf16 | fp16",
-        show_default="the device's 16-bit type: bf16, fp16 on V100",
-    ),
-]
-ShardingOpt = Annotated[
-    str | None, typer.Option("--sharding", help="fsdp | ddp", show_default="fsdp")
-]
-CkptOpt = Annotated[
-    bool | None,
-    typer.Option(
-        "--checkpointing/--no-checkpointing",
-        help="activation ckpt",
-        show_default="no-checkpointing",
     ),
 ]
 OptimOpt = Annotated[
@@ -105,6 +86,7 @@ DecodeOpt = Annotated[
     ),
 ]
 HwOpt = Annotated[str | None, typer.Option("--hardware-file", help="YAML/TOML with devices")]
+# `vlscale collectives` (no run layout); the layout's own flags come from vlscale.cli.layout_options
 PerNodeOpt = Annotated[
     int | None,
     typer.Option(
@@ -122,10 +104,6 @@ ShapeOpt = Annotated[
 ImageOpt = Annotated[
     int | None,
     typer.Option("--image-size", help="override the image size", show_default="the model's"),
-]
-GradAccumOpt = Annotated[
-    int | None,
-    typer.Option("--grad-accum", help="micro-steps per optimizer step", show_default="1"),
 ]
 JsonOpt = Annotated[bool, typer.Option("--json", help="machine-readable output")]
 WorkersOpt = Annotated[

@@ -13,14 +13,12 @@ from typing import Annotated, Any
 import typer
 
 from vlscale.cli.app import emit_json, handles_bad_input, print_table
+from vlscale.cli.layout_options import with_layout_options
 from vlscale.cli.options import (
     BatchOpt,
-    CkptOpt,
     ConfigOpt,
     DecodeOpt,
     DeviceOpt,
-    DevicesOpt,
-    GradAccumOpt,
     HwOpt,
     ImageOpt,
     JsonOpt,
@@ -28,15 +26,12 @@ from vlscale.cli.options import (
     MaskOpt,
     ModelOpt,
     OptimOpt,
-    PerNodeOpt,
-    PrecisionOpt,
     PriceOpt,
     RecipeOpt,
     ReportOpt,
     SamplesOpt,
     SchedulerOpt,
     ShapeOpt,
-    ShardingOpt,
     SlicesOpt,
     StepsOpt,
     StragglerOpt,
@@ -44,6 +39,7 @@ from vlscale.cli.options import (
     WorkersOpt,
 )
 from vlscale.paths import check_output_file
+from vlscale.plan.config import DEFAULT_LAYOUT
 
 
 def _check_report(report: Path | None) -> None:
@@ -54,10 +50,15 @@ def _check_report(report: Path | None) -> None:
         check_report_path(report)
 
 
-def _base_config(config: Path | None, **flags: Any):
-    from vlscale.plan.config import make_plan_config, parse_count, read_config_file
+def _base_config(config: Path | None, *, note: bool = True, **flags: Any):
+    """The plan of a --config file (its trainer keys set aside, and listed on stderr unless
+    not ``note``) with the flags given over it."""
+    from vlscale.plan.config import make_plan_config, parse_count, planner_part, read_config_file
 
     data = read_config_file(config) if config is not None else {}
+    data, ignored = planner_part(data)
+    if ignored and note:
+        typer.echo(f"note: ignored trainer keys: {', '.join(ignored)}", err=True)
     # YAML reads 12.8e9 as a string and TOML as a float: accept what the flag accepts
     if isinstance(data.get("samples"), str | float):
         data["samples"] = parse_count("samples", str(data["samples"]))
@@ -66,22 +67,18 @@ def _base_config(config: Path | None, **flags: Any):
 
 
 @handles_bad_input
+@with_layout_options(DEFAULT_LAYOUT)
 def plan_cmd(
     config: ConfigOpt = None,
     model: ModelOpt = None,
     recipe: RecipeOpt = None,
     loss_impl: LossImplOpt = None,
     device: DeviceOpt = None,
-    devices: DevicesOpt = None,
-    devices_per_node: PerNodeOpt = None,
     num_slices: SlicesOpt = None,
     slice_shape: ShapeOpt = None,
     global_batch: BatchOpt = None,
     samples: SamplesOpt = None,
     mask_ratio: MaskOpt = None,
-    precision: PrecisionOpt = None,
-    sharding: ShardingOpt = None,
-    checkpointing: CkptOpt = None,
     optimizer: OptimOpt = None,
     utilisation: UtilOpt = None,
     price: PriceOpt = None,
@@ -90,7 +87,6 @@ def plan_cmd(
     decode_rate: DecodeOpt = None,
     hardware_file: HwOpt = None,
     image_size: ImageOpt = None,
-    grad_accum: GradAccumOpt = None,
     trace: Annotated[
         Path | None, typer.Option("--trace", help="write the simulated timeline (Chrome JSON)")
     ] = None,
@@ -106,6 +102,7 @@ def plan_cmd(
         int, typer.Option("--draws", help="Monte Carlo plans for --uncertainty", min=2, max=10000)
     ] = 64,
     as_json: JsonOpt = False,
+    layout_flags: dict | None = None,
 ):
     """Plan a run: step time, memory per device, wall time, device-hours and cost.
 
@@ -120,16 +117,11 @@ def plan_cmd(
         recipe=recipe,
         loss_impl=loss_impl,
         device=device,
-        devices=devices,
-        devices_per_node=devices_per_node,
         num_slices=num_slices,
         slice_shape=slice_shape,
         global_batch=global_batch,
         samples=samples,
         mask_ratio=mask_ratio,
-        precision=precision,
-        sharding=sharding,
-        checkpointing=checkpointing,
         optimizer=optimizer,
         utilisation=utilisation,
         price_per_device_hour=price,
@@ -138,7 +130,7 @@ def plan_cmd(
         decode_samples_per_s_per_device=decode_rate,
         hardware_file=hardware_file,
         image_size=image_size,
-        grad_accum=grad_accum,
+        **(layout_flags or {}),
     )
     if trace is not None:
         check_output_file(trace, "trace", (".json",))
@@ -225,6 +217,7 @@ def _print_ops(result, top: int = 30) -> None:
 
 
 @handles_bad_input
+@with_layout_options(DEFAULT_LAYOUT)
 def compare_cmd(
     recipe: Annotated[
         list[str] | None,
@@ -240,21 +233,17 @@ def compare_cmd(
     config: ConfigOpt = None,
     model: ModelOpt = None,
     device: DeviceOpt = None,
-    devices: DevicesOpt = None,
-    devices_per_node: PerNodeOpt = None,
     num_slices: SlicesOpt = None,
     slice_shape: ShapeOpt = None,
     global_batch: BatchOpt = None,
     samples: SamplesOpt = None,
     mask_ratio: MaskOpt = None,
-    precision: PrecisionOpt = None,
-    sharding: ShardingOpt = None,
-    checkpointing: CkptOpt = None,
     utilisation: UtilOpt = None,
     price: PriceOpt = None,
     hardware_file: HwOpt = None,
     report: ReportOpt = None,
     as_json: JsonOpt = False,
+    layout_flags: dict | None = None,
 ):
     """Recipes or loss implementations side by side on the same cluster.
 
@@ -273,26 +262,23 @@ def compare_cmd(
             ("eva-clip", "gather"),
         ]
     results = []
-    for rec, impl in variants:
+    for i, (rec, impl) in enumerate(variants):
         cfg = _base_config(
             config,
+            note=i == 0,
             model=model,
             recipe=rec,
             loss_impl=impl,
             device=device,
-            devices=devices,
-            devices_per_node=devices_per_node,
             num_slices=num_slices,
             slice_shape=slice_shape,
             global_batch=global_batch,
             samples=samples,
             mask_ratio=mask_ratio,
-            precision=precision,
-            sharding=sharding,
-            checkpointing=checkpointing,
             utilisation=utilisation,
             price_per_device_hour=price,
             hardware_file=hardware_file,
+            **(layout_flags or {}),
         )
         results.append(plan(cfg).to_json())
     if report is not None:
@@ -405,6 +391,7 @@ def _sources(d) -> list[tuple[str, str]]:
 
 
 @handles_bad_input
+@with_layout_options(DEFAULT_LAYOUT)
 def sweep_cmd(
     grid_file: Annotated[
         # rich markup would eat "[values]" as a style tag: escape the bracket
@@ -414,7 +401,6 @@ def sweep_cmd(
         "sweep.csv"
     ),
     quiet: Annotated[bool, typer.Option("--quiet", help="no progress bar")] = False,
-    devices_per_node: PerNodeOpt = None,
     num_slices: SlicesOpt = None,
     slice_shape: ShapeOpt = None,
     workers: WorkersOpt = None,
@@ -428,11 +414,12 @@ def sweep_cmd(
             show_default="1,000,000",  # vlscale.plan.sweep.MAX_POINTS (a test holds them equal)
         ),
     ] = None,
+    layout_flags: dict | None = None,
 ):
     """Plan every point of a grid and write one row per configuration (CSV or Parquet).
 
     Runs on every local core by default, or on a Dask cluster with --scheduler. The topology
-    flags, when given, set that key in every point (over the grid file). The size and an
+    and layout flags, when given, set that key in every point (over the grid file). The size and an
     estimated time are printed first; CSV rows are written as they finish (into a temp file
     renamed onto --out at the end, so --out is never half-written)."""
     from vlscale.plan.sweep import MAX_POINTS, check_size, expand_grid, write_sweep
@@ -440,11 +427,9 @@ def sweep_cmd(
     check_output_file(out, "out", (".csv", ".parquet"))
     topology = {
         k: v
-        for k, v in dict(
-            devices_per_node=devices_per_node, num_slices=num_slices, slice_shape=slice_shape
-        ).items()
+        for k, v in dict(num_slices=num_slices, slice_shape=slice_shape).items()
         if v is not None
-    }
+    } | (layout_flags or {})
     points = expand_grid(grid_file).with_overrides(topology)
     check_size(len(points), max_points or MAX_POINTS)
     summary = write_sweep(

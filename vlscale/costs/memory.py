@@ -1,7 +1,8 @@
-"""Per-device training memory, broken down, from a model spec and a parallel layout.
+"""Per-device training memory, broken down, from a model spec, a recipe and a run layout.
 
-All quantities are bytes per device. Ψ = parameters (``vlscale.costs.params``), s = shard degree,
-W = world size, p = bytes per element of ``precision``, b = local batch, B = b·W, e = embed_dim.
+All quantities are bytes per device. Ψ = parameters (``vlscale.costs.params``), s = shard degree
+(``RunLayout.shard_group``: 1 for DDP, W for FSDP, the shard size for HSDP), W = world size,
+p = bytes per element of ``precision``, b = local batch, B = b·W, e = embed_dim.
 
 Model states (ZeRO, Rajbhandari et al. 2020, "ZeRO: Memory Optimizations Toward Training
 Trillion Parameter Models", Sec. 3.1 and ZeRO-3 = sharding all three over s). The layout is
@@ -32,6 +33,11 @@ those of ``trainer.parallelize``: every block, each tower's remaining parameters
     s = 1 (replicate, never reshards) p·Ψ if precision != fp32 (the cast copies), else 0
     plus, in backward, one unit's gradients while they are reduced: its unsharded gradients
     in ``precision`` and the fp32 reduce-scatter (all-reduce) input, (p + 4)·U1
+    not wrapped (``RunLayout.wrapped`` False: one fp32 rank runs the plain module)   0
+
+HSDP (shard size s, R = W / s replicas) holds what FSDP over s ranks holds: the replicas'
+gradient all-reduce works on the reduce-scattered fp32 shard in place. An unwrapped rank keeps
+plain ``.grad`` tensors (4·Ψ, as the sharded fp32 gradients at s = 1) and no unit buffers.
 
 Activations: ``vlscale.costs.activations`` (Korthikanti et al. 2022 style, per saved tensor).
 Loss buffers: :func:`loss_buffer_bytes`. ``overhead`` is a flat allowance for what the
@@ -55,9 +61,9 @@ from vlscale.costs.params import (
     vision_params,
 )
 from vlscale.errors import ConfigError
-from vlscale.specs.fields import check_mask_ratio
+from vlscale.specs.layout import RunLayout
 from vlscale.specs.models import LOGIT_PARAMS, ModelSpec
-from vlscale.specs.recipes import BYTES_PER_ELEMENT, check_loss_impl
+from vlscale.specs.recipes import BYTES_PER_ELEMENT, RecipeSpec
 
 DEFAULT_OVERHEAD_BYTES = 1 << 30
 OPTIMIZERS = ("adamw", "lamb", "adafactor")
@@ -87,40 +93,40 @@ class MemoryBreakdown:
 
 def estimate_memory(
     spec: ModelSpec,
+    layout: RunLayout,
+    recipe: RecipeSpec,
     *,
     local_batch: int,
-    shard_degree: int,
-    world_size: int,
-    precision: str = "bf16",
-    optimizer: str = "adamw",
-    checkpointing: bool = False,
-    mask_ratio: float = 0.0,
-    loss: str = "softmax",
-    loss_impl: str = "gather",
-    reshard_after_forward: bool = True,
     overhead_bytes: int = DEFAULT_OVERHEAD_BYTES,
 ) -> MemoryBreakdown:
     """Peak training memory per device, as the sum of the categories of ``MemoryBreakdown``.
 
+    ``layout`` is resolved (``RunLayout.resolved``: precision and HSDP shard size known);
+    ``local_batch`` is what one forward sees (the micro-batch). Model states shard over
+    s = ``layout.shard_group`` (DDP 1, FSDP W, HSDP its shard size); the loss spans all W ranks.
     The categories are summed as if all peaked at once (an upper bound: e.g. the FSDP buffers of
     forward and the loss buffers never coexist in full).
     """
-    _check(local_batch, shard_degree, world_size, precision, optimizer, mask_ratio)
-    check_loss_impl(loss, loss_impl)
+    if local_batch < 1:
+        raise ConfigError("local_batch", f"must be >= 1, got {local_batch}")
     if overhead_bytes < 0:
         raise ConfigError("overhead_bytes", f"must be >= 0, got {overhead_bytes}")
     psi = count_params(spec).total
-    s = shard_degree
+    s, precision = layout.shard_group, layout.precision
     mixed = precision != "fp32"
-    acts = activation_bytes(spec, local_batch, precision, checkpointing, mask_ratio)
+    acts = activation_bytes(spec, local_batch, precision, layout.checkpointing, recipe.mask_ratio)
     return MemoryBreakdown(
         params=0 if mixed else _ceil_div(FP32 * psi, s),
         grads=_ceil_div(FP32 * psi, s),
-        optimizer_state=optimizer_state_bytes(spec, optimizer, s),
+        optimizer_state=optimizer_state_bytes(spec, recipe.optimizer, s),
         master_weights=_ceil_div(FP32 * psi, s) if mixed else 0,
-        fsdp_buffers=fsdp_buffer_bytes(spec, shard_degree, precision, reshard_after_forward),
+        fsdp_buffers=fsdp_buffer_bytes(spec, s, precision, layout.reshard_after_forward)
+        if layout.wrapped
+        else 0,
         activations=sum(acts.values()),
-        loss_buffers=loss_buffer_bytes(loss, loss_impl, local_batch, world_size, spec.embed_dim),
+        loss_buffers=loss_buffer_bytes(
+            recipe.loss, recipe.loss_impl, local_batch, layout.devices, spec.embed_dim
+        ),
         overhead=overhead_bytes,
     )
 
@@ -161,27 +167,34 @@ def fsdp_buffer_bytes(
     return gathered + (p + REDUCE_BYTES) * units[0]
 
 
-def max_local_batch(spec: ModelSpec, device_memory_bytes: int, **kwargs) -> int:
+def max_local_batch(
+    spec: ModelSpec,
+    device_memory_bytes: int,
+    layout: RunLayout,
+    recipe: RecipeSpec,
+    overhead_bytes: int = DEFAULT_OVERHEAD_BYTES,
+) -> int:
     """The largest local batch whose :func:`estimate_memory` total fits ``device_memory_bytes``.
 
-    ``kwargs`` are those of ``estimate_memory`` except ``local_batch``. Memory is monotone in
-    the batch, so an exponential search brackets the answer and a binary search finds it.
-    Raises ``ConfigError`` when not even a batch of 1 fits.
+    Memory is monotone in the batch, so an exponential search brackets the answer and a binary
+    search finds it. Raises ``ConfigError`` when not even a batch of 1 fits.
     """
-    if "local_batch" in kwargs:
-        raise ConfigError("local_batch", "max_local_batch chooses the batch; do not pass one")
     if device_memory_bytes <= 0:
         raise ConfigError("device_memory_bytes", f"must be > 0, got {device_memory_bytes}")
 
+    def need(b: int) -> int:
+        return estimate_memory(
+            spec, layout, recipe, local_batch=b, overhead_bytes=overhead_bytes
+        ).total
+
     def fits(b: int) -> bool:
-        return estimate_memory(spec, local_batch=b, **kwargs).total <= device_memory_bytes
+        return need(b) <= device_memory_bytes
 
     if not fits(1):
-        need = estimate_memory(spec, local_batch=1, **kwargs).total
         raise ConfigError(
-            "shard_degree",
-            f"{spec.name} does not fit even at local batch 1 ({need / 2**30:.1f} GiB needed, "
-            f"{device_memory_bytes / 2**30:.1f} GiB available); raise shard_degree, enable "
+            "shard_size" if layout.sharding == "hsdp" else "sharding",
+            f"{spec.name} does not fit even at local batch 1 ({need(1) / 2**30:.1f} GiB needed, "
+            f"{device_memory_bytes / 2**30:.1f} GiB available); shard over more ranks, enable "
             "checkpointing, use bf16, or pick a device with more memory",
         )
     lo, hi = 1, 2  # fits(lo) holds; grow hi until it does not
@@ -235,29 +248,6 @@ def _adafactor_elements(shape: tuple[int, ...]) -> int:
         return math.prod(shape)
     lead = math.prod(shape[:-2])
     return lead * shape[-2] + lead * shape[-1]
-
-
-# --- validation ------------------------------------------------------------------------------
-
-
-def _check(local_batch, shard_degree, world_size, precision, optimizer, mask_ratio) -> None:
-    if local_batch < 1:
-        raise ConfigError("local_batch", f"must be >= 1, got {local_batch}")
-    if world_size < 1:
-        raise ConfigError("world_size", f"must be >= 1, got {world_size}")
-    if shard_degree < 1 or world_size % shard_degree:
-        raise ConfigError(
-            "shard_degree",
-            f"{shard_degree} must be >= 1 and divide world_size={world_size} "
-            "(shard within groups of that size, replicate across them)",
-        )
-    if precision not in BYTES_PER_ELEMENT:
-        raise ConfigError(
-            "precision", f"unknown precision '{precision}'; use one of {list(BYTES_PER_ELEMENT)}"
-        )
-    if optimizer not in OPTIMIZERS:
-        raise ConfigError("optimizer", f"unknown optimizer '{optimizer}'; use one of {OPTIMIZERS}")
-    check_mask_ratio(mask_ratio)
 
 
 def _ceil_div(a: int, b: int) -> int:

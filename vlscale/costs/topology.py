@@ -26,6 +26,18 @@ Inside a node NVSwitch gives every GPU its full NVLink bandwidth to any peer; wi
 
 A *group* is the set of p ranks of one collective: ``inner_size`` ranks in each of
 ``outer_size`` nodes (GPU) or slices (TPU). Ranks are numbered node-major, as torchrun does.
+
+HSDP (``RunLayout.sharding == "hsdp"``, shard size s, W ranks, island size g = devices per node
+or TPU slice) uses two kinds of group, as FSDP2's 2-D mesh ``(replicate, shard)`` lays them out
+(the shard dimension innermost, so a shard group is s consecutive ranks):
+
+    shard group    ranks k·s .. k·s + s − 1: :func:`make_group` (cluster, s); inside one island
+                   when s ≤ g, else s / g whole islands
+    replica group  ranks r, r + s, r + 2s, ...: W / s ranks, max(1, g / s) in each island it
+                   touches (:func:`replica_group`). The s (or g) replica groups of an island run
+                   at once, each on its members' own NIC rails.
+
+s must divide g or be a multiple of it, so that no group holds part of an island.
 """
 
 from __future__ import annotations
@@ -211,3 +223,28 @@ def _sub_torus(
             "use a product of divisors of the slice dims",
         )
     return tuple(out_dims), tuple(out_wrap)
+
+
+def replica_group(cluster: ClusterSpec, shard_size: int) -> Group:
+    """The ranks that hold the same shard under HSDP with ``shard_size`` ranks per shard group:
+    every ``shard_size``-th rank (module docstring). Their tiers are those of a group of
+    max(1, g / s) ranks inside one island, repeated over every island the group touches."""
+    island = cluster.slice_size
+    check_shard_size(cluster, shard_size)
+    per_island = max(1, island // shard_size)
+    islands = cluster.num_devices // shard_size // per_island
+    return replace(make_group(cluster, per_island), outer_size=islands)
+
+
+def check_shard_size(cluster: ClusterSpec, shard_size: int) -> None:
+    """A shard group must be part of one island (dividing it) or whole islands; else a group
+    would straddle a node, which no tier describes: one ConfigError naming ``shard_size``."""
+    island = cluster.slice_size
+    if island % shard_size and shard_size % island:
+        unit = "TPU slice" if cluster.device.kind == "tpu" else "node"
+        fits = [d for d in range(1, island + 1) if island % d == 0]
+        raise ConfigError(
+            "shard_size",
+            f"{shard_size} neither divides the {island} devices per {unit} nor is a multiple "
+            f"of it; use one of {fits} or a multiple of {island}",
+        )

@@ -1,8 +1,12 @@
 """A planning scenario: model, recipe, cluster, batch, run length and the knobs that change cost.
 
 ``PlanConfig`` is what ``vlscale plan`` / ``compare`` / ``sweep`` take, from flags or from a YAML
-or TOML file with the same keys. Omitted recipe knobs (mask ratio, optimizer) take the recipe's
-paper defaults (``vlscale.specs.recipes.default_recipe``). Every error names the field and the fix.
+or TOML file with the same keys. The run layout (world size, sharding, shard size, precision,
+checkpointing, accumulation) is one :class:`~vlscale.specs.layout.RunLayout`, written either as
+a nested ``layout:`` mapping or as flat keys (``devices: 64``, ``sharding: hsdp``,
+``shard_size: 8``), which are gathered into it. Omitted recipe knobs (mask ratio, optimizer) take
+the recipe's paper defaults (``vlscale.specs.recipes.default_recipe``). Every error names the
+field and the fix.
 
 The embedded default scenario — what ``vlscale plan`` with no arguments plans — is OpenCLIP's
 ViT-L-14 recipe size: 12.8B samples seen at a global batch of 32,768 on 256 H100s in bf16 FSDP.
@@ -11,15 +15,17 @@ ViT-L-14 recipe size: 12.8B samples seen at a global batch of 32,768 on 256 H100
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from vlscale.config_files import read_mapping
 from vlscale.errors import ConfigError, validate_as
 from vlscale.specs.fields import MaskRatio
-from vlscale.specs.recipes import LossImpl, Optimizer, Precision, RecipeName, RecipeSpec
+from vlscale.specs.layout import RunLayout
+from vlscale.specs.recipes import LossImpl, Optimizer, RecipeName, RecipeSpec
 from vlscale.specs.recipes import default_recipe as _default_recipe
+from vlscale.specs.run_file import LAYOUT_KEYS, TRAINER_DEVICES, split_keys
 
 
 class FailureConfig(BaseModel):
@@ -41,8 +47,17 @@ class FailureConfig(BaseModel):
     )
 
 
+LAYOUT_FIELDS: tuple[str, ...] = tuple(RunLayout.model_fields)
+"""Keys that a plan file or flag may give flat (``devices: 64``, ``sharding: hsdp``): they
+belong to ``PlanConfig.layout``."""
+
+DEFAULT_LAYOUT = RunLayout(devices=256)
+"""The embedded scenario's layout: 256 ranks, FSDP, the device's 16-bit type."""
+
+
 class PlanConfig(BaseModel):
-    """Everything that decides the cost of a run (see the module docstring)."""
+    """Everything that decides the cost of a run (see the module docstring): the model, the
+    recipe, the run layout (``vlscale.specs.layout.RunLayout``), the cluster and the run."""
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
@@ -54,9 +69,11 @@ class PlanConfig(BaseModel):
     image_size: int | None = Field(default=None, gt=0)
     context_length: int | None = Field(default=None, gt=0, description="text tokens override")
 
+    layout: RunLayout = Field(
+        default=DEFAULT_LAYOUT, description="ranks, sharding, precision, AC, accumulation"
+    )
+
     device: str = "H100"
-    devices: int = Field(default=256, gt=0)
-    devices_per_node: int | None = Field(default=None, gt=0)
     num_slices: int = Field(default=1, gt=0)
     slice_shape: str | tuple[int, ...] | None = Field(
         default=None, description="TPU slice torus, e.g. '4x4x8' (validated with the cluster)"
@@ -65,20 +82,6 @@ class PlanConfig(BaseModel):
 
     global_batch: int = Field(default=32_768, gt=0)
     samples: int = Field(default=12_800_000_000, gt=0)
-    precision: Precision | None = Field(
-        default=None, description="None: the device's 16-bit type (bf16, or fp16 on V100)"
-    )
-    sharding: Literal["fsdp", "ddp"] = "fsdp"
-    wrap_one_rank: bool = Field(
-        default=False,
-        description="wrap even one fp32 rank in FSDP / replicate, as trainers before "
-        "trainer.parallelize.needs_wrapping did (their run records); False: it runs the plain "
-        "module",
-    )
-    reshard_after_forward: bool = True
-    checkpointing: bool = False
-
-    grad_accum: int = Field(default=1, ge=1, description="micro-steps per optimizer step")
     grad_clip: bool = Field(default=True, description="clip the global gradient norm")
 
     utilisation: float | None = Field(
@@ -102,7 +105,29 @@ class PlanConfig(BaseModel):
     seed: int = 0
     failures: FailureConfig = FailureConfig()
 
-    @field_validator("samples", "global_batch", "devices", "grad_accum", mode="before")
+    @model_validator(mode="before")
+    @classmethod
+    def _gather_layout(cls, data: Any) -> Any:
+        """Flat layout keys (``devices``, ``sharding``, ``shard_size``, ...) and a nested
+        ``layout:`` mapping make one RunLayout: the embedded defaults, then the mapping, then
+        the flat keys (so a flag given flat wins over a file's ``layout:``)."""
+        if not isinstance(data, dict):
+            return data
+        flat = {k: data[k] for k in LAYOUT_FIELDS if k in data}
+        nested = data.get("layout")
+        if not flat and (nested is None or isinstance(nested, RunLayout)):
+            return data
+        if isinstance(nested, RunLayout):
+            nested = nested.model_dump()
+        elif nested is not None and not isinstance(nested, dict):
+            raise ConfigError(
+                "layout", f"must be a mapping of {list(LAYOUT_FIELDS)}, got {nested!r}"
+            )
+        merged = DEFAULT_LAYOUT.model_dump(exclude_defaults=True) | (nested or {}) | flat
+        rest = {k: v for k, v in data.items() if k not in LAYOUT_FIELDS}
+        return rest | {"layout": validate_as(RunLayout, merged, "")}
+
+    @field_validator("samples", "global_batch", mode="before")
     @classmethod
     def _counts_are_not_booleans(cls, value: Any) -> Any:
         # pydantic would read `samples: true` as 1 sample; a count is a number
@@ -113,31 +138,32 @@ class PlanConfig(BaseModel):
     @model_validator(mode="after")
     def _check(self) -> PlanConfig:
         # ConfigError (a ValueError) names the field; errors.from_validation_error keeps it
-        if self.global_batch % self.devices:
-            raise ConfigError(
-                "global_batch",
-                f"{self.global_batch} is not divisible by devices={self.devices}; "
-                f"use a multiple of {self.devices}, e.g. "
-                f"{max(1, round(self.global_batch / self.devices)) * self.devices}",
-            )
-        if (self.global_batch // self.devices) % self.grad_accum:
-            raise ConfigError(
-                "grad_accum",
-                f"the local batch {self.global_batch // self.devices} is not divisible by "
-                f"grad_accum={self.grad_accum}; use a grad_accum that divides it",
-            )
+        self.layout.check_batch(self.global_batch)
         self.recipe_spec()  # ring with a softmax recipe (a ConfigError on loss_impl) etc.
         return self
+
+    def model_copy(self, *, update: dict[str, Any] | None = None, deep: bool = False):
+        """pydantic's copy; an ``update`` with layout keys given flat (``sharding``,
+        ``devices``, ``shard_size``, ...) or a new ``layout`` is validated as a whole config,
+        so that they reach the layout (a plain copy would set them beside it, unchecked)."""
+        if update and any(k in LAYOUT_FIELDS or k == "layout" for k in update):
+            return validate_as(PlanConfig, self.model_dump() | dict(update), "")
+        return super().model_copy(update=update, deep=deep)
+
+    @property
+    def devices(self) -> int:
+        """The world size (``layout.devices``)."""
+        return self.layout.devices
 
     @property
     def local_batch(self) -> int:
         """Samples per rank per optimizer step (all micro-steps)."""
-        return self.global_batch // self.devices
+        return self.layout.local_batch(self.global_batch)
 
     @property
     def micro_batch(self) -> int:
         """Samples per rank per micro-step (what one forward / backward sees)."""
-        return self.local_batch // self.grad_accum
+        return self.layout.micro_batch(self.global_batch)
 
     def recipe_spec(self) -> RecipeSpec:
         """The recipe with its paper defaults, overridden by the fields given here."""
@@ -154,8 +180,34 @@ def make_plan_config(data: dict[str, Any] | PlanConfig | None = None, **override
     if isinstance(data, PlanConfig):
         data = data.model_dump()
     merged = dict(data or {})
-    merged |= {k: v for k, v in overrides.items() if v is not None}
-    return validate_as(PlanConfig, merged, "")
+    given = {k: v for k, v in overrides.items() if v is not None}
+    if given.get("sharding", "hsdp") != "hsdp" and "shard_size" not in given:
+        # `--sharding fsdp` over a file's HSDP layout: its shard size goes with it
+        merged.pop("shard_size", None)
+        if isinstance(merged.get("layout"), dict):
+            merged["layout"] = {k: v for k, v in merged["layout"].items() if k != "shard_size"}
+    return validate_as(PlanConfig, merged | given, "")
+
+
+def planner_part(data: dict[str, Any]) -> tuple[dict[str, Any], list[str]]:
+    """A run file as the planner reads it (``vlscale.specs.run_file``): (its planner keys, the
+    trainer keys it ignores). Two shared keys mean different things to the trainer: its
+    ``device`` auto / cpu / cuda is not a catalog device (ignored), and its ``grad_clip`` is a
+    max norm (None: off), which the planner reads as whether clipping runs."""
+    data = dict(data)
+    trainer_only = []
+    if data.get("device") in TRAINER_DEVICES:
+        del data["device"]
+        trainer_only.append("device")
+    clip = data.get("grad_clip", True)
+    if clip is None or (isinstance(clip, int | float) and not isinstance(clip, bool)):
+        data["grad_clip"] = clip is not None and clip > 0
+    own, ignored, unknown = split_keys(
+        data, set(PlanConfig.model_fields) | LAYOUT_KEYS | {"layout"}
+    )
+    # a key neither half reads stays, so that PlanConfig refuses it by name (closest key)
+    kept = own | {key: data[key] for key in unknown}
+    return kept, sorted(ignored + trainer_only)
 
 
 def parse_count(field: str, text: str | None) -> int | None:

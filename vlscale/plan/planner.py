@@ -17,13 +17,14 @@ from pydantic import ValidationError
 
 from vlscale.costs.memory import MemoryBreakdown, estimate_memory, max_local_batch
 from vlscale.costs.run import FailureModel, plan_run
-from vlscale.costs.topology import make_group
+from vlscale.costs.topology import check_shard_size
 from vlscale.errors import ConfigError, from_validation_error
 from vlscale.plan.compute_model import resolve_compute
 from vlscale.plan.config import PlanConfig
 from vlscale.plan.workload_builder import StepCosts, build_workload
 from vlscale.sim.workload import Workload
 from vlscale.specs.hardware import ClusterSpec, DeviceSpec, load_hardware_file, make_cluster
+from vlscale.specs.layout import RunLayout
 from vlscale.specs.models import ModelSpec
 from vlscale.specs.presets import resolve_model
 from vlscale.specs.recipes import RecipeSpec
@@ -68,7 +69,7 @@ class PlanResult:
         return op_rows(self.costs.op_times)
 
     def to_json(self, ops: bool = False) -> dict[str, Any]:
-        c = self.config
+        c, layout = self.config, self.config.layout
         extra = {"ops": self.op_rows()} if ops else {}
         return extra | {
             "model": c.model,
@@ -77,13 +78,13 @@ class PlanResult:
             "mask_ratio": self.recipe.mask_ratio,
             "optimizer": self.recipe.optimizer,
             "device": c.device,
-            "devices": c.devices,
+            "devices": layout.devices,
             "global_batch": c.global_batch,
-            "local_batch": c.local_batch,
+            "local_batch": layout.local_batch(c.global_batch),
             "samples": c.samples,
-            "precision": c.precision,
-            "sharding": c.sharding,
-            "checkpointing": c.checkpointing,
+            "precision": layout.precision,
+            "sharding": layout.sharding,
+            "checkpointing": layout.checkpointing,
             "step_time_s": self.step_time_s,
             "step_time_p50_s": self.step_time_p50_s,
             "step_time_p95_s": self.step_time_p95_s,
@@ -110,10 +111,11 @@ class PlanResult:
             "comm_bytes_per_device": self.costs.comm_bytes_per_rank,
             "loss_comm_bytes_per_device": self.costs.loss_comm_bytes_per_rank,
             "model_flops_per_step": self.costs.model_flops_per_step,
-            "grad_accum": c.grad_accum,
+            "grad_accum": layout.grad_accum,
             "phases_s": self.costs.phases_s,
             "compute_model": self.compute,
             "warnings": self.warnings,
+            "layout": layout.model_dump(mode="json"),
         }
 
 
@@ -137,8 +139,8 @@ def resolve(
         extra = dict(load_hardware_file(config.hardware_file).devices)
     cluster = make_cluster(
         device_override or config.device,
-        config.devices,
-        devices_per_node=config.devices_per_node,
+        config.layout.devices,
+        devices_per_node=config.layout.devices_per_node,
         slice_shape=config.slice_shape,
         num_slices=config.num_slices,
         extra_devices=extra,
@@ -149,32 +151,100 @@ def resolve(
 def plan(
     config: PlanConfig, *, keep_sim: bool = False, device_override: DeviceSpec | None = None
 ) -> PlanResult:
-    """Simulate, size memory and cost the whole run described by ``config``."""
-    from vlscale.sim import StragglerModel, critical_path_time, simulate
+    """Simulate, size memory and cost the whole run described by ``config``: resolve the
+    inputs (model, recipe, cluster, layout) -> the compute model -> simulate one step -> size
+    memory -> failures and price over the whole run."""
+    from vlscale.sim import critical_path_time
 
     spec, recipe, cluster = resolve(config, device_override)
     device = cluster.device
-    if config.precision is None:
-        config = config.model_copy(update={"precision": default_precision(device)})
+    layout = resolve_layout(config, cluster)
+    config = config.model_copy(update={"layout": layout})
     compute = resolve_compute(
         device,
         config.utilisation,
         ranks_per_host=cluster.node_size if device.kind == "cpu" else 1,
         framework_efficiency=config.framework_efficiency,
     )
-    source = compute.source
-    dtype = _compute_dtype(device, config.precision)
+    step = _simulate_step(config, spec, recipe, cluster, compute)
+    fit = _size_memory(spec, layout, recipe, config.global_batch, device)
+    run = plan_run(
+        config.samples,
+        config.global_batch,
+        step.time_s,
+        layout.devices,
+        price_per_device_hour=(
+            config.price_per_device_hour
+            if config.price_per_device_hour is not None
+            else device.price.usd_per_hour
+        ),
+        failures=_failure_model(config, fit.memory),
+    )
+    samples_per_s = config.global_batch / step.time_s
+    costs, memory, sim = step.costs, fit.memory, step.sim
+    return PlanResult(
+        config=config,
+        recipe=recipe,
+        step_time_s=step.time_s,
+        step_time_p50_s=sim.p50_s,
+        step_time_p95_s=sim.p95_s,
+        critical_path_s=critical_path_time(step.workload),
+        breakdown={k: float(v) for k, v in sim.breakdown.items()},
+        samples_per_s=samples_per_s,
+        samples_per_s_per_device=samples_per_s / layout.devices,
+        mfu=costs.model_flops_per_step / (step.time_s * layout.devices * costs.peak_flops),
+        steps=run.steps,
+        wall_time_h=run.wall_time_s / 3600.0,
+        device_hours=run.device_hours,
+        cost_usd=run.cost,
+        goodput=run.goodput,
+        checkpoint_interval_s=run.checkpoint_interval_s,
+        memory_breakdown=memory.as_dict(),
+        memory_per_device_bytes=memory.total,
+        device_memory_bytes=fit.capacity,
+        fits=fit.fits,
+        max_local_batch=fit.largest,
+        loss_memory_bytes=memory.loss_buffers,
+        costs=costs,
+        utilisation_source=compute.source,
+        compute=_compute_json(compute),
+        warnings=fit.warnings + list(run.warnings),
+        sim=sim if keep_sim else None,
+    )
+
+
+def resolve_layout(config: PlanConfig, cluster: ClusterSpec) -> RunLayout:
+    """The config's layout with the device's defaults filled in (precision, devices per node,
+    HSDP's shard size) and its HSDP shard groups checked against the cluster's nodes."""
+    layout = config.layout.resolved(default_precision(cluster.device), cluster.node_size)
+    if layout.sharding == "hsdp":
+        check_shard_size(cluster, layout.shard_group)
+    return layout
+
+
+@dataclass(frozen=True)
+class _Step:
+    """One optimizer step: the simulated first micro-step (``sim``, ``workload``), the whole
+    step's time with the earlier micro-steps, and its costs (FLOPs of every micro-step)."""
+
+    sim: Any
+    workload: Workload
+    time_s: float
+    costs: StepCosts
+
+
+def _simulate_step(config: PlanConfig, spec, recipe, cluster, compute) -> _Step:
+    """Build the workload of one micro-step and simulate it; under gradient accumulation the
+    k − 1 earlier micro-steps run without gradient sync or optimizer."""
+    from vlscale.sim import StragglerModel, simulate
+
+    layout = config.layout
     workload, costs = build_workload(
         spec,
         recipe,
         cluster,
-        make_group(cluster),
-        local_batch=config.micro_batch,
-        precision=dtype,
-        sharding=config.sharding,
-        wrapped=_wrapped(config, dtype),
-        reshard_after_forward=config.reshard_after_forward,
-        checkpointing=config.checkpointing,
+        layout,
+        local_batch=layout.micro_batch(config.global_batch),
         resources=compute.resources,
         framework_efficiency=compute.framework_efficiency * config.compute_efficiency_scale,
         grad_clip=config.grad_clip,
@@ -184,98 +254,58 @@ def plan(
     stragglers = StragglerModel(sigma=config.straggler_sigma) if config.straggler_sigma else None
     sim = simulate(workload, steps=config.sim_steps, stragglers=stragglers, seed=config.seed)
     step_time = sim.step_time_s
-    if config.grad_accum > 1:  # the earlier micro-steps: no gradient sync, no optimizer
+    k = layout.grad_accum
+    if k > 1:  # the earlier micro-steps: no gradient sync, no optimizer
         micro = simulate(_without_sync(workload), steps=config.sim_steps, seed=config.seed)
-        step_time += (config.grad_accum - 1) * micro.step_time_s
-        k = config.grad_accum
+        step_time += (k - 1) * micro.step_time_s
         costs = replace(
             costs,
             model_flops_per_step=k * costs.model_flops_per_step,
             hardware_flops_per_rank=k * costs.hardware_flops_per_rank,
         )
+    return _Step(sim, workload, step_time, costs)
 
-    shard = config.devices if config.sharding == "fsdp" else 1
-    mem_kwargs = dict(
-        shard_degree=shard,
-        world_size=config.devices,
-        precision=config.precision,
-        optimizer=recipe.optimizer,
-        checkpointing=config.checkpointing,
-        mask_ratio=recipe.mask_ratio,
-        loss=recipe.loss,
-        loss_impl=recipe.loss_impl,
-        reshard_after_forward=config.reshard_after_forward,
-    )
-    memory = estimate_memory(spec, local_batch=config.micro_batch, **mem_kwargs)
+
+@dataclass(frozen=True)
+class _Fit:
+    """Memory per device against the device's capacity."""
+
+    memory: MemoryBreakdown
+    capacity: int
+    largest: int  # the largest micro-batch that fits (0: not even one sample)
+    fits: bool
+    warnings: list[str]
+
+
+def _size_memory(spec, layout: RunLayout, recipe, global_batch: int, device) -> _Fit:
+    memory = estimate_memory(spec, layout, recipe, local_batch=layout.micro_batch(global_batch))
     capacity = int(device.memory.hbm_bytes)
     try:
-        largest = max_local_batch(spec, capacity, **mem_kwargs)
+        largest = max_local_batch(spec, capacity, layout, recipe)
     except ConfigError:
         largest = 0
-    warnings: list[str] = []
     fits = memory.total <= capacity
+    warnings = []
     if not fits:
         warnings.append(
             f"does not fit: {memory.total / 2**30:.1f} GiB needed per device, "
             f"{capacity / 2**30:.1f} GiB available; largest local batch that fits: {largest} "
             "(try --checkpointing, more devices or a smaller batch)"
         )
+    return _Fit(memory, capacity, largest, fits, warnings)
 
-    failures = _failure_model(config, memory)
-    run = plan_run(
-        config.samples,
-        config.global_batch,
-        step_time,
-        config.devices,
-        price_per_device_hour=(
-            config.price_per_device_hour
-            if config.price_per_device_hour is not None
-            else device.price.usd_per_hour
-        ),
-        failures=failures,
-    )
-    warnings.extend(run.warnings)
-    samples_per_s = config.global_batch / step_time
-    return PlanResult(
-        config=config,
-        recipe=recipe,
-        step_time_s=step_time,
-        step_time_p50_s=sim.p50_s,
-        step_time_p95_s=sim.p95_s,
-        critical_path_s=critical_path_time(workload),
-        breakdown={k: float(v) for k, v in sim.breakdown.items()},
-        samples_per_s=samples_per_s,
-        samples_per_s_per_device=samples_per_s / config.devices,
-        mfu=costs.model_flops_per_step / (step_time * config.devices * costs.peak_flops),
-        steps=run.steps,
-        wall_time_h=run.wall_time_s / 3600.0,
-        device_hours=run.device_hours,
-        cost_usd=run.cost,
-        goodput=run.goodput,
-        checkpoint_interval_s=run.checkpoint_interval_s,
-        memory_breakdown=memory.as_dict(),
-        memory_per_device_bytes=memory.total,
-        device_memory_bytes=capacity,
-        fits=fits,
-        max_local_batch=largest,
-        loss_memory_bytes=memory.loss_buffers,
-        costs=costs,
-        utilisation_source=source,
-        compute={
-            "source": source,
-            "framework_efficiency": compute.framework_efficiency,
-            "origins": dict(compute.profile.origins),
-            "op_overhead_s": compute.profile.op_overhead_s,
-            **(
-                {"calibration_mape": compute.profile.calibration.mape}
-                if compute.profile.calibration is not None
-                and compute.profile.calibration.mape is not None
-                else {}
-            ),
-        },
-        warnings=warnings,
-        sim=sim if keep_sim else None,
-    )
+
+def _compute_json(compute) -> dict[str, Any]:
+    """The compute model's origin for ``plan --json``: source, γ, per-parameter origins."""
+    profile = compute.profile
+    mape = profile.calibration.mape if profile.calibration is not None else None
+    return {
+        "source": compute.source,
+        "framework_efficiency": compute.framework_efficiency,
+        "origins": dict(profile.origins),
+        "op_overhead_s": profile.op_overhead_s,
+        **({"calibration_mape": mape} if mape is not None else {}),
+    }
 
 
 def _without_sync(wl: Workload) -> Workload:
@@ -290,26 +320,6 @@ def _without_sync(wl: Workload) -> Workload:
 def default_precision(device: DeviceSpec) -> str:
     """The device's 16-bit training type: bf16 where it has a bf16 path, else fp16 (V100)."""
     return "bf16" if device.peak_flops.bf16 is not None else "fp16"
-
-
-def _wrapped(config: PlanConfig, dtype: str) -> bool:
-    """Is the model wrapped in FSDP2 / replicate? Not for one fp32 rank (nothing to shard,
-    gather or reduce, no mixed precision to apply: ``trainer.parallelize.needs_wrapping``),
-    unless ``wrap_one_rank`` (run records of trainers before that rule)."""
-    return config.devices > 1 or dtype not in ("fp32", "tf32") or config.wrap_one_rank
-
-
-def _compute_dtype(device: DeviceSpec, precision: str) -> str:
-    """fp32 training runs its matmuls in tf32 where the device has it (PyTorch's default for
-    convolutions, and what ``torch.backends.cuda.matmul.allow_tf32`` enables for matmuls)."""
-    if precision == "fp32" and device.peak_flops.tf32 is not None:
-        return "tf32"
-    if getattr(device.peak_flops, precision) is None:
-        have = [d for d in ("bf16", "fp16", "fp32") if getattr(device.peak_flops, d) is not None]
-        raise ConfigError(
-            "precision", f"{device.name} has no {precision} tensor path; use one of {have}"
-        )
-    return precision
 
 
 def _failure_model(config: PlanConfig, memory: MemoryBreakdown) -> FailureModel | None:
@@ -330,11 +340,30 @@ def _failure_model(config: PlanConfig, memory: MemoryBreakdown) -> FailureModel 
     )
 
 
+def describe_layout(layout: RunLayout) -> str:
+    """One line: e.g. "hsdp: 512 replicas x shard groups of 8, bf16, AC, reshard after fwd"."""
+    if layout.sharding == "hsdp":
+        parts = [f"hsdp: {layout.replicas} replicas x shard groups of {layout.shard_group}"]
+    else:
+        parts = [f"{layout.sharding} over {layout.devices}"]
+    parts.append(str(layout.precision))
+    if layout.sharding != "ddp":
+        parts.append("reshard after fwd" if layout.reshard_after_forward else "no reshard")
+    if layout.checkpointing:
+        parts.append("AC")
+    if layout.grad_accum > 1:
+        parts.append(f"{layout.grad_accum} micro-steps")
+    if not layout.wrapped:
+        parts.append("unwrapped")
+    return ", ".join(parts)
+
+
 def summary_rows(result: PlanResult) -> list[tuple[str, str]]:
     """(label, value) pairs for the human-readable table."""
     r = result
     gib = 2**30
     return [
+        ("layout", describe_layout(r.config.layout)),
         (
             "step time (mean / p50 / p95)",
             f"{r.step_time_s:.3f} / {r.step_time_p50_s:.3f} / {r.step_time_p95_s:.3f} s",

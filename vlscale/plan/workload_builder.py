@@ -5,9 +5,11 @@ durations only. Per rank and per step (b the local micro-batch):
 
     unit forward      Σ t(op) over the unit's forward ops          (``vlscale.costs.ops``)
     unit backward     Σ t(op) over its backward ops (+ AC recompute), FSDP copies included
-    FSDP all-gather   all_gather(shard = params(unit) · bytes(param dtype) / W)
-    FSDP reduce-scat. reduce_scatter(shard = params(unit) · 4 / W)        (fp32 reduce)
+    FSDP all-gather   all_gather(shard = params(unit) · bytes(param dtype) / s)
+    FSDP reduce-scat. reduce_scatter(shard = params(unit) · 4 / s)        (fp32 reduce)
     DDP all-reduce    all_reduce(params(unit) · 4)                        (fp32 grads)
+    HSDP all-reduce   all_reduce(params(unit) · 4 / s) across the W / s replicas, after the
+                      reduce-scatter (``_unit_comm``)
     loss              its op list (``vlscale.costs.step_ops``); gathers of b·e fp32 embeddings;
                       ring hops of b·e fp32: W−1 text-block hops forward, W−1 again plus W
                       gradient-accumulator hops backward
@@ -16,6 +18,11 @@ durations only. Per rank and per step (b the local micro-batch):
     per unit          + ``unit_overhead_s`` (hooks and bookkeeping), half in forward, half in
                       backward; every collective + ``collective_overhead_s`` (its cost in the
                       step beyond the transfer: hand-off and waiting for the peer)
+
+s is the shard degree (``RunLayout.shard_group``: W for FSDP, the shard size for HSDP). FSDP's
+collectives run over all W ranks; HSDP's all-gather and reduce-scatter over its shard group's
+links (NVLink when s ≤ the devices per node) and its all-reduce over the replica group's
+(``vlscale.costs.topology.replica_group``: one rank per node per group when s ≥ the node).
 
 t(op) is ``vlscale.costs.compute.op_time``: max(FLOPs / (P·e_mm), bytes / (BW·e_bw)) + launches ·
 overhead, the roofline part divided by the framework efficiency γ (catalog devices: the one
@@ -30,7 +37,7 @@ FSDP units follow ``trainer.parallelize``: every transformer block, then per tow
 its parameters (stem, positions, norms, pooling head, projection) as the tower's own unit, whose
 compute is the stem (before the blocks) plus head and projection (after them). One fp32 rank is
 not wrapped at all (``trainer.parallelize.needs_wrapping``): no FSDP copies, no per-unit
-overhead, and the optimizer works on plain tensors, not DTensors (``_Layout.wrapped``).
+overhead, and the optimizer works on plain tensors, not DTensors (``RunLayout.wrapped``).
 """
 
 from __future__ import annotations
@@ -47,7 +54,7 @@ from vlscale.costs.memory import fsdp_units
 from vlscale.costs.ops import UnitOps, unit_ops
 from vlscale.costs.params import parameter_shapes
 from vlscale.costs.step_ops import fsdp_copy_ops, loss_ops, optimizer_ops, ring_loss_ops
-from vlscale.costs.topology import Group
+from vlscale.costs.topology import Group, make_group, replica_group
 from vlscale.errors import ConfigError
 from vlscale.sim.workload import (
     ClipGatherLoss,
@@ -57,7 +64,8 @@ from vlscale.sim.workload import (
     Unit,
     Workload,
 )
-from vlscale.specs.hardware import ClusterSpec
+from vlscale.specs.hardware import ClusterSpec, DeviceSpec
+from vlscale.specs.layout import RunLayout
 from vlscale.specs.models import ModelSpec
 from vlscale.specs.recipes import BYTES_PER_ELEMENT, RecipeSpec
 
@@ -163,17 +171,35 @@ PHASES = ("forward", "loss", "backward", "optimizer", "data", "other")
 
 
 @dataclass(frozen=True)
-class _Layout:
-    """How parameters and gradients move on this step: world size W, FSDP or DDP, the bytes of
-    a gathered parameter, and ``exposed``: the fraction of a collective that does not hide
-    behind compute (0 on one device; 1 − ``comm_overlap`` otherwise, > 0 on a CPU)."""
+class _Groups:
+    """The step's collectives by the ranks they span (``vlscale.costs.topology``): ``world`` (the
+    loss, the gradient norm), ``shard`` (FSDP / HSDP all-gather and reduce-scatter: all W ranks
+    for FSDP, s for HSDP, one for DDP) and ``replicas`` (the gradient all-reduce: all W for
+    DDP, the W / s copies of a shard for HSDP, one for FSDP). ``exposed`` is the fraction of a
+    collective that does not hide behind compute (0 on one device; 1 − ``comm_overlap``
+    otherwise, > 0 on a CPU)."""
 
-    world: int
-    sharding: str
-    wrapped: bool  # False: one rank runs the plain module (no FSDP copies, hooks or DTensors)
-    param_bytes: int
-    reshard_after_forward: bool
+    world: _Collectives
+    shard: _Collectives
+    replicas: _Collectives
     exposed: float
+
+
+def _groups(cluster: ClusterSpec, layout: RunLayout, prof, comm_efficiency: float) -> _Groups:
+    def coll(group: Group) -> _Collectives:
+        return _Collectives(
+            group, dict(prof.collectives), prof.collective_overhead_s, comm_efficiency
+        )
+
+    world = coll(make_group(cluster))
+    s = layout.shard_group
+    if layout.sharding == "hsdp":
+        shard, replicas = coll(make_group(cluster, s)), coll(replica_group(cluster, s))
+    else:  # one group is the whole world, the other a single rank
+        single = coll(make_group(cluster, 1))
+        shard, replicas = (world, single) if s > 1 else (single, world)
+    exposed = 1 - (1.0 if layout.devices == 1 else prof.comm_overlap)
+    return _Groups(world, shard, replicas, exposed)
 
 
 @dataclass(frozen=True)
@@ -202,34 +228,27 @@ def build_workload(
     spec: ModelSpec,
     recipe: RecipeSpec,
     cluster: ClusterSpec,
-    group: Group,
+    layout: RunLayout,
     *,
     local_batch: int,
-    precision: str,
-    sharding: str,
-    reshard_after_forward: bool,
-    checkpointing: bool,
     resources: RankResources,
-    wrapped: bool = True,
     framework_efficiency: float = 1.0,
     grad_clip: bool = True,
     decode_samples_per_s: float | None = None,
     comm_efficiency: float = 1.0,
 ) -> tuple[Workload, StepCosts]:
-    """The durations of one step on one rank (module docstring) and the step's totals."""
-    world = cluster.num_devices
+    """The durations of one step on one rank (module docstring) and the step's totals.
+
+    ``layout`` is resolved (``RunLayout.resolved``); ``local_batch`` is the micro-batch."""
+    world = layout.devices
+    if world != cluster.num_devices:
+        raise ConfigError(
+            "devices", f"the layout has {world} ranks, the cluster {cluster.num_devices}"
+        )
+    precision = compute_dtype(cluster.device, layout.precision)
     prof = resources.profile
     price = _Pricer(resources, framework_efficiency)
-    layout = _Layout(
-        world=world,
-        sharding=sharding,
-        wrapped=wrapped,
-        # tf32 is how fp32 matmuls run on Ampere+; the parameters themselves stay fp32
-        param_bytes=BYTES_PER_ELEMENT["fp32" if precision == "tf32" else precision],
-        reshard_after_forward=reshard_after_forward,
-        exposed=1 - (1.0 if world == 1 else prof.comm_overlap),
-    )
-    coll = _Collectives(group, dict(prof.collectives), prof.collective_overhead_s, comm_efficiency)
+    groups = _groups(cluster, layout, prof, comm_efficiency)
     comm = dict.fromkeys(COMM_KINDS, 0.0)
     phases = dict.fromkeys(PHASES, 0.0)
 
@@ -240,9 +259,9 @@ def build_workload(
         local_batch=local_batch,
         mask_ratio=recipe.mask_ratio,
         precision=precision,
-        checkpointing=checkpointing,
+        checkpointing=layout.checkpointing,
     ):
-        unit_comm = _unit_comm(params[ops.name], coll, layout)
+        unit_comm = _unit_comm(params[ops.name], groups, layout)
         overhead_s = prof.unit_overhead_s if layout.wrapped else 0.0
         unit = _timed_unit(ops, params[ops.name], unit_comm, layout, price, overhead_s)
         _accumulate(comm, unit_comm.moved)
@@ -250,14 +269,14 @@ def build_workload(
         phases["backward"] += unit.backward_s
         units.append(unit)
 
-    loss = _loss_costs(spec, recipe, coll, local_batch, price, layout)
+    loss = _loss_costs(spec, recipe, groups, local_batch, price, layout)
     _accumulate(comm, loss.moved)
     phases["loss"] = loss.forward_s
     phases["backward"] += loss.backward_s
 
     total_params = sum(params.values())
     optimizer_s = _optimizer_time(spec, recipe, cluster, layout, price, grad_clip, total_params)
-    grad_norm_s = coll.all_reduce(FP32).time_s if world > 1 else 0.0
+    grad_norm_s = groups.world.all_reduce(FP32).time_s if world > 1 else 0.0
     phases["optimizer"] = optimizer_s + grad_norm_s
     phases["data"] = prof.data_s_per_sample * local_batch
     phases["other"] = prof.step_overhead_s
@@ -265,8 +284,9 @@ def build_workload(
         name=f"{spec.name} {recipe.name}/{recipe.loss_impl} on {cluster.name}",
         world_size=world,
         local_batch=local_batch,
-        strategy=sharding,
-        reshard_after_forward=reshard_after_forward,
+        # HSDP runs FSDP's schedule: gather per unit, one gradient sync per unit after backward
+        strategy="ddp" if layout.sharding == "ddp" else "fsdp",
+        reshard_after_forward=layout.reshard_after_forward,
         units=tuple(units),
         loss=loss.phase,
         grad_norm_all_reduce_s=grad_norm_s,
@@ -309,41 +329,57 @@ def _unit_params(spec: ModelSpec) -> dict[str, int]:
     return units
 
 
-def _unit_comm(params: int, coll: _Collectives, layout: _Layout) -> _Comm:
+def _unit_comm(params: int, groups: _Groups, layout: RunLayout) -> _Comm:
     """A unit's collectives: DDP all-reduces its fp32 gradients in backward; FSDP all-gathers
     its parameters (again in backward when it reshards after forward) and reduce-scatters its
-    fp32 gradients."""
-    if layout.world == 1:
+    fp32 gradients; HSDP does FSDP's inside its shard group of s ranks, then all-reduces the
+    reduce-scattered fp32 shard (params / s) across the W / s replicas, on the same stream
+    right after the reduce-scatter (FSDP2), so the two make the unit's one gradient sync."""
+    if layout.devices == 1:
         return _Comm()
-    exposed = layout.exposed
+    exposed = groups.exposed
     if layout.sharding == "ddp":
-        ar = coll.all_reduce(params * REDUCE_BYTES)
+        ar = groups.replicas.all_reduce(params * REDUCE_BYTES)
         moved = {"all_reduce": ar.bytes_moved_per_rank}
         return _Comm({"all_reduce_s": ar.time_s}, moved, 0.0, exposed * ar.time_s)
-    ag = coll.all_gather(params * layout.param_bytes / layout.world)
-    rs = coll.reduce_scatter(params * REDUCE_BYTES / layout.world)
+    s = layout.shard_group
+    none = _Timed(0.0, 0.0)
+    sharded = s > 1
+    ag = groups.shard.all_gather(params * _param_bytes(layout) / s) if sharded else none
+    rs = groups.shard.reduce_scatter(params * REDUCE_BYTES / s) if sharded else none
+    replicated = layout.replicas > 1
+    ar = groups.replicas.all_reduce(params * REDUCE_BYTES / s) if replicated else none
     gathers = 1 if not layout.reshard_after_forward else 2
     moved = {
         "all_gather": gathers * ag.bytes_moved_per_rank,
         "reduce_scatter": rs.bytes_moved_per_rank,
     }
+    if replicated:
+        moved["all_reduce"] = ar.bytes_moved_per_rank
+    sync_s = rs.time_s + ar.time_s
     return _Comm(
-        {"all_gather_s": ag.time_s, "reduce_scatter_s": rs.time_s},
+        {"all_gather_s": ag.time_s, "reduce_scatter_s": sync_s},
         moved,
         exposed * ag.time_s,
-        exposed * ((gathers - 1) * ag.time_s + rs.time_s),
+        exposed * ((gathers - 1) * ag.time_s + sync_s),
     )
 
 
+def _param_bytes(layout: RunLayout) -> int:
+    """Bytes of a gathered parameter: the layout's precision (fp32 matmuls may run in tf32;
+    the parameters stay fp32)."""
+    return BYTES_PER_ELEMENT[layout.precision]
+
+
 def _timed_unit(
-    ops: UnitOps, params: int, comm: _Comm, layout: _Layout, price: _Pricer, overhead_s: float
+    ops: UnitOps, params: int, comm: _Comm, layout: RunLayout, price: _Pricer, overhead_s: float
 ) -> Unit:
     """The unit's forward and backward time: its ops (with FSDP's copies around the
     collectives), half the per-unit overhead each, and the communication that does not hide."""
     fwd_ops, bwd_ops = list(ops.forward), list(ops.backward)
-    if layout.sharding == "fsdp" and layout.wrapped:
+    if layout.sharding != "ddp" and layout.wrapped:
         copy_f, copy_b = fsdp_copy_ops(
-            params, layout.world, layout.param_bytes, layout.reshard_after_forward
+            params, layout.shard_group, _param_bytes(layout), layout.reshard_after_forward
         )
         fwd_ops, bwd_ops = copy_f + fwd_ops, bwd_ops + copy_b
     fwd = price(fwd_ops) + overhead_s / 2 + comm.exposed_forward_s
@@ -356,19 +392,20 @@ def _accumulate(total: dict[str, float], moved: dict[str, float]) -> None:
         total[kind] += n
 
 
-def _loss_costs(spec, recipe, coll, b, price, layout) -> _LossCosts:
-    """The loss phase for the recipe's implementation (module docstring)."""
+def _loss_costs(spec, recipe, groups: _Groups, b, price, layout) -> _LossCosts:
+    """The loss phase for the recipe's implementation (module docstring); it spans all W ranks
+    whatever the sharding."""
     if recipe.loss_impl == "ring":
-        return _ring_loss(spec.embed_dim, coll, b, price, layout)
-    return _gather_loss(recipe.loss, spec.embed_dim, coll, b, price, layout)
+        return _ring_loss(spec.embed_dim, groups, b, price, layout)
+    return _gather_loss(recipe.loss, spec.embed_dim, groups, b, price, layout)
 
 
-def _ring_loss(e, coll, b, price, layout) -> _LossCosts:
+def _ring_loss(e, groups: _Groups, b, price, layout) -> _LossCosts:
     """The chunked sigmoid loss: W blocks per pass, each one W-th of the blocks' ops and of the
     normalisation; W−1 text-block hops forward; backward the text blocks hop again and each
     block's gradient accumulator makes W hops behind it (``trainer.losses.siglip_ring``). Hops
     that do not hide (a CPU) lengthen each block."""
-    world = layout.world
+    world, coll, exposed = layout.devices, groups.world, groups.exposed
     ops = ring_loss_ops(b, world, e)
     block_f, block_b = price(ops.blocks_forward) / world, price(ops.blocks_backward) / world
     outside_f, outside_b = price(ops.outside_forward), price(ops.outside_backward)
@@ -382,20 +419,18 @@ def _ring_loss(e, coll, b, price, layout) -> _LossCosts:
     phase = SiglipRingLoss(
         hop_s=hop,
         grad_hop_s=hop,
-        block_forward_s=block_f + (outside_f / world) + layout.exposed * hop * (world - 1) / world,
-        block_backward_s=block_b
-        + (outside_b / world)
-        + layout.exposed * hop * (2 * world - 1) / world,
+        block_forward_s=block_f + (outside_f / world) + exposed * hop * (world - 1) / world,
+        block_backward_s=block_b + (outside_b / world) + exposed * hop * (2 * world - 1) / world,
     )
     return _LossCosts(
         phase, world * phase.block_forward_s, world * phase.block_backward_s, moved, per_pass
     )
 
 
-def _gather_loss(loss, e, coll, b, price, layout) -> _LossCosts:
+def _gather_loss(loss, e, groups: _Groups, b, price, layout) -> _LossCosts:
     """The gather implementations: all-gather the b·e fp32 embeddings (images and texts for
     softmax, texts for sigmoid) and reduce-scatter their gradients in backward."""
-    world, exposed = layout.world, layout.exposed
+    world, coll, exposed = layout.devices, groups.world, groups.exposed
     fwd_ops, bwd_ops = loss_ops(loss, "gather", b, world, e)
     shard = b * e * LOSS_BYTES
     ag = coll.all_gather(shard) if world > 1 else None
@@ -426,7 +461,7 @@ def _gather_loss(loss, e, coll, b, price, layout) -> _LossCosts:
 def _optimizer_time(spec, recipe, cluster, layout, price, grad_clip, params) -> float:
     """The optimizer step (and gradient clipping) over the rank's shard of the parameters;
     foreach kernels on accelerators, torch's default."""
-    shard = layout.world if layout.sharding == "fsdp" else 1
+    shard = layout.shard_group
     tensors = len(parameter_shapes(spec))
     foreach = cluster.device.kind != "cpu"
     ops = optimizer_ops(
@@ -442,3 +477,17 @@ def _input_pipeline(local_batch: int, decode_samples_per_s: float | None) -> Inp
     return InputPipeline(
         workers=1, batch_decode_s=local_batch / decode_samples_per_s, queue_depth=2
     )
+
+
+def compute_dtype(device: DeviceSpec, precision: str) -> str:
+    """The dtype the matmuls run in: fp32 training runs them in tf32 where the device has it
+    (PyTorch's default for convolutions, and what ``torch.backends.cuda.matmul.allow_tf32``
+    enables for matmuls); else the layout's precision, which the device must have."""
+    if precision == "fp32" and device.peak_flops.tf32 is not None:
+        return "tf32"
+    if getattr(device.peak_flops, precision) is None:
+        have = [d for d in ("bf16", "fp16", "fp32") if getattr(device.peak_flops, d) is not None]
+        raise ConfigError(
+            "precision", f"{device.name} has no {precision} tensor path; use one of {have}"
+        )
+    return precision

@@ -104,7 +104,7 @@ def study_points(spec: StudySpec) -> list[dict[str, Any]]:
                     loss_impl=impl,
                     devices=devices,
                     global_batch=spec.loss_local_batch * devices,
-                    checkpointing=spec.loss_checkpointing or spec.base.checkpointing,
+                    checkpointing=spec.loss_checkpointing or spec.base.layout.checkpointing,
                     part="loss",
                     variant=variant_name(recipe, impl),
                 )

@@ -272,7 +272,7 @@ def _assumptions_section(spec: StudySpec, device, base: dict[str, Any], command:
     return Section(
         "Assumptions",
         [
-            summary_table(HARDWARE_HEADER, hardware_rows(device, cfg.precision)),
+            summary_table(HARDWARE_HEADER, hardware_rows(device, cfg.layout.precision)),
             summary_table(EFFICIENCY_HEADER, efficiency_rows(device, cfg, base)),
             "<p>Reproduce this page:</p>",
             f"<pre><code>{html.escape(command)}</code></pre>",

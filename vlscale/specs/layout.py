@@ -149,10 +149,16 @@ class RunLayout(BaseModel):
             )
 
 
-def hsdp_shard_sizes(devices: int) -> list[int]:
+def hsdp_shard_sizes(devices: int, devices_per_node: int | None = None) -> list[int]:
     """Every shard size HSDP can take on ``devices`` ranks other than the two ends (1 is DDP,
-    ``devices`` is FSDP): the divisors strictly between them."""
-    return [s for s in range(2, devices) if devices % s == 0]
+    ``devices`` is FSDP): the divisors strictly between them. With ``devices_per_node`` (the
+    planner's island: a GPU node or TPU slice), only those that divide a node or are whole
+    nodes, the groups ``vlscale.costs.topology.check_shard_size`` accepts."""
+    sizes = [s for s in range(2, devices) if devices % s == 0]
+    if devices_per_node is None:
+        return sizes
+    node = min(devices_per_node, devices)
+    return [s for s in sizes if node % s == 0 or s % node == 0]
 
 
 def _divisor_near(n: int, target: int) -> int:

@@ -86,6 +86,9 @@ TRAINER_KEYS: frozenset[str] = frozenset(
 
 KNOWN_KEYS: frozenset[str] = LAYOUT_KEYS | SHARED_KEYS | PLANNER_KEYS | TRAINER_KEYS
 
+TRAINER_DEVICES: frozenset[str] = frozenset({"auto", "cpu", "cuda"})
+"""``device`` values that name the trainer's torch device, not a catalog device."""
+
 
 def key_name(key: Any) -> str:
     """A file key as a field name: ``global-batch`` and ``global_batch`` are the same key."""
