@@ -12,6 +12,7 @@ the image patches; r = 0 keeps them all and r = 1 would keep none, so r is a rea
 
 from __future__ import annotations
 
+import math
 import numbers
 from typing import Annotated, Any
 
@@ -64,3 +65,82 @@ MAX_COUNT = 2**62
 Count = Annotated[int, BeforeValidator(_no_bool_count), Field(ge=1, le=MAX_COUNT)]
 """A positive whole number as a pydantic field (devices, steps, micro-steps, group sizes):
 never a bool, never beyond :data:`MAX_COUNT`."""
+
+
+# --- one numeric rule: finite, in range, never a bool -------------------------------------------
+
+
+def _no_bool_number(value: Any) -> Any:
+    # pydantic reads `true` as 1 (or 1.0); a bandwidth, a size or a price is a number
+    if isinstance(value, bool):
+        raise ValueError(f"must be a number, not {str(value).lower()}")
+    return value
+
+
+def _finite(value: float) -> float:
+    if not math.isfinite(value):
+        raise ValueError(f"must be a finite number, got {value}")
+    return value
+
+
+def _bounded(
+    kind: type, low: float, high: float, *, strict_low: bool = False, what: str = "", unit: str = ""
+):
+    """A number field in [low, high] (or (low, high] with ``strict_low``): never a bool, never
+    NaN or infinite, one message naming the range (pydantic prefixes the field)."""
+    suffix = f" {unit}" if unit else ""
+
+    def check(value: Any) -> Any:
+        if kind is float:
+            _finite(value)
+        too_low = value <= low if strict_low else value < low
+        if too_low or value > high:
+            lo = f"more than {low:g}" if strict_low else f"at least {low:g}"
+            hint = f" ({what})" if what else ""
+            raise ValueError(f"must be {lo} and at most {high:g}{suffix}, got {value:g}{hint}")
+        return value
+
+    return Annotated[kind, BeforeValidator(_no_bool_number), AfterValidator(check)]
+
+
+MAX_FLOAT = 1e30
+"""The largest plain positive number (a price, an MTBF, a duration) a field accepts: far beyond
+any real value and far from overflowing when multiplied by a count."""
+
+PositiveFinite = _bounded(float, 0.0, MAX_FLOAT, strict_low=True)
+"""A float > 0, finite (no inf / NaN), at most :data:`MAX_FLOAT`, never a bool."""
+
+NonNegativeFinite = _bounded(float, 0.0, MAX_FLOAT)
+"""A float >= 0, finite, at most :data:`MAX_FLOAT`, never a bool."""
+
+MAX_BYTES = 2**60
+"""The largest memory size or message a field accepts: 1 EiB (an H100 holds 80 GB = 2**36)."""
+
+ByteSize = _bounded(
+    float, 2**20, MAX_BYTES, what="device memory between 1 MiB and 1 EiB", unit="bytes"
+)
+"""A device memory size in bytes: finite, between 1 MiB and 1 EiB."""
+
+ByteRate = _bounded(
+    float, 1e3, 1e16, what="a link or memory between 1 kB/s and 10 PB/s", unit="bytes/s"
+)
+"""A bandwidth in bytes/s: finite, between 1 kB/s and 1e16 B/s (HBM3e is about 8e12)."""
+
+FlopRate = _bounded(
+    float, 1e6, 1e21, what="between 1 MFLOP/s and 1 ZFLOP/s per device", unit="FLOP/s"
+)
+"""Dense peak FLOP/s of one device: finite, between 1e6 and 1e21 (an H100 does about 1e15)."""
+
+Seconds = _bounded(float, 0.0, MAX_FLOAT, unit="s")
+"""A duration in seconds >= 0 (a latency, a restart): finite, never a bool."""
+
+MAX_DIM = 2**24
+"""The largest model dimension (width, depth, heads, image size, vocabulary, context) a model
+file may give: 16,777,216, far beyond any real model, small enough that products of a few
+dimensions stay exact in float64 and int64."""
+
+Dim = Annotated[int, BeforeValidator(_no_bool_count), Field(ge=1, le=MAX_DIM)]
+"""A model dimension: a whole number in [1, :data:`MAX_DIM`], never a bool."""
+
+Efficiency = _bounded(float, 0.0, 1.0, strict_low=True)
+"""A fraction of a peak in (0, 1]: finite, never a bool."""

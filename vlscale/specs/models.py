@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from vlscale.specs.fields import Dim
 from vlscale.specs.towers import TextTowerSpec, VisionTowerSpec
 
 
@@ -19,7 +20,7 @@ class ModelSpec(BaseModel):
     name: str
     vision: VisionTowerSpec
     text: TextTowerSpec
-    embed_dim: int = Field(gt=0)
+    embed_dim: Dim
     source: str = Field(default="", description="where the architecture comes from")
 
     @model_validator(mode="after")

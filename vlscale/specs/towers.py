@@ -55,11 +55,12 @@ Text tower (``TextTowerSpec``)::
 
 from __future__ import annotations
 
+import math
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 
-from vlscale.specs.fields import check_mask_ratio
+from vlscale.specs.fields import Dim, check_mask_ratio
 
 MlpKind = Literal["gelu", "swiglu"]
 NormKind = Literal["layernorm", "rmsnorm"]
@@ -74,10 +75,10 @@ class _Frozen(BaseModel):
 class TrunkSpec(_Frozen):
     """A stack of pre-norm transformer blocks (see the module docstring for the exact layout)."""
 
-    width: int = Field(gt=0, description="model dimension d")
-    depth: int = Field(gt=0, description="number of blocks L")
-    heads: int = Field(gt=0, description="attention heads; width must be divisible by heads")
-    mlp_width: int = Field(gt=0, description="MLP hidden size (per branch for SwiGLU)")
+    width: Dim = Field(description="model dimension d")
+    depth: Dim = Field(description="number of blocks L")
+    heads: Dim = Field(description="attention heads; width must be divisible by heads")
+    mlp_width: Dim = Field(description="MLP hidden size (per branch for SwiGLU)")
     mlp_kind: MlpKind = "gelu"
     norm_kind: NormKind = "layernorm"
     sub_ln: bool = False
@@ -106,16 +107,15 @@ class TrunkSpec(_Frozen):
 class VisionTowerSpec(_Frozen):
     """Image encoder: ViT (OpenAI / OpenCLIP / SigLIP) or EVA-ViT (RoPE, SwiGLU, sub-LN)."""
 
-    image_size: int = Field(gt=0)
-    patch_size: int = Field(gt=0)
+    image_size: Dim
+    patch_size: Dim
     trunk: TrunkSpec
     patch_bias: bool = False
     class_token: bool = True
     learned_pos: bool = True
     rope: bool = False
-    rope_ref_grid: int | None = Field(
+    rope_ref_grid: Dim | None = Field(
         default=None,
-        gt=0,
         description="RoPE positions scaled by rope_ref_grid / grid (timm ref_feat_shape)",
     )
     ln_pre: bool = False
@@ -180,8 +180,8 @@ class VisionTowerSpec(_Frozen):
 class TextTowerSpec(_Frozen):
     """Text encoder: causal (CLIP) or bidirectional (SigLIP) transformer over tokens."""
 
-    vocab_size: int = Field(gt=0)
-    context_length: int = Field(gt=0)
+    vocab_size: Dim
+    context_length: Dim
     trunk: TrunkSpec
     causal: bool = True
     pool: Literal["eos", "last"] = "eos"
@@ -203,5 +203,9 @@ def kept_patches(num_patches: int, mask_ratio: float) -> int:
 
 
 def _near_divisor(width: int, heads: int) -> int:
-    divisors = [h for h in range(1, width + 1) if width % h == 0]
-    return min(divisors, key=lambda h: abs(h - heads))
+    """The divisor of ``width`` closest to ``heads`` (divisors found in pairs up to sqrt)."""
+    divisors = set()
+    for h in range(1, math.isqrt(width) + 1):
+        if width % h == 0:
+            divisors |= {h, width // h}
+    return min(sorted(divisors), key=lambda h: abs(h - heads))
