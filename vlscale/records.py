@@ -229,7 +229,9 @@ def _parse(path: Path, number: int, line: str, validate):
         err = from_validation_error(exc)
         raise ConfigError(f"{where}: {err.field}", str(err)[len(err.field) + 2 :]) from None
     except ValueError as exc:  # an integer of more than 4,300 digits
-        raise ConfigError(where, f"line {number} is not a run record ({_first_line(exc)})") from None
+        raise ConfigError(
+            where, f"line {number} is not a run record ({_first_line(exc)})"
+        ) from None
 
 
 def _first_line(exc: Exception) -> str:
