@@ -34,7 +34,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from vlscale.errors import ConfigError
+from vlscale.errors import ConfigError, closest_key
 from vlscale.plan.config import parse_count, read_config_file
 
 MAX_POINTS = 1_000_000  # about a day on 16 cores at ~20 ms a point; --max-points raises it
@@ -84,10 +84,12 @@ def expand_grid(path: str | Path) -> Grid:
     data = read_config_file(path, field="grid")
     if not data:
         raise ConfigError("grid", f"{path} is empty; give 'base' (a plan) and 'grid' (lists)")
-    unknown = set(data) - {"base", "grid"}
+    unknown = sorted(set(data) - {"base", "grid"}, key=str)
     if unknown:
+        best = closest_key(unknown[0], ("base", "grid"))
+        hint = f"did you mean '{best}'? " if best else ""
         raise ConfigError(
-            "grid", f"unknown top-level keys {sorted(unknown)}; use 'base' and 'grid'"
+            "grid", f"unknown top-level key '{unknown[0]}'; {hint}use 'base' and 'grid'"
         )
     base = data.get("base") or {}
     grid = data.get("grid") or {}

@@ -220,8 +220,9 @@ _HINTS = {
 }
 
 
-def spec_error(exc: ValidationError, where: str) -> ConfigError:
-    """A pydantic error as one ConfigError, with pydantic's terse phrases turned into fixes."""
-    err = from_validation_error(exc, prefix=where)
+def spec_error(exc: ValidationError, where: str, model: type | None = None) -> ConfigError:
+    """A pydantic error as one ConfigError, with pydantic's terse phrases turned into fixes;
+    with ``model`` (the class validated) an unknown key names the closest known one."""
+    err = from_validation_error(exc, prefix=where, model=model)
     msg = str(err)[len(err.field) + 2 :]
     return ConfigError(err.field, _HINTS.get(msg, msg))
