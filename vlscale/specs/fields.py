@@ -144,3 +144,9 @@ Dim = Annotated[int, BeforeValidator(_no_bool_count), Field(ge=1, le=MAX_DIM)]
 
 Efficiency = _bounded(float, 0.0, 1.0, strict_low=True)
 """A fraction of a peak in (0, 1]: finite, never a bool."""
+
+MAX_SEED = 2**63 - 1
+"""The largest seed: what numpy, torch and an int64 can carry."""
+
+Seed = Annotated[int, BeforeValidator(_no_bool_count), Field(ge=0, le=MAX_SEED)]
+"""A random seed: a whole number in [0, 2**63 - 1], never a bool."""
