@@ -112,16 +112,17 @@ def _max_digits() -> int:
 def _check_shape(data: Any, p: Path, field: str) -> None:
     """Refuse nesting deeper than MAX_DEPTH and non-finite numbers, naming the key.
 
-    Level by level and each container once (YAML aliases share them), so a file of anchors that
-    would expand exponentially costs no more than its size."""
+    Level by level, each container once per level (YAML aliases share them), so a file of
+    anchors that would expand exponentially costs no more than its size times the depth, and a
+    cycle is refused as too deep."""
     level: list[tuple[str, Any]] = [("", data)]
-    seen: set[int] = set()
     for depth in range(MAX_DEPTH + 2):
         if not level:
             return
         if depth > MAX_DEPTH:
             raise ConfigError(field, f"'{p}' nests deeper than {MAX_DEPTH} levels; flatten it")
         nxt: list[tuple[str, Any]] = []
+        seen: set[int] = set()  # per level: a cycle (YAML `&a [*a]`) comes back every level
         for where, node in level:
             items = (
                 node.items()

@@ -83,21 +83,19 @@ def _finite(value: float) -> float:
     return value
 
 
-def _bounded(
-    kind: type, low: float, high: float, *, strict_low: bool = False, what: str = "", unit: str = ""
-):
+def _bounded(kind: type, low: float, high: float, *, strict_low: bool = False, text: str = ""):
     """A number field in [low, high] (or (low, high] with ``strict_low``): never a bool, never
-    NaN or infinite, one message naming the range (pydantic prefixes the field)."""
-    suffix = f" {unit}" if unit else ""
+    NaN or infinite, one message naming the range (``text``, e.g. "from 1 MiB to 1 EiB";
+    pydantic prefixes the field)."""
+    lo = f"more than {low:g}" if strict_low else f"at least {low:g}"
+    text = text or f"{lo} and at most {high:g}"
 
     def check(value: Any) -> Any:
         if kind is float:
             _finite(value)
         too_low = value <= low if strict_low else value < low
         if too_low or value > high:
-            lo = f"more than {low:g}" if strict_low else f"at least {low:g}"
-            hint = f" ({what})" if what else ""
-            raise ValueError(f"must be {lo} and at most {high:g}{suffix}, got {value:g}{hint}")
+            raise ValueError(f"must be {text}, got {value:g}")
         return value
 
     return Annotated[kind, BeforeValidator(_no_bool_number), AfterValidator(check)]
@@ -117,21 +115,17 @@ MAX_BYTES = 2**60
 """The largest memory size or message a field accepts: 1 EiB (an H100 holds 80 GB = 2**36)."""
 
 ByteSize = _bounded(
-    float, 2**20, MAX_BYTES, what="device memory between 1 MiB and 1 EiB", unit="bytes"
+    float, 2**20, MAX_BYTES, text="a size in bytes from 2**20 (1 MiB) to 2**60 (1 EiB)"
 )
 """A device memory size in bytes: finite, between 1 MiB and 1 EiB."""
 
-ByteRate = _bounded(
-    float, 1e3, 1e16, what="a link or memory between 1 kB/s and 10 PB/s", unit="bytes/s"
-)
+ByteRate = _bounded(float, 1e3, 1e16, text="a bandwidth in bytes/s from 1e3 to 1e16")
 """A bandwidth in bytes/s: finite, between 1 kB/s and 1e16 B/s (HBM3e is about 8e12)."""
 
-FlopRate = _bounded(
-    float, 1e6, 1e21, what="between 1 MFLOP/s and 1 ZFLOP/s per device", unit="FLOP/s"
-)
+FlopRate = _bounded(float, 1e6, 1e21, text="a peak in FLOP/s from 1e6 to 1e21 (an H100: 1e15)")
 """Dense peak FLOP/s of one device: finite, between 1e6 and 1e21 (an H100 does about 1e15)."""
 
-Seconds = _bounded(float, 0.0, MAX_FLOAT, unit="s")
+Seconds = _bounded(float, 0.0, MAX_FLOAT, text="a duration in seconds from 0 to 1e30")
 """A duration in seconds >= 0 (a latency, a restart): finite, never a bool."""
 
 MAX_DIM = 2**24
@@ -142,7 +136,7 @@ dimensions stay exact in float64 and int64."""
 Dim = Annotated[int, BeforeValidator(_no_bool_count), Field(ge=1, le=MAX_DIM)]
 """A model dimension: a whole number in [1, :data:`MAX_DIM`], never a bool."""
 
-Efficiency = _bounded(float, 0.0, 1.0, strict_low=True)
+Efficiency = _bounded(float, 0.0, 1.0, strict_low=True, text="a fraction in (0, 1]")
 """A fraction of a peak in (0, 1]: finite, never a bool."""
 
 MAX_SEED = 2**63 - 1
