@@ -144,3 +144,10 @@ MAX_SEED = 2**63 - 1
 
 Seed = Annotated[int, BeforeValidator(_no_bool_count), Field(ge=0, le=MAX_SEED)]
 """A random seed: a whole number in [0, 2**63 - 1], never a bool."""
+
+MAX_LAYERS = 1024
+"""The most blocks a tower may have: 16 times the deepest real tower (EVA-CLIP-E's 64); the
+simulation walks the blocks one by one, so a depth of millions would never finish."""
+
+Depth = Annotated[int, BeforeValidator(_no_bool_count), Field(ge=1, le=MAX_LAYERS)]
+"""The number of blocks of a tower: a whole number in [1, :data:`MAX_LAYERS`], never a bool."""

@@ -60,7 +60,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 
-from vlscale.specs.fields import Dim, check_mask_ratio
+from vlscale.specs.fields import Depth, Dim, check_mask_ratio
 
 MlpKind = Literal["gelu", "swiglu"]
 NormKind = Literal["layernorm", "rmsnorm"]
@@ -76,7 +76,7 @@ class TrunkSpec(_Frozen):
     """A stack of pre-norm transformer blocks (see the module docstring for the exact layout)."""
 
     width: Dim = Field(description="model dimension d")
-    depth: Dim = Field(description="number of blocks L")
+    depth: Depth = Field(description="number of blocks L")
     heads: Dim = Field(description="attention heads; width must be divisible by heads")
     mlp_width: Dim = Field(description="MLP hidden size (per branch for SwiGLU)")
     mlp_kind: MlpKind = "gelu"
