@@ -58,6 +58,14 @@ def _hw(**over) -> str:
     return dump({"devices": [lab_device(**over)]})
 
 
+def _profile(**over) -> dict:
+    """The H100's catalog compute profile as a hardware file writes it, with ``over``."""
+    from vlscale.plan.compute_model import default_profile
+    from vlscale.specs.catalog import get_device
+
+    return default_profile(get_device("H100")).model_dump(mode="json", exclude_none=True) | over
+
+
 def _plan(**keys) -> str:
     return dump({"model": "tiny-clip", "devices": 8, "global_batch": 64, **keys})
 
@@ -267,6 +275,18 @@ CASES = [
         {"hw.yaml": _hw(measured={"source": "m", "links": {"nvlink": {"alpha_s": float("inf")}}})},
         PLAN_HW,
         ["alpha_s"],
+    ),
+    (
+        "hw-efficiency-1e-300",
+        {"hw.yaml": _hw(measured={"source": "m", "matmul_efficiency": 1e-300})},
+        PLAN_HW,
+        ["hw.yaml", "measured.matmul_efficiency", "from 0.0001 to 1"],
+    ),
+    (
+        "hw-compute-fraction-1e-300",
+        {"hw.yaml": _hw(compute=_profile(memory_efficiency=1e-300))},
+        PLAN_HW,
+        ["compute.memory_efficiency"],
     ),
     (
         "hw-price-nan",

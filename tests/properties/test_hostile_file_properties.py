@@ -137,11 +137,13 @@ def _write(doc: dict, suffix: str, folder: str, stem: str) -> str:
 
 def _lab_device() -> dict:
     """The catalog's H100 written out in full (every field a mutation can reach)."""
+    from vlscale.plan.compute_model import default_profile
     from vlscale.specs.catalog import get_device
 
-    device = get_device("H100").model_dump(mode="json", exclude_none=True)
-    device.pop("compute", None)  # the catalog's op-level defaults; a file rarely carries them
-    return device | {"name": "h100-lab", "aliases": []}
+    h100 = get_device("H100")
+    device = h100.model_dump(mode="json", exclude_none=True)
+    compute = default_profile(h100).model_dump(mode="json", exclude_none=True)
+    return device | {"name": "h100-lab", "aliases": [], "compute": compute}
 
 
 PLAN = {

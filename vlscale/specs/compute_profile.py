@@ -46,7 +46,15 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from vlscale.specs.fields import ByteRate, Count, NonNegativeFinite, PositiveFinite, Seconds
+from vlscale.specs.fields import (
+    MIN_EFFICIENCY,
+    ByteRate,
+    Count,
+    Efficiency,
+    NonNegativeFinite,
+    Scale,
+    Seconds,
+)
 
 Origin = Literal["measured", "calibrated", "assumed", "published"]
 
@@ -58,7 +66,7 @@ class _Spec(BaseModel):
 class MatmulCurve(_Spec):
     """e_mm of one dtype (module docstring)."""
 
-    peak_fraction: float = Field(gt=0, le=1, description="large-GEMM fraction of the peak")
+    peak_fraction: Efficiency = Field(description="large-GEMM fraction of the peak")
     flops_half: NonNegativeFinite = Field(
         description="GEMM FLOPs at half the asymptotic efficiency"
     )
@@ -76,7 +84,9 @@ class AttentionCost(_Spec):
 
     fitted by non-negative least squares over a grid of shapes (``fit_attention_cost``)."""
 
-    fraction: float = Field(gt=0, le=2, description="of the matmul curve, on the FLOPs")
+    fraction: float = Field(
+        ge=MIN_EFFICIENCY, le=2, description="of the matmul curve, on the FLOPs"
+    )
     block_s: Seconds = Field(description="seconds per (batch·head) block, all threads")
     element_s: Seconds = Field(description="seconds per query element (s·d) of a block")
 
@@ -105,8 +115,8 @@ class ComputeProfile(_Spec):
     """Op-level efficiencies and overheads of one device (module docstring)."""
 
     matmul: dict[str, MatmulCurve] = Field(min_length=1, description="per dtype; 'default' too")
-    attention_fraction: float = Field(default=1.0, gt=0, le=2)
-    memory_efficiency: float = Field(gt=0, le=1, description="elementwise fraction of HBM BW")
+    attention_fraction: float = Field(default=1.0, ge=MIN_EFFICIENCY, le=2)
+    memory_efficiency: Efficiency = Field(description="elementwise fraction of HBM BW")
     op_overhead_s: Seconds = Field(description="per kernel launch")
     dtensor_op_overhead_s: Seconds | None = Field(
         default=None, description="per op on DTensor parameters (None: op_overhead_s)"
@@ -120,17 +130,17 @@ class ComputeProfile(_Spec):
     collective_overhead_s: Seconds = Field(
         default=0.0, description="host cost of issuing and waiting one collective in a step"
     )
-    framework_efficiency: float = Field(
-        default=1.0, gt=0, le=1, description="achieved fraction of the op roofline in training"
+    framework_efficiency: Efficiency = Field(
+        default=1.0, description="achieved fraction of the op roofline in training"
     )
     data_s_per_sample: Seconds = Field(default=0.0, description="input pipeline, per sample")
     collectives: dict[Literal["all_gather", "reduce_scatter", "all_reduce", "p2p"], AlphaBeta] = (
         Field(default_factory=dict, description="measured per collective (replaces the tier)")
     )
-    memory_scale: dict[str, PositiveFinite] = Field(
+    memory_scale: dict[str, Scale] = Field(
         default_factory=dict, description="elementwise bytes/s of a dtype relative to fp32"
     )
-    attention_scale: dict[str, PositiveFinite] = Field(
+    attention_scale: dict[str, Scale] = Field(
         default_factory=dict,
         description="attention efficiency relative to fp32 forward, per dtype ('bf16') and for "
         "backward ('fp32.backward', 'bf16.backward')",

@@ -136,8 +136,14 @@ dimensions stay exact in float64 and int64."""
 Dim = Annotated[int, BeforeValidator(_no_bool_count), Field(ge=1, le=MAX_DIM)]
 """A model dimension: a whole number in [1, :data:`MAX_DIM`], never a bool."""
 
-Efficiency = _bounded(float, 0.0, 1.0, strict_low=True, text="a fraction in (0, 1]")
-"""A fraction of a peak in (0, 1]: finite, never a bool."""
+MIN_EFFICIENCY = 1e-4
+"""The smallest fraction of a peak a device may be said to reach: 0.01 %, far below any measured
+one; below it a step's time overflows instead of answering."""
+
+Efficiency = _bounded(
+    float, MIN_EFFICIENCY, 1.0, text=f"a fraction of the peak from {MIN_EFFICIENCY:g} to 1"
+)
+"""A fraction of a peak in [:data:`MIN_EFFICIENCY`, 1]: finite, never a bool."""
 
 MAX_SEED = 2**63 - 1
 """The largest seed: what numpy, torch and an int64 can carry."""
@@ -151,3 +157,6 @@ simulation walks the blocks one by one, so a depth of millions would never finis
 
 Depth = Annotated[int, BeforeValidator(_no_bool_count), Field(ge=1, le=MAX_LAYERS)]
 """The number of blocks of a tower: a whole number in [1, :data:`MAX_LAYERS`], never a bool."""
+
+Scale = _bounded(float, MIN_EFFICIENCY, 1e4, text="a ratio from 1e-4 to 1e4")
+"""A relative speed (one dtype against another): finite, in [1e-4, 1e4], never a bool."""
