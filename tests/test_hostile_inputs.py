@@ -404,6 +404,12 @@ CASES = [
         ["a.jsonl:3: "],
     ),
     (
+        "validate-header-typo",
+        {"a.jsonl": '{"kind": "header", "hots": "x"}\n'},
+        ["validate", "{d}/a.jsonl", "--device", "H100"],
+        ["a.jsonl:1: "],
+    ),
+    (
         "validate-deep",
         {"a.jsonl": _deep(".json", "kind") + "\n"},
         ["validate", "{d}/a.jsonl", "--device", "H100"],

@@ -201,7 +201,7 @@ def read_run(path: str | Path) -> Run:
     lines = [(n, ln) for n, ln in enumerate(text.splitlines(), start=1) if ln.strip()]
     if not lines:
         raise ConfigError("run", f"{path} is empty; the run wrote no header")
-    header = _parse(path, *lines[0], RunHeader.model_validate)
+    header = _parse(path, *lines[0], RunHeader.model_validate, RunHeader)
     if header.schema_version != SCHEMA_VERSION:
         raise ConfigError(
             f"{path}:{lines[0][0]}: schema_version",
@@ -217,7 +217,9 @@ def read_run(path: str | Path) -> Run:
     return run
 
 
-def _parse(path: Path, number: int, line: str, validate):
+def _parse(path: Path, number: int, line: str, validate, model: type | None = None):
+    """One line validated; errors name the file, the line and the key (with ``model``, an
+    unknown key names the closest known one)."""
     where = f"{path}:{number}"
     try:
         return validate(json.loads(line))
@@ -226,7 +228,7 @@ def _parse(path: Path, number: int, line: str, validate):
     except RecursionError:
         raise ConfigError(where, f"line {number} nests too deeply; truncate it") from None
     except ValidationError as exc:
-        err = from_validation_error(exc)
+        err = from_validation_error(exc, model=model)
         raise ConfigError(f"{where}: {err.field}", str(err)[len(err.field) + 2 :]) from None
     except ValueError as exc:  # an integer of more than 4,300 digits
         raise ConfigError(
