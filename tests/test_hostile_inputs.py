@@ -522,6 +522,15 @@ CASES = [
         ["sweep", "{d}/g.yaml", "--out", "{d}/out.csv", "--quiet", "--scheduler", "not-an-address"],
         ["scheduler", "not-an-address"],
     ),
+    ("plan-report-empty", {}, ["plan", "--model", "tiny-clip", *SMALL, "--report", ""], ["report"]),
+    ("plan-trace-empty", {}, ["plan", "--model", "tiny-clip", *SMALL, "--trace", ""], ["trace"]),
+    (
+        "sweep-out-empty",
+        {"g.yaml": "base: {model: tiny-clip, global_batch: 64}\ngrid: {devices: [8]}\n"},
+        ["sweep", "{d}/g.yaml", "--out", "", "--quiet"],
+        ["out"],
+    ),
+    ("report-out-empty", {}, ["report", "--quick", "--out", "", "--quiet"], ["report"]),
     (
         "plan-price-flag-inf",
         {},
