@@ -92,7 +92,12 @@ def _openclip(section: str | None, key: str, value) -> str:
 # (id, files {name: text or bytes}, command, what the one line must hold)
 CASES = [
     # --- one numeric rule: model files --------------------------------------------------------
-    ("model-depth-true", {"m.yaml": _model("vision.trunk.depth", True)}, PLAN_MODEL, ["depth"]),
+    (
+        "model-depth-true",
+        {"m.yaml": _model("vision.trunk.depth", True)},
+        PLAN_MODEL,
+        ["model.vision.trunk.depth", "not true", "(in '", "m.yaml')"],
+    ),
     (
         "model-depth-true-params",
         {"m.yaml": _model("text.trunk.depth", True)},
