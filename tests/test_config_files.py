@@ -65,3 +65,40 @@ def test_plan_model_and_trainer_files_go_through_it(tmp_path):
             with pytest.raises(ConfigError) as err:
                 reader(str(tmp_path / name))
             assert err.value.field == field and name in str(err.value), (reader, name)
+
+
+def test_bounded_parsers(tmp_path):
+    """Deep nesting (in the parser or after it), huge integers and non-finite numbers are one
+    ConfigError naming the file; YAML aliases that would expand exponentially cost nothing."""
+    import time
+
+    from vlscale.config_files import MAX_DEPTH
+
+    cases = {
+        "deep.json": ('{"a": ' + "[" * 100_000 + "]" * 100_000 + "}", "nests deeper"),
+        "deep.toml": ("a = " + "[" * 100_000 + "]" * 100_000, "nests deeper"),
+        "deep.yaml": ("a: " + "[" * 100_000 + "]" * 100_000, "nests deeper"),
+        "65.yaml": ("a: " + "[" * (MAX_DEPTH + 1) + "]" * (MAX_DEPTH + 1), "nests deeper"),
+        "cycle.yaml": ("a: &x [*x]\n", "nests deeper"),
+        "digits.json": ('{"a": ' + "7" * 5000 + "}", "4300 digits"),
+        "digits.toml": ("a = " + "7" * 5000, "4300 digits"),
+        "inf.yaml": ("a: {b: [1, .inf]}\n", "a.b[1] must be a finite number, got inf"),
+        "nan.json": ('{"a": NaN}', "a must be a finite number, got nan"),
+        "inf.toml": ("[a]\nb = -inf\n", "a.b must be a finite number, got -inf"),
+    }
+    for name, (text, why) in cases.items():
+        (tmp_path / name).write_text(text)
+        with pytest.raises(ConfigError) as err:
+            read_mapping(tmp_path / name, "grid")
+        message = str(err.value)
+        assert why in message and name in message and "\n" not in message, message
+    at_limit = "a: " + "[" * (MAX_DEPTH - 1) + "]" * (MAX_DEPTH - 1)
+    (tmp_path / "64.yaml").write_text(at_limit)
+    assert read_mapping(tmp_path / "64.yaml")["a"] is not None
+    # 9 levels of 9 aliases: 9**9 leaves if expanded; shared, they are read at once
+    laughs = ["l0: &l0 [x, x, x, x, x, x, x, x, x]"]
+    laughs += [f"l{i}: &l{i} [" + ", ".join([f"*l{i - 1}"] * 9) + "]" for i in range(1, 10)]
+    (tmp_path / "laughs.yaml").write_text("\n".join(laughs) + "\n")
+    start = time.perf_counter()
+    assert len(read_mapping(tmp_path / "laughs.yaml")) == 10
+    assert time.perf_counter() - start < 2

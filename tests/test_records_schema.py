@@ -64,17 +64,17 @@ def test_round_trip(tmp_path):
 @pytest.mark.parametrize(
     ("records", "field"),
     [
-        ([_step(1)], "run:1.kind"),  # no header first
-        ([_header(), _step(1, step_time_s=-1.0)], "run:2.step.step_time_s"),
-        ([_header(), _step(1, bogus=1)], "run:2.step.bogus"),  # extra keys are refused
-        ([_header(schema_version=SCHEMA_VERSION + 1)], "run.schema_version"),
+        ([_step(1)], "{f}:1: kind"),  # no header first
+        ([_header(), _step(1, step_time_s=-1.0)], "{f}:2: step.step_time_s"),
+        ([_header(), _step(1, bogus=1)], "{f}:2: step.bogus"),  # extra keys are refused
+        ([_header(schema_version=SCHEMA_VERSION + 1)], "{f}:1: schema_version"),
     ],
 )
 def test_invalid_files_name_line_and_field(tmp_path, records, field):
     f = _write(tmp_path / "run.jsonl", *records)
     with pytest.raises(ConfigError) as err:
         read_run(f)
-    assert err.value.field == field
+    assert err.value.field == field.format(f=f)
 
 
 def test_torn_line_is_reported(tmp_path):

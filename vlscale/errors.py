@@ -5,7 +5,10 @@ Each message names the offending field and says how to fix it; the CLI prints it
 
 from __future__ import annotations
 
-from typing import TypeVar
+import difflib
+import typing
+from collections.abc import Iterable
+from typing import Any, TypeVar
 
 from pydantic import BaseModel, ValidationError
 
@@ -20,10 +23,64 @@ class ConfigError(ValueError):
         super().__init__(f"{field}: {message}")
 
 
-def from_validation_error(exc: Exception, prefix: str = "") -> ConfigError:
+def closest_key(name: str, known: Iterable[str]) -> str | None:
+    """The known key ``name`` most likely meant: one that starts with it (``price`` ->
+    ``price_per_device_hour``), else the closest spelling (difflib), else None."""
+    known = sorted(str(k) for k in known)
+    name = str(name)
+    longer = [k for k in known if k.lower().startswith(name.lower()) and len(name) >= 3]
+    if longer:
+        return min(longer, key=len)
+    close = difflib.get_close_matches(name, known, n=1, cutoff=0.6)
+    return close[0] if close else None
+
+
+def _model_at(model: Any, loc: tuple) -> Any:
+    """The pydantic model class found at ``loc`` below ``model`` (None when not one)."""
+    current: Any = model
+    for part in loc:
+        if isinstance(current, type) and issubclass(current, BaseModel):
+            field = current.model_fields.get(str(part))
+            if field is None:
+                return None
+            current = field.annotation
+            continue
+        current = _inner(current, part)
+        if current is None:
+            return None
+    current = _inner(current, None) if not isinstance(current, type) else current
+    return current if isinstance(current, type) and issubclass(current, BaseModel) else None
+
+
+def _inner(annotation: Any, part: Any) -> Any:
+    """The model inside a container / optional annotation (dict values, list items, X | None)."""
+    for arg in typing.get_args(annotation):
+        if isinstance(arg, type) and issubclass(arg, BaseModel):
+            return arg
+        found = _inner(arg, part)
+        if found is not None:
+            return found
+    return None
+
+
+def _unknown_key_hint(model: Any, loc: tuple) -> str:
+    """ "unknown key 'price'; did you mean 'price_per_device_hour'?" (or the known keys)."""
+    owner = _model_at(model, loc[:-1]) if model is not None else None
+    name = str(loc[-1]) if loc else "?"
+    if owner is None:
+        return f"unknown key '{name}'; check its spelling"
+    known = list(owner.model_fields)
+    best = closest_key(name, known)
+    if best is not None:
+        return f"unknown key '{name}'; did you mean '{best}'?"
+    return f"unknown key '{name}'; known keys: {', '.join(known)}"
+
+
+def from_validation_error(exc: Exception, prefix: str = "", model: Any = None) -> ConfigError:
     """Turn a pydantic ``ValidationError`` into a single-line :class:`ConfigError`.
 
-    Only the first error is reported: one clear message beats a wall of them.
+    Only the first error is reported: one clear message beats a wall of them. With ``model``
+    (the class validated), an unknown key names the closest known one.
     """
     errors = exc.errors() if hasattr(exc, "errors") else []
     if not errors:
@@ -37,6 +94,8 @@ def from_validation_error(exc: Exception, prefix: str = "") -> ConfigError:
     field = ".".join(p for p in (prefix, loc) if p) or "config"
     msg = str(first.get("msg", exc))
     msg = msg.removeprefix("Value error, ")
+    if first.get("type") == "extra_forbidden":
+        msg = _unknown_key_hint(model, tuple(first.get("loc", ())))
     return ConfigError(field, msg)
 
 
@@ -48,4 +107,4 @@ def validate_as(model: type[M], data: dict | M, prefix: str) -> M:
     try:
         return model.model_validate(data)
     except ValidationError as exc:
-        raise from_validation_error(exc, prefix) from None
+        raise from_validation_error(exc, prefix, model) from None

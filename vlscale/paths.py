@@ -8,14 +8,18 @@ work, so a mistake costs nothing and leaves nothing half-written. An existing fi
 Every file vlscale and the trainer write goes through :func:`atomic_path` (or its text / bytes
 shorthands): the data goes to a temp file in the same folder, is fsynced, and is renamed onto the
 final path with ``os.replace``, so a reader sees the old file or the new one, never half of one.
-On any failure the temp file is removed and the old file is untouched. The new file gets the
+On any failure the temp file is removed and the old file is untouched; a full disk (or any other
+OSError while writing) is one :class:`WriteError` line saying which file and how much room it
+needed. The new file gets the
 permissions a plain ``open()`` would give it (0666 minus the umask), not ``mkstemp``'s 0600.
 """
 
 from __future__ import annotations
 
+import errno
 import os
 import secrets
+import shutil
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -83,19 +87,80 @@ def fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
+class WriteError(ConfigError, OSError):
+    """A file could not be written (a full disk, a quota, a read-only folder): one line naming the
+    file, what was wrong and, for a full disk, how much space was needed. It is both a
+    ConfigError (the CLI prints it and exits 2) and an OSError with the original ``errno`` (so
+    callers that handle OSError, such as the trainer's checkpointing, still see one)."""
+
+    def __init__(self, field: str, message: str, errno_: int | None):
+        ConfigError.__init__(self, field, message)
+        self.errno = errno_
+
+
+_NO_SPACE = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
+
+
+def _size(n: float) -> str:
+    for factor, unit in ((2**40, "TiB"), (2**30, "GiB"), (2**20, "MiB"), (2**10, "KiB")):
+        if n >= factor:
+            return f"{n / factor:.1f} {unit}"
+    return f"{int(n)} B"
+
+
+def write_error(
+    path: Path, field: str | None, exc: OSError, needed: int | None, exact: bool = True
+) -> WriteError:
+    """``exc`` raised while writing ``path`` as one :class:`WriteError` line: "cannot write
+    'out.csv': no space left on device (needs 1.2 MiB, 12.0 KiB free in '/mnt'); free some
+    space or write elsewhere"."""
+    why = exc.strerror or str(exc) or type(exc).__name__
+    if exc.errno in _NO_SPACE:
+        try:
+            free = f", {_size(shutil.disk_usage(path.parent).free)} free in '{path.parent}'"
+        except OSError:
+            free = ""
+        need = (
+            "needs more room"
+            if needed is None
+            else f"needs {'' if exact else 'over '}{_size(needed)}"
+        )
+        detail = f"{why.lower()} ({need}{free}); free some space or write elsewhere"
+    else:
+        detail = f"{why}; check the folder or write elsewhere"
+    return WriteError(field or "out", f"cannot write '{path}': {detail}", exc.errno)
+
+
 @contextmanager
-def atomic_path(path: str | Path, field: str | None = None) -> Iterator[Path]:
+def atomic_path(
+    path: str | Path, field: str | None = None, size: int | None = None
+) -> Iterator[Path]:
     """Yields a temp path next to ``path`` to write (by name: pandas, torch.save, a stream);
     when the block ends without an exception, the temp file is fsynced and renamed onto
     ``path``; on any exception it is removed and ``path`` is untouched.
 
-    ``field`` turns a folder where no file can be created into a ConfigError on that field."""
+    ``field`` turns a folder where no file can be created into a ConfigError on that field.
+    An OSError while writing (a full disk above all) becomes one :class:`WriteError` naming the
+    file and, for a full disk, the space needed: ``size`` when the caller knows it, else what
+    had been written when the disk filled."""
     path = Path(path)
     tmp = _new_temp(path, field)
     try:
         yield tmp
         _fsync(tmp)
         os.replace(tmp, path)
+    except WriteError:
+        tmp.unlink(missing_ok=True)
+        raise
+    except OSError as exc:
+        try:
+            written = tmp.stat().st_size
+        except OSError:
+            written = None
+        tmp.unlink(missing_ok=True)
+        # a stream's size is unknown: what it had written when the disk filled, and then some
+        needed = size if size is not None else written or None
+        raise write_error(path, field, exc, needed, exact=size is not None) from None
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
@@ -113,13 +178,14 @@ def atomic_write_text(
     path: str | Path, text: str, field: str | None = None, encoding: str = "utf-8"
 ) -> Path:
     """Write ``text`` to ``path`` atomically (see :func:`atomic_path`)."""
-    with atomic_path(path, field) as tmp:
-        tmp.write_text(text, encoding=encoding)
+    data = text.encode(encoding)
+    with atomic_path(path, field, size=len(data)) as tmp:
+        tmp.write_bytes(data)
     return Path(path)
 
 
 def atomic_write_bytes(path: str | Path, data: bytes, field: str | None = None) -> Path:
     """Write ``data`` to ``path`` atomically (see :func:`atomic_path`)."""
-    with atomic_path(path, field) as tmp:
+    with atomic_path(path, field, size=len(data)) as tmp:
         tmp.write_bytes(data)
     return Path(path)

@@ -180,22 +180,36 @@ class Run(BaseModel):
 
 
 def read_run(path: str | Path) -> Run:
-    """Read and validate a run file; a bad line raises ConfigError naming the line and field."""
+    """Read and validate a run file; a bad line raises one ConfigError whose field names the
+    file, the line and the key: ``runs/a.jsonl:1: start_time: Field required``."""
     path = Path(path)
     if not path.is_file():
         raise ConfigError("run", f"no run file at {path}; pass the run.jsonl the trainer wrote")
-    lines = [ln for ln in path.read_text().splitlines() if ln.strip()]
+    try:
+        text = path.read_bytes().decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ConfigError(
+            str(path),
+            f"not a UTF-8 text file (byte {exc.start}); pass the run.jsonl the trainer wrote",
+        ) from None
+    except OSError as exc:
+        raise ConfigError(str(path), f"cannot read it ({exc.strerror}); check it") from None
+    if "\x00" in text:
+        raise ConfigError(
+            str(path), "a binary file (it holds NUL bytes); pass the run.jsonl the trainer wrote"
+        )
+    lines = [(n, ln) for n, ln in enumerate(text.splitlines(), start=1) if ln.strip()]
     if not lines:
         raise ConfigError("run", f"{path} is empty; the run wrote no header")
-    header = _parse(path, 1, lines[0], RunHeader.model_validate)
+    header = _parse(path, *lines[0], RunHeader.model_validate, RunHeader)
     if header.schema_version != SCHEMA_VERSION:
         raise ConfigError(
-            "run.schema_version",
-            f"{path} has schema {header.schema_version}, this vlscale reads {SCHEMA_VERSION}; "
+            f"{path}:{lines[0][0]}: schema_version",
+            f"schema {header.schema_version}, this vlscale reads {SCHEMA_VERSION}; "
             "re-run the trainer or use a matching vlscale",
         )
     run = Run(header=header)
-    for number, line in enumerate(lines[1:], start=2):
+    for number, line in lines[1:]:
         record = _parse(path, number, line, _BODY.validate_python)
         kinds = {"step": run.steps, "eval": run.evals, "checkpoint": run.checkpoints}
         kinds["resume"] = run.resumes
@@ -203,12 +217,24 @@ def read_run(path: str | Path) -> Run:
     return run
 
 
-def _parse(path: Path, number: int, line: str, validate):
+def _parse(path: Path, number: int, line: str, validate, model: type | None = None):
+    """One line validated; errors name the file, the line and the key (with ``model``, an
+    unknown key names the closest known one)."""
+    where = f"{path}:{number}"
     try:
         return validate(json.loads(line))
     except json.JSONDecodeError as exc:
-        raise ConfigError(
-            f"run:{number}", f"{path} line {number} is not JSON ({exc.msg}); truncate it"
-        ) from None
+        raise ConfigError(where, f"line {number} is not JSON ({exc.msg}); truncate it") from None
+    except RecursionError:
+        raise ConfigError(where, f"line {number} nests too deeply; truncate it") from None
     except ValidationError as exc:
-        raise from_validation_error(exc, prefix=f"run:{number}") from None
+        err = from_validation_error(exc, model=model)
+        raise ConfigError(f"{where}: {err.field}", str(err)[len(err.field) + 2 :]) from None
+    except ValueError as exc:  # an integer of more than 4,300 digits
+        raise ConfigError(
+            where, f"line {number} is not a run record ({_first_line(exc)})"
+        ) from None
+
+
+def _first_line(exc: Exception) -> str:
+    return str(exc).splitlines()[0] if str(exc) else type(exc).__name__

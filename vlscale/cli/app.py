@@ -57,7 +57,30 @@ def handles_bad_input(fn: Callable) -> Callable:
 
 
 def emit_json(obj: Any) -> None:
-    typer.echo(json.dumps(obj, indent=2))
+    """Print ``obj`` as JSON, the one JSON emitter of the CLI. Strict JSON only: a NaN or an
+    infinity (which ``json.dumps`` would print as ``NaN`` / ``Infinity``, not JSON) is refused
+    before anything is printed, as one error line naming the key that holds it."""
+    where = non_finite_path(obj)
+    if where is not None:
+        fail(
+            f"{where}: the answer is not a finite number; an input is out of range "
+            "(check the hardware file and the flags)"
+        )
+    typer.echo(json.dumps(obj, indent=2, allow_nan=False))
+
+
+def non_finite_path(obj: Any, where: str = "output") -> str | None:
+    """The key path of the first NaN or infinity in ``obj`` (dicts, lists), or None."""
+    stack = [(where, obj)]
+    while stack:
+        here, node = stack.pop()
+        if isinstance(node, float) and not math.isfinite(node):
+            return here
+        if isinstance(node, dict):
+            stack.extend((f"{here}.{k}", v) for k, v in reversed(node.items()))
+        elif isinstance(node, list | tuple):
+            stack.extend((f"{here}[{i}]", v) for i, v in reversed(list(enumerate(node))))
+    return None
 
 
 def print_table(title: str, columns: list[str], rows: list[list[Any]]) -> None:

@@ -17,7 +17,7 @@ from typing import Annotated
 
 import typer
 
-from vlscale.cli.app import emit_json, handles_bad_input, print_table
+from vlscale.cli.app import emit_json, handles_bad_input, non_finite_path, print_table
 from vlscale.errors import ConfigError
 from vlscale.paths import atomic_write_text, check_output_file
 
@@ -109,7 +109,10 @@ def validate_cmd(
     result = validate(_runs(runs, dev, hardware_file), dev).to_json()
     title = dev.name if dev is not None else "catalog devices"
     if out is not None:
-        atomic_write_text(out, json.dumps(result, indent=1) + "\n", field="out")
+        where = non_finite_path(result)
+        if where is not None:  # JSON has no NaN / Infinity: refuse rather than write one
+            raise ConfigError(where, "the answer is not a finite number; check the runs")
+        atomic_write_text(out, json.dumps(result, indent=1, allow_nan=False) + "\n", field="out")
     if report is not None:
         from vlscale.report.html import write_report_atomic
         from vlscale.report.validation import validation_report

@@ -23,6 +23,7 @@ from vlscale.cli.options import (
     SlicesOpt,
 )
 from vlscale.errors import ConfigError
+from vlscale.specs.fields import MAX_BYTES
 
 # required here (no embedded scenario), unlike the planner's --device / --devices
 DeviceOpt = Annotated[str | None, typer.Option("--device", help="e.g. H100, TPUv5p (required)")]
@@ -41,13 +42,23 @@ _UNITS |= {"kb": 10**3, "mb": 10**6, "gb": 10**9, "tb": 10**12}
 
 
 def parse_size(text: str) -> float:
-    """'8M' -> 8 * 2**20, '1e9' -> 1e9, '2GiB' -> 2 * 2**30, '1GB' -> 1e9 (bytes, > 0)."""
+    """'8M' -> 8 * 2**20, '1e9' -> 1e9, '2GiB' -> 2 * 2**30, '1GB' -> 1e9.
+
+    Whole bytes only, from 1 to 2**60: '0.5' is refused like '0'."""
     match = re.fullmatch(r"\s*([0-9.]+(?:e[+-]?[0-9]+)?)\s*([a-z]*)\s*", text.lower())
     if not match or match.group(2) not in _UNITS:
         raise ConfigError("bytes", f"'{text}' is not a size; write e.g. 8M, 1GiB, 1e9 or 1GB")
-    value = float(match.group(1)) * _UNITS[match.group(2)]
-    if not value > 0:
-        raise ConfigError("bytes", f"'{text}' must be more than 0 bytes")
+    try:
+        value = float(match.group(1)) * _UNITS[match.group(2)]
+    except ValueError:  # '1.2.3'
+        raise ConfigError(
+            "bytes", f"'{text}' is not a size; write e.g. 8M, 1GiB, 1e9 or 1GB"
+        ) from None
+    if not 1 <= value <= MAX_BYTES or not value.is_integer():
+        raise ConfigError(
+            "bytes",
+            f"'{text}' must be a whole number of bytes from 1 to 2**60 (1 EiB), e.g. 8M or 1e9",
+        )
     return value
 
 

@@ -6,6 +6,7 @@ are imported inside the commands only.
 
 from __future__ import annotations
 
+import math
 import shlex
 from pathlib import Path
 from typing import Annotated
@@ -15,7 +16,7 @@ import typer
 from vlscale.cli.app import emit_json, handles_bad_input, print_table
 from vlscale.cli.options import SchedulerOpt, WorkersOpt
 from vlscale.errors import ConfigError
-from vlscale.specs.fields import check_mask_ratio
+from vlscale.specs.fields import MAX_FLOAT, check_mask_ratio
 
 
 def reproduce_command(
@@ -55,8 +56,8 @@ def reproduce_command(
 def _positive(field: str, values: list | None) -> tuple | None:
     if values is None:
         return None
-    if any(v <= 0 for v in values):
-        raise ConfigError(field, f"{values} must all be positive")
+    if not all(0 < v < MAX_FLOAT and math.isfinite(v) for v in values):
+        raise ConfigError(field, f"{values} must all be positive finite numbers")
     return tuple(sorted(set(values)))
 
 

@@ -200,6 +200,12 @@ def _connect(address: str):
         raise ConfigError(
             "scheduler", f"cannot reach a Dask scheduler at '{address}' ({exc}); check the address"
         ) from None
+    except (ValueError, TypeError) as exc:  # 'not-an-address': "missing port number"
+        why = " ".join(str(exc).split()) or type(exc).__name__
+        raise ConfigError(
+            "scheduler",
+            f"'{address}' is not a Dask scheduler address ({why}); write e.g. tcp://10.0.0.1:8786",
+        ) from None
 
 
 def _map_dask(fn, points, total: int, client, progress: bool):

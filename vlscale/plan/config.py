@@ -21,7 +21,15 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 from vlscale.config_files import read_mapping
 from vlscale.errors import ConfigError, validate_as
-from vlscale.specs.fields import MaskRatio
+from vlscale.specs.fields import (
+    ByteRate,
+    Count,
+    Dim,
+    MaskRatio,
+    NonNegativeFinite,
+    PositiveFinite,
+    Seed,
+)
 from vlscale.specs.layout import RunLayout
 from vlscale.specs.recipes import LossImpl, Optimizer, RecipeName, RecipeSpec
 from vlscale.specs.recipes import default_recipe as _default_recipe
@@ -38,12 +46,12 @@ class FailureConfig(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     enabled: bool = True
-    mtbf_device_h: float = Field(default=50_000.0, gt=0)
-    checkpoint_write_s: float | None = Field(default=None, gt=0)
-    restart_s: float = Field(default=600.0, ge=0)
-    checkpoint_interval_s: float | None = Field(default=None, gt=0)
-    checkpoint_write_bandwidth: float = Field(
-        default=2.0e9, gt=0, description="bytes/s per device to storage, to estimate the write"
+    mtbf_device_h: PositiveFinite = 50_000.0
+    checkpoint_write_s: PositiveFinite | None = None
+    restart_s: NonNegativeFinite = 600.0
+    checkpoint_interval_s: PositiveFinite | None = None
+    checkpoint_write_bandwidth: ByteRate = Field(
+        default=2.0e9, description="bytes/s per device to storage, to estimate the write"
     )
 
 
@@ -66,22 +74,22 @@ class PlanConfig(BaseModel):
     loss_impl: LossImpl = "gather"
     mask_ratio: MaskRatio | None = None
     optimizer: Optimizer | None = None
-    image_size: int | None = Field(default=None, gt=0)
-    context_length: int | None = Field(default=None, gt=0, description="text tokens override")
+    image_size: Dim | None = None
+    context_length: Dim | None = Field(default=None, description="text tokens override")
 
     layout: RunLayout = Field(
         default=DEFAULT_LAYOUT, description="ranks, sharding, precision, AC, accumulation"
     )
 
     device: str = "H100"
-    num_slices: int = Field(default=1, gt=0)
+    num_slices: Count = 1
     slice_shape: str | tuple[int, ...] | None = Field(
         default=None, description="TPU slice torus, e.g. '4x4x8' (validated with the cluster)"
     )
     hardware_file: str | None = None
 
-    global_batch: int = Field(default=32_768, gt=0)
-    samples: int = Field(default=12_800_000_000, gt=0)
+    global_batch: Count = 32_768
+    samples: Count = 12_800_000_000
     grad_clip: bool = Field(default=True, description="clip the global gradient norm")
 
     utilisation: float | None = Field(
@@ -96,13 +104,13 @@ class PlanConfig(BaseModel):
     comm_efficiency_scale: float = Field(
         default=1.0, gt=0.0, le=10.0, description="collective times / this (uncertainty draws)"
     )
-    price_per_device_hour: float | None = Field(default=None, ge=0)
-    decode_samples_per_s_per_device: float | None = Field(
-        default=None, gt=0, description="input pipeline throughput; None: never stalls"
+    price_per_device_hour: NonNegativeFinite | None = None
+    decode_samples_per_s_per_device: PositiveFinite | None = Field(
+        default=None, description="input pipeline throughput; None: never stalls"
     )
     straggler_sigma: float = Field(default=0.0, ge=0.0, le=2.0)
-    sim_steps: int = Field(default=1, ge=1, le=1000)
-    seed: int = 0
+    sim_steps: Count = Field(default=1, le=1000)
+    seed: Seed = 0
     failures: FailureConfig = FailureConfig()
 
     @model_validator(mode="before")

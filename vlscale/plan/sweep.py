@@ -18,7 +18,8 @@ Big grids: :class:`Grid` is lazy (its size is the product of the list lengths; p
 as they are planned), a grid over ``max_points`` (default :data:`MAX_POINTS`) is refused before
 any work, the first points are timed to say the size and an estimated time up front, and
 :func:`write_sweep` streams rows, in grid order, into a temp file next to the output that is
-renamed onto it at the end (CSV; Parquet is written at the end from the rows).
+renamed onto it at the end (CSV; Parquet is written at the end from the rows). SIGTERM removes
+the temp file and exits with status 143; a full disk is one line naming the file.
 """
 
 from __future__ import annotations
@@ -26,15 +27,17 @@ from __future__ import annotations
 import csv
 import itertools
 import math
+import signal
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import ExitStack
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from vlscale.errors import ConfigError
+from vlscale.errors import ConfigError, closest_key
 from vlscale.plan.config import parse_count, read_config_file
 
 MAX_POINTS = 1_000_000  # about a day on 16 cores at ~20 ms a point; --max-points raises it
@@ -84,10 +87,12 @@ def expand_grid(path: str | Path) -> Grid:
     data = read_config_file(path, field="grid")
     if not data:
         raise ConfigError("grid", f"{path} is empty; give 'base' (a plan) and 'grid' (lists)")
-    unknown = set(data) - {"base", "grid"}
+    unknown = sorted(set(data) - {"base", "grid"}, key=str)
     if unknown:
+        best = closest_key(unknown[0], ("base", "grid"))
+        hint = f"did you mean '{best}'? " if best else ""
         raise ConfigError(
-            "grid", f"unknown top-level keys {sorted(unknown)}; use 'base' and 'grid'"
+            "grid", f"unknown top-level key '{unknown[0]}'; {hint}use 'base' and 'grid'"
         )
     base = data.get("base") or {}
     grid = data.get("grid") or {}
@@ -271,7 +276,7 @@ def write_sweep(
     count = planned = 0
     first_error: str | None = None
     kept: list[dict[str, Any]] = []  # Parquet only: written at the end
-    with atomic_path(out, field="out") as tmp, ExitStack() as files:
+    with _stop_on_sigterm(out), atomic_path(out, field="out") as tmp, ExitStack() as files:
         fh = None if parquet else files.enter_context(open(tmp, "w", newline="", encoding="utf-8"))
         writer: csv.DictWriter | None = None
 
@@ -309,6 +314,32 @@ def write_sweep(
 
             pd.DataFrame(kept, columns=columns.names).to_parquet(tmp, index=False)
     return SweepSummary(count, planned, first_error)
+
+
+class SweepStopped(SystemExit):
+    """SIGTERM during a sweep: raised in the main thread, so that the temp file is removed on the
+    way out (``vlscale.paths.atomic_path``); exits with 128 + 15 as a killed process would."""
+
+
+@contextmanager
+def _stop_on_sigterm(out: Path) -> Iterator[None]:
+    """While the block runs, SIGTERM (what Slurm and Kubernetes send before they kill) stops the
+    sweep cleanly: the temp file is removed, ``out`` is untouched, one line says so."""
+    if threading.current_thread() is not threading.main_thread():
+        yield  # signal handlers can only be set in the main thread
+        return
+
+    def stop(signum, frame):
+        raise SweepStopped(128 + signum)
+
+    previous = signal.signal(signal.SIGTERM, stop)
+    try:
+        yield
+    except SweepStopped:
+        print(f"sweep: stopped by SIGTERM; '{out}' not written", file=sys.stderr)
+        raise
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def run_sweep(

@@ -27,6 +27,7 @@ from typing import Any
 
 import pandas as pd
 
+from vlscale.errors import ConfigError
 from vlscale.plan.config import PlanConfig
 
 VARIANTS: tuple[tuple[str, str], ...] = (
@@ -65,6 +66,20 @@ class StudySpec:
     loss_checkpointing: bool = True
     mask_ratios: tuple[float, ...] = DEFAULT_MASK_RATIOS
     deadlines_h: tuple[float, ...] = DEFAULT_DEADLINES_H
+
+    def __post_init__(self) -> None:
+        # the scaling part needs a device count that divides a batch: say so before any work
+        if (
+            self.devices
+            and self.global_batches
+            and not any(b % d == 0 and b >= d for b in self.global_batches for d in self.devices)
+        ):
+            raise ConfigError(
+                "devices",
+                f"no device count in {list(self.devices)} divides a global batch in "
+                f"{list(self.global_batches)}; use device counts that divide the batch (e.g. "
+                f"{', '.join(str(d) for d in QUICK_DEVICES)}) or give --global-batch",
+            )
 
     @classmethod
     def quick(cls, base: PlanConfig, **overrides) -> StudySpec:

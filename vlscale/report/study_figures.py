@@ -42,6 +42,11 @@ def scaling_figure(frame: pd.DataFrame, title: str = "Scaling with devices") -> 
     One trace per (metric, variant, global batch), named '<variant>, batch <B>'; only the first
     panel's traces show in the legend (the others share its legend group)."""
     metrics = [(m, label) for m, label in SCALING_METRICS if m in set(frame["metric"])]
+    if not metrics:  # nothing planned (every point failed): say so instead of failing
+        fig = go.Figure()
+        fig.add_annotation(text="no configuration of this grid could be planned", showarrow=False)
+        fig.update_layout(title=title)
+        return fig
     fig = make_subplots(
         rows=len(metrics), cols=1, shared_xaxes=True, subplot_titles=[lbl for _, lbl in metrics]
     )

@@ -62,6 +62,6 @@ def write_chrome_trace(
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     doc = {"traceEvents": chrome_trace_events(events, rank_labels), "displayTimeUnit": "ms"}
-    with atomic_path(path) as tmp, open(tmp, "w", encoding="utf-8") as fh:
+    with atomic_path(path, field="trace") as tmp, open(tmp, "w", encoding="utf-8") as fh:
         json.dump(doc, fh)  # streamed: a long trace is never one string in memory
     return path

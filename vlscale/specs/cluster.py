@@ -10,10 +10,11 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from pydantic import Field, ValidationError, field_validator, model_validator
+from pydantic import ValidationError, field_validator, model_validator
 
 from vlscale.specs.catalog import get_device
 from vlscale.specs.device import DeviceSpec, FrozenSpec, spec_error
+from vlscale.specs.fields import Count
 from vlscale.specs.torus import (
     check_slice_shape,
     default_slice_shape,
@@ -33,10 +34,10 @@ class ClusterSpec(FrozenSpec):
 
     name: str = ""
     device: DeviceSpec
-    num_devices: int = Field(gt=0)
-    devices_per_node: int | None = Field(default=None, gt=0)
-    slice_shape: tuple[int, ...] | None = None
-    num_slices: int = Field(default=1, gt=0)
+    num_devices: Count
+    devices_per_node: Count | None = None
+    slice_shape: tuple[Count, ...] | None = None
+    num_slices: Count = 1
 
     @field_validator("slice_shape", mode="before")
     @classmethod

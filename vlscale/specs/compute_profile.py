@@ -46,6 +46,16 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from vlscale.specs.fields import (
+    MIN_EFFICIENCY,
+    ByteRate,
+    Count,
+    Efficiency,
+    NonNegativeFinite,
+    Scale,
+    Seconds,
+)
+
 Origin = Literal["measured", "calibrated", "assumed", "published"]
 
 
@@ -56,11 +66,13 @@ class _Spec(BaseModel):
 class MatmulCurve(_Spec):
     """e_mm of one dtype (module docstring)."""
 
-    peak_fraction: float = Field(gt=0, le=1, description="large-GEMM fraction of the peak")
-    flops_half: float = Field(ge=0, description="GEMM FLOPs at half the asymptotic efficiency")
-    tile_m: int = Field(default=1, ge=1)
-    tile_n: int = Field(default=1, ge=1)
-    parallel_units: int = Field(default=1, ge=1, description="SMs / cores / threads")
+    peak_fraction: Efficiency = Field(description="large-GEMM fraction of the peak")
+    flops_half: NonNegativeFinite = Field(
+        description="GEMM FLOPs at half the asymptotic efficiency"
+    )
+    tile_m: Count = 1
+    tile_n: Count = 1
+    parallel_units: Count = Field(default=1, description="SMs / cores / threads")
     source: str = Field(min_length=1)
 
 
@@ -72,17 +84,19 @@ class AttentionCost(_Spec):
 
     fitted by non-negative least squares over a grid of shapes (``fit_attention_cost``)."""
 
-    fraction: float = Field(gt=0, le=2, description="of the matmul curve, on the FLOPs")
-    block_s: float = Field(ge=0, description="seconds per (batch·head) block, all threads")
-    element_s: float = Field(ge=0, description="seconds per query element (s·d) of a block")
+    fraction: float = Field(
+        ge=MIN_EFFICIENCY, le=2, description="of the matmul curve, on the FLOPs"
+    )
+    block_s: Seconds = Field(description="seconds per (batch·head) block, all threads")
+    element_s: Seconds = Field(description="seconds per query element (s·d) of a block")
 
 
 class AlphaBeta(_Spec):
     """T = steps · α + bytes / B for one collective as a library really runs it (gloo's
     reduce-scatter, for one, is not the ring that NCCL runs)."""
 
-    alpha_s: float = Field(ge=0)
-    bandwidth: float = Field(gt=0, description="bytes/s through the busiest link")
+    alpha_s: Seconds
+    bandwidth: ByteRate = Field(description="bytes/s through the busiest link")
 
 
 class Calibration(_Spec):
@@ -101,32 +115,32 @@ class ComputeProfile(_Spec):
     """Op-level efficiencies and overheads of one device (module docstring)."""
 
     matmul: dict[str, MatmulCurve] = Field(min_length=1, description="per dtype; 'default' too")
-    attention_fraction: float = Field(default=1.0, gt=0, le=2)
-    memory_efficiency: float = Field(gt=0, le=1, description="elementwise fraction of HBM BW")
-    op_overhead_s: float = Field(ge=0, description="per kernel launch")
-    dtensor_op_overhead_s: float | None = Field(
-        default=None, ge=0, description="per op on DTensor parameters (None: op_overhead_s)"
+    attention_fraction: float = Field(default=1.0, ge=MIN_EFFICIENCY, le=2)
+    memory_efficiency: Efficiency = Field(description="elementwise fraction of HBM BW")
+    op_overhead_s: Seconds = Field(description="per kernel launch")
+    dtensor_op_overhead_s: Seconds | None = Field(
+        default=None, description="per op on DTensor parameters (None: op_overhead_s)"
     )
-    plain_op_overhead_s: float | None = Field(
-        default=None, ge=0, description="per bare tensor op from Python (None: op_overhead_s)"
+    plain_op_overhead_s: Seconds | None = Field(
+        default=None, description="per bare tensor op from Python (None: op_overhead_s)"
     )
-    unit_overhead_s: float = Field(default=0.0, ge=0, description="per FSDP unit per step")
-    step_overhead_s: float = Field(default=0.0, ge=0, description="per step")
+    unit_overhead_s: Seconds = Field(default=0.0, description="per FSDP unit per step")
+    step_overhead_s: Seconds = Field(default=0.0, description="per step")
     comm_overlap: float = Field(default=1.0, ge=0, le=1)
-    collective_overhead_s: float = Field(
-        default=0.0, ge=0, description="host cost of issuing and waiting one collective in a step"
+    collective_overhead_s: Seconds = Field(
+        default=0.0, description="host cost of issuing and waiting one collective in a step"
     )
-    framework_efficiency: float = Field(
-        default=1.0, gt=0, le=1, description="achieved fraction of the op roofline in training"
+    framework_efficiency: Efficiency = Field(
+        default=1.0, description="achieved fraction of the op roofline in training"
     )
-    data_s_per_sample: float = Field(default=0.0, ge=0, description="input pipeline, per sample")
+    data_s_per_sample: Seconds = Field(default=0.0, description="input pipeline, per sample")
     collectives: dict[Literal["all_gather", "reduce_scatter", "all_reduce", "p2p"], AlphaBeta] = (
         Field(default_factory=dict, description="measured per collective (replaces the tier)")
     )
-    memory_scale: dict[str, float] = Field(
+    memory_scale: dict[str, Scale] = Field(
         default_factory=dict, description="elementwise bytes/s of a dtype relative to fp32"
     )
-    attention_scale: dict[str, float] = Field(
+    attention_scale: dict[str, Scale] = Field(
         default_factory=dict,
         description="attention efficiency relative to fp32 forward, per dtype ('bf16') and for "
         "backward ('fp32.backward', 'bf16.backward')",
@@ -136,8 +150,8 @@ class ComputeProfile(_Spec):
         description="measured SDPA kernels per 'fp32', 'fp32.backward', 'bf16', ... (replace "
         "attention_fraction / attention_scale for those keys)",
     )
-    thread_bandwidth: float | None = Field(
-        default=None, gt=0, description="cpu: memory bandwidth one thread reaches, bytes/s"
+    thread_bandwidth: ByteRate | None = Field(
+        default=None, description="cpu: memory bandwidth one thread reaches, bytes/s"
     )
     origins: dict[str, Origin] = Field(default_factory=dict, description="parameter -> origin")
     source: str = Field(min_length=1)

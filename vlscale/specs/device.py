@@ -18,6 +18,15 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from vlscale.errors import ConfigError, from_validation_error
 from vlscale.specs.compute_profile import ComputeProfile
+from vlscale.specs.fields import (
+    ByteRate,
+    ByteSize,
+    Count,
+    Efficiency,
+    FlopRate,
+    NonNegativeFinite,
+    Seconds,
+)
 
 Dtype = Literal["fp32", "tf32", "bf16", "fp16"]
 TierName = Literal["nvlink", "nvls", "network", "ici", "dcn", "host"]
@@ -33,10 +42,10 @@ class FrozenSpec(BaseModel):
 class PeakFlops(FrozenSpec):
     """Dense peak FLOP/s per dtype (None where the device has no such tensor path)."""
 
-    fp32: float | None = Field(default=None, gt=0)
-    tf32: float | None = Field(default=None, gt=0)
-    bf16: float | None = Field(default=None, gt=0)
-    fp16: float | None = Field(default=None, gt=0)
+    fp32: FlopRate | None = None
+    tf32: FlopRate | None = None
+    bf16: FlopRate | None = None
+    fp16: FlopRate | None = None
     source: str = Field(min_length=1)
 
     @model_validator(mode="after")
@@ -47,8 +56,8 @@ class PeakFlops(FrozenSpec):
 
 
 class Memory(FrozenSpec):
-    hbm_bytes: float = Field(gt=0, description="device memory capacity in bytes")
-    hbm_bandwidth: float = Field(gt=0, description="bytes/s")
+    hbm_bytes: ByteSize = Field(description="device memory capacity in bytes")
+    hbm_bandwidth: ByteRate = Field(description="bytes/s")
     source: str = Field(min_length=1)
 
 
@@ -61,8 +70,8 @@ class NVLink(FrozenSpec):
     HGX H100 / H200 / B200) reduces in the switch: NCCL's NVLS algorithm (NVLink SHARP).
     """
 
-    generation: int | None = Field(default=None, ge=1)
-    bandwidth: float = Field(gt=0, description="bytes/s per GPU, one direction")
+    generation: Count | None = None
+    bandwidth: ByteRate = Field(description="bytes/s per GPU, one direction")
     nvswitch: bool
     source: str = Field(min_length=1)
 
@@ -87,12 +96,12 @@ class Ici(FrozenSpec):
     (v5p: 16x16x24 = 6,144 chips, fewer than the 8,960-chip pod).
     """
 
-    links_per_chip: int = Field(gt=0)
-    link_bandwidth: float = Field(gt=0, description="bytes/s per link, one direction")
-    pod_dims: tuple[int, ...] = Field(min_length=1, max_length=3)
+    links_per_chip: Count
+    link_bandwidth: ByteRate = Field(description="bytes/s per link, one direction")
+    pod_dims: tuple[Count, ...] = Field(min_length=1, max_length=3)
     wraparound: Wraparound
-    wrap_unit: int | None = Field(default=None, gt=0)
-    max_slice_chips: int | None = Field(default=None, gt=0)
+    wrap_unit: Count | None = None
+    max_slice_chips: Count | None = None
     source: str = Field(min_length=1)
 
     @model_validator(mode="after")
@@ -115,8 +124,8 @@ class Network(FrozenSpec):
     ``in_network_reduction``: the fabric reduces in its switches (InfiniBand SHARP), which
     NCCL's CollNet algorithms use; off unless the cluster says it has it."""
 
-    nics_per_node: int = Field(gt=0)
-    nic_bandwidth: float = Field(gt=0, description="bytes/s per NIC, one direction")
+    nics_per_node: Count
+    nic_bandwidth: ByteRate = Field(description="bytes/s per NIC, one direction")
     in_network_reduction: bool = False
     source: str = Field(min_length=1)
 
@@ -126,24 +135,26 @@ class Network(FrozenSpec):
 
 
 class Price(FrozenSpec):
-    usd_per_hour: float = Field(ge=0, description="USD per device-hour")
+    usd_per_hour: NonNegativeFinite = Field(description="USD per device-hour")
     source: str = Field(min_length=1)
 
 
 class LinkCalibration(FrozenSpec):
     """Measured α–β parameters of one interconnect tier; None keeps the default."""
 
-    alpha_s: float | None = Field(default=None, ge=0, description="latency per step, seconds")
-    efficiency: float | None = Field(default=None, gt=0, le=1, description="asymptotic bw fraction")
-    n_half_bytes: float | None = Field(default=None, ge=0, description="chunk at half efficiency")
-    bandwidth: float | None = Field(default=None, gt=0, description="replaces nominal bytes/s")
+    alpha_s: Seconds | None = Field(default=None, description="latency per step, seconds")
+    efficiency: Efficiency | None = Field(default=None, description="asymptotic bw fraction")
+    n_half_bytes: NonNegativeFinite | None = Field(
+        default=None, description="chunk at half efficiency"
+    )
+    bandwidth: ByteRate | None = Field(default=None, description="replaces nominal bytes/s")
 
 
 class Measured(FrozenSpec):
     """What a real machine achieved (from a benchmark on that machine)."""
 
-    matmul_efficiency: float | None = Field(default=None, gt=0, le=1)
-    hbm_efficiency: float | None = Field(default=None, gt=0, le=1)
+    matmul_efficiency: Efficiency | None = None
+    hbm_efficiency: Efficiency | None = None
     links: dict[TierName, LinkCalibration] = Field(default_factory=dict)
     source: str = Field(min_length=1)
 
@@ -154,8 +165,8 @@ class DeviceSpec(FrozenSpec):
     name: str = Field(min_length=1)
     aliases: tuple[str, ...] = ()
     kind: Literal["gpu", "tpu", "cpu"]
-    tensorcores_per_chip: int = Field(default=1, gt=0, description="TPU: cores per chip")
-    devices_per_node: int = Field(gt=0, description="GPUs per node / TPU chips per host")
+    tensorcores_per_chip: Count = Field(default=1, description="TPU: cores per chip")
+    devices_per_node: Count = Field(description="GPUs per node / TPU chips per host")
     peak_flops: PeakFlops
     memory: Memory
     nvlink: NVLink | None = None
@@ -209,8 +220,9 @@ _HINTS = {
 }
 
 
-def spec_error(exc: ValidationError, where: str) -> ConfigError:
-    """A pydantic error as one ConfigError, with pydantic's terse phrases turned into fixes."""
-    err = from_validation_error(exc, prefix=where)
+def spec_error(exc: ValidationError, where: str, model: type | None = None) -> ConfigError:
+    """A pydantic error as one ConfigError, with pydantic's terse phrases turned into fixes;
+    with ``model`` (the class validated) an unknown key names the closest known one."""
+    err = from_validation_error(exc, prefix=where, model=model)
     msg = str(err)[len(err.field) + 2 :]
     return ConfigError(err.field, _HINTS.get(msg, msg))

@@ -14,10 +14,10 @@ from typing import Any
 import yaml
 from pydantic import Field, ValidationError
 
-from vlscale.errors import ConfigError
+from vlscale.errors import ConfigError, closest_key
 from vlscale.paths import atomic_write_text
 from vlscale.specs.catalog import catalog_devices as _catalog
-from vlscale.specs.catalog import catalog_name, get_device
+from vlscale.specs.catalog import catalog_name, device_key, get_device
 from vlscale.specs.cluster import ClusterSpec
 from vlscale.specs.device import DeviceSpec, FrozenSpec, spec_error
 
@@ -46,11 +46,13 @@ def load_hardware_file(path: str | os.PathLike) -> HardwareFile:
     path = Path(path)
     field = f"hardware_file {path.name}"
     data = _read_mapping(path, field)
-    unknown = set(data) - {"devices", "clusters"}
-    if unknown or not data:
+    unknown = sorted(set(data) - {"devices", "clusters"}, key=str)
+    if unknown:
+        best = closest_key(unknown[0], ("devices", "clusters"))
+        hint = f"; did you mean '{best}'?" if best else ""
         raise ConfigError(
             field,
-            f"top-level keys must be 'devices' and/or 'clusters', got {sorted(data) or 'nothing'}",
+            f"unknown top-level key '{unknown[0]}'{hint} (the keys are 'devices' and 'clusters')",
         )
     devices: dict[str, DeviceSpec] = {}
     for i, entry in enumerate(_entries(data, "devices", field)):
@@ -62,6 +64,13 @@ def load_hardware_file(path: str | os.PathLike) -> HardwareFile:
                 f"'{spec.name}' is a catalog device; give yours another name (e.g. "
                 f"{spec.name}-measured) and start from the catalog's with base: {spec.name}",
             )
+        same = [n for n in devices if device_key(n) == device_key(spec.name)]
+        if same:
+            raise ConfigError(
+                f"{field}: devices[{i}].name",
+                f"'{spec.name}' names a device defined earlier in the file ('{same[0]}'); "
+                "give each device its own name",
+            )
         devices[spec.name] = spec
     clusters: dict[str, ClusterSpec] = {}
     for i, entry in enumerate(_entries(data, "clusters", field)):
@@ -70,10 +79,16 @@ def load_hardware_file(path: str | os.PathLike) -> HardwareFile:
         if not isinstance(entry.get("device"), str) or not entry.get("name"):
             raise ConfigError(where, "each cluster needs a 'name' and a 'device' name")
         entry["device"] = _with_field(get_device, where)(entry["device"], devices)
+        if entry["name"] in clusters:
+            raise ConfigError(
+                f"{where}.name",
+                f"'{entry['name']}' names a cluster defined earlier in the file; "
+                "give each cluster its own name",
+            )
         try:
             clusters[entry["name"]] = ClusterSpec.model_validate(entry)
         except ValidationError as exc:
-            raise spec_error(exc, where) from None
+            raise spec_error(exc, where, ClusterSpec) from None
     return HardwareFile(devices=devices, clusters=clusters)
 
 
@@ -129,7 +144,7 @@ def _device_entry(entry: dict, known: dict[str, DeviceSpec], where: str) -> Devi
     try:
         return DeviceSpec.model_validate(entry)
     except ValidationError as exc:
-        raise spec_error(exc, where) from None
+        raise spec_error(exc, where, DeviceSpec) from None
 
 
 def _deep_merge(base: dict, over: dict) -> dict:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from vlscale.specs.fields import Dim
 from vlscale.specs.towers import (
     IMAGE_TOWER_KINDS,
     ImageTowerSpec,
@@ -27,7 +28,7 @@ class ModelSpec(BaseModel):
     name: str
     vision: ImageTowerSpec
     text: TextTowerSpec
-    embed_dim: int = Field(gt=0)
+    embed_dim: Dim
     source: str = Field(default="", description="where the architecture comes from")
 
     @field_validator("vision", mode="wrap")

@@ -22,9 +22,11 @@ different function would defeat the point of reading the config.
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
-from vlscale.errors import ConfigError, from_validation_error, validate_as
+from vlscale.errors import ConfigError, closest_key, from_validation_error, validate_as
+from vlscale.specs.fields import MAX_DIM
 from vlscale.specs.models import ModelSpec
 from vlscale.specs.towers import ResNetTowerSpec, TextTowerSpec, TrunkSpec, VisionTowerSpec
 
@@ -52,6 +54,135 @@ _UNSUPPORTED_TEXT = (
 )
 
 
+# Every key OpenCLIP itself knows (open_clip/model.py: CLIP's arguments and the CLIPVisionCfg /
+# CLIPTextCfg dataclasses; factory.py: custom_text and the other towers' sections). OpenCLIP
+# builds the dataclasses with ``**cfg``, so it refuses any other key with a TypeError; so do we,
+# naming the closest known key: a typo ("layerz") must not silently build the default 12 layers.
+_OPENCLIP_TOP = (
+    "embed_dim",
+    "vision_cfg",
+    "text_cfg",
+    "quick_gelu",
+    "init_logit_scale",
+    "init_logit_bias",
+    "nonscalar_logit_scale",
+    "cast_dtype",
+    "output_dict",
+    "custom_text",
+    "multimodal_cfg",
+    "audio_cfg",
+    "audio_naflex_cfg",
+    "genlap_cfg",
+    "genlip_cfg",
+)
+_OPENCLIP_VISION = (
+    "layers",
+    "width",
+    "head_width",
+    "mlp_ratio",
+    "patch_size",
+    "image_size",
+    "image_seq_len",
+    "in_chans",
+    "ls_init_value",
+    "patch_dropout",
+    "attentional_pool",
+    "attn_pooler_queries",
+    "attn_pooler_heads",
+    "no_ln_pre",
+    "pos_embed_type",
+    "final_ln_after_pool",
+    "pool_type",
+    "output_tokens",
+    "act_kwargs",
+    "norm_kwargs",
+    "block_type",
+    "qk_norm",
+    "scaled_cosine_attn",
+    "scale_heads",
+    "scale_attn_inner",
+    "scale_attn",
+    "scale_fc",
+    "timm_model_name",
+    "timm_model_pretrained",
+    "timm_pool",
+    "timm_proj",
+    "timm_proj_bias",
+    "timm_drop",
+    "timm_drop_path",
+    "timm_model_kwargs",
+    "hf_model_name",
+)
+_OPENCLIP_TEXT = (
+    "text_arch",
+    "context_length",
+    "variable_text",
+    "vocab_size",
+    "hf_tokenizer_name",
+    "tokenizer_mode",
+    "tokenizer_kwargs",
+    "width",
+    "heads",
+    "layers",
+    "mlp_ratio",
+    "ls_init_value",
+    "embed_cls",
+    "pad_id",
+    "bos_id",
+    "eos_id",
+    "tokenizer_type",
+    "tiktoken_name",
+    "no_causal_mask",
+    "final_ln_after_pool",
+    "pool_type",
+    "proj_bias",
+    "proj_type",
+    "output_tokens",
+    "act_kwargs",
+    "norm_kwargs",
+    "block_type",
+    "qk_norm",
+    "scaled_cosine_attn",
+    "scale_heads",
+    "scale_attn_inner",
+    "scale_attn",
+    "scale_fc",
+    "attention_mode",
+    "pos_embed",
+    "rope_temperature",
+    "mlp_type",
+    "norm_type",
+    "norm_eps",
+    "attn_gated",
+    "pre_norm",
+    "norm_placement",
+    "zero_init_residual",
+    "reg_tokens",
+    "value_residual",
+    "attention_bias",
+    "mlp_bias",
+    "gate_bias",
+    "hf_model_name",
+    "hf_model_pretrained",
+    "hf_proj_type",
+    "hf_pooler_type",
+    "hf_model_config",
+    "attn_mask",
+)
+
+
+def _refuse_unknown(section: dict, known: Any, where: str) -> None:
+    """One ConfigError for the first key OpenCLIP does not know, naming the closest known one."""
+    for key in section:
+        if key not in known:
+            best = closest_key(str(key), known)
+            hint = f"did you mean '{best}'? " if best else ""
+            raise ConfigError(
+                f"{where}.{key}",
+                f"unknown key (OpenCLIP refuses it too); {hint}see open_clip/model.py",
+            )
+
+
 def is_openclip_config(data: Any) -> bool:
     """True for a dict shaped like an OpenCLIP model config (it has ``vision_cfg``)."""
     return isinstance(data, dict) and "vision_cfg" in data and "embed_dim" in data
@@ -61,8 +192,11 @@ def spec_from_openclip_config(data: dict, name: str) -> ModelSpec:
     """The ``ModelSpec`` computing the same function as OpenCLIP's model for ``data``."""
     if data.get("quick_gelu"):
         raise ConfigError("model.quick_gelu", "QuickGELU is not supported; use GELU models")
+    _refuse_unknown(data, _OPENCLIP_TOP, "model")
     vcfg = _section(data, "vision_cfg")
     tcfg = _section(data, "text_cfg")
+    _refuse_unknown(vcfg, _OPENCLIP_VISION, "model.vision_cfg")
+    _refuse_unknown(tcfg, _OPENCLIP_TEXT, "model.text_cfg")
     _refuse(vcfg, _UNSUPPORTED_VISION, "model.vision_cfg")
     _refuse(tcfg, _UNSUPPORTED_TEXT, "model.text_cfg")
     resnet = isinstance(vcfg.get("layers", 12), (list, tuple))
@@ -80,16 +214,16 @@ def spec_from_openclip_config(data: dict, name: str) -> ModelSpec:
         )
     try:
         vision = _resnet(vcfg) if resnet else _vit(vcfg)
-        twidth = int(tcfg.get("width", 512))
+        twidth = _whole(tcfg, "width", 512, "model.text_cfg")
         text = TextTowerSpec(
-            vocab_size=int(tcfg.get("vocab_size", 49408)),
-            context_length=int(tcfg.get("context_length", 77)),
+            vocab_size=_whole(tcfg, "vocab_size", 49408, "model.text_cfg"),
+            context_length=_whole(tcfg, "context_length", 77, "model.text_cfg"),
             trunk=TrunkSpec(
                 width=twidth,
-                depth=int(tcfg.get("layers", 12)),
-                heads=int(tcfg.get("heads", 8)),
-                mlp_width=int(twidth * float(tcfg.get("mlp_ratio", 4.0))),
-                norm_eps=_eps(tcfg),
+                depth=_whole(tcfg, "layers", 12, "model.text_cfg"),
+                heads=_whole(tcfg, "heads", 8, "model.text_cfg"),
+                mlp_width=_mlp_width(twidth, tcfg, "model.text_cfg"),
+                norm_eps=_eps(tcfg, "model.text_cfg"),
             ),
             causal=not tcfg.get("no_causal_mask", False),
             pool="eos" if text_pool == "argmax" else "last",
@@ -99,7 +233,7 @@ def spec_from_openclip_config(data: dict, name: str) -> ModelSpec:
             name=name,
             vision=vision,
             text=text,
-            embed_dim=int(data["embed_dim"]),
+            embed_dim=_whole(data, "embed_dim", None),
             source="OpenCLIP model config",
         )
     except ConfigError:
@@ -111,18 +245,19 @@ def spec_from_openclip_config(data: dict, name: str) -> ModelSpec:
 
 
 def _vit(vcfg: dict) -> VisionTowerSpec:
-    """OpenCLIP's ``VisionTransformer``."""
-    vwidth = int(vcfg.get("width", 768))
-    head_width = int(vcfg.get("head_width", 64))
+    """OpenCLIP's ``VisionTransformer``; errors name the ``vision_cfg`` key."""
+    where = "model.vision_cfg"
+    vwidth = _whole(vcfg, "width", 768, where)
+    head_width = _whole(vcfg, "head_width", 64, where)
     return VisionTowerSpec(
         image_size=_square(vcfg.get("image_size", 224), "image_size"),
         patch_size=_square(vcfg.get("patch_size", 16), "patch_size"),
         trunk=TrunkSpec(
             width=vwidth,
-            depth=int(vcfg.get("layers", 12)),
+            depth=_whole(vcfg, "layers", 12, where),
             heads=max(1, vwidth // head_width),
-            mlp_width=int(vwidth * float(vcfg.get("mlp_ratio", 4.0))),
-            norm_eps=_eps(vcfg),
+            mlp_width=_mlp_width(vwidth, vcfg, where),
+            norm_eps=_eps(vcfg, where),
         ),
         patch_bias=False,
         ln_pre=True,
@@ -133,13 +268,39 @@ def _vit(vcfg: dict) -> VisionTowerSpec:
 
 def _resnet(vcfg: dict) -> ResNetTowerSpec:
     """OpenCLIP's ``ModifiedResNet`` (``vision_cfg.layers`` is a list); errors name the key."""
+    where = "model.vision_cfg"
     fields = {
         "image_size": _square(vcfg.get("image_size", 224), "image_size"),
         "layers": vcfg["layers"],
-        "width": vcfg.get("width", 64),
-        "head_width": vcfg.get("head_width", 64),
+        "width": _whole(vcfg, "width", 64, where),
+        "head_width": _whole(vcfg, "head_width", 64, where),
     }
-    return validate_as(ResNetTowerSpec, fields, "model.vision_cfg")
+    return validate_as(ResNetTowerSpec, fields, where)
+
+
+def _whole(section: dict, key: str, default: int | None, where: str = "model") -> int:
+    """``section[key]`` as a model dimension: a whole number (never a bool, never 12.5) that
+    :data:`vlscale.specs.fields.Dim` then bounds; one ConfigError naming the key otherwise."""
+    value = section.get(key, default)
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ConfigError(f"{where}.{key}", f"must be a whole number, got {value!r}")
+    if not 1 <= value <= MAX_DIM:
+        raise ConfigError(
+            f"model.{key}", f"must be a whole number from 1 to {MAX_DIM}, got {value}"
+        )
+    return value
+
+
+def _mlp_width(width: int, section: dict, where: str) -> int:
+    """OpenCLIP's ``int(width * mlp_ratio)`` with ``mlp_ratio`` a finite positive number."""
+    ratio = section.get("mlp_ratio", 4.0)
+    if isinstance(ratio, bool) or not isinstance(ratio, int | float):
+        raise ConfigError(f"{where}.mlp_ratio", f"must be a number, got {ratio!r}")
+    if not (0 < ratio <= MAX_DIM and math.isfinite(ratio)):
+        raise ConfigError(f"{where}.mlp_ratio", f"must be a positive number, got {ratio}")
+    return int(width * float(ratio))
 
 
 def _section(data: dict, key: str) -> dict:
@@ -159,9 +320,15 @@ def _refuse(section: dict, keys: tuple[str, ...], where: str) -> None:
             )
 
 
-def _eps(section: dict) -> float:
+def _eps(section: dict, where: str) -> float:
     """``norm_kwargs.eps`` of a tower (SigLIP configs set 1e-6), else OpenCLIP's 1e-5."""
-    return float((section.get("norm_kwargs") or {}).get("eps", OPENCLIP_LN_EPS))
+    kwargs = section.get("norm_kwargs") or {}
+    if not isinstance(kwargs, dict):
+        raise ConfigError(f"{where}.norm_kwargs", 'must be a JSON object, e.g. {"eps": 1e-6}')
+    eps = kwargs.get("eps", OPENCLIP_LN_EPS)
+    if isinstance(eps, bool) or not isinstance(eps, int | float):
+        raise ConfigError(f"{where}.norm_kwargs.eps", f"must be a number, got {eps!r}")
+    return float(eps)
 
 
 def _square(value: Any, field: str) -> int:
@@ -169,4 +336,4 @@ def _square(value: Any, field: str) -> int:
         if len(set(value)) != 1:
             raise ConfigError(f"model.vision_cfg.{field}", f"must be square, got {list(value)}")
         value = value[0]
-    return int(value)
+    return _whole({field: value}, field, None, "model.vision_cfg")

@@ -140,7 +140,10 @@ def load_model_file(path: str) -> ModelSpec:
             "model", f"no such model file '{path}'; give a preset name (`vlscale models`) or a file"
         )
     data = read_mapping(file, "model", "a model file (YAML / JSON; `vlscale models show NAME`)")
-    if is_openclip_config(data):
-        return spec_from_openclip_config(data, name=file.stem)
-    data = {"name": file.stem} | data
-    return validate_as(ModelSpec, data, "model")
+    try:  # a schema error names the file too: "model.embed_dim: ... (in 'm.yaml')"
+        if is_openclip_config(data):
+            return spec_from_openclip_config(data, name=file.stem)
+        return validate_as(ModelSpec, {"name": file.stem} | data, "model")
+    except ConfigError as exc:
+        message = str(exc)[len(exc.field) + 2 :]
+        raise ConfigError(exc.field, f"{message} (in '{file}')") from None

@@ -56,6 +56,12 @@ def default_slice_shape(device: DeviceSpec, chips: int) -> tuple[int, ...]:
     dim, giving the documented shapes for powers of two (v5p: 2x2x1, 2x2x2, 2x4x4, 4x4x4,
     4x4x8; v5e: 2x2, 2x4, 4x4, 4x8, ..., 16x16). Raises ValueError if it does not fit a pod."""
     ici = device.ici
+    if chips > math.prod(ici.pod_dims):  # also spares factoring a huge prime
+        raise ValueError(
+            f"{chips} chips do not fit in one {device.name} slice "
+            f"(pod {format_dims(ici.pod_dims)}, {math.prod(ici.pod_dims)} chips); "
+            "use num_slices > 1 (--num-slices) or give slice_shape (--slice-shape)"
+        )
     dims = [1] * len(ici.pod_dims)
     for f in sorted(_prime_factors(chips), reverse=True):
         i = min(range(len(dims)), key=lambda j: dims[j])

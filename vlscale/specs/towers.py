@@ -74,6 +74,7 @@ their mean over the ranks (``trainer/batch_norm.py``).
 
 from __future__ import annotations
 
+import math
 from typing import Annotated, Any, Literal
 
 from pydantic import (
@@ -87,7 +88,7 @@ from pydantic import (
 )
 
 from vlscale.errors import ConfigError
-from vlscale.specs.fields import check_mask_ratio
+from vlscale.specs.fields import Depth, Dim, check_mask_ratio
 
 MlpKind = Literal["gelu", "swiglu"]
 NormKind = Literal["layernorm", "rmsnorm"]
@@ -102,10 +103,10 @@ class _Frozen(BaseModel):
 class TrunkSpec(_Frozen):
     """A stack of pre-norm transformer blocks (see the module docstring for the exact layout)."""
 
-    width: int = Field(gt=0, description="model dimension d")
-    depth: int = Field(gt=0, description="number of blocks L")
-    heads: int = Field(gt=0, description="attention heads; width must be divisible by heads")
-    mlp_width: int = Field(gt=0, description="MLP hidden size (per branch for SwiGLU)")
+    width: Dim = Field(description="model dimension d")
+    depth: Depth = Field(description="number of blocks L")
+    heads: Dim = Field(description="attention heads; width must be divisible by heads")
+    mlp_width: Dim = Field(description="MLP hidden size (per branch for SwiGLU)")
     mlp_kind: MlpKind = "gelu"
     norm_kind: NormKind = "layernorm"
     sub_ln: bool = False
@@ -135,16 +136,15 @@ class VisionTowerSpec(_Frozen):
     """Image encoder: ViT (OpenAI / OpenCLIP / SigLIP) or EVA-ViT (RoPE, SwiGLU, sub-LN)."""
 
     kind: Literal["vit"] = Field(default="vit", exclude=True, description="tower family")
-    image_size: int = Field(gt=0)
-    patch_size: int = Field(gt=0)
+    image_size: Dim
+    patch_size: Dim
     trunk: TrunkSpec
     patch_bias: bool = False
     class_token: bool = True
     learned_pos: bool = True
     rope: bool = False
-    rope_ref_grid: int | None = Field(
+    rope_ref_grid: Dim | None = Field(
         default=None,
-        gt=0,
         description="RoPE positions scaled by rope_ref_grid / grid (timm ref_feat_shape)",
     )
     ln_pre: bool = False
@@ -338,8 +338,8 @@ def check_patch_dropout(
 class TextTowerSpec(_Frozen):
     """Text encoder: causal (CLIP) or bidirectional (SigLIP) transformer over tokens."""
 
-    vocab_size: int = Field(gt=0)
-    context_length: int = Field(gt=0)
+    vocab_size: Dim
+    context_length: Dim
     trunk: TrunkSpec
     causal: bool = True
     pool: Literal["eos", "last"] = "eos"
@@ -361,5 +361,9 @@ def kept_patches(num_patches: int, mask_ratio: float) -> int:
 
 
 def _near_divisor(width: int, heads: int) -> int:
-    divisors = [h for h in range(1, width + 1) if width % h == 0]
-    return min(divisors, key=lambda h: abs(h - heads))
+    """The divisor of ``width`` closest to ``heads`` (divisors found in pairs up to sqrt)."""
+    divisors = set()
+    for h in range(1, math.isqrt(width) + 1):
+        if width % h == 0:
+            divisors |= {h, width // h}
+    return min(sorted(divisors), key=lambda h: abs(h - heads))
