@@ -35,21 +35,39 @@ def closest_key(name: str, known: Iterable[str]) -> str | None:
     return close[0] if close else None
 
 
+def _is_model(annotation: Any) -> bool:
+    return isinstance(annotation, type) and issubclass(annotation, BaseModel)
+
+
+def _is_container(annotation: Any) -> bool:
+    """Whether ``annotation`` (through ``X | None`` and ``Annotated``) is a list / dict / tuple,
+    whose ``loc`` part is an index or key rather than a field name."""
+    origin = typing.get_origin(annotation)
+    if origin in (list, tuple, dict, set, frozenset):
+        return True
+    return any(_is_container(arg) for arg in typing.get_args(annotation) if not _is_model(arg))
+
+
 def _model_at(model: Any, loc: tuple) -> Any:
-    """The pydantic model class found at ``loc`` below ``model`` (None when not one)."""
+    """The pydantic model class found at ``loc`` below ``model`` (None when not one).
+
+    A container takes one ``loc`` part (its index or key); a union or an optional takes none,
+    so ``vision.trunk`` walks through the tagged union of image towers to the trunk."""
     current: Any = model
     for part in loc:
-        if isinstance(current, type) and issubclass(current, BaseModel):
-            field = current.model_fields.get(str(part))
-            if field is None:
+        if not _is_model(current):
+            container = _is_container(current)
+            current = _inner(current, part)
+            if current is None:
                 return None
-            current = field.annotation
-            continue
-        current = _inner(current, part)
-        if current is None:
+            if container:
+                continue
+        field = current.model_fields.get(str(part))
+        if field is None:
             return None
-    current = _inner(current, None) if not isinstance(current, type) else current
-    return current if isinstance(current, type) and issubclass(current, BaseModel) else None
+        current = field.annotation
+    current = _inner(current, None) if not _is_model(current) else current
+    return current if _is_model(current) else None
 
 
 def _inner(annotation: Any, part: Any) -> Any:
@@ -69,7 +87,8 @@ def _unknown_key_hint(model: Any, loc: tuple) -> str:
     name = str(loc[-1]) if loc else "?"
     if owner is None:
         return f"unknown key '{name}'; check its spelling"
-    known = list(owner.model_fields)
+    # a model may also accept keys that are not its fields (PlanConfig: the flat layout keys)
+    known = [*owner.model_fields, *getattr(owner, "FLAT_KEYS", ())]
     best = closest_key(name, known)
     if best is not None:
         return f"unknown key '{name}'; did you mean '{best}'?"

@@ -15,7 +15,7 @@ ViT-L-14 recipe size: 12.8B samples seen at a global batch of 32,768 on 256 H100
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
@@ -66,6 +66,8 @@ DEFAULT_LAYOUT = RunLayout(devices=256)
 class PlanConfig(BaseModel):
     """Everything that decides the cost of a run (see the module docstring): the model, the
     recipe, the run layout (``vlscale.specs.layout.RunLayout``), the cluster and the run."""
+
+    FLAT_KEYS: ClassVar[tuple[str, ...]] = LAYOUT_FIELDS  # accepted flat, kept in `layout`
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
