@@ -182,7 +182,11 @@ def plan(
         comm_efficiency=config.comm_efficiency_scale,
     )
     stragglers = StragglerModel(sigma=config.straggler_sigma) if config.straggler_sigma else None
-    sim = simulate(workload, steps=config.sim_steps, stragglers=stragglers, seed=config.seed)
+    # a kept simulation (traces) walks every ring block; a plan splices long rings (vlscale.sim)
+    ring = {"full_ring_max": None} if keep_sim else {}
+    sim = simulate(
+        workload, steps=config.sim_steps, stragglers=stragglers, seed=config.seed, **ring
+    )
     step_time = sim.step_time_s
     if config.grad_accum > 1:  # the earlier micro-steps: no gradient sync, no optimizer
         micro = simulate(_without_sync(workload), steps=config.sim_steps, seed=config.seed)
