@@ -47,7 +47,7 @@ from vlscale.costs.compute import OpTime, RankResources, op_time
 from vlscale.costs.dtypes import FP32, LOSS_BYTES, REDUCE_BYTES
 from vlscale.costs.flops import model_flops_per_sample, train_flops_per_sample
 from vlscale.costs.memory import fsdp_units
-from vlscale.costs.ops import UnitOps, unit_ops
+from vlscale.costs.ops import Op, UnitOps, unit_ops
 from vlscale.costs.params import parameter_shapes
 from vlscale.costs.step_ops import fsdp_copy_ops, loss_ops, optimizer_ops, ring_loss_ops
 from vlscale.costs.topology import Group
@@ -130,6 +130,10 @@ class _Collectives:
         return self._fit("p2p", 1, size, lambda: neighbor_exchange(size, self.group, hops=1))
 
 
+# every field of an op but its name, as one tuple (a C-level getter: read for every op priced)
+_PRICE_KEY = operator.attrgetter(*(f.name for f in dataclasses.fields(Op) if f.name != "name"))
+
+
 @dataclass
 class _Pricer:
     """Prices ops on one rank and remembers them (the ``--ops`` table)."""
@@ -172,10 +176,11 @@ class _Pricer:
         )
 
     def _price(self, op) -> OpTime:
-        key = dataclasses.replace(op, name="")  # the price does not depend on the name
+        key = _PRICE_KEY(op)  # the price does not depend on the name
         priced = self._seen.get(key)
         if priced is None:
-            priced = self._seen[key] = op_time(key, self.res, self.efficiency)
+            unnamed = dataclasses.replace(op, name="")
+            priced = self._seen[key] = op_time(unnamed, self.res, self.efficiency)
         return dataclasses.replace(priced, op=op)
 
     @staticmethod
