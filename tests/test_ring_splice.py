@@ -175,3 +175,23 @@ def test_ring_blocks_priced_once_give_the_written_out_sums(world):
     spec = resolve_model("ViT-L-14")
     kw = dict(mask_ratio=0.0, loss="sigmoid", loss_impl="ring", local_batch=b, world_size=world)
     assert _model_flops_per_sample(spec, **kw) == model_flops_per_sample(spec, **kw)
+
+
+@pytest.mark.parametrize("world", [1024, 4096])
+@pytest.mark.parametrize(
+    "flags", [{"sharding": "ddp"}, {"sharding": "fsdp"}, {"straggler_sigma": 0.1, "sim_steps": 3}]
+)
+def test_a_spliced_plan_equals_the_full_walk(world, flags):
+    """`vlscale plan` splices long rings; a kept simulation (traces) walks every block."""
+    from vlscale.plan import make_plan_config, plan
+
+    cfg = make_plan_config(
+        model="ViT-B-16-SigLIP", recipe="siglip", loss_impl="ring", devices=world,
+        global_batch=16 * world, **flags,
+    )  # fmt: skip
+    fast, full = plan(cfg), plan(cfg, keep_sim=True)
+    assert _close(fast.step_time_s, full.step_time_s, full.step_time_s)
+    assert _close(fast.critical_path_s, full.critical_path_s, full.step_time_s)
+    for col in BREAKDOWN_COLUMNS:
+        assert _close(fast.breakdown[col], full.breakdown[col], full.step_time_s), col
+    assert fast.sim is None and len(full.sim.events) > 4 * world  # every block and hop
