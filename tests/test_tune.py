@@ -209,7 +209,8 @@ def test_cli_table_names_the_best_and_what_binds_it():
         (["--budget-usd", "0"], "budget_usd"),
         (["--samples", "abc"], "samples"),
         (["--devices", "3", "--global-batch", "64"], "global_batch"),
-        (["--model", "no-such-model"], "tune"),
+        (["--model", "no-such-model"], "model"),
+        (["--device", "no-such-gpu"], "device"),
     ],
 )
 def test_bad_input_is_one_line_and_exit_2(args, field):

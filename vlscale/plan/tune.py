@@ -213,12 +213,26 @@ def tune(
     from vlscale.plan.sweep import iter_rows
 
     points = request.points()
+    check_points(points)
     rows = [
         row
         for chunk in iter_rows(points, progress=progress, workers=workers, scheduler=scheduler)
         for row in chunk
     ]
     return rank_rows(rows, request)
+
+
+def check_points(points: Sequence[dict[str, Any]]) -> None:
+    """Resolve the model, recipe and cluster of the first point of each device count, so that a
+    bad name fails before any work with its own field (ConfigError)."""
+    from vlscale.plan.config import make_plan_config
+    from vlscale.plan.planner import resolve
+
+    seen: set[int] = set()
+    for point in points:
+        if point["devices"] not in seen:
+            seen.add(point["devices"])
+            resolve(make_plan_config(point))
 
 
 def rank_rows(rows: Sequence[dict[str, Any]], request: TuneRequest) -> TuneResult:
