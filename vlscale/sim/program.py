@@ -301,7 +301,7 @@ def _add_ring(
         ("fwd", "loss_forward", loss.block_forward_s, loss.hop_s),
         ("bwd", "loss_backward", loss.block_backward_s, loss.hop_s + loss.grad_hop_s),
     ):
-        ring = _RingPass(p, phase, world, keep, block_s, p2p_s)
+        ring = _RingPass(p, world, keep, block_s, p2p_s)
         for k in ring.iterations():
             deps = ring.need("hop", k) if k > 0 else ((), ())
             block = ring.add(k, "block", "compute", kind, f"ring {phase} block {k}", block_s, deps)
@@ -324,7 +324,7 @@ def _add_ring(
 class _RingPass:
     """One pass of the ring as it is enqueued, spliced or not (module docstring)."""
 
-    def __init__(self, p: Program, phase, world: int, keep: int | None, block_s, p2p_s):
+    def __init__(self, p: Program, world: int, keep: int | None, block_s: float, p2p_s: float):
         self.p, self.world = p, world
         self.first, self.skipped = (keep, world - 2 * keep) if keep else (world, 0)
         self.ops: dict[str, dict[int, int]] = {"block": {}, "hop": {}, "grad": {}}
