@@ -1,8 +1,9 @@
 """Planner speed: CLI cold start, one simulated step at 4,096 devices, a 1,000-point sweep.
 
 Targets (issue): `vlscale plan` cold start < 1 s; one plan of a 4,096-device job < 0.5 s
-(ViT-L-14 on 4,096 H100 at local batch 32, CLIP gather and SigLIP ring — the ring simulates
-W-1 hops, so it is the slow one); 1,000 configurations through
+(ViT-L-14 on 4,096 H100 at local batch 32, CLIP gather and SigLIP ring — a ring longer than
+512 ranks is spliced, not walked hop by hop: ``benchmarks/ring_plan_scale.py`` times it up to
+131,072); 1,000 configurations through
 ``vlscale.plan.sweep.run_sweep`` < 60 s.
 
     .venv/bin/python benchmarks/plan_perf.py [--repeats 5] [--skip-sweep]

@@ -17,7 +17,7 @@ import pytest
 
 PACKAGE = Path(__file__).resolve().parents[1] / "vlscale"
 CLI = PACKAGE / "cli"
-COMMAND_MODULES = ["models", "calibrate", "collectives", "plan", "report"]
+COMMAND_MODULES = ["models", "calibrate", "collectives", "plan", "report", "tune"]
 
 
 def _imports(path: Path) -> set[str]:

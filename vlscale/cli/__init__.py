@@ -13,7 +13,7 @@ import sys
 
 import typer
 
-from vlscale.cli import calibrate, collectives, models, plan, report
+from vlscale.cli import calibrate, collectives, models, plan, report, tune
 from vlscale.cli.app import EXIT_BAD_INPUT, app
 
 __all__ = ["COMMANDS", "app", "main"]
@@ -30,6 +30,7 @@ COMMANDS = (
     ("compare", plan.compare_cmd),
     ("hardware", plan.hardware_cmd),
     ("sweep", plan.sweep_cmd),
+    ("tune", tune.tune_cmd),
     ("report", report.report_cmd),
     ("papers", report.papers_cmd),
 )

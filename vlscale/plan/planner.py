@@ -166,7 +166,7 @@ def plan(
         ranks_per_host=cluster.node_size if device.kind == "cpu" else 1,
         framework_efficiency=config.framework_efficiency,
     )
-    step = _simulate_step(config, spec, recipe, cluster, compute)
+    step = _simulate_step(config, spec, recipe, cluster, compute, keep_sim)
     fit = _size_memory(spec, layout, recipe, config.global_batch, device)
     run = plan_run(
         config.samples,
@@ -233,7 +233,7 @@ class _Step:
     costs: StepCosts
 
 
-def _simulate_step(config: PlanConfig, spec, recipe, cluster, compute) -> _Step:
+def _simulate_step(config: PlanConfig, spec, recipe, cluster, compute, keep_sim: bool) -> _Step:
     """Build the workload of one micro-step and simulate it; under gradient accumulation the
     k − 1 earlier micro-steps run without gradient sync or optimizer."""
     from vlscale.sim import StragglerModel, simulate
@@ -252,7 +252,11 @@ def _simulate_step(config: PlanConfig, spec, recipe, cluster, compute) -> _Step:
         comm_efficiency=config.comm_efficiency_scale,
     )
     stragglers = StragglerModel(sigma=config.straggler_sigma) if config.straggler_sigma else None
-    sim = simulate(workload, steps=config.sim_steps, stragglers=stragglers, seed=config.seed)
+    # a kept simulation (traces) walks every ring block; a plan splices long rings (vlscale.sim)
+    ring = {"full_ring_max": None} if keep_sim else {}
+    sim = simulate(
+        workload, steps=config.sim_steps, stragglers=stragglers, seed=config.seed, **ring
+    )
     step_time = sim.step_time_s
     k = layout.grad_accum
     if k > 1:  # the earlier micro-steps: no gradient sync, no optimizer

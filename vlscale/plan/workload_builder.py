@@ -43,15 +43,18 @@ overhead, and the optimizer works on plain tensors, not DTensors (``RunLayout.wr
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import math
+import operator
 from dataclasses import dataclass, field
+from functools import reduce
 
 from vlscale.costs.collectives import all_gather, all_reduce, neighbor_exchange, reduce_scatter
 from vlscale.costs.compute import OpTime, RankResources, op_time
 from vlscale.costs.dtypes import FP32, LOSS_BYTES, REDUCE_BYTES
-from vlscale.costs.flops import model_flops_per_sample
+from vlscale.costs.flops import model_flops_per_sample, train_flops_per_sample
 from vlscale.costs.memory import fsdp_units
-from vlscale.costs.ops import UnitOps, unit_ops
+from vlscale.costs.ops import Op, UnitOps, unit_ops
 from vlscale.costs.params import parameter_shapes
 from vlscale.costs.step_ops import fsdp_copy_ops, loss_ops, optimizer_ops, ring_loss_ops
 from vlscale.costs.topology import Group, make_group, replica_group
@@ -67,7 +70,7 @@ from vlscale.sim.workload import (
 from vlscale.specs.hardware import ClusterSpec, DeviceSpec
 from vlscale.specs.layout import RunLayout
 from vlscale.specs.models import ModelSpec
-from vlscale.specs.recipes import BYTES_PER_ELEMENT, RecipeSpec
+from vlscale.specs.recipes import BYTES_PER_ELEMENT, RecipeSpec, check_loss_impl
 
 
 @dataclass(frozen=True)
@@ -135,6 +138,10 @@ class _Collectives:
         return self._fit("p2p", 1, size, lambda: neighbor_exchange(size, self.group, hops=1))
 
 
+# every field of an op but its name, as one tuple (a C-level getter: read for every op priced)
+_PRICE_KEY = operator.attrgetter(*(f.name for f in dataclasses.fields(Op) if f.name != "name"))
+
+
 @dataclass
 class _Pricer:
     """Prices ops on one rank and remembers them (the ``--ops`` table)."""
@@ -144,17 +151,48 @@ class _Pricer:
     table: list[OpTime] = field(default_factory=list)
     # the same op priced once: a SigLIP ring on W ranks repeats its block ops W times
     _seen: dict = field(default_factory=dict)
+    _runs: list = field(default_factory=list)  # (priced ops, times repeated), in table order
 
     def __call__(self, ops) -> float:
         total = 0.0
+        priced = []
         for op in ops:
-            key = dataclasses.replace(op, name="")  # the price does not depend on the name
-            priced = self._seen.get(key)
-            if priced is None:
-                priced = self._seen[key] = op_time(key, self.res, self.efficiency)
-            t = dataclasses.replace(priced, op=op)
-            self.table.append(t)
+            t = self._price(op)
+            priced.append(t)
             total += t.time_s
+        self.table.extend(priced)
+        self._runs.append((priced, 1))
+        return self._finite(total)
+
+    def repeat(self, ops, times: int) -> float:
+        """Price ``ops`` done ``times`` times over (a ring's blocks): each priced once, the
+        table and the sum as if the list had been written out ``times`` times — the same
+        additions in the same order, so the same float, in O(len(ops)) op pricing."""
+        priced = [self._price(op) for op in ops]
+        self.table.extend(priced * times)  # one shared entry per repetition
+        self._runs.append((priced, times))
+        total = reduce(operator.add, [t.time_s for t in priced] * times, 0.0)
+        return self._finite(total)
+
+    def total(self, value, keep=lambda t: True) -> float:
+        """``sum(value(t) for t in self.table if keep(t))``, the same float (the same values in
+        the same order through the same ``sum``), evaluating ``value`` once per distinct entry."""
+        return sum(
+            itertools.chain.from_iterable(
+                [value(t) for t in priced if keep(t)] * times for priced, times in self._runs
+            )
+        )
+
+    def _price(self, op) -> OpTime:
+        key = _PRICE_KEY(op)  # the price does not depend on the name
+        priced = self._seen.get(key)
+        if priced is None:
+            unnamed = dataclasses.replace(op, name="")
+            priced = self._seen[key] = op_time(unnamed, self.res, self.efficiency)
+        return dataclasses.replace(priced, op=op)
+
+    @staticmethod
+    def _finite(total: float) -> float:
         if not math.isfinite(total):  # e.g. --utilisation 1e-300: FLOPs / (u · peak) overflows
             raise ConfigError(
                 "config",
@@ -294,7 +332,7 @@ def build_workload(
         host_s=phases["data"] + phases["other"],
         input=_input_pipeline(local_batch, decode_samples_per_s),
     )
-    model_flops = model_flops_per_sample(
+    model_flops = _model_flops_per_sample(
         spec,
         mask_ratio=recipe.mask_ratio,
         loss=recipe.loss,
@@ -304,8 +342,8 @@ def build_workload(
     )
     # FLOPs as FlopCounterMode counts them (recompute included) over the time matmuls take:
     # the rate the matmul work runs at, never below MFU
-    hardware = sum(t.op.flops for t in price.table)
-    matmul_s = sum(t.time_s for t in price.table if t.op.flops > 0)
+    hardware = price.total(lambda t: t.op.flops)
+    matmul_s = price.total(lambda t: t.time_s, lambda t: t.op.flops > 0)
     peak = resources.peak(precision)
     costs = StepCosts(
         model_flops_per_step=model_flops * local_batch * world,
@@ -404,10 +442,12 @@ def _ring_loss(e, groups: _Groups, b, price, layout) -> _LossCosts:
     """The chunked sigmoid loss: W blocks per pass, each one W-th of the blocks' ops and of the
     normalisation; W−1 text-block hops forward; backward the text blocks hop again and each
     block's gradient accumulator makes W hops behind it (``trainer.losses.siglip_ring``). Hops
-    that do not hide (a CPU) lengthen each block."""
+    that do not hide (a CPU) lengthen each block. The W blocks have the same ops (block 0's,
+    ``ring_loss_ops(b, 1, e)``), priced once and repeated: O(1) in W but for the sums."""
     world, coll, exposed = layout.devices, groups.world, groups.exposed
-    ops = ring_loss_ops(b, world, e)
-    block_f, block_b = price(ops.blocks_forward) / world, price(ops.blocks_backward) / world
+    ops = ring_loss_ops(b, 1, e)
+    block_f = price.repeat(ops.blocks_forward, world) / world
+    block_b = price.repeat(ops.blocks_backward, world) / world
     outside_f, outside_b = price(ops.outside_forward), price(ops.outside_backward)
     shard = b * e * LOSS_BYTES
     hop = coll.hop(shard).time_s if world > 1 else 0.0
@@ -425,6 +465,31 @@ def _ring_loss(e, groups: _Groups, b, price, layout) -> _LossCosts:
     return _LossCosts(
         phase, world * phase.block_forward_s, world * phase.block_backward_s, moved, per_pass
     )
+
+
+def _model_flops_per_sample(
+    spec: ModelSpec, *, mask_ratio, loss, loss_impl, local_batch: int, world_size: int
+) -> float:
+    """``vlscale.costs.flops.model_flops_per_sample``, the same float, without writing out a
+    ring's W blocks: ``loss_flops`` sums its op list with ``sum``; here the same values in the
+    same order (block 0's FLOPs, W times) go through the same ``sum``."""
+    kw = dict(mask_ratio=mask_ratio, loss=loss, loss_impl=loss_impl, local_batch=local_batch)
+    if loss_impl != "ring":
+        return model_flops_per_sample(spec, world_size=world_size, **kw)
+    check_loss_impl(loss, loss_impl)
+    if local_batch < 1 or world_size < 1:
+        return model_flops_per_sample(spec, world_size=world_size, **kw)  # its error
+    one = ring_loss_ops(local_batch, 1, spec.embed_dim)
+    fwd = [o.flops for o in one.blocks_forward if o.phase != "recompute"]
+    bwd = [o.flops for o in one.blocks_backward if o.phase != "recompute"]
+    flops = [
+        *(o.flops for o in one.outside_forward),
+        *(fwd * world_size),
+        *(bwd * world_size),
+        *(o.flops for o in one.outside_backward),
+    ]
+    towers = train_flops_per_sample(spec, mask_ratio)
+    return towers + sum(flops) / local_batch
 
 
 def _gather_loss(loss, e, groups: _Groups, b, price, layout) -> _LossCosts:

@@ -9,6 +9,13 @@ duration times the rank's slowdown for that step. Processes take ``env`` first, 
 and append plain tuples; tables are built once at the end (``vlscale.sim.result``).
 
 Which ranks are simulated: see ``vlscale.sim.stragglers`` (rank 0 and the slowest of the rest).
+
+Rings longer than ``full_ring_max`` iterations are spliced (``vlscale.sim.program``): a ring on
+65,536 ranks costs what one on a few dozen does. The splice is kept only if the iterations before
+it were already periodic on every simulated rank and step; otherwise the simulation is run again
+with a longer head, and in the end with every block. The step times equal the full walk's up to
+float rounding (tests/test_ring_splice.py); the event table then lacks the skipped iterations,
+so traces are made with ``full_ring_max=None``.
 """
 
 from __future__ import annotations
@@ -18,8 +25,15 @@ import simpy
 
 from vlscale.errors import ConfigError
 from vlscale.sim.pipeline import start_pipeline
-from vlscale.sim.program import Op, Program, compile_program
-from vlscale.sim.result import SimResult, build_result
+from vlscale.sim.program import (
+    FULL_RING_MAX,
+    SPLICE_HEADS,
+    Op,
+    Program,
+    compile_program,
+    splice_is_periodic,
+)
+from vlscale.sim.result import SimResult, build_result, splice_windows
 from vlscale.sim.stragglers import StragglerModel, reduce_slowdowns, slowdown_matrix
 from vlscale.sim.workload import Workload, require_workload
 
@@ -56,6 +70,7 @@ def simulate(
     seed: int = 0,
     explicit_ranks: bool = False,
     slowdowns: np.ndarray | None = None,
+    full_ring_max: int | None = FULL_RING_MAX,
 ) -> SimResult:
     """Simulate ``steps`` consecutive training steps of ``workload``.
 
@@ -64,6 +79,7 @@ def simulate(
     instead of the two-rank reduction (only for small W; the tests use it to check the reduction).
     ``slowdowns``: a given (W, steps) matrix instead of draws (reduced to two rows unless
     ``explicit_ranks``). ``warmup_steps`` are marked and left out of the summary statistics.
+    ``full_ring_max``: longer rings are spliced (module docstring); None walks every block.
     """
     wl = require_workload(workload)
     _check_args(wl, steps, warmup_steps, explicit_ranks, slowdowns)
@@ -75,21 +91,53 @@ def simulate(
     else:
         mult = slowdown_matrix(stragglers, wl.world_size, steps, rng, explicit_ranks)
     decode_seed = int(rng.integers(2**31))
-
+    # a spliced pass depends on the slowest simulated rank of each step (its period)
+    slowest = mult.max(axis=0)
+    heads = SPLICE_HEADS if full_ring_max is not None and steps_can_splice(wl, steps) else ()
+    for head in heads:
+        program = compile_program(wl, full_ring_max, head)
+        if not program.splices:
+            break
+        shifts = [[sp.shift(float(m)) for sp in program.splices] for m in slowest]
+        run = _run(wl, program, mult, shifts, decode_seed)
+        if splice_is_periodic(program, run.times, slowest):
+            middles = splice_windows(program, run.times, slowest)
+            return build_result(
+                wl, run.records, run.step_ends, warmup_steps, mult.shape[0], middles
+            )
     program = compile_program(wl)
+    run = _run(wl, program, mult, [[] for _ in slowest], decode_seed)
+    return build_result(wl, run.records, run.step_ends, warmup_steps, mult.shape[0])
+
+
+def steps_can_splice(wl: Workload, steps: int) -> bool:
+    """A splice shortens each step; with an input pipeline over several steps that would
+    change which steps stall, so those simulations walk every block."""
+    return wl.input is None or steps == 1
+
+
+class _Run:
+    """What one simpy run leaves: records, per-rank step ends, and the probed ops' times."""
+
+    def __init__(self, n_ranks: int):
+        self.records: list[tuple] = []
+        self.step_ends: list[list[float]] = [[] for _ in range(n_ranks)]
+        self.times: dict[tuple[int, int, int], tuple[float, float]] = {}
+
+
+def _run(wl: Workload, program: Program, mult: np.ndarray, shifts, decode_seed: int) -> _Run:
+    """Simulate ``program`` on the simulated ranks (rows of ``mult``) for its steps."""
     env = simpy.Environment()
-    records: list[tuple] = []
+    run = _Run(mult.shape[0])
     barriers = _Barriers(env, mult.shape[0], len(program.ops))
-    step_ends: list[list[float]] = [[] for _ in range(mult.shape[0])]
+    steps = mult.shape[1]
     for rank in range(mult.shape[0]):
         store = None
         if wl.input is not None:
-            store = start_pipeline(env, wl.input, steps, rank, decode_seed, records)
-        env.process(
-            _rank_loop(env, rank, program, mult[rank], store, barriers, records, step_ends[rank])
-        )
+            store = start_pipeline(env, wl.input, steps, rank, decode_seed, run.records)
+        env.process(_rank_loop(env, rank, program, mult[rank], store, barriers, run, shifts))
     env.run()
-    return build_result(wl, records, step_ends, warmup_steps, simulated_ranks=mult.shape[0])
+    return run
 
 
 def _check_args(wl, steps, warmup_steps, explicit_ranks, slowdowns) -> None:
@@ -117,44 +165,66 @@ def _check_args(wl, steps, warmup_steps, explicit_ranks, slowdowns) -> None:
             raise ConfigError("slowdowns", "every slowdown must be a finite number > 0")
 
 
-def _rank_loop(env, rank, program: Program, mult, store, barriers, records, step_ends):
+def _rank_loop(env, rank, program: Program, mult, store, barriers, run: _Run, shifts):
     """One rank: per step, wait for a batch (recording a stall), then run all its streams."""
     by_stream = program.by_stream()
     need_end, need_start = program.waited_on()
+    watched = program.watched()
     n = len(program.ops)
     for step in range(len(mult)):
         if store is not None:
             ready = env.now
             yield store.get()
             if env.now > ready:
-                records.append((rank, step, "compute", "data_stall", "data stall", ready, env.now))
+                run.records.append(
+                    (rank, step, "compute", "data_stall", "data stall", ready, env.now)
+                )
         ended = [env.event() if i in need_end else None for i in range(n)]
         started = [env.event() if i in need_start else None for i in range(n)]
-        scale = float(mult[step])
-        procs = [
-            env.process(_stream(env, rank, step, ops, scale, started, ended, barriers, records))
-            for ops in by_stream.values()
-        ]
+        ctx = _StepContext(rank, step, float(mult[step]), started, ended, shifts[step], watched)
+        procs = [env.process(_stream(env, ops, ctx, barriers, run)) for ops in by_stream.values()]
         yield env.all_of(procs)
-        step_ends.append(env.now)
+        run.step_ends[rank].append(env.now)
 
 
-def _stream(env, rank, step, ops: list[Op], scale, started, ended, barriers, records):
+class _StepContext:
+    """One rank's step: its slowdown, the op events, the splice shifts, the ops to time."""
+
+    __slots__ = ("ended", "rank", "scale", "shifts", "started", "step", "watched")
+
+    def __init__(self, rank, step, scale, started, ended, shifts, watched):
+        self.rank, self.step, self.scale = rank, step, scale
+        self.started, self.ended, self.shifts, self.watched = started, ended, shifts, watched
+
+
+def _stream(env, ops: list[Op], ctx: _StepContext, barriers, run: _Run):
     """Run the ops of one stream in order (see the module docstring for the rules)."""
     many = barriers.n_ranks > 1
+    started, ended = ctx.started, ctx.ended
+    last_end = env.now
     for op in ops:
         for d in op.after_end:
             yield ended[d]
         for d in op.after_start:
             yield started[d]
+        if op.splice >= 0:  # after a ring splice: wait for the twins' times + n·P
+            shift = ctx.shifts[op.splice]
+            ready = last_end + shift if op.shift_pred else env.now
+            for d in op.shifted_end:
+                ready = max(ready, (yield ended[d]) + shift)
+            if ready > env.now:
+                yield env.timeout(ready - env.now)
         if many and op.synced:
-            yield barriers.arrive(step, op.idx)
+            yield barriers.arrive(ctx.step, op.idx)
         t0 = env.now
         if started[op.idx] is not None:
-            started[op.idx].succeed()
-        dur = op.duration_s * scale if op.scaled else op.duration_s
+            started[op.idx].succeed(t0)
+        dur = op.duration_s * ctx.scale if op.scaled else op.duration_s
         if dur > 0:
             yield env.timeout(dur)
-        records.append((rank, step, op.stream, op.kind, op.name, t0, env.now))
+        last_end = env.now
+        run.records.append((ctx.rank, ctx.step, op.stream, op.kind, op.name, t0, last_end))
+        if op.idx in ctx.watched:
+            run.times[(ctx.rank, ctx.step, op.idx)] = (t0, last_end)
         if ended[op.idx] is not None:
-            ended[op.idx].succeed()
+            ended[op.idx].succeed(last_end)

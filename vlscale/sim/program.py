@@ -20,11 +20,25 @@ DDP: no gathers; ar(i) (the bucket all-reduce) is issued when bwd(i) ends.
 The first backward unit waits for the whole loss phase (the embedding gradients come out of the
 loss reduce-scatters, or home by the last ring hop). Zero-duration ops are kept, so a duration
 growing from zero never changes the dependency structure.
+
+Long rings are spliced (``compile_program(wl, full_ring_max=...)``). Iteration k of a ring pass is
+block k, the hop that brings block k+1 and, in backward, grad hop k; iteration k depends only on
+iteration k−1 (and k−2 for the buffer), and every iteration but the last has the same ops. Such a
+max-plus recurrence becomes periodic: once iteration i+1 is iteration i shifted by the period P on
+every stream of every rank, so is every later one, with P = max(slowest block, p2p time of one
+iteration) — the compute loop and the hop loop; the mixed cycles are shorter (Baccelli et al.,
+*Synchronization and Linearity*, 1992, ch. 3). A spliced pass enqueues only the first ``m`` and
+the last ``m`` iterations; the first op after the splice on each stream, and every dependency
+that reaches back over it, waits ``n·P`` longer (n skipped iterations, P per step from the
+slowdowns). Everything after the splice then happens at its full-walk time; ops outside the
+ring (an FSDP all-gather running beside it) are simulated as they are. The engine checks that the
+head had become periodic and otherwise retries with a larger ``m`` or walks every block.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from functools import lru_cache
 
 from vlscale.sim.workload import ClipGatherLoss, SiglipGatherLoss, SiglipRingLoss, Workload
 
@@ -33,6 +47,10 @@ COMPUTE_KINDS = frozenset(
     {"host", "forward", "backward", "loss_forward", "loss_backward", "optimizer"}
 )
 COMM_KINDS: tuple[str, ...] = ("all_gather", "reduce_scatter", "all_reduce", "p2p")
+# rings up to this many ranks are walked block by block: the recorded plans of tests/golden
+# (a SigLIP ring at 512) keep their bytes; a splice moves the last digits (float rounding)
+FULL_RING_MAX = 512
+SPLICE_HEADS = (16, 64, 256)  # iterations kept on each side of a splice, tried in turn
 
 
 @dataclass(frozen=True, slots=True)
@@ -46,6 +64,10 @@ class Op:
     duration_s: float
     after_end: tuple[int, ...] = ()
     after_start: tuple[int, ...] = ()
+    # ring splices: ends waited for n·P later, the stream predecessor too, and which splice
+    shifted_end: tuple[int, ...] = ()
+    shift_pred: bool = False
+    splice: int = -1
 
     @property
     def synced(self) -> bool:
@@ -58,11 +80,35 @@ class Op:
         return self.stream == "compute"
 
 
+@dataclass(frozen=True)
+class RingSplice:
+    """Iterations [first, first + skipped) of one ring pass, left out (module docstring).
+
+    ``probe``: op indices (block, hop, grad hop; −1 where absent) of the last iterations before
+    the splice, whose times show whether the pass had become periodic."""
+
+    first: int
+    skipped: int
+    block_s: float  # one block's compute at nominal speed
+    p2p_s: float  # the p2p time of one iteration (hop, and the grad hop in backward)
+    probe: tuple[tuple[int, int, int], ...]
+    resume: int  # the block three iterations after the splice (where the periodic middle ends)
+
+    def period(self, slowest: float) -> float:
+        """Seconds per iteration once periodic, when the slowest simulated rank runs at
+        ``slowest`` × nominal (hops are synced, so every rank keeps its pace)."""
+        return max(self.block_s * slowest, self.p2p_s)
+
+    def shift(self, slowest: float) -> float:
+        return self.skipped * self.period(slowest)
+
+
 @dataclass
 class Program:
     """The ops of one step, in enqueue order, plus which ops others wait on."""
 
     ops: list[Op] = field(default_factory=list)
+    splices: list[RingSplice] = field(default_factory=list)
 
     def add(
         self,
@@ -72,13 +118,29 @@ class Program:
         duration_s: float,
         after_end: tuple[int, ...] = (),
         after_start: tuple[int, ...] = (),
+        shifted_end: tuple[int, ...] = (),
+        shift_pred: bool = False,
+        splice: int = -1,
     ) -> int:
         idx = len(self.ops)
         # deps must point backwards: enqueue order is then a topological order
-        deps = after_end + after_start
+        deps = after_end + after_start + shifted_end
         if deps and max(deps) >= idx:
             raise AssertionError(f"{name}: dependency {max(deps)} is not enqueued before it")
-        self.ops.append(Op(idx, stream, kind, name, float(duration_s), after_end, after_start))
+        self.ops.append(
+            Op(
+                idx,
+                stream,
+                kind,
+                name,
+                float(duration_s),
+                after_end,
+                after_start,
+                shifted_end,
+                shift_pred,
+                splice,
+            )
+        )
         return idx
 
     def by_stream(self) -> dict[str, list[Op]]:
@@ -89,13 +151,43 @@ class Program:
 
     def waited_on(self) -> tuple[set[int], set[int]]:
         """(ops whose end someone waits for, ops whose start someone waits for)."""
-        ends = {d for op in self.ops for d in op.after_end}
+        ends = {d for op in self.ops for d in (*op.after_end, *op.shifted_end)}
         starts = {d for op in self.ops for d in op.after_start}
         return ends, starts
 
+    def watched(self) -> frozenset[int]:
+        """The ops whose times the splice checks read (probes and resume blocks)."""
+        out = {i for sp in self.splices for row in sp.probe for i in row if i >= 0}
+        return frozenset(out | {sp.resume for sp in self.splices})
 
-def compile_program(wl: Workload) -> Program:
-    """Build the op program of one step of ``wl`` (see the module docstring for the schedule)."""
+
+def splice_is_periodic(program: Program, times, slowest) -> bool:
+    """Whether every probed iteration is the one before it shifted by the period, on every
+    simulated rank and step (``times[(rank, step, op)] = (start, end)``; ``slowest[step]``)."""
+    ranks = {key[0] for key in times}
+    for sp in program.splices:
+        for step, scale in enumerate(slowest):
+            period = sp.period(float(scale))
+            for rank in ranks:
+                for row, nxt in zip(sp.probe, sp.probe[1:], strict=False):
+                    for a, b in zip(row, nxt, strict=True):
+                        if a < 0 or b < 0:
+                            continue
+                        ta, tb = times[(rank, step, a)], times[(rank, step, b)]
+                        for x, y in zip(ta, tb, strict=True):
+                            # float rounding only: 1e-12 of the clock, 1e-9 of the period
+                            if abs(y - x - period) > 1e-9 * period + 1e-12 * max(1.0, abs(y)):
+                                return False
+    return True
+
+
+@lru_cache(maxsize=4)  # a plan simulates, then takes the critical path, of one workload
+def compile_program(wl: Workload, full_ring_max: int | None = None, splice_at: int = 16) -> Program:
+    """Build the op program of one step of ``wl`` (see the module docstring for the schedule;
+    the program is shared between callers: read it, never change it).
+
+    ``full_ring_max``: a ring pass of more iterations than this is spliced, keeping the first
+    and the last ``splice_at`` (None: every iteration is enqueued)."""
     p = Program()
     fsdp = wl.strategy == "fsdp"
     n = len(wl.units)
@@ -116,7 +208,7 @@ def compile_program(wl: Workload) -> Program:
             deps_end = (ag,)
         prev_fwd = p.add("compute", "forward", f"fwd {names[i]}", u.forward_s, deps_end)
 
-    loss_bwd_first, loss_ends = _add_loss(p, wl, prev_fwd)
+    loss_bwd_first, loss_ends = _add_loss(p, wl, prev_fwd, full_ring_max, splice_at)
     # the compute op whose start issues the first backward re-gather
     issue_op = loss_bwd_first if loss_bwd_first is not None else prev_fwd
 
@@ -157,7 +249,7 @@ def compile_program(wl: Workload) -> Program:
     return p
 
 
-def _add_loss(p: Program, wl: Workload, last_fwd: int):
+def _add_loss(p: Program, wl: Workload, last_fwd: int, full_ring_max, splice_at):
     """Enqueue the loss forward (and, for gathers, its backward compute).
 
     Returns (the first loss-backward compute op or None, the ops the first backward unit waits
@@ -184,10 +276,15 @@ def _add_loss(p: Program, wl: Workload, last_fwd: int):
 
         return lb, enqueue_rs
     assert isinstance(loss, SiglipRingLoss)
-    return _add_ring(p, wl.world_size, loss)
+    keep = None
+    if full_ring_max is not None and wl.world_size > max(full_ring_max, 2 * splice_at + 1):
+        keep = splice_at
+    return _add_ring(p, wl.world_size, loss, keep)
 
 
-def _add_ring(p: Program, world: int, loss: SiglipRingLoss) -> tuple[int, tuple[int, ...]]:
+def _add_ring(
+    p: Program, world: int, loss: SiglipRingLoss, keep: int | None
+) -> tuple[int, tuple[int, ...]]:
     """The chunked sigmoid loss: forward pass, then backward pass, each over W blocks.
 
     Double buffering: the hop that receives block k+1 overwrites the buffer of block k-1, so it
@@ -195,28 +292,86 @@ def _add_ring(p: Program, world: int, loss: SiglipRingLoss) -> tuple[int, tuple[
     forward hop waits for the last tower unit (the text embeddings), the first backward hop for the
     last forward block. In backward the text gradient accumulator of block k is sent on after the
     block (grad hop k, enqueued after text hop k+1); the W-th grad hop brings it home (none when
-    W = 1).
+    W = 1). ``keep``: splice each pass, enqueuing only its first and last ``keep`` iterations.
     """
     gate = len(p.ops) - 1  # the last forward unit
     first_bwd = -1
     ends: tuple[int, ...] = ()
-    for phase, kind, block_s in (
-        ("fwd", "loss_forward", loss.block_forward_s),
-        ("bwd", "loss_backward", loss.block_backward_s),
+    for phase, kind, block_s, p2p_s in (
+        ("fwd", "loss_forward", loss.block_forward_s, loss.hop_s),
+        ("bwd", "loss_backward", loss.block_backward_s, loss.hop_s + loss.grad_hop_s),
     ):
-        blocks: list[int] = []
-        hop = -1
-        grad = -1
-        for k in range(world):
-            deps = (hop,) if k > 0 else ()
-            blocks.append(p.add("compute", kind, f"ring {phase} block {k}", block_s, deps))
+        ring = _RingPass(p, world, keep, block_s, p2p_s)
+        for k in ring.iterations():
+            deps = ring.need("hop", k) if k > 0 else ((), ())
+            block = ring.add(k, "block", "compute", kind, f"ring {phase} block {k}", block_s, deps)
             if phase == "bwd" and k == 0:
-                first_bwd = blocks[0]
+                first_bwd = block
             if k + 1 < world:
-                free = (blocks[k - 1],) if k >= 1 else (gate,)
-                hop = p.add("p2p", "p2p", f"ring {phase} hop {k + 1}", loss.hop_s, free)
+                free = ring.need("block", k - 1) if k >= 1 else ((gate,), ())
+                ring.add(k + 1, "hop", "p2p", "p2p", f"ring {phase} hop {k + 1}", loss.hop_s, free)
             if phase == "bwd" and world > 1:
-                grad = p.add("p2p", "p2p", f"ring grad hop {k}", loss.grad_hop_s, (blocks[k],))
-        gate = blocks[-1]
-        ends = (blocks[-1], grad) if grad >= 0 else (blocks[-1],)
+                name = f"ring grad hop {k}"
+                ring.add(k, "grad", "p2p", "p2p", name, loss.grad_hop_s, ((block,), ()))
+        last_block = ring.ops["block"][world - 1]
+        grad = ring.ops["grad"].get(world - 1, -1)
+        gate = last_block
+        ends = (last_block, grad) if grad >= 0 else (last_block,)
+        ring.close()
     return first_bwd, ends
+
+
+class _RingPass:
+    """One pass of the ring as it is enqueued, spliced or not (module docstring)."""
+
+    def __init__(self, p: Program, world: int, keep: int | None, block_s: float, p2p_s: float):
+        self.p, self.world = p, world
+        self.first, self.skipped = (keep, world - 2 * keep) if keep else (world, 0)
+        self.ops: dict[str, dict[int, int]] = {"block": {}, "hop": {}, "grad": {}}
+        self.splice = len(p.splices) if keep else -1
+        self.block_s, self.p2p_s = block_s, p2p_s
+        self._shift_pred = {"compute": bool(keep), "p2p": bool(keep)}
+
+    def iterations(self):
+        yield from range(self.first)
+        yield from range(self.first + self.skipped, self.world)
+
+    def need(self, what: str, k: int) -> tuple[tuple[int, ...], tuple[int, ...]]:
+        """(plain, shifted) end dependencies on the ``what`` of iteration k: an op left out by
+        the splice stands for its twin n iterations earlier, n·P later."""
+        table = self.ops[what]
+        if k in table:
+            return (table[k],), ()
+        return (), (table[k - self.skipped],)
+
+    def add(self, k: int, what: str, stream, kind, name, duration_s, deps) -> int:
+        after, shifted = deps
+        late = self.skipped > 0 and k >= self.first + self.skipped
+        shift_pred = late and self._shift_pred[stream]
+        if late:
+            self._shift_pred[stream] = False
+        idx = self.p.add(
+            stream,
+            kind,
+            name,
+            duration_s,
+            after,
+            shifted_end=shifted,
+            shift_pred=shift_pred,
+            splice=self.splice if late else -1,
+        )
+        self.ops[what][k] = idx
+        return idx
+
+    def close(self) -> None:
+        """Record the splice with the last iterations before it (the periodicity probe)."""
+        if not self.skipped:
+            return
+        probe = tuple(
+            tuple(self.ops[w].get(k, -1) for w in ("block", "hop", "grad"))
+            for k in range(self.first - 6, self.first)
+        )
+        resume = self.ops["block"][self.first + self.skipped + 3]
+        self.p.splices.append(
+            RingSplice(self.first, self.skipped, self.block_s, self.p2p_s, probe, resume)
+        )

@@ -15,10 +15,16 @@ the breakdown columns, which partition [start_s, end_s] of rank 0 by priority::
     idle         none of the above (e.g. waiting at a barrier for a straggler)
 
 so compute + data_stall + Σ exposed comm + idle = step_time_s (up to float rounding).
+
+A spliced ring (``vlscale.sim.program``) leaves out the middle iterations of a pass. Over that
+middle the ring's activity repeats with the period P, so its share of the breakdown is counted
+from one period (the iteration four before the splice) tiled across it, under whatever else runs
+there (an FSDP all-gather); the rest of the step is partitioned from the events as usual.
 """
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
@@ -26,7 +32,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from vlscale.sim.program import COMM_KINDS, COMPUTE_KINDS
+from vlscale.sim.program import COMM_KINDS, COMPUTE_KINDS, Program
 from vlscale.sim.workload import Workload
 
 if TYPE_CHECKING:  # pandas is imported when tables are built, keeping `import vlscale.sim` light
@@ -118,8 +124,10 @@ def build_result(
     step_ends: list[list[float]],
     warmup_steps: int,
     simulated_ranks: int,
+    middles: list[list[Window]] | None = None,
 ) -> SimResult:
-    """The step times and the breakdown of rank 0 from the plain records (once, at the end)."""
+    """The step times and the breakdown of rank 0 from the plain records (once, at the end);
+    ``middles[step]``: the spliced windows (c1, c2, p0, P) of ``splice_windows``."""
     ends = np.asarray(step_ends[0], dtype=float)
     starts = np.concatenate([[0.0], ends[:-1]])
     # rank 0's events as arrays: (step, stream, kind, start, end)
@@ -132,7 +140,8 @@ def build_result(
     rows = []
     for s, a, b in zip(range(len(ends)), starts, ends, strict=True):
         mask = (step == s) & (stream != "input")
-        rows.append(partition_window(kind[mask], start[mask], end[mask], a, b))
+        cuts = middles[s] if middles else []
+        rows.append(_partition_step(kind[mask], stream[mask], start[mask], end[mask], a, b, cuts))
     labels = {0: "rank 0"}
     if simulated_ranks == 2 and wl.world_size > 2:
         labels[1] = f"slowest of the other {wl.world_size - 1} ranks"
@@ -174,3 +183,69 @@ def partition_window(
         *(float((seg * share[i]).sum()) for i in range(len(COMM_KINDS))),
         float(seg[idle].sum()),
     ]
+
+
+Window = tuple[float, float, float, float]
+
+
+def splice_windows(program: Program, times, slowest) -> list[list[Window]]:
+    """Per step, rank 0's spliced windows of ``program``: (c1, c2, p0, P) with [c1, c2] the
+    periodic middle (from three iterations before the splice to three after it) and
+    [p0, p0 + P] the period tiled over it."""
+    out = []
+    for step, scale in enumerate(slowest):
+        row = []
+        for sp in program.splices:
+            p0 = times[(0, step, sp.probe[2][0])][0]
+            c1 = times[(0, step, sp.probe[3][0])][0]
+            c2 = times[(0, step, sp.resume)][0]
+            row.append((c1, c2, p0, sp.period(float(scale))))
+        out.append(row)
+    return out
+
+
+def _partition_step(kinds, streams, starts, ends, a, b, middles) -> list[float]:
+    """``partition_window`` over [a, b], the spliced middles counted period by period."""
+    if not middles:
+        return partition_window(kinds, starts, ends, a, b)
+    total = np.zeros(len(BREAKDOWN_COLUMNS))
+    left = a
+    for c1, c2, p0, period in sorted(middles):
+        total += partition_window(kinds, starts, ends, left, c1)
+        total += _periodic_partition(kinds, streams, starts, ends, c1, c2, p0, period)
+        left = c2
+    total += partition_window(kinds, starts, ends, left, b)
+    return [float(x) for x in total]
+
+
+def _periodic_partition(kinds, streams, starts, ends, c1, c2, p0, period) -> np.ndarray:
+    """The breakdown of [c1, c2] where the ring repeats its activity over [p0, p0 + P] and the
+    other events (``kinds`` not of the ring) run as recorded."""
+    out = np.zeros(len(BREAKDOWN_COLUMNS))
+    if c2 <= c1 or period <= 0:
+        return out
+    ring = (streams == "p2p") | np.isin(kinds, ["loss_forward", "loss_backward"])
+    pat = ring & (starts < p0 + period) & (ends > p0)
+    pk, ps, pe = kinds[pat], starts[pat] - p0, ends[pat] - p0
+    other = ~ring & (starts < c2) & (ends > c1)
+    ok, os_, oe = kinds[other], starts[other].clip(c1, c2), ends[other].clip(c1, c2)
+    bounds = np.unique(np.concatenate([[c1, c2], os_, oe]))
+    for u, v in itertools.pairwise(bounds):
+        mid = (u + v) / 2
+        live = ok[(os_ <= mid) & (oe >= mid)]
+
+        def tiled(x, y, live=live):
+            # the pattern's copies that can reach [x, y], and the other kinds over all of it
+            first = int(np.floor((x - p0) / period)) - 1
+            last = int(np.floor((y - p0) / period)) + 1
+            shifts = p0 + period * np.arange(first, last + 1)
+            k = np.concatenate([np.tile(pk, len(shifts)), live])
+            s0 = np.concatenate([(ps[None, :] + shifts[:, None]).ravel(), np.full(len(live), x)])
+            s1 = np.concatenate([(pe[None, :] + shifts[:, None]).ravel(), np.full(len(live), y)])
+            return partition_window(k, s0, s1, x, y)
+
+        whole = int((v - u) // period)
+        if whole:
+            out += whole * np.asarray(tiled(p0, p0 + period))
+        out += tiled(u + whole * period, v)
+    return out

@@ -1,0 +1,220 @@
+"""`vlscale tune` (vlscale.plan.tune): its best layout is the brute-force optimum of a sweep over
+the same grid, it never returns a layout that does not fit, and its CLI keeps its contract."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from tests.test_plan_cli import vlscale
+from vlscale.errors import ConfigError
+from vlscale.plan.sweep import Grid, run_sweep
+from vlscale.plan.tune import (
+    BINDINGS,
+    TuneRequest,
+    binding,
+    grad_accum_choices,
+    layout_candidates,
+    planner_accepts_hsdp,
+    tune,
+)
+from vlscale.specs.layout import hsdp_shard_sizes
+
+CONTRACT = {
+    "layout",
+    "step_time_s",
+    "wall_time_h",
+    "cost_usd",
+    "memory_per_device_bytes",
+    "fits",
+    "binding",
+}
+
+
+def _brute_force(request: TuneRequest) -> list[dict]:
+    """Every layout of the space through ``run_sweep`` on cartesian grids (invalid points, e.g.
+    a ring with softmax or an accumulation that does not divide, are error rows), filtered."""
+    base = {
+        "model": request.model,
+        "recipe": request.recipe,
+        "device": request.device,
+        "samples": request.samples,
+        "global_batch": request.global_batch,
+    }
+    largest = request.global_batch // min(request.devices)
+    common = {
+        "devices": list(request.devices),
+        "reshard_after_forward": [True, False],
+        "checkpointing": [False, True],
+        "grad_accum": [k for k in (1, 2, 4, 8, 16, 32, 64, 128) if k <= largest],
+        "loss_impl": ["gather", "ring"],
+    }
+    grids = [{"sharding": ["ddp", "fsdp"]} | common]
+    if planner_accepts_hsdp():
+        sizes = sorted({s for n in request.devices for s in hsdp_shard_sizes(n)})
+        if sizes:
+            grids.append({"sharding": ["hsdp"], "shard_size": sizes} | common)
+    rows = []
+    for grid in grids:
+        g = Grid(base, tuple(grid), tuple(tuple(v) for v in grid.values()))
+        frame = run_sweep(g, progress=False, workers=1)
+        rows += frame[frame["error"].isna()].to_dict("records")
+    if planner_accepts_hsdp():  # the two ends of hsdp (1 and W) are ddp and fsdp
+        rows = [
+            r
+            for r in rows
+            if r["in.sharding"] != "hsdp" or r["in.shard_size"] in hsdp_shard_sizes(r["in.devices"])
+        ]
+    return rows
+
+
+SCENARIOS = st.sampled_from([("ViT-B-32", "H100"), ("ViT-H-14", "V100")])
+
+
+@settings(max_examples=4, deadline=None)
+@given(
+    scenario=SCENARIOS,
+    recipe=st.sampled_from(["clip", "siglip"]),
+    devices=st.sampled_from([(1,), (2,), (1, 4), (2, 4)]),
+    batch=st.sampled_from([8, 32]),
+    data=st.data(),
+)
+def test_best_is_the_brute_force_minimum_and_everything_fits(
+    scenario, recipe, devices, batch, data
+):
+    model, device = scenario
+    request = TuneRequest(
+        model=model,
+        recipe=recipe,
+        device=device,
+        devices=devices,
+        samples=10**7,
+        global_batch=batch,
+        top=1000,
+    )
+    brute = _brute_force(request)
+    fitting = [r for r in brute if r["fits"]]
+    walls = sorted(r["wall_time_h"] for r in fitting)
+    costs = sorted(r["cost_usd"] for r in fitting)
+    deadline = data.draw(st.sampled_from([None, walls[len(walls) // 2], walls[0]]))
+    budget = data.draw(st.sampled_from([None, costs[len(costs) // 3]]))
+    request = TuneRequest(**{**request.__dict__, "deadline_h": deadline, "budget_usd": budget})
+    result = tune(request, workers=1)
+
+    feasible = [
+        r
+        for r in fitting
+        if (deadline is None or r["wall_time_h"] <= deadline)
+        and (budget is None or r["cost_usd"] <= budget)
+    ]
+    assert all(item["fits"] for item in result.best)
+    assert all(
+        item["memory_per_device_bytes"] <= item["device_memory_bytes"] for item in result.best
+    )
+    if not feasible:
+        assert result.best == []
+        return
+    best = min((r["cost_usd"], r["wall_time_h"]) for r in feasible)
+    first = result.best[0]
+    assert (first["cost_usd"], first["wall_time_h"]) == best
+    keys = [(i["cost_usd"], i["wall_time_h"]) for i in result.best]
+    assert keys == sorted(keys)
+    assert result.summary.feasible == len(result.best)  # top=1000 lists them all
+    # the same layouts, counted once (ddp's reshard flag is moot, so the sweep has it twice)
+    assert result.summary.layouts - result.summary.invalid == len(
+        {tuple(sorted((k, v) for k, v in r.items() if k.startswith("in."))) for r in brute}
+        - {
+            tuple(sorted((k, v) for k, v in r.items() if k.startswith("in.")))
+            for r in brute
+            if r["in.sharding"] == "ddp" and not r["in.reshard_after_forward"]
+        }
+    )
+
+
+def test_candidates_cover_the_space_once():
+    cands = layout_candidates(8, 64, "siglip", hsdp=True)
+    # ddp 1 + fsdp 2 + hsdp (2, 4) x 2 reshard = 7 shardings; 2 ckpt; accum 1..8; 2 losses
+    assert len(cands) == 7 * 2 * 4 * 2
+    assert len({json.dumps(c, sort_keys=True) for c in cands}) == len(cands)
+    assert {c.get("shard_size") for c in cands} == {None, 2, 4}
+    assert len(layout_candidates(8, 64, "clip", hsdp=False)) == 3 * 2 * 4
+    assert grad_accum_choices(12) == [1, 2, 4]
+    with pytest.raises(ConfigError, match="global_batch"):
+        layout_candidates(3, 64, "clip")
+
+
+def test_hsdp_is_searched_exactly_when_the_planner_takes_it():
+    from vlscale.plan.config import PlanConfig
+
+    assert planner_accepts_hsdp() == ("shard_size" in PlanConfig.model_fields)
+    shardings = {c["sharding"] for c in layout_candidates(8, 64, "clip")}
+    assert ("hsdp" in shardings) == planner_accepts_hsdp()
+
+
+def test_binding_rule():
+    row = {
+        "memory_per_device_bytes": 50,
+        "device_memory_bytes": 100,
+        "in.checkpointing": False,
+        "in.grad_accum": 1,
+        "breakdown_s.compute": 1.0,
+        "breakdown_s.all_gather": 0.3,
+        "breakdown_s.p2p": 0.3,
+    }
+    assert binding(row, plain_fits=True) == "compute"
+    assert binding(row | {"breakdown_s.all_reduce": 0.5}, plain_fits=True) == "communication"
+    assert binding(row | {"memory_per_device_bytes": 95}, plain_fits=True) == "memory"
+    assert binding(row | {"in.checkpointing": True}, plain_fits=False) == "memory"
+    assert binding(row | {"in.checkpointing": True}, plain_fits=True) == "compute"
+
+
+def test_cli_json_contract():
+    out = vlscale(
+        "tune", "--model", "ViT-B-32", "--recipe", "siglip", "--device", "H100",
+        "--devices", "8", "--devices", "16", "--global-batch", "256", "--samples", "1e8",
+        "--top", "5", "--workers", "1", "--quiet", "--json",
+    )  # fmt: skip
+    assert out.returncode == 0, out.stderr
+    items = json.loads(out.stdout)
+    assert isinstance(items, list) and len(items) == 5
+    for item in items:
+        assert set(item) >= CONTRACT
+        assert item["fits"] is True and item["binding"] in BINDINGS
+        assert item["layout"]["devices"] in (8, 16)
+        assert {"sharding", "checkpointing", "grad_accum"} <= set(item["layout"])
+    costs = [i["cost_usd"] for i in items]
+    assert costs == sorted(costs)
+    assert out.stderr.startswith("tune: ") and "do not fit" in out.stderr
+
+
+def test_cli_table_names_the_best_and_what_binds_it():
+    out = vlscale(
+        "tune", "--model", "ViT-B-32", "--devices", "8", "--global-batch", "64",
+        "--samples", "1e7", "--top", "3", "--workers", "1", "--quiet",
+    )  # fmt: skip
+    assert out.returncode == 0, out.stderr
+    assert "best: 8 devices" in out.stdout and "bound by" in out.stdout
+
+
+@pytest.mark.parametrize(
+    "args, field",
+    [
+        (["--top", "0"], "top"),
+        (["--devices", "0"], "devices"),
+        (["--deadline-h", "0"], "deadline_h"),
+        (["--deadline-h", "-3"], "deadline_h"),
+        (["--budget-usd", "0"], "budget_usd"),
+        (["--samples", "abc"], "samples"),
+        (["--devices", "3", "--global-batch", "64"], "global_batch"),
+        (["--model", "no-such-model"], "model"),
+        (["--device", "no-such-gpu"], "device"),
+    ],
+)
+def test_bad_input_is_one_line_and_exit_2(args, field):
+    out = vlscale("tune", "--devices", "8", "--global-batch", "64", "--workers", "1", *args)
+    assert out.returncode == 2, (out.returncode, out.stderr)
+    lines = [ln for ln in out.stderr.splitlines() if ln.strip()]
+    assert len(lines) == 1 and lines[0].startswith(f"error: {field}"), out.stderr
