@@ -19,13 +19,19 @@ from models import build_model, init_weights
 from tests.dist_utils import run_distributed
 from trainer.losses.clip import clip_loss
 from trainer.losses.siglip import siglip_loss
-from trainer.parallelize import ParallelPlan, blocks, full_value, parallelize
+from trainer.parallelize import blocks, full_value, parallelize
 from vlscale.specs import get_model
+from vlscale.specs.layout import RunLayout
 
 pytestmark = pytest.mark.dist
 
 WORLD, LOCAL_BATCH, STEPS, LR = 2, 4, 3, 1e-3
 LOSSES = ("clip", "siglip")
+
+
+def _layout(ctx, precision: str = "fp32", **fields) -> RunLayout:
+    """The resolved layout of this gloo world (one node)."""
+    return RunLayout(devices=ctx.world_size, precision=precision, **fields).resolved(precision, 1)
 
 
 def _batch():
@@ -72,7 +78,7 @@ def _train(ctx, sharding, checkpointing):
         torch.manual_seed(0)
         ref = build_model(spec)
         model = build_model(spec, device="meta")
-        plan = ParallelPlan(sharding=sharding, checkpointing=checkpointing)
+        plan = _layout(ctx, sharding=sharding, checkpointing=checkpointing)
         parallelize(model, ctx.mesh, plan, torch.device("cpu"), init_weights)
         with torch.no_grad():  # the reference's init in every shard (init is not under test)
             for p, q in zip(model.parameters(), ref.parameters(), strict=True):
@@ -137,7 +143,7 @@ def _bf16_step(ctx):
     torch.manual_seed(0)
     ref = build_model(get_model("tiny-rn"))
     model = build_model(get_model("tiny-rn"), device="meta")
-    plan = ParallelPlan(sharding="fsdp", precision="bf16", checkpointing=True)
+    plan = _layout(ctx, sharding="fsdp", precision="bf16", checkpointing=True)
     parallelize(model, ctx.mesh, plan, torch.device("cpu"), init_weights)
     with torch.no_grad():
         for p, q in zip(model.parameters(), ref.parameters(), strict=True):
@@ -170,7 +176,7 @@ def _fsdp_model(ctx):
     torch.manual_seed(0)
     ref = build_model(get_model("tiny-rn"))
     model = build_model(get_model("tiny-rn"), device="meta")
-    parallelize(model, ctx.mesh, ParallelPlan(sharding="fsdp"), torch.device("cpu"), init_weights)
+    parallelize(model, ctx.mesh, _layout(ctx, sharding="fsdp"), torch.device("cpu"), init_weights)
     with torch.no_grad():
         for p, q in zip(model.parameters(), ref.parameters(), strict=True):
             p.to_local().copy_(
