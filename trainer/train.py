@@ -33,9 +33,13 @@ from vlscale.errors import ConfigError
 def main(argv: list[str] | None = None) -> int:
     """Exit status 0, or 2 after one ``error: <field>: <what to do>`` line for any mistake the
     trainer detects, before launch (config, data, tokenizer, memory, --out) or after it
-    (checkpoints, unreadable data, a non-finite step)."""
+    (checkpoints, unreadable data, a non-finite step), or 128 + N after a graceful stop on
+    signal N (143 SIGTERM, 130 SIGINT: ``trainer.signals``)."""
+    from trainer import signals
+
     rank = int(os.environ.get("RANK", "0"))
     lock = cfg = None
+    signals.install()  # first SIGTERM / SIGINT: stop after the step (trainer.signals)
     try:
         cfg = load_config(argv, env_world_size())
         device_type = resolve_device_type(cfg)
@@ -50,9 +54,16 @@ def main(argv: list[str] | None = None) -> int:
             discard_unstarted_run(Path(cfg.out), lock.created_dir)
         report_error(exc, rank)
         return 2
+    except signals.Stopped as stop:
+        if lock is not None and stop.checkpoint is None:
+            discard_unstarted_run(Path(cfg.out), lock.created_dir)
+        if rank == 0:
+            print(stop.line(), file=sys.stderr, flush=True)
+        return stop.status
     finally:
         if lock is not None:
             lock.release()
+        signals.uninstall()
     return 0
 
 
@@ -295,7 +306,7 @@ def build_context(cfg: TrainConfig, device, mesh, backend: str):
         group=mesh.get_group(),
         scaler=torch.amp.GradScaler(device.type) if cfg.precision == "fp16" else None,
         evaluate=evaluate,
-        checkpoint=save if cfg.ckpt_every else None,
+        checkpoint=save,  # also for a graceful stop (trainer.signals) with --ckpt-every 0
         log=log,
         start_step=start_step,
         start_samples=start_samples,
