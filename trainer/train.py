@@ -74,7 +74,10 @@ def report_error(exc: ConfigError, rank: int) -> None:
     """Print the one-line error once. Rank 0 prints at once. Another rank usually fails for the
     same reason as rank 0 (the same config, data and checkpoints), and torchrun stops it as soon
     as rank 0 exits; so it waits a little and prints only if it is still alive, i.e. when the
-    error was its own (e.g. only its data shard is unreadable)."""
+    error was its own (e.g. only its data shard is unreadable). An error that every rank
+    raised alike (``all_ranks``, e.g. a failed checkpoint save) is printed by rank 0 alone."""
+    if rank != 0 and getattr(exc, "all_ranks", False):
+        return
     if rank != 0:
         time.sleep(ERROR_DELAY_S)
     print(f"error: {exc}" + (f" (rank {rank})" if rank else ""), file=sys.stderr, flush=True)
