@@ -466,22 +466,23 @@ def checkpoint_problem(path: str | os.PathLike, rank: int = 0, world: int = 1) -
     return None
 
 
-def choose_checkpoint(path: str | os.PathLike) -> tuple[Path, list[str]]:
-    """The checkpoint to resume from, verified; collective: every rank must call it.
+def choose_checkpoint(path: str | os.PathLike, field: str = "resume") -> tuple[Path, list[str]]:
+    """The checkpoint to resume (or export) from, verified; collective: every rank must call it.
 
     ``path`` is a checkpoint directory ``step_N`` (that one, or an error) or a run / ckpt
     directory (its newest *valid* checkpoint). Returns it with the "step_M: why" of each newer
-    checkpoint that was passed over as invalid.
+    checkpoint that was passed over as invalid; ``field`` names the option in errors.
     """
     rank, world = _rank_world()
     p = Path(path)
     explicit = bool(_STEP_DIR.match(p.name))
     candidates = [p] if explicit else _marked_dirs(p)[::-1]
+    resuming = field == "resume"
     if not candidates:
         raise ConfigError(
-            "resume",
+            field,
             f"no complete checkpoint at or under {p} (looked for {ckpt_root(p)}/step_*/{MARKER}); "
-            "check the path, or start without --resume",
+            + ("check the path, or start without --resume" if resuming else "check the path"),
         )
     passed_over = []
     for c in candidates:
@@ -490,15 +491,19 @@ def choose_checkpoint(path: str | os.PathLike) -> tuple[Path, list[str]]:
             return c, passed_over
         if explicit:
             raise ConfigError(
-                "resume",
+                field,
                 f"{c} is not a valid checkpoint: {problem}; pick another step_N, or give the run "
                 "directory to take its newest valid checkpoint",
             )
         passed_over.append(f"{c.name}: {problem}")
     raise ConfigError(
-        "resume",
-        f"no valid checkpoint under {ckpt_root(p)} ({'; '.join(passed_over)}); start without "
-        "--resume (with --overwrite) or restore a checkpoint",
+        field,
+        f"no valid checkpoint under {ckpt_root(p)} ({'; '.join(passed_over)}); "
+        + (
+            "start without --resume (with --overwrite) or restore a checkpoint"
+            if resuming
+            else "restore a checkpoint"
+        ),
     )
 
 
@@ -666,11 +671,12 @@ def load_model_weights(
     try:
         _dcp(dcp.load, state, ckpt)
     except Exception as exc:  # DCP raises plain RuntimeErrors for missing keys / bad shapes
+        first = next((ln.strip() for ln in str(exc).splitlines() if ln.strip()), "")
         raise ConfigError(
             field,
-            f"cannot load {prefix or 'model'} weights from {ckpt}: {exc}. The checkpoint must "
-            "come from a model with the same tower architecture",
-        ) from exc
+            f"cannot load {prefix or 'model'} weights from {ckpt} ({first[:200]}); the "
+            "checkpoint must come from a model with the same tower architecture",
+        ) from None
     set_model_state_dict(model, state["model"], options=StateDictOptions(strict=False))
     return sorted(wanted)
 

@@ -205,6 +205,7 @@ def build_context(cfg: TrainConfig, device, mesh, backend: str):
 
     from models import build_model, init_weights
     from trainer import checkpoint as ckpt
+    from trainer.data.stream import derived_seed
     from trainer.identity import make_identity, new_run_id
     from trainer.optim import build_optimizer, build_param_groups, build_scheduler
     from trainer.parallelize import ParallelPlan, needs_wrapping, parallelize
@@ -237,7 +238,7 @@ def build_context(cfg: TrainConfig, device, mesh, backend: str):
     scheduler = build_scheduler(optimizer, cfg.warmup_steps, cfg.steps)
     loader = build_train_loader(cfg, spec, rank, world)
     # FLIP masks and anything else random must differ between ranks from here on.
-    torch.manual_seed(cfg.seed * 1_000_003 + rank + 1)
+    torch.manual_seed(derived_seed(cfg.seed, rank + 1))
 
     log = (lambda s: print(s, flush=True)) if rank == 0 else (lambda s: None)
     start_step = start_samples = 0

@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 from PIL import Image
 
-from trainer.data.stream import caption_text, open_image, resolve_rank
+from trainer.data.stream import caption_text, derived_seed, open_image, resolve_rank
 from vlscale.errors import ConfigError
 
 
@@ -69,7 +69,7 @@ class CsvDataset:
         if self._order is None or self._order[0] != epoch:
             n = len(self.rows)
             if self.shuffle:
-                gen = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
+                gen = torch.Generator().manual_seed(derived_seed(self.seed, epoch))
                 perm = torch.randperm(n, generator=gen)
             else:
                 perm = torch.arange(n)

@@ -26,7 +26,7 @@ from pathlib import Path
 import torch
 from PIL import Image
 
-from trainer.data.stream import CorruptSample, caption_text, open_image, resolve_rank
+from trainer.data.stream import CorruptSample, caption_text, derived_seed, open_image, resolve_rank
 from vlscale.errors import ConfigError
 
 IMAGE_EXTS = ("jpg", "jpeg", "png", "webp")
@@ -150,7 +150,7 @@ class WebDatasetShards:
         epoch, pos = divmod(slot, n)
         if not self.shuffle:
             return self.shards[pos]
-        gen = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
+        gen = torch.Generator().manual_seed(derived_seed(self.seed, epoch))
         return self.shards[int(torch.randperm(n, generator=gen)[pos])]
 
     def initial_cursor(self) -> tuple[int, int]:
