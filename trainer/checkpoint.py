@@ -444,7 +444,7 @@ def checkpoint_problem(path: str | os.PathLike, rank: int = 0, world: int = 1) -
     try:
         marker = read_marker(p)
     except FileNotFoundError:
-        return f"no {MARKER} marker (the save did not finish)"
+        return f"no {MARKER} marker (deleted, or the save did not finish)"
     except (OSError, ValueError) as exc:
         return f"unreadable {MARKER} marker ({exc})"
     if not isinstance(marker, dict) or not {"step", "world_size"} <= marker.keys():
@@ -476,7 +476,11 @@ def choose_checkpoint(path: str | os.PathLike, field: str = "resume") -> tuple[P
     rank, world = _rank_world()
     p = Path(path)
     explicit = bool(_STEP_DIR.match(p.name))
-    candidates = [p] if explicit else _marked_dirs(p)[::-1]
+    # every step_N directory, marker or not: a save renames its directory to step_N only
+    # after the marker is in it, so a step_N without one lost it and is reported as invalid
+    candidates = [p] if explicit else _step_dirs(p)[::-1]
+    if not explicit and not _marked_dirs(p):
+        candidates = []
     resuming = field == "resume"
     if not candidates:
         raise ConfigError(
@@ -505,6 +509,15 @@ def choose_checkpoint(path: str | os.PathLike, field: str = "resume") -> tuple[P
             else "restore a checkpoint"
         ),
     )
+
+
+def _step_dirs(run_dir: str | os.PathLike) -> list[Path]:
+    """Every ``step_N`` directory, oldest first."""
+    root = ckpt_root(run_dir)
+    if not root.is_dir():
+        return []
+    found = [(int(m.group(1)), c) for c in root.iterdir() if (m := _STEP_DIR.match(c.name))]
+    return [c for _, c in sorted(found) if c.is_dir()]
 
 
 def _marked_dirs(run_dir: str | os.PathLike) -> list[Path]:

@@ -51,12 +51,12 @@ def main(argv: list[str] | None = None) -> int:
         run(cfg, device_type)
     except ConfigError as exc:
         if lock is not None:
-            discard_unstarted_run(Path(cfg.out), lock.created_dir)
+            discard_unstarted_run(Path(cfg.out), lock.created_root)
         report_error(exc, rank)
         return 2
     except signals.Stopped as stop:
         if lock is not None and stop.checkpoint is None:
-            discard_unstarted_run(Path(cfg.out), lock.created_dir)
+            discard_unstarted_run(Path(cfg.out), lock.created_root)
         if rank == 0:
             print(stop.line(), file=sys.stderr, flush=True)
         return stop.status
@@ -83,20 +83,45 @@ def report_error(exc: ConfigError, rank: int) -> None:
     print(f"error: {exc}" + (f" (rank {rank})" if rank else ""), file=sys.stderr, flush=True)
 
 
-def discard_unstarted_run(out: Path, created_dir: bool) -> None:
+def discard_unstarted_run(out: Path, created_root: Path | None) -> None:
     """A fresh run that failed before its first step leaves nothing behind: its header-only
-    ``run.jsonl`` goes (and ``--out`` itself when this run created it)."""
+    ``run.jsonl`` goes, and ``--out`` with the folders above it that this run created
+    (``created_root``: the topmost of them; None when ``--out`` existed)."""
     from trainer.records import RUN_FILE
 
     run_file = out / RUN_FILE
     try:
         lines = run_file.read_text().splitlines()
+    except FileNotFoundError:
+        lines = []  # failed before the header (e.g. --init-from): --out may hold only the lock
     except OSError:
         return
-    if len(lines) == 1 and not (out / "ckpt").exists():
+    if len(lines) > 1 or _has_checkpoint(out):
+        return
+    if lines:
         run_file.unlink()
-        if created_dir and not any(p.name != ".lock" for p in out.iterdir()):
-            shutil.rmtree(out, ignore_errors=True)
+    ckpt = out / "ckpt"
+    if ckpt.is_dir() and not any(ckpt.iterdir()):  # a first save that failed (full disk)
+        ckpt.rmdir()
+    if created_root is not None and not any(p.name != ".lock" for p in out.iterdir()):
+        shutil.rmtree(out, ignore_errors=True)
+        remove_created_parents(out, created_root)
+
+
+def remove_created_parents(out: Path, created_root: Path) -> None:
+    """Remove the now empty folders from ``out``'s parent up to ``created_root``."""
+    for parent in out.parents:
+        if created_root not in (parent, *parent.parents):
+            return
+        try:
+            parent.rmdir()  # only if empty
+        except OSError:
+            return
+
+
+def _has_checkpoint(out: Path) -> bool:
+    ckpt = out / "ckpt"
+    return ckpt.is_dir() and any(ckpt.iterdir())
 
 
 def take_out(cfg: TrainConfig, notes: list[str]):
@@ -110,6 +135,10 @@ def take_out(cfg: TrainConfig, notes: list[str]):
     created = not out.exists()
     lock = RunLock(out)
     lock.created_dir = created
+    # the topmost folder the lock's mkdir -p creates: removed again if the run never starts
+    lock.created_root = (
+        next(p for p in (*reversed(out.parents), out) if not p.exists()) if created else None
+    )
     try:
         lock.acquire()
         notes.extend(lock.notes)
@@ -122,6 +151,7 @@ def take_out(cfg: TrainConfig, notes: list[str]):
         lock.release()
         if created and out.is_dir() and not any(out.iterdir()):
             out.rmdir()  # nothing half-written
+            remove_created_parents(out, lock.created_root)
         raise
     return lock
 

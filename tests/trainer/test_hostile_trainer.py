@@ -13,8 +13,11 @@ from pathlib import Path
 
 import pytest
 
-from trainer.checkpoint import find_latest, step_dir
+from trainer.checkpoint import MARKER, find_latest, step_dir
+from trainer.export import main as export_main
 from trainer.train import main
+
+FIXTURE = Path(__file__).parents[1] / "fixtures" / "openclip" / "tiny_clip"
 
 BASE = ["--model", "tiny-clip", "--global-batch", "8", "--peak-flops", "1e12", "--log-every", "100"]
 
@@ -103,3 +106,150 @@ def test_full_disk_at_the_first_checkpoint(small_disk, capsys):
     line = _one_line(capsys, main([*BASE, *FULL_RUN, "--out", str(out)]), "checkpoint")
     assert "No space left on device" in line and "no earlier checkpoint" in line, line
     assert not list((out / "ckpt").glob("*.tmp")) and find_latest(out) is None
+
+
+# ------------------------------------------------------------------ mistakes before the first step
+
+
+def _files(tmp: Path) -> dict[str, str]:
+    """The hostile input files, written once per test into ``tmp``."""
+    import safetensors.torch as st
+    import torch
+
+    tmp.mkdir(exist_ok=True)
+    (tmp / "steps_true.yaml").write_text("steps: true\n")
+    (tmp / "batch_true.yaml").write_text("global_batch: true\n")
+    (tmp / "ckpt_true.yaml").write_text("ckpt_every: true\n")
+    (tmp / "lr_true.yaml").write_text("lr: true\n")
+    (tmp / "steps_huge.yaml").write_text("steps: 1.0e+30\n")
+    (tmp / "seed_huge.yaml").write_text("seed: 1180591620717411303424\n")
+    (tmp / "big.csv").write_text("filepath,title\na.png,ok\nb.png," + "x" * 1_000_000 + "\n")
+    (tmp / "latin1.csv").write_bytes("filepath,title\na.png,café\n".encode("latin-1"))
+    (tmp / "binary.csv").write_bytes(b"filepath,title\n" + bytes(range(256)) * 8)
+    weights = st.load_file(str(FIXTURE / "weights.safetensors"))
+    st.save_file({k: v.to(torch.int64) for k, v in weights.items()}, str(tmp / "int64.safetensors"))
+    nan = dict(weights)
+    nan["ln_final.weight"] = torch.full_like(nan["ln_final.weight"], float("nan"))
+    st.save_file(nan, str(tmp / "nan.safetensors"))
+    (tmp / "garbage.pt").write_bytes(b"not a checkpoint at all")
+    (tmp / "bad_hardware.yaml").write_text("{{{ not yaml")
+    return {p.stem: str(p) for p in tmp.iterdir()}
+
+
+OPENCLIP = ["--model", str(FIXTURE / "open_clip_config.json")]
+# (case, argv (with {name} standing for _files' paths), field, text in the line)
+BEFORE_FIRST_STEP = [
+    ("steps not a number", ["--steps", "abc"], "--steps", "invalid int value: 'abc'; see --help"),
+    ("unknown recipe", ["--recipe", "foo"], "--recipe", "invalid choice"),
+    ("unknown flag", ["--stepz", "3"], "--stepz", "did you mean --steps?"),
+    ("stray argument", ["extra"], "extra", "unexpected argument"),
+    ("seed beyond 64 bits", ["--seed", "1180591620717411303424"], "seed", "0..2**63-1"),
+    ("negative seed", ["--seed", "-1"], "seed", "0..2**63-1"),
+    ("seed beyond 64 bits in a file", ["--config", "{seed_huge}"], "seed", "0..2**63-1"),
+    ("empty --out", ["--out", ""], "out", "is empty"),
+    ("steps: true", ["--config", "{steps_true}"], "steps", "not true"),
+    ("global_batch: true", ["--config", "{batch_true}"], "global_batch", "not true"),
+    ("ckpt_every: true", ["--config", "{ckpt_true}"], "ckpt_every", "not true"),
+    ("lr: true", ["--config", "{lr_true}"], "lr", "not true"),
+    ("steps: 1e30", ["--config", "{steps_huge}"], "steps", "integer"),
+    ("1 MB caption", ["--data", "{big}"], "data", "line 3: a field is longer than 16384"),
+    ("Latin-1 CSV", ["--data", "{latin1}"], "data", "is not UTF-8 text"),
+    ("binary CSV", ["--data", "{binary}"], "data", "latin1"),
+    ("int64 weights", [*OPENCLIP, "--init-from", "{int64}"], "init_from", "holds int64"),
+    ("NaN weights", [*OPENCLIP, "--init-from", "{nan}"], "init_from", "holds 64 NaN"),
+    ("garbage --init-image-from", ["--init-image-from", "{garbage}"], "init_image_from", ""),
+    # the hardware file's reader (vlscale) names the file as the field
+    (
+        "garbage --peak-from",
+        ["--peak-from", "{bad_hardware}"],
+        "hardware_file bad_hardware.yaml",
+        "is not valid YAML",
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    ("argv", "field", "text"),
+    [c[1:] for c in BEFORE_FIRST_STEP],
+    ids=[c[0] for c in BEFORE_FIRST_STEP],
+)
+def test_mistake_is_one_line_exit_2_and_nothing_written(tmp_path, capsys, argv, field, text):
+    files = _files(tmp_path / "in")
+    out = tmp_path / "runs" / "latest"  # neither folder exists: both must stay absent
+    argv = [a.format(**files) for a in argv]
+    # the command line wins over --config: a file's case gets no other option
+    base = [] if "--config" in argv else [*BASE, "--steps", "2", "--warmup-steps", "0"]
+    if "--peak-from" in argv:  # --peak-flops would win
+        base = [a for a in base if a not in ("--peak-flops", "1e12")]
+    rc = main([*base, "--out", str(out), *argv])
+    line = _one_line(capsys, rc, field)
+    assert text in line, line
+    assert not (tmp_path / "runs").exists(), _tree(tmp_path / "runs")
+
+
+def test_existing_out_is_left_as_it_was(tmp_path, capsys):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "notes.txt").write_text("mine\n")
+    before = _tree(out)
+    files = _files(tmp_path / "in")
+    argv = [*OPENCLIP, "--steps", "2", "--overwrite", "--init-from", files["nan"]]
+    rc = main([*BASE, *argv, "--out", str(out)])
+    _one_line(capsys, rc, "init_from")
+    assert _tree(out) == before
+
+
+# ------------------------------------------------------------------ a finished run: resume, export
+
+
+@pytest.fixture(scope="module")
+def finished(tmp_path_factory) -> Path:
+    """A 2-step tiny-clip run with checkpoints at steps 1 and 2."""
+    out = tmp_path_factory.mktemp("runs") / "done"
+    assert main([*BASE, "--steps", "2", "--ckpt-every", "1", "--out", str(out)]) == 0
+    return out
+
+
+def test_deleted_marker_is_reported_like_other_corruptions(finished, tmp_path, capsys):
+    run = tmp_path / "run"
+    shutil.copytree(finished, run)
+    (step_dir(run, 2) / MARKER).unlink()
+    assert main([*BASE, "--steps", "2", "--ckpt-every", "1", "--out", str(run), "--resume"]) == 0
+    out = capsys.readouterr().out
+    assert "resume: skipping invalid checkpoint step_000002: no COMPLETE marker" in out, out
+    assert f"resumed from {step_dir(run, 1)} (newest valid checkpoint)" in out
+
+
+def _truncate_distcp(run: Path) -> None:
+    for ckpt in (step_dir(run, 1), step_dir(run, 2)):
+        f = next(ckpt.glob("*.distcp"))
+        f.write_bytes(f.read_bytes()[:1000])
+
+
+EXPORTS = [
+    ("a folder", "{tmp}", [], "out", "is a folder"),
+    ("a suffix of no format", "{tmp}/m.txt", [], "out", "must end in .safetensors or .pt or .bin"),
+    ("another model", "{tmp}/m.pt", ["--model", "tiny-eva"], "model", "does not match"),
+    ("no such folder", "{tmp}/nope/m.pt", [], "out", "does not exist"),
+    ("unknown format", "{tmp}/m.pt", ["--format", "onnx"], "--format", "invalid choice"),
+    ("truncated .distcp", "{tmp}/m.pt", ["truncate"], "run", "no valid checkpoint"),
+]
+
+
+@pytest.mark.parametrize(
+    ("out", "extra", "field", "text"), [c[1:] for c in EXPORTS], ids=[c[0] for c in EXPORTS]
+)
+def test_export_refuses_before_any_work(finished, tmp_path, capsys, out, extra, field, text):
+    run = tmp_path / "run"
+    shutil.copytree(finished, run)
+    if extra == ["truncate"]:
+        _truncate_distcp(run)
+        extra = []
+    dest = tmp_path / "dest"
+    dest.mkdir()
+    argv = ["--format", "openclip", "--run", str(run), "--out", out.format(tmp=dest), *extra]
+    if "--format" in extra:
+        argv = argv[2:]
+    line = _one_line(capsys, export_main(argv), field)
+    assert text in line, line
+    assert not any(dest.iterdir())
