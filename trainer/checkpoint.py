@@ -264,7 +264,11 @@ def save_checkpoint(
     try:
         _dcp(dcp.save, state, tmp)
         _write_extra(_extra_file(tmp, rank), extra)
-    except (OSError, RuntimeError, CheckpointException) as exc:
+    except (OSError, CheckpointException) as exc:
+        problem = _write_failure(exc)
+    except RuntimeError as exc:
+        if not _is_write_error(exc):
+            raise
         problem = _write_failure(exc)
     # every rank learns whether any rank failed (instead of waiting for it at a barrier), and
     # every shard and extra file is on disk before the marker can exist
@@ -299,6 +303,15 @@ def save_checkpoint(
 
 
 # --------------------------------------------------------------------------- failed saves
+
+
+# what torch.save's zip writer raises when the disk fills: "[enforce fail at
+# inline_container.cc:672] . unexpected pos 704 vs 598" or "PytorchStreamWriter failed writing"
+_WRITE_ERRORS = ("inline_container", "PytorchStreamWriter", "No space left", "Errno")
+
+
+def _is_write_error(exc: RuntimeError) -> bool:
+    return any(s in str(exc) for s in _WRITE_ERRORS)
 
 
 def _write_failure(exc: BaseException) -> str:
