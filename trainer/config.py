@@ -300,7 +300,8 @@ _HELP = {
     "aot_eager / eager (graph capture only, eager kernels: quick, for testing the wiring)",
     "seed": "random seed (model init, data, FLIP masks)",
     "eval_every": "evaluate every N steps (0: off)",
-    "ckpt_every": "write a checkpoint every N steps (0: off)",
+    "ckpt_every": "write a checkpoint every N steps (0: off; a stop on SIGTERM / SIGINT still "
+    "checkpoints its step)",
     "resume": "resume from the newest valid checkpoint in OUT/ckpt (a corrupt one is skipped, "
     "with a line saying so), or from the run / checkpoint directory given (--resume PATH); "
     "--steps, --global-batch, model and schedule must match the checkpoint's run",
@@ -360,6 +361,9 @@ def build_parser() -> argparse.ArgumentParser:
         description="Train a CLIP / SigLIP / EVA-CLIP two-tower model with FSDP2 "
         "(torchrun --nproc_per_node N -m trainer.train ...).",
         argument_default=argparse.SUPPRESS,
+        epilog="Exit status: 0 done; 2 a mistake (one 'error: <field>: ...' line); 143 / 130 "
+        "stopped by SIGTERM / SIGINT after finishing the step and checkpointing it (continue "
+        "with --resume); a second signal ends the run at once.",
     )
     parser.add_argument("--config", help="YAML file with the same keys; the command line wins")
     for name, field in TrainConfig.model_fields.items():

@@ -50,6 +50,12 @@ def main(argv: list[str] | None = None) -> int:
                 print(line, flush=True)
         run(cfg, device_type)
     except ConfigError as exc:
+        # From here a signal ends the process at once: torchrun's SIGTERM to a rank that waits
+        # in report_error must not be taken for a graceful stop (nor one that came before).
+        pending = signals.requested()
+        signals.uninstall()
+        if pending is not None and rank != 0:
+            os.kill(os.getpid(), pending)
         if lock is not None:
             discard_unstarted_run(Path(cfg.out), lock.created_root)
         report_error(exc, rank)
