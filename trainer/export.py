@@ -107,11 +107,14 @@ def export_openclip(run: str | Path, out: str | Path, model: str | None = None) 
     state = to_openclip(two_tower)
     try:
         save_state_dict_file(state, out)
-    except OSError as exc:  # atomic_path has removed its temp file
+    except Exception as exc:  # OSError, torch.save's RuntimeError, safetensors' own error;
+        # atomic_path has removed its temp file
         need = sum(t.numel() * t.element_size() for t in state.values()) / (1 << 20)
+        lines = str(exc).strip().splitlines() or [type(exc).__name__]
+        why = getattr(exc, "strerror", None) or lines[-1][:200]
         raise ConfigError(
             "out",
-            f"cannot write {out} ({exc.strerror or exc}): it needs about {need:.1f} MiB, "
+            f"cannot write {out} ({why}): it needs about {need:.1f} MiB, "
             f"{free_mib(out.parent):.1f} MiB are free there; free space or pick another folder",
         ) from None
     return list(state)

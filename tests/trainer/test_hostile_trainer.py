@@ -253,3 +253,12 @@ def test_export_refuses_before_any_work(finished, tmp_path, capsys, out, extra, 
     line = _one_line(capsys, export_main(argv), field)
     assert text in line, line
     assert not any(dest.iterdir())
+
+
+def test_export_to_a_full_disk_is_one_line_and_leaves_no_temp_file(finished, small_disk, capsys):
+    disk = small_disk("512k")  # the tiny-clip export is about 0.9 MiB
+    out = disk / "m.safetensors"
+    argv = ["--format", "openclip", "--run", str(finished), "--out", str(out)]
+    line = _one_line(capsys, export_main(argv), "out")
+    assert f"cannot write {out}" in line and "MiB are free there" in line, line
+    assert not any(disk.iterdir())
