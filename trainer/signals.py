@@ -18,10 +18,10 @@ signal to this process. Exception: the same signal again within :data:`DUPLICATE
 of the first counts as the same request, because one stop often arrives twice (Slurm signals
 every process of the step, and torchrun forwards the SIGTERM it got to the workers as well).
 
-Cost: one 4-byte all-reduce per step, outside ``step_time_s``. Measured 0.66 ms a call on 2
-gloo CPU ranks of the busy 2-core development machine, where a tiny-clip step takes 53-78 ms
-(about 1 %, on the smallest model; tests/trainer/test_graceful_stop.py bounds it). One rank
-skips it.
+Cost: one 8-byte all-reduce per step (it also carries rank 0's "cannot append to
+run.jsonl"), outside ``step_time_s``. Measured 0.66 ms a call on 2 gloo CPU ranks of the busy
+2-core development machine, where a tiny-clip step takes 53-78 ms (about 1 %, on the smallest
+model; tests/trainer/test_graceful_stop.py bounds it). One rank skips it.
 
 Under torchrun: torchrun forwards a SIGTERM / SIGINT it receives to every worker and kills them
 after ``--shutdown-timeout`` seconds (30 by default): give it more than a step plus a checkpoint.
@@ -96,21 +96,23 @@ def requested() -> int | None:
     return REQUEST.signum
 
 
-def agreed_stop(group=None, device=None, world_size: int = 1) -> int | None:
-    """The stop signal if any rank got one, else None; the same answer on every rank.
+def agreed_stop(
+    group=None, device=None, world_size: int = 1, failed: bool = False
+) -> tuple[int | None, bool]:
+    """``(signal, failed)``: the stop signal if any rank got one (else None), and whether any
+    rank reports ``failed`` (rank 0 could not append a run record); the same on every rank.
 
     Collective over ``group`` when ``world_size`` > 1 (call it at the same point on every
     rank). With several requests the highest signal number wins (SIGTERM over SIGINT)."""
-    mine = REQUEST.signum or 0
-    if world_size <= 1:
-        return mine or None
-    import torch
-    import torch.distributed as dist
+    mine = [REQUEST.signum or 0, int(failed)]
+    if world_size > 1:
+        import torch
+        import torch.distributed as dist
 
-    flag = torch.tensor([mine], dtype=torch.int32, device=device)
-    dist.all_reduce(flag, op=dist.ReduceOp.MAX, group=group)
-    agreed = int(flag.item())
-    return agreed or None
+        flags = torch.tensor(mine, dtype=torch.int32, device=device)
+        dist.all_reduce(flags, op=dist.ReduceOp.MAX, group=group)
+        mine = [int(v) for v in flags.tolist()]
+    return mine[0] or None, bool(mine[1])
 
 
 class Stopped(Exception):

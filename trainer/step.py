@@ -229,7 +229,7 @@ def train_loop(ctx: LoopContext) -> list[StepRecord]:
     t_start = time.perf_counter()
     saved_at = ctx.start_step if ctx.last_checkpoint else None  # step of the newest checkpoint
     for step in range(ctx.start_step + 1, cfg.steps + 1):
-        signum = agreed_stop(ctx.group, ctx.device, ctx.world_size)
+        signum = agreed_stop_or_failure(ctx)
         if signum is not None:
             stop_run(ctx, signum, step - 1, saved_at)
         record = run_step(ctx, step, meters)
@@ -250,11 +250,25 @@ def train_loop(ctx: LoopContext) -> list[StepRecord]:
             ctx.writer.write(CheckpointRecord(step=step, time_s=dt, path=str(path)))
             ctx.last_checkpoint, saved_at = path, step
             ctx.log(f"checkpoint of step {step} saved to {path} ({dt:.1f} s)")
+    agreed_stop_or_failure(ctx)  # the last step's records are on disk too
     if records:
         ctx.log(format_summary(records, time.perf_counter() - t_start, ctx.writer.path))
     else:
         ctx.log(f"nothing to train: the checkpoint is at the last step ({cfg.steps})")
     return records
+
+
+def agreed_stop_or_failure(ctx: LoopContext) -> int | None:
+    """The stop signal any rank got (None: none), after raising on every rank when rank 0
+    could not append to run.jsonl (a full disk). Collective: one small all-reduce."""
+    signum, failed = agreed_stop(
+        ctx.group, ctx.device, ctx.world_size, failed=bool(ctx.writer.failed)
+    )
+    if failed:
+        err = ConfigError("out", ctx.writer.failed or "rank 0 cannot append to run.jsonl")
+        err.all_ranks = True  # rank 0 prints it
+        raise err
+    return signum
 
 
 def stop_run(ctx: LoopContext, signum: int, step: int, saved_at: int | None) -> None:

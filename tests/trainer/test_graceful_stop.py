@@ -152,7 +152,7 @@ def test_sigterm_to_one_of_two_ranks_stops_both_at_one_step(tmp_path):
 def _agree(ctx, signalled_rank):
     signals.REQUEST.signum = signal.SIGTERM if ctx.rank == signalled_rank else None
     try:
-        agreed = signals.agreed_stop(None, None, ctx.world_size)
+        agreed = signals.agreed_stop(None, None, ctx.world_size)[0]
         t = time.perf_counter()
         for _ in range(200):
             signals.agreed_stop(None, None, ctx.world_size)
@@ -177,7 +177,7 @@ def test_handler_flags_first_signal_and_ignores_its_duplicate():
         os.kill(os.getpid(), signal.SIGTERM)
         os.kill(os.getpid(), signal.SIGTERM)  # the launcher's copy of the same stop
         assert signals.requested() == signal.SIGTERM
-        assert signals.agreed_stop() == signal.SIGTERM
+        assert signals.agreed_stop() == (signal.SIGTERM, False)
     finally:
         signals.uninstall()
     assert signals.requested() is None

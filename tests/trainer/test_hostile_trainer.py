@@ -262,3 +262,10 @@ def test_export_to_a_full_disk_is_one_line_and_leaves_no_temp_file(finished, sma
     line = _one_line(capsys, export_main(argv), "out")
     assert f"cannot write {out}" in line and "MiB are free there" in line, line
     assert not any(disk.iterdir())
+
+
+def test_full_disk_for_the_run_records_stops_the_run_in_one_line(small_disk, capsys):
+    out = small_disk("12k") / "run"  # the header fits, some 20 step records do not
+    line = _one_line(capsys, main([*BASE, "--steps", "40", "--out", str(out)]), "out")
+    assert f"cannot append to {out / 'run.jsonl'} (No space left on device" in line, line
+    assert not (out / ".lock").exists()
