@@ -269,3 +269,22 @@ def test_full_disk_for_the_run_records_stops_the_run_in_one_line(small_disk, cap
     line = _one_line(capsys, main([*BASE, "--steps", "40", "--out", str(out)]), "out")
     assert f"cannot append to {out / 'run.jsonl'} (No space left on device" in line, line
     assert not (out / ".lock").exists()
+
+
+@pytest.mark.dist
+def test_full_disk_at_a_checkpoint_on_two_ranks(small_disk):
+    """The ranks agree that the save failed (no rank waits at a barrier for one that raised):
+    one line, from rank 0, no temp directory, the previous checkpoint the newest."""
+    import sys
+
+    out = small_disk("5m") / "run"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2",
+           "-m", "trainer.train", *BASE, *FULL_RUN, "--out", str(out)]  # fmt: skip
+    env = dict(os.environ, OMP_NUM_THREADS="1", CUDA_VISIBLE_DEVICES="")
+    env["PYTHONPATH"] = str(Path(__file__).resolve().parents[2])
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=240)
+    text = proc.stdout + proc.stderr
+    errors = [ln for ln in text.splitlines() if ln.startswith("error:")]
+    assert proc.returncode != 0 and len(errors) == 1, text[-3000:]
+    assert errors[0].startswith(f"error: checkpoint: cannot write checkpoint {step_dir(out, 4)}")
+    assert not list((out / "ckpt").glob("*.tmp")) and find_latest(out) == step_dir(out, 2)
