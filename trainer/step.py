@@ -73,6 +73,7 @@ class LoopContext:
     start_step: int = 0
     start_samples: int = 0
     last_checkpoint: Path | None = None  # named when a non-finite step stops the run
+    after_first_step: Callable[[], None] | None = None  # e.g. drop what --overwrite set aside
     nonfinite_skips: int = 0  # steps skipped by --skip-nonfinite so far (this launch)
     # model FLOPs per sample by mask ratio: the only input of the count that varies over a run,
     # and counting costs tens of ms per call (ViT-B-32), as much as 1 % of a CPU step
@@ -234,6 +235,9 @@ def train_loop(ctx: LoopContext) -> list[StepRecord]:
             stop_run(ctx, signum, step - 1, saved_at)
         record = run_step(ctx, step, meters)
         records.append(record)
+        if ctx.after_first_step is not None:
+            ctx.after_first_step()
+            ctx.after_first_step = None
         if step % cfg.log_every == 0 or step == cfg.steps:
             ctx.log(format_log(record, cfg.steps))
         if ctx.evaluate and cfg.eval_every and step % cfg.eval_every == 0:

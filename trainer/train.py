@@ -68,6 +68,9 @@ def main(argv: list[str] | None = None) -> int:
         return stop.status
     finally:
         if lock is not None:
+            from trainer.preflight import drop_overwritten
+
+            drop_overwritten(Path(cfg.out))  # gone already unless the run failed oddly
             lock.release()
         signals.uninstall()
     return 0
@@ -102,6 +105,8 @@ def discard_unstarted_run(out: Path, created_root: Path | None) -> None:
         lines = []  # failed before the header (e.g. --init-from): --out may hold only the lock
     except OSError:
         return
+    from trainer.preflight import restore_overwritten
+
     if len(lines) > 1 or _has_checkpoint(out):
         return
     if lines:
@@ -109,6 +114,7 @@ def discard_unstarted_run(out: Path, created_root: Path | None) -> None:
     ckpt = out / "ckpt"
     if ckpt.is_dir() and not any(ckpt.iterdir()):  # a first save that failed (full disk)
         ckpt.rmdir()
+    restore_overwritten(out)  # --overwrite: the previous run's files come back
     if created_root is not None and not any(p.name != ".lock" for p in out.iterdir()):
         shutil.rmtree(out, ignore_errors=True)
         remove_created_parents(out, created_root)
@@ -222,9 +228,12 @@ def run(cfg: TrainConfig, device_type: str) -> None:
 
 def train(cfg: TrainConfig, device, mesh, backend: str) -> list:
     """Train on an existing process group / ``mesh``; returns the step records (every rank)."""
+    from trainer.preflight import drop_overwritten
     from trainer.step import train_loop
 
     ctx, loader = build_context(cfg, device, mesh, backend)
+    if ctx.rank == 0 and cfg.overwrite:  # the old run's files go once the new one has started
+        ctx.after_first_step = lambda: drop_overwritten(Path(cfg.out))
     try:
         return train_loop(ctx)
     finally:

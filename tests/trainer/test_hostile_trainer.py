@@ -111,6 +111,14 @@ def test_full_disk_at_the_first_checkpoint(small_disk, capsys):
 # ------------------------------------------------------------------ mistakes before the first step
 
 
+@pytest.fixture(scope="module")
+def finished(tmp_path_factory) -> Path:
+    """A 2-step tiny-clip run with checkpoints at steps 1 and 2."""
+    out = tmp_path_factory.mktemp("runs") / "done"
+    assert main([*BASE, "--steps", "2", "--ckpt-every", "1", "--out", str(out)]) == 0
+    return out
+
+
 def _files(tmp: Path) -> dict[str, str]:
     """The hostile input files, written once per test into ``tmp``."""
     import safetensors.torch as st
@@ -126,6 +134,7 @@ def _files(tmp: Path) -> dict[str, str]:
     (tmp / "big.csv").write_text("filepath,title\na.png,ok\nb.png," + "x" * 1_000_000 + "\n")
     (tmp / "latin1.csv").write_bytes("filepath,title\na.png,café\n".encode("latin-1"))
     (tmp / "binary.csv").write_bytes(b"filepath,title\n" + bytes(range(256)) * 8)
+    (tmp / "gone.csv").write_text("filepath,title\ngone0.png,x\ngone1.png,y\n")
     weights = st.load_file(str(FIXTURE / "weights.safetensors"))
     st.save_file({k: v.to(torch.int64) for k, v in weights.items()}, str(tmp / "int64.safetensors"))
     nan = dict(weights)
@@ -155,6 +164,7 @@ BEFORE_FIRST_STEP = [
     ("1 MB caption", ["--data", "{big}"], "data", "line 3: a field is longer than 16384"),
     ("Latin-1 CSV", ["--data", "{latin1}"], "data", "is not UTF-8 text"),
     ("binary CSV", ["--data", "{binary}"], "data", "latin1"),
+    ("every image missing (after launch)", ["--data", "{gone}"], "data", ""),
     ("int64 weights", [*OPENCLIP, "--init-from", "{int64}"], "init_from", "holds int64"),
     ("NaN weights", [*OPENCLIP, "--init-from", "{nan}"], "init_from", "holds 64 NaN"),
     ("garbage --init-image-from", ["--init-image-from", "{garbage}"], "init_image_from", ""),
@@ -187,6 +197,24 @@ def test_mistake_is_one_line_exit_2_and_nothing_written(tmp_path, capsys, argv, 
     assert not (tmp_path / "runs").exists(), _tree(tmp_path / "runs")
 
 
+def test_overwrite_of_a_run_that_then_fails_before_its_first_step_keeps_the_old_run(
+    finished, tmp_path, capsys
+):
+    run = tmp_path / "run"
+    shutil.copytree(finished, run)
+    before = _tree(run)
+    files = _files(tmp_path / "in")
+    argv = [*OPENCLIP, "--steps", "2", "--overwrite", "--init-from", files["nan"]]
+    rc = main([*BASE, *argv, "--out", str(run)])
+    capsys.readouterr()  # the "--overwrite: removed ..." note, then the error
+    assert rc == 2 and _tree(run) == before
+    # and once the first step is done the old run is gone
+    assert (
+        main([*BASE, "--steps", "1", "--warmup-steps", "0", "--overwrite", "--out", str(run)]) == 0
+    )
+    assert sorted(p.name for p in run.iterdir()) == ["run.jsonl"]
+
+
 def test_existing_out_is_left_as_it_was(tmp_path, capsys):
     out = tmp_path / "out"
     out.mkdir()
@@ -200,14 +228,6 @@ def test_existing_out_is_left_as_it_was(tmp_path, capsys):
 
 
 # ------------------------------------------------------------------ a finished run: resume, export
-
-
-@pytest.fixture(scope="module")
-def finished(tmp_path_factory) -> Path:
-    """A 2-step tiny-clip run with checkpoints at steps 1 and 2."""
-    out = tmp_path_factory.mktemp("runs") / "done"
-    assert main([*BASE, "--steps", "2", "--ckpt-every", "1", "--out", str(out)]) == 0
-    return out
 
 
 def test_deleted_marker_is_reported_like_other_corruptions(finished, tmp_path, capsys):
