@@ -13,10 +13,14 @@ reports for a process that the signal ended, so that schedulers and wrappers sti
 that was stopped, not one that finished (Kubernetes would otherwise mark the job complete), and
 a distinct one from a usage error (2).
 
-A second signal stops at once: the handler restores the default disposition and re-sends the
-signal to this process. Exception: the same signal again within :data:`DUPLICATE_WINDOW_S`
-of the first counts as the same request, because one stop often arrives twice (Slurm signals
-every process of the step, and torchrun forwards the SIGTERM it got to the workers as well).
+A second signal stops at once, with one line and the same status 128 + N, without a checkpoint
+(the previous one stays the newest). Exception: the same signal again within
+:data:`DUPLICATE_WINDOW_S` of the first counts as the same request, because one stop often
+arrives twice (Slurm signals every process of the step, and torchrun forwards the SIGTERM it got
+to the workers as well). Signals are seen when they arrive, through the wake-up fd
+(``signal.set_wakeup_fd``) read by a small thread: Python runs its own handlers only between
+bytecodes of the main thread, which may be blocked for a whole step in a collective or a device
+synchronisation, and would then run both handlers at once and take them for one.
 
 Cost: one 8-byte all-reduce per step (it also carries rank 0's "cannot append to
 run.jsonl"), outside ``step_time_s``. Measured 0.66 ms a call on 2 gloo CPU ranks of the busy
@@ -60,16 +64,46 @@ class StopRequest:
 
 REQUEST = StopRequest()
 _previous: dict[int, object] = {}
+_lock = threading.Lock()
+_watch: dict[str, object] = {}  # the wake-up pipe and its reader thread, while installed
+
+
+def _arrived(signum: int) -> None:
+    """One stop signal arrived: the first is the request, a duplicate is ignored, and any
+    other ends the process now (status 128 + N, no checkpoint; the previous one stays)."""
+    with _lock:
+        now = time.monotonic()
+        if REQUEST.signum is None:
+            REQUEST.signum, REQUEST.at = signum, now
+            return
+        if signum == REQUEST.signum and now - REQUEST.at < DUPLICATE_WINDOW_S:
+            return  # the same stop, delivered twice
+    name = signal.Signals(signum).name
+    os.write(2, f"stopped at once by a second signal ({name}); no checkpoint\n".encode())
+    os._exit(exit_status(signum))
 
 
 def _handle(signum, frame) -> None:
-    if REQUEST.signum is None:
-        REQUEST.signum, REQUEST.at = signum, time.monotonic()
-        return
-    if signum == REQUEST.signum and time.monotonic() - REQUEST.at < DUPLICATE_WINDOW_S:
-        return  # the same stop, delivered twice
-    signal.signal(signum, signal.SIG_DFL)  # a second stop: end now, as without a handler
-    os.kill(os.getpid(), signum)
+    """Python-level handler. With the watcher running it does nothing (the watcher saw the
+    signal when it arrived); without one it is the watcher."""
+    if not _watch:
+        _arrived(signum)
+
+
+def _read_wakeups(fd: int) -> None:
+    """Watcher thread: CPython's C-level handler writes each signal's number to the wake-up
+    fd at once, even while the main thread is blocked in C++ (a collective, a device sync)
+    and cannot run Python handlers; byte 0 ends the thread."""
+    while True:
+        try:
+            data = os.read(fd, 64)
+        except OSError:
+            return
+        for signum in data:
+            if signum == 0:
+                return
+            if signum in STOP_SIGNALS:
+                _arrived(signum)
 
 
 def install() -> bool:
@@ -77,17 +111,31 @@ def install() -> bool:
     False (nothing installed) off the main thread, where Python cannot set handlers."""
     if threading.current_thread() is not threading.main_thread():
         return False
+    uninstall()
     REQUEST.signum, REQUEST.at = None, 0.0
     for sig in STOP_SIGNALS:
         _previous[sig] = signal.signal(sig, _handle)
+    r, w = os.pipe()
+    os.set_blocking(w, False)
+    old_fd = signal.set_wakeup_fd(w, warn_on_full_buffer=False)
+    thread = threading.Thread(target=_read_wakeups, args=(r,), name="stop-signals", daemon=True)
+    _watch.update(r=r, w=w, old_fd=old_fd, thread=thread)
+    thread.start()
     return True
 
 
 def uninstall() -> None:
-    """Restore the handlers :func:`install` replaced and forget the request."""
+    """Restore the handlers (and wake-up fd) :func:`install` replaced; forget the request."""
     for sig, old in list(_previous.items()):
         signal.signal(sig, old)
         del _previous[sig]
+    if _watch:
+        signal.set_wakeup_fd(_watch["old_fd"])
+        os.write(_watch["w"], b"\0")  # ends the watcher
+        _watch["thread"].join(timeout=5)
+        os.close(_watch["r"])
+        os.close(_watch["w"])
+        _watch.clear()
     REQUEST.signum = None
 
 
