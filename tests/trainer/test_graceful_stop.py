@@ -53,11 +53,13 @@ def _run(out: Path, world: int, *extra: str) -> subprocess.CompletedProcess:
     return proc
 
 
-def _signal_after_step(out: Path, world: int, sig: int, *more: int) -> tuple[int, str]:
+def _signal_after_step(
+    out: Path, world: int, sig: int, *more: int, extra: tuple[str, ...] = ()
+) -> tuple[int, str]:
     """Start a run, send ``sig`` (then ``more`` signals) once step 3 is logged (at W = 2 to
     rank 1 only); returns (exit status, all output)."""
     proc = subprocess.Popen(
-        _command(out, world), cwd=REPO, env=_env(), stdout=subprocess.PIPE,
+        _command(out, world, *extra), cwd=REPO, env=_env(), stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT, text=True,
     )  # fmt: skip
     seen = []
@@ -123,9 +125,9 @@ def test_sigterm_one_rank_checkpoints_and_resumes_bit_identically(tmp_path):
     _stop_then_resume(tmp_path, 1, signal.SIGTERM)
 
 
-def test_sigint_one_rank_exits_130(tmp_path):
+def test_sigint_one_rank_exits_130_and_checkpoints_without_ckpt_every(tmp_path):
     out = tmp_path / "run"
-    rc, text = _signal_after_step(out, 1, signal.SIGINT)
+    rc, text = _signal_after_step(out, 1, signal.SIGINT, extra=("--ckpt-every", "0"))
     assert rc == 130, text[-3000:]
     step = int(STOPPED.search(text).group(2))
     assert find_latest(out) == step_dir(out, step)
