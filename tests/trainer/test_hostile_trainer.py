@@ -6,16 +6,22 @@ world 1) unless a case needs its own process."""
 from __future__ import annotations
 
 import json
+import math
 import os
 import shutil
 import subprocess
 from pathlib import Path
 
 import pytest
+import yaml
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from trainer.checkpoint import MARKER, find_latest, step_dir
+from trainer.config import load_config
 from trainer.export import main as export_main
 from trainer.train import main
+from vlscale.errors import ConfigError
 
 FIXTURE = Path(__file__).parents[1] / "fixtures" / "openclip" / "tiny_clip"
 
@@ -308,3 +314,40 @@ def test_full_disk_at_a_checkpoint_on_two_ranks(small_disk):
     assert proc.returncode != 0 and len(errors) == 1, text[-3000:]
     assert errors[0].startswith(f"error: checkpoint: cannot write checkpoint {step_dir(out, 4)}")
     assert not list((out / "ckpt").glob("*.tmp")) and find_latest(out) == step_dir(out, 2)
+
+
+# ------------------------------------------------------------------ generated trainer configs
+
+NUMBER_KEYS = ["global_batch", "grad_accum", "steps", "seed", "warmup_steps", "eval_every",
+               "ckpt_every", "keep_last", "num_workers", "log_every", "timing_warmup", "lr",
+               "weight_decay", "grad_clip", "peak_flops", "mask_ratio"]  # fmt: skip
+HOSTILE = st.one_of(
+    st.booleans(),
+    st.integers(min_value=-(2**70), max_value=2**70),
+    st.floats(allow_nan=True, allow_infinity=True),
+    st.text(max_size=8),
+    st.none(),
+    st.lists(st.integers(), max_size=2),
+    st.dictionaries(st.text(max_size=3), st.integers(), max_size=2),
+)
+
+
+@settings(
+    max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(st.dictionaries(st.sampled_from(NUMBER_KEYS), HOSTILE, min_size=1, max_size=3))
+def test_generated_configs_load_or_fail_in_one_line(tmp_path, values):
+    """Any value for the numeric keys: a config whose counts are ints (never bools) and whose
+    floats are finite, or one ConfigError line; never another exception."""
+    path = tmp_path / "run.yaml"
+    path.write_text(yaml.safe_dump({**values, "warmup_steps": values.get("warmup_steps", 0)}))
+    try:
+        cfg = load_config(["--config", str(path), "--out", str(tmp_path / "out")], 1)
+    except ConfigError as exc:
+        assert "\n" not in str(exc)
+        return
+    for key in NUMBER_KEYS:
+        value = getattr(cfg, key)
+        assert not isinstance(value, bool), key
+        assert not isinstance(value, float) or math.isfinite(value), key
+    assert 0 <= cfg.seed < 2**63 and 1 <= cfg.steps <= 2**62
