@@ -186,3 +186,29 @@ def test_handler_flags_first_signal_and_ignores_its_duplicate():
         signals.uninstall()
     assert signals.requested() is None
     assert signal.getsignal(signal.SIGTERM) is not signals._handle
+
+
+@pytest.fixture
+def signal_at_start(monkeypatch):
+    """main() installs the handlers and a SIGTERM is already there: deterministic 'a signal
+    during set-up'."""
+    real = signals.install
+
+    def install_then_signal() -> bool:
+        ok = real()
+        signals.REQUEST.signum = signal.SIGTERM
+        return ok
+
+    monkeypatch.setattr(signals, "install", install_then_signal)
+
+
+def test_stop_during_setup_of_a_fresh_run_leaves_nothing(tmp_path, capsys, signal_at_start):
+    from trainer.train import main
+
+    out = tmp_path / "runs" / "latest"
+    argv = ["--model", "tiny-clip", "--steps", "2", "--global-batch", "8", "--peak-flops", "1e12"]
+    assert main([*argv, "--out", str(out)]) == 143
+    assert capsys.readouterr().err.strip() == (
+        "stopped by SIGTERM before the first step; nothing to resume"
+    )
+    assert not (tmp_path / "runs").exists()
