@@ -141,6 +141,8 @@ def _files(tmp: Path) -> dict[str, str]:
     (tmp / "latin1.csv").write_bytes("filepath,title\na.png,café\n".encode("latin-1"))
     (tmp / "binary.csv").write_bytes(b"filepath,title\n" + bytes(range(256)) * 8)
     (tmp / "gone.csv").write_text("filepath,title\ngone0.png,x\ngone1.png,y\n")
+    (tmp / "shards").mkdir()
+    (tmp / "shards" / "s-000.tar").write_text("hello, not a tar\n")
     weights = st.load_file(str(FIXTURE / "weights.safetensors"))
     st.save_file({k: v.to(torch.int64) for k, v in weights.items()}, str(tmp / "int64.safetensors"))
     nan = dict(weights)
@@ -171,6 +173,7 @@ BEFORE_FIRST_STEP = [
     ("Latin-1 CSV", ["--data", "{latin1}"], "data", "is not UTF-8 text"),
     ("binary CSV", ["--data", "{binary}"], "data", "latin1"),
     ("every image missing (after launch)", ["--data", "{gone}"], "data", ""),
+    ("a tar that is not a tar", ["--data", "{shards}"], "data", "not a tar file (plain, gz"),
     ("int64 weights", [*OPENCLIP, "--init-from", "{int64}"], "init_from", "holds int64"),
     ("NaN weights", [*OPENCLIP, "--init-from", "{nan}"], "init_from", "holds 64 NaN"),
     ("garbage --init-image-from", ["--init-image-from", "{garbage}"], "init_image_from", ""),

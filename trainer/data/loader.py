@@ -179,6 +179,7 @@ class Loader:
         self.skipped += 1
         self._bad_in_a_row += 1
         n = self.skipped
+        exc = " ".join(str(exc).split())  # one line (library messages may span several)
         bad = f"{describe(record)} ({exc})"
         if len(self._first_bad) < NAMED_BAD and bad not in self._first_bad:
             self._first_bad.append(bad)

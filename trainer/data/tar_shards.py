@@ -113,7 +113,11 @@ def iter_tar_samples(path: Path, skip: int = 0) -> Iterator[dict]:
 
 
 def _broken(path: Path, exc: BaseException) -> dict:
-    return {"__key__": "?", "__shard__": str(path), "__error__": f"unreadable shard: {exc}"}
+    text = str(exc)
+    if "could not be opened successfully" in text:  # tarfile's r:* tried every method
+        text = "not a tar file (plain, gz, bz2 or xz)"
+    text = " ".join(text.split())  # one line, whatever the library wrote
+    return {"__key__": "?", "__shard__": str(path), "__error__": f"unreadable shard: {text}"}
 
 
 class WebDatasetShards:
