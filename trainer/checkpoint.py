@@ -25,6 +25,15 @@ checkpoint invalid, and a plain resume falls back to the newest valid one. Cost:
 read once more at save and at resume, split over the ranks (SHA-256 ran at ~725 MiB/s on one
 core of the 2-core development machine: about 1 s per 0.7 GiB per rank).
 
+Full disk (or any failed write). Each phase of a save (directory, shards and rank files, marker
+and rename) ends with the ranks agreeing whether any of them failed, instead of waiting at a
+barrier for a rank that raised. On a failure rank 0 removes the partial ``step_N.tmp`` and every
+rank raises one ``ConfigError`` (``error: checkpoint: cannot write checkpoint DIR (cause): it
+needs about X MiB, Y MiB are free there; ...``), so the run stops with exit status 2. Choice:
+stop rather than train on and retry at the next interval, because a disk that was full at one
+interval is most likely full at the next, and every step trained meanwhile would be at risk;
+stopping keeps the previous checkpoint the newest valid one, to continue from with --resume.
+
 Model and optimizer go through ``torch.distributed.checkpoint.state_dict.get_state_dict`` /
 ``set_state_dict``, which key the optimizer state by parameter name and keep FSDP2 shards as
 DTensors, so every rank writes only its own shard and a checkpoint can be resharded on load.
@@ -49,6 +58,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 import torch.distributed.checkpoint as dcp
+from torch.distributed.checkpoint.api import CheckpointException
 from torch.distributed.checkpoint.state_dict import (
     StateDictOptions,
     get_model_state_dict,
@@ -230,11 +240,15 @@ def save_checkpoint(
     rank, world = _rank_world()
     final = step_dir(run_dir, step)
     tmp = final.with_name(final.name + ".tmp")
+    problem = None
     if rank == 0:
-        if tmp.exists():  # left by a save that crashed; its contents are unknown
-            shutil.rmtree(tmp)
-        tmp.mkdir(parents=True)
-    _barrier()
+        try:
+            if tmp.exists():  # left by a save that crashed; its contents are unknown
+                shutil.rmtree(tmp)
+            tmp.mkdir(parents=True)
+        except OSError as exc:
+            problem = _write_failure(exc)
+    _check_written(_agreed_problem(problem), run_dir, tmp, rank)
 
     average_running_stats(model)  # per-rank batch-norm statistics: one value, on every rank
     if optimizer is None:
@@ -242,8 +256,6 @@ def save_checkpoint(
     else:
         model_sd, optim_sd = get_state_dict(model, optimizer)
         state = {"model": model_sd, "optim": optim_sd}
-    _dcp(dcp.save, state, tmp)
-
     extra = {
         "step": step,
         "samples_seen": samples_seen,
@@ -251,30 +263,141 @@ def save_checkpoint(
         "scheduler": scheduler.state_dict() if scheduler is not None else None,
         "loader": loader.state_dict() if loader is not None else None,
     }
-    _write_extra(_extra_file(tmp, rank), extra)
-    _barrier()  # every shard and extra file is on disk before the marker can exist
+    problem = None
+    try:
+        _dcp(dcp.save, state, tmp)
+        _write_extra(_extra_file(tmp, rank), extra)
+    except (OSError, CheckpointException) as exc:
+        problem = _write_failure(exc)
+    except RuntimeError as exc:
+        if not _is_write_error(exc):
+            raise
+        problem = _write_failure(exc)
+    # every rank learns whether any rank failed (instead of waiting for it at a barrier), and
+    # every shard and extra file is on disk before the marker can exist
+    _check_written(_agreed_problem(problem), run_dir, tmp, rank, _state_bytes(state) * world)
     files = _gather_dicts(_hash_files(tmp, rank, world))
 
+    problem = None
     if rank == 0:
-        _write_marker(
-            tmp,
-            {
-                "format": FORMAT_VERSION,
-                "step": step,
-                "samples_seen": samples_seen,
-                "world_size": world,
-                "has_optimizer": optimizer is not None,
-                "time": time.time(),
-                "identity": identity,
-                "files": files,
-            },
-        )
-        _publish(tmp, final)
-        if keep_last is not None:
+        try:
+            _write_marker(
+                tmp,
+                {
+                    "format": FORMAT_VERSION,
+                    "step": step,
+                    "samples_seen": samples_seen,
+                    "world_size": world,
+                    "has_optimizer": optimizer is not None,
+                    "time": time.time(),
+                    "identity": identity,
+                    "files": files,
+                },
+            )
+            _publish(tmp, final)
+        except OSError as exc:
+            problem = _write_failure(exc)
+        if problem is None and keep_last is not None:
             for old in list_checkpoints(run_dir)[:-keep_last]:
                 shutil.rmtree(old, ignore_errors=True)
-    _barrier()  # nobody proceeds (or loads) before the rename is visible
+    # nobody proceeds (or loads) before the rename is visible
+    _check_written(_agreed_problem(problem), run_dir, tmp, rank)
     return final
+
+
+# --------------------------------------------------------------------------- failed saves
+
+
+# what torch.save's zip writer raises when the disk fills: "[enforce fail at
+# inline_container.cc:672] . unexpected pos 704 vs 598" or "PytorchStreamWriter failed writing"
+_WRITE_ERRORS = ("inline_container", "PytorchStreamWriter", "No space left", "Errno")
+
+
+def _is_write_error(exc: RuntimeError) -> bool:
+    return any(s in str(exc) for s in _WRITE_ERRORS)
+
+
+def _write_failure(exc: BaseException) -> str:
+    """The first line of a failed write: an OSError's strerror and file, DCP's wrapped error
+    (its per-rank tracebacks end in the cause), torch.save's "[enforce fail at ...]"."""
+    if isinstance(exc, OSError) and exc.strerror:
+        where = f" ({exc.filename})" if exc.filename else ""
+        return f"{exc.strerror}{where}"
+    lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
+    causes = [ln for ln in lines if re.match(r"^\w+(Error|Exception): ", ln)]
+    return (causes[-1] if causes else lines[-1] if lines else type(exc).__name__)[:200]
+
+
+def _check_written(
+    problem: str | None, run_dir, tmp: Path, rank: int, estimate: int | None = None
+) -> None:
+    """After a failed write (on any rank; ``problem`` is already agreed): rank 0 removes the
+    partial ``step_N.tmp``, and every rank raises the same one-line ConfigError saying how much
+    space the checkpoint needs and how much is free. The previous checkpoint stays the newest
+    valid one; the run stops there (resume with --resume once there is space)."""
+    if problem is None:
+        return
+    if rank == 0:
+        shutil.rmtree(tmp, ignore_errors=True)
+    _barrier()  # the partial directory is gone before any rank reports
+    err = ConfigError("checkpoint", save_failure_message(problem, run_dir, tmp, estimate))
+    err.all_ranks = True  # every rank raises it: rank 0's line is enough (trainer.train)
+    raise err
+
+
+def save_failure_message(problem: str, run_dir, tmp: Path, estimate: int | None = None) -> str:
+    """``cannot write checkpoint DIR (cause): it needs about X MiB, Y MiB are free there; ...``
+    The need is the newest checkpoint's size, else ``estimate`` (the state's tensor bytes)."""
+    latest = find_latest(run_dir)
+    need = _checkpoint_bytes(latest) if latest is not None else None
+    source = f"as {latest.name}" if latest is not None else "its tensors"
+    if need is None:
+        need = estimate
+    try:
+        free = shutil.disk_usage(ckpt_root(run_dir)).free
+    except OSError:
+        free = None
+    mib = 1 << 20
+    sizes = []
+    if need is not None:
+        sizes.append(f"it needs about {need / mib:.1f} MiB ({source})")
+    if free is not None:
+        sizes.append(f"{free / mib:.1f} MiB are free there")
+    if latest is not None:
+        after = (
+            f"; {latest} stays the newest valid checkpoint. Free space (delete older step_* "
+            "directories, or train with a lower --keep-last) and continue with --resume"
+        )
+    else:
+        after = "; there is no earlier checkpoint. Free space and start again with --overwrite"
+    return (
+        f"cannot write checkpoint {tmp} ({problem})"
+        + (f": {', '.join(sizes)}" if sizes else "")
+        + after
+    )
+
+
+def _state_bytes(state: Any) -> int:
+    """Bytes of this rank's tensors (local shards) in a nested state dict."""
+    if isinstance(state, dict):
+        return sum(_state_bytes(v) for v in state.values())
+    if isinstance(state, (list, tuple)):
+        return sum(_state_bytes(v) for v in state)
+    if isinstance(state, torch.Tensor):
+        local = state.to_local() if hasattr(state, "to_local") else state
+        return local.numel() * local.element_size()
+    return 0
+
+
+def _checkpoint_bytes(path: Path) -> int | None:
+    """Total size of a checkpoint's files, from its marker (else from the directory)."""
+    try:
+        files = read_marker(path).get("files")
+        if isinstance(files, dict):
+            return sum(int(f["bytes"]) for f in files.values())
+        return sum(f.stat().st_size for f in path.iterdir() if f.is_file())
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
 
 
 def _publish(tmp: Path, final: Path) -> None:
@@ -337,7 +460,7 @@ def checkpoint_problem(path: str | os.PathLike, rank: int = 0, world: int = 1) -
     try:
         marker = read_marker(p)
     except FileNotFoundError:
-        return f"no {MARKER} marker (the save did not finish)"
+        return f"no {MARKER} marker (deleted, or the save did not finish)"
     except (OSError, ValueError) as exc:
         return f"unreadable {MARKER} marker ({exc})"
     if not isinstance(marker, dict) or not {"step", "world_size"} <= marker.keys():
@@ -359,22 +482,27 @@ def checkpoint_problem(path: str | os.PathLike, rank: int = 0, world: int = 1) -
     return None
 
 
-def choose_checkpoint(path: str | os.PathLike) -> tuple[Path, list[str]]:
-    """The checkpoint to resume from, verified; collective: every rank must call it.
+def choose_checkpoint(path: str | os.PathLike, field: str = "resume") -> tuple[Path, list[str]]:
+    """The checkpoint to resume (or export) from, verified; collective: every rank must call it.
 
     ``path`` is a checkpoint directory ``step_N`` (that one, or an error) or a run / ckpt
     directory (its newest *valid* checkpoint). Returns it with the "step_M: why" of each newer
-    checkpoint that was passed over as invalid.
+    checkpoint that was passed over as invalid; ``field`` names the option in errors.
     """
     rank, world = _rank_world()
     p = Path(path)
     explicit = bool(_STEP_DIR.match(p.name))
-    candidates = [p] if explicit else _marked_dirs(p)[::-1]
+    # every step_N directory, marker or not: a save renames its directory to step_N only
+    # after the marker is in it, so a step_N without one lost it and is reported as invalid
+    candidates = [p] if explicit else _step_dirs(p)[::-1]
+    if not explicit and not _marked_dirs(p):
+        candidates = []
+    resuming = field == "resume"
     if not candidates:
         raise ConfigError(
-            "resume",
+            field,
             f"no complete checkpoint at or under {p} (looked for {ckpt_root(p)}/step_*/{MARKER}); "
-            "check the path, or start without --resume",
+            + ("check the path, or start without --resume" if resuming else "check the path"),
         )
     passed_over = []
     for c in candidates:
@@ -383,16 +511,29 @@ def choose_checkpoint(path: str | os.PathLike) -> tuple[Path, list[str]]:
             return c, passed_over
         if explicit:
             raise ConfigError(
-                "resume",
+                field,
                 f"{c} is not a valid checkpoint: {problem}; pick another step_N, or give the run "
                 "directory to take its newest valid checkpoint",
             )
         passed_over.append(f"{c.name}: {problem}")
     raise ConfigError(
-        "resume",
-        f"no valid checkpoint under {ckpt_root(p)} ({'; '.join(passed_over)}); start without "
-        "--resume (with --overwrite) or restore a checkpoint",
+        field,
+        f"no valid checkpoint under {ckpt_root(p)} ({'; '.join(passed_over)}); "
+        + (
+            "start without --resume (with --overwrite) or restore a checkpoint"
+            if resuming
+            else "restore a checkpoint"
+        ),
     )
+
+
+def _step_dirs(run_dir: str | os.PathLike) -> list[Path]:
+    """Every ``step_N`` directory, oldest first."""
+    root = ckpt_root(run_dir)
+    if not root.is_dir():
+        return []
+    found = [(int(m.group(1)), c) for c in root.iterdir() if (m := _STEP_DIR.match(c.name))]
+    return [c for _, c in sorted(found) if c.is_dir()]
 
 
 def _marked_dirs(run_dir: str | os.PathLike) -> list[Path]:
@@ -559,11 +700,12 @@ def load_model_weights(
     try:
         _dcp(dcp.load, state, ckpt)
     except Exception as exc:  # DCP raises plain RuntimeErrors for missing keys / bad shapes
+        first = next((ln.strip() for ln in str(exc).splitlines() if ln.strip()), "")
         raise ConfigError(
             field,
-            f"cannot load {prefix or 'model'} weights from {ckpt}: {exc}. The checkpoint must "
-            "come from a model with the same tower architecture",
-        ) from exc
+            f"cannot load {prefix or 'model'} weights from {ckpt} ({first[:200]}); the "
+            "checkpoint must come from a model with the same tower architecture",
+        ) from None
     set_model_state_dict(model, state["model"], options=StateDictOptions(strict=False))
     return sorted(wanted)
 

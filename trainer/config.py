@@ -31,13 +31,22 @@ import os
 import re
 import sys
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from vlscale.config_files import read_mapping
 from vlscale.errors import ConfigError, from_validation_error, validate_as
-from vlscale.specs.fields import MaskRatio
+from vlscale.specs.fields import MAX_COUNT, Count, MaskRatio
 from vlscale.specs.layout import RunLayout
 from vlscale.specs.models import ModelSpec
 from vlscale.specs.presets import resolve_model
@@ -53,6 +62,27 @@ from vlscale.specs.run_file import key_name, split_keys
 BUILTIN_DATA = ("shapes",)
 LAYOUT_FIELDS = tuple(RunLayout.model_fields)
 TRAINER_PRECISION = "fp32"  # the trainer's default (the planner's is the device's)
+MAX_SEED = 2**63 - 1  # torch.manual_seed and torch.Generator take 64-bit seeds
+
+
+def _not_bool(value: Any) -> Any:
+    # pydantic reads `true` as 1: a count, a size or a rate is a number, never a bool
+    if isinstance(value, bool):
+        raise ValueError(f"must be a number, not {str(value).lower()}")
+    return value
+
+
+def _seed(value: int) -> int:
+    if not 0 <= value <= MAX_SEED:
+        raise ValueError(f"must be a whole number in 0..2**63-1 (64-bit generators), got {value}")
+    return value
+
+
+Whole = Annotated[int, BeforeValidator(_not_bool), Field(ge=0, le=MAX_COUNT)]
+"""A count that may be 0 (intervals, warm-up steps, workers): never a bool, at most MAX_COUNT."""
+Real = Annotated[float, BeforeValidator(_not_bool)]
+"""A rate or size read as a float (bounds and finiteness on each field), never a bool."""
+Seed = Annotated[int, BeforeValidator(_not_bool), AfterValidator(_seed)]
 
 
 class TrainConfig(BaseModel):
@@ -65,50 +95,50 @@ class TrainConfig(BaseModel):
     loss_impl: LossImpl | None = None
     mask_ratio: MaskRatio | None = None
     optimizer: Optimizer | None = None
-    global_batch: int = Field(default=32, gt=0)
+    global_batch: Count = 32
     layout: RunLayout = Field(
         default_factory=RunLayout,
         validate_default=True,
         description="how a step is laid out on the ranks (resolved)",
     )
-    steps: int = Field(default=20, gt=0)
+    steps: Count = 20
     data: str = "shapes"
     tokenizer: str = Field(default="byte", description="'byte' or a tokenizer.json path")
     out: str = "runs/latest"
-    lr: float = Field(default=5e-4, gt=0, allow_inf_nan=False)
-    image_lr: float | None = Field(default=None, gt=0, allow_inf_nan=False)
-    text_lr: float | None = Field(default=None, gt=0, allow_inf_nan=False)
-    weight_decay: float = Field(default=0.2, ge=0, allow_inf_nan=False)
-    warmup_steps: int = Field(default=2, ge=0)
-    grad_clip: float | None = Field(
+    lr: Real = Field(default=5e-4, gt=0, allow_inf_nan=False)
+    image_lr: Real | None = Field(default=None, gt=0, allow_inf_nan=False)
+    text_lr: Real | None = Field(default=None, gt=0, allow_inf_nan=False)
+    weight_decay: Real = Field(default=0.2, ge=0, allow_inf_nan=False)
+    warmup_steps: Whole = 2
+    grad_clip: Real | None = Field(
         default=1.0, ge=0, allow_inf_nan=False, description="0 or null: no clipping"
     )
     compile: bool = False
     compile_backend: Literal["inductor", "aot_eager", "eager"] = "inductor"
-    seed: int = 0
-    eval_every: int = Field(default=0, ge=0, description="0: no evaluation")
-    ckpt_every: int = Field(default=0, ge=0, description="0: no checkpoints")
+    seed: Seed = 0
+    eval_every: Whole = Field(default=0, description="0: no evaluation")
+    ckpt_every: Whole = Field(default=0, description="0: no checkpoints")
     resume: bool | str = Field(
         default=False, description="True: newest valid checkpoint in OUT/ckpt; a path: that one"
     )
     phase_timing: bool = False
     profile_steps: str | None = Field(default=None, description="A:B, 1-based, inclusive")
-    unmasked_final_steps: int = Field(default=0, ge=0)
+    unmasked_final_steps: Whole = 0
     init_image_from: str | None = None
     init_from: str | None = None
-    peak_flops: float | None = Field(
+    peak_flops: Real | None = Field(
         default=None, gt=0, allow_inf_nan=False, description="per device, FLOP/s"
     )
     peak_from: str | None = Field(
         default=None, description="hardware file (python -m trainer.probe) with the peak"
     )
-    timing_warmup: int = Field(default=2, ge=0, description="first steps marked warmup")
-    log_every: int = Field(default=1, gt=0)
+    timing_warmup: Whole = Field(default=2, description="first steps marked warmup")
+    log_every: Count = 1
     device: Literal["auto", "cpu", "cuda"] = "auto"
-    num_workers: int = Field(default=0, ge=0)
+    num_workers: Whole = 0
     # failing safely (output directory, checkpoint retention, non-finite steps, memory check)
     overwrite: bool = False
-    keep_last: int | None = Field(default=None, ge=1, description="None: keep every checkpoint")
+    keep_last: Count | None = Field(default=None, description="None: keep every checkpoint")
     skip_nonfinite: bool = False
     force: bool = False
 
@@ -196,6 +226,8 @@ class TrainConfig(BaseModel):
             raise ConfigError(
                 "resume", f"no checkpoint at '{self.resume}'; pass OUT, OUT/ckpt or OUT/ckpt/step_N"
             )
+        if not self.out.strip():
+            raise ConfigError("out", "is empty; pass a directory path, e.g. --out runs/latest")
         out = Path(self.out)
         for p in (out, *out.parents):
             if p.exists() and not p.is_dir():
@@ -306,7 +338,8 @@ _HELP = {
     "aot_eager / eager (graph capture only, eager kernels: quick, for testing the wiring)",
     "seed": "random seed (model init, data, FLIP masks)",
     "eval_every": "evaluate every N steps (0: off)",
-    "ckpt_every": "write a checkpoint every N steps (0: off)",
+    "ckpt_every": "write a checkpoint every N steps (0: off; a stop on SIGTERM / SIGINT still "
+    "checkpoints its step)",
     "resume": "resume from the newest valid checkpoint in OUT/ckpt (a corrupt one is skipped, "
     "with a line saying so), or from the run / checkpoint directory given (--resume PATH); "
     "--steps, --global-batch, model and schedule must match the checkpoint's run",
@@ -331,15 +364,45 @@ _HELP = {
 }
 
 
+class OneLineParser(argparse.ArgumentParser):
+    """An ArgumentParser whose usage mistakes are one ``ConfigError`` (``error: --steps: invalid
+    int value: 'abc'; see --help``, exit status 2) instead of argparse's usage block;
+    ``--help`` still prints the full usage."""
+
+    def error(self, message: str):  # type: ignore[override]
+        m = re.match(r"argument (-[^/:\s]+)(?:/\S+)?: (.*)", message, re.S)
+        if m:
+            field, text = m.group(1), m.group(2)
+        elif message.startswith("unrecognized arguments: "):
+            extra = message.split(": ", 1)[1].split()
+            field = next((a for a in extra if a.startswith("-")), extra[0]).split("=")[0]
+            known = [o for a in self._actions for o in a.option_strings if o.startswith("--")]
+            close = difflib.get_close_matches(field, known, n=1)
+            text = "unknown option" if field.startswith("-") else "unexpected argument"
+            if close:
+                text += f" (did you mean {close[0]}?)"
+        elif message.startswith("the following arguments are required: "):
+            field = message.split(": ", 1)[1].split(",")[0]
+            text = "is required"
+        else:
+            field, text = "usage", message
+        err = ConfigError(field, f"{' '.join(text.split())}; see --help")
+        err.all_ranks = True  # every rank parses the same command line
+        raise err
+
+
 def build_parser() -> argparse.ArgumentParser:
     """Every TrainConfig field as ``--kebab-case``, the layout's fields included (generated from
     ``RunLayout``: help from each field's description); defaults are suppressed so that only
     what the user typed overrides the file."""
-    parser = argparse.ArgumentParser(
+    parser = OneLineParser(
         prog="python -m trainer.train",
         description="Train a CLIP / SigLIP / EVA-CLIP two-tower model with FSDP2 "
         "(torchrun --nproc_per_node N -m trainer.train ...).",
         argument_default=argparse.SUPPRESS,
+        epilog="Exit status: 0 done; 2 a mistake (one 'error: <field>: ...' line); 143 / 130 "
+        "stopped by SIGTERM / SIGINT after finishing the step and checkpointing it (continue "
+        "with --resume); a second signal ends the run at once.",
     )
     parser.add_argument("--config", help="YAML file with the same keys; the command line wins")
     for name, field in TrainConfig.model_fields.items():

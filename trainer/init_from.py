@@ -17,6 +17,7 @@ import torch
 from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
 
 from models.openclip import convert_from_openclip, load_state_dict_file
+from vlscale.errors import ConfigError
 
 OPENCLIP_SUFFIXES = (".pt", ".pth", ".bin", ".safetensors")
 
@@ -39,8 +40,29 @@ def load_openclip_weights(
     spec = model.spec  # TwoTower's; FSDP2 / per-block compile keep the root's attributes
     theirs = load_state_dict_file(path, field)
     ours = convert_from_openclip(theirs, spec, field, only=prefix or None)
+    check_weights(ours, path, field)
     with torch.no_grad():
         set_model_state_dict(
             model, ours, options=StateDictOptions(full_state_dict=True, strict=False)
         )
     return sorted(ours)
+
+
+def check_weights(state: dict[str, torch.Tensor], path: str | os.PathLike, field: str) -> None:
+    """Refuse weights that would train silently wrong: a tensor that is not floating point
+    (copying int64 into float parameters casts it without a word) or one holding NaN / inf
+    (which would surface as a non-finite loss at step 1, blaming the learning rate)."""
+    for name, tensor in sorted(state.items()):
+        if not tensor.is_floating_point():
+            raise ConfigError(
+                field,
+                f"{path}: {name} holds {str(tensor.dtype).removeprefix('torch.')} values, not "
+                "floating-point weights; pass an OpenCLIP checkpoint of float tensors",
+            )
+        bad = int((~torch.isfinite(tensor)).sum())
+        if bad:
+            raise ConfigError(
+                field,
+                f"{path}: {name} holds {bad} NaN or infinite value(s) of {tensor.numel()}; the "
+                "file is corrupt or from a diverged run: pass another checkpoint",
+            )

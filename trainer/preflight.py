@@ -3,8 +3,9 @@
 Every rank runs :func:`check_inputs` (the data can be opened, the tokenizer loads, the image
 tower's checkpoint exists, the model fits in memory); rank 0 alone then owns ``--out``:
 :func:`check_out` (a fresh run refuses a non-empty ``--out`` unless ``--overwrite``; ``--resume``
-needs a checkpoint) and :func:`clear_out` (``--overwrite``). Each failure is a
-:class:`~vlscale.errors.ConfigError`: one line, exit status 2, nothing written.
+needs a checkpoint) and :func:`clear_out` (``--overwrite``; undone if the run fails before its
+first step). Each failure is a :class:`~vlscale.errors.ConfigError`: one line, exit status 2,
+nothing written.
 
 Memory check. ``vlscale.costs.memory.estimate_memory`` (the planner's per-device breakdown for
 this model, batch, sharding, precision, optimizer and loss) against the capacity of one rank:
@@ -144,12 +145,40 @@ def check_out(cfg: TrainConfig) -> None:
         )
 
 
+OVERWRITTEN = ".overwritten"  # the previous run's files while the new run has not started
+
+
 def clear_out(out: Path) -> list[str]:
-    """``--overwrite``: remove the previous run's files (records, checkpoints, traces); other
-    files in ``out`` are left alone. Returns the names removed."""
-    removed = []
+    """``--overwrite``: set the previous run's files (records, checkpoints, traces) aside in
+    ``OUT/.overwritten`` (renames: instant, no space needed); other files in ``out`` are left
+    alone. They are deleted once the new run's first step is done (:func:`drop_overwritten`)
+    and put back if it fails before (:func:`restore_overwritten`), so that a mistake found
+    after launch still leaves ``--out`` as it was. Returns the names set aside."""
+    moved = []
+    aside = out / OVERWRITTEN
+    if aside.exists():  # left by a run killed during its first step
+        shutil.rmtree(aside)
     for p in sorted(out.iterdir()) if out.is_dir() else []:
         if p.name in RUN_FILES or (p.name.startswith("trace_rank") and p.suffix == ".json"):
-            shutil.rmtree(p) if p.is_dir() else p.unlink()
-            removed.append(p.name)
-    return removed
+            aside.mkdir(exist_ok=True)
+            p.rename(aside / p.name)
+            moved.append(p.name)
+    return moved
+
+
+def restore_overwritten(out: Path) -> None:
+    """Put the files set aside by :func:`clear_out` back (what the new run wrote goes first)."""
+    aside = out / OVERWRITTEN
+    if not aside.is_dir():
+        return
+    for p in sorted(aside.iterdir()):
+        target = out / p.name
+        if target.exists():
+            shutil.rmtree(target) if target.is_dir() else target.unlink()
+        p.rename(target)
+    aside.rmdir()
+
+
+def drop_overwritten(out: Path) -> None:
+    """Delete the previous run's files set aside by :func:`clear_out` (the new run started)."""
+    shutil.rmtree(out / OVERWRITTEN, ignore_errors=True)

@@ -26,6 +26,7 @@ class RecordWriter:
     def __init__(self, out_dir: str | os.PathLike, active: bool):
         self.path = Path(out_dir) / RUN_FILE
         self.active = active
+        self.failed: str | None = None  # why an append failed (full disk): the loop stops
 
     def start(self, header: RunHeader, resume_step: int | None = None) -> None:
         """Write the header of a fresh run (replacing any old file).
@@ -49,11 +50,29 @@ class RecordWriter:
 
     def write(self, record: BaseModel) -> None:
         """Append one validated record as one line."""
-        if not self.active:
+        if not self.active or self.failed:
             return
-        with open(self.path, "a") as f:
-            f.write(_line(record))
-            f.flush()
+        try:
+            with open(self.path, "a") as f:
+                f.write(_line(record))
+                f.flush()
+        except OSError as exc:
+            # Not raised here: rank 0 alone writes, and the ranks must stop together. The loop
+            # asks every rank before the next step (trainer.step.train_loop).
+            free = _free_mib(self.path.parent)
+            self.failed = (
+                f"cannot append to {self.path} ({exc.strerror or exc}; {free:.1f} MiB free "
+                "there); free space and continue with --resume from the last checkpoint"
+            )
+
+
+def _free_mib(folder: Path) -> float:
+    import shutil
+
+    try:
+        return shutil.disk_usage(folder).free / (1 << 20)
+    except OSError:
+        return float("nan")
 
 
 def _keep(line: str, resume_step: int) -> bool:

@@ -56,6 +56,7 @@ class RunLock:
         self.path = Path(out) / LOCK_FILE
         self.held = False
         self.created_dir = False  # set by the caller: --out did not exist before the lock
+        self.created_root: Path | None = None  # and the topmost folder its mkdir -p created
         self.notes: list[str] = []
 
     def acquire(self) -> None:

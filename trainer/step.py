@@ -41,6 +41,7 @@ from trainer.losses import clip_loss, siglip_loss
 from trainer.parallelize import full_value, set_gradient_sync
 from trainer.profiling import PeakMemory, PhaseTimer, StepProfiler, synchronize
 from trainer.records import RecordWriter
+from trainer.signals import Stopped, agreed_stop
 from vlscale.costs.flops import model_flops_per_sample
 from vlscale.errors import ConfigError
 from vlscale.records import CheckpointRecord, EvalRecord, StepRecord
@@ -72,6 +73,7 @@ class LoopContext:
     start_step: int = 0
     start_samples: int = 0
     last_checkpoint: Path | None = None  # named when a non-finite step stops the run
+    after_first_step: Callable[[], None] | None = None  # e.g. drop what --overwrite set aside
     nonfinite_skips: int = 0  # steps skipped by --skip-nonfinite so far (this launch)
     # model FLOPs per sample by mask ratio: the only input of the count that varies over a run,
     # and counting costs tens of ms per call (ViT-B-32), as much as 1 % of a CPU step
@@ -217,14 +219,25 @@ def current_lr(optimizer: torch.optim.Optimizer, base_lr: float) -> float:
 
 
 def train_loop(ctx: LoopContext) -> list[StepRecord]:
-    """Steps ``start_step + 1 .. cfg.steps``; writes a record per step; returns them."""
+    """Steps ``start_step + 1 .. cfg.steps``; writes a record per step; returns them.
+
+    Before each step the ranks agree whether one of them got SIGTERM / SIGINT
+    (``trainer.signals``); if so the run stops there (:func:`stop_run`). A signal during the
+    last step lets the run finish as usual."""
     cfg = ctx.cfg
     meters = StepMeters(ctx)
     records = []
     t_start = time.perf_counter()
+    saved_at = ctx.start_step if ctx.last_checkpoint else None  # step of the newest checkpoint
     for step in range(ctx.start_step + 1, cfg.steps + 1):
+        signum = agreed_stop_or_failure(ctx)
+        if signum is not None:
+            stop_run(ctx, signum, step - 1, saved_at)
         record = run_step(ctx, step, meters)
         records.append(record)
+        if ctx.after_first_step is not None:
+            ctx.after_first_step()
+            ctx.after_first_step = None
         if step % cfg.log_every == 0 or step == cfg.steps:
             ctx.log(format_log(record, cfg.steps))
         if ctx.evaluate and cfg.eval_every and step % cfg.eval_every == 0:
@@ -239,13 +252,46 @@ def train_loop(ctx: LoopContext) -> list[StepRecord]:
             )
             dt = time.perf_counter() - t
             ctx.writer.write(CheckpointRecord(step=step, time_s=dt, path=str(path)))
-            ctx.last_checkpoint = path
+            ctx.last_checkpoint, saved_at = path, step
             ctx.log(f"checkpoint of step {step} saved to {path} ({dt:.1f} s)")
+    agreed_stop_or_failure(ctx)  # the last step's records are on disk too
     if records:
         ctx.log(format_summary(records, time.perf_counter() - t_start, ctx.writer.path))
     else:
         ctx.log(f"nothing to train: the checkpoint is at the last step ({cfg.steps})")
     return records
+
+
+def agreed_stop_or_failure(ctx: LoopContext) -> int | None:
+    """The stop signal any rank got (None: none), after raising on every rank when rank 0
+    could not append to run.jsonl (a full disk). Collective: one small all-reduce."""
+    signum, failed = agreed_stop(
+        ctx.group, ctx.device, ctx.world_size, failed=bool(ctx.writer.failed)
+    )
+    if failed:
+        err = ConfigError("out", ctx.writer.failed or "rank 0 cannot append to run.jsonl")
+        err.all_ranks = True  # rank 0 prints it
+        raise err
+    return signum
+
+
+def stop_run(ctx: LoopContext, signum: int, step: int, saved_at: int | None) -> None:
+    """Checkpoint ``step`` (the last one done) unless it is saved already, then raise
+    ``Stopped`` on every rank, together. Needs ``ctx.checkpoint`` for the save: every run has
+    an ``--out``, so the stop saves even with ``--ckpt-every 0``."""
+    if step > ctx.start_step and saved_at != step and ctx.checkpoint is not None:
+        t = time.perf_counter()
+        path = ctx.checkpoint(
+            step, ctx.start_samples + (step - ctx.start_step) * ctx.cfg.global_batch
+        )
+        dt = time.perf_counter() - t
+        ctx.writer.write(CheckpointRecord(step=step, time_s=dt, path=str(path)))
+        ctx.last_checkpoint = path
+        ctx.log(f"checkpoint of step {step} saved to {path} ({dt:.1f} s)")
+    if ctx.world_size > 1:
+        dist.barrier(group=ctx.group)  # leave together (the group is destroyed next)
+    last = ctx.last_checkpoint
+    raise Stopped(signum, step, str(last) if last is not None else None)
 
 
 class StepMeters:

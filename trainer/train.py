@@ -35,9 +35,13 @@ from vlscale.errors import ConfigError
 def main(argv: list[str] | None = None) -> int:
     """Exit status 0, or 2 after one ``error: <field>: <what to do>`` line for any mistake the
     trainer detects, before launch (config, data, tokenizer, memory, --out) or after it
-    (checkpoints, unreadable data, a non-finite step)."""
+    (checkpoints, unreadable data, a non-finite step), or 128 + N after a graceful stop on
+    signal N (143 SIGTERM, 130 SIGINT: ``trainer.signals``)."""
+    from trainer import signals
+
     rank = int(os.environ.get("RANK", "0"))
     lock = cfg = None
+    signals.install()  # first SIGTERM / SIGINT: stop after the step (trainer.signals)
     try:
         cfg = load_config(argv, env_world_size())
         device_type = resolve_device_type(cfg)
@@ -48,13 +52,29 @@ def main(argv: list[str] | None = None) -> int:
                 print(line, flush=True)
         run(cfg, device_type)
     except ConfigError as exc:
+        # From here a signal ends the process at once: torchrun's SIGTERM to a rank that waits
+        # in report_error must not be taken for a graceful stop (nor one that came before).
+        pending = signals.requested()
+        signals.uninstall()
+        if pending is not None and rank != 0:
+            os.kill(os.getpid(), pending)
         if lock is not None:
-            discard_unstarted_run(Path(cfg.out), lock.created_dir)
+            discard_unstarted_run(Path(cfg.out), lock.created_root)
         report_error(exc, rank)
         return 2
+    except signals.Stopped as stop:
+        if lock is not None and stop.checkpoint is None:
+            discard_unstarted_run(Path(cfg.out), lock.created_root)
+        if rank == 0:
+            print(stop.line(), file=sys.stderr, flush=True)
+        return stop.status
     finally:
         if lock is not None:
+            from trainer.preflight import drop_overwritten
+
+            drop_overwritten(Path(cfg.out))  # gone already unless the run failed oddly
             lock.release()
+        signals.uninstall()
     return 0
 
 
@@ -65,26 +85,57 @@ def report_error(exc: ConfigError, rank: int) -> None:
     """Print the one-line error once. Rank 0 prints at once. Another rank usually fails for the
     same reason as rank 0 (the same config, data and checkpoints), and torchrun stops it as soon
     as rank 0 exits; so it waits a little and prints only if it is still alive, i.e. when the
-    error was its own (e.g. only its data shard is unreadable)."""
+    error was its own (e.g. only its data shard is unreadable). An error that every rank
+    raised alike (``all_ranks``, e.g. a failed checkpoint save) is printed by rank 0 alone."""
+    if rank != 0 and getattr(exc, "all_ranks", False):
+        return
     if rank != 0:
         time.sleep(ERROR_DELAY_S)
     print(f"error: {exc}" + (f" (rank {rank})" if rank else ""), file=sys.stderr, flush=True)
 
 
-def discard_unstarted_run(out: Path, created_dir: bool) -> None:
+def discard_unstarted_run(out: Path, created_root: Path | None) -> None:
     """A fresh run that failed before its first step leaves nothing behind: its header-only
-    ``run.jsonl`` goes (and ``--out`` itself when this run created it)."""
+    ``run.jsonl`` goes, and ``--out`` with the folders above it that this run created
+    (``created_root``: the topmost of them; None when ``--out`` existed)."""
     from trainer.records import RUN_FILE
 
     run_file = out / RUN_FILE
     try:
         lines = run_file.read_text().splitlines()
+    except FileNotFoundError:
+        lines = []  # failed before the header (e.g. --init-from): --out may hold only the lock
     except OSError:
         return
-    if len(lines) == 1 and not (out / "ckpt").exists():
+    from trainer.preflight import restore_overwritten
+
+    if len(lines) > 1 or _has_checkpoint(out):
+        return
+    if lines:
         run_file.unlink()
-        if created_dir and not any(p.name != ".lock" for p in out.iterdir()):
-            shutil.rmtree(out, ignore_errors=True)
+    ckpt = out / "ckpt"
+    if ckpt.is_dir() and not any(ckpt.iterdir()):  # a first save that failed (full disk)
+        ckpt.rmdir()
+    restore_overwritten(out)  # --overwrite: the previous run's files come back
+    if created_root is not None and not any(p.name != ".lock" for p in out.iterdir()):
+        shutil.rmtree(out, ignore_errors=True)
+        remove_created_parents(out, created_root)
+
+
+def remove_created_parents(out: Path, created_root: Path) -> None:
+    """Remove the now empty folders from ``out``'s parent up to ``created_root``."""
+    for parent in out.parents:
+        if created_root not in (parent, *parent.parents):
+            return
+        try:
+            parent.rmdir()  # only if empty
+        except OSError:
+            return
+
+
+def _has_checkpoint(out: Path) -> bool:
+    ckpt = out / "ckpt"
+    return ckpt.is_dir() and any(ckpt.iterdir())
 
 
 def take_out(cfg: TrainConfig, notes: list[str]):
@@ -98,6 +149,10 @@ def take_out(cfg: TrainConfig, notes: list[str]):
     created = not out.exists()
     lock = RunLock(out)
     lock.created_dir = created
+    # the topmost folder the lock's mkdir -p creates: removed again if the run never starts
+    lock.created_root = (
+        next(p for p in (*reversed(out.parents), out) if not p.exists()) if created else None
+    )
     try:
         lock.acquire()
         notes.extend(lock.notes)
@@ -110,6 +165,7 @@ def take_out(cfg: TrainConfig, notes: list[str]):
         lock.release()
         if created and out.is_dir() and not any(out.iterdir()):
             out.rmdir()  # nothing half-written
+            remove_created_parents(out, lock.created_root)
         raise
     return lock
 
@@ -177,9 +233,12 @@ def run(cfg: TrainConfig, device_type: str) -> None:
 
 def train(cfg: TrainConfig, device, mesh, backend: str) -> list:
     """Train on an existing process group / ``mesh``; returns the step records (every rank)."""
+    from trainer.preflight import drop_overwritten
     from trainer.step import train_loop
 
     ctx, loader = build_context(cfg, device, mesh, backend)
+    if ctx.rank == 0 and cfg.overwrite:  # the old run's files go once the new one has started
+        ctx.after_first_step = lambda: drop_overwritten(Path(cfg.out))
     try:
         return train_loop(ctx)
     finally:
@@ -196,6 +255,7 @@ def build_context(cfg: TrainConfig, device, mesh, backend: str):
     import torch
     import torch.distributed as dist
 
+    from trainer.data.stream import derived_seed
     from trainer.identity import make_identity, new_run_id
     from trainer.optim import build_optimizer, build_param_groups, build_scheduler
     from trainer.profiling import PeakMemory
@@ -209,7 +269,7 @@ def build_context(cfg: TrainConfig, device, mesh, backend: str):
     scheduler = build_scheduler(optimizer, cfg.warmup_steps, cfg.steps)
     loader = build_train_loader(cfg, cfg.model_spec(), rank, world)
     # FLIP masks and anything else random must differ between ranks from here on.
-    torch.manual_seed(cfg.seed * 1_000_003 + rank + 1)
+    torch.manual_seed(derived_seed(cfg.seed, rank + 1))
 
     log = (lambda s: print(s, flush=True)) if rank == 0 else (lambda s: None)
     resumed = resume(cfg, world, model, optimizer, scheduler, loader, log) if cfg.resume else None
@@ -324,12 +384,9 @@ def start_records(cfg: TrainConfig, backend, device, peak, memory_metric, identi
 
 
 def make_saver(cfg: TrainConfig, model, optimizer, scheduler, loader, identity):
-    """``save(step, samples)`` writing a DCP checkpoint of everything; None without
-    ``--ckpt-every``."""
+    """``save(step, samples)`` writing a DCP checkpoint of everything: at every ``--ckpt-every``
+    steps, and on a graceful stop (``trainer.signals``) even without ``--ckpt-every``."""
     from trainer import checkpoint as ckpt
-
-    if not cfg.ckpt_every:
-        return None
 
     def save(step: int, samples: int):
         return ckpt.save_checkpoint(

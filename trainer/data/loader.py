@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import contextlib
 import multiprocessing
+import signal
 import time
 import warnings
 from collections import deque
@@ -62,6 +63,9 @@ _WORKER: tuple[SampleSource, Callable] | None = None  # per worker process, set 
 def _init_process_worker(source: SampleSource, transform: Callable) -> None:
     global _WORKER
     torch.set_num_threads(1)  # W decode processes must not each spin up all cores
+    # Ctrl-C reaches the whole foreground process group: the rank stops gracefully
+    # (trainer.signals) and closes this pool itself, so a worker must not die of it first.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     _WORKER = (source, transform)
 
 
@@ -175,6 +179,7 @@ class Loader:
         self.skipped += 1
         self._bad_in_a_row += 1
         n = self.skipped
+        exc = " ".join(str(exc).split())  # one line (library messages may span several)
         bad = f"{describe(record)} ({exc})"
         if len(self._first_bad) < NAMED_BAD and bad not in self._first_bad:
             self._first_bad.append(bad)

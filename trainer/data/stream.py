@@ -59,6 +59,12 @@ def resolve_rank(rank: int | None, world_size: int | None) -> tuple[int, int]:
     return rank, world_size
 
 
+def derived_seed(seed: int, salt: int, scale: int = 1_000_003) -> int:
+    """``seed * scale + salt`` within the 64 bits torch's generators take (the seed itself may be
+    up to 2**63 - 1); unchanged for every seed small enough not to wrap."""
+    return (seed * scale + salt) % 2**64
+
+
 def caption_text(raw: str | bytes | None) -> str:
     """A usable caption or CorruptSample: decoded UTF-8, stripped, non-empty."""
     if raw is None:

@@ -26,7 +26,7 @@ from pathlib import Path
 import torch
 from PIL import Image
 
-from trainer.data.stream import CorruptSample, caption_text, open_image, resolve_rank
+from trainer.data.stream import CorruptSample, caption_text, derived_seed, open_image, resolve_rank
 from vlscale.errors import ConfigError
 
 IMAGE_EXTS = ("jpg", "jpeg", "png", "webp")
@@ -113,7 +113,11 @@ def iter_tar_samples(path: Path, skip: int = 0) -> Iterator[dict]:
 
 
 def _broken(path: Path, exc: BaseException) -> dict:
-    return {"__key__": "?", "__shard__": str(path), "__error__": f"unreadable shard: {exc}"}
+    text = str(exc)
+    if "could not be opened successfully" in text:  # tarfile's r:* tried every method
+        text = "not a tar file (plain, gz, bz2 or xz)"
+    text = " ".join(text.split())  # one line, whatever the library wrote
+    return {"__key__": "?", "__shard__": str(path), "__error__": f"unreadable shard: {text}"}
 
 
 class WebDatasetShards:
@@ -150,7 +154,7 @@ class WebDatasetShards:
         epoch, pos = divmod(slot, n)
         if not self.shuffle:
             return self.shards[pos]
-        gen = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
+        gen = torch.Generator().manual_seed(derived_seed(self.seed, epoch))
         return self.shards[int(torch.randperm(n, generator=gen)[pos])]
 
     def initial_cursor(self) -> tuple[int, int]:
