@@ -50,6 +50,7 @@ class RunConfig:
     checkpointing: bool = False
     precision: str = "fp32"
     sharding: str = "fsdp"
+    shard_size: int | None = None  # hsdp: ranks per shard group
     split: str = "heldout"
 
     @property
@@ -58,7 +59,8 @@ class RunConfig:
         if self.recipe == "siglip":
             parts.append(self.loss_impl)
         parts += [f"r{self.mask_ratio:g}", f"b{self.global_batch}", f"w{self.world}"]
-        parts += [self.precision, self.sharding] + (["ac"] if self.checkpointing else [])
+        sharding = self.sharding + (str(self.shard_size) if self.shard_size else "")
+        parts += [self.precision, sharding] + (["ac"] if self.checkpointing else [])
         return "-".join(parts)
 
 
@@ -105,6 +107,19 @@ def grid() -> list[RunConfig]:
         RunConfig("small-clip", precision="bf16"),
         RunConfig("small-clip", sharding="ddp"),
         RunConfig("small-clip", global_batch=128),
+        # another layout: HSDP 2 x 2 at W = 4 (and FSDP at W = 4 beside it); never fitted
+        RunConfig("small-clip", world=4, global_batch=64, sharding="hsdp", shard_size=2),
+        RunConfig("small-clip", world=4, global_batch=64),
+        RunConfig("tiny-clip", world=4, global_batch=64, sharding="hsdp", shard_size=2),
+        RunConfig(
+            "small-clip",
+            world=4,
+            global_batch=64,
+            recipe="siglip",
+            loss_impl="ring",
+            sharding="hsdp",
+            shard_size=2,
+        ),
     ]
     return fit + held
 
@@ -125,6 +140,8 @@ def run_one(cfg: RunConfig, steps: int, warmup: int, runs_dir: Path) -> dict:
                "--log-every", "1000", "--out", out]  # fmt: skip
         if cfg.checkpointing:
             cmd.append("--checkpointing")
+        if cfg.shard_size:
+            cmd += ["--shard-size", str(cfg.shard_size)]
         load_before = load_average()
         start = time.perf_counter()
         proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True)
@@ -145,7 +162,9 @@ def run_one(cfg: RunConfig, steps: int, warmup: int, runs_dir: Path) -> dict:
     }
 
 
-def describe_machine(out: Path, started: str, minutes: float, loads: list[float]) -> None:
+def describe_machine(
+    out: Path, started: str, minutes: float, loads: list[float], name: str = "machine.md"
+) -> None:
     import torch
 
     lscpu = subprocess.run(["lscpu"], capture_output=True, text=True).stdout
@@ -167,7 +186,7 @@ def describe_machine(out: Path, started: str, minutes: float, loads: list[float]
         "```",
         "",
     ]
-    (out / "machine.md").write_text("\n".join(text))
+    (out / name).write_text("\n".join(text))
 
 
 def main() -> None:
@@ -190,9 +209,17 @@ def main() -> None:
         print(f"[{i}/{len(configs)}] {cfg.id} ({cfg.split}): {status}", flush=True)
     minutes = (time.perf_counter() - t0) / 60
     doc = {"started": started, "minutes": round(minutes, 1), "runs": results}
+    if args.only and (args.out / "campaign.json").exists():
+        # a partial campaign adds its runs to the record (replacing runs of the same id)
+        doc = json.loads((args.out / "campaign.json").read_text())
+        done = {r["id"] for r in results}
+        doc["runs"] = [r for r in doc["runs"] if r["id"] not in done] + results
+        doc.setdefault("added", []).append({"started": started, "only": args.only})
     (args.out / "campaign.json").write_text(json.dumps(doc, indent=1) + "\n")
     loads = [r["load_before"] for r in results if "load_before" in r]
-    describe_machine(args.out, started, minutes, loads or [0.0])
+    # a partial campaign describes its own machine beside the original's
+    name = "machine-added.md" if args.only else "machine.md"
+    describe_machine(args.out, started, minutes, loads or [0.0], name)
     failed = [r["id"] for r in results if "error" in r]
     print(f"{len(results) - len(failed)} runs in {minutes:.1f} min; failed: {failed or 'none'}")
 
