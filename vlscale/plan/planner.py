@@ -165,6 +165,7 @@ def plan(
         config.utilisation,
         ranks_per_host=cluster.node_size if device.kind == "cpu" else 1,
         framework_efficiency=config.framework_efficiency,
+        stack=config.stack,
     )
     step = _simulate_step(config, spec, recipe, cluster, compute, keep_sim)
     fit = _size_memory(spec, layout, recipe, config.global_batch, device)
