@@ -32,6 +32,7 @@ class StackProfile:
     sigma: dict[str, float] = field(default_factory=dict)
     fitted_on: dict[str, tuple[str, ...]] = field(default_factory=dict)
     notes: dict[str, str] = field(default_factory=dict)
+    spread_from: dict[str, str] = field(default_factory=dict)
 
     def to_json(self) -> dict:
         return {
@@ -78,8 +79,43 @@ def all_stacks() -> dict[str, StackProfile]:
             sigma={k: float(v["sigma"]) for k, v in gammas.items() if v.get("sigma") is not None},
             fitted_on={k: tuple(v.get("fitted_on") or ()) for k, v in gammas.items()},
             notes={k: entry[k] for k in ("loss_note", "attention_note") if k in entry},
+            spread_from=dict(entry.get("spread_from") or {}),
         )
     return out
+
+
+def record_spreads() -> tuple[float, float]:
+    """(pooled leave-one-out σ, spread of log γ over groups) stored from the record."""
+    data = _data()
+    return float(data["pooled_sigma"]), float(data["gamma_spread"])
+
+
+def compute_sigma(stack: str | None, device_name: str) -> tuple[float, str]:
+    """Lognormal σ of the compute factor for ``device_name`` under ``stack``, from the
+    published record's leave-one-out residuals (``vlscale.plan.uncertainty``)."""
+    import math
+
+    profile = get_stack(stack)
+    kind = device_kind(device_name)
+    pooled, gamma_spread = record_spreads()
+    owner = profile
+    if kind not in profile.gamma and kind in profile.spread_from:
+        owner = get_stack(profile.spread_from[kind])  # the stack whose γ the default borrows
+    if kind in owner.gamma:
+        n = len(owner.fitted_on.get(kind, ()))
+        if kind in owner.sigma:
+            return owner.sigma[kind], (
+                f"leave-one-out spread of {n} published {kind} runs of stack {owner.name}"
+            )
+        return pooled, (
+            f"{n} published {kind} run(s) of stack {owner.name}: too few for a spread; "
+            "the record's pooled leave-one-out spread"
+        )
+    sigma = math.sqrt(pooled**2 + gamma_spread**2)
+    return sigma, (
+        f"γ borrowed ({profile.name} has no {kind} runs): the record's pooled leave-one-out "
+        "spread and the spread of γ across its device / stack groups"
+    )
 
 
 def get_stack(name: str | None) -> StackProfile:
