@@ -94,7 +94,9 @@ def test_three_profiles_and_a_default_that_changes_nothing():
     stacks = all_stacks()
     assert {"pytorch-fsdp2", "openclip-2022", "nemo-megatron"} <= set(stacks)
     assert default_stack_name() == "pytorch-fsdp2"
-    assert stacks["openclip-2022"].attention == "math" and stacks["openclip-2022"].loss == "global"
+    assert stacks["openclip-2022"].attention == "math" and stacks["openclip-2022"].loss == "local"
+    variant = stacks["openclip-2022-global-loss"]
+    assert variant.loss == "global" and variant.gamma == stacks["openclip-2022"].gamma
     assert stacks["nemo-megatron"].attention == "flash"
     for device in ("V100", "A100-40GB", "A100-80GB"):
         assert stack_gamma(device) == CALIBRATED[device]

@@ -66,8 +66,11 @@ def default_stack_name() -> str:
 @cache
 def all_stacks() -> dict[str, StackProfile]:
     out = {}
-    for name, entry in _data()["stacks"].items():
-        gammas = entry.get("gamma") or {}
+    data = _data()["stacks"]
+    for name, entry in data.items():
+        # a variant (gamma_from) has no runs of its own: it takes another stack's fit
+        gammas = data[entry["gamma_from"]].get("gamma") if "gamma_from" in entry else None
+        gammas = gammas or entry.get("gamma") or {}
         out[name] = StackProfile(
             name=name,
             description=entry["description"],
