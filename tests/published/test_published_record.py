@@ -2,7 +2,7 @@
 it, leave-one-out errors and the coverage of the error bars (vlscale.plan.published_record,
 vlscale.plan.papers_table, vlscale.specs.stacks).
 
-Figures at the time of writing (``vlscale papers``): 46 runs + 4 FLIP ratio rows from 8 sources;
+Figures at the time of writing (``vlscale papers``): 47 runs + 4 FLIP ratio rows from 9 sources;
 leave-one-out median |error| nemo-megatron A100 1.3 %, H100 1.9 %, openclip-2022 A100 14.6 %;
 P10-P90 holds 36 of 43 published values (84 %), P5-P95 37 (86 %).
 """
