@@ -189,6 +189,12 @@ def papers_cmd(
             f"leave-one-out median |error| {key}: {value['median_abs_loo_error']:.1%} "
             f"({value['runs']} runs)"
         )
+    cov = coverage(rows)
+    if cov["runs"]:
+        typer.echo(
+            f"P10-P90 holds {cov['inside_p10_p90']} of {cov['runs']} published values "
+            f"({cov['p10_p90']:.0%}); P5-P95 {cov['inside_p05_p95']} ({cov['p05_p95']:.0%})"
+        )
 
 
 @handles_bad_input
