@@ -32,6 +32,7 @@ COMMANDS = (
     ("sweep", plan.sweep_cmd),
     ("tune", tune.tune_cmd),
     ("report", report.report_cmd),
+    ("stacks", report.stacks_cmd),
     ("papers", report.papers_cmd),
 )
 

@@ -86,6 +86,14 @@ DecodeOpt = Annotated[
     ),
 ]
 HwOpt = Annotated[str | None, typer.Option("--hardware-file", help="YAML/TOML with devices")]
+StackOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--stack",
+        help="software stack profile (vlscale stacks): its γ per device kind",
+        show_default="pytorch-fsdp2, this project's trainer",
+    ),
+]
 # `vlscale collectives` (no run layout); the layout's own flags come from vlscale.cli.layout_options
 PerNodeOpt = Annotated[
     int | None,

@@ -33,6 +33,7 @@ from vlscale.cli.options import (
     SchedulerOpt,
     ShapeOpt,
     SlicesOpt,
+    StackOpt,
     StepsOpt,
     StragglerOpt,
     UtilOpt,
@@ -86,6 +87,7 @@ def plan_cmd(
     sim_steps: StepsOpt = None,
     decode_rate: DecodeOpt = None,
     hardware_file: HwOpt = None,
+    stack: StackOpt = None,
     image_size: ImageOpt = None,
     trace: Annotated[
         Path | None, typer.Option("--trace", help="write the simulated timeline (Chrome JSON)")
@@ -129,6 +131,7 @@ def plan_cmd(
         sim_steps=sim_steps,
         decode_samples_per_s_per_device=decode_rate,
         hardware_file=hardware_file,
+        stack=stack,
         image_size=image_size,
         **(layout_flags or {}),
     )
@@ -241,6 +244,7 @@ def compare_cmd(
     utilisation: UtilOpt = None,
     price: PriceOpt = None,
     hardware_file: HwOpt = None,
+    stack: StackOpt = None,
     report: ReportOpt = None,
     as_json: JsonOpt = False,
     layout_flags: dict | None = None,
@@ -278,6 +282,7 @@ def compare_cmd(
             utilisation=utilisation,
             price_per_device_hour=price,
             hardware_file=hardware_file,
+            stack=stack,
             **(layout_flags or {}),
         )
         results.append(plan(cfg).to_json())
@@ -403,6 +408,7 @@ def sweep_cmd(
     quiet: Annotated[bool, typer.Option("--quiet", help="no progress bar")] = False,
     num_slices: SlicesOpt = None,
     slice_shape: ShapeOpt = None,
+    stack: StackOpt = None,
     workers: WorkersOpt = None,
     scheduler: SchedulerOpt = None,
     max_points: Annotated[
@@ -427,7 +433,7 @@ def sweep_cmd(
     check_output_file(out, "out", (".csv", ".parquet"))
     topology = {
         k: v
-        for k, v in dict(num_slices=num_slices, slice_shape=slice_shape).items()
+        for k, v in dict(num_slices=num_slices, slice_shape=slice_shape, stack=stack).items()
         if v is not None
     } | (layout_flags or {})
     points = expand_grid(grid_file).with_overrides(topology)

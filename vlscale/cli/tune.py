@@ -14,6 +14,7 @@ from vlscale.cli.options import (
     RecipeOpt,
     SamplesOpt,
     SchedulerOpt,
+    StackOpt,
     WorkersOpt,
 )
 
@@ -53,6 +54,7 @@ def tune_cmd(
     deadline_h: DeadlineOpt = None,
     budget_usd: BudgetOpt = None,
     top: TopOpt = 10,
+    stack: StackOpt = None,
     workers: WorkersOpt = None,
     scheduler: SchedulerOpt = None,
     quiet: Annotated[bool, typer.Option("--quiet", help="no progress bar")] = False,
@@ -78,6 +80,7 @@ def tune_cmd(
         deadline_h=deadline_h,
         budget_usd=budget_usd,
         top=top,
+        base={"stack": stack} if stack is not None else {},
     )
     result = tune(request, workers=workers, scheduler=scheduler, progress=not quiet)
     typer.echo(result.summary.line(), err=True)

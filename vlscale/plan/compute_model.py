@@ -64,6 +64,7 @@ def resolve_compute(
     utilisation: float | None = None,
     ranks_per_host: int = 1,
     framework_efficiency: float | None = None,
+    stack: str | None = None,
 ) -> ComputeModel:
     """The compute model for ``device`` (module docstring for the precedence)."""
     if utilisation is None and device.compute is None and device.measured is not None:
@@ -83,11 +84,32 @@ def resolve_compute(
         cal = f"; calibrated: {prof.calibration.source}" if prof.calibration else ""
         return ComputeModel(rank_resources(device, prof, ranks_per_host), gamma, prof.source + cal)
     prof = default_profile(device)
-    gamma, why = CALIBRATED.get(device.derived_from or device.name, FALLBACK)
+    gamma, why = stack_gamma(device.derived_from or device.name, stack)
     if framework_efficiency is not None:
         gamma, why = framework_efficiency, "given (--framework-efficiency)"
     source = f"per-op model, catalog defaults (assumed); framework efficiency {gamma:.3f}: {why}"
     return ComputeModel(rank_resources(device, prof, ranks_per_host), gamma, source)
+
+
+def stack_gamma(device_name: str, stack: str | None = None) -> tuple[float, str]:
+    """γ of ``device_name`` under ``stack`` and where it came from. The default stack (None or
+    its name) keeps the stored ``CALIBRATED`` values; another stack uses the γ fitted for the
+    device kind on its named published runs (``vlscale/specs/data/stacks.yaml``), and a kind it
+    has none for borrows the default's, marked assumed."""
+    from vlscale.specs.stacks import default_stack_name, device_kind, get_stack
+
+    base = CALIBRATED.get(device_name, FALLBACK)
+    if stack is None or stack == default_stack_name():
+        return base
+    profile = get_stack(stack)
+    kind = device_kind(device_name)
+    if kind in profile.gamma:
+        runs = profile.fitted_on.get(kind, ())
+        return profile.gamma[kind], (
+            f"calibrated on {len(runs)} published {kind} run(s) of stack {stack} "
+            f"({profile.gamma_source})"
+        )
+    return base[0], f"assumed: stack {stack} has no {kind} runs; the default stack's γ ({base[1]})"
 
 
 @cache

@@ -100,6 +100,10 @@ class PlanConfig(BaseModel):
     framework_efficiency: float | None = Field(
         default=None, gt=0.0, le=1.0, description="overrides the device kind's calibrated γ"
     )
+    stack: str | None = Field(
+        default=None,
+        description="software stack profile (vlscale stacks); None: the project's own trainer",
+    )
     compute_efficiency_scale: float = Field(
         default=1.0, gt=0.0, le=10.0, description="compute roofline times / this (uncertainty)"
     )
@@ -143,6 +147,15 @@ class PlanConfig(BaseModel):
         # pydantic would read `samples: true` as 1 sample; a count is a number
         if isinstance(value, bool):
             raise ValueError(f"must be a whole number, not {str(value).lower()}")
+        return value
+
+    @field_validator("stack")
+    @classmethod
+    def _known_stack(cls, value: str | None) -> str | None:
+        if value is not None:
+            from vlscale.specs.stacks import get_stack
+
+            get_stack(value)  # a ConfigError naming the stacks
         return value
 
     @model_validator(mode="after")

@@ -2,80 +2,164 @@
 
 One row per (run, metric), the ``vlscale papers --json`` contract::
 
-    {"id", "source", "metric", "published", "predicted", "error", "calibration"}
+    {"id", "source", "metric", "published", "predicted", "error", "calibration",
+     "stack", "hardware", "devices", "split", "loo_error", "p10", "p90"}
 
-- ``error`` = (predicted − published) / published, signed (positive: the planner is slower /
-  more expensive than the paper). A miss stays in the table with its real error.
-- ``calibration`` is true for a run whose wall time a stored constant was solved from
-  (``vlscale.plan.compute_model.CALIBRATED``): its error only shows that the constant still
-  reproduces its own case; every other row is a prediction.
+(plus ``source_id``, ``where``, ``quote`` and, for a run not planned, ``reason``).
 
-Rows, all planned with the public ``plan()`` (nothing here predicts on its own):
+- Runs come from ``vlscale/plan/data/published_runs.yaml`` (``vlscale.plan.published_record``),
+  each planned with its software stack's γ (``--stack``). ``error`` = (predicted − published) /
+  published, signed; for ``wall_time_h`` positive means the planner is slower, for
+  ``samples_per_s`` positive means it is faster. A miss stays in the table with its real error.
+- ``split``: ``calibration`` (γ of its (device kind, stack) was fitted on it: ``calibration`` is
+  true and ``error`` is in-sample), ``prediction`` (never fitted on), ``not_plannable`` (listed
+  with ``reason``; ``predicted`` / ``error`` are null).
+- ``loo_error``: the error of a calibration run predicted with γ fitted on the other runs of its
+  group (null for a group of one); for a prediction it is its ``error``.
+- ``p10`` / ``p90``: the band of the published metric from the leave-one-out spread of the run's
+  group (for a calibration run, of the group's other runs; a group with too few runs uses the
+  pooled spread of all groups), around the held-out prediction.
+- FLIP Table 1a (``FLIP_TABLE_1A``): ``relative_wall_time`` and ``relative_flops`` of mask 0.5 and
+  0.75 against mask 0 (the paper reports ratios): no band.
 
-- ``wall_time_h`` of the absolute runs: CLIP ViT-L/14 on V100 and OpenCLIP ViT-B/32 on A100
-  (``PUBLISHED_RUNS``, the calibration cases), OpenCLIP ViT-B/16 and ViT-L/14 on A100
-  (``PREDICTED_RUNS``).
-- FLIP Table 1a (``FLIP_TABLE_1A``): ``relative_wall_time`` and ``relative_flops`` of mask 0.5
-  and 0.75 against mask 0 (the paper reports ratios, not hours): planned wall time and model
-  FLOPs per sample of the row over those of the mask-0 row.
-
-EVA-CLIP and SigLIP are not rows: no source the project holds gives their hardware, batch and
-wall time (or throughput) together.
+``coverage`` states how often the published value falls inside P10–P90 and P5–P95.
 """
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
-from vlscale.plan.published_runs import (
-    FLIP_SOURCE,
-    FLIP_TABLE_1A,
-    PREDICTED_RUNS,
-    PUBLISHED_RUNS,
-    PublishedRun,
-    flip_config,
+from vlscale.plan.published_runs import FLIP_SOURCE, FLIP_TABLE_1A, flip_config
+
+KEYS = (
+    "id",
+    "source",
+    "metric",
+    "published",
+    "predicted",
+    "error",
+    "calibration",
+    "stack",
+    "hardware",
+    "devices",
+    "split",
+    "loo_error",
+    "p10",
+    "p90",
+    "source_id",
+    "where",
+    "quote",
 )
+Z10 = 1.2815515655446004  # standard normal quantile of 0.90
+Z05 = 1.6448536269514722  # of 0.95
 
-KEYS = ("id", "source", "metric", "published", "predicted", "error", "calibration")
+
+def _rms(values: list[float]) -> float | None:
+    return math.sqrt(sum(v * v for v in values) / len(values)) if values else None
 
 
-def _row(id_: str, source: str, metric: str, published: float, predicted: float, calib: bool):
+def _band(centre: float, sigma: float | None, z: float) -> tuple[float | None, float | None]:
+    if sigma is None:
+        return None, None
+    return centre * math.exp(-z * sigma), centre * math.exp(z * sigma)
+
+
+def pooled_sigma() -> float | None:
+    """RMS of every leave-one-out log residual of the record."""
+    from vlscale.plan.published_record import fit_groups
+
+    return _rms([r for f in fit_groups().values() for r in f.loo_log_residual.values()])
+
+
+def run_spread(run) -> tuple[float | None, float | None]:
+    """(held-out prediction, σ) of a planned run (module docstring)."""
+    from vlscale.plan.published_record import fit_groups, predict
+
+    fit = fit_groups().get(run.group)
+    pooled = pooled_sigma()
+    if run.split == "calibration":
+        if fit is None or run.id not in fit.loo_gamma:
+            return None, pooled
+        centre = predict(run, fit.loo_gamma[run.id])
+        others = [r for rid, r in fit.loo_log_residual.items() if rid != run.id]
+        return centre, _rms(others) if len(others) >= 2 else pooled
+    sigma = fit.sigma if fit is not None and fit.sigma is not None else pooled
+    return predict(run), sigma
+
+
+def record_rows() -> list[dict[str, Any]]:
+    """One row per run of the data file (module docstring)."""
+    from vlscale.plan.published_record import load_record, predict
+
+    rows = []
+    for run in load_record():
+        row = {
+            "id": run.id,
+            "source": f"{run.source_title}, {run.where}: {run.url}",
+            "metric": run.metric,
+            "published": run.published,
+            "predicted": None,
+            "error": None,
+            "calibration": run.split == "calibration",
+            "stack": run.stack,
+            "hardware": run.device,
+            "devices": run.devices,
+            "split": run.split,
+            "loo_error": None,
+            "p10": None,
+            "p90": None,
+            "source_id": run.source,
+            "where": run.where,
+            "quote": run.quote,
+        }
+        if run.split == "not_plannable":
+            row["reason"] = run.reason
+            rows.append(row)
+            continue
+        predicted = predict(run)
+        row["predicted"] = predicted
+        row["error"] = (predicted - run.published) / run.published
+        centre, sigma = run_spread(run)
+        if run.split == "prediction":
+            row["loo_error"] = row["error"]
+        elif centre is not None:
+            row["loo_error"] = (centre - run.published) / run.published
+        if centre is not None:
+            row["p10"], row["p90"] = _band(centre, sigma, Z10)
+            row["p05"], row["p95"] = _band(centre, sigma, Z05)
+        rows.append(row)
+    return rows
+
+
+def _flip_row(name, source, metric, published, predicted) -> dict[str, Any]:
+    from vlscale.specs.stacks import default_stack_name
+
     return {
-        "id": id_,
+        "id": name,
         "source": source,
         "metric": metric,
         "published": float(published),
         "predicted": float(predicted),
         "error": (float(predicted) - float(published)) / float(published),
-        "calibration": calib,
+        "calibration": False,
+        "stack": default_stack_name(),  # FLIP's JAX code is not a profile: planned as default
+        "hardware": "TPUv3",
+        "devices": 128,
+        "split": "prediction",
+        "loo_error": (float(predicted) - float(published)) / float(published),
+        "p10": None,
+        "p90": None,
+        "source_id": "flip-paper",
+        "where": "Table 1a",
+        "quote": f"{metric.replace('_', ' ')} {published:g} (vs mask 0 = 1.00)",
     }
 
 
-def is_calibration_case(run: PublishedRun) -> bool:
-    """True when the stored constant of the run's device was solved from this run: the run is
-    one of ``PUBLISHED_RUNS`` (one per calibrated device) and its device is in ``CALIBRATED``."""
-    from vlscale.plan.compute_model import CALIBRATED
-
-    return run.name in PUBLISHED_RUNS and run.config.device in CALIBRATED
-
-
-def paper_rows() -> list[dict[str, Any]]:
-    """All rows (module docstring), absolute runs first, then FLIP."""
+def flip_rows() -> list[dict[str, Any]]:
     from vlscale.plan.planner import plan
 
     rows = []
-    for run in (*PUBLISHED_RUNS.values(), *PREDICTED_RUNS.values()):
-        predicted = plan(run.config).wall_time_h
-        rows.append(
-            _row(
-                run.name,
-                run.source,
-                "wall_time_h",
-                run.wall_time_h,
-                predicted,
-                is_calibration_case(run),
-            )
-        )
     reference, *others = FLIP_TABLE_1A
     base = plan(flip_config(reference))
     base_flops = base.costs.model_flops_per_step / reference.global_batch
@@ -84,23 +168,67 @@ def paper_rows() -> list[dict[str, Any]]:
         flops = result.costs.model_flops_per_step / row.global_batch
         name = f"flip-vit-l16-tpuv3-mask{round(row.mask_ratio * 100)}"
         source = f"{FLIP_SOURCE} (mask {row.mask_ratio:g}, batch {row.global_batch:,} vs mask 0)"
+        wall = result.wall_time_h / base.wall_time_h
+        rows.append(_flip_row(name, source, "relative_wall_time", row.relative_wall_time, wall))
         rows.append(
-            _row(
-                name,
-                source,
-                "relative_wall_time",
-                row.relative_wall_time,
-                result.wall_time_h / base.wall_time_h,
-                False,
-            )
-        )
-        rows.append(
-            _row(name, source, "relative_flops", row.relative_flops, flops / base_flops, False)
+            _flip_row(name, source, "relative_flops", row.relative_flops, flops / base_flops)
         )
     return rows
 
 
+def paper_rows() -> list[dict[str, Any]]:
+    """All rows: the data file's runs, then FLIP."""
+    return [*record_rows(), *flip_rows()]
+
+
+def _planned(rows):
+    return [r for r in rows if r["error"] is not None]
+
+
 def mean_abs_error(rows: list[dict[str, Any]], *, calibration: bool = False) -> float | None:
     """Mean |error| over the prediction rows (or the calibration rows); None when there are none."""
-    errors = [abs(r["error"]) for r in rows if r["calibration"] == calibration]
+    errors = [abs(r["error"]) for r in _planned(rows) if r["calibration"] == calibration]
     return sum(errors) / len(errors) if errors else None
+
+
+def median_abs_error(rows: list[dict[str, Any]], key: str = "error") -> float | None:
+    """Median |error| over the prediction rows (``key``: ``error`` or ``loo_error``)."""
+    errors = sorted(
+        abs(r[key]) for r in _planned(rows) if not r["calibration"] and r[key] is not None
+    )
+    if not errors:
+        return None
+    mid = len(errors) // 2
+    return errors[mid] if len(errors) % 2 else (errors[mid - 1] + errors[mid]) / 2
+
+
+def loo_by_stack(rows: list[dict[str, Any]]) -> dict[str, dict[str, float]]:
+    """Per stack and device: median |leave-one-out error| and how many runs gave one."""
+    groups: dict[str, list[float]] = {}
+    for r in rows:
+        if r.get("loo_error") is not None and not r["metric"].startswith("relative"):
+            groups.setdefault(f"{r['stack']} / {r['hardware'].split('-')[0]}", []).append(
+                abs(r["loo_error"])
+            )
+    out = {}
+    for key, errs in sorted(groups.items()):
+        errs.sort()
+        mid = len(errs) // 2
+        med = errs[mid] if len(errs) % 2 else (errs[mid - 1] + errs[mid]) / 2
+        out[key] = {"median_abs_loo_error": med, "runs": len(errs)}
+    return out
+
+
+def coverage(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """How often the published value lies inside the row's P10–P90 and P5–P95 bands."""
+    banded = [r for r in rows if r["p10"] is not None and r.get("p05") is not None]
+    inside = sum(r["p10"] <= r["published"] <= r["p90"] for r in banded)
+    inside95 = sum(r["p05"] <= r["published"] <= r["p95"] for r in banded)
+    n = len(banded)
+    return {
+        "p10_p90": inside / n if n else None,
+        "p05_p95": inside95 / n if n else None,
+        "runs": n,
+        "inside_p10_p90": inside,
+        "inside_p05_p95": inside95,
+    }

@@ -165,9 +165,10 @@ def plan(
         config.utilisation,
         ranks_per_host=cluster.node_size if device.kind == "cpu" else 1,
         framework_efficiency=config.framework_efficiency,
+        stack=config.stack,
     )
     step = _simulate_step(config, spec, recipe, cluster, compute, keep_sim)
-    fit = _size_memory(spec, layout, recipe, config.global_batch, device)
+    fit = _size_memory(spec, layout, recipe, config.global_batch, device, config.stack)
     run = plan_run(
         config.samples,
         config.global_batch,
@@ -281,8 +282,11 @@ class _Fit:
     warnings: list[str]
 
 
-def _size_memory(spec, layout: RunLayout, recipe, global_batch: int, device) -> _Fit:
+def _size_memory(
+    spec, layout: RunLayout, recipe, global_batch: int, device, stack: str | None = None
+) -> _Fit:
     memory = estimate_memory(spec, layout, recipe, local_batch=layout.micro_batch(global_batch))
+    memory = _stack_memory(memory, spec, layout, recipe, global_batch, stack)
     capacity = int(device.memory.hbm_bytes)
     try:
         largest = max_local_batch(spec, capacity, layout, recipe)
@@ -297,6 +301,33 @@ def _size_memory(spec, layout: RunLayout, recipe, global_batch: int, device) -> 
             "(try --checkpointing, more devices or a smaller batch)"
         )
     return _Fit(memory, capacity, largest, fits, warnings)
+
+
+def _stack_memory(memory, spec, layout: RunLayout, recipe, global_batch: int, stack: str | None):
+    """A stack's extra bytes (``vlscale.costs.stack_memory``): math attention's saved scores
+    into ``activations``, OpenCLIP's global logits into ``loss_buffers``. The default stack is
+    this project's trainer: nothing is added (``max_local_batch`` does not count them)."""
+    if stack is None:
+        return memory
+    from dataclasses import replace
+
+    from vlscale.costs.stack_memory import attention_score_bytes, global_logit_bytes
+    from vlscale.specs.stacks import get_stack
+
+    profile = get_stack(stack)
+    micro = layout.micro_batch(global_batch)
+    extra_act = extra_loss = 0
+    if profile.attention == "math":
+        extra_act = attention_score_bytes(
+            spec, micro, layout.precision, layout.checkpointing, recipe.mask_ratio or 0.0
+        )
+    if profile.loss == "global":
+        extra_loss = global_logit_bytes(recipe.loss, micro, layout.devices)
+    return replace(
+        memory,
+        activations=memory.activations + extra_act,
+        loss_buffers=memory.loss_buffers + extra_loss,
+    )
 
 
 def _compute_json(compute) -> dict[str, Any]:

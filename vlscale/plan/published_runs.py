@@ -5,7 +5,9 @@ authors report. ``solve_framework_efficiency`` finds the framework efficiency γ
 per-op model reproduce a case (bisection: the planned wall time is non-increasing in γ);
 ``vlscale.plan.compute_model`` stores the result for ONE case per device kind, and the others are
 predictions: the other OpenCLIP LAION-400M runs (``PREDICTED_RUNS``) and FLIP's Table 1a.
-``vlscale.plan.papers_table`` puts them all in one table (``vlscale papers``).
+These cases pin the catalog's γ (the default stack's). The published record behind ``vlscale
+papers`` is the data file ``vlscale/plan/data/published_runs.yaml`` (``published_record``), where
+these runs are entries too; ``vlscale.plan.papers_table`` adds FLIP's ratios to it.
 """
 
 from __future__ import annotations

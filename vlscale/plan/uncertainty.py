@@ -7,13 +7,17 @@ roofline time, ``comm_efficiency_scale`` every collective's transfer time):
 
 - compute: σ from how the compute model was obtained —
   a calibrated profile (``vlscale calibrate``): its fit's replay MAPE (the residual spread);
-  a catalog device with a γ solved from a published run: ``CALIBRATED_SIGMA`` = 0.10, the spread
-  of γ solved separately from the three OpenCLIP A100 runs (0.303 – 0.340 around 0.32,
-  benchmarks/calibrate_published.py); a device whose γ is borrowed, or ``--utilisation``:
+  a catalog device (the per-op model with a stack's γ): the published record's own
+  leave-one-out residuals (``vlscale.specs.stacks.compute_sigma``): the RMS of log(predicted /
+  published) of the (device kind, stack) group's runs each predicted with γ fitted on the others;
+  a group of one run: the record's pooled spread; a γ borrowed from another device: the pooled
+  spread and the spread of γ across groups, added in quadrature; ``--utilisation``:
   ``ASSUMED_SIGMA`` = 0.25 (documented range: MFU of tuned CLIP-scale runs spans about a factor
   of 1.5 between reports);
 - communication: ``COMM_SIGMA`` = 0.15, the tolerance within which the collective model holds
-  published nccl-tests and scaling-book figures (tests/published/test_published_collectives.py).
+  published nccl-tests and scaling-book figures (tests/published/test_published_collectives.py),
+  for a calibrated profile and ``--utilisation``; with the record's spread it is 0: those
+  residuals are end to end and already hold the communication error.
 
 The percentiles are empirical over the draws (numpy's linear interpolation); with zero spread
 every draw is the deterministic plan, so P10 = P50 = P90 = it (tests/properties).
@@ -56,6 +60,11 @@ def default_spread(config: PlanConfig) -> Spread:
     if "calibrated" in origins and "calibration_mape" in model:
         mape = float(model["calibration_mape"])
         return Spread(mape, COMM_SIGMA, f"calibrated profile: its replay MAPE {mape:.1%}")
+    if "per-op model, catalog defaults" in source:
+        from vlscale.specs.stacks import compute_sigma
+
+        sigma, why = compute_sigma(config.stack, config.device)
+        return Spread(sigma, 0.0, why, "included in the record's end-to-end residuals")
     gamma_part = source.split("framework efficiency", 1)[-1]
     if "calibrated on" in gamma_part:
         return Spread(CALIBRATED_SIGMA, COMM_SIGMA, "γ solved from a published run: ±10 %")

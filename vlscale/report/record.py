@@ -100,7 +100,11 @@ CALIBRATION_HEADER = [
     "max error replay",
     "max error prediction",
 ]
-PAPERS_HEADER = ["run", "metric", "published", "predicted", "error", "used for", "source"]
+PAPERS_HEADER = ["run", "stack", "metric", "published", "predicted", "error", "LOO", "split"]
+
+
+def _num(value, fmt: str) -> str:
+    return "-" if value is None else format(value, fmt)
 
 
 def papers_table(rows: list[dict[str, Any]]) -> list[list[str]]:
@@ -108,12 +112,13 @@ def papers_table(rows: list[dict[str, Any]]) -> list[list[str]]:
     return [
         [
             r["id"],
+            r.get("stack", "-"),
             r["metric"],
-            f"{r['published']:.4g}",
-            f"{r['predicted']:.4g}",
-            f"{100 * r['error']:+.1f} %",
-            "calibration" if r["calibration"] else "prediction",
-            r["source"],
+            _num(r["published"], ".4g"),
+            _num(r["predicted"], ".4g"),
+            "-" if r["error"] is None else f"{100 * r['error']:+.1f} %",
+            "-" if r.get("loo_error") is None else f"{100 * r['loo_error']:+.1f} %",
+            r.get("split") or ("calibration" if r["calibration"] else "prediction"),
         ]
         for r in rows
     ]

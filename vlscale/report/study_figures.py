@@ -332,7 +332,8 @@ def papers_figure(
         (False, "prediction", "#4C78A8"),
         (True, "calibration case", "#BAB0AC"),
     ):
-        part = [r for r in rows if r["calibration"] == calib]
+        # a run listed as not plannable has no error to draw
+        part = [r for r in rows if r["calibration"] == calib and r["error"] is not None]
         if not part:
             continue
         fig.add_trace(
