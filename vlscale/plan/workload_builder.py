@@ -57,7 +57,7 @@ from vlscale.costs.memory import fsdp_units
 from vlscale.costs.ops import Op, UnitOps, unit_ops
 from vlscale.costs.params import parameter_shapes
 from vlscale.costs.step_ops import fsdp_copy_ops, loss_ops, optimizer_ops, ring_loss_ops
-from vlscale.costs.topology import Group, make_group, replica_group
+from vlscale.costs.topology import Group, Tier, make_group, replica_group
 from vlscale.errors import ConfigError
 from vlscale.sim.workload import (
     ClipGatherLoss,
@@ -98,7 +98,8 @@ class _Timed:
 @dataclass(frozen=True)
 class _Collectives:
     """Collective times: the profile's measured per-collective α–β where it has one (gloo on a
-    CPU host), else ``vlscale.costs.collectives`` over the group's tiers."""
+    CPU host), else ``vlscale.costs.collectives`` over the group's tiers; both through
+    ``Tier.phase_time``, the one α–β formula."""
 
     group: Group
     measured: dict
@@ -106,12 +107,21 @@ class _Collectives:
     efficiency: float = 1.0  # scales every transfer time by 1 / efficiency (uncertainty draws)
 
     def _fit(self, kind: str, steps: int, moved: float, default):
-        fit = self.measured.get(kind)
-        if fit is None:
+        tier = self.measured_tier(kind)
+        if tier is None:
             r = default()
             return _Timed(r.time_s / self.efficiency + self.overhead_s, r.bytes_moved_per_rank)
-        t = (steps * fit.alpha_s + moved / fit.bandwidth) / self.efficiency
+        t = tier.phase_time(steps, moved) / self.efficiency
         return _Timed(t + self.overhead_s, moved)
+
+    def measured_tier(self, kind: str) -> Tier | None:
+        """The profile's measured α–β for ``kind`` as a tier with n½ = 0 and η = 1, so that
+        formula (1) of ``vlscale.costs.topology`` is its T = steps·α + bytes / B; None when the
+        profile has none (then the group's own tiers price the collective)."""
+        fit = self.measured.get(kind)
+        if fit is None:
+            return None
+        return Tier(f"measured:{kind}", fit.bandwidth, alpha_s=fit.alpha_s)
 
     def all_gather(self, shard: float):
         w = self.group.size
