@@ -285,14 +285,12 @@ def build_workload(
     decode_samples_per_s: float | None = None,
     comm_efficiency: float = 1.0,
 ) -> tuple[Workload, StepCosts]:
-    """The durations of one step on one rank (module docstring) and the step's totals.
+    """The durations of one step on one rank (module docstring) and the step's totals: the
+    units (forward, backward, their collectives) -> the loss -> the optimizer and the host ->
+    the workload -> the step's FLOPs and bytes.
 
     ``layout`` is resolved (``RunLayout.resolved``); ``local_batch`` is the micro-batch."""
-    world = layout.devices
-    if world != cluster.num_devices:
-        raise ConfigError(
-            "devices", f"the layout has {world} ranks, the cluster {cluster.num_devices}"
-        )
+    _check_world(layout, cluster)
     precision = compute_dtype(cluster.device, layout.precision)
     prof = resources.profile
     price = _Pricer(resources, framework_efficiency)
@@ -301,7 +299,55 @@ def build_workload(
     phases = dict.fromkeys(PHASES, 0.0)
 
     params = _unit_params(spec)
-    units: list[Unit] = []
+    units = _build_units(spec, recipe, layout, params, groups, price, prof, precision, local_batch)
+    for unit, moved in units:
+        _accumulate(comm, moved)
+        phases["forward"] += unit.forward_s
+        phases["backward"] += unit.backward_s
+
+    loss = _loss_costs(spec, recipe, groups, local_batch, price, layout)
+    _accumulate(comm, loss.moved)
+    phases["loss"] = loss.forward_s
+    phases["backward"] += loss.backward_s
+
+    total_params = sum(params.values())
+    optimizer_s = _optimizer_time(spec, recipe, cluster, layout, price, grad_clip, total_params)
+    grad_norm_s = groups.world.all_reduce(FP32).time_s if layout.devices > 1 else 0.0
+    phases["optimizer"] = optimizer_s + grad_norm_s
+    phases["data"] = prof.data_s_per_sample * local_batch
+    phases["other"] = prof.step_overhead_s
+    wl = Workload(
+        name=f"{spec.name} {recipe.name}/{recipe.loss_impl} on {cluster.name}",
+        world_size=layout.devices,
+        local_batch=local_batch,
+        # HSDP runs FSDP's schedule: gather per unit, one gradient sync per unit after backward
+        strategy="ddp" if layout.sharding == "ddp" else "fsdp",
+        reshard_after_forward=layout.reshard_after_forward,
+        units=tuple(unit for unit, _ in units),
+        loss=loss.phase,
+        grad_norm_all_reduce_s=grad_norm_s,
+        optimizer_s=optimizer_s,
+        host_s=phases["data"] + phases["other"],
+        input=_input_pipeline(local_batch, decode_samples_per_s),
+    )
+    peak = resources.peak(precision)
+    costs = _step_costs(spec, recipe, layout, local_batch, price, peak, comm, loss.per_pass)
+    return wl, dataclasses.replace(costs, phases_s=phases)
+
+
+def _check_world(layout: RunLayout, cluster: ClusterSpec) -> None:
+    if layout.devices != cluster.num_devices:
+        raise ConfigError(
+            "devices", f"the layout has {layout.devices} ranks, the cluster {cluster.num_devices}"
+        )
+
+
+def _build_units(
+    spec, recipe, layout: RunLayout, params, groups: _Groups, price, prof, precision, local_batch
+) -> list[tuple[Unit, dict[str, float]]]:
+    """Every FSDP unit timed with its collectives, in forward order, with the bytes each moves
+    per rank by collective kind."""
+    out = []
     for ops in unit_ops(
         spec,
         local_batch=local_batch,
@@ -312,60 +358,36 @@ def build_workload(
         unit_comm = _unit_comm(params[ops.name], groups, layout)
         overhead_s = prof.unit_overhead_s if layout.wrapped else 0.0
         unit = _timed_unit(ops, params[ops.name], unit_comm, layout, price, overhead_s)
-        _accumulate(comm, unit_comm.moved)
-        phases["forward"] += unit.forward_s
-        phases["backward"] += unit.backward_s
-        units.append(unit)
+        out.append((unit, unit_comm.moved))
+    return out
 
-    loss = _loss_costs(spec, recipe, groups, local_batch, price, layout)
-    _accumulate(comm, loss.moved)
-    phases["loss"] = loss.forward_s
-    phases["backward"] += loss.backward_s
 
-    total_params = sum(params.values())
-    optimizer_s = _optimizer_time(spec, recipe, cluster, layout, price, grad_clip, total_params)
-    grad_norm_s = groups.world.all_reduce(FP32).time_s if world > 1 else 0.0
-    phases["optimizer"] = optimizer_s + grad_norm_s
-    phases["data"] = prof.data_s_per_sample * local_batch
-    phases["other"] = prof.step_overhead_s
-    wl = Workload(
-        name=f"{spec.name} {recipe.name}/{recipe.loss_impl} on {cluster.name}",
-        world_size=world,
-        local_batch=local_batch,
-        # HSDP runs FSDP's schedule: gather per unit, one gradient sync per unit after backward
-        strategy="ddp" if layout.sharding == "ddp" else "fsdp",
-        reshard_after_forward=layout.reshard_after_forward,
-        units=tuple(units),
-        loss=loss.phase,
-        grad_norm_all_reduce_s=grad_norm_s,
-        optimizer_s=optimizer_s,
-        host_s=phases["data"] + phases["other"],
-        input=_input_pipeline(local_batch, decode_samples_per_s),
-    )
+def _step_costs(
+    spec, recipe, layout: RunLayout, local_batch, price, peak, comm, loss_per_pass
+) -> StepCosts:
+    """The step's totals: model FLOPs of all ranks, the FLOPs one rank executes and the rate
+    its matmul work runs at, and the bytes it moves (``comm``, ``loss_per_pass``)."""
     model_flops = _model_flops_per_sample(
         spec,
         mask_ratio=recipe.mask_ratio,
         loss=recipe.loss,
         loss_impl=recipe.loss_impl,
         local_batch=local_batch,
-        world_size=world,
+        world_size=layout.devices,
     )
     # FLOPs as FlopCounterMode counts them (recompute included) over the time matmuls take:
     # the rate the matmul work runs at, never below MFU
     hardware = price.total(lambda t: t.op.flops)
     matmul_s = price.total(lambda t: t.time_s, lambda t: t.op.flops > 0)
-    peak = resources.peak(precision)
-    costs = StepCosts(
-        model_flops_per_step=model_flops * local_batch * world,
+    return StepCosts(
+        model_flops_per_step=model_flops * local_batch * layout.devices,
         hardware_flops_per_rank=hardware,
         comm_bytes_per_rank=comm,
-        loss_comm_bytes_per_rank=loss.per_pass,
+        loss_comm_bytes_per_rank=loss_per_pass,
         peak_flops=peak,
         utilisation=hardware / (matmul_s * peak) if matmul_s > 0 else 0.0,
         op_times=price.table,
-        phases_s=phases,
     )
-    return wl, costs
 
 
 def _unit_params(spec: ModelSpec) -> dict[str, int]:
