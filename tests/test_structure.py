@@ -28,7 +28,6 @@ SPLIT_ELSEWHERE = "being split on another branch"
 LONG_FUNCTIONS = {
     "vlscale/cli/plan.py::plan_cmd": SPLIT_ELSEWHERE,
     "vlscale/cli/plan.py::compare_cmd": SPLIT_ELSEWHERE,
-    "vlscale/cli/models.py::memory_cmd": SPLIT_ELSEWHERE,
 }
 
 
