@@ -233,7 +233,9 @@ class _Groups:
     exposed: float
 
 
-def _groups(cluster: ClusterSpec, layout: RunLayout, prof, comm_efficiency: float) -> _Groups:
+def collective_groups(
+    cluster: ClusterSpec, layout: RunLayout, prof, comm_efficiency: float
+) -> _Groups:
     def coll(group: Group) -> _Collectives:
         return _Collectives(
             group, dict(prof.collectives), prof.collective_overhead_s, comm_efficiency
@@ -294,11 +296,11 @@ def build_workload(
     precision = compute_dtype(cluster.device, layout.precision)
     prof = resources.profile
     price = _Pricer(resources, framework_efficiency)
-    groups = _groups(cluster, layout, prof, comm_efficiency)
+    groups = collective_groups(cluster, layout, prof, comm_efficiency)
     comm = dict.fromkeys(COMM_KINDS, 0.0)
     phases = dict.fromkeys(PHASES, 0.0)
 
-    params = _unit_params(spec)
+    params = unit_params(spec)
     units = _build_units(spec, recipe, layout, params, groups, price, prof, precision, local_batch)
     for unit, moved in units:
         _accumulate(comm, moved)
@@ -390,7 +392,7 @@ def _step_costs(
     )
 
 
-def _unit_params(spec: ModelSpec) -> dict[str, int]:
+def unit_params(spec: ModelSpec) -> dict[str, int]:
     """Parameters per unit of ``unit_ops`` by name; the root's logit_scale / logit_bias (a few
     bytes) ride with the image tower's own unit, the first in forward order."""
     units = fsdp_units(spec)
@@ -415,7 +417,7 @@ def _unit_comm(params: int, groups: _Groups, layout: RunLayout) -> _Comm:
     s = layout.shard_group
     none = _Timed(0.0, 0.0)
     sharded = s > 1
-    ag = groups.shard.all_gather(params * _param_bytes(layout) / s) if sharded else none
+    ag = groups.shard.all_gather(params * param_bytes(layout) / s) if sharded else none
     rs = groups.shard.reduce_scatter(params * REDUCE_BYTES / s) if sharded else none
     replicated = layout.replicas > 1
     ar = groups.replicas.all_reduce(params * REDUCE_BYTES / s) if replicated else none
@@ -435,7 +437,7 @@ def _unit_comm(params: int, groups: _Groups, layout: RunLayout) -> _Comm:
     )
 
 
-def _param_bytes(layout: RunLayout) -> int:
+def param_bytes(layout: RunLayout) -> int:
     """Bytes of a gathered parameter: the layout's precision (fp32 matmuls may run in tf32;
     the parameters stay fp32)."""
     return BYTES_PER_ELEMENT[layout.precision]
@@ -449,7 +451,7 @@ def _timed_unit(
     fwd_ops, bwd_ops = list(ops.forward), list(ops.backward)
     if layout.sharding != "ddp" and layout.wrapped:
         copy_f, copy_b = fsdp_copy_ops(
-            params, layout.shard_group, _param_bytes(layout), layout.reshard_after_forward
+            params, layout.shard_group, param_bytes(layout), layout.reshard_after_forward
         )
         fwd_ops, bwd_ops = copy_f + fwd_ops, bwd_ops + copy_b
     fwd = price(fwd_ops) + overhead_s / 2 + comm.exposed_forward_s
