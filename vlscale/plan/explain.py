@@ -34,6 +34,11 @@ _EXPOSED = "no compute and no stall on rank 0 while it runs (split equally when 
 
 QUANTITIES: tuple[Explanation, ...] = (
     _e(
+        "layout",
+        "vlscale.plan.planner.resolve_layout",
+        "the config's RunLayout with the device's precision, node size and HSDP shard size",
+    ),
+    _e(
         "step time",
         "vlscale.plan.planner._simulate_step",
         "T = simulated step of build_workload's durations (compute, collective and P2P streams)"
