@@ -66,6 +66,23 @@ def _base_config(config: Path | None, *, note: bool = True, **flags: Any):
     return make_plan_config(data, **flags)
 
 
+# options of ``plan`` / ``compare`` that are not PlanConfig keys, and those renamed on the way
+_NOT_CONFIG = ("config", "trace", "report", "ops", "uncertainty", "draws", "explain", "as_json")
+_CONFIG_KEYS = {
+    "price": "price_per_device_hour",
+    "stragglers": "straggler_sigma",
+    "decode_rate": "decode_samples_per_s_per_device",
+}
+
+
+def _config_flags(options: dict[str, Any]) -> dict[str, Any]:
+    """A command's options (its ``locals()`` on entry) as PlanConfig keys, the layout flags
+    spread out: one mapping for ``plan`` and ``compare`` instead of a keyword list in each."""
+    layout = options.get("layout_flags") or {}
+    skip = {*_NOT_CONFIG, "layout_flags"}
+    return {_CONFIG_KEYS.get(k, k): v for k, v in options.items() if k not in skip} | layout
+
+
 @handles_bad_input
 @with_layout_options(DEFAULT_LAYOUT)
 def plan_cmd(
@@ -115,28 +132,9 @@ def plan_cmd(
 
     Defaults are the embedded scenario's (OpenCLIP's ViT-L-14 run); a --config file overrides
     them and flags override both."""
+    flags = _config_flags(locals())  # the options, before any other local is bound
     _check_report(report)
-    cfg = _base_config(
-        config,
-        model=model,
-        recipe=recipe,
-        loss_impl=loss_impl,
-        device=device,
-        num_slices=num_slices,
-        slice_shape=slice_shape,
-        global_batch=global_batch,
-        samples=samples,
-        mask_ratio=mask_ratio,
-        optimizer=optimizer,
-        utilisation=utilisation,
-        price_per_device_hour=price,
-        straggler_sigma=stragglers,
-        sim_steps=sim_steps,
-        decode_samples_per_s_per_device=decode_rate,
-        hardware_file=hardware_file,
-        image_size=image_size,
-        **(layout_flags or {}),
-    )
+    cfg = _base_config(config, **flags)
     _run_plan(cfg, trace, report, ops, uncertainty, draws, explain, as_json)
 
 
@@ -333,28 +331,14 @@ def compare_cmd(
 
     Default: CLIP gather, SigLIP gather, SigLIP ring and EVA-CLIP.
     """
+    flags = _config_flags(locals())  # the options, before any other local is bound
     from vlscale.plan.planner import plan
 
     _check_report(report)
     results = []
     for i, (rec, impl) in enumerate(_variants(recipe, loss_impl)):
-        cfg = _base_config(
-            config,
-            note=i == 0,
-            model=model,
-            recipe=rec,
-            loss_impl=impl,
-            device=device,
-            num_slices=num_slices,
-            slice_shape=slice_shape,
-            global_batch=global_batch,
-            samples=samples,
-            mask_ratio=mask_ratio,
-            utilisation=utilisation,
-            price_per_device_hour=price,
-            hardware_file=hardware_file,
-            **(layout_flags or {}),
-        )
+        variant = flags | {"recipe": rec, "loss_impl": impl}
+        cfg = _base_config(config, note=i == 0, **variant)
         results.append(plan(cfg).to_json())
     if report is not None:
         from vlscale.report.pages import write_compare_report
