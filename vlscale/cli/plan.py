@@ -260,6 +260,10 @@ def _print_explain(result) -> None:
             for c in rows
         ],
     )
+    typer.echo(
+        "bytes/call: each rank's shard for all-gather / reduce-scatter, the whole buffer for "
+        "all-reduce, one hop for p2p (vlscale.costs.collectives)"
+    )
     if result.config.layout.sharding == "hsdp":
         typer.echo(
             "HSDP: each replica all-reduce follows its unit's reduce-scatter on the same "

@@ -244,16 +244,19 @@ def _algorithm(kind: str, message: float, coll) -> tuple[str, list[str]]:
 
 
 def _describe_tier(name: str, group: Group, coll) -> str:
-    """A tier's name with its nominal bandwidth per rank (per link on a torus) and η."""
+    """A tier's name with its nominal bandwidth per rank (per link on a TPU torus) and η; a
+    ring's node-crossing edge gets the node's whole NIC, all its ranks' shares together."""
     known = [coll.measured_tier(name.removeprefix("measured:")), group.inner, group.outer]
     tier = next((t for t in [*known, group.nvls] if t is not None and t.name == name), None)
     if tier is None:
         return name
-    return f"{name} {tier.bandwidth / 1e9:.3g} GB/s (η {tier.efficiency:g})"
+    per = "link" if name == "ici" else "rank"
+    return f"{name} {tier.bandwidth / 1e9:.3g} GB/s per {per} (η {tier.efficiency:g})"
 
 
 def describe_group(group: Group) -> str:
-    """E.g. "8 = 8 per node x 1 node", "512 = 1 per node x 512 nodes", "64 = 4x4x4 torus"."""
+    """E.g. "8 = 8 per node x 1 node", "512 = 1 per node x 512 nodes",
+    "128 = 4x4x4 torus x 2 slices"."""
     if group.kind == "tpu":
         torus = "x".join(map(str, group.torus_dims)) if group.torus_dims else "1"
         inner = f"{torus} torus"
