@@ -43,22 +43,19 @@ overhead, and the optimizer works on plain tensors, not DTensors (``RunLayout.wr
 from __future__ import annotations
 
 import dataclasses
-import itertools
-import math
-import operator
 from dataclasses import dataclass, field
-from functools import reduce
 
 from vlscale.costs.collectives import all_gather, all_reduce, neighbor_exchange, reduce_scatter
-from vlscale.costs.compute import OpTime, RankResources, op_time
+from vlscale.costs.compute import OpTime, RankResources
 from vlscale.costs.dtypes import FP32, LOSS_BYTES, REDUCE_BYTES
 from vlscale.costs.flops import model_flops_per_sample, train_flops_per_sample
 from vlscale.costs.memory import fsdp_units
-from vlscale.costs.ops import Op, UnitOps, unit_ops
+from vlscale.costs.ops import UnitOps, unit_ops
 from vlscale.costs.params import parameter_shapes
 from vlscale.costs.step_ops import fsdp_copy_ops, loss_ops, optimizer_ops, ring_loss_ops
 from vlscale.costs.topology import Group, Tier, make_group, replica_group
 from vlscale.errors import ConfigError
+from vlscale.plan.op_pricer import OpPricer
 from vlscale.sim.workload import (
     ClipGatherLoss,
     InputPipeline,
@@ -148,70 +145,6 @@ class _Collectives:
         return self._fit("p2p", 1, size, lambda: neighbor_exchange(size, self.group, hops=1))
 
 
-# every field of an op but its name, as one tuple (a C-level getter: read for every op priced)
-_PRICE_KEY = operator.attrgetter(*(f.name for f in dataclasses.fields(Op) if f.name != "name"))
-
-
-@dataclass
-class _Pricer:
-    """Prices ops on one rank and remembers them (the ``--ops`` table)."""
-
-    res: RankResources
-    efficiency: float  # framework efficiency γ
-    table: list[OpTime] = field(default_factory=list)
-    # the same op priced once: a SigLIP ring on W ranks repeats its block ops W times
-    _seen: dict = field(default_factory=dict)
-    _runs: list = field(default_factory=list)  # (priced ops, times repeated), in table order
-
-    def __call__(self, ops) -> float:
-        total = 0.0
-        priced = []
-        for op in ops:
-            t = self._price(op)
-            priced.append(t)
-            total += t.time_s
-        self.table.extend(priced)
-        self._runs.append((priced, 1))
-        return self._finite(total)
-
-    def repeat(self, ops, times: int) -> float:
-        """Price ``ops`` done ``times`` times over (a ring's blocks): each priced once, the
-        table and the sum as if the list had been written out ``times`` times — the same
-        additions in the same order, so the same float, in O(len(ops)) op pricing."""
-        priced = [self._price(op) for op in ops]
-        self.table.extend(priced * times)  # one shared entry per repetition
-        self._runs.append((priced, times))
-        total = reduce(operator.add, [t.time_s for t in priced] * times, 0.0)
-        return self._finite(total)
-
-    def total(self, value, keep=lambda t: True) -> float:
-        """``sum(value(t) for t in self.table if keep(t))``, the same float (the same values in
-        the same order through the same ``sum``), evaluating ``value`` once per distinct entry."""
-        return sum(
-            itertools.chain.from_iterable(
-                [value(t) for t in priced if keep(t)] * times for priced, times in self._runs
-            )
-        )
-
-    def _price(self, op) -> OpTime:
-        key = _PRICE_KEY(op)  # the price does not depend on the name
-        priced = self._seen.get(key)
-        if priced is None:
-            unnamed = dataclasses.replace(op, name="")
-            priced = self._seen[key] = op_time(unnamed, self.res, self.efficiency)
-        return dataclasses.replace(priced, op=op)
-
-    @staticmethod
-    def _finite(total: float) -> float:
-        if not math.isfinite(total):  # e.g. --utilisation 1e-300: FLOPs / (u · peak) overflows
-            raise ConfigError(
-                "config",
-                f"the ops would take {total} s; the sizes or efficiencies are out of range "
-                "(check --utilisation and --global-batch)",
-            )
-        return total
-
-
 COMM_KINDS = ("all_gather", "reduce_scatter", "all_reduce", "p2p")
 # the phases the trainer times (trainer.step): towers forward, loss forward, loss + towers
 # backward, optimizer (with the gradient-norm all-reduce), data wait; "other" is the rest
@@ -295,7 +228,7 @@ def build_workload(
     _check_world(layout, cluster)
     precision = compute_dtype(cluster.device, layout.precision)
     prof = resources.profile
-    price = _Pricer(resources, framework_efficiency)
+    price = OpPricer(resources, framework_efficiency)
     groups = collective_groups(cluster, layout, prof, comm_efficiency)
     comm = dict.fromkeys(COMM_KINDS, 0.0)
     phases = dict.fromkeys(PHASES, 0.0)
@@ -444,7 +377,7 @@ def param_bytes(layout: RunLayout) -> int:
 
 
 def _timed_unit(
-    ops: UnitOps, params: int, comm: _Comm, layout: RunLayout, price: _Pricer, overhead_s: float
+    ops: UnitOps, params: int, comm: _Comm, layout: RunLayout, price: OpPricer, overhead_s: float
 ) -> Unit:
     """The unit's forward and backward time: its ops (with FSDP's copies around the
     collectives), half the per-unit overhead each, and the communication that does not hide."""
