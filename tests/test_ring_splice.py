@@ -154,13 +154,14 @@ def test_ring_blocks_priced_once_give_the_written_out_sums(world):
     from vlscale.costs.flops import model_flops_per_sample
     from vlscale.costs.step_ops import ring_loss_ops
     from vlscale.plan.compute_model import resolve_compute
-    from vlscale.plan.workload_builder import _model_flops_per_sample, _Pricer
+    from vlscale.plan.op_pricer import OpPricer
+    from vlscale.plan.workload_builder import _model_flops_per_sample
     from vlscale.specs.catalog import get_device
     from vlscale.specs.presets import resolve_model
 
     res = resolve_compute(get_device("H100")).resources
     b, e = 16, 768
-    written, repeated = _Pricer(res, 0.33), _Pricer(res, 0.33)
+    written, repeated = OpPricer(res, 0.33), OpPricer(res, 0.33)
     full, one = ring_loss_ops(b, world, e), ring_loss_ops(b, 1, e)
     assert written(full.blocks_forward) == repeated.repeat(one.blocks_forward, world)
     assert written(full.blocks_backward) == repeated.repeat(one.blocks_backward, world)

@@ -202,8 +202,6 @@ def memory_cmd(
     Sizes are printed in GiB (2^30 bytes), like `plan`; catalog capacities are the vendors'
     decimal GB, converted the same way in both commands. Without --precision: bf16, or the
     --device's 16-bit type."""
-    from vlscale.costs.memory import estimate_memory, max_local_batch
-    from vlscale.specs.presets import resolve_model
     from vlscale.specs.recipes import RecipeSpec
 
     check_mask_ratio(mask_ratio)
@@ -216,41 +214,59 @@ def memory_cmd(
         check_positive(field, value)
     layout = _memory_layout(layout_flags or {}, shard_degree, world_size, device)
     rec = RecipeSpec(name=recipe, loss_impl=loss_impl, optimizer=optimizer, mask_ratio=mask_ratio)
+    capacity = _device_capacity(device, device_memory_gib)
+    result = _memory_result(model, layout, rec, local_batch, capacity)
+    if as_json:
+        emit_json(result)
+        return
+    source = f"--device {device}" if device_memory_gib is None else "--device-memory-gib"
+    _print_memory(result, layout, rec, source)
+
+
+def _memory_result(
+    model: str, layout: RunLayout, rec, local_batch: int, capacity: int | None
+) -> dict[str, Any]:
+    """``vlscale memory --json``: the breakdown, and with a capacity whether it fits and the
+    largest local batch that does."""
+    from vlscale.costs.memory import estimate_memory, max_local_batch
+    from vlscale.specs.presets import resolve_model
+
     spec = resolve_model(model)
     mem = estimate_memory(spec, layout, rec, local_batch=local_batch)
-    s, world, precision = layout.shard_group, layout.devices, layout.precision
     result: dict[str, Any] = {
         "model": spec.name,
         "local_batch": local_batch,
-        "shard_degree": s,
-        "world_size": world,
-        "precision": precision,
+        "shard_degree": layout.shard_group,
+        "world_size": layout.devices,
+        "precision": layout.precision,
         "optimizer": rec.optimizer,
         "checkpointing": layout.checkpointing,
-        "mask_ratio": mask_ratio,
+        "mask_ratio": rec.mask_ratio,
         "loss_impl": rec.loss_impl,
         "breakdown": mem.as_dict(),
         "total": mem.total,
         "layout": layout.model_dump(mode="json"),
     }
-    capacity = _device_capacity(device, device_memory_gib)
     if capacity is not None:
         result["device_memory_bytes"] = capacity
         result["fits"] = mem.total <= capacity
         result["max_local_batch"] = max_local_batch(spec, capacity, layout, rec)
-    if as_json:
-        emit_json(result)
-        return
-    rows = [[k, human_bytes(v)] for k, v in mem.as_dict().items()]
-    rows.append(["total", human_bytes(mem.total)])
-    if capacity is not None:
-        source = f"--device {device}" if device_memory_gib is None else "--device-memory-gib"
-        rows.append([f"device memory ({source})", human_bytes(capacity)])
+    return result
+
+
+def _print_memory(result: dict[str, Any], layout: RunLayout, rec, source: str) -> None:
+    """The human-readable table of ``vlscale memory``; ``source`` names where the capacity
+    came from."""
+    rows = [[k, human_bytes(v)] for k, v in result["breakdown"].items()]
+    rows.append(["total", human_bytes(result["total"])])
+    if "device_memory_bytes" in result:
+        rows.append([f"device memory ({source})", human_bytes(result["device_memory_bytes"])])
         rows.append(["fits", str(result["fits"])])
         rows.append(["largest local batch", str(result["max_local_batch"])])
     print_table(
-        f"{spec.name} memory per device (b={local_batch}, {layout.sharding} shard {s}/{world}, "
-        f"{precision}, {rec.optimizer}, ckpt={layout.checkpointing})",
+        f"{result['model']} memory per device (b={result['local_batch']}, {layout.sharding} "
+        f"shard {layout.shard_group}/{layout.devices}, {layout.precision}, {rec.optimizer}, "
+        f"ckpt={layout.checkpointing})",
         ["component", "bytes"],
         rows,
     )

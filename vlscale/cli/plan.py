@@ -67,6 +67,23 @@ def _base_config(config: Path | None, *, note: bool = True, **flags: Any):
     return make_plan_config(data, **flags)
 
 
+# options of ``plan`` / ``compare`` that are not PlanConfig keys, and those renamed on the way
+_NOT_CONFIG = ("config", "trace", "report", "ops", "uncertainty", "draws", "explain", "as_json")
+_CONFIG_KEYS = {
+    "price": "price_per_device_hour",
+    "stragglers": "straggler_sigma",
+    "decode_rate": "decode_samples_per_s_per_device",
+}
+
+
+def _config_flags(options: dict[str, Any]) -> dict[str, Any]:
+    """A command's options (its ``locals()`` on entry) as PlanConfig keys, the layout flags
+    spread out: one mapping for ``plan`` and ``compare`` instead of a keyword list in each."""
+    layout = options.get("layout_flags") or {}
+    skip = {*_NOT_CONFIG, "layout_flags"}
+    return {_CONFIG_KEYS.get(k, k): v for k, v in options.items() if k not in skip} | layout
+
+
 @handles_bad_input
 @with_layout_options(DEFAULT_LAYOUT)
 def plan_cmd(
@@ -103,6 +120,13 @@ def plan_cmd(
     draws: Annotated[
         int, typer.Option("--draws", help="Monte Carlo plans for --uncertainty", min=2, max=10000)
     ] = 64,
+    explain: Annotated[
+        bool,
+        typer.Option(
+            "--explain",
+            help="each number's function and formula, and the collectives' raw time and groups",
+        ),
+    ] = False,
     as_json: JsonOpt = False,
     layout_flags: dict | None = None,
 ):
@@ -110,31 +134,17 @@ def plan_cmd(
 
     Defaults are the embedded scenario's (OpenCLIP's ViT-L-14 run); a --config file overrides
     them and flags override both."""
-    from vlscale.plan.planner import plan, summary_rows
-
+    flags = _config_flags(locals())  # the options, before any other local is bound
     _check_report(report)
-    cfg = _base_config(
-        config,
-        model=model,
-        recipe=recipe,
-        loss_impl=loss_impl,
-        device=device,
-        num_slices=num_slices,
-        slice_shape=slice_shape,
-        global_batch=global_batch,
-        samples=samples,
-        mask_ratio=mask_ratio,
-        optimizer=optimizer,
-        utilisation=utilisation,
-        price_per_device_hour=price,
-        straggler_sigma=stragglers,
-        sim_steps=sim_steps,
-        decode_samples_per_s_per_device=decode_rate,
-        hardware_file=hardware_file,
-        stack=stack,
-        image_size=image_size,
-        **(layout_flags or {}),
-    )
+    cfg = _base_config(config, **flags)
+    _run_plan(cfg, trace, report, ops, uncertainty, draws, explain, as_json)
+
+
+def _run_plan(cfg, trace, report, ops, uncertainty, draws, explain, as_json) -> None:
+    """Plan ``cfg``, write the trace and report asked for, and print the plan (JSON or
+    tables) with its spread and explanation when asked."""
+    from vlscale.plan.planner import plan
+
     if trace is not None:
         check_output_file(trace, "trace", (".json",))
     result = plan(cfg, keep_sim=trace is not None or report is not None)
@@ -151,8 +161,25 @@ def plan_cmd(
 
         spread = plan_uncertainty(cfg, draws=draws, seed=cfg.seed)
     if as_json:
-        emit_json(result.to_json(ops=ops) | ({"uncertainty": spread} if spread else {}))
+        out = result.to_json(ops=ops) | ({"uncertainty": spread} if spread else {})
+        if explain:
+            from vlscale.plan.explain import explain_json
+
+            out["explain"] = explain_json(result)
+        emit_json(out)
         return
+    _print_plan(cfg, result, ops, spread, explain)
+    for w in result.warnings:
+        typer.echo(f"warning: {w}", err=True)
+    if trace is not None:
+        typer.echo(f"trace written to {trace}", err=True)
+
+
+def _print_plan(cfg, result, ops: bool, spread, explain: bool) -> None:
+    """The plan's tables: the summary, where a step goes, and on request the ops, the
+    uncertainty and the explanation."""
+    from vlscale.plan.planner import summary_rows
+
     r = result.recipe
     title = (
         f"{cfg.model} {r.name}/{r.loss_impl} (mask {r.mask_ratio}, {r.optimizer}) on "
@@ -161,31 +188,89 @@ def plan_cmd(
     print_table(title, ["", ""], [list(row) for row in summary_rows(result)])
     breakdown = result.breakdown
     print_table(
-        "where a step goes (s)",
+        "where a step goes: exposed time on rank 0 (s)",
         list(breakdown),
         [[f"{v:.4f}" for v in breakdown.values()]],
     )
     if ops:
         _print_ops(result)
     if spread:
-        s = spread["spread"]
-        print_table(
-            f"uncertainty over {spread['draws']} plans (compute σ {s['compute_sigma']:.2f}: "
-            f"{s['compute_source']}; communication σ {s['comm_sigma']:.2f})",
-            ["", "P10", "P50", "P90"],
+        _print_uncertainty(spread)
+    if explain:
+        _print_explain(result)
+
+
+def _print_uncertainty(spread: dict) -> None:
+    s = spread["spread"]
+    print_table(
+        f"uncertainty over {spread['draws']} plans (compute σ {s['compute_sigma']:.2f}: "
+        f"{s['compute_source']}; communication σ {s['comm_sigma']:.2f})",
+        ["", "P10", "P50", "P90"],
+        [
+            [name, *(fmt.format(spread[key][q]) for q in ("p10", "p50", "p90"))]
+            for name, key, fmt in (
+                ("step time (s)", "step_time_s", "{:.3f}"),
+                ("wall time (h)", "wall_time_h", "{:,.1f}"),
+                ("cost (USD)", "cost_usd", "${:,.0f}"),
+            )
+        ],
+    )
+
+
+_COLLECTIVE_COLUMNS = [
+    "collective",
+    "for",
+    "group",
+    "tiers",
+    "algorithm",
+    "bytes/call",
+    "calls",
+    "ms/call",
+    "raw s/step",
+]
+
+
+def _print_explain(result) -> None:
+    """Where each number comes from, then the step's collectives before overlap."""
+    from vlscale.cli.app import human
+    from vlscale.plan.explain import QUANTITIES, collective_rows
+
+    print_table(
+        "where each number comes from",
+        ["quantity", "function", "formula"],
+        [[q.quantity, q.function, q.formula] for q in QUANTITIES],
+    )
+    rows = collective_rows(result)
+    if not rows:
+        typer.echo("no collectives: one device")
+        return
+    print_table(
+        "collectives of one step on rank 0: raw time, before any hides behind compute",
+        _COLLECTIVE_COLUMNS,
+        [
             [
-                [name, *(fmt.format(spread[key][q]) for q in ("p10", "p50", "p90"))]
-                for name, key, fmt in (
-                    ("step time (s)", "step_time_s", "{:.3f}"),
-                    ("wall time (h)", "wall_time_h", "{:,.1f}"),
-                    ("cost (USD)", "cost_usd", "${:,.0f}"),
-                )
-            ],
+                c["collective"],
+                c["for"],
+                c["group"],
+                ", ".join(c["tiers"]),
+                c["algorithm"],
+                human(c["bytes_per_call"], "B"),
+                f"{c['calls_per_step']:,}",
+                f"{c['time_per_call_s'] * 1e3:.3f}",
+                f"{c['raw_time_per_step_s']:.4f}",
+            ]
+            for c in rows
+        ],
+    )
+    typer.echo(
+        "bytes/call: each rank's shard for all-gather / reduce-scatter, the whole buffer for "
+        "all-reduce, one hop for p2p (vlscale.costs.collectives)"
+    )
+    if result.config.layout.sharding == "hsdp":
+        typer.echo(
+            "HSDP: each replica all-reduce follows its unit's reduce-scatter on the same "
+            "stream; the breakdown counts the pair as reduce_scatter"
         )
-    for w in result.warnings:
-        typer.echo(f"warning: {w}", err=True)
-    if trace is not None:
-        typer.echo(f"trace written to {trace}", err=True)
 
 
 def _print_ops(result, top: int = 30) -> None:
@@ -253,38 +338,14 @@ def compare_cmd(
 
     Default: CLIP gather, SigLIP gather, SigLIP ring and EVA-CLIP.
     """
-    from vlscale.plan.planner import compare_rows, plan
+    flags = _config_flags(locals())  # the options, before any other local is bound
+    from vlscale.plan.planner import plan
 
     _check_report(report)
-    if recipe or loss_impl:
-        variants = list(itertools.product(recipe or ["siglip"], loss_impl or ["gather"]))
-    else:
-        variants = [
-            ("clip", "gather"),
-            ("siglip", "gather"),
-            ("siglip", "ring"),
-            ("eva-clip", "gather"),
-        ]
     results = []
-    for i, (rec, impl) in enumerate(variants):
-        cfg = _base_config(
-            config,
-            note=i == 0,
-            model=model,
-            recipe=rec,
-            loss_impl=impl,
-            device=device,
-            num_slices=num_slices,
-            slice_shape=slice_shape,
-            global_batch=global_batch,
-            samples=samples,
-            mask_ratio=mask_ratio,
-            utilisation=utilisation,
-            price_per_device_hour=price,
-            hardware_file=hardware_file,
-            stack=stack,
-            **(layout_flags or {}),
-        )
+    for i, (rec, impl) in enumerate(_variants(recipe, loss_impl)):
+        variant = flags | {"recipe": rec, "loss_impl": impl}
+        cfg = _base_config(config, note=i == 0, **variant)
         results.append(plan(cfg).to_json())
     if report is not None:
         from vlscale.report.pages import write_compare_report
@@ -294,6 +355,21 @@ def compare_cmd(
     if as_json:
         emit_json(results)
         return
+    _print_compare(results)
+
+
+def _variants(recipes: list[str] | None, loss_impls: list[str] | None) -> list[tuple[str, str]]:
+    """(recipe, loss implementation) pairs to compare: every combination of those given
+    (siglip / gather for the one not given), else CLIP gather, SigLIP gather and ring, and
+    EVA-CLIP."""
+    if recipes or loss_impls:
+        return list(itertools.product(recipes or ["siglip"], loss_impls or ["gather"]))
+    return [("clip", "gather"), ("siglip", "gather"), ("siglip", "ring"), ("eva-clip", "gather")]
+
+
+def _print_compare(results: list[dict]) -> None:
+    from vlscale.plan.planner import compare_rows
+
     header = [""] + [
         f"{r['recipe']}/{r['loss_impl']}"
         + (f" (mask {r['mask_ratio']:g})" if r["mask_ratio"] else "")

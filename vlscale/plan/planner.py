@@ -61,6 +61,10 @@ class PlanResult:
     compute: dict[str, Any] = field(default_factory=dict)  # framework efficiency, origins
     warnings: list[str] = field(default_factory=list)
     sim: Any = None  # SimResult (events, Chrome trace) when kept
+    # what the step was built from, for ``vlscale.plan.explain`` (not in ``to_json``)
+    model_spec: ModelSpec | None = None
+    cluster: ClusterSpec | None = None
+    profile: Any = None  # the compute profile (measured collectives, overheads)
 
     def op_rows(self) -> list[dict[str, Any]]:
         """The per-op table of one micro-step on one rank (``vlscale plan --ops``)."""
@@ -211,6 +215,9 @@ def plan(
         compute=_compute_json(compute),
         warnings=fit.warnings + list(run.warnings),
         sim=sim if keep_sim else None,
+        model_spec=spec,
+        cluster=cluster,
+        profile=compute.resources.profile,
     )
 
 

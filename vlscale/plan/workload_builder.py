@@ -43,22 +43,19 @@ overhead, and the optimizer works on plain tensors, not DTensors (``RunLayout.wr
 from __future__ import annotations
 
 import dataclasses
-import itertools
-import math
-import operator
 from dataclasses import dataclass, field
-from functools import reduce
 
 from vlscale.costs.collectives import all_gather, all_reduce, neighbor_exchange, reduce_scatter
-from vlscale.costs.compute import OpTime, RankResources, op_time
+from vlscale.costs.compute import OpTime, RankResources
 from vlscale.costs.dtypes import FP32, LOSS_BYTES, REDUCE_BYTES
 from vlscale.costs.flops import model_flops_per_sample, train_flops_per_sample
 from vlscale.costs.memory import fsdp_units
-from vlscale.costs.ops import Op, UnitOps, unit_ops
+from vlscale.costs.ops import UnitOps, unit_ops
 from vlscale.costs.params import parameter_shapes
 from vlscale.costs.step_ops import fsdp_copy_ops, loss_ops, optimizer_ops, ring_loss_ops
-from vlscale.costs.topology import Group, make_group, replica_group
+from vlscale.costs.topology import Group, Tier, make_group, replica_group
 from vlscale.errors import ConfigError
+from vlscale.plan.op_pricer import OpPricer
 from vlscale.sim.workload import (
     ClipGatherLoss,
     InputPipeline,
@@ -98,7 +95,8 @@ class _Timed:
 @dataclass(frozen=True)
 class _Collectives:
     """Collective times: the profile's measured per-collective α–β where it has one (gloo on a
-    CPU host), else ``vlscale.costs.collectives`` over the group's tiers."""
+    CPU host), else ``vlscale.costs.collectives`` over the group's tiers; both through
+    ``Tier.phase_time``, the one α–β formula."""
 
     group: Group
     measured: dict
@@ -106,12 +104,21 @@ class _Collectives:
     efficiency: float = 1.0  # scales every transfer time by 1 / efficiency (uncertainty draws)
 
     def _fit(self, kind: str, steps: int, moved: float, default):
-        fit = self.measured.get(kind)
-        if fit is None:
+        tier = self.measured_tier(kind)
+        if tier is None:
             r = default()
             return _Timed(r.time_s / self.efficiency + self.overhead_s, r.bytes_moved_per_rank)
-        t = (steps * fit.alpha_s + moved / fit.bandwidth) / self.efficiency
+        t = tier.phase_time(steps, moved) / self.efficiency
         return _Timed(t + self.overhead_s, moved)
+
+    def measured_tier(self, kind: str) -> Tier | None:
+        """The profile's measured α–β for ``kind`` as a tier with n½ = 0 and η = 1, so that
+        formula (1) of ``vlscale.costs.topology`` is its T = steps·α + bytes / B; None when the
+        profile has none (then the group's own tiers price the collective)."""
+        fit = self.measured.get(kind)
+        if fit is None:
+            return None
+        return Tier(f"measured:{kind}", fit.bandwidth, alpha_s=fit.alpha_s)
 
     def all_gather(self, shard: float):
         w = self.group.size
@@ -138,70 +145,6 @@ class _Collectives:
         return self._fit("p2p", 1, size, lambda: neighbor_exchange(size, self.group, hops=1))
 
 
-# every field of an op but its name, as one tuple (a C-level getter: read for every op priced)
-_PRICE_KEY = operator.attrgetter(*(f.name for f in dataclasses.fields(Op) if f.name != "name"))
-
-
-@dataclass
-class _Pricer:
-    """Prices ops on one rank and remembers them (the ``--ops`` table)."""
-
-    res: RankResources
-    efficiency: float  # framework efficiency γ
-    table: list[OpTime] = field(default_factory=list)
-    # the same op priced once: a SigLIP ring on W ranks repeats its block ops W times
-    _seen: dict = field(default_factory=dict)
-    _runs: list = field(default_factory=list)  # (priced ops, times repeated), in table order
-
-    def __call__(self, ops) -> float:
-        total = 0.0
-        priced = []
-        for op in ops:
-            t = self._price(op)
-            priced.append(t)
-            total += t.time_s
-        self.table.extend(priced)
-        self._runs.append((priced, 1))
-        return self._finite(total)
-
-    def repeat(self, ops, times: int) -> float:
-        """Price ``ops`` done ``times`` times over (a ring's blocks): each priced once, the
-        table and the sum as if the list had been written out ``times`` times — the same
-        additions in the same order, so the same float, in O(len(ops)) op pricing."""
-        priced = [self._price(op) for op in ops]
-        self.table.extend(priced * times)  # one shared entry per repetition
-        self._runs.append((priced, times))
-        total = reduce(operator.add, [t.time_s for t in priced] * times, 0.0)
-        return self._finite(total)
-
-    def total(self, value, keep=lambda t: True) -> float:
-        """``sum(value(t) for t in self.table if keep(t))``, the same float (the same values in
-        the same order through the same ``sum``), evaluating ``value`` once per distinct entry."""
-        return sum(
-            itertools.chain.from_iterable(
-                [value(t) for t in priced if keep(t)] * times for priced, times in self._runs
-            )
-        )
-
-    def _price(self, op) -> OpTime:
-        key = _PRICE_KEY(op)  # the price does not depend on the name
-        priced = self._seen.get(key)
-        if priced is None:
-            unnamed = dataclasses.replace(op, name="")
-            priced = self._seen[key] = op_time(unnamed, self.res, self.efficiency)
-        return dataclasses.replace(priced, op=op)
-
-    @staticmethod
-    def _finite(total: float) -> float:
-        if not math.isfinite(total):  # e.g. --utilisation 1e-300: FLOPs / (u · peak) overflows
-            raise ConfigError(
-                "config",
-                f"the ops would take {total} s; the sizes or efficiencies are out of range "
-                "(check --utilisation and --global-batch)",
-            )
-        return total
-
-
 COMM_KINDS = ("all_gather", "reduce_scatter", "all_reduce", "p2p")
 # the phases the trainer times (trainer.step): towers forward, loss forward, loss + towers
 # backward, optimizer (with the gradient-norm all-reduce), data wait; "other" is the rest
@@ -223,7 +166,9 @@ class _Groups:
     exposed: float
 
 
-def _groups(cluster: ClusterSpec, layout: RunLayout, prof, comm_efficiency: float) -> _Groups:
+def collective_groups(
+    cluster: ClusterSpec, layout: RunLayout, prof, comm_efficiency: float
+) -> _Groups:
     def coll(group: Group) -> _Collectives:
         return _Collectives(
             group, dict(prof.collectives), prof.collective_overhead_s, comm_efficiency
@@ -275,23 +220,69 @@ def build_workload(
     decode_samples_per_s: float | None = None,
     comm_efficiency: float = 1.0,
 ) -> tuple[Workload, StepCosts]:
-    """The durations of one step on one rank (module docstring) and the step's totals.
+    """The durations of one step on one rank (module docstring) and the step's totals: the
+    units (forward, backward, their collectives) -> the loss -> the optimizer and the host ->
+    the workload -> the step's FLOPs and bytes.
 
     ``layout`` is resolved (``RunLayout.resolved``); ``local_batch`` is the micro-batch."""
-    world = layout.devices
-    if world != cluster.num_devices:
-        raise ConfigError(
-            "devices", f"the layout has {world} ranks, the cluster {cluster.num_devices}"
-        )
+    _check_world(layout, cluster)
     precision = compute_dtype(cluster.device, layout.precision)
     prof = resources.profile
-    price = _Pricer(resources, framework_efficiency)
-    groups = _groups(cluster, layout, prof, comm_efficiency)
+    price = OpPricer(resources, framework_efficiency)
+    groups = collective_groups(cluster, layout, prof, comm_efficiency)
     comm = dict.fromkeys(COMM_KINDS, 0.0)
     phases = dict.fromkeys(PHASES, 0.0)
 
-    params = _unit_params(spec)
-    units: list[Unit] = []
+    params = unit_params(spec)
+    units = _build_units(spec, recipe, layout, params, groups, price, prof, precision, local_batch)
+    for unit, moved in units:
+        _accumulate(comm, moved)
+        phases["forward"] += unit.forward_s
+        phases["backward"] += unit.backward_s
+
+    loss = _loss_costs(spec, recipe, groups, local_batch, price, layout)
+    _accumulate(comm, loss.moved)
+    phases["loss"] = loss.forward_s
+    phases["backward"] += loss.backward_s
+
+    total_params = sum(params.values())
+    optimizer_s = _optimizer_time(spec, recipe, cluster, layout, price, grad_clip, total_params)
+    grad_norm_s = groups.world.all_reduce(FP32).time_s if layout.devices > 1 else 0.0
+    phases["optimizer"] = optimizer_s + grad_norm_s
+    phases["data"] = prof.data_s_per_sample * local_batch
+    phases["other"] = prof.step_overhead_s
+    wl = Workload(
+        name=f"{spec.name} {recipe.name}/{recipe.loss_impl} on {cluster.name}",
+        world_size=layout.devices,
+        local_batch=local_batch,
+        # HSDP runs FSDP's schedule: gather per unit, one gradient sync per unit after backward
+        strategy="ddp" if layout.sharding == "ddp" else "fsdp",
+        reshard_after_forward=layout.reshard_after_forward,
+        units=tuple(unit for unit, _ in units),
+        loss=loss.phase,
+        grad_norm_all_reduce_s=grad_norm_s,
+        optimizer_s=optimizer_s,
+        host_s=phases["data"] + phases["other"],
+        input=_input_pipeline(local_batch, decode_samples_per_s),
+    )
+    peak = resources.peak(precision)
+    costs = _step_costs(spec, recipe, layout, local_batch, price, peak, comm, loss.per_pass)
+    return wl, dataclasses.replace(costs, phases_s=phases)
+
+
+def _check_world(layout: RunLayout, cluster: ClusterSpec) -> None:
+    if layout.devices != cluster.num_devices:
+        raise ConfigError(
+            "devices", f"the layout has {layout.devices} ranks, the cluster {cluster.num_devices}"
+        )
+
+
+def _build_units(
+    spec, recipe, layout: RunLayout, params, groups: _Groups, price, prof, precision, local_batch
+) -> list[tuple[Unit, dict[str, float]]]:
+    """Every FSDP unit timed with its collectives, in forward order, with the bytes each moves
+    per rank by collective kind."""
+    out = []
     for ops in unit_ops(
         spec,
         local_batch=local_batch,
@@ -302,63 +293,39 @@ def build_workload(
         unit_comm = _unit_comm(params[ops.name], groups, layout)
         overhead_s = prof.unit_overhead_s if layout.wrapped else 0.0
         unit = _timed_unit(ops, params[ops.name], unit_comm, layout, price, overhead_s)
-        _accumulate(comm, unit_comm.moved)
-        phases["forward"] += unit.forward_s
-        phases["backward"] += unit.backward_s
-        units.append(unit)
+        out.append((unit, unit_comm.moved))
+    return out
 
-    loss = _loss_costs(spec, recipe, groups, local_batch, price, layout)
-    _accumulate(comm, loss.moved)
-    phases["loss"] = loss.forward_s
-    phases["backward"] += loss.backward_s
 
-    total_params = sum(params.values())
-    optimizer_s = _optimizer_time(spec, recipe, cluster, layout, price, grad_clip, total_params)
-    grad_norm_s = groups.world.all_reduce(FP32).time_s if world > 1 else 0.0
-    phases["optimizer"] = optimizer_s + grad_norm_s
-    phases["data"] = prof.data_s_per_sample * local_batch
-    phases["other"] = prof.step_overhead_s
-    wl = Workload(
-        name=f"{spec.name} {recipe.name}/{recipe.loss_impl} on {cluster.name}",
-        world_size=world,
-        local_batch=local_batch,
-        # HSDP runs FSDP's schedule: gather per unit, one gradient sync per unit after backward
-        strategy="ddp" if layout.sharding == "ddp" else "fsdp",
-        reshard_after_forward=layout.reshard_after_forward,
-        units=tuple(units),
-        loss=loss.phase,
-        grad_norm_all_reduce_s=grad_norm_s,
-        optimizer_s=optimizer_s,
-        host_s=phases["data"] + phases["other"],
-        input=_input_pipeline(local_batch, decode_samples_per_s),
-    )
+def _step_costs(
+    spec, recipe, layout: RunLayout, local_batch, price, peak, comm, loss_per_pass
+) -> StepCosts:
+    """The step's totals: model FLOPs of all ranks, the FLOPs one rank executes and the rate
+    its matmul work runs at, and the bytes it moves (``comm``, ``loss_per_pass``)."""
     model_flops = _model_flops_per_sample(
         spec,
         mask_ratio=recipe.mask_ratio,
         loss=recipe.loss,
         loss_impl=recipe.loss_impl,
         local_batch=local_batch,
-        world_size=world,
+        world_size=layout.devices,
     )
     # FLOPs as FlopCounterMode counts them (recompute included) over the time matmuls take:
     # the rate the matmul work runs at, never below MFU
     hardware = price.total(lambda t: t.op.flops)
     matmul_s = price.total(lambda t: t.time_s, lambda t: t.op.flops > 0)
-    peak = resources.peak(precision)
-    costs = StepCosts(
-        model_flops_per_step=model_flops * local_batch * world,
+    return StepCosts(
+        model_flops_per_step=model_flops * local_batch * layout.devices,
         hardware_flops_per_rank=hardware,
         comm_bytes_per_rank=comm,
-        loss_comm_bytes_per_rank=loss.per_pass,
+        loss_comm_bytes_per_rank=loss_per_pass,
         peak_flops=peak,
         utilisation=hardware / (matmul_s * peak) if matmul_s > 0 else 0.0,
         op_times=price.table,
-        phases_s=phases,
     )
-    return wl, costs
 
 
-def _unit_params(spec: ModelSpec) -> dict[str, int]:
+def unit_params(spec: ModelSpec) -> dict[str, int]:
     """Parameters per unit of ``unit_ops`` by name; the root's logit_scale / logit_bias (a few
     bytes) ride with the image tower's own unit, the first in forward order."""
     units = fsdp_units(spec)
@@ -383,7 +350,7 @@ def _unit_comm(params: int, groups: _Groups, layout: RunLayout) -> _Comm:
     s = layout.shard_group
     none = _Timed(0.0, 0.0)
     sharded = s > 1
-    ag = groups.shard.all_gather(params * _param_bytes(layout) / s) if sharded else none
+    ag = groups.shard.all_gather(params * param_bytes(layout) / s) if sharded else none
     rs = groups.shard.reduce_scatter(params * REDUCE_BYTES / s) if sharded else none
     replicated = layout.replicas > 1
     ar = groups.replicas.all_reduce(params * REDUCE_BYTES / s) if replicated else none
@@ -403,21 +370,21 @@ def _unit_comm(params: int, groups: _Groups, layout: RunLayout) -> _Comm:
     )
 
 
-def _param_bytes(layout: RunLayout) -> int:
+def param_bytes(layout: RunLayout) -> int:
     """Bytes of a gathered parameter: the layout's precision (fp32 matmuls may run in tf32;
     the parameters stay fp32)."""
     return BYTES_PER_ELEMENT[layout.precision]
 
 
 def _timed_unit(
-    ops: UnitOps, params: int, comm: _Comm, layout: RunLayout, price: _Pricer, overhead_s: float
+    ops: UnitOps, params: int, comm: _Comm, layout: RunLayout, price: OpPricer, overhead_s: float
 ) -> Unit:
     """The unit's forward and backward time: its ops (with FSDP's copies around the
     collectives), half the per-unit overhead each, and the communication that does not hide."""
     fwd_ops, bwd_ops = list(ops.forward), list(ops.backward)
     if layout.sharding != "ddp" and layout.wrapped:
         copy_f, copy_b = fsdp_copy_ops(
-            params, layout.shard_group, _param_bytes(layout), layout.reshard_after_forward
+            params, layout.shard_group, param_bytes(layout), layout.reshard_after_forward
         )
         fwd_ops, bwd_ops = copy_f + fwd_ops, bwd_ops + copy_b
     fwd = price(fwd_ops) + overhead_s / 2 + comm.exposed_forward_s
