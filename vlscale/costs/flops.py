@@ -210,6 +210,7 @@ def forward_flops(
     """Forward FLOPs per sample (one image and one text) of the two towers, excluding the loss."""
     if image_size is not None:
         spec = spec.with_image_size(image_size)
+    spec.check_mask_ratio(mask_ratio)  # names the model when its tower cannot drop patches
     image = vision_forward_flops(spec.vision, spec.embed_dim, mask_ratio)
     text = text_forward_flops(spec.text, spec.embed_dim)
     return FlopCount(image=image, text=text, total=image + text)
