@@ -19,7 +19,7 @@ from vlscale.costs.flops import (
     vision_forward_flops,
 )
 from vlscale.costs.layers import model_layers
-from vlscale.costs.layers.resnet import ResNetBottleneck, ResNetStem
+from vlscale.costs.layers.resnet import SPLIT_K_ROWS, ResNetBottleneck, ResNetStem
 from vlscale.costs.memory import fsdp_units
 from vlscale.costs.ops import unit_ops
 from vlscale.costs.params import count_params
@@ -173,3 +173,17 @@ def test_stem_halves_then_pools():
     assert [c[4] for c in stem.convs] == [112, 112, 112]
     block = ResNetBottleneck("b", 256, 128, 2, 56)
     assert (block.side_out, block.c_out, block.reshapes) == (28, 512, True)
+
+
+def test_weight_gradients_are_split_k_gemms():
+    # dW of a conv has a small output (N x K) and a b·H·W-long reduction: split into chunks
+    spec = get_model("RN50")
+    units = unit_ops(spec, local_batch=512, mask_ratio=0.0, precision="bf16", checkpointing=False)
+    ops = {o.name: o for u in units for o in u.backward}
+    dw = ops["visual.blocks.0.conv2.dw"]
+    m = 512 * 56 * 56
+    assert dw.shape == (m // SPLIT_K_ROWS, 64, 576, -(-m // (m // SPLIT_K_ROWS)))
+    assert dw.flops == 2.0 * m * 64 * 576 == ops["visual.blocks.0.conv2.dx"].flops
+    small = unit_ops(spec, local_batch=1, mask_ratio=0.0, precision="bf16", checkpointing=False)
+    pool_block = {o.name: o for u in small for o in u.backward}["visual.blocks.15.conv2.dw"]
+    assert pool_block.shape[0] == 1  # 7 x 7 rows: nothing to split

@@ -220,8 +220,11 @@ def flip_flop_ratio(v: VisionTowerSpec, embed_dim: int, mask_ratio: float) -> Fl
     """How much FLIP patch dropout leaves of the image tower's forward FLOPs.
 
     Token-linear terms fall to S_r / S_0 and the attention core to (S_r / S_0)², where
-    S = prefix + floor(N (1 - r)); the stem is unchanged (it runs before the drop).
+    S = prefix + floor(N (1 - r)); the stem is unchanged (it runs before the drop). At r = 0
+    every ratio is 1 (also for a ResNet, which has no token-linear or attention terms).
     """
+    if check_mask_ratio(mask_ratio) == 0.0:
+        return FlipRatio(linear=1.0, attention=1.0, total=1.0)
     full = vision_layer_flops(v, embed_dim, 0.0)
     masked = vision_layer_flops(v, embed_dim, mask_ratio)
 

@@ -10,7 +10,8 @@ at output side H_o is the matmul M = b·H_o·W_o, N = C_out, K = C_in·k² — 2
 FlopCounterMode counts ``convolution``; its bytes are the input map, the weight and the output
 map (the im2col matrix is never written). Backward is dX and dW, 2·M·N·K each (the stem's first
 conv reads pixels: dW only). Batch norm (training mode: batch statistics, then normalise),
-ReLU, average pooling and the residual add are memory-bound ops with no FLOPs.
+ReLU, average pooling and the residual add are memory-bound ops with no FLOPs. The weight
+gradient is a split-K GEMM (``conv_backward``), as cuDNN's weight-gradient kernels run it.
 
 Parameters: every conv's weight (bias-free) and every batch norm's weight and bias. Each batch
 norm also has buffers, running mean and variance (C fp32 each) and ``num_batches_tracked``
@@ -34,6 +35,7 @@ from vlscale.costs.layers.primitives import Op, OpList, Phase, Saved, Shape
 from vlscale.specs.towers import RESNET_EXPANSION
 
 Conv = tuple[int, int, int, int, int]  # c_in, c_out, kernel side, input side, output side
+SPLIT_K_ROWS = 1 << 14  # rows of the weight gradient's reduction per split-K chunk
 
 
 def _conv_gemm(b: int, conv: Conv) -> tuple[int, int, int]:
@@ -42,29 +44,37 @@ def _conv_gemm(b: int, conv: Conv) -> tuple[int, int, int]:
     return b * side_out**2, c_out, c_in * k * k
 
 
-def _gemm(ops: OpList, name: str, phase: Phase, shape: tuple[int, int, int], elements: int):
-    """One implicit GEMM C[m, n] = A[m, k]·B[k, n]: 2·m·n·k FLOPs, ``elements`` read + written."""
-    m, n, k = shape
+def _gemm(
+    ops: OpList, name: str, phase: Phase, shape: tuple[int, int, int, int], flops: float, elements
+) -> None:
+    """One (batched) GEMM of ``shape`` (g, m, n, k), ``flops`` in all, ``elements`` moved."""
     bytes_ = elements * ops.act_bytes
-    ops.add(Op(name, "matmul", phase, 2.0 * m * n * k, bytes_, 1, (1, m, n, k), dtype=ops.dtype))
+    ops.add(Op(name, "matmul", phase, flops, bytes_, 1, shape, dtype=ops.dtype))
 
 
 def conv_forward(ops: OpList, name: str, b: int, conv: Conv, phase: Phase) -> None:
     """Y = conv(X, W): 2·M·N·K FLOPs; reads the input map and the weight, writes the output."""
     m, n, k = _conv_gemm(b, conv)
     x = b * conv[0] * conv[3] ** 2
-    _gemm(ops, name, phase, (m, n, k), x + n * k + m * n)
+    _gemm(ops, name, phase, (1, m, n, k), 2.0 * m * n * k, x + n * k + m * n)
 
 
 def conv_backward(ops: OpList, name: str, b: int, conv: Conv, dx: bool = True) -> None:
     """dX[M, K] = dY[M, N]·W[N, K] folded back onto the input map (skipped when the input is
     data) and dW[N, K] = dYᵀ·X, each 2·M·N·K, as FlopCounterMode counts
-    ``convolution_backward``; each reads two of dY, W, X and writes the third's gradient."""
+    ``convolution_backward``; each reads two of dY, W, X and writes the third's gradient.
+
+    dW has a small output (N·K, e.g. 64 x 576) and a long reduction (M = b·H·W rows): weight-
+    gradient kernels split that reduction (split-K) so that the device fills, and so does this
+    op list: g = ⌊M / SPLIT_K_ROWS⌋ GEMMs of M / g rows each, plus the g·N·K partial sums
+    written and read once more."""
     m, n, k = _conv_gemm(b, conv)
-    elements = b * conv[0] * conv[3] ** 2 + n * k + m * n
+    flops, elements = 2.0 * m * n * k, b * conv[0] * conv[3] ** 2 + n * k + m * n
     if dx:
-        _gemm(ops, f"{name}.dx", "backward", (m, k, n), elements)
-    _gemm(ops, f"{name}.dw", "backward", (n, k, m), elements)
+        _gemm(ops, f"{name}.dx", "backward", (1, m, k, n), flops, elements)
+    g = max(1, m // SPLIT_K_ROWS)
+    partial = 2 * g * n * k if g > 1 else 0
+    _gemm(ops, f"{name}.dw", "backward", (g, n, k, -(-m // g)), flops, elements + partial)
 
 
 def bn_relu(ops: OpList, name: str, n: int, phase: Phase, relu: bool = True) -> None:
