@@ -46,7 +46,7 @@ def test_preflight_estimates_a_resnet_and_refuses_what_cannot_fit():
     cfg = load_config(["--model", "tiny-rn", "--global-batch", "8"], world_size=1)
     assert estimate_rank_memory(cfg, "cpu") > 0
     huge = load_config(["--model", "RN50x64", "--global-batch", "65536"], world_size=1)
-    with pytest.raises(ConfigError, match="^memory: RN50x64 needs an estimated"):
+    with pytest.raises(ConfigError, match=r"^memory: RN50x64 needs an estimated"):
         check_memory(huge, 1, "cpu")
 
 
