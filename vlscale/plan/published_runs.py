@@ -107,6 +107,33 @@ PREDICTED_RUNS: dict[str, PublishedRun] = {
 }
 
 
+# --- CLIP's ResNets (issue 18) ------------------------------------------------------------------
+# A prediction, never fitted: RN50x64 planned with the V100 constant solved from CLIP's own
+# ViT-L/14 run above (same paper, same recipe: 32 epochs of 400M pairs, fp16, data parallel,
+# gradient checkpointing). 32,768 does not divide over 592 GPUs; 32,560 = 55 x 592 is the nearest
+# global batch that does (the sample count, hence the work, is the paper's). Not modelled: CLIP's
+# half-precision Adam moments and text weights (sec. 2.5), so the planner's memory runs ~4% over
+# a 32 GB V100 at 55 images per GPU; the step time does not depend on that.
+PREDICTED_RUNS["clip-rn50x64-v100"] = PublishedRun(
+    name="clip-rn50x64-v100",
+    config=make_plan_config(
+        model="RN50x64",
+        recipe="clip",
+        device="V100",
+        devices=592,
+        global_batch=32_560,
+        samples=12_800_000_000,
+        precision="fp16",
+        sharding="ddp",
+        checkpointing=True,
+    ),
+    wall_time_h=18 * 24.0,
+    source="Radford et al. 2021 (CLIP), section 2.5: 'The largest ResNet model, RN50x64, took "
+    "18 days to train on 592 V100 GPUs'",
+)
+# --- end of CLIP's ResNets -----------------------------------------------------------------------
+
+
 @dataclass(frozen=True)
 class FlipRow:
     mask_ratio: float
