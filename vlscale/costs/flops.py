@@ -20,6 +20,10 @@ Per sample, with d = width, h = mlp_width, S = tokens through the trunk, e = emb
            "cls" / "mean" / text pools, embeddings   0
     proj   "linear" / "linear_bias"                  2 · d · e        ("none": 0)
 
+CLIP's ResNet (``layers.resnet``): every convolution is an implicit GEMM, 2 · H_o·W_o · C_out ·
+C_in·k² per sample; its attention pool computes the mean token's query only (q 2C², kv 4·L·C²,
+attention 4·L·C, proj 2·C·e over L = grid² + 1 tokens of width C). It has no patches: r = 0.
+
 FLIP patch dropout (Li et al. 2023) keeps K = floor(N (1 - r)) patch tokens
 (``vlscale.specs.towers.kept_patches``), so S = prefix + K: the token-linear terms scale with S
 (about 1 - r) and the attention core with S² (about (1 - r)²), while the stem still runs on all
