@@ -45,7 +45,12 @@ def _conv_gemm(b: int, conv: Conv) -> tuple[int, int, int]:
 
 
 def _gemm(
-    ops: OpList, name: str, phase: Phase, shape: tuple[int, int, int, int], flops: float, elements
+    ops: OpList,
+    name: str,
+    phase: Phase,
+    shape: tuple[int, int, int, int],
+    flops: float,
+    elements: float,
 ) -> None:
     """One (batched) GEMM of ``shape`` (g, m, n, k), ``flops`` in all, ``elements`` moved."""
     bytes_ = elements * ops.act_bytes
