@@ -61,6 +61,7 @@ def _post_norm_eva():
 SPECS = {name: get_model(name) for name in ("tiny-clip", "tiny-siglip", "tiny-eva")}
 SPECS["tiny-eva-rms"] = _rms_eva()
 SPECS["tiny-eva-post"] = _post_norm_eva()
+SPECS["tiny-rn"] = get_model("tiny-rn")  # CLIP's ResNet: batch norm, convs, attention pool
 
 
 class SavedStorages:
@@ -173,6 +174,7 @@ CASES = [
     (name, tower, r)
     for name in SPECS
     for tower, r in (("visual", 0.0), ("visual", 0.5), ("text", 0.0))
+    if not (r and SPECS[name].vision.kind == "resnet")  # a ResNet drops no patches
 ]
 
 

@@ -212,6 +212,7 @@ def test_probe_writes_a_cpu_profile_the_planner_uses(tmp_path):
     assert json.loads(plan.stdout)["step_time_s"] > 0
     raw = json.loads(out.with_suffix(".probe.json").read_text())
     assert raw["gemm_fp32"]["peak_flops"] > 0
+    assert raw["conv_fp32"]["median_fraction"] > 0  # convolutions vs the GEMM curve
     bad = subprocess.run(
         [sys.executable, "-m", "trainer.probe", "--out", "/nonexistent/p.yaml"],
         capture_output=True,

@@ -50,7 +50,7 @@ def test_forward_flops_equal_flop_counter(name):
     spec = get_model(name)
     model = build_model(spec, device="meta")
     images, tokens = meta_inputs(spec)
-    for r in MASK_RATIOS:
+    for r in MASK_RATIOS if spec.vision.kind == "vit" else (0.0,):  # a ResNet drops no patches
         measured = counted(model.visual, images, mask_ratio=r).get_total_flops()
         assert measured == pytest.approx(
             vision_forward_flops(spec.vision, spec.embed_dim, r), rel=REL

@@ -158,7 +158,9 @@ def test_model_sums_are_sums_over_model_layers(name):
     layers = model_layers(spec)
     assert count_params(spec).total == sum(layer.params() for layer in layers)
     assert {type(x).kind for x in layers} <= set(LAYER_KINDS)
-    assert [x.role for x in layers.image].count("block") == spec.vision.trunk.depth
+    v = spec.vision
+    blocks = v.num_blocks if v.kind == "resnet" else v.trunk.depth
+    assert [x.role for x in layers.image].count("block") == blocks
 
 
 # --- the toy against torch, as every real kind is held ---------------------------------------
@@ -217,8 +219,24 @@ def test_unit_params_from_layers_equal_memory_units(name):
     from vlscale.costs.memory import fsdp_units
     from vlscale.costs.params import unit_params
 
+    pytest.importorskip("torch")
+    from models import build_model
+
     spec = get_model(name)
     units = unit_params(spec)
     assert units == fsdp_units(spec) and list(units) == list(fsdp_units(spec))
+    # each unit's count is the torch module's: every block, each tower less its blocks, the root
+    model = build_model(spec, device="meta")
+
+    def numel(module):
+        return sum(p.numel() for p in module.parameters())
+
+    measured = {}
+    for unit, tower in (("visual", model.visual), ("text", model.text)):
+        measured |= {f"{unit}.blocks.{i}": numel(b) for i, b in enumerate(tower.blocks)}
+    for unit, tower in (("visual", model.visual), ("text", model.text)):
+        measured[unit] = numel(tower) - sum(numel(b) for b in tower.blocks)
+    measured["root"] = numel(model) - numel(model.visual) - numel(model.text)
+    assert units == measured
     ops = unit_ops(spec, local_batch=1, mask_ratio=0.0, precision="bf16", checkpointing=False)
     assert {u.name for u in ops} == set(units) - {"root"}

@@ -86,6 +86,16 @@ def test_calibrated_constant_reproduces_its_own_case(name):
     assert solved == pytest.approx(stored, rel=CALIBRATION_TOLERANCE)
 
 
+# Predictions outside PREDICTION_TOLERANCE, stated as misses: (their error band, why)
+STATED_MISSES = {
+    "clip-rn50x64-v100": (
+        (0.15, 0.20),
+        "+16%, cause not verified: the V100 constant was solved on a ViT, whose planned step is "
+        "14% memory-bound elementwise work; RN50x64's is 36% (batch norm, ReLU, pooling, adds)",
+    ),
+}
+
+
 @pytest.mark.parametrize("name", sorted(PREDICTED_RUNS))
 def test_absolute_prediction_of_a_run_never_fitted(name):
     run = PREDICTED_RUNS[name]
@@ -96,6 +106,21 @@ def test_absolute_prediction_of_a_run_never_fitted(name):
         f"({error:+.1%}; {run.source})"
     )
     assert abs(error) < PREDICTION_TOLERANCE
+
+
+@pytest.mark.parametrize("name", sorted(STATED_MISSES))
+def test_stated_misses_stay_what_they_are(name):
+    # a miss stays in `vlscale papers` (the published record) with its real error; this fails
+    # when the error moves out of its band (better: move the run under PREDICTION_TOLERANCE;
+    # worse: find out why)
+    from vlscale.plan.published_record import load_record, predict, relative_error
+
+    run = next(r for r in load_record() if r.id == name)
+    assert run.split == "prediction"
+    (low, high), why = STATED_MISSES[name]
+    error = relative_error(run, predict(run))
+    print(f"\n{name}: predicted error {error:+.1%} ({why}; {run.quote})")
+    assert low <= abs(error) < high
 
 
 def test_the_a100_constant_covers_both_a100_variants():

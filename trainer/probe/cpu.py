@@ -9,6 +9,9 @@ What it measures (every fit is torch-free, in ``vlscale.calibrate.probe_fits``):
   fraction of the curve (``attention_fraction``, ``attention_scale``);
 - elementwise bandwidth with one and all threads, and per-kernel dispatch overhead
   (``kernels``);
+- fp32 convolutions of CLIP's ResNets (``CONV_SHAPES``) against the fitted GEMM curve at their
+  implicit-GEMM shapes: reported (``conv_fp32``: per shape and the median of curve time /
+  measured time), not priced — the planner prices a convolution as that GEMM;
 - with 2+ cores, the trainer's collectives over gloo between 2 local ranks of one thread each,
   fitted to T = steps · α + bytes / B (the ``host`` link), and the cost of a collective inside
   FSDP2 beyond its transfer (``collectives``).
@@ -35,6 +38,7 @@ from trainer.probe.collectives import (
 from trainer.probe.kernels import (
     gemm_grid,
     measure_bandwidth,
+    measure_convs,
     measure_gemms,
     measure_op_overhead,
     time_sdpa,
@@ -45,6 +49,7 @@ from vlscale.calibrate.probe_fits import (
     fit_attention_cost,
     fit_matmul_curve,
     predict_attention_s,
+    predict_gemm_s,
 )
 from vlscale.specs.compute_profile import AttentionCost, ComputeProfile
 from vlscale.specs.hardware import DeviceSpec
@@ -64,6 +69,31 @@ ATTENTION_SHAPES = (
     (129, 64, False),
     (257, 64, False),
 )
+
+# (b, c_in, c_out, kernel, side): tiny-rn's bottleneck convs at batch 16 (1x1 and 3x3, narrow
+# channels, the CPU campaign's) and RN50's first stage at batch 2
+CONV_SHAPES = (
+    (16, 8, 8, 1, 16),
+    (16, 8, 8, 3, 16),
+    (16, 32, 16, 1, 16),
+    (16, 32, 32, 3, 8),
+    (2, 64, 64, 3, 56),
+    (2, 256, 64, 1, 56),
+)
+
+
+def conv_report(samples, peak: float, curve, host_threads: int) -> dict:
+    """Per conv sample: its implicit-GEMM shape, measured seconds and (curve time) / (measured
+    time), > 1 when the conv kernel beats the GEMM curve; and the median of that fraction."""
+    rows = [
+        {
+            "shape": list(x.shape),
+            "seconds": x.seconds,
+            "fraction": predict_gemm_s(x, peak, curve, host_threads) / x.seconds,
+        }
+        for x in samples
+    ]
+    return {"median_fraction": statistics.median(r["fraction"] for r in rows), "samples": rows}
 
 
 def measure_cpu_gemms(dtype: str, threads_list: list[int], quick: bool):
@@ -198,6 +228,9 @@ def probe_cpu(name: str, quick: bool, comm: bool) -> tuple[DeviceSpec, dict]:
     src = probe_source(cpu_model())
     report: dict = {"host_threads": host_threads, "load_before": os.getloadavg()[0]}
     curves, peaks = _fit_gemms(sorted({1, host_threads}), host_threads, quick, src, report)
+    torch.set_num_threads(host_threads)
+    convs = measure_convs(CONV_SHAPES, "fp32", "cpu", host_seconds, host_threads)
+    report["conv_fp32"] = conv_report(convs, peaks["fp32"], curves["fp32"], host_threads)
     bw_all, bw_one = cpu_bandwidth(host_threads), cpu_bandwidth(1)
     torch.set_num_threads(host_threads)
     overhead = measure_op_overhead("cpu", lambda fn: host_seconds(fn, reps=7))

@@ -10,7 +10,10 @@ device, so the CPU and CUDA probes share one definition of what is measured:
 - overhead: a chain of tiny ops, forward and backward, 4 kernels per link (mul and add forward,
   their two gradient kernels backward), host time per kernel;
 - SDPA: q, k, v viewed from one fused projection (B, S, 3, H, hd) and permuted, as the towers
-  make them (CPU kernels differ by layout).
+  make them (CPU kernels differ by layout);
+- convolution: ``F.conv2d`` forward, stride 1, "same" padding, bias-free (as the ResNet's), timed
+  with its implicit-GEMM shape (M = b·H·W, N = C_out, K = C_in·k², as ``vlscale.costs`` prices
+  it) so that it compares with the GEMM curve.
 """
 
 from __future__ import annotations
@@ -84,3 +87,20 @@ def time_sdpa(shape, causal: bool, dtype: str, device: str, seconds) -> tuple[fl
         return F.scaled_dot_product_attention(q, k, v, is_causal=causal)  # (B, H, S, hd)
 
     return seconds(run), seconds(lambda: run().sum().backward())
+
+
+def conv_gemm_shape(b: int, c_in: int, c_out: int, k: int, side: int):
+    """(1, M, N, K) of a stride-1 "same" k×k convolution over a (b, c_in, side, side) map."""
+    return (1, b * side * side, c_out, c_in * k * k)
+
+
+def measure_convs(shapes, dtype: str, device: str, seconds, threads: int = 1) -> list[GemmSample]:
+    """One ``GemmSample`` (its implicit-GEMM shape, the conv's time) per (b, c_in, c_out, k,
+    side) of ``shapes``: ``F.conv2d`` forward, recorded with ``threads``."""
+    samples = []
+    for b, c_in, c_out, k, side in shapes:
+        x = torch.randn(b, c_in, side, side, device=device, dtype=DTYPES[dtype])
+        w = torch.randn(c_out, c_in, k, k, device=device, dtype=DTYPES[dtype])
+        t = seconds(lambda x=x, w=w, k=k: F.conv2d(x, w, padding=k // 2))
+        samples.append(GemmSample(conv_gemm_shape(b, c_in, c_out, k, side), threads, t))
+    return samples

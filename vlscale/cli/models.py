@@ -51,7 +51,8 @@ def models_cmd(
                 "total_params": count.total,
                 "embed_dim": spec.embed_dim,
                 "image_size": spec.vision.image_size,
-                "patch_size": spec.vision.patch_size,
+                # a ResNet has no patches: null here, "-" in the table
+                "patch_size": spec.vision.patch_size if spec.vision.kind == "vit" else None,
                 "context_length": spec.text.context_length,
                 "source": spec.source,
             }
@@ -70,7 +71,7 @@ def models_cmd(
                 human(r["total_params"]),
                 r["embed_dim"],
                 r["image_size"],
-                r["patch_size"],
+                "-" if r["patch_size"] is None else r["patch_size"],
             ]
             for r in rows
         ],

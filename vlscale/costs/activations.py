@@ -35,7 +35,7 @@ from vlscale.errors import ConfigError
 from vlscale.specs.fields import check_mask_ratio
 from vlscale.specs.models import ModelSpec
 from vlscale.specs.recipes import BYTES_PER_ELEMENT
-from vlscale.specs.towers import TextTowerSpec, VisionTowerSpec
+from vlscale.specs.towers import ResNetTowerSpec, TextTowerSpec, VisionTowerSpec
 
 
 @dataclass(frozen=True)
@@ -59,13 +59,17 @@ def layers_activations(
 
 
 def vision_activations(
-    v: VisionTowerSpec, batch: int, act_bytes: int, checkpointing: bool, mask_ratio: float
+    v: VisionTowerSpec | ResNetTowerSpec,
+    batch: int,
+    act_bytes: int,
+    checkpointing: bool,
+    mask_ratio: float,
 ) -> TowerActivations:
     """The image tower's layers at FLIP drop ratio ``mask_ratio`` (the proj's width does not
-    change what it saves, so embed_dim is taken as the tower's width)."""
-    return layers_activations(
-        tower_layers(v, v.trunk.width, mask_ratio), batch, act_bytes, checkpointing
-    )
+    change what it saves, so embed_dim is taken as the tower's width: a ViT's trunk width, a
+    ResNet's pooled width)."""
+    width = v.feature_width if v.kind == "resnet" else v.trunk.width
+    return layers_activations(tower_layers(v, width, mask_ratio), batch, act_bytes, checkpointing)
 
 
 def text_activations(

@@ -20,6 +20,10 @@ Per sample, with d = width, h = mlp_width, S = tokens through the trunk, e = emb
            "cls" / "mean" / text pools, embeddings   0
     proj   "linear" / "linear_bias"                  2 · d · e        ("none": 0)
 
+CLIP's ResNet (``layers.resnet``): every convolution is an implicit GEMM, 2 · H_o·W_o · C_out ·
+C_in·k² per sample; its attention pool computes the mean token's query only (q 2C², kv 4·L·C²,
+attention 4·L·C, proj 2·C·e over L = grid² + 1 tokens of width C). It has no patches: r = 0.
+
 FLIP patch dropout (Li et al. 2023) keeps K = floor(N (1 - r)) patch tokens
 (``vlscale.specs.towers.kept_patches``), so S = prefix + K: the token-linear terms scale with S
 (about 1 - r) and the attention core with S² (about (1 - r)²), while the stem still runs on all
@@ -210,6 +214,7 @@ def forward_flops(
     """Forward FLOPs per sample (one image and one text) of the two towers, excluding the loss."""
     if image_size is not None:
         spec = spec.with_image_size(image_size)
+    spec.check_mask_ratio(mask_ratio)  # names the model when its tower cannot drop patches
     image = vision_forward_flops(spec.vision, spec.embed_dim, mask_ratio)
     text = text_forward_flops(spec.text, spec.embed_dim)
     return FlopCount(image=image, text=text, total=image + text)
@@ -219,8 +224,11 @@ def flip_flop_ratio(v: VisionTowerSpec, embed_dim: int, mask_ratio: float) -> Fl
     """How much FLIP patch dropout leaves of the image tower's forward FLOPs.
 
     Token-linear terms fall to S_r / S_0 and the attention core to (S_r / S_0)², where
-    S = prefix + floor(N (1 - r)); the stem is unchanged (it runs before the drop).
+    S = prefix + floor(N (1 - r)); the stem is unchanged (it runs before the drop). At r = 0
+    every ratio is 1 (also for a ResNet, which has no token-linear or attention terms).
     """
+    if check_mask_ratio(mask_ratio) == 0.0:
+        return FlipRatio(linear=1.0, attention=1.0, total=1.0)
     full = vision_layer_flops(v, embed_dim, 0.0)
     masked = vision_layer_flops(v, embed_dim, mask_ratio)
 

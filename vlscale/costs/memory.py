@@ -53,16 +53,10 @@ from dataclasses import asdict, dataclass
 from vlscale.costs.activations import activation_bytes
 from vlscale.costs.dtypes import FP32, REDUCE_BYTES
 from vlscale.costs.loss_buffers import loss_buffer_bytes
-from vlscale.costs.params import (
-    block_params,
-    count_params,
-    parameter_shapes,
-    text_params,
-    vision_params,
-)
+from vlscale.costs.params import count_params, parameter_shapes, unit_params
 from vlscale.errors import ConfigError
 from vlscale.specs.layout import RunLayout
-from vlscale.specs.models import LOGIT_PARAMS, ModelSpec
+from vlscale.specs.models import ModelSpec
 from vlscale.specs.recipes import BYTES_PER_ELEMENT, RecipeSpec
 
 DEFAULT_OVERHEAD_BYTES = 1 << 30
@@ -136,14 +130,7 @@ def fsdp_units(spec: ModelSpec) -> dict[str, int]:
     towers ("visual.blocks.i", "text.blocks.i", the names of ``vlscale.costs.ops.unit_ops``),
     each tower's non-block parameters ("visual", "text") and the root ("root": ``logit_scale``,
     ``logit_bias``), in that order."""
-    v, tx = spec.vision, spec.text
-    vb, tb = block_params(v.trunk), block_params(tx.trunk)
-    units = {f"visual.blocks.{i}": vb for i in range(v.trunk.depth)}
-    units |= {f"text.blocks.{i}": tb for i in range(tx.trunk.depth)}
-    units["visual"] = vision_params(v, spec.embed_dim) - v.trunk.depth * vb
-    units["text"] = text_params(tx, spec.embed_dim) - tx.trunk.depth * tb
-    units["root"] = LOGIT_PARAMS
-    return units
+    return unit_params(spec)
 
 
 def fsdp_unit_params(spec: ModelSpec) -> list[int]:

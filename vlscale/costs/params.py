@@ -4,6 +4,8 @@ the torch modules in ``models/`` allocate them. The memory model (sharding, Adaf
 statistics) reads the same shapes.
 
     image tower   PatchEmbed + L · TransformerBlock + pool (final norm [+ MAP head]) + proj
+                  (ResNet: ResNetStem + Σ layers · ResNetBottleneck + ResNetAttentionPool;
+                  batch-norm weights and biases are parameters, running statistics buffers)
     text tower    TextEmbed + L · TransformerBlock + TextPool (final norm) + proj
     total         image + text + logit_scale and logit_bias (the loss layer's, ``LOGIT_PARAMS``)
 

@@ -138,6 +138,7 @@ def resolve(
     if config.context_length is not None:
         spec = spec.with_context_length(config.context_length)
     recipe = config.recipe_spec()
+    spec.check_mask_ratio(recipe.mask_ratio)  # a ResNet has no patches to drop: r must be 0
     extra: dict[str, DeviceSpec] | None = None
     if config.hardware_file and device_override is None:
         extra = dict(load_hardware_file(config.hardware_file).devices)

@@ -109,6 +109,8 @@ PREDICTED_RUNS: dict[str, PublishedRun] = {
 }
 
 
+
+
 @dataclass(frozen=True)
 class FlipRow:
     mask_ratio: float

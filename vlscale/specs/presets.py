@@ -83,11 +83,15 @@ def _preset(name: str) -> ModelSpec:
     return validate_as(ModelSpec, entry | {"vision": vision, "text": text}, f"model {name}")
 
 
-def list_models() -> list[str]:
-    """Preset names in catalogue order. The ResNet presets are left out until ``vlscale.costs``
-    models ResNet towers; ``get_model`` finds them."""
+def list_models(kind: str | None = None) -> list[str]:
+    """Preset names in catalogue order; ``kind`` ("vit" or "resnet") keeps those whose image
+    tower is of that kind."""
     presets = _data()["presets"]
-    return [name for name, entry in presets.items() if entry["vision"].get("kind") != "resnet"]
+    return [
+        name
+        for name, entry in presets.items()
+        if kind is None or entry["vision"].get("kind", "vit") == kind
+    ]
 
 
 def openclip_config_name(name: str) -> str | None:

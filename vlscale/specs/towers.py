@@ -283,22 +283,6 @@ class ResNetTowerSpec(_Frozen):
         """The same tower at another resolution (validated: a multiple of 32)."""
         return ResNetTowerSpec.model_validate(self.model_dump() | {"image_size": image_size})
 
-    def __getattr__(self, name: str) -> Any:
-        # Until vlscale.costs has ResNet layers (issue 18), cost code reads ViT attributes
-        # (trunk, patch_size, seq_len, ...) of any image tower: this is the one place that
-        # turns that into a clear error. Remove it when the ResNet cost layer lands.
-        if name in _VIT_ONLY:
-            raise ConfigError(
-                "model",
-                "costs for ResNet towers: not yet modelled (params, FLOPs, memory and plans "
-                "cover ViT image towers); use a ViT preset for the planner",
-            )
-        return super().__getattr__(name)
-
-
-_VIT_ONLY = frozenset({*dir(VisionTowerSpec), *VisionTowerSpec.model_fields}) - frozenset(
-    {*dir(ResNetTowerSpec), *ResNetTowerSpec.model_fields}
-)
 
 IMAGE_TOWER_KINDS = (("vit",), ("resnet",))  # union tags (as a location's first element)
 

@@ -8,6 +8,7 @@ from vlscale.costs.layers.loss import ContrastiveLoss, RingLossOps, loss_ops, ri
 from vlscale.costs.layers.patch_embed import PatchEmbed
 from vlscale.costs.layers.primitives import Op, OpList, Saved, Shape
 from vlscale.costs.layers.projection import Projection
+from vlscale.costs.layers.resnet import ResNetAttentionPool, ResNetBottleneck, ResNetStem
 from vlscale.costs.layers.text_embed import TextEmbed
 from vlscale.costs.layers.token_pool import TextPool, TokenPool
 from vlscale.costs.layers.towers import Layers, ModelLayers, model_layers, tower_layers
@@ -23,6 +24,9 @@ __all__ = [
     "OpList",
     "PatchEmbed",
     "Projection",
+    "ResNetAttentionPool",
+    "ResNetBottleneck",
+    "ResNetStem",
     "RingLossOps",
     "Saved",
     "Shape",

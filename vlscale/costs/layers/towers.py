@@ -2,14 +2,15 @@
 
     image (ViT / EVA-ViT)   PatchEmbed, TransformerBlock × L, AttentionPool ("map") or
                             TokenPool ("cls" / "mean"), Projection
+    image (ResNet)          ResNetStem, ResNetBottleneck × Σ layers, ResNetAttentionPool
+                            (the pool projects to embed_dim itself: no Projection)
     text                    TextEmbed, TransformerBlock × L (causal or not), TextPool,
                             Projection
     root                    ContrastiveLoss (logit_scale, logit_bias and the loss's ops)
 
 The order is ``models/``'s forward order and its parameter registration order; layers are
 named by their module path ("visual.blocks.3", "text.proj"), the tower's own FSDP unit being
-"visual" or "text". A new kind of tower spec (e.g. a ResNet image tower) registers its own
-builder::
+"visual" or "text". A new kind of tower spec registers its own builder, as the ResNet does::
 
     @tower_layers.register
     def _(tower: ResNetTowerSpec, embed_dim: int, mask_ratio: float = 0.0) -> Layers: ...
@@ -27,12 +28,19 @@ from vlscale.costs.layers.block import TransformerBlock
 from vlscale.costs.layers.loss import ContrastiveLoss
 from vlscale.costs.layers.patch_embed import PatchEmbed
 from vlscale.costs.layers.projection import Projection
+from vlscale.costs.layers.resnet import ResNetAttentionPool, ResNetBottleneck, ResNetStem
 from vlscale.costs.layers.text_embed import TextEmbed
 from vlscale.costs.layers.token_pool import TextPool, TokenPool
 from vlscale.errors import ConfigError
 from vlscale.specs.fields import check_mask_ratio
 from vlscale.specs.models import ModelSpec
-from vlscale.specs.towers import TextTowerSpec, VisionTowerSpec
+from vlscale.specs.towers import (
+    RESNET_EXPANSION,
+    ResNetTowerSpec,
+    TextTowerSpec,
+    VisionTowerSpec,
+    check_patch_dropout,
+)
 
 Layers = tuple[Layer, ...]
 
@@ -63,6 +71,25 @@ def _vit(tower: VisionTowerSpec, embed_dim: int, mask_ratio: float = 0.0) -> Lay
         pool = TokenPool("visual", t, s, pool=tower.pool)
     proj = Projection("visual.proj", tower.proj, t.width, embed_dim)
     return (PatchEmbed("visual", tower, mask_ratio), *blocks, pool, proj)
+
+
+@tower_layers.register
+@cache
+def _resnet(tower: ResNetTowerSpec, embed_dim: int, mask_ratio: float = 0.0) -> Layers:
+    """Stem, every bottleneck of the four stages in order (``models.resnet.ResNetTower.blocks``;
+    the first block of stages 1-3 strides by 2), attention pool. No patches: r must be 0."""
+    check_patch_dropout(tower, mask_ratio, f"RN width {tower.width}")
+    blocks: list[Layer] = []
+    c_in, side = tower.width, tower.image_size // 4
+    for stage, depth in enumerate(tower.layers):
+        for j in range(depth):
+            stride = 2 if stage > 0 and j == 0 else 1
+            last = len(blocks) == tower.num_blocks - 1
+            name = f"visual.blocks.{len(blocks)}"
+            blocks.append(ResNetBottleneck(name, c_in, tower.planes(stage), stride, side, last))
+            c_in, side = tower.planes(stage) * RESNET_EXPANSION, side // stride
+    pool = ResNetAttentionPool("visual", tower.grid, tower.feature_width, tower.heads, embed_dim)
+    return (ResNetStem("visual", tower.image_size, tower.width), *blocks, pool)
 
 
 @tower_layers.register
@@ -104,7 +131,8 @@ def model_layers(
     world_size: int = 1,
 ) -> ModelLayers:
     """Every layer of ``spec`` at FLIP drop ratio ``mask_ratio``; the loss layer's ops depend on
-    the recipe's loss and the world size, its parameters do not."""
+    the recipe's loss and the world size, its parameters do not. A ResNet refuses r > 0."""
+    spec.check_mask_ratio(mask_ratio)
     layers = ModelLayers(
         image=tower_layers(spec.vision, spec.embed_dim, mask_ratio),
         text=tower_layers(spec.text, spec.embed_dim, mask_ratio),
