@@ -15,6 +15,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from vlscale.costs.locks import locked_state
 from vlscale.costs.memory import MemoryBreakdown, estimate_memory, max_local_batch
 from vlscale.costs.run import FailureModel, plan_run
 from vlscale.costs.topology import check_shard_size
@@ -116,6 +117,7 @@ class PlanResult:
             "compute_model": self.compute,
             "warnings": self.warnings,
             "layout": layout.model_dump(mode="json"),
+            "locked": locked_state(layout),
         }
 
 

@@ -53,6 +53,7 @@ from vlscale.costs.collectives import all_gather, all_reduce, neighbor_exchange,
 from vlscale.costs.compute import OpTime, RankResources, op_time
 from vlscale.costs.dtypes import FP32, LOSS_BYTES, REDUCE_BYTES
 from vlscale.costs.flops import model_flops_per_sample, train_flops_per_sample
+from vlscale.costs.locks import trainable_layers, trainable_unit_params
 from vlscale.costs.memory import fsdp_units
 from vlscale.costs.ops import Op, UnitOps, unit_ops
 from vlscale.costs.params import parameter_shapes
@@ -291,6 +292,7 @@ def build_workload(
     phases = dict.fromkeys(PHASES, 0.0)
 
     params = _unit_params(spec)
+    trained = _trained_unit_params(spec, layout)
     units: list[Unit] = []
     for ops in unit_ops(
         spec,
@@ -298,10 +300,12 @@ def build_workload(
         mask_ratio=recipe.mask_ratio,
         precision=precision,
         checkpointing=layout.checkpointing,
+        trainable=trainable_layers(spec, layout, recipe.mask_ratio) if layout.locks else None,
     ):
-        unit_comm = _unit_comm(params[ops.name], groups, layout)
+        frozen = trained[ops.name] == 0
+        unit_comm = _unit_comm(params[ops.name], groups, layout, trained[ops.name])
         overhead_s = prof.unit_overhead_s if layout.wrapped else 0.0
-        unit = _timed_unit(ops, params[ops.name], unit_comm, layout, price, overhead_s)
+        unit = _timed_unit(ops, params[ops.name], unit_comm, layout, price, overhead_s, frozen)
         _accumulate(comm, unit_comm.moved)
         phases["forward"] += unit.forward_s
         phases["backward"] += unit.backward_s
@@ -312,7 +316,7 @@ def build_workload(
     phases["loss"] = loss.forward_s
     phases["backward"] += loss.backward_s
 
-    total_params = sum(params.values())
+    total_params = sum(trained.values())
     optimizer_s = _optimizer_time(spec, recipe, cluster, layout, price, grad_clip, total_params)
     grad_norm_s = groups.world.all_reduce(FP32).time_s if world > 1 else 0.0
     phases["optimizer"] = optimizer_s + grad_norm_s
@@ -367,26 +371,44 @@ def _unit_params(spec: ModelSpec) -> dict[str, int]:
     return units
 
 
-def _unit_comm(params: int, groups: _Groups, layout: RunLayout) -> _Comm:
+def _trained_unit_params(spec: ModelSpec, layout: RunLayout) -> dict[str, int]:
+    """Trainable parameters per unit of ``unit_ops`` (``_unit_params``' names): a unit with
+    none is frozen (locked towers, ``vlscale.costs.locks``). The root's two scalars are left
+    out when the image tower is locked: their gradient sync is a few bytes, and the tower's
+    unit is frozen."""
+    if not layout.locks:
+        return _unit_params(spec)
+    units = trainable_unit_params(spec, layout)
+    root = units.pop("root")
+    units["visual"] += root if units["visual"] else 0
+    return units
+
+
+def _unit_comm(params: int, groups: _Groups, layout: RunLayout, grads: int | None = None) -> _Comm:
     """A unit's collectives: DDP all-reduces its fp32 gradients in backward; FSDP all-gathers
     its parameters (again in backward when it reshards after forward) and reduce-scatters its
     fp32 gradients; HSDP does FSDP's inside its shard group of s ranks, then all-reduces the
     reduce-scattered fp32 shard (params / s) across the W / s replicas, on the same stream
-    right after the reduce-scatter (FSDP2), so the two make the unit's one gradient sync."""
+    right after the reduce-scatter (FSDP2), so the two make the unit's one gradient sync.
+    ``grads``: the unit's trainable parameters (None: all), whose gradients alone are synced;
+    a unit with none (all its parameters locked) is gathered for its forward only."""
     if layout.devices == 1:
         return _Comm()
     exposed = groups.exposed
+    grads = params if grads is None else grads
+    if grads == 0:
+        return _frozen_unit_comm(params, groups, layout)
     if layout.sharding == "ddp":
-        ar = groups.replicas.all_reduce(params * REDUCE_BYTES)
+        ar = groups.replicas.all_reduce(grads * REDUCE_BYTES)
         moved = {"all_reduce": ar.bytes_moved_per_rank}
         return _Comm({"all_reduce_s": ar.time_s}, moved, 0.0, exposed * ar.time_s)
     s = layout.shard_group
     none = _Timed(0.0, 0.0)
     sharded = s > 1
     ag = groups.shard.all_gather(params * _param_bytes(layout) / s) if sharded else none
-    rs = groups.shard.reduce_scatter(params * REDUCE_BYTES / s) if sharded else none
+    rs = groups.shard.reduce_scatter(grads * REDUCE_BYTES / s) if sharded else none
     replicated = layout.replicas > 1
-    ar = groups.replicas.all_reduce(params * REDUCE_BYTES / s) if replicated else none
+    ar = groups.replicas.all_reduce(grads * REDUCE_BYTES / s) if replicated else none
     gathers = 1 if not layout.reshard_after_forward else 2
     moved = {
         "all_gather": gathers * ag.bytes_moved_per_rank,
@@ -403,6 +425,16 @@ def _unit_comm(params: int, groups: _Groups, layout: RunLayout) -> _Comm:
     )
 
 
+def _frozen_unit_comm(params: int, groups: _Groups, layout: RunLayout) -> _Comm:
+    """A locked unit: one forward all-gather under FSDP / HSDP, nothing under DDP."""
+    s = layout.shard_group
+    if layout.sharding == "ddp" or s == 1:
+        return _Comm()
+    ag = groups.shard.all_gather(params * _param_bytes(layout) / s)
+    moved = {"all_gather": ag.bytes_moved_per_rank}
+    return _Comm({"all_gather_s": ag.time_s}, moved, groups.exposed * ag.time_s, 0.0)
+
+
 def _param_bytes(layout: RunLayout) -> int:
     """Bytes of a gathered parameter: the layout's precision (fp32 matmuls may run in tf32;
     the parameters stay fp32)."""
@@ -410,19 +442,26 @@ def _param_bytes(layout: RunLayout) -> int:
 
 
 def _timed_unit(
-    ops: UnitOps, params: int, comm: _Comm, layout: RunLayout, price: _Pricer, overhead_s: float
+    ops: UnitOps,
+    params: int,
+    comm: _Comm,
+    layout: RunLayout,
+    price: _Pricer,
+    overhead_s: float,
+    frozen: bool = False,
 ) -> Unit:
     """The unit's forward and backward time: its ops (with FSDP's copies around the
-    collectives), half the per-unit overhead each, and the communication that does not hide."""
+    collectives), half the per-unit overhead each, and the communication that does not hide.
+    A ``frozen`` unit has no backward at all (no ops, copies, hooks or collectives)."""
     fwd_ops, bwd_ops = list(ops.forward), list(ops.backward)
     if layout.sharding != "ddp" and layout.wrapped:
         copy_f, copy_b = fsdp_copy_ops(
             params, layout.shard_group, _param_bytes(layout), layout.reshard_after_forward
         )
-        fwd_ops, bwd_ops = copy_f + fwd_ops, bwd_ops + copy_b
+        fwd_ops, bwd_ops = copy_f + fwd_ops, bwd_ops + ([] if frozen else copy_b)
     fwd = price(fwd_ops) + overhead_s / 2 + comm.exposed_forward_s
-    bwd = price(bwd_ops) + overhead_s / 2 + comm.exposed_backward_s
-    return Unit(name=ops.name, forward_s=fwd, backward_s=bwd, **comm.times)
+    bwd = 0.0 if frozen else price(bwd_ops) + overhead_s / 2 + comm.exposed_backward_s
+    return Unit(name=ops.name, forward_s=fwd, backward_s=bwd, frozen=frozen, **comm.times)
 
 
 def _accumulate(total: dict[str, float], moved: dict[str, float]) -> None:
