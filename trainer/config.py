@@ -36,6 +36,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from vlscale.config_files import read_mapping
+from vlscale.costs.locks import check_locks
 from vlscale.errors import ConfigError, from_validation_error, validate_as
 from vlscale.specs.fields import MaskRatio
 from vlscale.specs.layout import RunLayout
@@ -131,6 +132,7 @@ class TrainConfig(BaseModel):
     def _check(self) -> TrainConfig:
         self.model_spec()  # unknown preset -> ConfigError("model", ...)
         self.recipe_spec()  # ring + softmax recipe -> message naming --loss-impl
+        check_locks(self.model_spec(), self.layout)  # groups beyond the tower, BN on a ViT
         self.check_batch()
         if self.profile_steps is not None:
             self.profile_range()

@@ -52,7 +52,6 @@ def lock_groups(layers: tuple[Layer, ...]) -> list[list[Layer]]:
 def check_locks(spec: ModelSpec, layout: RunLayout) -> None:
     """The unlocked group counts fit the towers; ResNet towers lock whole; batch-norm
     statistics exist to freeze. One ConfigError naming the field."""
-    towers = dict(model_layers(spec).towers)
     for unit, (_, field, name) in TOWER_LOCKS.items():
         n = getattr(layout, field)
         if not n:
@@ -60,7 +59,7 @@ def check_locks(spec: ModelSpec, layout: RunLayout) -> None:
         kind = getattr(spec.vision if unit == "visual" else spec.text, "kind", "vit")
         if kind == "resnet":
             raise ConfigError(field, "a ResNet tower locks whole (as OpenCLIP); drop the flag")
-        count = len(lock_groups(towers[unit]))
+        count = len(lock_groups(dict(model_layers(spec).towers)[unit]))
         if n > count:
             raise ConfigError(
                 field,
