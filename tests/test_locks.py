@@ -9,8 +9,14 @@ import pytest
 from typer.testing import CliRunner
 
 from vlscale.cli import app
+from vlscale.costs.flops import (
+    layers_forward_flops,
+    layers_train_flops,
+    model_flops_per_sample,
+    train_flops_per_sample,
+)
 from vlscale.costs.layers import model_layers
-from vlscale.costs.locks import lock_groups, locked_state, trainable_unit_params
+from vlscale.costs.locks import lock_groups, locked_state, trainable_layers, trainable_unit_params
 from vlscale.costs.memory import estimate_memory
 from vlscale.costs.params import count_params
 from vlscale.errors import ConfigError
@@ -91,3 +97,15 @@ def test_plan_bad_lock_exits_2():
     )
     assert result.exit_code == 2
     assert "--lock-image" in result.output
+
+
+def test_model_flops_count_a_locked_tower_forward_only():
+    layers = model_layers(SPEC)
+
+    kw = dict(mask_ratio=0.0, loss="softmax", loss_impl="gather", local_batch=32, world_size=8)
+    free = model_flops_per_sample(SPEC, **kw)
+    trainable = trainable_layers(SPEC, _layout(lock_image=True))
+    locked = model_flops_per_sample(SPEC, **kw, trainable=trainable)
+    image_backward = layers_train_flops(layers.image) - layers_forward_flops(layers.image)
+    assert free - locked == pytest.approx(image_backward, rel=1e-12)
+    assert train_flops_per_sample(SPEC, trainable=trainable) < train_flops_per_sample(SPEC)

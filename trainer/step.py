@@ -42,6 +42,7 @@ from trainer.parallelize import full_value, set_gradient_sync
 from trainer.profiling import PeakMemory, PhaseTimer, StepProfiler, synchronize
 from trainer.records import RecordWriter
 from vlscale.costs.flops import model_flops_per_sample
+from vlscale.costs.locks import trainable_layers
 from vlscale.errors import ConfigError
 from vlscale.records import CheckpointRecord, EvalRecord, StepRecord
 from vlscale.specs.recipes import RecipeSpec
@@ -303,6 +304,9 @@ def make_record(ctx: LoopContext, step: int, m: dict, peak_memory: int | None, s
             loss=ctx.recipe.loss,
             loss_impl=ctx.recipe.loss_impl,
             local_batch=cfg.local_batch(ctx.world_size),
+            trainable=trainable_layers(spec, cfg.layout, m["mask_ratio"])
+            if cfg.layout.locks
+            else None,
             world_size=ctx.world_size,
         )
     t = m["step_time_s"]

@@ -121,6 +121,18 @@ def trainable_unit_params(spec: ModelSpec, layout: RunLayout) -> dict[str, int]:
     return units
 
 
+def synced_unit_params(spec: ModelSpec, layout: RunLayout) -> dict[str, int]:
+    """Parameters whose gradients each unit of the planner's step synchronises
+    (``vlscale.plan.workload_builder``: the root's two scalars ride with the image tower's
+    unit); 0 marks a frozen unit. With the image tower locked the root's few bytes of gradient
+    sync are left out, so that the tower's unit is frozen."""
+    units = trainable_unit_params(spec, layout)
+    root = units.pop("root")
+    if units["visual"]:
+        units["visual"] += root
+    return units
+
+
 def trainable_shapes(spec: ModelSpec, layout: RunLayout) -> list[tuple[int, ...]]:
     """Parameter shapes of the trainable layers (for the optimizer state)."""
     trainable = trainable_layers(spec, layout) if layout.locks else None

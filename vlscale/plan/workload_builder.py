@@ -53,7 +53,7 @@ from vlscale.costs.collectives import all_gather, all_reduce, neighbor_exchange,
 from vlscale.costs.compute import OpTime, RankResources, op_time
 from vlscale.costs.dtypes import FP32, LOSS_BYTES, REDUCE_BYTES
 from vlscale.costs.flops import model_flops_per_sample, train_flops_per_sample
-from vlscale.costs.locks import trainable_layers, trainable_unit_params
+from vlscale.costs.locks import synced_unit_params, trainable_layers
 from vlscale.costs.memory import fsdp_units
 from vlscale.costs.ops import Op, UnitOps, unit_ops
 from vlscale.costs.params import parameter_shapes
@@ -292,7 +292,8 @@ def build_workload(
     phases = dict.fromkeys(PHASES, 0.0)
 
     params = _unit_params(spec)
-    trained = _trained_unit_params(spec, layout)
+    trained = synced_unit_params(spec, layout)
+    trainable = trainable_layers(spec, layout, recipe.mask_ratio) if layout.locks else None
     units: list[Unit] = []
     for ops in unit_ops(
         spec,
@@ -300,7 +301,7 @@ def build_workload(
         mask_ratio=recipe.mask_ratio,
         precision=precision,
         checkpointing=layout.checkpointing,
-        trainable=trainable_layers(spec, layout, recipe.mask_ratio) if layout.locks else None,
+        trainable=trainable,
     ):
         frozen = trained[ops.name] == 0
         unit_comm = _unit_comm(params[ops.name], groups, layout, trained[ops.name])
@@ -343,6 +344,7 @@ def build_workload(
         loss_impl=recipe.loss_impl,
         local_batch=local_batch,
         world_size=world,
+        trainable=trainable,
     )
     # FLOPs as FlopCounterMode counts them (recompute included) over the time matmuls take:
     # the rate the matmul work runs at, never below MFU
@@ -368,19 +370,6 @@ def _unit_params(spec: ModelSpec) -> dict[str, int]:
     units = fsdp_units(spec)
     root = units.pop("root")
     units["visual"] += root
-    return units
-
-
-def _trained_unit_params(spec: ModelSpec, layout: RunLayout) -> dict[str, int]:
-    """Trainable parameters per unit of ``unit_ops`` (``_unit_params``' names): a unit with
-    none is frozen (locked towers, ``vlscale.costs.locks``). The root's two scalars are left
-    out when the image tower is locked: their gradient sync is a few bytes, and the tower's
-    unit is frozen."""
-    if not layout.locks:
-        return _unit_params(spec)
-    units = trainable_unit_params(spec, layout)
-    root = units.pop("root")
-    units["visual"] += root if units["visual"] else 0
     return units
 
 
@@ -507,12 +496,20 @@ def _ring_loss(e, groups: _Groups, b, price, layout) -> _LossCosts:
 
 
 def _model_flops_per_sample(
-    spec: ModelSpec, *, mask_ratio, loss, loss_impl, local_batch: int, world_size: int
+    spec: ModelSpec,
+    *,
+    mask_ratio,
+    loss,
+    loss_impl,
+    local_batch: int,
+    world_size: int,
+    trainable: frozenset[tuple[str, str]] | None = None,
 ) -> float:
     """``vlscale.costs.flops.model_flops_per_sample``, the same float, without writing out a
     ring's W blocks: ``loss_flops`` sums its op list with ``sum``; here the same values in the
     same order (block 0's FLOPs, W times) go through the same ``sum``."""
     kw = dict(mask_ratio=mask_ratio, loss=loss, loss_impl=loss_impl, local_batch=local_batch)
+    kw |= {"trainable": trainable}
     if loss_impl != "ring":
         return model_flops_per_sample(spec, world_size=world_size, **kw)
     check_loss_impl(loss, loss_impl)
@@ -527,7 +524,7 @@ def _model_flops_per_sample(
         *(bwd * world_size),
         *(o.flops for o in one.outside_backward),
     ]
-    towers = train_flops_per_sample(spec, mask_ratio)
+    towers = train_flops_per_sample(spec, mask_ratio, trainable=trainable)
     return towers + sum(flops) / local_batch
 
 
