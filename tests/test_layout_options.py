@@ -70,6 +70,7 @@ def test_plan_json_carries_the_resolved_layout():
         "lock_image": False,
         "lock_image_unlocked_groups": 0,
         "lock_image_freeze_bn_stats": False,
+        "image_embeddings": None,
         "lock_text": False,
         "lock_text_unlocked_layers": 0,
     }

@@ -109,3 +109,31 @@ def test_model_flops_count_a_locked_tower_forward_only():
     image_backward = layers_train_flops(layers.image) - layers_forward_flops(layers.image)
     assert free - locked == pytest.approx(image_backward, rel=1e-12)
     assert train_flops_per_sample(SPEC, trainable=trainable) < train_flops_per_sample(SPEC)
+
+
+def test_precomputed_embeddings_take_the_image_tower_out_of_the_step():
+    locked, pre = _plan("--lock-image"), _plan("--image-embeddings", "precomputed")
+    assert pre["locked"]["image"] == "all"
+    assert "embedding_pass" not in locked
+    assert pre["step_time_s"] < locked["step_time_s"]
+    assert pre["memory_breakdown"]["params"] < locked["memory_breakdown"]["params"]
+    assert (
+        pre["comm_bytes_per_device"]["all_gather"] < locked["comm_bytes_per_device"]["all_gather"]
+    )
+    one = pre["embedding_pass"]
+    assert set(one) == {"flops", "time_h", "cost_usd"}
+    from vlscale.costs.locks import image_forward_flops
+
+    assert one["flops"] == pytest.approx(pre["samples"] * image_forward_flops(SPEC))
+    # the pass costs about what the locked tower's forward costs over the same samples
+    saved_h = (locked["step_time_s"] - pre["step_time_s"]) * pre["steps"] / 3600
+    assert one["time_h"] == pytest.approx(saved_h, rel=0.25)
+    price = pre["cost_usd"] / pre["device_hours"]  # the run's device-hour price
+    assert one["cost_usd"] == pytest.approx(one["time_h"] * pre["devices"] * price, rel=1e-9)
+
+
+def test_embeddings_contradicting_unlocked_groups_exit_2():
+    args = ("--image-embeddings", "precomputed", "--lock-image-unlocked-groups", "2")
+    result = CliRunner().invoke(app, ["plan", "--model", "ViT-B-16", *args])
+    assert result.exit_code == 2
+    assert "image_embeddings" in result.output and "contradicts" in result.output

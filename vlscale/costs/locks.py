@@ -143,6 +143,14 @@ def trainable_shapes(spec: ModelSpec, layout: RunLayout) -> list[tuple[int, ...]
     return shapes
 
 
+def image_forward_flops(spec: ModelSpec) -> float:
+    """The image tower's forward FLOPs per sample, whole images (what ``trainer.embed`` runs
+    once per sample for precomputed embeddings; a locked tower's share of model FLOPs)."""
+    from vlscale.costs.flops import layers_forward_flops
+
+    return layers_forward_flops(model_layers(spec).image)
+
+
 def locked_state(layout: RunLayout) -> dict[str, str | int]:
     """``plan --json``'s ``locked``: per tower "all", "none" or the number of unlocked groups."""
     out: dict[str, str | int] = {}

@@ -44,7 +44,9 @@ Locked towers (``vlscale.costs.locks``; Ψ_T the trainable parameters, Ψ_L = Ψ
 optimizer state and master weights count Ψ_T only; a locked parameter keeps its one fp32 shard
 (params 4·Ψ_L/s in mixed precision too: FSDP2 casts it while gathering, as any other); it is
 still gathered for the forward, so the gathered-unit buffers do not change, but only trainable
-parameters' gradients are reduced; locked layers save no activations.
+parameters' gradients are reduced; locked layers save no activations. With precomputed image
+embeddings (``layout.image_embeddings``) the image tower is not on the devices at all: its
+parameters and units leave every term.
 
 Loss buffers: :func:`loss_buffer_bytes`. ``overhead`` is a flat allowance for what the
 allocator does not see or cannot reuse: the CUDA context, NCCL communicator buffers, the caching
@@ -118,7 +120,7 @@ def estimate_memory(
         raise ConfigError("local_batch", f"must be >= 1, got {local_batch}")
     if overhead_bytes < 0:
         raise ConfigError("overhead_bytes", f"must be >= 0, got {overhead_bytes}")
-    psi = count_params(spec).total
+    psi = _present_params(spec, layout)
     trained = _trainable_params(spec, layout)
     s, precision = layout.shard_group, layout.precision
     mixed = precision != "fp32"
@@ -138,6 +140,12 @@ def estimate_memory(
         ),
         overhead=overhead_bytes,
     )
+
+
+def _present_params(spec: ModelSpec, layout: RunLayout) -> int:
+    """Ψ on the devices: all, less the image tower when its embeddings are precomputed."""
+    counts = count_params(spec)
+    return counts.total - (counts.image if layout.precomputed_image else 0)
 
 
 def _trainable_params(spec: ModelSpec, layout: RunLayout) -> int:
@@ -185,7 +193,10 @@ def fsdp_buffer_bytes(
     """Gathered parameters of the units in flight plus one unit's gradients being reduced: the
     largest unit's, or with locked towers (``layout``) the largest trainable part of a unit's."""
     p = BYTES_PER_ELEMENT[precision]
-    units = sorted(fsdp_unit_params(spec), reverse=True)
+    present = fsdp_units(spec)
+    if layout is not None and layout.precomputed_image:
+        present = {k: v for k, v in present.items() if k.split(".")[0] != "visual"}
+    units = sorted(present.values(), reverse=True)
     total = sum(units)
     if shard_degree == 1:
         gathered = p * total if precision != "fp32" else 0

@@ -53,7 +53,7 @@ from vlscale.costs.collectives import all_gather, all_reduce, neighbor_exchange,
 from vlscale.costs.compute import OpTime, RankResources, op_time
 from vlscale.costs.dtypes import FP32, LOSS_BYTES, REDUCE_BYTES
 from vlscale.costs.flops import model_flops_per_sample, train_flops_per_sample
-from vlscale.costs.locks import synced_unit_params, trainable_layers
+from vlscale.costs.locks import image_forward_flops, synced_unit_params, trainable_layers
 from vlscale.costs.memory import fsdp_units
 from vlscale.costs.ops import Op, UnitOps, unit_ops
 from vlscale.costs.params import parameter_shapes
@@ -303,6 +303,8 @@ def build_workload(
         checkpointing=layout.checkpointing,
         trainable=trainable,
     ):
+        if layout.precomputed_image and ops.name.split(".")[0] == "visual":
+            continue  # precomputed embeddings: the image tower is not in the step
         frozen = trained[ops.name] == 0
         unit_comm = _unit_comm(params[ops.name], groups, layout, trained[ops.name])
         overhead_s = prof.unit_overhead_s if layout.wrapped else 0.0
@@ -345,7 +347,7 @@ def build_workload(
         local_batch=local_batch,
         world_size=world,
         trainable=trainable,
-    )
+    ) - (image_forward_flops(spec) if layout.precomputed_image else 0.0)
     # FLOPs as FlopCounterMode counts them (recompute included) over the time matmuls take:
     # the rate the matmul work runs at, never below MFU
     hardware = price.total(lambda t: t.op.flops)

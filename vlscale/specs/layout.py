@@ -75,10 +75,29 @@ class RunLayout(BaseModel):
         default=False,
         description="with lock_image: keep batch-norm running statistics frozen (ResNet towers)",
     )
+    image_embeddings: str | None = Field(
+        default=None,
+        description="train from precomputed image embeddings, the image tower out of the step "
+        "(trainer: the directory python -m trainer.embed wrote; planner: precomputed)",
+    )
     lock_text: bool = Field(default=False, description="freeze the text tower")
     lock_text_unlocked_layers: Groups = Field(
         default=0, description="with lock_text: leave the last N layer groups trainable"
     )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _embeddings_lock_the_image_tower(cls, data):
+        """Precomputed image embeddings mean a locked image tower (SigLiT): one whole group."""
+        if isinstance(data, dict) and data.get("image_embeddings") is not None:
+            if data.get("lock_image_unlocked_groups"):
+                raise ConfigError(
+                    "image_embeddings",
+                    "contradicts --lock-image-unlocked-groups: with precomputed embeddings the "
+                    "image tower is not in the step, so none of it trains; drop one of the two",
+                )
+            data = data | {"lock_image": True}
+        return data
 
     @model_validator(mode="after")
     def _check(self) -> RunLayout:
@@ -100,6 +119,11 @@ class RunLayout(BaseModel):
             if getattr(self, field) and not getattr(self, f"lock_{tower}"):
                 raise ConfigError(field, f"applies with --lock-{tower} only; add --lock-{tower}")
         return self
+
+    @property
+    def precomputed_image(self) -> bool:
+        """Whether the image tower is out of the step (precomputed embeddings)."""
+        return self.image_embeddings is not None
 
     @property
     def locks(self) -> bool:
