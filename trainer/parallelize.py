@@ -102,8 +102,9 @@ def check_mesh(mesh: DeviceMesh, layout: RunLayout) -> None:
 
 
 def towers(model: nn.Module) -> list[nn.Module]:
-    """The image and text towers (``model.visual``, ``model.text``)."""
-    return [model.visual, model.text]
+    """The image and text towers (``model.visual``, ``model.text``) that have parameters (the
+    image tower's place holds none when its embeddings are precomputed)."""
+    return [t for t in (model.visual, model.text) if any(True for _ in t.parameters())]
 
 
 def blocks(model: nn.Module) -> Iterator[nn.Module]:
