@@ -397,7 +397,21 @@ def describe_layout(layout: RunLayout) -> str:
         parts.append(f"{layout.grad_accum} micro-steps")
     if not layout.wrapped:
         parts.append("unwrapped")
+    parts += describe_locks(layout)
     return ", ".join(parts)
+
+
+def describe_locks(layout: RunLayout) -> list[str]:
+    """ "image locked", "text: last 2 groups train", "image embeddings precomputed"."""
+    out = []
+    for tower, state in locked_state(layout).items():
+        if tower == "image" and layout.precomputed_image:
+            out.append("image embeddings precomputed")
+        elif state == "all":
+            out.append(f"{tower} locked")
+        elif state != "none":
+            out.append(f"{tower}: last {state} groups train")
+    return out
 
 
 def summary_rows(result: PlanResult) -> list[tuple[str, str]]:
@@ -425,7 +439,16 @@ def summary_rows(result: PlanResult) -> list[tuple[str, str]]:
         ),
         ("largest local batch that fits", f"{r.max_local_batch}"),
         ("loss buffers", f"{r.loss_memory_bytes / 2**20:,.1f} MiB"),
+        *_embedding_pass_rows(r),
     ]
+
+
+def _embedding_pass_rows(r: PlanResult) -> list[tuple[str, str]]:
+    if not r.embedding_pass:
+        return []
+    e = r.embedding_pass
+    text = f"{e['flops']:.3g} FLOPs, {e['time_h']:,.1f} h, ${e['cost_usd']:,.0f} (once)"
+    return [("image embedding pass", text)]
 
 
 def compare_rows(results: list[dict[str, Any]]) -> list[list[str]]:
