@@ -137,3 +137,19 @@ def test_embeddings_contradicting_unlocked_groups_exit_2():
     result = CliRunner().invoke(app, ["plan", "--model", "ViT-B-16", *args])
     assert result.exit_code == 2
     assert "image_embeddings" in result.output and "contradicts" in result.output
+
+
+@pytest.mark.parametrize("preset", ["ViT-B-32", "ViT-SO400M-14-SigLIP", "EVA02-B-16", "tiny-clip"])
+def test_every_lock_saves_memory_never_adds_it(preset):
+    spec, recipe = get_model(preset), default_recipe("siglip")
+    base = estimate_memory(spec, _layout(), recipe, local_batch=16).total
+    groups = len(lock_groups(model_layers(spec).image))
+    previous = 0
+    for n in range(groups + 1):  # more unlocked groups, more memory, up to the free tower
+        layout = _layout(lock_image=True, lock_image_unlocked_groups=n)
+        total = estimate_memory(spec, layout, recipe, local_batch=16).total
+        assert previous <= total <= base
+        previous = total
+    assert previous == base
+    text = estimate_memory(spec, _layout(lock_text=True), recipe, local_batch=16).total
+    assert text < base
