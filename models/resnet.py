@@ -48,6 +48,8 @@ class BatchNorm2d(nn.BatchNorm2d):
     residual branch starts as nothing and each block as its shortcut.
     """
 
+    frozen_stats = False  # --lock-image-freeze-bn-stats (trainer.locks): inference mode always
+
     def __init__(self, num_features: int, eps: float, zero_init: bool = False):
         self.zero_init = zero_init
         super().__init__(num_features, eps=eps)
@@ -60,16 +62,17 @@ class BatchNorm2d(nn.BatchNorm2d):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         dtype = self.running_mean.dtype
         stats = (self.running_mean, self.running_var)
-        if self.training and torch._C._current_graph_task_id() != -1:  # recompute in backward
+        training = self.training and not self.frozen_stats
+        if training and torch._C._current_graph_task_id() != -1:  # recompute in backward
             stats = tuple(s.clone() for s in stats)
-        elif self.training:
+        elif training:
             self.num_batches_tracked.add_(1)
         return F.batch_norm(
             x,
             *stats,
             self.weight.to(dtype),
             self.bias.to(dtype),
-            training=self.training,
+            training=training,
             momentum=self.momentum,
             eps=self.eps,
         )

@@ -23,6 +23,19 @@ from vlscale.specs.models import ModelSpec
 DEFAULT_LOGIT_SCALE = math.log(1 / 0.07)
 
 
+class PrecomputedImage(nn.Module):
+    """The image tower's place when its embeddings are precomputed (``--image-embeddings``):
+    the "images" it is given are the tower's features (B, embed_dim) already; no parameters,
+    no blocks."""
+
+    def __init__(self):
+        super().__init__()
+        self.blocks = nn.ModuleList()
+
+    def forward(self, features: torch.Tensor, mask_ratio: float = 0.0, generator=None):
+        return features
+
+
 class TwoTower(nn.Module):
     def __init__(
         self,
@@ -45,6 +58,10 @@ class TwoTower(nn.Module):
         with torch.no_grad():
             self.logit_scale.fill_(self.init_logit_scale)
             self.logit_bias.fill_(self.init_logit_bias)
+
+    def drop_image_tower(self) -> None:
+        """Precomputed image embeddings: the image tower leaves the model (and the step)."""
+        self.visual = PrecomputedImage()
 
     def encode_image(
         self,

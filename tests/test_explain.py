@@ -58,8 +58,21 @@ def raw(rows, kind, purpose):
         dict(sharding="fsdp", reshard_after_forward=False, grad_accum=2),
         dict(sharding="hsdp", shard_size=8),
         dict(sharding="ddp"),
+        dict(sharding="fsdp", lock_image=True),
+        dict(sharding="hsdp", shard_size=8, lock_image=True, lock_image_unlocked_groups=2),
+        dict(sharding="ddp", lock_text=True),
+        dict(sharding="fsdp", image_embeddings="precomputed"),
     ],
-    ids=["fsdp", "fsdp-noreshard-accum", "hsdp", "ddp"],
+    ids=[
+        "fsdp",
+        "fsdp-noreshard-accum",
+        "hsdp",
+        "ddp",
+        "fsdp-locked-image",
+        "hsdp-partly-locked",
+        "ddp-locked-text",
+        "fsdp-precomputed",
+    ],
 )
 def test_raw_collective_times_are_the_workloads(layout):
     """Summed per kind, the rows give back the per-unit times the simulator ran, so the
@@ -71,13 +84,15 @@ def test_raw_collective_times_are_the_workloads(layout):
     if cfg.sharding == "ddp":
         ar = raw(rows, "all_reduce", "gradients")
         assert ar["raw_time_per_step_s"] == pytest.approx(sum(u.all_reduce_s for u in wl.units))
-        assert ar["calls_per_step"] == len(wl.units) and ar["group_size"] == 16
+        synced = [u for u in wl.units if not u.frozen]  # a locked unit syncs no gradient
+        assert ar["calls_per_step"] == len(synced) and ar["group_size"] == 16
     else:
-        gathers = 2 if cfg.reshard_after_forward else 1
+        # a unit that trains is gathered again in backward when it reshards; a locked one is not
+        gathers = [2 if cfg.reshard_after_forward and not u.frozen else 1 for u in wl.units]
         ag, rs = raw(rows, "all_gather", "parameters"), raw(rows, "reduce_scatter", "gradients")
-        unit_ag = sum(u.all_gather_s for u in wl.units)
-        assert ag["raw_time_per_step_s"] == pytest.approx(gathers * k * unit_ag)
-        assert ag["calls_per_step"] == gathers * k * len(wl.units)
+        unit_ag = sum(n * u.all_gather_s for n, u in zip(gathers, wl.units, strict=True))
+        assert ag["raw_time_per_step_s"] == pytest.approx(k * unit_ag)
+        assert ag["calls_per_step"] == k * sum(gathers)
         sync = rs["raw_time_per_step_s"]
         if cfg.sharding == "hsdp":  # the replica all-reduce rides in the unit's gradient sync
             replicas = raw(rows, "all_reduce", "gradient shards")

@@ -67,6 +67,12 @@ def test_plan_json_carries_the_resolved_layout():
         "checkpointing": False,
         "grad_accum": 1,
         "wrap_one_rank": False,
+        "lock_image": False,
+        "lock_image_unlocked_groups": 0,
+        "lock_image_freeze_bn_stats": False,
+        "image_embeddings": None,
+        "lock_text": False,
+        "lock_text_unlocked_layers": 0,
     }
     hsdp = _plan(
         *("--model", "ViT-B-32", "--devices", "32", "--global-batch", "1024"),

@@ -45,6 +45,7 @@ from pydantic import (
 )
 
 from vlscale.config_files import read_mapping
+from vlscale.costs.locks import check_locks
 from vlscale.errors import ConfigError, from_validation_error, validate_as
 from vlscale.specs.fields import MAX_COUNT, Count, MaskRatio
 from vlscale.specs.layout import RunLayout
@@ -161,6 +162,8 @@ class TrainConfig(BaseModel):
     def _check(self) -> TrainConfig:
         self.model_spec()  # unknown preset -> ConfigError("model", ...)
         self.recipe_spec()  # ring + softmax recipe -> message naming --loss-impl
+        check_locks(self.model_spec(), self.layout)  # groups beyond the tower, BN on a ViT
+        self._check_embeddings()
         self.check_batch()
         if self.profile_steps is not None:
             self.profile_range()
@@ -204,6 +207,27 @@ class TrainConfig(BaseModel):
                 "must be an OpenCLIP .pt/.bin/.safetensors file (use --resume for runs)",
             )
         return self
+
+    def _check_embeddings(self) -> None:
+        """--image-embeddings DIR: a directory trainer.embed wrote for this model's widths."""
+        if not self.layout.precomputed_image:
+            return
+        from trainer.data.embeddings import check_embeddings
+
+        spec = self.model_spec()
+        check_embeddings(
+            self.layout.image_embeddings,
+            width=spec.embed_dim,
+            context_length=spec.text.context_length,
+            global_batch=self.global_batch,
+        )
+        for field in ("eval_every", "init_image_from"):
+            if getattr(self, field):
+                raise ConfigError(
+                    field,
+                    "needs the image tower, which --image-embeddings takes out of the step; "
+                    "drop one of the two",
+                )
 
     def _check_safety(self) -> None:
         """Mistakes that used to surface mid-run (or never): schedule, evaluation, --out."""

@@ -2,7 +2,8 @@
 
 One wrapping order, pinned by ``tests/trainer/test_parallelize.py``:
 
-1. the model is built on ``meta`` (no memory, no init);
+1. the model is built on ``meta`` (no memory, no init); locked towers are frozen here
+   (``trainer.locks``: ``requires_grad=False`` before any wrapper sees the parameters);
 2. activation checkpointing per transformer block: each ``tower.blocks[i]`` is replaced by
    ``checkpoint_wrapper(block)`` (non-reentrant ``torch.utils.checkpoint``). The wrapper is an
    ordinary module, so the FSDP unit of step 3 contains it and recompute runs on the gathered
@@ -28,6 +29,16 @@ shape ``(W / s, s)`` for shard size s): FSDP2's ``fully_shard`` shards each para
 ``replicate`` dim (gradients all-reduced across the W / s groups), the hybrid sharding of
 Zhao et al. 2023 (PyTorch FSDP) and torchtitan's ``dp_replicate x dp_shard``. The model is the
 same; only the mesh differs.
+
+Locked parameters (``--lock-image`` / ``--lock-text``) stay in the same units, sharded like
+the others and all-gathered for the forward: the choice that keeps one wrapping for every
+layout. FSDP2 supports frozen parameters, also next to trainable ones in one unit (a partially
+unlocked tower's own unit): it reduce-scatters the gradients of the parameters that have one
+only, and a unit whose outputs need no grad registers no backward hook, so it is neither
+re-gathered nor synchronised in backward. The cost is each locked unit's forward all-gather and
+its fp32 shard (4·Ψ_locked / s bytes per rank), which ``vlscale.costs.memory`` and
+``vlscale.plan.workload_builder`` price the same way. Fully locked blocks are not wrapped for
+activation checkpointing: they save nothing to recompute.
 
 What is wrapped and how comes from the run layout (``vlscale.specs.layout.RunLayout``): sharding,
 precision, resharding after forward and activation checkpointing; ``layout.wrapped`` is the one
@@ -56,6 +67,7 @@ from torch.distributed.fsdp import (
     register_fsdp_forward_method,
 )
 
+from trainer.locks import apply_locks, is_frozen
 from vlscale.specs.layout import RunLayout
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -90,8 +102,9 @@ def check_mesh(mesh: DeviceMesh, layout: RunLayout) -> None:
 
 
 def towers(model: nn.Module) -> list[nn.Module]:
-    """The image and text towers (``model.visual``, ``model.text``)."""
-    return [model.visual, model.text]
+    """The image and text towers (``model.visual``, ``model.text``) that have parameters (the
+    image tower's place holds none when its embeddings are precomputed)."""
+    return [t for t in (model.visual, model.text) if any(True for _ in t.parameters())]
 
 
 def blocks(model: nn.Module) -> Iterator[nn.Module]:
@@ -109,9 +122,12 @@ def mixed_precision(precision: str) -> MixedPrecisionPolicy:
 
 
 def apply_activation_checkpointing(model: nn.Module) -> None:
-    """Step 2: wrap each block in place (``tower.blocks[i] = checkpoint_wrapper(block)``)."""
+    """Step 2: wrap each block in place (``tower.blocks[i] = checkpoint_wrapper(block)``),
+    but a locked one (it saves nothing)."""
     for tower in towers(model):
         for i, block in enumerate(tower.blocks):
+            if is_frozen(block):
+                continue
             tower.blocks[i] = checkpoint_wrapper(block, checkpoint_impl=CheckpointImpl.NO_REENTRANT)
 
 
@@ -194,6 +210,7 @@ def parallelize(
     nothing to shard, gather, reduce or cast; the wrapped model would compute the same at a
     cost, ``benchmarks/train_overhead.py``)."""
     check_mesh(mesh, layout)
+    apply_locks(model, layout)
     if layout.checkpointing:
         apply_activation_checkpointing(model)
     if compile_backend is not None:

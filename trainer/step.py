@@ -43,6 +43,7 @@ from trainer.profiling import PeakMemory, PhaseTimer, StepProfiler, synchronize
 from trainer.records import RecordWriter
 from trainer.signals import Stopped, agreed_stop
 from vlscale.costs.flops import model_flops_per_sample
+from vlscale.costs.locks import image_forward_flops, trainable_layers
 from vlscale.errors import ConfigError
 from vlscale.records import CheckpointRecord, EvalRecord, StepRecord
 from vlscale.specs.recipes import RecipeSpec
@@ -110,7 +111,7 @@ def train_step(ctx: LoopContext, step: int, timer: PhaseTimer) -> dict:
     for micro in range(accum):
         td = time.perf_counter()
         images, tokens = next(ctx.batches)
-        images = images.to(device, non_blocking=True)  # (b, 3, H, W)
+        images = images.to(device, non_blocking=True)  # (b, 3, H, W) | embeddings (b, d)
         tokens = tokens.to(device, non_blocking=True)  # (b, S)
         timer.skip()
         data_time += time.perf_counter() - td
@@ -349,8 +350,11 @@ def make_record(ctx: LoopContext, step: int, m: dict, peak_memory: int | None, s
             loss=ctx.recipe.loss,
             loss_impl=ctx.recipe.loss_impl,
             local_batch=cfg.local_batch(ctx.world_size),
+            trainable=trainable_layers(spec, cfg.layout, m["mask_ratio"])
+            if cfg.layout.locks
+            else None,
             world_size=ctx.world_size,
-        )
+        ) - (image_forward_flops(spec) if cfg.layout.precomputed_image else 0.0)
     t = m["step_time_s"]
     mfu = None
     if ctx.peak_flops:

@@ -334,6 +334,8 @@ def build_parallel_model(cfg: TrainConfig, device, mesh):
         init_logit_scale=recipe.init_logit_scale,
         init_logit_bias=recipe.init_logit_bias,
     )
+    if cfg.layout.precomputed_image:
+        model.drop_image_tower()  # --image-embeddings: the step has no image tower
     backend = cfg.compile_backend if cfg.compile else None
     parallelize(model, mesh, cfg.layout, device, init_weights, compile_backend=backend)
     init_from_files(cfg, model)
@@ -474,7 +476,11 @@ def broadcast_str(value: str) -> str:
 def build_train_loader(cfg: TrainConfig, spec, rank: int, world: int):
     """This rank's loader of local micro-batches (``trainer.data``), tokenised by --tokenizer."""
     from trainer.data import build_loader
+    from trainer.data.embeddings import EmbeddingLoader
     from trainer.tokenizer import build_tokenizer
+
+    if cfg.layout.precomputed_image:
+        return EmbeddingLoader(cfg.layout.image_embeddings, cfg.local_batch(world), rank, world)
 
     tokenizer = build_tokenizer(
         cfg.tokenizer, context_length=spec.text.context_length, vocab_size=spec.text.vocab_size

@@ -223,7 +223,7 @@ CONFIGS: dict[str, list[str]] = {
 }
 
 # Keys a redesign may add to the output without changing a number (new contracts).
-ADDED_KEYS = frozenset({"layout"})
+ADDED_KEYS = frozenset({"layout", "locked"})
 
 
 def plan_json(flags: list[str]) -> str:

@@ -48,9 +48,17 @@ class TowerActivations:
 
 
 def layers_activations(
-    layers: Iterable[Layer], batch: int, act_bytes: int, checkpointing: bool
+    layers: Iterable[Layer],
+    batch: int,
+    act_bytes: int,
+    checkpointing: bool,
+    trainable: frozenset[tuple[str, str]] | None = None,
 ) -> TowerActivations:
-    """Σ of what the layers keep; the largest single-block recompute peak."""
+    """Σ of what the layers keep; the largest single-block recompute peak. With ``trainable``
+    (locked towers, ``vlscale.costs.locks``) the other layers keep nothing: no input or
+    parameter of theirs requires grad, so autograd records none of their ops."""
+    if trainable is not None:
+        layers = [x for x in layers if (x.name, x.kind) in trainable]
     kept = peak = 0
     for layer, count in runs(layers):
         kept += count * layer.kept(batch, checkpointing).nbytes(act_bytes)
@@ -85,6 +93,7 @@ def activation_bytes(
     precision: str = "bf16",
     checkpointing: bool = False,
     mask_ratio: float = 0.0,
+    trainable: frozenset[tuple[str, str]] | None = None,
 ) -> dict[str, int]:
     """Activation bytes per device: ``{"image", "text", "recompute"}``; their sum is the total.
 
@@ -92,7 +101,8 @@ def activation_bytes(
     only the block inputs with ``checkpointing``); ``recompute``: the largest single-block
     recompute peak over both towers (0 without checkpointing). ``mask_ratio`` is FLIP's patch
     drop ratio r, shortening the image sequence to prefix + floor(N·(1 - r)) tokens. The loss's
-    saved tensors are memory's ``loss_buffers``, not counted here.
+    saved tensors are memory's ``loss_buffers``, not counted here. ``trainable``: with locked
+    towers, the layers that train (``vlscale.costs.locks.trainable_layers``).
     """
     if precision not in BYTES_PER_ELEMENT:
         raise ConfigError(
@@ -103,8 +113,8 @@ def activation_bytes(
         raise ConfigError("local_batch", f"must be >= 1, got {local_batch}")
     act_bytes = BYTES_PER_ELEMENT[precision]
     layers = model_layers(spec, mask_ratio)
-    image = layers_activations(layers.image, local_batch, act_bytes, checkpointing)
-    text = layers_activations(layers.text, local_batch, act_bytes, checkpointing)
+    image = layers_activations(layers.image, local_batch, act_bytes, checkpointing, trainable)
+    text = layers_activations(layers.text, local_batch, act_bytes, checkpointing, trainable)
     return {
         "image": image.kept,
         "text": text.kept,

@@ -259,16 +259,26 @@ def block_recompute_flops(t: TrunkSpec, tokens: int, early_stop: bool = True) ->
 
 
 def train_flops_per_sample(
-    spec: ModelSpec, mask_ratio: float = 0.0, recompute: bool = False, early_stop: bool = True
+    spec: ModelSpec,
+    mask_ratio: float = 0.0,
+    recompute: bool = False,
+    early_stop: bool = True,
+    trainable: frozenset[tuple[str, str]] | None = None,
 ) -> float:
     """Forward + backward FLOPs of both towers per sample (loss excluded, see ``loss_flops``).
 
     3F in general; the patch stem's backward is F, not 2F, because pixels need no gradient.
     ``recompute`` (activation checkpointing of every block) adds ``block_recompute_flops`` per
     block: a block forward less its last matmul with torch's default early stop.
+    ``trainable`` (locked towers, ``vlscale.costs.locks.trainable_layers``): the other layers
+    run their forward only (F).
     """
-    layers = model_layers(spec, mask_ratio)
-    return layers_train_flops((*layers.image, *layers.text), recompute, early_stop)
+    layers = (*model_layers(spec, mask_ratio).image, *model_layers(spec, mask_ratio).text)
+    if trainable is None:
+        return layers_train_flops(layers, recompute, early_stop)
+    trained = [x for x in layers if (x.name, x.kind) in trainable]
+    locked = [x for x in layers if (x.name, x.kind) not in trainable]
+    return layers_train_flops(trained, recompute, early_stop) + layers_forward_flops(locked)
 
 
 def loss_flops(
@@ -316,14 +326,16 @@ def model_flops_per_sample(
     loss_impl: Literal["gather", "ring"],
     local_batch: int,
     world_size: int,
+    trainable: frozenset[tuple[str, str]] | None = None,
 ) -> float:
     """Model FLOPs of one training sample: both towers forward + backward, plus its share of
-    the loss matmuls — no activation recompute and no recomputed logits.
+    the loss matmuls — no activation recompute and no recomputed logits. Locked layers (not in
+    ``trainable``, see :func:`train_flops_per_sample`) count their forward only.
 
     This is the numerator of MFU (PaLM's convention, Chowdhery et al. 2022, appendix B) for the
     planner and the trainer alike: ``train_flops_per_sample(spec, r)`` +
     ``loss_flops(loss, impl, b, W, e) / b``, with b the local (micro-)batch the loss sees.
     """
-    towers = train_flops_per_sample(spec, mask_ratio)
+    towers = train_flops_per_sample(spec, mask_ratio, trainable=trainable)
     per_step = loss_flops(loss, loss_impl, local_batch, world_size, spec.embed_dim)
     return towers + per_step / local_batch

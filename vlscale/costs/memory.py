@@ -40,6 +40,14 @@ gradient all-reduce works on the reduce-scattered fp32 shard in place. An unwrap
 plain ``.grad`` tensors (4·Ψ, as the sharded fp32 gradients at s = 1) and no unit buffers.
 
 Activations: ``vlscale.costs.activations`` (Korthikanti et al. 2022 style, per saved tensor).
+Locked towers (``vlscale.costs.locks``; Ψ_T the trainable parameters, Ψ_L = Ψ − Ψ_T): grads,
+optimizer state and master weights count Ψ_T only; a locked parameter keeps its one fp32 shard
+(params 4·Ψ_L/s in mixed precision too: FSDP2 casts it while gathering, as any other); it is
+still gathered for the forward, so the gathered-unit buffers do not change, but only trainable
+parameters' gradients are reduced; locked layers save no activations. With precomputed image
+embeddings (``layout.image_embeddings``) the image tower is not on the devices at all: its
+parameters and units leave every term.
+
 Loss buffers: :func:`loss_buffer_bytes`. ``overhead`` is a flat allowance for what the
 allocator does not see or cannot reuse: the CUDA context, NCCL communicator buffers, the caching
 allocator's fragmentation (default 1 GiB; calibrate it per device).
@@ -52,6 +60,7 @@ from dataclasses import asdict, dataclass
 
 from vlscale.costs.activations import activation_bytes
 from vlscale.costs.dtypes import FP32, REDUCE_BYTES
+from vlscale.costs.locks import trainable_layers, trainable_shapes, trainable_unit_params
 from vlscale.costs.loss_buffers import loss_buffer_bytes
 from vlscale.costs.params import count_params, parameter_shapes, unit_params
 from vlscale.errors import ConfigError
@@ -105,16 +114,18 @@ def estimate_memory(
         raise ConfigError("local_batch", f"must be >= 1, got {local_batch}")
     if overhead_bytes < 0:
         raise ConfigError("overhead_bytes", f"must be >= 0, got {overhead_bytes}")
-    psi = count_params(spec).total
+    psi = _present_params(spec, layout)
+    trained = _trainable_params(spec, layout)
     s, precision = layout.shard_group, layout.precision
     mixed = precision != "fp32"
-    acts = activation_bytes(spec, local_batch, precision, layout.checkpointing, recipe.mask_ratio)
+    acts = _activations(spec, layout, local_batch, recipe.mask_ratio)
     return MemoryBreakdown(
-        params=0 if mixed else _ceil_div(FP32 * psi, s),
-        grads=_ceil_div(FP32 * psi, s),
-        optimizer_state=optimizer_state_bytes(spec, recipe.optimizer, s),
-        master_weights=_ceil_div(FP32 * psi, s) if mixed else 0,
-        fsdp_buffers=fsdp_buffer_bytes(spec, s, precision, layout.reshard_after_forward)
+        # mixed precision: the locked parameters' fp32 shards are their only copy
+        params=_ceil_div(FP32 * (psi - trained if mixed else psi), s),
+        grads=_ceil_div(FP32 * trained, s),
+        optimizer_state=optimizer_state_bytes(spec, recipe.optimizer, s, layout),
+        master_weights=_ceil_div(FP32 * trained, s) if mixed else 0,
+        fsdp_buffers=fsdp_buffer_bytes(spec, s, precision, layout.reshard_after_forward, layout)
         if layout.wrapped
         else 0,
         activations=sum(acts.values()),
@@ -122,6 +133,27 @@ def estimate_memory(
             recipe.loss, recipe.loss_impl, local_batch, layout.devices, spec.embed_dim
         ),
         overhead=overhead_bytes,
+    )
+
+
+def _present_params(spec: ModelSpec, layout: RunLayout) -> int:
+    """Ψ on the devices: all, less the image tower when its embeddings are precomputed."""
+    counts = count_params(spec)
+    return counts.total - (counts.image if layout.precomputed_image else 0)
+
+
+def _trainable_params(spec: ModelSpec, layout: RunLayout) -> int:
+    """Ψ_T: the parameters that train (all of Ψ unless a tower is locked, ``costs.locks``)."""
+    if not layout.locks:
+        return count_params(spec).total
+    return sum(trainable_unit_params(spec, layout).values())
+
+
+def _activations(spec: ModelSpec, layout: RunLayout, local_batch: int, mask_ratio: float):
+    """Activation bytes by tower; a locked layer saves nothing (``costs.locks``)."""
+    trainable = trainable_layers(spec, layout, mask_ratio) if layout.locks else None
+    return activation_bytes(
+        spec, local_batch, layout.precision, layout.checkpointing, mask_ratio, trainable
     )
 
 
@@ -139,11 +171,19 @@ def fsdp_unit_params(spec: ModelSpec) -> list[int]:
 
 
 def fsdp_buffer_bytes(
-    spec: ModelSpec, shard_degree: int, precision: str, reshard_after_forward: bool = True
+    spec: ModelSpec,
+    shard_degree: int,
+    precision: str,
+    reshard_after_forward: bool = True,
+    layout: RunLayout | None = None,
 ) -> int:
-    """Gathered parameters of the units in flight plus one unit's gradients being reduced."""
+    """Gathered parameters of the units in flight plus one unit's gradients being reduced: the
+    largest unit's, or with locked towers (``layout``) the largest trainable part of a unit's."""
     p = BYTES_PER_ELEMENT[precision]
-    units = sorted(fsdp_unit_params(spec), reverse=True)
+    present = fsdp_units(spec)
+    if layout is not None and layout.precomputed_image:
+        present = {k: v for k, v in present.items() if k.split(".")[0] != "visual"}
+    units = sorted(present.values(), reverse=True)
     total = sum(units)
     if shard_degree == 1:
         gathered = p * total if precision != "fp32" else 0
@@ -151,7 +191,10 @@ def fsdp_buffer_bytes(
         gathered = p * (units[0] + units[1])
     else:
         gathered = p * total
-    return gathered + (p + REDUCE_BYTES) * units[0]
+    reduced = units[0]
+    if layout is not None and layout.locks:
+        reduced = max(trainable_unit_params(spec, layout).values())
+    return gathered + (p + REDUCE_BYTES) * reduced
 
 
 def max_local_batch(
@@ -207,19 +250,25 @@ def optimizer_state_elements(spec: ModelSpec, optimizer: str) -> int:
     raise ConfigError("optimizer", f"unknown optimizer '{optimizer}'; use one of {OPTIMIZERS}")
 
 
-def optimizer_state_bytes(spec: ModelSpec, optimizer: str, shard_degree: int) -> int:
+def optimizer_state_bytes(
+    spec: ModelSpec, optimizer: str, shard_degree: int, layout: RunLayout | None = None
+) -> int:
     """fp32 optimizer state per device when parameters are sharded on dim 0 over ``shard_degree``.
 
     AdamW / LAMB moments shard with their parameters: 2·4·Ψ / s. Adafactor
     (``trainer.optim.adafactor``) keeps, per 2-D matrix (r, c), a row factor sharded with the
     rows (r / s) and a column factor that every rank holds whole (c, identical on all ranks);
     vectors and the factors of 3+-D tensors (whose dim 0 is a leading index) shard: so
-    4 · (Σ_2-D (r / s + c) + Σ_other n / s).
+    4 · (Σ_2-D (r / s + c) + Σ_other n / s). With locked towers (``layout``) only the
+    trainable parameters have state.
     """
+    locked = layout is not None and layout.locks
     if optimizer != "adafactor":
+        if locked and optimizer in ("adamw", "lamb"):
+            return _ceil_div(2 * FP32 * _trainable_params(spec, layout), shard_degree)
         return _ceil_div(optimizer_state_elements(spec, optimizer) * FP32, shard_degree)
     sharded = replicated = 0
-    for shape in parameter_shapes(spec):
+    for shape in trainable_shapes(spec, layout) if locked else parameter_shapes(spec):
         if len(shape) == 2:
             sharded += shape[0]
             replicated += shape[1]

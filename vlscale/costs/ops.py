@@ -54,23 +54,36 @@ def block_ops(
 
 
 def layers_units(
-    tower: str, layers: tuple[Layer, ...], b: int, new: Callable[[], OpList], checkpointing: bool
+    tower: str,
+    layers: tuple[Layer, ...],
+    b: int,
+    new: Callable[[], OpList],
+    checkpointing: bool,
+    trainable: frozenset[tuple[str, str]] | None = None,
 ) -> list[UnitOps]:
     """The FSDP units of one tower's ``layers``: its own unit (every layer that is not a block)
-    first, then one unit per block. ``new()`` makes an empty op list in the compute dtype."""
+    first, then one unit per block. ``new()`` makes an empty op list in the compute dtype.
+    ``trainable`` (locked towers, ``vlscale.costs.locks``): the other layers have no backward
+    (and, locked, are not checkpointed: they save nothing to recompute)."""
+
+    def trains(layer: Layer) -> bool:
+        return trainable is None or (layer.name, layer.kind) in trainable
+
     rest = [layer for layer in layers if layer.role != "block"]
     forward, backward = new(), new()
     for layer in rest:
         layer.forward_ops(forward, b)
     for layer in reversed(rest):
-        layer.backward_ops(backward, b)
+        if trains(layer):
+            layer.backward_ops(backward, b)
     units = [UnitOps(tower, tuple(forward), tuple(backward))]
     for block in (layer for layer in layers if layer.role == "block"):
         forward, backward = new(), new()
         block.forward_ops(forward, b)
-        if checkpointing:
-            block.recompute_ops(backward, b)
-        block.backward_ops(backward, b)
+        if trains(block):
+            if checkpointing:
+                block.recompute_ops(backward, b)
+            block.backward_ops(backward, b)
         units.append(UnitOps(block.name, tuple(forward), tuple(backward)))
     return units
 
@@ -82,10 +95,11 @@ def unit_ops(
     mask_ratio: float,
     precision: str,
     checkpointing: bool,
+    trainable: frozenset[tuple[str, str]] | None = None,
 ) -> list[UnitOps]:
     """Every FSDP unit of the model in forward order (``trainer.parallelize``'s wrapping): the
     image tower's own unit (stem before the blocks, pool and projection after), its blocks, then
-    the text tower's unit and blocks."""
+    the text tower's unit and blocks. ``trainable``: see :func:`layers_units`."""
     a = 2 if precision in ("bf16", "fp16") else 4
     dtype = "fp32" if precision == "tf32" else precision
 
@@ -94,5 +108,5 @@ def unit_ops(
 
     units: list[UnitOps] = []
     for tower, layers in model_layers(spec, mask_ratio).towers:
-        units += layers_units(tower, layers, local_batch, new, checkpointing)
+        units += layers_units(tower, layers, local_batch, new, checkpointing, trainable)
     return units

@@ -169,6 +169,7 @@ def explain_json(result) -> dict[str, Any]:
 def collective_rows(result) -> list[dict[str, Any]]:
     """The collectives of one optimizer step on one rank, by kind and purpose (module
     docstring); ``result`` is a ``PlanResult``. Empty on one device."""
+    from vlscale.costs.locks import synced_unit_params
     from vlscale.plan.workload_builder import collective_groups, param_bytes, unit_params
 
     layout, spec, recipe = result.config.layout, result.model_spec, result.recipe
@@ -178,11 +179,17 @@ def collective_rows(result) -> list[dict[str, Any]]:
         result.cluster, layout, result.profile, result.config.comm_efficiency_scale
     )
     rows = []
-    params = list(unit_params(spec).values())
+    trained = synced_unit_params(spec, layout)  # a locked unit syncs no gradient
+    params = [
+        (p, trained[name])
+        for name, p in unit_params(spec).items()
+        if not (layout.precomputed_image and name.split(".")[0] == "visual")
+    ]
     if layout.sharding == "ddp":
         rows.append(_Kind("all_reduce", "gradients, per unit", groups.replicas))
-        for p in params:
-            rows[-1].add(p * REDUCE_BYTES)
+        for _, g in params:
+            if g:
+                rows[-1].add(g * REDUCE_BYTES)
     else:
         rows += _sharded_rows(params, groups, layout, param_bytes(layout))
     b = layout.micro_batch(result.config.global_batch)
@@ -193,21 +200,25 @@ def collective_rows(result) -> list[dict[str, Any]]:
     return [r.row() for r in rows if r.calls]
 
 
-def _sharded_rows(params: list[int], groups, layout, bytes_per_param: int) -> list[_Kind]:
-    """FSDP / HSDP: every unit all-gathered in forward (and again in backward when it
-    reshards) in each of the k micro-steps, its gradients reduce-scattered in the shard group
-    once per step, and under HSDP the reduced shard all-reduced across the replicas."""
+def _sharded_rows(
+    params: list[tuple[int, int]], groups, layout, bytes_per_param: int
+) -> list[_Kind]:
+    """FSDP / HSDP, per unit (parameters, trainable parameters): all-gathered in forward (and
+    again in backward when it reshards and trains) in each of the k micro-steps, its trainable
+    parameters' gradients reduce-scattered in the shard group once per step, and under HSDP the
+    reduced shard all-reduced across the replicas; a locked unit is gathered for forward only."""
     s, k = layout.shard_group, layout.grad_accum
-    gathers = 2 if layout.reshard_after_forward else 1
     ag = _Kind("all_gather", "parameters, per unit", groups.shard)
     rs = _Kind("reduce_scatter", "gradients, per unit", groups.shard)
     ar = _Kind("all_reduce", "gradient shards across replicas", groups.replicas)
-    for p in params:
+    for p, g in params:
+        gathers = 2 if layout.reshard_after_forward and g else 1
         if s > 1:
             ag.add(p * bytes_per_param / s, gathers * k)
-            rs.add(p * REDUCE_BYTES / s)
-        if layout.replicas > 1:
-            ar.add(p * REDUCE_BYTES / s)
+            if g:
+                rs.add(g * REDUCE_BYTES / s)
+        if layout.replicas > 1 and g:
+            ar.add(g * REDUCE_BYTES / s)
     return [ag, rs, ar]
 
 

@@ -15,6 +15,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from vlscale.costs.locks import image_forward_flops, locked_state
 from vlscale.costs.memory import MemoryBreakdown, estimate_memory, max_local_batch
 from vlscale.costs.run import FailureModel, plan_run
 from vlscale.costs.topology import check_shard_size
@@ -65,6 +66,7 @@ class PlanResult:
     model_spec: ModelSpec | None = None
     cluster: ClusterSpec | None = None
     profile: Any = None  # the compute profile (measured collectives, overheads)
+    embedding_pass: dict[str, float] | None = None  # precomputed image embeddings: once
 
     def op_rows(self) -> list[dict[str, Any]]:
         """The per-op table of one micro-step on one rank (``vlscale plan --ops``)."""
@@ -75,52 +77,58 @@ class PlanResult:
     def to_json(self, ops: bool = False) -> dict[str, Any]:
         c, layout = self.config, self.config.layout
         extra = {"ops": self.op_rows()} if ops else {}
-        return extra | {
-            "model": c.model,
-            "recipe": self.recipe.name,
-            "loss_impl": self.recipe.loss_impl,
-            "mask_ratio": self.recipe.mask_ratio,
-            "optimizer": self.recipe.optimizer,
-            "device": c.device,
-            "devices": layout.devices,
-            "global_batch": c.global_batch,
-            "local_batch": layout.local_batch(c.global_batch),
-            "samples": c.samples,
-            "precision": layout.precision,
-            "sharding": layout.sharding,
-            "checkpointing": layout.checkpointing,
-            "step_time_s": self.step_time_s,
-            "step_time_p50_s": self.step_time_p50_s,
-            "step_time_p95_s": self.step_time_p95_s,
-            "critical_path_s": self.critical_path_s,
-            "breakdown_s": self.breakdown,
-            "samples_per_s": self.samples_per_s,
-            "samples_per_s_per_device": self.samples_per_s_per_device,
-            "mfu": self.mfu,
-            "hfu": self.costs.hardware_flops_per_rank / (self.step_time_s * self.costs.peak_flops),
-            "utilisation": self.costs.utilisation,
-            "utilisation_source": self.utilisation_source,
-            "steps": self.steps,
-            "wall_time_h": self.wall_time_h,
-            "device_hours": self.device_hours,
-            "cost_usd": self.cost_usd,
-            "goodput": self.goodput,
-            "checkpoint_interval_s": self.checkpoint_interval_s,
-            "memory_per_device_bytes": self.memory_per_device_bytes,
-            "memory_breakdown": self.memory_breakdown,
-            "device_memory_bytes": self.device_memory_bytes,
-            "fits": self.fits,
-            "max_local_batch": self.max_local_batch,
-            "loss_memory_bytes": self.loss_memory_bytes,
-            "comm_bytes_per_device": self.costs.comm_bytes_per_rank,
-            "loss_comm_bytes_per_device": self.costs.loss_comm_bytes_per_rank,
-            "model_flops_per_step": self.costs.model_flops_per_step,
-            "grad_accum": layout.grad_accum,
-            "phases_s": self.costs.phases_s,
-            "compute_model": self.compute,
-            "warnings": self.warnings,
-            "layout": layout.model_dump(mode="json"),
-        }
+        return (
+            extra
+            | {
+                "model": c.model,
+                "recipe": self.recipe.name,
+                "loss_impl": self.recipe.loss_impl,
+                "mask_ratio": self.recipe.mask_ratio,
+                "optimizer": self.recipe.optimizer,
+                "device": c.device,
+                "devices": layout.devices,
+                "global_batch": c.global_batch,
+                "local_batch": layout.local_batch(c.global_batch),
+                "samples": c.samples,
+                "precision": layout.precision,
+                "sharding": layout.sharding,
+                "checkpointing": layout.checkpointing,
+                "step_time_s": self.step_time_s,
+                "step_time_p50_s": self.step_time_p50_s,
+                "step_time_p95_s": self.step_time_p95_s,
+                "critical_path_s": self.critical_path_s,
+                "breakdown_s": self.breakdown,
+                "samples_per_s": self.samples_per_s,
+                "samples_per_s_per_device": self.samples_per_s_per_device,
+                "mfu": self.mfu,
+                "hfu": self.costs.hardware_flops_per_rank
+                / (self.step_time_s * self.costs.peak_flops),
+                "utilisation": self.costs.utilisation,
+                "utilisation_source": self.utilisation_source,
+                "steps": self.steps,
+                "wall_time_h": self.wall_time_h,
+                "device_hours": self.device_hours,
+                "cost_usd": self.cost_usd,
+                "goodput": self.goodput,
+                "checkpoint_interval_s": self.checkpoint_interval_s,
+                "memory_per_device_bytes": self.memory_per_device_bytes,
+                "memory_breakdown": self.memory_breakdown,
+                "device_memory_bytes": self.device_memory_bytes,
+                "fits": self.fits,
+                "max_local_batch": self.max_local_batch,
+                "loss_memory_bytes": self.loss_memory_bytes,
+                "comm_bytes_per_device": self.costs.comm_bytes_per_rank,
+                "loss_comm_bytes_per_device": self.costs.loss_comm_bytes_per_rank,
+                "model_flops_per_step": self.costs.model_flops_per_step,
+                "grad_accum": layout.grad_accum,
+                "phases_s": self.costs.phases_s,
+                "compute_model": self.compute,
+                "warnings": self.warnings,
+                "layout": layout.model_dump(mode="json"),
+                "locked": locked_state(layout),
+            }
+            | ({"embedding_pass": self.embedding_pass} if self.embedding_pass else {})
+        )
 
 
 def resolve(
@@ -174,16 +182,17 @@ def plan(
     )
     step = _simulate_step(config, spec, recipe, cluster, compute, keep_sim)
     fit = _size_memory(spec, layout, recipe, config.global_batch, device, config.stack)
+    price = (
+        config.price_per_device_hour
+        if config.price_per_device_hour is not None
+        else device.price.usd_per_hour
+    )
     run = plan_run(
         config.samples,
         config.global_batch,
         step.time_s,
         layout.devices,
-        price_per_device_hour=(
-            config.price_per_device_hour
-            if config.price_per_device_hour is not None
-            else device.price.usd_per_hour
-        ),
+        price_per_device_hour=price,
         failures=_failure_model(config, fit.memory),
     )
     samples_per_s = config.global_batch / step.time_s
@@ -219,7 +228,36 @@ def plan(
         model_spec=spec,
         cluster=cluster,
         profile=compute.resources.profile,
+        embedding_pass=_embedding_pass(config, spec, recipe, cluster, compute, price)
+        if layout.precomputed_image
+        else None,
     )
+
+
+def _embedding_pass(config: PlanConfig, spec, recipe, cluster, compute, price: float) -> dict:
+    """The one-off pass that writes the image embeddings (``python -m trainer.embed``): every
+    sample through the image tower's forward once, on the same cluster with the same micro-batch
+    per device, timed as the locked tower's forward units of the step (FSDP gathers included),
+    priced at the same device-hour."""
+    layout = config.layout.model_copy(update={"image_embeddings": None, "lock_image": True})
+    micro = layout.micro_batch(config.global_batch)
+    workload, _ = build_workload(
+        spec,
+        recipe.model_copy(update={"mask_ratio": 0.0}),
+        cluster,
+        layout,
+        local_batch=micro,
+        resources=compute.resources,
+        framework_efficiency=compute.framework_efficiency * config.compute_efficiency_scale,
+        comm_efficiency=config.comm_efficiency_scale,
+    )
+    batch_s = sum(u.forward_s for u in workload.units if u.name.split(".")[0] == "visual")
+    time_h = config.samples / (micro * layout.devices) * batch_s / 3600.0
+    return {
+        "flops": config.samples * image_forward_flops(spec),
+        "time_h": time_h,
+        "cost_usd": time_h * layout.devices * price,
+    }
 
 
 def resolve_layout(config: PlanConfig, cluster: ClusterSpec) -> RunLayout:
@@ -398,7 +436,21 @@ def describe_layout(layout: RunLayout) -> str:
         parts.append(f"{layout.grad_accum} micro-steps")
     if not layout.wrapped:
         parts.append("unwrapped")
+    parts += describe_locks(layout)
     return ", ".join(parts)
+
+
+def describe_locks(layout: RunLayout) -> list[str]:
+    """ "image locked", "text: last 2 groups train", "image embeddings precomputed"."""
+    out = []
+    for tower, state in locked_state(layout).items():
+        if tower == "image" and layout.precomputed_image:
+            out.append("image embeddings precomputed")
+        elif state == "all":
+            out.append(f"{tower} locked")
+        elif state != "none":
+            out.append(f"{tower}: last {state} groups train")
+    return out
 
 
 def summary_rows(result: PlanResult) -> list[tuple[str, str]]:
@@ -426,7 +478,16 @@ def summary_rows(result: PlanResult) -> list[tuple[str, str]]:
         ),
         ("largest local batch that fits", f"{r.max_local_batch}"),
         ("loss buffers", f"{r.loss_memory_bytes / 2**20:,.1f} MiB"),
+        *_embedding_pass_rows(r),
     ]
+
+
+def _embedding_pass_rows(r: PlanResult) -> list[tuple[str, str]]:
+    if not r.embedding_pass:
+        return []
+    e = r.embedding_pass
+    text = f"{e['flops']:.3g} FLOPs, {e['time_h']:,.1f} h, ${e['cost_usd']:,.0f} (once)"
+    return [("image embedding pass", text)]
 
 
 def compare_rows(results: list[dict[str, Any]]) -> list[list[str]]:

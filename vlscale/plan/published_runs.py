@@ -109,8 +109,6 @@ PREDICTED_RUNS: dict[str, PublishedRun] = {
 }
 
 
-
-
 @dataclass(frozen=True)
 class FlipRow:
     mask_ratio: float

@@ -49,6 +49,7 @@ from vlscale.costs.collectives import all_gather, all_reduce, neighbor_exchange,
 from vlscale.costs.compute import OpTime, RankResources
 from vlscale.costs.dtypes import FP32, LOSS_BYTES, REDUCE_BYTES
 from vlscale.costs.flops import model_flops_per_sample, train_flops_per_sample
+from vlscale.costs.locks import image_forward_flops, synced_unit_params, trainable_layers
 from vlscale.costs.memory import fsdp_units
 from vlscale.costs.ops import UnitOps, unit_ops
 from vlscale.costs.params import parameter_shapes
@@ -234,7 +235,19 @@ def build_workload(
     phases = dict.fromkeys(PHASES, 0.0)
 
     params = unit_params(spec)
-    units = _build_units(spec, recipe, layout, params, groups, price, prof, precision, local_batch)
+    trained = synced_unit_params(spec, layout)  # the unit's trainable parameters (locks)
+    trainable = trainable_layers(spec, layout, recipe.mask_ratio) if layout.locks else None
+    units = _build_units(
+        spec,
+        recipe,
+        layout,
+        (params, trained, trainable),
+        groups,
+        price,
+        prof,
+        precision,
+        local_batch,
+    )
     for unit, moved in units:
         _accumulate(comm, moved)
         phases["forward"] += unit.forward_s
@@ -245,7 +258,7 @@ def build_workload(
     phases["loss"] = loss.forward_s
     phases["backward"] += loss.backward_s
 
-    total_params = sum(params.values())
+    total_params = sum(trained.values())
     optimizer_s = _optimizer_time(spec, recipe, cluster, layout, price, grad_clip, total_params)
     grad_norm_s = groups.world.all_reduce(FP32).time_s if layout.devices > 1 else 0.0
     phases["optimizer"] = optimizer_s + grad_norm_s
@@ -266,7 +279,9 @@ def build_workload(
         input=_input_pipeline(local_batch, decode_samples_per_s),
     )
     peak = resources.peak(precision)
-    costs = _step_costs(spec, recipe, layout, local_batch, price, peak, comm, loss.per_pass)
+    costs = _step_costs(
+        spec, recipe, layout, local_batch, price, peak, comm, loss.per_pass, trainable
+    )
     return wl, dataclasses.replace(costs, phases_s=phases)
 
 
@@ -278,10 +293,13 @@ def _check_world(layout: RunLayout, cluster: ClusterSpec) -> None:
 
 
 def _build_units(
-    spec, recipe, layout: RunLayout, params, groups: _Groups, price, prof, precision, local_batch
+    spec, recipe, layout: RunLayout, counts, groups: _Groups, price, prof, precision, local_batch
 ) -> list[tuple[Unit, dict[str, float]]]:
     """Every FSDP unit timed with its collectives, in forward order, with the bytes each moves
-    per rank by collective kind."""
+    per rank by collective kind. ``counts`` = (parameters per unit, trainable parameters per
+    unit, the trainable layers or None): a unit with no trainable parameter is frozen (forward
+    only); with precomputed image embeddings the image tower is not in the step."""
+    params, trained, trainable = counts
     out = []
     for ops in unit_ops(
         spec,
@@ -289,19 +307,24 @@ def _build_units(
         mask_ratio=recipe.mask_ratio,
         precision=precision,
         checkpointing=layout.checkpointing,
+        trainable=trainable,
     ):
-        unit_comm = _unit_comm(params[ops.name], groups, layout)
+        if layout.precomputed_image and ops.name.split(".")[0] == "visual":
+            continue
+        frozen = trained[ops.name] == 0
+        unit_comm = _unit_comm(params[ops.name], groups, layout, trained[ops.name])
         overhead_s = prof.unit_overhead_s if layout.wrapped else 0.0
-        unit = _timed_unit(ops, params[ops.name], unit_comm, layout, price, overhead_s)
+        unit = _timed_unit(ops, params[ops.name], unit_comm, layout, price, overhead_s, frozen)
         out.append((unit, unit_comm.moved))
     return out
 
 
 def _step_costs(
-    spec, recipe, layout: RunLayout, local_batch, price, peak, comm, loss_per_pass
+    spec, recipe, layout: RunLayout, local_batch, price, peak, comm, loss_per_pass, trainable
 ) -> StepCosts:
-    """The step's totals: model FLOPs of all ranks, the FLOPs one rank executes and the rate
-    its matmul work runs at, and the bytes it moves (``comm``, ``loss_per_pass``)."""
+    """The step's totals: model FLOPs of all ranks (a locked layer's forward only; none of a
+    precomputed image tower), the FLOPs one rank executes and the rate its matmul work runs
+    at, and the bytes it moves (``comm``, ``loss_per_pass``)."""
     model_flops = _model_flops_per_sample(
         spec,
         mask_ratio=recipe.mask_ratio,
@@ -309,7 +332,8 @@ def _step_costs(
         loss_impl=recipe.loss_impl,
         local_batch=local_batch,
         world_size=layout.devices,
-    )
+        trainable=trainable,
+    ) - (image_forward_flops(spec) if layout.precomputed_image else 0.0)
     # FLOPs as FlopCounterMode counts them (recompute included) over the time matmuls take:
     # the rate the matmul work runs at, never below MFU
     hardware = price.total(lambda t: t.op.flops)
@@ -334,26 +358,31 @@ def unit_params(spec: ModelSpec) -> dict[str, int]:
     return units
 
 
-def _unit_comm(params: int, groups: _Groups, layout: RunLayout) -> _Comm:
+def _unit_comm(params: int, groups: _Groups, layout: RunLayout, grads: int | None = None) -> _Comm:
     """A unit's collectives: DDP all-reduces its fp32 gradients in backward; FSDP all-gathers
     its parameters (again in backward when it reshards after forward) and reduce-scatters its
     fp32 gradients; HSDP does FSDP's inside its shard group of s ranks, then all-reduces the
     reduce-scattered fp32 shard (params / s) across the W / s replicas, on the same stream
-    right after the reduce-scatter (FSDP2), so the two make the unit's one gradient sync."""
+    right after the reduce-scatter (FSDP2), so the two make the unit's one gradient sync.
+    ``grads``: the unit's trainable parameters (None: all), whose gradients alone are synced;
+    a unit with none (all its parameters locked) is gathered for its forward only."""
     if layout.devices == 1:
         return _Comm()
     exposed = groups.exposed
+    grads = params if grads is None else grads
+    if grads == 0:
+        return _frozen_unit_comm(params, groups, layout)
     if layout.sharding == "ddp":
-        ar = groups.replicas.all_reduce(params * REDUCE_BYTES)
+        ar = groups.replicas.all_reduce(grads * REDUCE_BYTES)
         moved = {"all_reduce": ar.bytes_moved_per_rank}
         return _Comm({"all_reduce_s": ar.time_s}, moved, 0.0, exposed * ar.time_s)
     s = layout.shard_group
     none = _Timed(0.0, 0.0)
     sharded = s > 1
     ag = groups.shard.all_gather(params * param_bytes(layout) / s) if sharded else none
-    rs = groups.shard.reduce_scatter(params * REDUCE_BYTES / s) if sharded else none
+    rs = groups.shard.reduce_scatter(grads * REDUCE_BYTES / s) if sharded else none
     replicated = layout.replicas > 1
-    ar = groups.replicas.all_reduce(params * REDUCE_BYTES / s) if replicated else none
+    ar = groups.replicas.all_reduce(grads * REDUCE_BYTES / s) if replicated else none
     gathers = 1 if not layout.reshard_after_forward else 2
     moved = {
         "all_gather": gathers * ag.bytes_moved_per_rank,
@@ -370,6 +399,16 @@ def _unit_comm(params: int, groups: _Groups, layout: RunLayout) -> _Comm:
     )
 
 
+def _frozen_unit_comm(params: int, groups: _Groups, layout: RunLayout) -> _Comm:
+    """A locked unit: one forward all-gather under FSDP / HSDP, nothing under DDP."""
+    s = layout.shard_group
+    if layout.sharding == "ddp" or s == 1:
+        return _Comm()
+    ag = groups.shard.all_gather(params * param_bytes(layout) / s)
+    moved = {"all_gather": ag.bytes_moved_per_rank}
+    return _Comm({"all_gather_s": ag.time_s}, moved, groups.exposed * ag.time_s, 0.0)
+
+
 def param_bytes(layout: RunLayout) -> int:
     """Bytes of a gathered parameter: the layout's precision (fp32 matmuls may run in tf32;
     the parameters stay fp32)."""
@@ -377,19 +416,26 @@ def param_bytes(layout: RunLayout) -> int:
 
 
 def _timed_unit(
-    ops: UnitOps, params: int, comm: _Comm, layout: RunLayout, price: OpPricer, overhead_s: float
+    ops: UnitOps,
+    params: int,
+    comm: _Comm,
+    layout: RunLayout,
+    price: OpPricer,
+    overhead_s: float,
+    frozen: bool = False,
 ) -> Unit:
     """The unit's forward and backward time: its ops (with FSDP's copies around the
-    collectives), half the per-unit overhead each, and the communication that does not hide."""
+    collectives), half the per-unit overhead each, and the communication that does not hide.
+    A ``frozen`` unit has no backward at all (no ops, copies, hooks or collectives)."""
     fwd_ops, bwd_ops = list(ops.forward), list(ops.backward)
     if layout.sharding != "ddp" and layout.wrapped:
         copy_f, copy_b = fsdp_copy_ops(
             params, layout.shard_group, param_bytes(layout), layout.reshard_after_forward
         )
-        fwd_ops, bwd_ops = copy_f + fwd_ops, bwd_ops + copy_b
+        fwd_ops, bwd_ops = copy_f + fwd_ops, bwd_ops + ([] if frozen else copy_b)
     fwd = price(fwd_ops) + overhead_s / 2 + comm.exposed_forward_s
-    bwd = price(bwd_ops) + overhead_s / 2 + comm.exposed_backward_s
-    return Unit(name=ops.name, forward_s=fwd, backward_s=bwd, **comm.times)
+    bwd = 0.0 if frozen else price(bwd_ops) + overhead_s / 2 + comm.exposed_backward_s
+    return Unit(name=ops.name, forward_s=fwd, backward_s=bwd, frozen=frozen, **comm.times)
 
 
 def _accumulate(total: dict[str, float], moved: dict[str, float]) -> None:
@@ -435,12 +481,20 @@ def _ring_loss(e, groups: _Groups, b, price, layout) -> _LossCosts:
 
 
 def _model_flops_per_sample(
-    spec: ModelSpec, *, mask_ratio, loss, loss_impl, local_batch: int, world_size: int
+    spec: ModelSpec,
+    *,
+    mask_ratio,
+    loss,
+    loss_impl,
+    local_batch: int,
+    world_size: int,
+    trainable: frozenset[tuple[str, str]] | None = None,
 ) -> float:
     """``vlscale.costs.flops.model_flops_per_sample``, the same float, without writing out a
     ring's W blocks: ``loss_flops`` sums its op list with ``sum``; here the same values in the
     same order (block 0's FLOPs, W times) go through the same ``sum``."""
     kw = dict(mask_ratio=mask_ratio, loss=loss, loss_impl=loss_impl, local_batch=local_batch)
+    kw |= {"trainable": trainable}
     if loss_impl != "ring":
         return model_flops_per_sample(spec, world_size=world_size, **kw)
     check_loss_impl(loss, loss_impl)
@@ -455,7 +509,7 @@ def _model_flops_per_sample(
         *(bwd * world_size),
         *(o.flops for o in one.outside_backward),
     ]
-    towers = train_flops_per_sample(spec, mask_ratio)
+    towers = train_flops_per_sample(spec, mask_ratio, trainable=trainable)
     return towers + sum(flops) / local_batch
 
 

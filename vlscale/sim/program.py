@@ -217,7 +217,7 @@ def compile_program(wl: Workload, full_ring_max: int | None = None, splice_at: i
     if fsdp and wl.reshard_after_forward:
         u = wl.units[n - 1]
         pending_ag = p.add(
-            "collective", "all_gather", f"ag bwd {names[n - 1]}", u.all_gather_s, (), (issue_op,)
+            "collective", "all_gather", f"ag bwd {names[n - 1]}", _regather_s(u), (), (issue_op,)
         )
     # the loss reduce-scatters are enqueued after the first backward re-gather
     loss_ends = loss_ends() if callable(loss_ends) else loss_ends
@@ -231,7 +231,7 @@ def compile_program(wl: Workload, full_ring_max: int | None = None, splice_at: i
         if fsdp and wl.reshard_after_forward and i > 0:
             v = wl.units[i - 1]
             pending_ag = p.add(
-                "collective", "all_gather", f"ag bwd {names[i - 1]}", v.all_gather_s, (), (bwd,)
+                "collective", "all_gather", f"ag bwd {names[i - 1]}", _regather_s(v), (), (bwd,)
             )
         if fsdp:
             rs = p.add("collective", "reduce_scatter", f"rs {names[i]}", u.reduce_scatter_s, (bwd,))
@@ -375,3 +375,9 @@ class _RingPass:
         self.p.splices.append(
             RingSplice(self.first, self.skipped, self.block_s, self.p2p_s, probe, resume)
         )
+
+
+def _regather_s(unit) -> float:
+    """The backward re-gather of a unit: none for a frozen (locked) one, whose backward never
+    runs (FSDP2 registers no pre-backward hook on outputs that require no grad)."""
+    return 0.0 if unit.frozen else unit.all_gather_s

@@ -62,6 +62,7 @@ class Unit(_Frozen):
     all_gather_s: Seconds = 0.0
     reduce_scatter_s: Seconds = 0.0
     all_reduce_s: Seconds = 0.0
+    frozen: bool = False  # every parameter locked: no backward re-gather (nothing to compute)
 
 
 class _GatherLoss(_Frozen):

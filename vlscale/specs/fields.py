@@ -158,5 +158,9 @@ simulation walks the blocks one by one, so a depth of millions would never finis
 Depth = Annotated[int, BeforeValidator(_no_bool_count), Field(ge=1, le=MAX_LAYERS)]
 """The number of blocks of a tower: a whole number in [1, :data:`MAX_LAYERS`], never a bool."""
 
+Groups = Annotated[int, BeforeValidator(_no_bool_count), Field(ge=0, le=MAX_LAYERS + 3)]
+"""A number of layer groups of a tower (blocks plus the stem and head groups): a whole number in
+[0, :data:`MAX_LAYERS` + 3], never a bool."""
+
 Scale = _bounded(float, MIN_EFFICIENCY, 1e4, text="a ratio from 1e-4 to 1e4")
 """A relative speed (one dtype against another): finite, in [1e-4, 1e4], never a bool."""

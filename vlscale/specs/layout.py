@@ -17,6 +17,13 @@ Zhao et al. 2023, "hybrid sharding"; torchtitan's ``dp_replicate × dp_shard``):
 ``shard_size`` defaults to the devices per node, so that the frequent collectives stay on the
 node's fast links. ``wrapped`` is the one place of the wrapping rule: one fp32 rank runs the
 plain module (nothing to shard, gather, reduce or cast).
+
+Locked towers (LiT, Zhai et al. 2022; SigLiT, Zhai et al. 2023; OpenCLIP's ``--lock-image``,
+``--lock-text``) are part of the layout too: which parameters train decides what every rank
+holds (no gradients, optimizer state or master copies for a locked parameter) and what is
+communicated (no reduce-scatter / all-reduce for a locked unit). The groups of a tower that
+``lock_*_unlocked_*`` leaves trainable are OpenCLIP's, counted from the end
+(``vlscale.costs.locks`` says which parameters each group holds).
 """
 
 from __future__ import annotations
@@ -26,7 +33,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from vlscale.errors import ConfigError
-from vlscale.specs.fields import Count
+from vlscale.specs.fields import Count, Groups
 from vlscale.specs.recipes import Precision
 
 Sharding = Literal["ddp", "fsdp", "hsdp"]
@@ -58,6 +65,39 @@ class RunLayout(BaseModel):
         default=False,
         description="wrap even one fp32 rank (what trainers before the wrapping rule did)",
     )
+    lock_image: bool = Field(
+        default=False, description="freeze the image tower (LiT; OpenCLIP's --lock-image)"
+    )
+    lock_image_unlocked_groups: Groups = Field(
+        default=0, description="with lock_image: leave the last N layer groups trainable"
+    )
+    lock_image_freeze_bn_stats: bool = Field(
+        default=False,
+        description="with lock_image: keep batch-norm running statistics frozen (ResNet towers)",
+    )
+    image_embeddings: str | None = Field(
+        default=None,
+        description="train from precomputed image embeddings, the image tower out of the step "
+        "(trainer: the directory python -m trainer.embed wrote; planner: precomputed)",
+    )
+    lock_text: bool = Field(default=False, description="freeze the text tower")
+    lock_text_unlocked_layers: Groups = Field(
+        default=0, description="with lock_text: leave the last N layer groups trainable"
+    )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _embeddings_lock_the_image_tower(cls, data):
+        """Precomputed image embeddings mean a locked image tower (SigLiT): one whole group."""
+        if isinstance(data, dict) and data.get("image_embeddings") is not None:
+            if data.get("lock_image_unlocked_groups"):
+                raise ConfigError(
+                    "image_embeddings",
+                    "contradicts --lock-image-unlocked-groups: with precomputed embeddings the "
+                    "image tower is not in the step, so none of it trains; drop one of the two",
+                )
+            data = data | {"lock_image": True}
+        return data
 
     @model_validator(mode="after")
     def _check(self) -> RunLayout:
@@ -71,7 +111,24 @@ class RunLayout(BaseModel):
                 f"{self.shard_size} does not divide devices={self.devices}; use a divisor, "
                 f"e.g. {_divisor_near(self.devices, self.shard_size)}",
             )
+        for field, tower in (
+            ("lock_image_unlocked_groups", "image"),
+            ("lock_image_freeze_bn_stats", "image"),
+            ("lock_text_unlocked_layers", "text"),
+        ):
+            if getattr(self, field) and not getattr(self, f"lock_{tower}"):
+                raise ConfigError(field, f"applies with --lock-{tower} only; add --lock-{tower}")
         return self
+
+    @property
+    def precomputed_image(self) -> bool:
+        """Whether the image tower is out of the step (precomputed embeddings)."""
+        return self.image_embeddings is not None
+
+    @property
+    def locks(self) -> bool:
+        """Whether any parameter is frozen."""
+        return self.lock_image or self.lock_text
 
     # --- resolution -------------------------------------------------------------------------
 
