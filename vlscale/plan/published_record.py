@@ -32,7 +32,18 @@ METRICS = ("wall_time_h", "samples_per_s")
 SPLITS = ("calibration", "prediction", "not_plannable")
 RUN_KEYS = ("model", "recipe", "device", "devices", "metric", "stack", "split")
 _PLAN_KEYS = ("model", "recipe", "device", "devices", "global_batch", "samples", "sharding")
-_OPTIONAL_PLAN_KEYS = ("context_length", "mask_ratio", "image_size", "devices_per_node")
+_OPTIONAL_PLAN_KEYS = (
+    "context_length",
+    "mask_ratio",
+    "image_size",
+    "devices_per_node",
+    "lock_image",
+    "lock_image_unlocked_groups",
+    "lock_text",
+    "image_embeddings",
+)
+MODELS = Path(__file__).resolve().parents[1] / "specs" / "data" / "published_models"
+"""Models of published runs that are no presets: ``model: NAME`` names ``MODELS/NAME.yaml``."""
 
 
 @dataclass(frozen=True, eq=False)  # hashed by identity: the plan cache's key
@@ -70,6 +81,9 @@ class RecordRun:
 
     def config(self, checkpointing: bool = False) -> PlanConfig:
         data = {k: getattr(self, k) for k in _PLAN_KEYS}
+        model_file = MODELS / f"{self.model}.yaml"
+        if model_file.is_file():
+            data["model"] = str(model_file)
         data |= {k: v for k, v in self.extra.items() if k in _OPTIONAL_PLAN_KEYS}
         if self.precision is not None:
             data["precision"] = self.precision
