@@ -184,3 +184,16 @@ def test_a_sharding_flag_over_an_hsdp_file_drops_its_shard_size():
     assert make_plan_config(hsdp, shard_size=16).layout.shard_size == 16
     with pytest.raises(ConfigError, match="shard_size: applies"):
         make_plan_config(hsdp, sharding="fsdp", shard_size=8)
+
+
+def test_a_bad_value_from_the_config_file_names_the_file(tmp_path):
+    """Errors in a --config file say which file; a flag's own bad value does not blame it."""
+    path = tmp_path / "run.yaml"
+    path.write_text("model: ViT-B-32\nglobal_batch: 1000\ndevices: 64\nprice: -1\n")
+    result = CliRunner().invoke(app, ["plan", "--config", str(path), "--json"])
+    assert result.exit_code == 2
+    assert f"(in '{path}')" in result.stderr and "price_per_device_hour" in result.stderr
+    path.write_text("model: ViT-B-32\ndevices: 64\n")
+    result = CliRunner().invoke(app, ["plan", "--config", str(path), "--global-batch", "1001"])
+    assert result.exit_code == 2
+    assert result.stderr.startswith("error: global_batch: 1001") and str(path) not in result.stderr

@@ -39,8 +39,9 @@ from vlscale.cli.options import (
     UtilOpt,
     WorkersOpt,
 )
+from vlscale.errors import ConfigError
 from vlscale.paths import check_output_file
-from vlscale.plan.config import DEFAULT_LAYOUT
+from vlscale.plan.config import DEFAULT_LAYOUT, LAYOUT_FIELDS
 
 
 def _check_report(report: Path | None) -> None:
@@ -60,11 +61,23 @@ def _base_config(config: Path | None, *, note: bool = True, **flags: Any):
     data, ignored = planner_part(data)
     if ignored and note:
         typer.echo(f"note: ignored trainer keys: {', '.join(ignored)}", err=True)
-    # YAML reads 12.8e9 as a string and TOML as a float: accept what the flag accepts
-    if isinstance(data.get("samples"), str | float):
-        data["samples"] = parse_count("samples", str(data["samples"]))
     flags["samples"] = parse_count("samples", flags.get("samples"))
-    return make_plan_config(data, **flags)
+    try:
+        # YAML reads 12.8e9 as a string and TOML as a float: accept what the flag accepts
+        if isinstance(data.get("samples"), str | float):
+            data["samples"] = parse_count("samples", str(data["samples"]))
+        return make_plan_config(data, **flags)
+    except ConfigError as exc:
+        raise _in_file(exc, config, data, flags) from None
+
+
+def _in_file(exc: ConfigError, config: Path | None, data: dict, flags: dict) -> ConfigError:
+    """``exc`` naming the --config file when the bad value came from it (not from a flag)."""
+    key = exc.field.split(".")[0]
+    from_file = key in data or (key in LAYOUT_FIELDS and "layout" in data)
+    if config is None or not from_file or flags.get(key) is not None:
+        return exc
+    return ConfigError(exc.field, f"{str(exc).removeprefix(exc.field + ': ')} (in '{config}')")
 
 
 # options of ``plan`` / ``compare`` that are not PlanConfig keys, and those renamed on the way
