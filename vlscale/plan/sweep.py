@@ -181,7 +181,9 @@ def iter_rows(
         start = time.perf_counter()
         head_rows.append(plan_point(point))
         times.append(time.perf_counter() - start)
-    if notify is not None:
+    # a small grid whose every point failed ends in one error line, with no note before it
+    failed_whole = not rest and all(row.get("error") for row in head_rows)
+    if notify is not None and not failed_whole:
         # the first point pays for imports and caches: time the others when there are some
         per_point = sum(times[1:]) / (len(times) - 1) if len(times) > 1 else sum(times)
         where = f"on {n_workers} processes" if n_workers else "of work for the Dask workers"
