@@ -18,7 +18,6 @@ from vlscale.plan.tune import (
     binding,
     grad_accum_choices,
     layout_candidates,
-    planner_accepts_hsdp,
     tune,
 )
 from vlscale.specs.layout import hsdp_shard_sizes
@@ -53,22 +52,21 @@ def _brute_force(request: TuneRequest) -> list[dict]:
         "loss_impl": ["gather", "ring"],
     }
     grids = [{"sharding": ["ddp", "fsdp"]} | common]
-    if planner_accepts_hsdp():
-        sizes = sorted({s for n in request.devices for s in hsdp_shard_sizes(n)})
-        if sizes:
-            grids.append({"sharding": ["hsdp"], "shard_size": sizes} | common)
+    # HSDP at every shard size; those the planner refuses (splitting a node) come back as errors
+    sizes = sorted({s for n in request.devices for s in hsdp_shard_sizes(n)})
+    if sizes:
+        grids.append({"sharding": ["hsdp"], "shard_size": sizes} | common)
     rows = []
     for grid in grids:
         g = Grid(base, tuple(grid), tuple(tuple(v) for v in grid.values()))
         frame = run_sweep(g, progress=False, workers=1)
         rows += frame[frame["error"].isna()].to_dict("records")
-    if planner_accepts_hsdp():  # the two ends of hsdp (1 and W) are ddp and fsdp
-        rows = [
-            r
-            for r in rows
-            if r["in.sharding"] != "hsdp" or r["in.shard_size"] in hsdp_shard_sizes(r["in.devices"])
-        ]
-    return rows
+    # the two ends of hsdp (1 and W) are ddp and fsdp
+    return [
+        r
+        for r in rows
+        if r["in.sharding"] != "hsdp" or r["in.shard_size"] in hsdp_shard_sizes(r["in.devices"])
+    ]
 
 
 SCENARIOS = st.sampled_from([("ViT-B-32", "H100"), ("ViT-H-14", "V100")])
@@ -135,7 +133,7 @@ def test_best_is_the_brute_force_minimum_and_everything_fits(
 
 
 def test_candidates_cover_the_space_once():
-    cands = layout_candidates(8, 64, "siglip", hsdp=True)
+    cands = layout_candidates(8, 64, "siglip")
     # ddp 1 + fsdp 2 + hsdp (2, 4) x 2 reshard = 7 shardings; 2 ckpt; accum 1..8; 2 losses
     assert len(cands) == 7 * 2 * 4 * 2
     assert len({json.dumps(c, sort_keys=True) for c in cands}) == len(cands)
@@ -146,12 +144,14 @@ def test_candidates_cover_the_space_once():
         layout_candidates(3, 64, "clip")
 
 
-def test_hsdp_is_searched_exactly_when_the_planner_takes_it():
-    from vlscale.plan.config import PlanConfig
-
-    assert planner_accepts_hsdp() == ("shard_size" in PlanConfig.model_fields)
+def test_hsdp_is_searched_at_the_shard_sizes_the_nodes_allow():
     shardings = {c["sharding"] for c in layout_candidates(8, 64, "clip")}
-    assert ("hsdp" in shardings) == planner_accepts_hsdp()
+    assert shardings == {"ddp", "fsdp", "hsdp"}
+    # 24 ranks in nodes of 8: 2, 4 divide a node; 8 is one node; 3, 6, 12 split nodes
+    sizes = {c.get("shard_size") for c in layout_candidates(24, 96, "clip", devices_per_node=8)}
+    assert sizes == {None, 2, 4, 8}
+    request = TuneRequest("ViT-B-32", "clip", "H100", (16,), 10**9, global_batch=1024)
+    assert {p.get("shard_size") for p in request.points()} == {None, 2, 4, 8}
 
 
 def test_binding_rule():

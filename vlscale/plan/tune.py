@@ -9,7 +9,7 @@ The layout space, per device count W at the fixed global batch B (local batch b 
 
     sharding         ddp, fsdp, and hsdp with every valid shard size (the divisors of W strictly
                      between 1 and W, ``vlscale.specs.layout.hsdp_shard_sizes``) — hsdp only when
-                     the planner's config accepts it (:func:`planner_accepts_hsdp`)
+                     the cluster's nodes allow (``hsdp_shard_sizes``)
     resharding       after forward on / off (fsdp and hsdp; DDP never reshards)
     checkpointing    on / off
     accumulation     grad_accum = 1, 2, 4, ... dividing b (micro-batch b / grad_accum)
@@ -56,20 +56,6 @@ BINDINGS = ("compute", "communication", "memory")
 
 
 @lru_cache(maxsize=1)
-def planner_accepts_hsdp() -> bool:
-    """Whether ``PlanConfig`` takes ``{"sharding": "hsdp", "shard_size": s}`` (the HSDP planner);
-    without it the search leaves hsdp out."""
-    from vlscale.plan.config import PlanConfig, make_plan_config
-
-    if "shard_size" not in PlanConfig.model_fields:
-        return False
-    try:
-        make_plan_config(devices=4, global_batch=4, sharding="hsdp", shard_size=2)
-    except (ConfigError, ValueError):
-        return False
-    return True
-
-
 def grad_accum_choices(local_batch: int) -> list[int]:
     """1, 2, 4, ... up to ``local_batch``, those that divide it."""
     out, k = [], 1
@@ -80,20 +66,28 @@ def grad_accum_choices(local_batch: int) -> list[int]:
     return out
 
 
-def sharding_choices(devices: int, hsdp: bool | None = None) -> list[dict[str, Any]]:
-    """The sharding and resharding keys of every candidate on ``devices`` ranks."""
-    hsdp = planner_accepts_hsdp() if hsdp is None else hsdp
+def sharding_choices(
+    devices: int, devices_per_node: int | None = None, hsdp: bool = True
+) -> list[dict[str, Any]]:
+    """The sharding and resharding keys of every candidate on ``devices`` ranks: DDP, FSDP and
+    HSDP at every shard size the planner takes (with a node size: those that divide a node or
+    are whole nodes, ``RunLayout``'s ``hsdp_shard_sizes``)."""
     out: list[dict[str, Any]] = [{"sharding": "ddp"}]
     sharded = [{"sharding": "fsdp"}]
     if hsdp:
-        sharded += [{"sharding": "hsdp", "shard_size": s} for s in hsdp_shard_sizes(devices)]
+        sizes = hsdp_shard_sizes(devices, devices_per_node)
+        sharded += [{"sharding": "hsdp", "shard_size": s} for s in sizes]
     for keys in sharded:
         out += [keys | {"reshard_after_forward": r} for r in (True, False)]
     return out
 
 
 def layout_candidates(
-    devices: int, global_batch: int, recipe: str, hsdp: bool | None = None
+    devices: int,
+    global_batch: int,
+    recipe: str,
+    devices_per_node: int | None = None,
+    hsdp: bool = True,
 ) -> list[dict[str, Any]]:
     """Every layout searched on ``devices`` ranks (module docstring), as flat ``PlanConfig``
     keys; the one place the search space is written."""
@@ -107,7 +101,7 @@ def layout_candidates(
         {"devices": devices, "global_batch": global_batch}
         | shard
         | {"checkpointing": ckpt, "grad_accum": k, "loss_impl": impl}
-        for shard in sharding_choices(devices, hsdp)
+        for shard in sharding_choices(devices, devices_per_node, hsdp)
         for ckpt in (False, True)
         for k in grad_accum_choices(global_batch // devices)
         for impl in impls
@@ -161,8 +155,18 @@ class TuneRequest:
         out = []
         for n in dict.fromkeys(self.devices):  # each device count once, in the order given
             batch = self.global_batch or default_global_batch(self.recipe, n)
-            out += [base | layout for layout in layout_candidates(n, batch, self.recipe)]
+            node = node_size(base | {"devices": n, "global_batch": batch})
+            out += [base | layout for layout in layout_candidates(n, batch, self.recipe, node)]
         return out
+
+
+def node_size(point: dict[str, Any]) -> int:
+    """The devices per node (GPU node or TPU slice) of the cluster ``point`` plans on."""
+    from vlscale.plan.config import make_plan_config
+    from vlscale.plan.planner import resolve
+
+    _, _, cluster = resolve(make_plan_config(point))
+    return cluster.node_size
 
 
 @dataclass(frozen=True)
