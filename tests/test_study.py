@@ -322,3 +322,23 @@ def test_frontier_is_exactly_the_undominated_fitting_points(points):
     on = frame[frame["on_frontier"]]
     for w, c in zip(chosen["wall_time_h"], chosen["cost_usd"], strict=True):
         assert ((on["wall_time_h"] == w) & (on["cost_usd"] == c)).any()  # picks lie on it
+
+
+def test_the_cheapest_layout_per_device_count_is_tunes_best():
+    """The study's layout table is `vlscale tune`'s answer: the same candidates (accumulation
+    up to the study's cap), planned and ranked by the same code, give the same best layout."""
+    from vlscale.plan.sweep import iter_rows
+    from vlscale.plan.tune import TuneRequest, rank_rows
+    from vlscale.report.study import STUDY_MAX_GRAD_ACCUM, StudySpec, cheapest_layouts, run_study
+
+    base = make_plan_config(model="ViT-B-32", global_batch=4096, samples=10**9)
+    spec = StudySpec(base=base, devices=(8, 64), global_batches=(4096,), mask_ratios=(0.0,))
+    table = cheapest_layouts(run_study(spec, workers=1), spec)
+    assert list(table["devices"]) == [8, 64]
+    for row in table.to_dict("records"):
+        request = TuneRequest("ViT-B-32", "clip", "H100", (row["devices"],), 10**9, 4096, top=1)
+        points = [p for p in request.points() if p["grad_accum"] <= STUDY_MAX_GRAD_ACCUM]
+        rows = [r for chunk in iter_rows(points, progress=False, workers=1) for r in chunk]
+        best = rank_rows(rows, request).best[0]
+        assert row["layout"] == best["layout"]
+        assert row["cost_usd"] == pytest.approx(best["cost_usd"], rel=1e-12)

@@ -56,10 +56,10 @@ BINDINGS = ("compute", "communication", "memory")
 
 
 @lru_cache(maxsize=1)
-def grad_accum_choices(local_batch: int) -> list[int]:
-    """1, 2, 4, ... up to ``local_batch``, those that divide it."""
+def grad_accum_choices(local_batch: int, most: int | None = None) -> list[int]:
+    """1, 2, 4, ... up to ``local_batch`` (and ``most``), those that divide it."""
     out, k = [], 1
-    while k <= local_batch:
+    while k <= min(local_batch, most or local_batch):
         if local_batch % k == 0:
             out.append(k)
         k *= 2
@@ -88,6 +88,7 @@ def layout_candidates(
     recipe: str,
     devices_per_node: int | None = None,
     hsdp: bool = True,
+    max_grad_accum: int | None = None,
 ) -> list[dict[str, Any]]:
     """Every layout searched on ``devices`` ranks (module docstring), as flat ``PlanConfig``
     keys; the one place the search space is written."""
@@ -103,7 +104,7 @@ def layout_candidates(
         | {"checkpointing": ckpt, "grad_accum": k, "loss_impl": impl}
         for shard in sharding_choices(devices, devices_per_node, hsdp)
         for ckpt in (False, True)
-        for k in grad_accum_choices(global_batch // devices)
+        for k in grad_accum_choices(global_batch // devices, max_grad_accum)
         for impl in impls
     ]
 

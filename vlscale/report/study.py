@@ -15,13 +15,17 @@ sweep rows. The ``*_frame`` functions are pure pandas over those rows, one per s
 - flip:      CLIP with FLIP masking at each mask ratio on the base cluster and batch;
 - frontier:  the scaling configurations as (wall time, money): the Pareto frontier (no other
              fitting configuration is both faster and cheaper) and the cheapest fitting one per
-             deadline.
+             deadline;
+- tune:      at each device count, every layout ``vlscale tune`` searches for the base recipe
+             and global batch (``vlscale.plan.tune.layout_candidates``), ranked as tune ranks
+             them: the cheapest fitting layout per device count.
 
 Only keys of the README's stable ``vlscale plan --json`` contract are read.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -124,6 +128,7 @@ def study_points(spec: StudySpec) -> list[dict[str, Any]]:
                     variant=variant_name(recipe, impl),
                 )
             )
+    points += _tune_points(spec, base)
     for ratio in spec.mask_ratios:
         points.append(
             base
@@ -137,6 +142,30 @@ def study_points(spec: StudySpec) -> list[dict[str, Any]]:
                 variant="clip/gather",
             )
         )
+    return points
+
+
+STUDY_MAX_GRAD_ACCUM = 4  # the study's search stops at 4 micro-steps (tune's goes to b)
+
+
+def _tune_points(spec: StudySpec, base: dict[str, Any]) -> list[dict[str, Any]]:
+    """The layouts ``vlscale tune`` searches at each device count that divides the base batch
+    (the base recipe; its loss implementations where the recipe has two), up to
+    :data:`STUDY_MAX_GRAD_ACCUM` micro-steps so that the page stays quick to build."""
+    from vlscale.plan.tune import layout_candidates, node_size
+
+    recipe, batch = spec.base.recipe, spec.base.global_batch
+    points = []
+    for devices in spec.devices:
+        if batch % devices or batch < devices:
+            continue
+        point = base | {"recipe": recipe, "devices": devices, "global_batch": batch}
+        node = node_size(point)
+        for layout in layout_candidates(
+            devices, batch, recipe, node, max_grad_accum=STUDY_MAX_GRAD_ACCUM
+        ):
+            variant = variant_name(recipe, layout["loss_impl"])
+            points.append(point | layout | {"part": "tune", "variant": variant})
     return points
 
 
@@ -304,3 +333,34 @@ def cheapest_per_deadline(frontier: pd.DataFrame, deadlines_h) -> pd.DataFrame:
     # pandas turns None into NaN in a column it infers as float (every deadline missed)
     out["label"] = out["label"].astype(object).where(out["label"].notna(), None)
     return out
+
+
+def cheapest_layouts(rows: pd.DataFrame, spec: StudySpec) -> pd.DataFrame:
+    """devices, then ``vlscale tune --json``'s keys of the best layout at that device count
+    (``vlscale.plan.tune.rank_rows``: the cheapest that fits); a device count where nothing
+    fits is left out."""
+    from vlscale.plan.tune import TuneRequest, rank_rows
+
+    part = _part(rows, "tune")
+    base = spec.base
+    best = []
+    for devices, group in part.groupby("in.devices"):
+        records = [{k: _plain_value(v) for k, v in r.items()} for r in group.to_dict("records")]
+        request = TuneRequest(
+            base.model, base.recipe, base.device, (int(devices),), base.samples, top=1
+        )
+        result = rank_rows(records, request)
+        if result.best:
+            best.append({"devices": int(devices)} | result.best[0])
+    return pd.DataFrame(best)
+
+
+def _plain_value(value: Any) -> Any:
+    """A frame cell as the sweep row had it: NaN (a key other parts have) is None, and a count
+    that pandas made a float (a column with NaN) is an int again."""
+    if isinstance(value, float):
+        if math.isnan(value):
+            return None
+        if value.is_integer():
+            return int(value)
+    return value

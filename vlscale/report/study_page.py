@@ -20,6 +20,7 @@ import pandas as pd
 from vlscale.report.html import STYLE, summary_table, write_report_atomic
 from vlscale.report.study import (
     StudySpec,
+    cheapest_layouts,
     cheapest_per_deadline,
     first_unfit,
     flip_frame,
@@ -112,6 +113,7 @@ def study_report(
         _loss_section(spec, rows),
         _flip_section(spec, device.name, rows),
         _frontier_section(spec, rows),
+        _layout_section(spec, rows),
         _calibration_section(validation, validation_dir),
         _papers_section(papers),
         _assumptions_section(spec, device, base, command),
@@ -214,6 +216,51 @@ def _frontier_section(spec: StudySpec, rows: pd.DataFrame) -> Section:
             _p(note, "note"),
         ],
     )
+
+
+def _layout_section(spec: StudySpec, rows: pd.DataFrame) -> Section:
+    """The cheapest fitting layout per device count, as ``vlscale tune`` finds it."""
+    best = cheapest_layouts(rows, spec)
+    header = ["devices", "layout", "step time", "wall time", "cost", "memory / device", "binds"]
+    table = [
+        [
+            f"{r['devices']:,}",
+            _describe_layout(r["layout"]),
+            f"{r['step_time_s']:.3f} s",
+            f"{r['wall_time_h']:,.1f} h",
+            f"${r['cost_usd']:,.0f}",
+            f"{r['memory_per_device_bytes'] / 2**30:.1f} GiB",
+            r["binding"],
+        ]
+        for r in best.to_dict("records")
+    ]
+    cfg = spec.base
+    note = (
+        f"{cfg.recipe} at global batch {cfg.global_batch:,}: every layout `vlscale tune` "
+        "searches (DDP, FSDP and HSDP at each shard size the nodes allow, resharding, "
+        "activation checkpointing, gradient accumulation up to 4 micro-steps and, for SigLIP, "
+        "the loss implementation), planned; the cheapest that fits, per device count. "
+        f"Reproduce one row with `vlscale tune --model {cfg.model} --recipe {cfg.recipe} "
+        f"--device {cfg.device} --devices N --global-batch {cfg.global_batch} "
+        f"--samples {cfg.samples:.3g}`."
+    )
+    return Section(
+        "The cheapest layout per device count (vlscale tune)",
+        [summary_table(header, table) if table else _p("no layout fits", "note"), _p(note, "note")],
+    )
+
+
+def _describe_layout(layout: dict[str, Any]) -> str:
+    """'hsdp 8, no reshard, AC, accum 2' from a tune layout."""
+    shard = f" {int(layout['shard_size'])}" if layout["shard_size"] else ""
+    parts = [layout["sharding"] + shard]
+    if layout["sharding"] != "ddp" and not layout["reshard_after_forward"]:
+        parts.append("no reshard")
+    if layout["checkpointing"]:
+        parts.append("AC")
+    if layout["grad_accum"] > 1:
+        parts.append(f"accum {int(layout['grad_accum'])}")
+    return ", ".join(parts)
 
 
 def _calibration_section(
