@@ -435,14 +435,15 @@ def resume(cfg: TrainConfig, world: int, model, optimizer, scheduler, loader, lo
     """Pick the checkpoint (verified; newest valid unless --resume names one), refuse another
     run's or an incompatible one, load it, and say which one was loaded. Collective."""
     from trainer import checkpoint as ckpt
+    from trainer.checkpoint_files import choose_checkpoint, read_marker
     from trainer.identity import check_resume
 
     out_run_id = header_run_id(Path(cfg.out))  # read before rank 0 can rewrite the file
     target = cfg.resume if isinstance(cfg.resume, str) else cfg.out
-    path, passed_over = ckpt.choose_checkpoint(target)
+    path, passed_over = choose_checkpoint(target)
     for bad in passed_over:
         log(f"resume: skipping invalid checkpoint {bad}")
-    saved = ckpt.read_marker(path).get("identity")
+    saved = read_marker(path).get("identity")
     check_resume(saved, cfg, world, str(path), out_run_id)
     info = ckpt.load_checkpoint(
         path, model=model, optimizer=optimizer, scheduler=scheduler, loader=loader
