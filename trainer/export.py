@@ -32,7 +32,7 @@ SUFFIXES = (".safetensors", ".pt", ".bin")  # what --out may end in (the file's 
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from trainer.config import OneLineParser
+    from trainer.cli_args import OneLineParser
 
     parser = OneLineParser(
         prog="python -m trainer.export",

@@ -27,7 +27,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from trainer.config import TrainConfig, env_world_size, load_config
+from trainer.cli_args import env_world_size, load_config
+from trainer.config import TrainConfig
 from trainer.preflight import check_inputs
 from vlscale.errors import ConfigError
 
