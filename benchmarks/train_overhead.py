@@ -75,7 +75,7 @@ def build_trainer(args, out: str, wrapped: bool = False):
     ``wrapped``: FSDP / replicate even for one fp32 rank (``--wrap-one-rank``), as the trainer
     did before it learnt to skip the wrapping there (``RunLayout.wrapped``): the "before" of the
     issue, measured next to the "after"."""
-    from trainer.config import load_config
+    from trainer.cli_args import load_config
     from trainer.step import StepMeters, run_step
     from trainer.train import build_context
 

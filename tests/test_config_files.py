@@ -51,7 +51,7 @@ def test_yaml_toml_json_and_empty_files(tmp_path):
 
 
 def test_plan_model_and_trainer_files_go_through_it(tmp_path):
-    from trainer.config import _read_yaml
+    from trainer.cli_args import _read_yaml
     from vlscale.plan.config import read_config_file
     from vlscale.specs.presets import resolve_model
 

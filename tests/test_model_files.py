@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from trainer.config import load_config
+from trainer.cli_args import load_config
 from vlscale.costs.params import count_params
 from vlscale.errors import ConfigError
 from vlscale.plan.config import make_plan_config

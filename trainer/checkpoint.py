@@ -38,15 +38,17 @@ Model and optimizer go through ``torch.distributed.checkpoint.state_dict.get_sta
 ``set_state_dict``, which key the optimizer state by parameter name and keep FSDP2 shards as
 DTensors, so every rank writes only its own shard and a checkpoint can be resharded on load.
 Works without a process group too (single process: DCP runs with ``no_dist``).
+
+The directory layout, the marker and checksum checks and the choice of checkpoint are in
+``trainer.checkpoint_files``; the one-line errors of a failed save in
+``trainer.checkpoint_failures``.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import random
-import re
 import shutil
 import time
 import warnings
@@ -56,7 +58,6 @@ from typing import Any, Protocol
 
 import numpy as np
 import torch
-import torch.distributed as dist
 import torch.distributed.checkpoint as dcp
 from torch.distributed.checkpoint.api import CheckpointException
 from torch.distributed.checkpoint.state_dict import (
@@ -68,13 +69,32 @@ from torch.distributed.checkpoint.state_dict import (
 )
 
 from trainer.batch_norm import average_running_stats
+from trainer.checkpoint_failures import (
+    _check_written,
+    _is_write_error,
+    _state_bytes,
+    _write_failure,
+)
+from trainer.checkpoint_files import (
+    MARKER,
+    _agreed_problem,
+    _distributed,
+    _extra_file,
+    _gather_dicts,
+    _hash_files,
+    _rank_world,
+    list_checkpoints,
+    read_marker,
+    resolve_checkpoint,
+    step_dir,
+)
+from trainer.checkpoint_files import (  # re-exported: tests and tools import them from here
+    find_latest as find_latest,
+)
 from vlscale.errors import ConfigError
 from vlscale.paths import atomic_write_bytes, fsync_dir
 
-CKPT_SUBDIR = "ckpt"
-MARKER = "COMPLETE"
 FORMAT_VERSION = 2  # 2: file checksums and run identity in the marker
-_STEP_DIR = re.compile(r"^step_(\d+)$")
 
 
 class Stateful(Protocol):
@@ -95,24 +115,6 @@ class CheckpointInfo:
     world_size: int
 
 
-# --------------------------------------------------------------------------- paths
-
-
-def _distributed() -> bool:
-    return dist.is_available() and dist.is_initialized()
-
-
-def _rank_world() -> tuple[int, int]:
-    if _distributed():
-        return dist.get_rank(), dist.get_world_size()
-    return 0, 1
-
-
-def _barrier() -> None:
-    if _distributed():
-        dist.barrier()
-
-
 def _dcp(fn, state: dict[str, Any], path: Path) -> None:
     """``dcp.save`` / ``dcp.load``; single-process runs pass ``no_dist`` (its warning is noise)."""
     if _distributed():
@@ -121,49 +123,6 @@ def _dcp(fn, state: dict[str, Any], path: Path) -> None:
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="torch.distributed is disabled")
         fn(state, checkpoint_id=path, no_dist=True)
-
-
-def ckpt_root(run_dir: str | os.PathLike) -> Path:
-    """``run_dir/ckpt``; a path that already ends in ``ckpt`` is taken as the root itself."""
-    p = Path(run_dir)
-    return p if p.name == CKPT_SUBDIR else p / CKPT_SUBDIR
-
-
-def step_dir(run_dir: str | os.PathLike, step: int) -> Path:
-    return ckpt_root(run_dir) / f"step_{step:06d}"
-
-
-def _extra_file(path: Path, rank: int) -> Path:
-    return path / f"extra_rank{rank:05d}.pt"
-
-
-def is_complete(path: str | os.PathLike) -> bool:
-    """A checkpoint is complete when its directory has the final name and holds the marker."""
-    p = Path(path)
-    return bool(_STEP_DIR.match(p.name)) and (p / MARKER).is_file()
-
-
-def list_checkpoints(run_dir: str | os.PathLike) -> list[Path]:
-    """Complete checkpoints under ``run_dir``, oldest step first; temp and partial ones skipped."""
-    root = ckpt_root(run_dir)
-    if not root.is_dir():
-        return []
-    found = []
-    for child in root.iterdir():
-        m = _STEP_DIR.match(child.name)
-        if m and child.is_dir() and is_complete(child):
-            found.append((int(m.group(1)), child))
-    return [p for _, p in sorted(found)]
-
-
-def find_latest(run_dir: str | os.PathLike) -> Path | None:
-    """The complete checkpoint with the highest step, or None. Scans; trusts no pointer file."""
-    ckpts = list_checkpoints(run_dir)
-    return ckpts[-1] if ckpts else None
-
-
-def read_marker(path: str | os.PathLike) -> dict[str, Any]:
-    return json.loads((Path(path) / MARKER).read_text())
 
 
 # --------------------------------------------------------------------------- atomic files
@@ -305,101 +264,6 @@ def save_checkpoint(
     return final
 
 
-# --------------------------------------------------------------------------- failed saves
-
-
-# what torch.save's zip writer raises when the disk fills: "[enforce fail at
-# inline_container.cc:672] . unexpected pos 704 vs 598" or "PytorchStreamWriter failed writing"
-_WRITE_ERRORS = ("inline_container", "PytorchStreamWriter", "No space left", "Errno")
-
-
-def _is_write_error(exc: RuntimeError) -> bool:
-    return any(s in str(exc) for s in _WRITE_ERRORS)
-
-
-def _write_failure(exc: BaseException) -> str:
-    """The first line of a failed write: an OSError's strerror and file, DCP's wrapped error
-    (its per-rank tracebacks end in the cause), torch.save's "[enforce fail at ...]"."""
-    if isinstance(exc, OSError) and exc.strerror:
-        where = f" ({exc.filename})" if exc.filename else ""
-        return f"{exc.strerror}{where}"
-    lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
-    causes = [ln for ln in lines if re.match(r"^\w+(Error|Exception): ", ln)]
-    return (causes[-1] if causes else lines[-1] if lines else type(exc).__name__)[:200]
-
-
-def _check_written(
-    problem: str | None, run_dir, tmp: Path, rank: int, estimate: int | None = None
-) -> None:
-    """After a failed write (on any rank; ``problem`` is already agreed): rank 0 removes the
-    partial ``step_N.tmp``, and every rank raises the same one-line ConfigError saying how much
-    space the checkpoint needs and how much is free. The previous checkpoint stays the newest
-    valid one; the run stops there (resume with --resume once there is space)."""
-    if problem is None:
-        return
-    if rank == 0:
-        shutil.rmtree(tmp, ignore_errors=True)
-    _barrier()  # the partial directory is gone before any rank reports
-    err = ConfigError("checkpoint", save_failure_message(problem, run_dir, tmp, estimate))
-    err.all_ranks = True  # every rank raises it: rank 0's line is enough (trainer.train)
-    raise err
-
-
-def save_failure_message(problem: str, run_dir, tmp: Path, estimate: int | None = None) -> str:
-    """``cannot write checkpoint DIR (cause): it needs about X MiB, Y MiB are free there; ...``
-    The need is the newest checkpoint's size, else ``estimate`` (the state's tensor bytes)."""
-    latest = find_latest(run_dir)
-    need = _checkpoint_bytes(latest) if latest is not None else None
-    source = f"as {latest.name}" if latest is not None else "its tensors"
-    if need is None:
-        need = estimate
-    try:
-        free = shutil.disk_usage(ckpt_root(run_dir)).free
-    except OSError:
-        free = None
-    mib = 1 << 20
-    sizes = []
-    if need is not None:
-        sizes.append(f"it needs about {need / mib:.1f} MiB ({source})")
-    if free is not None:
-        sizes.append(f"{free / mib:.1f} MiB are free there")
-    if latest is not None:
-        after = (
-            f"; {latest} stays the newest valid checkpoint. Free space (delete older step_* "
-            "directories, or train with a lower --keep-last) and continue with --resume"
-        )
-    else:
-        after = "; there is no earlier checkpoint. Free space and start again with --overwrite"
-    return (
-        f"cannot write checkpoint {tmp} ({problem})"
-        + (f": {', '.join(sizes)}" if sizes else "")
-        + after
-    )
-
-
-def _state_bytes(state: Any) -> int:
-    """Bytes of this rank's tensors (local shards) in a nested state dict."""
-    if isinstance(state, dict):
-        return sum(_state_bytes(v) for v in state.values())
-    if isinstance(state, (list, tuple)):
-        return sum(_state_bytes(v) for v in state)
-    if isinstance(state, torch.Tensor):
-        local = state.to_local() if hasattr(state, "to_local") else state
-        return local.numel() * local.element_size()
-    return 0
-
-
-def _checkpoint_bytes(path: Path) -> int | None:
-    """Total size of a checkpoint's files, from its marker (else from the directory)."""
-    try:
-        files = read_marker(path).get("files")
-        if isinstance(files, dict):
-            return sum(int(f["bytes"]) for f in files.values())
-        return sum(f.stat().st_size for f in path.iterdir() if f.is_file())
-    except (OSError, ValueError, KeyError, TypeError):
-        return None
-
-
 def _publish(tmp: Path, final: Path) -> None:
     """Atomically give ``tmp`` its final name; an existing ``final`` (re-save) is replaced."""
     if final.exists():
@@ -414,158 +278,7 @@ def _publish(tmp: Path, final: Path) -> None:
     fsync_dir(final.parent)
 
 
-# --------------------------------------------------------------------------- checksums
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(1 << 20):
-            h.update(chunk)
-    return h.hexdigest()
-
-
-def _hash_files(path: Path, rank: int, world: int) -> dict[str, dict[str, Any]]:
-    """Size and SHA-256 of this rank's share (every W-th name) of the files in ``path``."""
-    names = sorted(p.name for p in path.iterdir() if p.is_file() and p.name != MARKER)
-    return {
-        n: {"bytes": (path / n).stat().st_size, "sha256": _sha256(path / n)}
-        for n in names[rank::world]
-    }
-
-
-def _gather_dicts(mine: dict[str, Any]) -> dict[str, Any]:
-    """Union of every rank's dict (collective under a process group)."""
-    if not _distributed():
-        return dict(sorted(mine.items()))
-    parts: list[Any] = [None] * dist.get_world_size()
-    dist.all_gather_object(parts, mine)
-    return dict(sorted(kv for part in parts for kv in part.items()))
-
-
-def _agreed_problem(mine: str | None) -> str | None:
-    """The first problem any rank found (collective under a process group)."""
-    if not _distributed():
-        return mine
-    parts: list[Any] = [None] * dist.get_world_size()
-    dist.all_gather_object(parts, mine)
-    return next((p for p in parts if p is not None), None)
-
-
-def checkpoint_problem(path: str | os.PathLike, rank: int = 0, world: int = 1) -> str | None:
-    """Why the checkpoint at ``path`` cannot be trusted, or None. Checks the marker, then this
-    rank's share (every W-th file) of the files it lists: present, right size, right SHA-256.
-    A format-1 marker (no checksums, written before they existed) is taken as it is."""
-    p = Path(path)
-    try:
-        marker = read_marker(p)
-    except FileNotFoundError:
-        return f"no {MARKER} marker (deleted, or the save did not finish)"
-    except (OSError, ValueError) as exc:
-        return f"unreadable {MARKER} marker ({exc})"
-    if not isinstance(marker, dict) or not {"step", "world_size"} <= marker.keys():
-        return f"{MARKER} marker lacks step / world_size"
-    files = marker.get("files")
-    if files is None:
-        return None
-    try:
-        for name in sorted(files)[rank::world]:
-            f, want = p / name, files[name]
-            if not f.is_file():
-                return f"{name} is missing"
-            if f.stat().st_size != want["bytes"]:
-                return f"{name} has {f.stat().st_size} bytes, the marker says {want['bytes']}"
-            if _sha256(f) != want["sha256"]:
-                return f"{name} does not match its SHA-256 in the marker"
-    except (KeyError, TypeError, AttributeError):
-        return f"{MARKER} marker has a malformed file list"
-    return None
-
-
-def choose_checkpoint(path: str | os.PathLike, field: str = "resume") -> tuple[Path, list[str]]:
-    """The checkpoint to resume (or export) from, verified; collective: every rank must call it.
-
-    ``path`` is a checkpoint directory ``step_N`` (that one, or an error) or a run / ckpt
-    directory (its newest *valid* checkpoint). Returns it with the "step_M: why" of each newer
-    checkpoint that was passed over as invalid; ``field`` names the option in errors.
-    """
-    rank, world = _rank_world()
-    p = Path(path)
-    explicit = bool(_STEP_DIR.match(p.name))
-    # every step_N directory, marker or not: a save renames its directory to step_N only
-    # after the marker is in it, so a step_N without one lost it and is reported as invalid
-    candidates = [p] if explicit else _step_dirs(p)[::-1]
-    if not explicit and not _marked_dirs(p):
-        candidates = []
-    resuming = field == "resume"
-    if not candidates:
-        raise ConfigError(
-            field,
-            f"no complete checkpoint at or under {p} (looked for {ckpt_root(p)}/step_*/{MARKER}); "
-            + ("check the path, or start without --resume" if resuming else "check the path"),
-        )
-    passed_over = []
-    for c in candidates:
-        problem = _agreed_problem(checkpoint_problem(c, rank, world))
-        if problem is None:
-            return c, passed_over
-        if explicit:
-            raise ConfigError(
-                field,
-                f"{c} is not a valid checkpoint: {problem}; pick another step_N, or give the run "
-                "directory to take its newest valid checkpoint",
-            )
-        passed_over.append(f"{c.name}: {problem}")
-    raise ConfigError(
-        field,
-        f"no valid checkpoint under {ckpt_root(p)} ({'; '.join(passed_over)}); "
-        + (
-            "start without --resume (with --overwrite) or restore a checkpoint"
-            if resuming
-            else "restore a checkpoint"
-        ),
-    )
-
-
-def _step_dirs(run_dir: str | os.PathLike) -> list[Path]:
-    """Every ``step_N`` directory, oldest first."""
-    root = ckpt_root(run_dir)
-    if not root.is_dir():
-        return []
-    found = [(int(m.group(1)), c) for c in root.iterdir() if (m := _STEP_DIR.match(c.name))]
-    return [c for _, c in sorted(found) if c.is_dir()]
-
-
-def _marked_dirs(run_dir: str | os.PathLike) -> list[Path]:
-    """``step_N`` directories holding a marker file (readable or not), oldest first."""
-    root = ckpt_root(run_dir)
-    if not root.is_dir():
-        return []
-    found = [
-        (int(m.group(1)), c)
-        for c in root.iterdir()
-        if (m := _STEP_DIR.match(c.name)) and (c / MARKER).is_file()
-    ]
-    return [c for _, c in sorted(found)]
-
-
 # --------------------------------------------------------------------------- load
-
-
-def resolve_checkpoint(path: str | os.PathLike, field: str = "resume") -> Path:
-    """A complete checkpoint directory itself, or the latest one under a run / ckpt directory;
-    ``field`` names the option in the error."""
-    p = Path(path)
-    if is_complete(p):
-        return p
-    latest = find_latest(p)
-    if latest is None:
-        raise ConfigError(
-            field,
-            f"no complete checkpoint at or under {p} (looked for {ckpt_root(p)}/step_*/{MARKER}); "
-            f"pass a run directory or one of its checkpoints to --{field.replace('_', '-')}",
-        )
-    return latest
 
 
 def load_checkpoint(

@@ -32,7 +32,7 @@ SUFFIXES = (".safetensors", ".pt", ".bin")  # what --out may end in (the file's 
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from trainer.config import OneLineParser
+    from trainer.cli_args import OneLineParser
 
     parser = OneLineParser(
         prog="python -m trainer.export",
@@ -90,7 +90,8 @@ def export_openclip(run: str | Path, out: str | Path, model: str | None = None) 
 
     from models.openclip import save_state_dict_file, to_openclip
     from models.two_tower import TwoTower
-    from trainer.checkpoint import choose_checkpoint, load_model_weights
+    from trainer.checkpoint import load_model_weights
+    from trainer.checkpoint_files import choose_checkpoint
 
     out = check_output_file(out, "out", SUFFIXES)
     run = Path(run)

@@ -31,7 +31,7 @@ RUN_FILES = ("run.jsonl", "ckpt")  # what --overwrite removes, with trace_rank*.
 
 def check_inputs(cfg: TrainConfig, world: int, rank: int, device_type: str) -> list[str]:
     """Data, tokenizer, image-tower checkpoint and memory; returns lines to print."""
-    from trainer.checkpoint import resolve_checkpoint
+    from trainer.checkpoint_files import resolve_checkpoint
     from trainer.data import build_source
     from trainer.init_from import is_openclip_file
     from trainer.tokenizer import build_tokenizer
@@ -122,7 +122,7 @@ def run_entries(out: Path) -> list[str]:
 def check_out(cfg: TrainConfig) -> None:
     """A fresh run needs an empty (or absent) ``--out`` unless ``--overwrite``; ``--resume``
     needs a complete checkpoint where it looks."""
-    from trainer.checkpoint import MARKER, _marked_dirs, ckpt_root
+    from trainer.checkpoint_files import MARKER, _marked_dirs, ckpt_root
 
     out = Path(cfg.out)
     if cfg.resume:

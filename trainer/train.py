@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import socket
 import sys
 import time
@@ -27,8 +26,10 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from trainer.config import TrainConfig, env_world_size, load_config
+from trainer.cli_args import env_world_size, load_config
+from trainer.config import TrainConfig
 from trainer.preflight import check_inputs
+from trainer.run_dir import discard_unstarted_run, take_out
 from vlscale.errors import ConfigError
 
 
@@ -92,82 +93,6 @@ def report_error(exc: ConfigError, rank: int) -> None:
     if rank != 0:
         time.sleep(ERROR_DELAY_S)
     print(f"error: {exc}" + (f" (rank {rank})" if rank else ""), file=sys.stderr, flush=True)
-
-
-def discard_unstarted_run(out: Path, created_root: Path | None) -> None:
-    """A fresh run that failed before its first step leaves nothing behind: its header-only
-    ``run.jsonl`` goes, and ``--out`` with the folders above it that this run created
-    (``created_root``: the topmost of them; None when ``--out`` existed)."""
-    from trainer.records import RUN_FILE
-
-    run_file = out / RUN_FILE
-    try:
-        lines = run_file.read_text().splitlines()
-    except FileNotFoundError:
-        lines = []  # failed before the header (e.g. --init-from): --out may hold only the lock
-    except OSError:
-        return
-    from trainer.preflight import restore_overwritten
-
-    if len(lines) > 1 or _has_checkpoint(out):
-        return
-    if lines:
-        run_file.unlink()
-    ckpt = out / "ckpt"
-    if ckpt.is_dir() and not any(ckpt.iterdir()):  # a first save that failed (full disk)
-        ckpt.rmdir()
-    restore_overwritten(out)  # --overwrite: the previous run's files come back
-    if created_root is not None and not any(p.name != ".lock" for p in out.iterdir()):
-        shutil.rmtree(out, ignore_errors=True)
-        remove_created_parents(out, created_root)
-
-
-def remove_created_parents(out: Path, created_root: Path) -> None:
-    """Remove the now empty folders from ``out``'s parent up to ``created_root``."""
-    for parent in out.parents:
-        if created_root not in (parent, *parent.parents):
-            return
-        try:
-            parent.rmdir()  # only if empty
-        except OSError:
-            return
-
-
-def _has_checkpoint(out: Path) -> bool:
-    ckpt = out / "ckpt"
-    return ckpt.is_dir() and any(ckpt.iterdir())
-
-
-def take_out(cfg: TrainConfig, notes: list[str]):
-    """Lock ``--out`` (exclusive, pid + host), then check it under the lock (a fresh run into a
-    non-empty directory needs --overwrite; --resume needs a checkpoint) and clear it on
-    --overwrite. Returns the held lock; a refusal leaves the directory as it was."""
-    from trainer.preflight import check_out, clear_out
-    from trainer.run_lock import RunLock
-
-    out = Path(cfg.out)
-    created = not out.exists()
-    lock = RunLock(out)
-    lock.created_dir = created
-    # the topmost folder the lock's mkdir -p creates: removed again if the run never starts
-    lock.created_root = (
-        next(p for p in (*reversed(out.parents), out) if not p.exists()) if created else None
-    )
-    try:
-        lock.acquire()
-        notes.extend(lock.notes)
-        check_out(cfg)
-        if cfg.overwrite:
-            removed = clear_out(out)
-            if removed:
-                notes.append(f"--overwrite: removed {', '.join(removed)} from {out}")
-    except BaseException:
-        lock.release()
-        if created and out.is_dir() and not any(out.iterdir()):
-            out.rmdir()  # nothing half-written
-            remove_created_parents(out, lock.created_root)
-        raise
-    return lock
 
 
 def resolve_device_type(cfg: TrainConfig) -> str:
@@ -435,14 +360,15 @@ def resume(cfg: TrainConfig, world: int, model, optimizer, scheduler, loader, lo
     """Pick the checkpoint (verified; newest valid unless --resume names one), refuse another
     run's or an incompatible one, load it, and say which one was loaded. Collective."""
     from trainer import checkpoint as ckpt
+    from trainer.checkpoint_files import choose_checkpoint, read_marker
     from trainer.identity import check_resume
 
     out_run_id = header_run_id(Path(cfg.out))  # read before rank 0 can rewrite the file
     target = cfg.resume if isinstance(cfg.resume, str) else cfg.out
-    path, passed_over = ckpt.choose_checkpoint(target)
+    path, passed_over = choose_checkpoint(target)
     for bad in passed_over:
         log(f"resume: skipping invalid checkpoint {bad}")
-    saved = ckpt.read_marker(path).get("identity")
+    saved = read_marker(path).get("identity")
     check_resume(saved, cfg, world, str(path), out_run_id)
     info = ckpt.load_checkpoint(
         path, model=model, optimizer=optimizer, scheduler=scheduler, loader=loader

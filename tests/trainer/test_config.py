@@ -8,7 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from trainer.config import TrainConfig, build_parser, load_config
+from trainer.cli_args import build_parser, load_config
+from trainer.config import TrainConfig
 from vlscale.errors import ConfigError
 from vlscale.specs.layout import RunLayout
 

@@ -98,7 +98,7 @@ def test_bad_inputs_before_launch_write_nothing(tmp_path, capsys):
 
 def test_memory_check_names_both_sides_and_force_overrides(monkeypatch):
     from trainer import preflight
-    from trainer.config import load_config
+    from trainer.cli_args import load_config
 
     monkeypatch.setattr(preflight, "host_available_bytes", lambda: 1 << 20)  # 1 MiB host
     cfg = load_config(["--model", "tiny-clip"], world_size=1)
@@ -201,7 +201,7 @@ def test_skip_nonfinite_counts_in_records(tmp_path, capsys):
 
 def test_run_identity_in_header_and_every_checkpoint(finished):
     from trainer.checkpoint import list_checkpoints, read_marker
-    from trainer.config import load_config
+    from trainer.cli_args import load_config
     from trainer.identity import config_hash
 
     header = json.loads((finished / "run.jsonl").read_text().splitlines()[0])

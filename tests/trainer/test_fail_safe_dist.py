@@ -64,7 +64,7 @@ def _fault_runs(ctx, root: str):
     import torch.distributed as dist
 
     import trainer.train as entry
-    from trainer.config import load_config
+    from trainer.cli_args import load_config
 
     base = Path(root) / "base"
     entry.train(load_config([*ARGV, "--out", str(base)], 2), torch.device("cpu"), ctx.mesh, "gloo")

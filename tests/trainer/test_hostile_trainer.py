@@ -18,7 +18,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from trainer.checkpoint import MARKER, find_latest, step_dir
-from trainer.config import load_config
+from trainer.cli_args import load_config
 from trainer.export import main as export_main
 from trainer.train import main
 from vlscale.errors import ConfigError

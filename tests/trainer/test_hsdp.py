@@ -57,7 +57,7 @@ pytestmark = pytest.mark.dist
 
 def _train_all(ctx, out_root):
     import trainer.train as entry
-    from trainer.config import load_config
+    from trainer.cli_args import load_config
 
     for name, argv in RUNS.items():
         cfg = load_config([*COMMON, *argv, "--out", f"{out_root}/{name}"], world_size=4)

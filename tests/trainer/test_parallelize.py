@@ -202,7 +202,7 @@ def test_wrapping_needed_for_several_ranks_or_mixed_precision(world, precision, 
 def test_trainer_config_keeps_one_fp32_rank_unwrapped():
     """The trainer's resolved layout (fp32 by default, one rank without torchrun) is unwrapped,
     and ``--wrap-one-rank`` wraps it, as the planner's ``wrapped`` reads it."""
-    from trainer.config import load_config
+    from trainer.cli_args import load_config
 
     assert load_config([], world_size=1).layout.wrapped is False
     assert load_config(["--wrap-one-rank"], world_size=1).layout.wrapped is True

@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from trainer import profiling
-from trainer.config import load_config
+from trainer.cli_args import load_config
 from vlscale.errors import ConfigError
 
 CPU = torch.device("cpu")

@@ -39,7 +39,7 @@ def test_tiny_rn_trains_with_costs_flops_and_mfu(tmp_path):
 
 
 def test_preflight_estimates_a_resnet_and_refuses_what_cannot_fit():
-    from trainer.config import load_config
+    from trainer.cli_args import load_config
     from trainer.preflight import check_memory, estimate_rank_memory
     from vlscale.errors import ConfigError
 
@@ -54,7 +54,7 @@ def _train_two_ranks(ctx, out):
     import torch
 
     import trainer.train as entry
-    from trainer.config import load_config
+    from trainer.cli_args import load_config
 
     argv = ["--model", "tiny-rn", "--steps", "2", "--global-batch", "8", "--checkpointing",
             "--log-every", "1000", "--out", out]  # fmt: skip

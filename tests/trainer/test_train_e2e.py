@@ -62,7 +62,7 @@ def _train_all(ctx, out_root):
     import torch
 
     import trainer.train as entry
-    from trainer.config import load_config
+    from trainer.cli_args import load_config
 
     real = entry.build_train_loader
     entry.build_train_loader = lambda *a, **k: _RepeatFirst(real(*a, **k))
