@@ -44,6 +44,7 @@ PLANNER_KEYS: frozenset[str] = frozenset(
         "stragglers",
         "sim_steps",
         "failures",
+        "stack",
     }
 )
 """Keys of the planner's run file (``PlanConfig``) that are not layout or shared keys."""
