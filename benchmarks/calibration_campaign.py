@@ -51,6 +51,7 @@ class RunConfig:
     precision: str = "fp32"
     sharding: str = "fsdp"
     shard_size: int | None = None  # hsdp: ranks per shard group
+    lock_image: bool = False  # LiT: the image tower frozen
     split: str = "heldout"
 
     @property
@@ -61,6 +62,7 @@ class RunConfig:
         parts += [f"r{self.mask_ratio:g}", f"b{self.global_batch}", f"w{self.world}"]
         sharding = self.sharding + (str(self.shard_size) if self.shard_size else "")
         parts += [self.precision, sharding] + (["ac"] if self.checkpointing else [])
+        parts += ["lockimg"] if self.lock_image else []
         return "-".join(parts)
 
 
@@ -120,6 +122,11 @@ def grid() -> list[RunConfig]:
             sharding="hsdp",
             shard_size=2,
         ),
+        # other towers and training modes, never fitted: CLIP's ResNet, a locked image tower
+        RunConfig("tiny-rn", global_batch=32),
+        RunConfig("tiny-rn", world=2, global_batch=32),
+        RunConfig("small-clip", global_batch=32, lock_image=True),
+        RunConfig("small-clip", world=2, global_batch=32, lock_image=True),
     ]
     return fit + held
 
@@ -142,6 +149,8 @@ def run_one(cfg: RunConfig, steps: int, warmup: int, runs_dir: Path) -> dict:
             cmd.append("--checkpointing")
         if cfg.shard_size:
             cmd += ["--shard-size", str(cfg.shard_size)]
+        if cfg.lock_image:
+            cmd.append("--lock-image")
         load_before = load_average()
         start = time.perf_counter()
         proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True)

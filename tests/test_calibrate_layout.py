@@ -46,3 +46,14 @@ def test_a_recorded_hsdp_layout_reaches_the_plan(tmp_path):
     new_path.write_text("\n".join([json.dumps(header), *lines[1:]]) + "\n")
     config = plan_config_of(read_run(new_path), "xeon-2c", PROFILE)
     assert config.layout == layout and config.layout.replicas == 2
+
+
+def test_a_resnet_run_is_recognised_as_its_preset():
+    """A ResNet has no patches to drop: the architecture check of a run must not ask for
+    FLIP's masked FLOPs (it did, and every ResNet run failed to validate)."""
+    from vlscale.calibrate.runs import _cost_identity
+    from vlscale.specs.presets import get_model
+
+    spec = get_model("tiny-rn")
+    assert _cost_identity(spec) == _cost_identity(spec.model_copy())
+    assert _cost_identity(spec)[2] is None

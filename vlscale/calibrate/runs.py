@@ -173,4 +173,6 @@ def _cost_identity(spec) -> tuple:
     from vlscale.costs.flops import forward_flops
     from vlscale.costs.params import count_params
 
-    return (count_params(spec).total, forward_flops(spec).total, forward_flops(spec, 0.5).total)
+    # FLIP's masked FLOPs tell ViT variants apart; a ResNet has no patches to drop
+    masked = forward_flops(spec, 0.5).total if spec.vision.kind == "vit" else None
+    return (count_params(spec).total, forward_flops(spec).total, masked)
