@@ -1,15 +1,17 @@
 """`vlscale tune` speed: a search over at least 500 layouts, planned on the sweep backends.
 
-ViT-L-14 SigLIP on H100 at global batch 32,768 and 64 ... 2,048 devices: ddp, fsdp (and hsdp
-with every shard size once the planner takes it) × resharding × checkpointing × accumulation ×
-gather / ring = 540 layouts without hsdp. Target (issue 16): under 30 s on this machine.
+ViT-L-14 SigLIP on H100 at global batch 32,768 and 64 ... 2,048 devices: ddp, fsdp and hsdp at
+every node-aligned shard size × resharding × checkpointing × accumulation × gather / ring =
+3,100 layouts (540 before hsdp joined the search). Target (issue 16): a tune over at least 500
+layouts under 30 s on this machine; ``--devices`` picks the device counts searched.
 
-    python benchmarks/tune_perf.py [--repeats 3] [--workers N]
+    python benchmarks/tune_perf.py [--repeats 3] [--workers N] [--devices 64 128 ...]
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import resource
 import statistics
@@ -41,15 +43,17 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--workers", type=int, default=None, help="default: every core")
+    parser.add_argument("--devices", type=int, nargs="+", default=list(REQUEST.devices))
     args = parser.parse_args()
-    layouts = len(REQUEST.points())
+    request = dataclasses.replace(REQUEST, devices=tuple(args.devices))
+    layouts = len(request.points())
     print(f"{layouts} layouts on {args.workers or os.cpu_count()} processes")
     times = []
     for _ in range(args.repeats):
         load = os.getloadavg()[0]
         cpu0 = _cpu_s()
         start = time.perf_counter()
-        result = tune(REQUEST, workers=args.workers)
+        result = tune(request, workers=args.workers)
         times.append(time.perf_counter() - start)
         cpu = _cpu_s() - cpu0
         print(f"  {times[-1]:.1f} s, {cpu:.1f} CPU s (load {load:.2f}); {result.summary.line()}")
