@@ -53,6 +53,23 @@ def _run(out: Path, world: int, *extra: str) -> subprocess.CompletedProcess:
     return proc
 
 
+def _wait_delivered(pid: int, sig: int, timeout_s: float = 2.0) -> None:
+    """Until ``sig`` is no longer pending for ``pid`` (/proc/PID/status ShdPnd and SigPnd):
+    the kernel has run its handler, so a signal sent next is handled after it. Two signals
+    pending at once are delivered in the kernel's order, not the order they were sent."""
+    status = Path(f"/proc/{pid}/status")
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            fields = dict(line.split(":", 1) for line in status.read_text().splitlines())
+        except (FileNotFoundError, ProcessLookupError, ValueError):
+            return  # the process is gone
+        pending = int(fields["ShdPnd"], 16) | int(fields["SigPnd"], 16)
+        if not pending & (1 << (sig - 1)):
+            return
+        time.sleep(0.001)
+
+
 def _signal_after_step(
     out: Path, world: int, sig: int, *more: int, extra: tuple[str, ...] = ()
 ) -> tuple[int, str]:
@@ -76,6 +93,7 @@ def _signal_after_step(
             target = ranks[0]
         for s in (sig, *more):
             os.kill(target, s)
+            _wait_delivered(target, s)
         rest = proc.stdout.read()
         proc.wait(timeout=120)
     finally:
