@@ -225,17 +225,23 @@ def test_unit_params_from_layers_equal_memory_units(name):
     spec = get_model(name)
     units = unit_params(spec)
     assert units == fsdp_units(spec) and list(units) == list(fsdp_units(spec))
-    # each unit's count is the torch module's: every block, each tower less its blocks, the root
+    # each unit's count is the torch module's as the trainer wraps it (trainer.parallelize):
+    # every block, every head unit (the ResNet's attention pool), each tower less those, the root
+    from trainer.parallelize import head_units
+
     model = build_model(spec, device="meta")
 
     def numel(module):
         return sum(p.numel() for p in module.parameters())
 
+    heads = {id(h) for h in head_units(model)}
     measured = {}
     for unit, tower in (("visual", model.visual), ("text", model.text)):
         measured |= {f"{unit}.blocks.{i}": numel(b) for i, b in enumerate(tower.blocks)}
+        measured |= {f"{unit}.{n}": numel(m) for n, m in tower.named_children() if id(m) in heads}
     for unit, tower in (("visual", model.visual), ("text", model.text)):
-        measured[unit] = numel(tower) - sum(numel(b) for b in tower.blocks)
+        own = [m for _, m in tower.named_children() if id(m) in heads]
+        measured[unit] = numel(tower) - sum(numel(m) for m in [*tower.blocks, *own])
     measured["root"] = numel(model) - numel(model.visual) - numel(model.text)
     assert units == measured
     ops = unit_ops(spec, local_batch=1, mask_ratio=0.0, precision="bf16", checkpointing=False)

@@ -42,8 +42,14 @@ def test_forward_op_flops_equal_the_analytic_flops(name, mask):
         assert _flops(units[f"visual.blocks.{i}"].forward) == B * layer.total
     for i, layer in enumerate(t_blocks):
         assert _flops(units[f"text.blocks.{i}"].forward) == B * layer.total
-    assert _flops(units["visual"].forward) == B * sum(x.total for x in vision if x.kind != "block")
-    assert _flops(units["text"].forward) == B * sum(x.total for x in text if x.kind != "block")
+    # a tower's layers outside its blocks: the tower's own unit and its head units (a ResNet's
+    # attention pool, "visual.pool")
+    for tower, layers in (("visual", vision), ("text", text)):
+        own = [u for n, u in units.items() if n == tower or n == f"{tower}.pool"]
+        assert sum(_flops(u.forward) for u in own) == B * sum(
+            x.total for x in layers if x.kind != "block"
+        )
+    assert ("visual.pool" in units) == (spec.vision.kind == "resnet")
 
 
 @pytest.mark.parametrize("name", list_models("vit"))  # ResNets: tests/test_resnet_costs.py

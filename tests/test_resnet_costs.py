@@ -149,16 +149,15 @@ def test_convolutions_are_implicit_gemms():
     assert {"visual.blocks.3.pool", "visual.blocks.3.residual", "visual.blocks.3.relu"} <= set(ops)
 
 
-def test_fsdp_units_are_the_bottlenecks_and_the_tower():
+def test_fsdp_units_are_the_bottlenecks_the_attention_pool_and_the_tower():
     spec = get_model("RN50")
     units = fsdp_units(spec)
     assert [u for u in units if u.startswith("visual.blocks.")] == [
         f"visual.blocks.{i}" for i in range(16)
     ]
     model = build_model(spec, device="meta")
-    stem_and_pool = sum(p.numel() for p in [*model.visual.stem.parameters(),
-                                            *model.visual.pool.parameters()])  # fmt: skip
-    assert units["visual"] == stem_and_pool
+    assert units["visual.pool"] == sum(p.numel() for p in model.visual.pool.parameters())
+    assert units["visual"] == sum(p.numel() for p in model.visual.stem.parameters())
 
 
 def test_mask_ratio_is_refused_naming_the_model():

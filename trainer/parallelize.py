@@ -9,8 +9,9 @@ One wrapping order, pinned by ``tests/trainer/test_parallelize.py``:
    ordinary module, so the FSDP unit of step 3 contains it and recompute runs on the gathered
    parameters during backward, which is the composition torch 2.x documents for FSDP2;
 3. optional ``torch.compile`` of each block (``module.compile()``, in place, keeps the FQNs);
-4. ``fully_shard`` per block, then per tower (the stem, embeddings, norms, pooling head and
-   projection that are not inside a block), then the root (``logit_scale``/``logit_bias``),
+4. ``fully_shard`` per block and per head unit (the ResNet's attention pool), then per tower
+   (the stem, embeddings, norms, pooling head and projection that are in no other unit), then
+   the root (``logit_scale``/``logit_bias``),
    each with ``MixedPrecisionPolicy(param_dtype, reduce_dtype=fp32)``; the root keeps its
    parameters gathered after forward (the backward needs them at once anyway);
 5. ``to_empty`` on the real device, then the model's own initialisation, run by every rank on
@@ -113,6 +114,17 @@ def blocks(model: nn.Module) -> Iterator[nn.Module]:
         yield from tower.blocks
 
 
+def head_units(model: nn.Module) -> Iterator[nn.Module]:
+    """Heads wrapped as FSDP units of their own: the ResNet tower's attention pool (a tenth of
+    RN50x64's image tower), so that it is gathered only while it runs, not for the whole tower
+    (``vlscale.costs.layers.base.is_unit``: the planner's units are the same)."""
+    from models.resnet import ResNetTower
+
+    for tower in towers(model):
+        if isinstance(tower, ResNetTower):
+            yield tower.pool
+
+
 def mixed_precision(precision: str) -> MixedPrecisionPolicy:
     """Parameters and compute in ``precision``; gradient reduction always in fp32."""
     dtype = DTYPES[precision]
@@ -143,12 +155,13 @@ def apply_compile(model: nn.Module, backend: str = "inductor") -> None:
 
 
 def apply_fsdp(model: nn.Module, mesh: DeviceMesh, layout: RunLayout) -> None:
-    """Step 4: ``fully_shard`` blocks, then towers, then the root (bottom-up, as FSDP2 needs).
+    """Step 4: ``fully_shard`` blocks and head units, then towers, then the root (bottom-up, as
+    FSDP2 needs).
     On a 2-D mesh (``hsdp``) FSDP2 shards over the last dim and replicates over the first."""
     mp = mixed_precision(layout.precision)
     reshard = layout.reshard_after_forward
-    for block in blocks(model):
-        fully_shard(block, mesh=mesh, mp_policy=mp, reshard_after_forward=reshard)
+    for unit in [*blocks(model), *head_units(model)]:
+        fully_shard(unit, mesh=mesh, mp_policy=mp, reshard_after_forward=reshard)
     for tower in towers(model):
         fully_shard(tower, mesh=mesh, mp_policy=mp, reshard_after_forward=reshard)
     fully_shard(model, mesh=mesh, mp_policy=mp, reshard_after_forward=False)
@@ -160,7 +173,7 @@ def apply_ddp(model: nn.Module, mesh: DeviceMesh, layout: RunLayout) -> None:
     from torch.distributed._composable.replicate_with_fsdp import replicate
 
     mp = mixed_precision(layout.precision)
-    for module in [*blocks(model), *towers(model), model]:
+    for module in [*blocks(model), *head_units(model), *towers(model), model]:
         replicate(module, mesh=mesh, mp_policy=mp)
 
 

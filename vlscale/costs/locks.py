@@ -28,7 +28,7 @@ the rest and are gathered for the forward (``trainer/parallelize.py`` says why).
 
 from __future__ import annotations
 
-from vlscale.costs.layers import Layer, model_layers
+from vlscale.costs.layers import Layer, is_unit, model_layers
 from vlscale.errors import ConfigError
 from vlscale.specs.layout import RunLayout
 from vlscale.specs.models import ModelSpec
@@ -109,13 +109,13 @@ def trainable_unit_params(spec: ModelSpec, layout: RunLayout) -> dict[str, int]:
     units: dict[str, int] = {}
     for _, tower in layers.towers:
         units |= {
-            x.name: x.params() if is_trainable(x, trainable) else 0
+            x.unit_name: x.params() if is_trainable(x, trainable) else 0
             for x in tower
-            if x.role == "block"
+            if is_unit(x)
         }
     for name, tower in layers.towers:
         units[name] = sum(
-            x.params() for x in tower if x.role != "block" and is_trainable(x, trainable)
+            x.params() for x in tower if not is_unit(x) and is_trainable(x, trainable)
         )
     units["root"] = layers.loss.params()
     return units

@@ -19,7 +19,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from vlscale.costs.layers import Layer, TransformerBlock, model_layers
+from vlscale.costs.layers import Layer, TransformerBlock, is_unit, model_layers
 from vlscale.costs.layers.primitives import Op, OpKind, OpList, Phase
 from vlscale.specs.models import ModelSpec
 from vlscale.specs.towers import TrunkSpec
@@ -69,7 +69,7 @@ def layers_units(
     def trains(layer: Layer) -> bool:
         return trainable is None or (layer.name, layer.kind) in trainable
 
-    rest = [layer for layer in layers if layer.role != "block"]
+    rest = [layer for layer in layers if not is_unit(layer)]
     forward, backward = new(), new()
     for layer in rest:
         layer.forward_ops(forward, b)
@@ -77,14 +77,14 @@ def layers_units(
         if trains(layer):
             layer.backward_ops(backward, b)
     units = [UnitOps(tower, tuple(forward), tuple(backward))]
-    for block in (layer for layer in layers if layer.role == "block"):
+    for unit in (layer for layer in layers if is_unit(layer)):
         forward, backward = new(), new()
-        block.forward_ops(forward, b)
-        if trains(block):
-            if checkpointing:
-                block.recompute_ops(backward, b)
-            block.backward_ops(backward, b)
-        units.append(UnitOps(block.name, tuple(forward), tuple(backward)))
+        unit.forward_ops(forward, b)
+        if trains(unit):
+            if checkpointing and unit.role == "block":  # only blocks are checkpointed
+                unit.recompute_ops(backward, b)
+            unit.backward_ops(backward, b)
+        units.append(UnitOps(unit.unit_name, tuple(forward), tuple(backward)))
     return units
 
 

@@ -26,6 +26,7 @@ from vlscale.costs.layers import (
     Layer,
     Shape,
     TransformerBlock,
+    is_unit,
     map_head_shapes,
     model_layers,
     runs,
@@ -104,8 +105,8 @@ def unit_params(spec: ModelSpec) -> dict[str, int]:
     layers = model_layers(spec)
     units: dict[str, int] = {}
     for _, tower in layers.towers:
-        units |= {x.name: x.params() for x in tower if x.role == "block"}
+        units |= {x.unit_name: x.params() for x in tower if is_unit(x)}
     for name, tower in layers.towers:
-        units[name] = layers_params(x for x in tower if x.role != "block")
+        units[name] = layers_params(x for x in tower if not is_unit(x))
     units["root"] = layers.loss.params()
     return units

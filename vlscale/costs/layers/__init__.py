@@ -2,7 +2,7 @@
 tensors) and a model's list of them (``base`` says how; ``towers`` builds the list)."""
 
 from vlscale.costs.layers.attention_pool import AttentionPool, map_head_shapes
-from vlscale.costs.layers.base import LAYER_KINDS, Layer, runs
+from vlscale.costs.layers.base import LAYER_KINDS, Layer, is_unit, runs
 from vlscale.costs.layers.block import TransformerBlock
 from vlscale.costs.layers.loss import ContrastiveLoss, RingLossOps, loss_ops, ring_loss_ops
 from vlscale.costs.layers.patch_embed import PatchEmbed
@@ -34,6 +34,7 @@ __all__ = [
     "TextPool",
     "TokenPool",
     "TransformerBlock",
+    "is_unit",
     "loss_ops",
     "map_head_shapes",
     "model_layers",

@@ -53,7 +53,14 @@ class Layer(ABC):
 
     kind: ClassVar[str] = ""
     role: ClassVar[Role]
+    # a layer other than a block that is an FSDP unit of its own (``is_unit``)
+    own_unit: ClassVar[bool] = False
     name: str = field(compare=False)
+
+    @property
+    def unit_name(self) -> str:
+        """The FSDP unit's name when the layer is one (``is_unit``): the torch module's path."""
+        return self.name
 
     def __init_subclass__(cls, kind: str = "", role: Role | None = None, **kwargs) -> None:
         super().__init_subclass__(**kwargs)
@@ -119,3 +126,10 @@ def _register(cls: type[Layer], kind: str, role: Role | None) -> None:
         raise ValueError(f"{cls.__name__}: a block must say what its checkpoint keeps")
     cls.kind, cls.role = kind, role
     LAYER_KINDS[kind] = cls
+
+
+def is_unit(layer: Layer) -> bool:
+    """Whether ``layer`` is an FSDP unit of its own (``trainer.parallelize`` wraps it): every
+    block, and a layer that says so (the ResNet's attention pool); the tower's other layers
+    share the tower's unit."""
+    return layer.role == "block" or layer.own_unit

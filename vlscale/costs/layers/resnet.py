@@ -253,9 +253,16 @@ class ResNetBottleneck(Layer, kind="resnet_bottleneck", role="block"):
 class ResNetAttentionPool(Layer, kind="resnet_attention_pool", role="head"):
     """The mean token prepended to the g² features, + positions (L, C); the mean token's query
     (q: Linear(C, C)) attends over all L tokens (kv: Linear(C, 2C)) with ``heads`` heads; its
-    output is projected by Linear(C, e). All Linears are biased.
+    output is projected by Linear(C, e). All Linears are biased. An FSDP unit of its own
+    (``visual.pool``): a tenth of RN50x64's image tower, gathered only while it runs.
 
     Forward per sample: q 2C² + kv 4·L·C² + attention 4·L·C + proj 2·C·e FLOPs."""
+
+    own_unit = True
+
+    @property
+    def unit_name(self) -> str:
+        return f"{self.name}.pool"
 
     grid: int
     width: int
