@@ -27,12 +27,10 @@ from __future__ import annotations
 
 import glob
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Any, Literal
 
 from pydantic import (
-    AfterValidator,
     BaseModel,
-    BeforeValidator,
     ConfigDict,
     Field,
     ValidationError,
@@ -42,7 +40,7 @@ from pydantic import (
 
 from vlscale.costs.locks import check_locks
 from vlscale.errors import ConfigError, from_validation_error
-from vlscale.specs.fields import MAX_COUNT, Count, MaskRatio
+from vlscale.specs.fields import Count, MaskRatio, Real, Seed, Whole
 from vlscale.specs.layout import RunLayout
 from vlscale.specs.models import ModelSpec
 from vlscale.specs.presets import resolve_model
@@ -57,27 +55,6 @@ from vlscale.specs.recipes import (
 BUILTIN_DATA = ("shapes",)
 LAYOUT_FIELDS = tuple(RunLayout.model_fields)
 TRAINER_PRECISION = "fp32"  # the trainer's default (the planner's is the device's)
-MAX_SEED = 2**63 - 1  # torch.manual_seed and torch.Generator take 64-bit seeds
-
-
-def _not_bool(value: Any) -> Any:
-    # pydantic reads `true` as 1: a count, a size or a rate is a number, never a bool
-    if isinstance(value, bool):
-        raise ValueError(f"must be a number, not {str(value).lower()}")
-    return value
-
-
-def _seed(value: int) -> int:
-    if not 0 <= value <= MAX_SEED:
-        raise ValueError(f"must be a whole number in 0..2**63-1 (64-bit generators), got {value}")
-    return value
-
-
-Whole = Annotated[int, BeforeValidator(_not_bool), Field(ge=0, le=MAX_COUNT)]
-"""A count that may be 0 (intervals, warm-up steps, workers): never a bool, at most MAX_COUNT."""
-Real = Annotated[float, BeforeValidator(_not_bool)]
-"""A rate or size read as a float (bounds and finiteness on each field), never a bool."""
-Seed = Annotated[int, BeforeValidator(_not_bool), AfterValidator(_seed)]
 
 
 class TrainConfig(BaseModel):

@@ -141,14 +141,6 @@ class PlanConfig(BaseModel):
         rest = {k: v for k, v in data.items() if k not in LAYOUT_FIELDS}
         return rest | {"layout": validate_as(RunLayout, merged, "")}
 
-    @field_validator("samples", "global_batch", mode="before")
-    @classmethod
-    def _counts_are_not_booleans(cls, value: Any) -> Any:
-        # pydantic would read `samples: true` as 1 sample; a count is a number
-        if isinstance(value, bool):
-            raise ValueError(f"must be a whole number, not {str(value).lower()}")
-        return value
-
     @field_validator("stack")
     @classmethod
     def _known_stack(cls, value: str | None) -> str | None:

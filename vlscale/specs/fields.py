@@ -148,8 +148,22 @@ Efficiency = _bounded(
 MAX_SEED = 2**63 - 1
 """The largest seed: what numpy, torch and an int64 can carry."""
 
-Seed = Annotated[int, BeforeValidator(_no_bool_count), Field(ge=0, le=MAX_SEED)]
+
+def _seed_in_range(value: int) -> int:
+    if not 0 <= value <= MAX_SEED:
+        raise ValueError(f"must be a whole number in 0..2**63-1 (64-bit generators), got {value}")
+    return value
+
+
+Seed = Annotated[int, BeforeValidator(_no_bool_count), AfterValidator(_seed_in_range)]
 """A random seed: a whole number in [0, 2**63 - 1], never a bool."""
+
+Whole = Annotated[int, BeforeValidator(_no_bool_count), Field(ge=0, le=MAX_COUNT)]
+"""A count that may be 0 (intervals, warm-up steps, workers): never a bool, at most
+:data:`MAX_COUNT`."""
+
+Real = Annotated[float, BeforeValidator(_no_bool_number)]
+"""A rate or size read as a float whose bounds and finiteness each field states: never a bool."""
 
 MAX_LAYERS = 1024
 """The most blocks a tower may have: 16 times the deepest real tower (EVA-CLIP-E's 64); the
