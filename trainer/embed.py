@@ -14,11 +14,12 @@ from __future__ import annotations
 import argparse
 import sys
 
+from trainer.cli_args import OneLineParser
 from vlscale.errors import ConfigError
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m trainer.embed", description=__doc__.split("\n")[0])
+    p = OneLineParser(prog="python -m trainer.embed", description=__doc__.split("\n")[0])
     p.add_argument("--model", required=True, help="model preset (the trainer's --model)")
     p.add_argument("--init-from", default=None, help="OpenCLIP weights file (.pt/.safetensors)")
     p.add_argument("--data", default="shapes", help="the trainer's --data")
@@ -72,8 +73,8 @@ def embed(args: argparse.Namespace) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
     try:
+        args = build_parser().parse_args(argv)
         index = embed(args)
     except ConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)
