@@ -47,6 +47,7 @@ from dataclasses import dataclass, replace
 
 from vlscale.errors import ConfigError
 from vlscale.specs.hardware import ClusterSpec, TierName
+from vlscale.specs.layout import fits_island
 
 # Defaults for what datasheets do not give. α per step: order-of-magnitude starting points from
 # published small-message latencies (NCCL-tests all-reduce on one 8-GPU NVSwitch node is ~10-20 µs
@@ -240,7 +241,7 @@ def check_shard_size(cluster: ClusterSpec, shard_size: int) -> None:
     """A shard group must be part of one island (dividing it) or whole islands; else a group
     would straddle a node, which no tier describes: one ConfigError naming ``shard_size``."""
     island = cluster.slice_size
-    if island % shard_size and shard_size % island:
+    if not fits_island(shard_size, island):
         unit = "TPU slice" if cluster.device.kind == "tpu" else "node"
         fits = [d for d in range(1, island + 1) if island % d == 0]
         raise ConfigError(

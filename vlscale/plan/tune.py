@@ -162,12 +162,13 @@ class TuneRequest:
 
 
 def node_size(point: dict[str, Any]) -> int:
-    """The devices per node (GPU node or TPU slice) of the cluster ``point`` plans on."""
+    """The island of the cluster ``point`` plans on (a GPU node, a TPU slice): the unit a shard
+    group must divide or be whole copies of (``vlscale.costs.topology.check_shard_size``)."""
     from vlscale.plan.config import make_plan_config
     from vlscale.plan.planner import resolve
 
     _, _, cluster = resolve(make_plan_config(point))
-    return cluster.node_size
+    return cluster.slice_size
 
 
 @dataclass(frozen=True)

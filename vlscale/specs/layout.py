@@ -215,7 +215,14 @@ def hsdp_shard_sizes(devices: int, devices_per_node: int | None = None) -> list[
     if devices_per_node is None:
         return sizes
     node = min(devices_per_node, devices)
-    return [s for s in sizes if node % s == 0 or s % node == 0]
+    return [s for s in sizes if fits_island(s, node)]
+
+
+def fits_island(shard_size: int, island: int) -> bool:
+    """Whether a shard group of ``shard_size`` ranks lies inside one island (a GPU node, a TPU
+    slice: it divides it) or is whole islands (a multiple of it), so that one tier describes its
+    links; a group straddling islands is neither."""
+    return island % shard_size == 0 or shard_size % island == 0
 
 
 def _divisor_near(n: int, target: int) -> int:
