@@ -30,6 +30,8 @@ _HELP = {
     "loss_impl": "siglip loss implementation (ring: chunked sigmoid loss)",
     "mask_ratio": "FLIP patch-drop ratio r in [0, 1) (eva-clip default 0.5)",
     "optimizer": "optimizer (recipe default: adamw, lamb for eva-clip)",
+    "siglip2": "SigLIP 2's objectives and phases as a YAML mapping, e.g. "
+    "'{distill_start: 0.5, naflex: null}' (vlscale/specs/siglip2.py; recipe siglip2 only)",
     "global_batch": "samples per optimizer step over all ranks",
     "steps": "optimizer steps; the warm-up + cosine schedule spans exactly these, so it is part "
     "of the run identity: --resume with another --steps is refused (start a new run to train "
@@ -128,12 +130,27 @@ def build_parser() -> argparse.ArgumentParser:
             kwargs["action"] = argparse.BooleanOptionalAction
         elif choices:
             kwargs["choices"] = choices
+        elif name == "siglip2":
+            kwargs["type"] = _yaml_mapping
         elif name in _FLOAT_FIELDS:
             kwargs["type"] = float
         elif name in _INT_FIELDS:
             kwargs["type"] = int
         parser.add_argument(flag, dest=name, **kwargs)
     return parser
+
+
+def _yaml_mapping(text: str) -> dict:
+    """A flag's YAML mapping (``--siglip2 '{distill_start: 0.5}'``); argparse names the flag."""
+    import yaml
+
+    try:
+        value = yaml.safe_load(text)
+    except yaml.YAMLError:
+        value = None
+    if not isinstance(value, dict):
+        raise argparse.ArgumentTypeError(f"'{text}' is not a YAML mapping, e.g. '{{masked: null}}'")
+    return value
 
 
 # what the trainer fills in for the layout's unresolved defaults (None in RunLayout)

@@ -51,6 +51,7 @@ from vlscale.specs.recipes import (
     RecipeSpec,
     default_recipe,
 )
+from vlscale.specs.siglip2 import Siglip2Spec
 
 BUILTIN_DATA = ("shapes",)
 LAYOUT_FIELDS = tuple(RunLayout.model_fields)
@@ -67,6 +68,7 @@ class TrainConfig(BaseModel):
     loss_impl: LossImpl | None = None
     mask_ratio: MaskRatio | None = None
     optimizer: Optimizer | None = None
+    siglip2: Siglip2Spec | None = None  # SigLIP 2's objectives; None: the recipe's defaults
     global_batch: Count = 32
     layout: RunLayout = Field(
         default_factory=RunLayout,
@@ -241,6 +243,7 @@ class TrainConfig(BaseModel):
                 loss_impl=self.loss_impl,
                 mask_ratio=self.mask_ratio,
                 optimizer=self.optimizer,
+                siglip2=self.siglip2,
             )
         except ValidationError as exc:
             err = from_validation_error(exc)

@@ -34,6 +34,7 @@ from vlscale.specs.layout import RunLayout
 from vlscale.specs.recipes import LossImpl, Optimizer, RecipeName, RecipeSpec
 from vlscale.specs.recipes import default_recipe as _default_recipe
 from vlscale.specs.run_file import LAYOUT_KEYS, TRAINER_DEVICES, split_keys
+from vlscale.specs.siglip2 import Siglip2Spec
 
 
 class FailureConfig(BaseModel):
@@ -76,6 +77,9 @@ class PlanConfig(BaseModel):
     loss_impl: LossImpl = "gather"
     mask_ratio: MaskRatio | None = None
     optimizer: Optimizer | None = None
+    siglip2: Siglip2Spec | None = Field(
+        default=None, description="SigLIP 2's objectives and phases; None: the paper's"
+    )
     image_size: Dim | None = None
     context_length: Dim | None = Field(default=None, description="text tokens override")
 
@@ -187,6 +191,7 @@ class PlanConfig(BaseModel):
             loss_impl=self.loss_impl,
             mask_ratio=self.mask_ratio,
             optimizer=self.optimizer,
+            siglip2=self.siglip2,
         )
 
 

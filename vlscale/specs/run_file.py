@@ -20,7 +20,17 @@ from vlscale.specs.layout import RunLayout
 LAYOUT_KEYS: frozenset[str] = frozenset(RunLayout.model_fields)
 
 SHARED_KEYS: frozenset[str] = frozenset(
-    {"model", "recipe", "loss_impl", "mask_ratio", "optimizer", "global_batch", "seed", "layout"}
+    {
+        "model",
+        "recipe",
+        "loss_impl",
+        "mask_ratio",
+        "optimizer",
+        "siglip2",
+        "global_batch",
+        "seed",
+        "layout",
+    }
 )
 """Keys both halves read besides the layout's (``layout``: the layout as one mapping)."""
 
