@@ -195,35 +195,3 @@ def papers_cmd(
             f"P10-P90 holds {cov['inside_p10_p90']} of {cov['runs']} published values "
             f"({cov['p10_p90']:.0%}); P5-P95 {cov['inside_p05_p95']} ({cov['p05_p95']:.0%})"
         )
-
-
-@handles_bad_input
-def stacks_cmd(
-    as_json: Annotated[bool, typer.Option("--json", help="machine-readable output")] = False,
-):
-    """Software stacks (--stack NAME): attention kernel, fused ops, loss default, γ per device."""
-    from vlscale.specs.stacks import all_stacks, default_stack_name
-
-    stacks = [
-        s.to_json() | {"default": s.name == default_stack_name()} for s in all_stacks().values()
-    ]
-    if as_json:
-        emit_json(stacks)
-        return
-    header = ["stack", "attention", "fused", "loss", "gamma per device (LOO sigma)", "source"]
-    table = [
-        [
-            s["name"] + (" (default)" if s["default"] else ""),
-            s["attention"],
-            ", ".join(s["fused"]) or "-",
-            s["loss"],
-            ", ".join(
-                f"{k} {g:.3f}" + (f" (±{s['sigma'][k]:.2f})" if k in s["sigma"] else "")
-                for k, g in s["gamma"].items()
-            )
-            or "the catalog's (assumed)",
-            s["gamma_source"],
-        ]
-        for s in stacks
-    ]
-    print_table("software stacks", header, table)
