@@ -153,13 +153,7 @@ def papers_cmd(
     ] = False,
 ):
     """Published training runs: predicted vs published, the error, and which calibrated."""
-    from vlscale.plan.papers_table import (
-        coverage,
-        loo_by_stack,
-        mean_abs_error,
-        median_abs_error,
-        paper_rows,
-    )
+    from vlscale.plan.papers_table import coverage, fidelity, mean_abs_error, paper_rows
     from vlscale.report.record import PAPERS_HEADER, papers_table
 
     rows = paper_rows()
@@ -177,19 +171,20 @@ def papers_cmd(
         emit_json(rows)
         return
     print_table("published runs vs the planner", PAPERS_HEADER, papers_table(rows))
-    planned = [r for r in rows if r["error"] is not None]
+    fid = fidelity(rows)
     mae = mean_abs_error(rows)
     if mae is not None:
-        n = sum(not r["calibration"] for r in planned)
         typer.echo(
-            f"mean |error| of the {n} predictions: {mae:.1%}; median {median_abs_error(rows):.1%}"
+            f"mean |error| of the {fid['predictions']} predictions: {mae:.1%}; "
+            f"median {fid['median_abs_error']:.1%}"
         )
-    for key, value in loo_by_stack(rows).items():
+    for key, value in fid["loo_by_stack"].items():
+        runs = f"{value['runs']} run" + ("s" if value["runs"] != 1 else "")
         typer.echo(
-            f"leave-one-out median |error| {key}: {value['median_abs_loo_error']:.1%} "
-            f"({value['runs']} runs)"
+            f"leave-one-out median |error| {key}: {value['median_abs_loo_error']:.1%} ({runs}); "
+            f"worst {value['worst_loo_error']:+.1%} ({value['worst_run']})"
         )
-    cov = coverage(rows)
+    cov = fid["coverage"]
     if cov["runs"]:
         typer.echo(
             f"P10-P90 holds {cov['inside_p10_p90']} of {cov['runs']} published values "
