@@ -147,6 +147,8 @@ def test_the_planner_and_stacks_read_a_measured_fragment(tmp_path):
         ({"gamma": 1.5}, "gamma 1.5 must be in (0, 1]"),
         ({"stack": "nope"}, "unknown stack 'nope'"),
         ({"fitted_on": []}, "fitted_on must list the runs"),
+        ({"device_kind": None}, "device_kind must name a device kind"),
+        ({"sigma": -0.1}, "sigma -0.1 must be >= 0 or null"),
     ],
 )
 def test_a_bad_fragment_is_one_line(tmp_path, values, problem):
@@ -178,3 +180,14 @@ def test_fit_of_a_missing_runs_folder_is_one_line(tmp_path):
     done = vlscale("stacks", "fit", str(tmp_path / "none"), "--out", str(tmp_path / "s.yaml"))
     assert done.returncode == 2 and done.stderr.startswith("error: runs: ")
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize(
+    "text, problem", [("- a list\n", "must hold a mapping"), ("a: [b\n", ""), ("a: 1\n", "lacks [")]
+)
+def test_a_fragment_that_is_not_one_is_one_line(tmp_path, text, problem):
+    (tmp_path / "bad.yaml").write_text(text)
+    done = vlscale("stacks", "--json", env={MEASURED_ENV: str(tmp_path)})
+    assert done.returncode == 2 and done.stdout == ""
+    assert done.stderr.startswith("error: stack_file: ") and "bad.yaml" in done.stderr
+    assert problem in done.stderr and len(done.stderr.strip().splitlines()) == 1

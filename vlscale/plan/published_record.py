@@ -173,7 +173,8 @@ def solve_factor(
 ) -> float:
     """The γ in (0, 1] with ``metric_at(γ) == target``, by fixed-point iteration on the ratio
     (module docstring): γ ← γ / (metric_at(γ) / target), the ratio inverted for a time
-    (``time_like``: more γ, less time). Also used for trainer runs (``vlscale.calibrate.stack``)."""
+    (``time_like``: more γ, less time). Also used for trainer runs
+    (``vlscale.calibrate.stack_profile``)."""
     gamma = start
     for _ in range(iters):
         ratio = metric_at(round(gamma, 6)) / target

@@ -98,18 +98,19 @@ def _stacks_with(folder: Path) -> dict[str, StackProfile]:
 
 def load_fragment(path: str | Path, stacks: dict[str, StackProfile] | None = None) -> dict:
     """A measured fragment (``FRAGMENT_KEYS``), checked; a bad one is a ConfigError naming it."""
+    from vlscale.config_files import read_mapping
+
     path = Path(path)
-    try:
-        data = yaml.safe_load(path.read_text())
-    except (OSError, yaml.YAMLError) as exc:
-        raise ConfigError("stack_file", f"{path}: {exc}; write it with vlscale stacks fit") from exc
-    missing = [k for k in FRAGMENT_KEYS if not isinstance(data, dict) or k not in data]
+    data = read_mapping(path, "stack_file", "a fragment vlscale stacks fit wrote")
+    missing = [k for k in FRAGMENT_KEYS if k not in data]
     if missing:
         raise ConfigError("stack_file", f"{path} lacks {missing}; write it with vlscale stacks fit")
     known = stacks if stacks is not None else _stored_stacks()
     if data["stack"] not in known:
         names = ", ".join(known)
         raise ConfigError("stack_file", f"{path}: unknown stack '{data['stack']}'; one of {names}")
+    if not isinstance(data["device_kind"], str) or not data["device_kind"]:
+        raise ConfigError("stack_file", f"{path}: device_kind must name a device kind; refit it")
     gamma, sigma = data["gamma"], data["sigma"]
     if not isinstance(gamma, int | float) or not 0 < gamma <= 1:
         raise ConfigError("stack_file", f"{path}: gamma {gamma!r} must be in (0, 1]; refit it")
