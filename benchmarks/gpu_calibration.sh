@@ -8,9 +8,16 @@
 #   3. `vlscale calibrate` fits the profile's overheads to runs/fit -> profile.fit.yaml;
 #   4. `vlscale validate` of every run against the fitted profile (validation.json: replay vs
 #      prediction) and against the catalog device with its published defaults
-#      (validation_catalog.json).
+#      (validation_catalog.json);
+#   5. `vlscale stacks fit` measures the trainer's stack (pytorch-fsdp2) γ on this card's device
+#      kind from every run, planned on the catalog device as plans without a hardware file are
+#      -> stack.yaml (commit it to vlscale/specs/data/measured_stacks/<card>.yaml too).
 #
 #   OUT=/some/dir bash benchmarks/gpu_calibration.sh
+#
+# Budget: BUDGET_S (540 s = 9 min) for the whole script. Every torch step's timeout is cut to what
+# is left before PLANNER_S, the time kept back for the torch-free steps 3-5 (each a few seconds:
+# ~3 s for 13 CPU runs on 2 cores; each capped at 20 s), so the script ends within the budget.
 #
 # Also writes gpu_tests.log (the GPU-only tests, their exit status recorded) and env.txt. Commit
 # $OUT under reports/validation/<card>/. torch must already be a CUDA build; the planner's
@@ -21,6 +28,14 @@ OUT=${OUT:?set OUT to a folder for the results}
 PY=${PY:-python3}
 export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH} PYTHONWARNINGS=ignore
 mkdir -p "$OUT/runs/fit" "$OUT/runs/heldout"
+BUDGET_S=${BUDGET_S:-540}
+PLANNER_S=80
+torch_deadline=$((SECONDS + BUDGET_S - PLANNER_S))
+cap() {  # the smaller of $1 seconds and what is left before the planner's share (at least 1)
+  local left=$((torch_deadline - SECONDS))
+  if (( left < 1 )); then left=1; fi
+  echo $(( $1 < left ? $1 : left ))
+}
 
 { nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv; \
   $PY -c 'import torch; print("torch", torch.__version__, torch.cuda.get_device_name())'; } \
@@ -29,17 +44,17 @@ cat "$OUT/env.txt"
 
 # GPU-only tests (skip-marked elsewhere); a failure is recorded, not hidden
 status=0
-timeout 120 $PY -m pytest -q -m gpu -p no:cacheprovider tests > "$OUT/gpu_tests.log" 2>&1 || status=$?
+timeout "$(cap 120)" $PY -m pytest -q -m gpu -p no:cacheprovider tests > "$OUT/gpu_tests.log" 2>&1 || status=$?
 echo "exit status: $status" >> "$OUT/gpu_tests.log"
 tail -3 "$OUT/gpu_tests.log"
 
-timeout 120 $PY -m trainer.probe --out "$OUT/profile.yaml" 2>&1 | tee "$OUT/probe.log" \
+timeout "$(cap 120)" $PY -m trainer.probe --out "$OUT/profile.yaml" 2>&1 | tee "$OUT/probe.log" \
   || echo "probe failed (see probe.log)"
 
 run_case() {  # split/name, then trainer flags
   local name=$1; shift
   local dir; dir=$(mktemp -d)
-  timeout 100 $PY -m trainer.train --device cuda --steps 25 --timing-warmup 5 --log-every 25 \
+  timeout "$(cap 100)" $PY -m trainer.train --device cuda --steps 25 --timing-warmup 5 --log-every 25 \
     --phase-timing --out "$dir" "$@" || echo "case $name failed"
   if [ -f "$dir/run.jsonl" ]; then cp "$dir/run.jsonl" "$OUT/runs/$name.jsonl"; fi
 }
@@ -51,7 +66,7 @@ run_case heldout/vitl14_clip_ckpt        --model ViT-L-14 --recipe clip --precis
 run_case heldout/vitl14_flip50           --model ViT-L-14 --recipe clip --mask-ratio 0.5 --precision bf16 --global-batch 128 --checkpointing
 run_case heldout/eva02b16_flip75         --model EVA02-B-16 --recipe eva-clip --mask-ratio 0.75 --precision bf16 --global-batch 128
 
-VL="$PY -m vlscale.cli"
+VL="timeout 20 $PY -m vlscale.cli"
 $VL validate "$OUT/runs" --out "$OUT/validation_catalog.json" \
   || echo "catalog validation failed"
 if [ -f "$OUT/profile.yaml" ]; then
@@ -60,4 +75,8 @@ if [ -f "$OUT/profile.yaml" ]; then
   $VL validate "$OUT/runs" --hardware-file "$OUT/profile.fit.yaml" \
     --out "$OUT/validation.json" --report "$OUT/validation.html" || echo "validation failed"
 fi
+# the trainer's stack profile: γ per run on the catalog device, pooled; leave-one-out σ
+$VL stacks fit "$OUT/runs" --stack pytorch-fsdp2 --out "$OUT/stack.yaml" 2>&1 \
+  | tee "$OUT/stack_fit.log" || echo "stack fit failed (see stack_fit.log)"
+echo "elapsed: ${SECONDS} s of ${BUDGET_S} s"
 ls -l "$OUT" "$OUT/runs"

@@ -17,7 +17,7 @@ import pytest
 
 PACKAGE = Path(__file__).resolve().parents[1] / "vlscale"
 CLI = PACKAGE / "cli"
-COMMAND_MODULES = ["models", "calibrate", "collectives", "plan", "report", "tune"]
+COMMAND_MODULES = ["models", "calibrate", "collectives", "plan", "report", "stacks", "tune"]
 
 
 def _imports(path: Path) -> set[str]:
@@ -59,7 +59,7 @@ def test_every_command_is_registered_once_in_the_one_list():
     assert len(names) == len(set(names))
     registered = [c.name for c in app.registered_commands]
     assert registered == names
-    assert [g.name for g in app.registered_groups] == ["models"]
+    assert [g.name for g in app.registered_groups] == ["models", "stacks"]
 
 
 def test_cli_app_imports_no_command_module():

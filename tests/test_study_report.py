@@ -22,7 +22,7 @@ from vlscale.plan.planner import plan
 from vlscale.plan.published_runs import FLIP_TABLE_1A, PREDICTED_RUNS, PUBLISHED_RUNS, flip_config
 from vlscale.report.record import calibration_frame, calibration_summary, read_validation
 from vlscale.report.study_figures import calibration_figure, papers_figure
-from vlscale.report.study_page import NO_VALIDATION
+from vlscale.report.study_page import FIDELITY_HEADING, NO_VALIDATION
 
 VALIDATION = {
     "runs": [
@@ -116,6 +116,18 @@ def test_papers_json_and_table():
         assert r["id"] in table.output
     predictions = sum(r["split"] == "prediction" and r["error"] is not None for r in rows)
     assert f"mean |error| of the {predictions} predictions" in table.output
+    from vlscale.plan.papers_table import fidelity
+
+    fid = fidelity(rows)
+    for key, g in fid["loo_by_stack"].items():  # the error per stack and device, and the worst
+        assert f"leave-one-out median |error| {key}: {g['median_abs_loo_error']:.1%}" in (
+            table.output
+        )
+        assert f"worst {g['worst_loo_error']:+.1%} ({g['worst_run']})" in table.output
+    cov = fid["coverage"]
+    assert f"P10-P90 holds {cov['inside_p10_p90']} of {cov['runs']} published values" in (
+        table.output
+    )
 
 
 @pytest.mark.parametrize("device, kind", [("V100", "calibrated"), ("H100", "assumed")])
@@ -200,10 +212,11 @@ def test_report_writes_every_section_and_the_command_that_reproduces_it(tmp_path
         "Cost frontier",
         "Calibration: predicted vs measured",
         "Published runs",
+        FIDELITY_HEADING,
         "Assumptions",
     ):
         assert heading in text
-    assert text.count('class="plotly-graph-div"') == 6
+    assert text.count('class="plotly-graph-div"') == 7
     assert NO_VALIDATION not in text and "12.5 %" in text
     assert "tiny-clip" in text and "NVIDIA H100 datasheet" in text  # hardware with sources
     assert "<td>assumed</td>" in text  # tiny-clip on H100: no calibrated constant
@@ -218,8 +231,43 @@ def test_report_without_validation_says_so(tmp_path, quick_config):
     assert result.returncode == 0, result.stderr
     text = out.read_text()
     assert f"{NO_VALIDATION} in {tmp_path / 'none'}" in text
-    assert text.count('class="plotly-graph-div"') == 5
+    assert text.count('class="plotly-graph-div"') == 6
     assert "devices 8, 16;" in text
+    _assert_fidelity_is_papers(text)
+
+
+def _pct(value: float, sign: str = "") -> str:
+    return f"{100 * value:{sign}.1f} %"
+
+
+def _assert_fidelity_is_papers(text: str) -> None:
+    """The page's fidelity section holds the numbers of ``vlscale papers --json`` and
+    ``papers --coverage --json``, recomputed here from the rows (median, worst by hand)."""
+    import re
+    import statistics
+
+    section = text.split(f"<h2>{FIDELITY_HEADING}</h2>", 1)[1].split("<h2>", 1)[0]
+    rows = json.loads(vlscale("papers", "--json").stdout)
+    cov = json.loads(vlscale("papers", "--coverage", "--json").stdout)
+    groups: dict[tuple[str, str], list[dict]] = {}
+    for r in rows:
+        if r["loo_error"] is not None and r["metric"] in ("wall_time_h", "samples_per_s"):
+            groups.setdefault((r["stack"], r["hardware"].split("-")[0]), []).append(r)
+    shown = re.findall(r"<tr><th>([^<]*)</th>((?:<td>[^<]*</td>)+)</tr>", section)
+    assert len(shown) == len(groups) >= 4
+    for (stack, kind), members in groups.items():
+        errors = [r["loo_error"] for r in members]
+        worst = max(members, key=lambda r: abs(r["loo_error"]))
+        cells = [kind, str(len(members)), _pct(statistics.median(map(abs, errors)))]
+        cells += [_pct(worst["loo_error"], "+"), worst["id"]]
+        assert (stack, "".join(f"<td>{c}</td>" for c in cells)) in shown, (stack, kind)
+    predictions = [r for r in rows if r["error"] is not None and not r["calibration"]]
+    median = statistics.median(abs(r["error"]) for r in predictions)
+    assert f"Median |error| of the {len(predictions)} predictions (never fitted): " in section
+    assert f"(never fitted): {_pct(median)}." in section
+    assert f"P10–P90 holds {cov['inside_p10_p90']} of {cov['runs']} published values" in section
+    assert f"({_pct(cov['p10_p90'])}); P5–P95 holds {cov['inside_p05_p95']} " in section
+    assert section.count('class="plotly-graph-div"') == 1
 
 
 @pytest.mark.parametrize(

@@ -13,12 +13,13 @@ import sys
 
 import typer
 
-from vlscale.cli import calibrate, collectives, models, plan, report, tune
+from vlscale.cli import calibrate, collectives, models, plan, report, stacks, tune
 from vlscale.cli.app import EXIT_BAD_INPUT, app
 
 __all__ = ["COMMANDS", "app", "main"]
 
-# (name, function), in --help order. `models` is a group of its own (list / show).
+# (name, function), in --help order. `models` (list / show) and `stacks` (list / fit) are
+# groups of their own.
 COMMANDS = (
     ("params", models.params_cmd),
     ("flops", models.flops_cmd),
@@ -32,7 +33,6 @@ COMMANDS = (
     ("sweep", plan.sweep_cmd),
     ("tune", tune.tune_cmd),
     ("report", report.report_cmd),
-    ("stacks", report.stacks_cmd),
     ("papers", report.papers_cmd),
 )
 
@@ -42,6 +42,7 @@ def register_commands(target: typer.Typer) -> None:
     if target.registered_commands or target.registered_groups:
         return
     target.add_typer(models.models_app, name="models")
+    target.add_typer(stacks.stacks_app, name="stacks")
     for name, function in COMMANDS:
         target.command(name)(function)
 

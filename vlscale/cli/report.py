@@ -153,13 +153,7 @@ def papers_cmd(
     ] = False,
 ):
     """Published training runs: predicted vs published, the error, and which calibrated."""
-    from vlscale.plan.papers_table import (
-        coverage,
-        loo_by_stack,
-        mean_abs_error,
-        median_abs_error,
-        paper_rows,
-    )
+    from vlscale.plan.papers_table import coverage, fidelity, mean_abs_error, paper_rows
     from vlscale.report.record import PAPERS_HEADER, papers_table
 
     rows = paper_rows()
@@ -177,53 +171,22 @@ def papers_cmd(
         emit_json(rows)
         return
     print_table("published runs vs the planner", PAPERS_HEADER, papers_table(rows))
-    planned = [r for r in rows if r["error"] is not None]
+    fid = fidelity(rows)
     mae = mean_abs_error(rows)
     if mae is not None:
-        n = sum(not r["calibration"] for r in planned)
         typer.echo(
-            f"mean |error| of the {n} predictions: {mae:.1%}; median {median_abs_error(rows):.1%}"
+            f"mean |error| of the {fid['predictions']} predictions: {mae:.1%}; "
+            f"median {fid['median_abs_error']:.1%}"
         )
-    for key, value in loo_by_stack(rows).items():
+    for key, value in fid["loo_by_stack"].items():
+        runs = f"{value['runs']} run" + ("s" if value["runs"] != 1 else "")
         typer.echo(
-            f"leave-one-out median |error| {key}: {value['median_abs_loo_error']:.1%} "
-            f"({value['runs']} runs)"
+            f"leave-one-out median |error| {key}: {value['median_abs_loo_error']:.1%} ({runs}); "
+            f"worst {value['worst_loo_error']:+.1%} ({value['worst_run']})"
         )
-    cov = coverage(rows)
+    cov = fid["coverage"]
     if cov["runs"]:
         typer.echo(
             f"P10-P90 holds {cov['inside_p10_p90']} of {cov['runs']} published values "
             f"({cov['p10_p90']:.0%}); P5-P95 {cov['inside_p05_p95']} ({cov['p05_p95']:.0%})"
         )
-
-
-@handles_bad_input
-def stacks_cmd(
-    as_json: Annotated[bool, typer.Option("--json", help="machine-readable output")] = False,
-):
-    """Software stacks (--stack NAME): attention kernel, fused ops, loss default, γ per device."""
-    from vlscale.specs.stacks import all_stacks, default_stack_name
-
-    stacks = [
-        s.to_json() | {"default": s.name == default_stack_name()} for s in all_stacks().values()
-    ]
-    if as_json:
-        emit_json(stacks)
-        return
-    header = ["stack", "attention", "fused", "loss", "gamma per device (LOO sigma)", "source"]
-    table = [
-        [
-            s["name"] + (" (default)" if s["default"] else ""),
-            s["attention"],
-            ", ".join(s["fused"]) or "-",
-            s["loss"],
-            ", ".join(
-                f"{k} {g:.3f}" + (f" (±{s['sigma'][k]:.2f})" if k in s["sigma"] else "")
-                for k, g in s["gamma"].items()
-            )
-            or "the catalog's (assumed)",
-            s["gamma_source"],
-        ]
-        for s in stacks
-    ]
-    print_table("software stacks", header, table)

@@ -92,17 +92,25 @@ def resolve_compute(
 
 
 def stack_gamma(device_name: str, stack: str | None = None) -> tuple[float, str]:
-    """γ of ``device_name`` under ``stack`` and where it came from. The default stack (None or
-    its name) keeps the stored ``CALIBRATED`` values; another stack uses the γ fitted for the
-    device kind on its named published runs (``vlscale/specs/data/stacks.yaml``), and a kind it
-    has none for borrows the default's, marked assumed."""
+    """γ of ``device_name`` under ``stack`` and where it came from. A γ measured from this
+    project's trainer runs (``vlscale stacks fit``; a fragment in ``vlscale.specs.stacks``'s
+    measured folder) comes first; else the default stack (None or its name) keeps the stored
+    ``CALIBRATED`` values; another stack uses the γ fitted for the device kind on its named
+    published runs (``vlscale/specs/data/stacks.yaml``), and a kind it has none for borrows the
+    default's, marked assumed."""
     from vlscale.specs.stacks import default_stack_name, device_kind, get_stack
 
     base = CALIBRATED.get(device_name, FALLBACK)
-    if stack is None or stack == default_stack_name():
-        return base
     profile = get_stack(stack)
     kind = device_kind(device_name)
+    if kind in profile.measured:
+        runs = profile.fitted_on.get(kind, ())
+        return profile.gamma[kind], (
+            f"measured on {len(runs)} trainer run(s) of stack {profile.name} "
+            f"({profile.measured[kind]})"
+        )
+    if stack is None or stack == default_stack_name():
+        return base
     if kind in profile.gamma:
         runs = profile.fitted_on.get(kind, ())
         return profile.gamma[kind], (

@@ -193,29 +193,44 @@ def mean_abs_error(rows: list[dict[str, Any]], *, calibration: bool = False) -> 
 
 def median_abs_error(rows: list[dict[str, Any]], key: str = "error") -> float | None:
     """Median |error| over the prediction rows (``key``: ``error`` or ``loo_error``)."""
-    errors = sorted(
-        abs(r[key]) for r in _planned(rows) if not r["calibration"] and r[key] is not None
-    )
-    if not errors:
-        return None
-    mid = len(errors) // 2
-    return errors[mid] if len(errors) % 2 else (errors[mid - 1] + errors[mid]) / 2
+    errors = [abs(r[key]) for r in _planned(rows) if not r["calibration"] and r[key] is not None]
+    return _median(errors) if errors else None
 
 
-def loo_by_stack(rows: list[dict[str, Any]]) -> dict[str, dict[str, float]]:
-    """Per stack and device: median |leave-one-out error| and how many runs gave one."""
-    groups: dict[str, list[float]] = {}
+def _median(values: list[float]) -> float:
+    values = sorted(values)
+    mid = len(values) // 2
+    return values[mid] if len(values) % 2 else (values[mid - 1] + values[mid]) / 2
+
+
+def loo_groups(rows: list[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
+    """The rows with a held-out error (``loo_error``; FLIP's ratios excluded) by
+    'stack / device kind', keys sorted."""
+    from vlscale.specs.stacks import device_kind
+
+    groups: dict[str, list[dict[str, Any]]] = {}
     for r in rows:
         if r.get("loo_error") is not None and not r["metric"].startswith("relative"):
-            groups.setdefault(f"{r['stack']} / {r['hardware'].split('-')[0]}", []).append(
-                abs(r["loo_error"])
-            )
+            groups.setdefault(f"{r['stack']} / {device_kind(r['hardware'])}", []).append(r)
+    return dict(sorted(groups.items()))
+
+
+def loo_by_stack(rows: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """Per ``loo_groups`` group: how many runs, the median |loo_error|, and the worst: the
+    signed ``loo_error`` of largest magnitude and its run."""
+    from vlscale.specs.stacks import device_kind
+
     out = {}
-    for key, errs in sorted(groups.items()):
-        errs.sort()
-        mid = len(errs) // 2
-        med = errs[mid] if len(errs) % 2 else (errs[mid - 1] + errs[mid]) / 2
-        out[key] = {"median_abs_loo_error": med, "runs": len(errs)}
+    for key, members in loo_groups(rows).items():
+        worst = max(members, key=lambda r: abs(r["loo_error"]))
+        out[key] = {
+            "stack": members[0]["stack"],
+            "device_kind": device_kind(members[0]["hardware"]),
+            "median_abs_loo_error": _median([abs(r["loo_error"]) for r in members]),
+            "runs": len(members),
+            "worst_loo_error": worst["loo_error"],
+            "worst_run": worst["id"],
+        }
     return out
 
 
@@ -231,4 +246,16 @@ def coverage(rows: list[dict[str, Any]]) -> dict[str, Any]:
         "runs": n,
         "inside_p10_p90": inside,
         "inside_p05_p95": inside95,
+    }
+
+
+def fidelity(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """What ``vlscale papers`` and the study page report on the record: the median |error| of
+    the predictions and how many there are, the leave-one-out error per stack and device kind
+    (``loo_by_stack``) and the band coverage (``coverage``), all from the same rows."""
+    return {
+        "median_abs_error": median_abs_error(rows),
+        "predictions": sum(not r["calibration"] for r in _planned(rows)),
+        "loo_by_stack": loo_by_stack(rows),
+        "coverage": coverage(rows),
     }

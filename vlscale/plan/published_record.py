@@ -17,6 +17,7 @@ would": without, and with it only when the run does not fit otherwise. Plans are
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import cache
 from pathlib import Path
@@ -161,12 +162,23 @@ def relative_error(run: RecordRun, predicted: float) -> float:
     return (predicted - run.published) / run.published
 
 
-def solve_gamma(run: RecordRun, start: float = 0.4, iters: int = 8, tol: float = 1e-4) -> float:
-    """The γ in (0, 1] that reproduces ``run.published`` (module docstring)."""
+def solve_factor(
+    metric_at: Callable[[float], float],
+    target: float,
+    *,
+    time_like: bool,
+    start: float = 0.4,
+    iters: int = 8,
+    tol: float = 1e-4,
+) -> float:
+    """The γ in (0, 1] with ``metric_at(γ) == target``, by fixed-point iteration on the ratio
+    (module docstring): γ ← γ / (metric_at(γ) / target), the ratio inverted for a time
+    (``time_like``: more γ, less time). Also used for trainer runs
+    (``vlscale.calibrate.stack_profile``)."""
     gamma = start
     for _ in range(iters):
-        ratio = predict(run, round(gamma, 6)) / run.published
-        if run.metric == "wall_time_h":
+        ratio = metric_at(round(gamma, 6)) / target
+        if time_like:
             ratio = 1.0 / ratio  # a slower plan (more hours) needs a larger γ
         new = min(1.0, max(1e-3, gamma / ratio))
         if abs(new - gamma) <= tol * gamma:
@@ -175,8 +187,33 @@ def solve_gamma(run: RecordRun, start: float = 0.4, iters: int = 8, tol: float =
     return round(gamma, 6)
 
 
-def _geomean(values: list[float]) -> float:
+def solve_gamma(run: RecordRun, start: float = 0.4, iters: int = 8, tol: float = 1e-4) -> float:
+    """The γ in (0, 1] that reproduces ``run.published`` (module docstring)."""
+    return solve_factor(
+        lambda g: predict(run, g),
+        run.published,
+        time_like=run.metric == "wall_time_h",
+        start=start,
+        iters=iters,
+        tol=tol,
+    )
+
+
+def geomean(values: list[float]) -> float:
     return math.exp(sum(math.log(v) for v in values) / len(values))
+
+
+def leave_one_out(
+    solved: dict[str, float], metric_at: Callable[[str, float], float], target: dict[str, float]
+) -> tuple[dict[str, float], dict[str, float]]:
+    """Each member predicted with the geometric mean of the others' solved γ: (that γ, the log
+    residual log(metric_at(id, γ) / target[id])) per id; empty for fewer than two members."""
+    loo_gamma, residual = {}, {}
+    if len(solved) > 1:
+        for rid in solved:
+            loo_gamma[rid] = round(geomean([g for o, g in solved.items() if o != rid]), 6)
+            residual[rid] = math.log(metric_at(rid, loo_gamma[rid]) / target[rid])
+    return loo_gamma, residual
 
 
 @dataclass(frozen=True)
@@ -199,17 +236,15 @@ class GroupFit:
 def fit_group(runs: list[RecordRun]) -> GroupFit:
     """γ of one (device kind, stack) group and its leave-one-out predictions."""
     solved = {r.id: solve_gamma(r) for r in runs}
-    loo_gamma, residual = {}, {}
-    if len(runs) > 1:
-        for r in runs:
-            others = [g for rid, g in solved.items() if rid != r.id]
-            loo_gamma[r.id] = round(_geomean(others), 6)
-            residual[r.id] = math.log(predict(r, loo_gamma[r.id]) / r.published)
+    by_id = {r.id: r for r in runs}
+    loo_gamma, residual = leave_one_out(
+        solved, lambda rid, g: predict(by_id[rid], g), {r.id: r.published for r in runs}
+    )
     kind, stack = runs[0].group
     return GroupFit(
         kind,
         stack,
-        round(_geomean(list(solved.values())), 6),
+        round(geomean(list(solved.values())), 6),
         tuple(solved),
         solved,
         loo_gamma,

@@ -122,3 +122,41 @@ def papers_table(rows: list[dict[str, Any]]) -> list[list[str]]:
         ]
         for r in rows
     ]
+
+
+FIDELITY_HEADER = ["stack", "device", "runs", "median |LOO error|", "worst LOO error", "worst run"]
+
+
+def _pct(value: float | None, sign: str = "") -> str:
+    return "-" if value is None else f"{100 * value:{sign}.1f} %"
+
+
+def fidelity_table(fid: dict[str, Any]) -> list[list[str]]:
+    """``papers_table.fidelity``'s leave-one-out error per stack and device kind, for people."""
+    return [
+        [
+            g["stack"],
+            g["device_kind"],
+            str(g["runs"]),
+            _pct(g["median_abs_loo_error"]),
+            _pct(g["worst_loo_error"], "+"),
+            g["worst_run"],
+        ]
+        for g in fid["loo_by_stack"].values()
+    ]
+
+
+def fidelity_summary(fid: dict[str, Any]) -> str:
+    """One sentence: the predictions' median |error| and the band coverage."""
+    cov = fid["coverage"]
+    text = (
+        f"Median |error| of the {fid['predictions']} predictions (never fitted): "
+        f"{_pct(fid['median_abs_error'])}."
+    )
+    if cov["runs"]:
+        text += (
+            f" P10–P90 holds {cov['inside_p10_p90']} of {cov['runs']} published values "
+            f"({_pct(cov['p10_p90'])}); P5–P95 holds {cov['inside_p05_p95']} "
+            f"({_pct(cov['p05_p95'])})."
+        )
+    return text

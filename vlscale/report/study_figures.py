@@ -355,3 +355,37 @@ def papers_figure(
         **LAYOUT,
     )
     return fig
+
+
+def fidelity_figure(
+    rows: list[dict], title: str = "Held-out error per stack and device"
+) -> go.Figure:
+    """``vlscale papers --json`` rows: one point per run at its signed leave-one-out error (%),
+    one column (and trace) per 'stack / device kind' group of ``papers_table.loo_groups``,
+    and a line at 0."""
+    from vlscale.plan.papers_table import loo_groups
+
+    fig = go.Figure()
+    for key, part in loo_groups(rows).items():
+        fig.add_trace(
+            go.Scatter(
+                name=key,
+                x=[key] * len(part),
+                y=[100 * r["loo_error"] for r in part],
+                mode="markers",
+                marker=dict(size=8, opacity=0.75),
+                customdata=[[r["id"], r["split"]] for r in part],
+                hovertemplate="%{customdata[0]} (%{customdata[1]})<br>held-out error "
+                "%{y:+.1f} %<extra></extra>",
+            )
+        )
+    fig.add_hline(y=0, line=dict(color="black", dash="dash"))
+    fig.update_layout(
+        title=title,
+        xaxis=dict(title="stack / device kind"),
+        yaxis=dict(title="held-out error (predicted − published) / published, %"),
+        height=420,
+        showlegend=False,
+        **LAYOUT,
+    )
+    return fig

@@ -1,9 +1,10 @@
 """The study page ``vlscale report`` writes: sections of text, tables and figures in ONE file.
 
 Sections: the base scenario, scaling curves, softmax vs sigmoid, FLIP, the cost frontier,
-calibration (validation results, or the sentence "no validation results"), published runs, and
-the assumptions with the command that reproduces the page. ``study_report`` is pure given its
-inputs (the study rows, published rows, validation results); ``build_study_report`` plans them.
+calibration (validation results, or the sentence "no validation results"), published runs, the
+fidelity on them (held-out error per stack and device, band coverage), and the assumptions with
+the command that reproduces the page. ``study_report`` is pure given its inputs (the study rows,
+published rows, validation results); ``build_study_report`` plans them.
 plotly.js is inlined once in ``<head>`` as in ``vlscale.report.html``; the file is written with
 ``html.write_report_atomic``.
 """
@@ -116,6 +117,7 @@ def study_report(
         _layout_section(spec, rows),
         _calibration_section(validation, validation_dir),
         _papers_section(papers),
+        _fidelity_section(papers),
         _assumptions_section(spec, device, base, command),
     ]
     return render_document(title, sections, _intro(spec, rows, base))
@@ -301,6 +303,34 @@ def _papers_section(papers: list[dict[str, Any]]) -> Section:
         [
             papers_figure(papers),
             summary_table(PAPERS_HEADER, papers_table(papers)),
+            _p(note, "note"),
+        ],
+    )
+
+
+FIDELITY_HEADING = "Fidelity: held-out error per stack and device, and band coverage"
+
+
+def _fidelity_section(papers: list[dict[str, Any]]) -> Section:
+    """``vlscale papers``'s summary of the same rows (``papers_table.fidelity``)."""
+    from vlscale.plan.papers_table import fidelity
+    from vlscale.report.record import FIDELITY_HEADER, fidelity_summary, fidelity_table
+    from vlscale.report.study_figures import fidelity_figure
+
+    fid = fidelity(papers)
+    note = (
+        "Leave-one-out (LOO): a calibration run predicted with γ fitted on the other runs of its "
+        "(stack, device kind) group; a prediction's LOO error is its error. Worst: the signed "
+        "LOO error of largest magnitude. Bands: P10–P90 and P5–P95 around each held-out "
+        "prediction from its group's LOO spread. `vlscale papers` prints the same numbers; "
+        "`vlscale papers --coverage --json` gives the coverage."
+    )
+    return Section(
+        FIDELITY_HEADING,
+        [
+            _p(fidelity_summary(fid)),
+            summary_table(FIDELITY_HEADER, fidelity_table(fid)),
+            fidelity_figure(papers),
             _p(note, "note"),
         ],
     )
