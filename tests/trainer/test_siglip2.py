@@ -212,3 +212,34 @@ def test_bad_siglip2_input_is_one_line_and_exit_2(tmp_path):
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: siglip2.naflex:"), proc.stderr
     assert not out.exists()
+
+
+def test_decoder_forward_flops_are_the_contracts():
+    """FlopCounterMode on one pass against the contract's formula (vlscale/specs/siglip2.py's
+    module contract: attention in full also when causal, the head over all L positions)."""
+    from models.flop_counting import count_flops
+
+    dec = _decoder()
+    d, h, depth, s_v, v = 32, 64, 2, SPEC.vision.seq_len(), SPEC.vision.trunk.width
+    tokens = torch.randint(1, V, (1, L))
+    memory = torch.randn(1, s_v, v)
+    for parallel in (False, True):
+        flops, _ = count_flops(_logits, dec, tokens, memory, parallel)
+        block = (2 * L * d * 3 * d + 4 * L * L * d + 2 * L * d * d
+                 + 2 * L * d * d + 2 * s_v * v * 2 * d + 4 * L * s_v * d + 2 * L * d * d
+                 + 4 * L * d * h)  # fmt: skip
+        assert flops == depth * block + 2 * L * d * V
+
+
+def test_student_parameter_order():
+    model = build_siglip2_model(SPEC, S2, device="meta")
+    # torch yields a module's own parameters before its children's
+    tops = list(dict.fromkeys(n.split(".")[0] for n, _ in model.named_parameters()))
+    assert tops == ["logit_scale", "logit_bias", "patch_mask_token", "visual", "text", "decoder",
+                    "distill_head", "masked_head"]  # fmt: skip
+    names = [n for n, _ in model.named_parameters() if n.startswith("decoder.blocks.0.")]
+    assert [n.removeprefix("decoder.blocks.0.") for n in names] == [
+        f"{m}.{p}" for m in ("norm1", "self_attn.qkv", "self_attn.out", "norm2", "cross_attn.q",
+                             "cross_attn.kv", "cross_attn.out", "norm3", "mlp.fc1", "mlp.fc2")
+        for p in ("weight", "bias")
+    ]  # fmt: skip

@@ -212,3 +212,57 @@ def test_sigkill_then_resume_across_the_switch(tmp_path):
     want, got = kill._losses(straight), kill._losses(killed)
     assert [_steps(straight)[s]["phase"] for s in (5, 6)] == ["base", "self-distillation"]
     assert all(got[s] == want[s] for s in range(kill.K + 1, 2 * kill.K + 1)), (got, want)
+
+
+def _fsdp_against_plain(ctx):
+    """One micro-step of the student under FSDP2 (image tower run three times: global, local
+    and masked views; decoder units; a sharded teacher) against the plain module, same weights."""
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
+
+    from models.init import init_weights
+    from trainer.parallelize import parallelize, shard_teacher
+    from vlscale.specs.layout import RunLayout
+
+    torch.manual_seed(0)
+    plain = build_siglip2_model(SPEC, S2, init_logit_scale=math.log(10.0), init_logit_bias=-10.0)
+    layout = RunLayout(devices=2, sharding="fsdp").resolved("fp32", 2)
+    sharded = build_siglip2_model(SPEC, S2, device="meta")
+    parallelize(sharded, ctx.mesh, layout, torch.device("cpu"), init_weights)
+    set_model_state_dict(
+        sharded, plain.state_dict(), options=StateDictOptions(full_state_dict=True)
+    )
+    teachers = [build_teacher(SPEC, S2, device="cpu"), build_teacher(SPEC, S2, device="meta")]
+    shard_teacher(teachers[1], ctx.mesh, layout, torch.device("cpu"))
+    for teacher, student in zip(teachers, (plain, sharded), strict=True):
+        copy_into(teacher, student)
+    images, tokens = _batch()
+    b, rank = BATCH // 2, ctx.rank
+    rows = slice(rank * b, (rank + 1) * b)
+    draws = draw_inputs(S2, S2.phases()[-1], SPEC.vision, draw_generator(1, 1, 0), rank, b, 2)
+    extra = build_inputs(S2, draws, images[rows], tokens[rows], 0, 16)
+    results = []
+    for model, teacher in zip((plain, sharded), teachers, strict=True):
+        t_out = teacher(images[rows], extra.mask_ids)
+        out = model(images[rows], tokens[rows], extra=extra)
+        scale, bias = (
+            (model.logit_scale, model.logit_bias) if model is plain else model.logit_params()
+        )
+        total, _ = siglip2_loss(out, t_out, S2, scale, bias, None, "ring")
+        total.backward()
+        grads = {}
+        for name, p in model.named_parameters():
+            g = p.grad.full_tensor() if hasattr(p.grad, "full_tensor") else p.grad
+            if model is plain:
+                dist.all_reduce(g)
+                g = g / 2
+            grads[name] = g
+        results.append((total.detach(), grads))
+    return results
+
+
+def test_fsdp_student_and_teacher_match_the_plain_modules():
+    (loss_p, grads_p), (loss_s, grads_s) = run_distributed(_fsdp_against_plain, 2)[0]
+    torch.testing.assert_close(loss_s, loss_p)
+    assert grads_p.keys() == grads_s.keys()
+    for name in grads_p:
+        torch.testing.assert_close(grads_s[name], grads_p[name], rtol=1e-4, atol=1e-6, msg=name)
