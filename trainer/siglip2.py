@@ -115,10 +115,17 @@ def _local(t: torch.Tensor) -> torch.Tensor:
     return t.to_local() if hasattr(t, "to_local") else t
 
 
+def student_params(student: nn.Module) -> dict[str, torch.Tensor]:
+    """The student's parameters by name without the activation-checkpoint wrapper's part
+    (``blocks.0._checkpoint_wrapped_module.norm1`` -> ``blocks.0.norm1``): the teacher's names."""
+    wrapper = "_checkpoint_wrapped_module."
+    return {n.replace(wrapper, ""): p for n, p in student.named_parameters()}
+
+
 @torch.no_grad()
 def copy_into(teacher: nn.Module, student: nn.Module) -> None:
     """θ_t <- θ_s for every teacher parameter (same names in the student), shard by shard."""
-    params = dict(student.named_parameters())
+    params = student_params(student)
     for name, p in teacher.named_parameters():
         _local(p).copy_(_local(params[name]))
 
@@ -126,7 +133,7 @@ def copy_into(teacher: nn.Module, student: nn.Module) -> None:
 @torch.no_grad()
 def ema_update(teacher: nn.Module, student: nn.Module, decay: float) -> None:
     """θ_t <- m·θ_t + (1 − m)·θ_s (m = ``decay``), shard by shard."""
-    params = dict(student.named_parameters())
+    params = student_params(student)
     for name, p in teacher.named_parameters():
         _local(p).lerp_(_local(params[name]).to(p.dtype), 1.0 - decay)
 

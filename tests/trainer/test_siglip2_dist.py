@@ -101,7 +101,7 @@ def test_w1_and_w2_total_loss_and_gradients_agree():
 STEPS = 4
 COMMON = [
     "--model", "tiny-siglip", "--recipe", "siglip2", "--steps", str(STEPS), "--global-batch",
-    "8", "--seed", "3", "--ckpt-every", "1", "--warmup-steps", "1", "--siglip2",
+    "8", "--seed", "3", "--ckpt-every", "1", "--warmup-steps", "1", "--checkpointing", "--siglip2",
     "{distill_start: 0.5, decoder: {passes: 2}, "
     "distill: {head_dim: 32, ema_decay: 0.5, local_views: 2}}",
 ]  # fmt: skip
