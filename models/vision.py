@@ -92,14 +92,27 @@ class VisionTower(nn.Module):
         images: torch.Tensor,
         mask_ratio: float = 0.0,
         generator: torch.Generator | None = None,
-    ) -> torch.Tensor:
-        """(B, 3, H, W) images -> (B, embed_dim) features (not normalised)."""
+        *,
+        patch_mask: torch.Tensor | None = None,
+        mask_token: torch.Tensor | None = None,
+        tokens: str | None = None,
+    ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+        """(B, 3, H, W) images -> (B, embed_dim) features (not normalised).
+
+        SigLIP 2 (``models.siglip2``) also asks for the trunk's normed tokens before pooling,
+        ``norm(x)`` of shape (B, S, d): ``tokens="only"`` returns them alone (no pooling head),
+        ``tokens="both"`` returns (features, tokens). ``patch_mask`` (B, N) bool replaces the
+        marked patch embeddings by ``mask_token`` (d,) after the position embedding, before the
+        class token (TIPS). Images of another square size than the spec's run on the learned
+        position embedding resized bilinearly to their grid (SILC's local views)."""
         spec = self.spec
         check_mask_ratio(mask_ratio)
         prefix = spec.num_prefix_tokens
         x = self.patch_embed(images).flatten(2).transpose(1, 2)  # (B, N, d)
         if self.pos_embed is not None:
-            x = x + self.pos_embed[:, prefix:]
+            x = x + self.patch_positions(images.shape[-1] // spec.patch_size)
+        if patch_mask is not None:
+            x = torch.where(patch_mask[:, :, None], mask_token.to(x.dtype), x)  # (B, N, d)
         x, ids_keep = self.drop_patches(x, mask_ratio, generator)  # (B, K, d), (B, K) | None
         if self.cls_token is not None:
             cls = self.cls_token
@@ -110,7 +123,25 @@ class VisionTower(nn.Module):
         rope = self.rope.rotation(ids_keep, prefix) if self.rope is not None else None
         for block in self.blocks:
             x = block(x, rope=rope)
-        return self.proj(self.pool(x))
+        if tokens is None:
+            return self.proj(self.pool(x))
+        normed = self.norm(x)  # (B, S, d): what the SigLIP 2 objectives read
+        if tokens == "only":
+            return normed
+        return self.proj(self.pool(x)), normed
+
+    def patch_positions(self, side: int) -> torch.Tensor:
+        """The patches' learned position embedding (1, N, d) for a ``side`` x ``side`` grid:
+        the spec's own, or bilinearly resized to another grid (local views; as timm's
+        ``resample_abs_pos_embed``)."""
+        pos = self.pos_embed[:, self.spec.num_prefix_tokens :]  # (1, N, d)
+        grid = self.spec.image_size // self.spec.patch_size
+        if side == grid:
+            return pos
+        d = pos.shape[-1]
+        square = pos.reshape(1, grid, grid, d).permute(0, 3, 1, 2)  # (1, d, g, g)
+        resized = F.interpolate(square, size=(side, side), mode="bilinear", align_corners=False)
+        return resized.permute(0, 2, 3, 1).reshape(1, side * side, d)  # (1, side², d)
 
     def drop_patches(
         self, x: torch.Tensor, mask_ratio: float, generator: torch.Generator | None = None

@@ -183,8 +183,11 @@ def save_checkpoint(
     samples_seen: int = 0,
     keep_last: int | None = None,
     identity: dict[str, Any] | None = None,
+    teacher: torch.nn.Module | None = None,
 ) -> Path:
     """Write checkpoint ``step`` of ``run_dir``; collective: every rank must call it.
+    ``teacher``: SigLIP 2's EMA teacher once it exists (``trainer.siglip2``), saved beside the
+    model as ``teacher`` (its own sharded state dict); the marker says whether it is there.
 
     Order: (rank 0) clear a stale ``step_N.tmp`` -> barrier -> batch-norm running statistics
     averaged over the ranks (``trainer.batch_norm``) -> DCP save of model + optimizer
@@ -215,6 +218,8 @@ def save_checkpoint(
     else:
         model_sd, optim_sd = get_state_dict(model, optimizer)
         state = {"model": model_sd, "optim": optim_sd}
+    if teacher is not None:
+        state["teacher"] = get_model_state_dict(teacher)
     extra = {
         "step": step,
         "samples_seen": samples_seen,
@@ -248,6 +253,7 @@ def save_checkpoint(
                     "samples_seen": samples_seen,
                     "world_size": world,
                     "has_optimizer": optimizer is not None,
+                    "teacher": teacher is not None,
                     "time": time.time(),
                     "identity": identity,
                     "files": files,
@@ -289,13 +295,15 @@ def load_checkpoint(
     scheduler: Stateful | None = None,
     loader: Stateful | None = None,
     restore_rng_state: bool = True,
+    teacher: torch.nn.Module | None = None,
 ) -> CheckpointInfo:
     """Restore everything :func:`save_checkpoint` wrote; collective: every rank must call it.
 
     ``path`` is a checkpoint directory or a run directory (its latest complete checkpoint is
     used). The model (and optimizer) must already be built and sharded as for training; DCP
     loads each rank's shard in place. RNG states are restored last, so that nothing done while
-    loading consumes random numbers after the restore.
+    loading consumes random numbers after the restore. ``teacher`` (built and sharded already)
+    is loaded too when given: pass it when the marker says ``teacher: true``.
     """
     ckpt = resolve_checkpoint(path)
     try:
@@ -315,6 +323,12 @@ def load_checkpoint(
     if optimizer is not None and not marker.get("has_optimizer", True):
         raise ConfigError("resume", f"{ckpt} holds no optimizer state; resume with optimizer=None")
 
+    if teacher is not None:
+        if not marker.get("teacher"):
+            raise ConfigError("resume", f"{ckpt} holds no SigLIP 2 teacher; pass teacher=None")
+        state = {"teacher": get_model_state_dict(teacher)}
+        _load_or_explain(state, ckpt)
+        set_model_state_dict(teacher, state["teacher"])
     if optimizer is None:
         model_sd = get_model_state_dict(model)
         state = {"model": model_sd}

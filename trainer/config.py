@@ -125,6 +125,21 @@ class TrainConfig(BaseModel):
         rest, layout = split_layout(data)
         return rest | {"layout": layout}
 
+    @model_validator(mode="before")
+    @classmethod
+    def _siglip2_without_naflex(cls, data: Any) -> Any:
+        """The trainer's SigLIP 2 is NaFlex-off unless the mapping names ``naflex`` (NaFlex is
+        planned, not trained: ``check_siglip2``); ``--recipe siglip2`` alone then runs, and
+        the run header's recipe records the spec as it ran."""
+        if not isinstance(data, dict):
+            return data
+        s2 = data.get("siglip2")
+        if s2 is None and data.get("recipe") == "siglip2":
+            return data | {"siglip2": {"naflex": None}}
+        if isinstance(s2, dict) and "naflex" not in s2:
+            return data | {"siglip2": s2 | {"naflex": None}}
+        return data
+
     @field_validator("layout")
     @classmethod
     def _resolve_layout(cls, layout: RunLayout) -> RunLayout:
@@ -136,6 +151,7 @@ class TrainConfig(BaseModel):
         self.model_spec()  # unknown preset -> ConfigError("model", ...)
         self.recipe_spec()  # ring + softmax recipe -> message naming --loss-impl
         check_locks(self.model_spec(), self.layout)  # groups beyond the tower, BN on a ViT
+        check_siglip2(self)
         self._check_embeddings()
         self.check_batch()
         if self.profile_steps is not None:
@@ -294,6 +310,62 @@ class TrainConfig(BaseModel):
                 f"{self.global_batch} is not divisible by world_size x grad_accum = "
                 f"{world} x {accum} = {per}; use e.g. --global-batch {lo} or {lo + per}",
             )
+
+
+def check_siglip2(cfg: TrainConfig) -> None:
+    """What the trainer cannot run of SigLIP 2 (``vlscale.specs.siglip2``), one ConfigError
+    each: objectives that need a ViT's tokens on a ResNet tower, or on precomputed image
+    embeddings; self-distillation with a (partly) locked image tower (the teacher is an EMA of
+    a trained tower) or a RoPE tower (local views at another grid); FLIP patch dropping;
+    the towers' own limits (``check_against_towers``); NaFlex (planned, not trained)."""
+    from vlscale.specs.siglip2 import check_against_towers
+
+    s2 = cfg.recipe_spec().objectives
+    if s2 is None:
+        return
+    spec, layout = cfg.model_spec(), cfg.layout
+    needs_tokens = {"decoder": s2.decoder, "distill": s2.distill, "masked": s2.masked}
+    for name, sub in needs_tokens.items():
+        if sub is None:
+            continue
+        if spec.vision.kind == "resnet":
+            raise ConfigError(
+                f"siglip2.{name}",
+                f"needs a ViT image tower's tokens; {spec.name}'s is a ResNet: set {name}: null "
+                "(--siglip2 '{" + name + ": null}') or pick a ViT model",
+            )
+        if layout.precomputed_image:
+            raise ConfigError(
+                f"siglip2.{name}",
+                "needs the image tower, which --image-embeddings takes out of the step; set "
+                f"{name}: null or drop --image-embeddings",
+            )
+    distilled = s2.distill is not None or s2.masked is not None
+    if distilled and layout.lock_image:
+        raise ConfigError(
+            "siglip2.distill",
+            "self-distillation trains the image tower against its own EMA, which a locked image "
+            "tower cannot do; set distill: null and masked: null, or drop --lock-image",
+        )
+    if s2.distill is not None and spec.vision.rope:
+        raise ConfigError(
+            "siglip2.distill",
+            f"local views need position embeddings at another grid; {spec.name}'s RoPE tower "
+            "has none here: set distill: null",
+        )
+    if cfg.recipe_spec().mask_ratio:
+        raise ConfigError(
+            "mask_ratio", "FLIP patch dropping is not part of siglip2; drop --mask-ratio"
+        )
+    if spec.vision.kind == "resnet" and s2.naflex is not None:
+        raise ConfigError("siglip2.naflex", "needs a ViT image tower; set naflex: null")
+    check_against_towers(s2, spec.vision, spec.text)
+    if s2.naflex is not None:
+        raise ConfigError(
+            "siglip2.naflex",
+            "NaFlex is planned but not trained by this trainer (no variable-length image "
+            "batches); set --siglip2 '{naflex: null}'",
+        )
 
 
 def _is_file_checkpoint(path: str) -> bool:

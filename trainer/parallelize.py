@@ -104,8 +104,11 @@ def check_mesh(mesh: DeviceMesh, layout: RunLayout) -> None:
 
 def towers(model: nn.Module) -> list[nn.Module]:
     """The image and text towers (``model.visual``, ``model.text``) that have parameters (the
-    image tower's place holds none when its embeddings are precomputed)."""
-    return [t for t in (model.visual, model.text) if any(True for _ in t.parameters())]
+    image tower's place holds none when its embeddings are precomputed), and SigLIP 2's
+    caption decoder (``model.decoder``, ``models.siglip2``), wrapped like a tower: a unit per
+    block, then the rest of it."""
+    units = (model.visual, model.text, getattr(model, "decoder", None))
+    return [t for t in units if t is not None and any(True for _ in t.parameters())]
 
 
 def blocks(model: nn.Module) -> Iterator[nn.Module]:
@@ -237,6 +240,21 @@ def parallelize(
         register_forward_methods(model)
     materialize(model, device, init_fn)
     return model
+
+
+def shard_teacher(
+    teacher: nn.Module, mesh: DeviceMesh, layout: RunLayout, device: torch.device
+) -> None:
+    """SigLIP 2's EMA teacher (``models.siglip2.Teacher``, built on meta), sharded like the
+    student under ``fsdp`` / ``hsdp``: ``fully_shard`` per image block, the tower, the root,
+    on the same mesh and precision (forward only: resharded after it); under ``ddp`` and on one
+    unwrapped rank a plain replica. Then storage on ``device``, left unset (the trainer copies
+    the student into it or loads it)."""
+    if layout.wrapped and layout.sharding != "ddp":
+        mp = mixed_precision(layout.precision)
+        for unit in [*teacher.visual.blocks, teacher.visual, teacher]:
+            fully_shard(unit, mesh=mesh, mp_policy=mp, reshard_after_forward=True)
+    teacher.to_empty(device=device)
 
 
 def set_gradient_sync(model: nn.Module, enabled: bool) -> None:

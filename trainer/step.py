@@ -31,6 +31,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import torch
 import torch.distributed as dist
@@ -79,6 +80,7 @@ class LoopContext:
     # model FLOPs per sample by mask ratio: the only input of the count that varies over a run,
     # and counting costs tens of ms per call (ViT-B-32), as much as 1 % of a CPU step
     flops_by_mask_ratio: dict[float, float] = field(default_factory=dict)
+    siglip2: Any = None  # trainer.siglip2.Siglip2Run for recipe siglip2: phases, teacher
     recipe: RecipeSpec = field(init=False)
 
     def __post_init__(self) -> None:
@@ -106,6 +108,8 @@ def train_step(ctx: LoopContext, step: int, timer: PhaseTimer) -> dict:
     accum = cfg.layout.grad_accum
     loss_sum = torch.zeros((), device=device)
     data_time = 0.0
+    if ctx.siglip2 is not None:  # the teacher is created here (once): not in the step time
+        ctx.siglip2.begin_step(model, step)
     t0 = time.perf_counter()
     timer.start()
     for micro in range(accum):
@@ -116,11 +120,14 @@ def train_step(ctx: LoopContext, step: int, timer: PhaseTimer) -> dict:
         timer.skip()
         data_time += time.perf_counter() - td
         set_gradient_sync(model, micro == accum - 1)
-        img, txt = model(images, tokens, mask_ratio=mask_ratio)  # (b, d), (b, d) fp32
-        timer.lap("forward")
-        scale, bias = model.logit_params()  # (1,), (1,): gathered, differentiable
-        loss = compute_loss(ctx.recipe, img, txt, scale, bias, ctx.group)
-        timer.lap("loss")
+        if ctx.siglip2 is not None:  # forward and loss laps inside
+            loss = ctx.siglip2.loss(model, images, tokens, step, micro, ctx.group, timer)
+        else:
+            img, txt = model(images, tokens, mask_ratio=mask_ratio)  # (b, d), (b, d) fp32
+            timer.lap("forward")
+            scale, bias = model.logit_params()  # (1,), (1,): gathered, differentiable
+            loss = compute_loss(ctx.recipe, img, txt, scale, bias, ctx.group)
+            timer.lap("loss")
         scaled = loss / accum
         (ctx.scaler.scale(scaled) if ctx.scaler else scaled).backward()
         timer.lap("backward")
@@ -135,10 +142,13 @@ def train_step(ctx: LoopContext, step: int, timer: PhaseTimer) -> dict:
     if not finite:
         handle_nonfinite(ctx, step, loss, grad_norm)
     optimizer_step(ctx, apply=finite)
+    if ctx.siglip2 is not None:  # the teacher's EMA, part of the step
+        ctx.siglip2.end_step(model, step, applied=finite)
     timer.lap("optimizer")
     synchronize(device)
     step_time = time.perf_counter() - t0 - check_s
     return {
+        "phase": ctx.siglip2.phase(step).name if ctx.siglip2 is not None else None,
         "mask_ratio": mask_ratio,
         "step_time_s": step_time,
         "data_time_s": data_time,
@@ -389,6 +399,7 @@ def make_record(ctx: LoopContext, step: int, m: dict, peak_memory: int | None, s
         mfu=mfu,
         skipped_nonfinite=m["skipped_nonfinite"],
         nonfinite_skips=ctx.nonfinite_skips,
+        phase=m["phase"],
     )
 
 

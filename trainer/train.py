@@ -15,6 +15,7 @@ default group), whatever the parameter mesh.
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import socket
@@ -187,8 +188,10 @@ def build_context(cfg: TrainConfig, device, mesh, backend: str):
     from trainer.step import LoopContext
 
     rank, world = dist.get_rank(), dist.get_world_size()
-    model = build_parallel_model(cfg, device, layout_mesh(cfg, mesh, device))
+    param_mesh = layout_mesh(cfg, mesh, device)
+    model = build_parallel_model(cfg, device, param_mesh)
     recipe = cfg.recipe_spec()
+    s2run = make_siglip2_run(cfg, param_mesh, device, rank, world)
     groups = build_param_groups(model, cfg.lr, cfg.weight_decay, cfg.image_lr, cfg.text_lr)
     optimizer = build_optimizer(recipe.optimizer, groups, betas=recipe.betas)
     scheduler = build_scheduler(optimizer, cfg.warmup_steps, cfg.steps)
@@ -197,7 +200,9 @@ def build_context(cfg: TrainConfig, device, mesh, backend: str):
     torch.manual_seed(derived_seed(cfg.seed, rank + 1))
 
     log = (lambda s: print(s, flush=True)) if rank == 0 else (lambda s: None)
-    resumed = resume(cfg, world, model, optimizer, scheduler, loader, log) if cfg.resume else None
+    resumed = (
+        resume(cfg, world, model, optimizer, scheduler, loader, log, s2run) if cfg.resume else None
+    )
     start_step, start_samples = (
         (resumed.info.step, resumed.info.samples_seen) if resumed else (0, 0)
     )
@@ -223,11 +228,12 @@ def build_context(cfg: TrainConfig, device, mesh, backend: str):
         group=dist.group.WORLD,  # the loss spans every rank, also under HSDP
         scaler=torch.amp.GradScaler(device.type) if cfg.layout.precision == "fp16" else None,
         evaluate=build_eval(cfg, cfg.model_spec(), model, device) if cfg.eval_every else None,
-        checkpoint=make_saver(cfg, model, optimizer, scheduler, loader, identity),
+        checkpoint=make_saver(cfg, model, optimizer, scheduler, loader, identity, s2run),
         log=log,
         start_step=start_step,
         start_samples=start_samples,
         last_checkpoint=resumed.info.path if resumed else None,
+        siglip2=s2run,
     )
     log(describe_run(cfg, world, device, backend, peak, peak_source))
     return ctx, loader
@@ -253,7 +259,12 @@ def build_parallel_model(cfg: TrainConfig, device, mesh):
 
     recipe = cfg.recipe_spec()
     torch.manual_seed(cfg.seed)  # same init stream on every rank
-    model = build_model(
+    build = build_model
+    if recipe.objectives is not None:  # SigLIP 2: the student with its added modules
+        from models.siglip2 import build_siglip2_model
+
+        build = functools.partial(build_siglip2_model, s2=recipe.objectives)
+    model = build(
         cfg.model_spec(),
         device="meta",
         init_logit_scale=recipe.init_logit_scale,
@@ -310,9 +321,29 @@ def start_records(cfg: TrainConfig, backend, device, peak, memory_metric, identi
     return writer
 
 
-def make_saver(cfg: TrainConfig, model, optimizer, scheduler, loader, identity):
-    """``save(step, samples)`` writing a DCP checkpoint of everything: at every ``--ckpt-every``
-    steps, and on a graceful stop (``trainer.signals``) even without ``--ckpt-every``."""
+def make_siglip2_run(cfg: TrainConfig, mesh, device, rank: int, world: int):
+    """Recipe siglip2: its per-run state (``trainer.siglip2.Siglip2Run``) with the teacher's
+    sharding on the student's mesh; None for the other recipes."""
+    s2 = cfg.recipe_spec().objectives
+    if s2 is None:
+        return None
+    from trainer.parallelize import shard_teacher
+    from trainer.siglip2 import Siglip2Run
+    from trainer.tokenizer import build_tokenizer
+
+    spec = cfg.model_spec()
+    tok = build_tokenizer(
+        cfg.tokenizer, context_length=spec.text.context_length, vocab_size=spec.text.vocab_size
+    )
+    run = Siglip2Run(cfg, spec, s2, tok.pad_id, rank, world)
+    run.shard = lambda teacher: shard_teacher(teacher, mesh, cfg.layout, device)
+    return run
+
+
+def make_saver(cfg: TrainConfig, model, optimizer, scheduler, loader, identity, s2run=None):
+    """``save(step, samples)`` writing a DCP checkpoint of everything (SigLIP 2's teacher once
+    it exists): at every ``--ckpt-every`` steps, and on a graceful stop (``trainer.signals``)
+    even without ``--ckpt-every``."""
     from trainer import checkpoint as ckpt
 
     def save(step: int, samples: int):
@@ -326,6 +357,7 @@ def make_saver(cfg: TrainConfig, model, optimizer, scheduler, loader, identity):
             samples_seen=samples,
             keep_last=cfg.keep_last,
             identity=identity,
+            teacher=s2run.teacher if s2run is not None else None,
         )
 
     return save
@@ -356,9 +388,12 @@ class Resumed:
     passed_over: list[str]
 
 
-def resume(cfg: TrainConfig, world: int, model, optimizer, scheduler, loader, log) -> Resumed:
+def resume(
+    cfg: TrainConfig, world: int, model, optimizer, scheduler, loader, log, s2run=None
+) -> Resumed:
     """Pick the checkpoint (verified; newest valid unless --resume names one), refuse another
-    run's or an incompatible one, load it, and say which one was loaded. Collective."""
+    run's or an incompatible one, load it, and say which one was loaded. Collective. A SigLIP 2
+    checkpoint that holds the teacher (after the switch) brings it back too."""
     from trainer import checkpoint as ckpt
     from trainer.checkpoint_files import choose_checkpoint, read_marker
     from trainer.identity import check_resume
@@ -368,10 +403,12 @@ def resume(cfg: TrainConfig, world: int, model, optimizer, scheduler, loader, lo
     path, passed_over = choose_checkpoint(target)
     for bad in passed_over:
         log(f"resume: skipping invalid checkpoint {bad}")
-    saved = read_marker(path).get("identity")
+    marker = read_marker(path)
+    saved = marker.get("identity")
     check_resume(saved, cfg, world, str(path), out_run_id)
+    teacher = s2run.make_teacher() if s2run is not None and marker.get("teacher") else None
     info = ckpt.load_checkpoint(
-        path, model=model, optimizer=optimizer, scheduler=scheduler, loader=loader
+        path, model=model, optimizer=optimizer, scheduler=scheduler, loader=loader, teacher=teacher
     )
     fell = " (newest valid checkpoint)" if passed_over else ""
     log(f"resumed from {path}{fell}: step {info.step}, {info.samples_seen} samples seen")

@@ -129,6 +129,9 @@ class StepRecord(_Record):
     # --skip-nonfinite (trainer.step); defaults keep records of older trainers readable
     skipped_nonfinite: bool = Field(default=False, description="not applied: inf/NaN")
     nonfinite_skips: int = Field(default=0, ge=0, description="steps skipped so far")
+    # recipe siglip2: the phase of Siglip2Spec.phases() the step ran in; None for the others
+    # and for records of older trainers, so step time and memory compare per phase
+    phase: str | None = None
 
 
 class EvalRecord(_Record):
