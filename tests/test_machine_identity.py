@@ -66,16 +66,16 @@ def test_cache_sizes_are_read_from_sysfs_text(tmp_path):
 
 def test_a_different_cpu_warns_in_one_line_and_an_equal_one_does_not():
     profile = machine(cpuinfo())
-    assert mismatch_warning("p.yaml", profile, machine(cpuinfo()), "this machine") is None
+    assert mismatch_warning("p.yaml", profile, machine(cpuinfo()), "this machine is") is None
     other = machine(cpuinfo(stepping=2), l2=512 * 2**10)
-    line = mismatch_warning("p.yaml", profile, other, "this machine")
+    line = mismatch_warning("p.yaml", profile, other, "this machine is")
     assert line is not None and "\n" not in line
     assert line.startswith("warning: p.yaml was measured on AMD EPYC (L2 1 MiB, L3 32 MiB)")
     assert "this machine is AMD EPYC (L2 512 KiB" in line
     assert "(differs in: stepping, L2 cache)" in line
     assert line.endswith("predictions may be off by a lot")
     # an identity that is not known (an older profile) is never a mismatch
-    assert mismatch_warning("p.yaml", None, other, "this machine") is None
+    assert mismatch_warning("p.yaml", None, other, "this machine is") is None
 
 
 def test_differing_flags_are_compared_by_digest_and_a_few_named():
@@ -84,6 +84,15 @@ def test_differing_flags_are_compared_by_digest_and_a_few_named():
     (diff,) = identity_differences(a, b)
     assert diff.startswith("flags (+amx_bf16, +amx_int8, +amx_tile, +avx512_fp16, ")
     assert diff.endswith("4 more)")  # +vaes, -avx2, -avx512_bf16, -avx512f
+
+
+def test_runs_of_mixed_machines_name_how_many_differ():
+    from vlscale.calibrate.noise import identity_warning
+
+    here, other = machine(cpuinfo()), machine(cpuinfo(stepping=2))
+    line = identity_warning("p.yaml", here, [here, None, other, here])
+    assert "; 1 of these 4 runs are AMD EPYC" in line and "(differs in: stepping)" in line
+    assert identity_warning("p.yaml", here, [here, None]) is None
 
 
 def _profile_measured_on(tmp_path: Path, cpu: CpuIdentity) -> Path:
@@ -115,4 +124,4 @@ def test_validate_warns_when_the_runs_ran_on_another_cpu(tmp_path):
         assert out.returncode == 0, out.stderr
         (line,) = out.stderr.strip().splitlines()
         assert line.startswith("warning: profile.yaml was measured on AMD EPYC")
-        assert "1 of these runs are" in line and "stepping, L2 cache" in line
+        assert "; these runs are AMD EPYC (L2 512 KiB" in line and "stepping, L2 cache" in line

@@ -94,6 +94,12 @@ def test_validate_reports_dispersion_spread_and_normalised_mape(tmp_path):
     assert out["mape_normalised"]["prediction"] == pytest.approx(statistics.fmean(errs))
     summary = result.summary()
     assert summary["bias"] == pytest.approx(statistics.fmean(r["error"] for r in out["runs"]))
+    # the HTML report states the noise floor beside the errors
+    from vlscale.report.validation import validation_report
+
+    page = validation_report(out, "t")
+    assert f"noise floor: repeat dispersion {0.7 / 1.35:.1%}" in page
+    assert f"speed-index spread {0.7 / 1.35:.1%}" in page and "speed-normalised MAPE" in page
 
 
 def test_dispersion_and_spread_by_hand():
@@ -200,3 +206,21 @@ def test_campaign_noise_set_keeps_the_split_rules_and_old_campaigns_merge(tmp_pa
     assert camp.repeat_dispersion(tmp_path, rows)["median"] == pytest.approx(0.25 / 1.125, 1e-3)
     # the records the campaign appends read back
     assert len(read_run(runs_dir / "x0.jsonl").references) == 2
+
+
+def test_a_missing_probe_profile_is_one_line_and_nothing_written(tmp_path):
+    out = tmp_path / "v.json"
+    done = vlscale(
+        "validate",
+        str(EPYC / "runs/fit"),
+        "--hardware-file",
+        str(PROFILE),
+        "--probe-profile",
+        str(tmp_path / "nope.yaml"),
+        "--out",
+        str(out),
+    )
+    assert done.returncode == 2
+    (line,) = done.stderr.strip().splitlines()
+    assert line.startswith("error: hardware_file nope.yaml")
+    assert not out.exists()

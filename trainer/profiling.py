@@ -194,7 +194,7 @@ def profile_identity_note(path: str, device: torch.device) -> str:
     compute = _profile_device(path, device).compute
     measured_on = compute.measured_on if compute is not None else None
     here = machine_identity(device)
-    return mismatch_warning(Path(path).name, measured_on, here, "this machine") or ""
+    return mismatch_warning(Path(path).name, measured_on, here, "this machine is") or ""
 
 
 def _profile_device(path: str, device: torch.device):

@@ -88,11 +88,12 @@ def identity_warning(
     profile: str, measured_on: MachineIdentity | None, machines: Iterable[MachineIdentity | None]
 ) -> str | None:
     """One line when the runs' recorded machine differs from the profile's (the first that
-    differs, with how many runs do); None when all agree or nothing is recorded."""
-    seen = [m for m in machines if m is not None]
-    for here in seen:
-        line = mismatch_warning(profile, measured_on, here, "these runs")
+    differs, with how many runs ran on it); None when all agree or nothing is recorded."""
+    machines = list(machines)
+    for here in (m for m in machines if m is not None):
+        n = sum(m == here for m in machines)
+        what = f"{n} of these {len(machines)} runs are" if n < len(machines) else "these runs are"
+        line = mismatch_warning(profile, measured_on, here, what)
         if line is not None:
-            n = sum(m == here for m in seen)
-            return line.replace("these runs are", f"{n} of these runs are", 1)
+            return line
     return None

@@ -51,6 +51,14 @@ def _device(hardware_file: str | None, name: str | None):
     return devices[name]
 
 
+def _probe_device(path: str, name: str | None):
+    """The probe profile's device: its only one, else the one named like the calibrated."""
+    from vlscale.specs.hardware import load_hardware_file
+
+    only = len(load_hardware_file(path).devices) == 1
+    return _device(path, None if only else name)
+
+
 def _runs(paths: list[str], device, hardware_file: str | None):
     from vlscale.calibrate.runs import expand_run_paths, load_measured_run
 
@@ -115,7 +123,7 @@ def validate_cmd(
     if out is not None:
         check_output_file(out, "out", (".json",))
     dev = _device(hardware_file, device)
-    probe_dev = _device(probe_profile, device) if probe_profile else None
+    probe_dev = _probe_device(probe_profile, device) if probe_profile else None
     measured = _runs(runs, dev, hardware_file)
     _warn_identity(hardware_file, dev, measured)
     result = _validation(measured, dev, probe_dev)

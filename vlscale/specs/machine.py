@@ -184,16 +184,16 @@ def _differing(a: BaseModel, b: BaseModel, fields: dict[str, str]) -> list[str]:
 def mismatch_warning(
     profile: str, measured_on: MachineIdentity | None, here: MachineIdentity | None, what: str
 ) -> str | None:
-    """One line when the profile's machine differs from ``here`` (``what``: 'this machine' or
-    'these runs'); None when they agree or either is unknown (older files)."""
+    """One line when the profile's machine differs from ``here``; ``what`` names it with its
+    verb ('this machine is', '3 of these 48 runs are'). None when they agree or either is
+    unknown (files older than the field)."""
     if measured_on is None or here is None:
         return None
     diffs = identity_differences(measured_on, here)
     if not diffs:
         return None
     return (
-        f"warning: {profile} was measured on {measured_on.describe()}; {what} "
-        f"{'is' if what == 'this machine' else 'are'} {here.describe()} "
+        f"warning: {profile} was measured on {measured_on.describe()}; {what} {here.describe()} "
         f"(differs in: {', '.join(diffs)}); predictions may be off by a lot"
     )
 
