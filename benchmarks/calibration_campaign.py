@@ -35,9 +35,10 @@ noise is measured rather than guessed (``vlscale.calibrate.noise``):
   each run's speed index without this file.
 
 ``--set noise`` runs a subset meant for a quiet machine at the end (9 fit and 12 held-out
-configurations, one or two per axis of the grid): at 16 steps and 2 repeats, about 9 minutes
-on the EPYC of ``reports/validation/cpu-epyc-b`` (``--dry-run`` prints the order and the
-estimate from that campaign's wall and step times). ``--validate NAME`` makes it the whole
+configurations, one or two per axis of the grid): at 24 steps and 2 repeats its 42 runs take
+about 7 minutes on the EPYC of ``reports/validation/cpu-epyc-b`` (5.8 at 16 steps), plus the
+probe and the fit (``--dry-run`` prints the order and the estimate from that campaign's wall
+and step times). ``--validate NAME`` makes it the whole
 loop: the probe first (``OUT/probe.yaml``, device NAME), the runs, then ``vlscale calibrate``
 on ``runs/fit`` (``OUT/profile.yaml``) and ``vlscale validate`` with ``--probe-profile``
 (``OUT/validation.json``: calibrated and probe-only errors, raw and speed-normalised, beside
@@ -408,7 +409,8 @@ def merge_partial(out: Path, doc: dict, results: list[dict], started: str, only:
     done = {(r["id"], r["repeat"]) for r in results}
     old["runs"] = [r for r in old["runs"] if (r["id"], r.get("repeat", 1)) not in done] + results
     old.setdefault("added", []).append({"started": started, "only": only})
-    return old | {k: doc[k] for k in ("repeats", "reference_s")}
+    refs = old.get("reference_s", []) + doc["reference_s"]
+    return old | {"repeats": repeat_dispersion(out, old["runs"]), "reference_s": refs}
 
 
 def main() -> None:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import importlib.util
 import itertools
 import json
+import shutil
 import statistics
 import sys
 from pathlib import Path
@@ -189,14 +190,18 @@ def test_campaign_noise_set_keeps_the_split_rules_and_old_campaigns_merge(tmp_pa
     assert camp.run_path(chosen[0], 1).endswith(f"{chosen[0].id}-r2.jsonl")
     # a partial campaign added to one written before repeats (rows without 'repeat')
     old = json.loads((EPYC / "campaign.json").read_text())
+    shutil.copytree(EPYC / "runs", tmp_path / "runs")
     (tmp_path / "campaign.json").write_text(json.dumps(old))
-    row = dict(old["runs"][0], repeat=1, wall_s=1.0)
-    doc = {"repeats": {"per_config": {}}, "reference_s": []}
-    merged = camp.merge_partial(tmp_path, doc, [row], "now", old["runs"][0]["id"])
-    assert len(merged["runs"]) == len(old["runs"])
-    assert [r["wall_s"] for r in merged["runs"] if r["id"] == row["id"]] == [1.0]
+    first = old["runs"][0]
+    again = dict(first, repeat=2, path=first["path"].replace(".jsonl", "-r2.jsonl"))
+    slowed_copy(tmp_path / first["path"], tmp_path / again["path"], 1.5, 0.08)
+    doc = {"repeats": {}, "reference_s": [0.08, 0.08]}
+    merged = camp.merge_partial(tmp_path, doc, [again], "now", first["id"])
+    assert len(merged["runs"]) == len(old["runs"]) + 1  # the old row counts as repeat 1
+    assert merged["repeats"]["per_config"] == {first["id"]: pytest.approx(0.5 / 1.25, abs=1e-4)}
+    assert merged["reference_s"] == [0.08, 0.08]
     # the dispersion a campaign records, from its run files
-    runs_dir = tmp_path / "runs/heldout"
+    runs_dir = tmp_path / "runs/repeats"
     runs_dir.mkdir(parents=True)
     rows = []
     for k, factor in enumerate((1.0, 1.25)):
