@@ -134,6 +134,11 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     summary = print_gpu_summary if device.kind == "gpu" else print_cpu_summary
     summary(out, time.perf_counter() - t0, device, report)
+    before, after = report["reference_s"]
+    print(
+        f"reference kernel {(before + after) / 2 * 1e3:.1f} ms (before {before * 1e3:.1f}, after "
+        f"{after * 1e3:.1f}); measured on {device.compute.measured_on.describe()}"
+    )
     return 0
 
 
