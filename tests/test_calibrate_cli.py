@@ -213,6 +213,12 @@ def test_probe_writes_a_cpu_profile_the_planner_uses(tmp_path):
     raw = json.loads(out.with_suffix(".probe.json").read_text())
     assert raw["gemm_fp32"]["peak_flops"] > 0
     assert raw["conv_fp32"]["median_fraction"] > 0  # convolutions vs the GEMM curve
+    # the machine it measured and the reference kernel's time (mean of before and after)
+    (device,) = yaml.safe_load(out.read_text())["devices"]
+    reference = device["compute"]["reference"]
+    assert reference["seconds"] == pytest.approx(sum(raw["reference_s"]) / 2)
+    assert reference["threads"] >= 1 and reference["kernel"].startswith("ref-")
+    assert device["compute"]["measured_on"]["cpu"]["flags_digest"]
     bad = subprocess.run(
         [sys.executable, "-m", "trainer.probe", "--out", "/nonexistent/p.yaml"],
         capture_output=True,

@@ -6,7 +6,8 @@ the peak per device is, in this order of preference:
 
 1. ``--peak-flops`` (the user knows their hardware), or ``--peak-from PROFILE``: the peak of the
    device profile that ``python -m trainer.probe`` wrote for this machine (a CPU's divided among
-   the ranks of the host): source ``option``;
+   the ranks of the host): source ``option``; a profile probed on another CPU (or GPU SKU) than
+   this host's is warned about in one line (``vlscale.specs.machine``);
 2. on CUDA, the dense peak for the training dtype from the hardware catalog
    (``vlscale.specs.hardware``), matched on ``torch.cuda.get_device_name``: source ``lookup``;
 3. on CPU (or an unknown GPU), a matmul measured once at start-up: source ``measured``.
@@ -156,7 +157,8 @@ def resolve_peak_flops(
     if option is not None:
         return float(option), "option", ""
     if profile is not None:
-        return profile_peak_flops(profile, device, precision, ranks_per_host), "option", ""
+        peak = profile_peak_flops(profile, device, precision, ranks_per_host)
+        return peak, "option", profile_identity_note(profile, device)
     if device.type == "cuda":
         peak = catalog_peak_flops(device_name, precision)
         if peak is not None:
@@ -175,6 +177,29 @@ def profile_peak_flops(
     host's (all threads), so each of ``ranks_per_host`` ranks gets its share, as the planner
     does (``vlscale.costs.compute.rank_resources``)."""
     from vlscale.errors import ConfigError
+
+    found = _profile_device(path, device)
+    try:
+        peak = found.peak(precision)
+    except ConfigError as exc:
+        raise ConfigError("peak_from", f"{path}: {exc}; pass --peak-flops instead") from None
+    return peak / ranks_per_host if found.kind == "cpu" else peak
+
+
+def profile_identity_note(path: str, device: torch.device) -> str:
+    """A one-line warning when the profile was probed on another machine than this one (empty
+    when they agree, or when the profile does not say where it was measured)."""
+    from vlscale.specs.machine import mismatch_warning
+
+    compute = _profile_device(path, device).compute
+    measured_on = compute.measured_on if compute is not None else None
+    here = machine_identity(device)
+    return mismatch_warning(Path(path).name, measured_on, here, "this machine is") or ""
+
+
+def _profile_device(path: str, device: torch.device):
+    """The one device of ``device``'s kind in the hardware file at ``path``."""
+    from vlscale.errors import ConfigError
     from vlscale.specs.hardware import load_hardware_file
 
     kind = "cpu" if device.type == "cpu" else "gpu"
@@ -186,11 +211,23 @@ def profile_peak_flops(
             f"{path} must hold exactly one {kind} device to take the peak from (it has: "
             f"{names}); pass --peak-flops instead",
         )
-    try:
-        peak = found[0].peak(precision)
-    except ConfigError as exc:
-        raise ConfigError("peak_from", f"{path}: {exc}; pass --peak-flops instead") from None
-    return peak / ranks_per_host if kind == "cpu" else peak
+    return found[0]
+
+
+def machine_identity(device: torch.device):
+    """This host's ``MachineIdentity``: the CPU (``/proc/cpuinfo``, sysfs caches) and, on CUDA,
+    the GPU's name, memory and compute capability."""
+    from vlscale.specs.machine import GpuIdentity, MachineIdentity, this_cpu
+
+    gpu = None
+    if device.type == "cuda":
+        props = torch.cuda.get_device_properties(device)
+        gpu = GpuIdentity(
+            name=props.name,
+            memory_bytes=props.total_memory,
+            capability=f"{props.major}.{props.minor}",
+        )
+    return MachineIdentity(cpu=this_cpu(), gpu=gpu)
 
 
 def device_name(device: torch.device) -> str:

@@ -538,7 +538,7 @@ def make_header(
     stay for readers of older records)."""
     import torch
 
-    from trainer.profiling import catalog_device_key, device_name
+    from trainer.profiling import catalog_device_key, device_name, machine_identity
     from vlscale.records import RunHeader
 
     name = device_name(device)
@@ -570,6 +570,7 @@ def make_header(
         run_id=identity["run_id"] if identity else None,
         config_hash=identity["config_hash"] if identity else None,
         seed=cfg.seed,
+        machine=machine_identity(device),
     )
 
 

@@ -2,8 +2,8 @@
 ``vlscale validate`` read back (:func:`read_run`, through ``vlscale.calibrate.runs``).
 
 A run file is JSON Lines. The first line is a :class:`RunHeader`; every later line is a
-:class:`StepRecord`, an :class:`EvalRecord`, a :class:`CheckpointRecord` or a
-:class:`ResumeRecord`, told apart by ``kind``.
+:class:`StepRecord`, an :class:`EvalRecord`, a :class:`CheckpointRecord`, a
+:class:`ResumeRecord` or a :class:`ReferenceRecord`, told apart by ``kind``.
 Lines are appended whole and flushed one at a time by rank 0, so a crashed run leaves a valid
 prefix (a torn last line is reported by :func:`read_run`, never silently dropped).
 
@@ -21,6 +21,9 @@ Definitions (the trainer measures exactly these):
   forward + backward at the step's mask ratio plus the loss matmuls; no recompute), the same
   numerator as ``vlscale plan``; null when no peak is known.
 - ``peak_memory_bytes``: see ``RunHeader.memory_metric``; null when nothing honest is available.
+- ``reference``: the fixed reference kernel's time (``trainer.probe.reference``) just before
+  and just after the run, appended by the calibration campaign; a run's speed index is their
+  mean over the profile's reference time (``vlscale.calibrate.noise``).
 - ``warmup``: the first steps (compilation, allocator growth, caches) are marked, not dropped.
 
 This module is torch-free: the trainer writes with it and ``vlscale.calibrate`` reads with it
@@ -38,6 +41,7 @@ from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 from vlscale.errors import ConfigError, from_validation_error
 from vlscale.specs.fields import MaskRatio
 from vlscale.specs.layout import RunLayout
+from vlscale.specs.machine import MachineIdentity, ReferenceTime
 from vlscale.specs.models import ModelSpec
 from vlscale.specs.recipes import Precision, RecipeSpec
 
@@ -101,6 +105,9 @@ class RunHeader(_Record):
     run_id: str | None = Field(default=None, description="random id, kept by every resume")
     config_hash: str | None = Field(default=None, description="SHA-256 of the identity fields")
     seed: int | None = None
+    machine: MachineIdentity | None = Field(
+        default=None, description="the host's CPU (and GPU) identity; None: an older trainer"
+    )
 
 
 class StepRecord(_Record):
@@ -162,8 +169,18 @@ class ResumeRecord(_Record):
     passed_over: list[str] = []
 
 
+class ReferenceRecord(_Record):
+    """The reference kernel timed on the host right ``before`` or ``after`` the run (by the
+    calibration campaign, outside the trainer's processes); not part of any step."""
+
+    kind: Literal["reference"] = "reference"
+    when: Literal["before", "after"]
+    time: ReferenceTime
+
+
 BodyRecord = Annotated[
-    StepRecord | EvalRecord | CheckpointRecord | ResumeRecord, Field(discriminator="kind")
+    StepRecord | EvalRecord | CheckpointRecord | ResumeRecord | ReferenceRecord,
+    Field(discriminator="kind"),
 ]
 _BODY = TypeAdapter(BodyRecord)
 
@@ -176,6 +193,7 @@ class Run(BaseModel):
     evals: list[EvalRecord] = []
     checkpoints: list[CheckpointRecord] = []
     resumes: list[ResumeRecord] = []
+    references: list[ReferenceRecord] = []
 
     def timed_steps(self) -> list[StepRecord]:
         """Steps that are not marked warm-up (what step-time statistics should use)."""
@@ -215,7 +233,7 @@ def read_run(path: str | Path) -> Run:
     for number, line in lines[1:]:
         record = _parse(path, number, line, _BODY.validate_python)
         kinds = {"step": run.steps, "eval": run.evals, "checkpoint": run.checkpoints}
-        kinds["resume"] = run.resumes
+        kinds |= {"resume": run.resumes, "reference": run.references}
         kinds[record.kind].append(record)
     return run
 

@@ -110,3 +110,45 @@ def test_peak_from_a_missing_file_is_refused_before_launch(tmp_path):
         load_config(["--peak-from", str(tmp_path / "nope.yaml")], world_size=1)
     cfg = load_config(["--peak-from", str(CPU_PROFILE)], world_size=1)
     assert cfg.peak_from == str(CPU_PROFILE)
+
+
+def _profile_probed_on(tmp_path: Path, cpuinfo: str) -> Path:
+    """The committed CPU profile, stamped as probed on the CPU that ``cpuinfo`` describes."""
+    import yaml
+
+    from vlscale.specs.machine import parse_cpuinfo
+
+    doc = yaml.safe_load(CPU_PROFILE.read_text())
+    cpu = parse_cpuinfo(cpuinfo).model_copy(update={"l2_bytes": 2**21})
+    doc["devices"][0]["compute"]["measured_on"] = {"cpu": cpu.model_dump(mode="json")}
+    path = tmp_path / "probed.yaml"
+    path.write_text(yaml.safe_dump(doc))
+    return path
+
+
+def _cpuinfo(stepping: int) -> str:
+    return (
+        "vendor_id\t: GenuineIntel\ncpu family\t: 6\nmodel\t\t: 143\n"
+        f"model name\t: Intel Xeon\nstepping\t: {stepping}\nflags\t\t: fpu avx512f amx_tile\n"
+    )
+
+
+@pytest.mark.parametrize("stepping, warns", [(8, False), (6, True)])
+def test_peak_from_a_profile_of_another_cpu_warns_in_one_line(
+    monkeypatch, tmp_path, stepping, warns
+):
+    from vlscale.specs import machine
+
+    profile = _profile_probed_on(tmp_path, _cpuinfo(8))
+    here = machine.parse_cpuinfo(_cpuinfo(stepping)).model_copy(update={"l2_bytes": 2**21})
+    monkeypatch.setattr(machine, "this_cpu", lambda: here)
+    monkeypatch.setattr(profiling, "matmul_flops_trials", pytest.fail)
+    peak, source, note = profiling.resolve_peak_flops(
+        CPU, "cpu", "fp32", None, profile=str(profile)
+    )
+    assert peak > 0 and source == "option"
+    if warns:
+        assert note.startswith("warning: probed.yaml was measured on Intel Xeon")
+        assert "differs in: stepping" in note and "\n" not in note
+    else:
+        assert note == ""

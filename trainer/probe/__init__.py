@@ -9,6 +9,7 @@ Modules, each importing only those above it:
 - ``timing``: host wall-time and CUDA-event timers;
 - ``kernels``: the kernels timed on either device (GEMM grid, bandwidth, per-kernel overhead,
   SDPA);
+- ``reference``: the fixed reference kernel (the speed index's yardstick);
 - ``assembly``: what both profiles assemble alike (source line, origins, α–β fits);
 - ``collectives``: gloo / NCCL collectives between 2 local ranks, and FSDP2's per-collective cost;
 - ``cpu``, ``cuda``: the probe of each device kind;

@@ -3,8 +3,11 @@
     python -m trainer.probe --out profile.yaml [--name NAME] [--quick] [--no-comm] [--cpu]
 
 On a machine where torch sees a GPU it measures GPU 0 (``trainer.probe.cuda``), otherwise the
-CPU (``trainer.probe.cpu``); ``--cpu`` keeps the CPU probe. Next to the profile it writes
-``<out>.probe.json``: the raw measurements and fit errors, for whoever doubts a number.
+CPU (``trainer.probe.cpu``); ``--cpu`` keeps the CPU probe. Either way the profile records the
+machine it measured (``measured_on``: the CPU's identity, and the GPU's on CUDA) and the time of
+the fixed reference kernel (``reference``, ``trainer.probe.reference``), the denominator of a
+run's speed index. Next to the profile it writes ``<out>.probe.json``: the raw measurements and
+fit errors, for whoever doubts a number.
 """
 
 from __future__ import annotations
@@ -39,14 +42,42 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 
 def run_probe(args: argparse.Namespace) -> tuple[DeviceSpec, dict]:
-    if torch.cuda.is_available() and not args.cpu:
+    """The device profile and raw report, with the reference kernel timed before and after the
+    measurements (their mean is the profile's reference: the probe's conditions on average, as
+    a campaign run's is the mean of its before and after)."""
+    from trainer.probe.reference import reference_time
+
+    gpu = torch.cuda.is_available() and not args.cpu
+    where = torch.device("cuda" if gpu else "cpu")
+    before = reference_time(where.type)
+    if gpu:
         from trainer.probe.cuda import probe_cuda
 
         name = None if args.name == "this-cpu" else args.name
-        return probe_cuda(name, args.quick, not args.no_comm)
-    from trainer.probe.cpu import probe_cpu
+        device, report = probe_cuda(name, args.quick, not args.no_comm)
+    else:
+        from trainer.probe.cpu import probe_cpu
 
-    return probe_cpu(args.name, args.quick, not args.no_comm)
+        device, report = probe_cpu(args.name, args.quick, not args.no_comm)
+    return stamp_machine(device, report, where, (before, reference_time(where.type)))
+
+
+def stamp_machine(
+    device: DeviceSpec, report: dict, where: torch.device, refs: tuple
+) -> tuple[DeviceSpec, dict]:
+    """The profile with the machine's identity and the mean of the reference times ``refs``."""
+    from trainer.profiling import machine_identity
+
+    machine = machine_identity(where)
+    mean = sum(r.seconds for r in refs) / len(refs)
+    reference = refs[0].model_copy(update={"seconds": mean})
+    compute = device.compute.model_copy(update={"measured_on": machine, "reference": reference})
+    report = report | {
+        "reference_s": [r.seconds for r in refs],
+        "reference": reference.model_dump(),
+        "machine": machine.model_dump(),
+    }
+    return device.model_copy(update={"compute": compute}), report
 
 
 def print_gpu_summary(out: Path, seconds: float, device: DeviceSpec, report: dict) -> None:
@@ -103,6 +134,11 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     summary = print_gpu_summary if device.kind == "gpu" else print_cpu_summary
     summary(out, time.perf_counter() - t0, device, report)
+    before, after = report["reference_s"]
+    print(
+        f"reference kernel {(before + after) / 2 * 1e3:.1f} ms (before {before * 1e3:.1f}, after "
+        f"{after * 1e3:.1f}); measured on {device.compute.measured_on.describe()}"
+    )
     return 0
 
 

@@ -7,7 +7,10 @@
   (``PHASE_WEIGHT``), of each timed phase (scipy least squares, trust-region reflective, within
   bounds). Everything the probe measured stays as measured.
 - ``validate(runs)``: per-run error = predicted / measured − 1; MAPE and max |error| separately
-  for **replay** (runs in the profile's ``calibration.runs``) and **prediction** (all others).
+  for **replay** (runs in the profile's ``calibration.runs``) and **prediction** (all others);
+  the same with each measurement divided by the run's speed index (``error_normalised``), and
+  the noise floor beside them: repeat dispersion and speed-index spread
+  (``vlscale.calibrate.noise``).
 
 Memory is compared like with like (``RunValidation.comparable_memory_bytes``): the planner's
 total less what the trainer's metric (``vlscale.records.MemoryMetric``) cannot see
@@ -25,6 +28,7 @@ from dataclasses import dataclass, field
 import numpy as np
 from scipy.optimize import least_squares
 
+from vlscale.calibrate.noise import noise_summary, speed_index
 from vlscale.calibrate.runs import MeasuredRun
 from vlscale.errors import ConfigError
 from vlscale.specs.compute_profile import Calibration
@@ -269,10 +273,18 @@ class RunValidation:
     run: MeasuredRun
     split: str  # "replay" | "prediction"
     predicted: Prediction
+    speed_index: float | None = None  # the run's reference time / the profile's
 
     @property
     def error(self) -> float:
         return self.predicted.step_s / self.run.step_s - 1.0
+
+    @property
+    def error_normalised(self) -> float | None:
+        """predicted / (measured / speed index) − 1 (``vlscale.calibrate.noise``)."""
+        if self.speed_index is None:
+            return None
+        return self.predicted.step_s * self.speed_index / self.run.step_s - 1.0
 
     @property
     def comparable_memory_bytes(self) -> int | None:
@@ -307,6 +319,31 @@ class Validation:
     def _errors(self, split: str) -> list[float]:
         return [abs(r.error) for r in self.rows if r.split == split]
 
+    def mape_normalised(self, split: str) -> float | None:
+        """Mean |error_normalised| over the split's runs that have a speed index."""
+        e = [abs(r.error_normalised) for r in self.rows if r.split == split and r.speed_index]
+        return float(np.mean(e)) if e else None
+
+    def noise(self) -> dict:
+        """Repeat dispersion over configurations run more than once, speed-index spread."""
+        groups: dict[str, list[float]] = {}
+        for r in self.rows:
+            groups.setdefault(r.run.repeat_key, []).append(r.run.step_s)
+        indices = [r.speed_index for r in self.rows if r.speed_index is not None]
+        return noise_summary(groups, indices)
+
+    def summary(self, splits=("prediction",)) -> dict:
+        """MAPE, mean signed error (bias) and normalised MAPE over the runs of ``splits``
+        (all runs when none is in them): what ``probe_only`` reports."""
+        rows = [r for r in self.rows if r.split in splits] or self.rows
+        normalised = [abs(r.error_normalised) for r in rows if r.speed_index is not None]
+        return {
+            "runs": len(rows),
+            "mape": float(np.mean([abs(r.error) for r in rows])),
+            "bias": float(np.mean([r.error for r in rows])),
+            "mape_normalised": float(np.mean(normalised)) if normalised else None,
+        }
+
     def memory_mape(self) -> float | None:
         """Mean |memory error| over the runs measured above the noise floor (all splits: no
         memory parameter is fitted)."""
@@ -333,6 +370,8 @@ class Validation:
                     "measured_step_s": r.run.step_s,
                     "predicted_step_s": r.predicted.step_s,
                     "error": r.error,
+                    "speed_index": r.speed_index,
+                    "error_normalised": r.error_normalised,
                     "phases_measured_s": {
                         PHASE_MAP[k]: v for k, v in r.run.phases_s.items() if k in PHASE_MAP
                     },
@@ -353,6 +392,8 @@ class Validation:
             },
             "mape": {s: self.mape(s) for s in ("replay", "prediction")},
             "max_error": {s: self.max_error(s) for s in ("replay", "prediction")},
+            "mape_normalised": {s: self.mape_normalised(s) for s in ("replay", "prediction")},
+            "noise": self.noise(),
         }
 
 
@@ -361,8 +402,10 @@ def validate(runs: list[MeasuredRun], device: DeviceSpec | None = None) -> Valid
     fitted: set[str] = set()
     if device is not None and device.compute and device.compute.calibration:
         fitted = set(device.compute.calibration.runs)
+    reference = device.compute.reference if device is not None and device.compute else None
     out = Validation()
     for r in runs:
         split = "replay" if r.run_id in fitted else "prediction"
-        out.rows.append(RunValidation(r, split, predict(r, device)))
+        index = speed_index(r.references, reference)
+        out.rows.append(RunValidation(r, split, predict(r, device), index))
     return out

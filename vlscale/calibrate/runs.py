@@ -6,6 +6,10 @@ optimizer), world size, global batch, gradient accumulation, precision, sharding
 checkpointing, resharding, gradient clipping. Measured values are medians over the steps not
 marked warm-up (step time, and the phases when phase timing was on).
 
+A run also carries what says how noisy its measurement is: the reference kernel's times around
+it (``ReferenceRecord``, from the campaign) and the machine it ran on (``RunHeader.machine``);
+runs of the same configuration share a ``repeat_key`` (the planned configuration as JSON).
+
 A run's identity is a fingerprint of its header line (start time, host, configuration), so the
 same file under another name is still the same run.
 """
@@ -21,6 +25,7 @@ from vlscale.errors import ConfigError
 from vlscale.plan.config import PlanConfig, make_plan_config
 from vlscale.records import Run, RunHeader, read_run
 from vlscale.specs.layout import RunLayout
+from vlscale.specs.machine import MachineIdentity, ReferenceTime
 from vlscale.specs.presets import get_model
 
 PHASES = ("forward_s", "loss_s", "backward_s", "optimizer_s", "data_time_s")
@@ -39,6 +44,13 @@ class MeasuredRun:
     memory_metric: str = "none"
     timed_steps: int = 0
     label: str = ""
+    references: tuple[ReferenceTime, ...] = ()  # the reference kernel before / after the run
+    machine: MachineIdentity | None = None  # the host, as the trainer recorded it
+
+    @property
+    def repeat_key(self) -> str:
+        """Equal for runs of the same configuration (repeats of one campaign entry)."""
+        return self.config.model_dump_json()
 
 
 def expand_run_paths(paths: list[str]) -> list[Path]:
@@ -100,6 +112,8 @@ def load_measured_run(
         memory_metric=h.memory_metric,
         timed_steps=len(timed),
         label=label,
+        references=tuple(r.time for r in run.references),
+        machine=h.machine,
     )
 
 

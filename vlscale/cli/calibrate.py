@@ -1,12 +1,15 @@
 """``vlscale calibrate`` and ``vlscale validate``: the planner against the trainer's own runs.
 
     vlscale calibrate RUNS... --hardware-file P --device NAME --out P2
-    vlscale validate  RUNS... [--hardware-file P2] [--device NAME] [--json] [--report F] [--out F]
+    vlscale validate  RUNS... [--hardware-file P2] [--device NAME] [--probe-profile P]
+                      [--json] [--report F] [--out F]
 
 RUNS are run files (a trainer's ``OUT/run.jsonl``) or folders of them. Without a hardware file,
 runs are predicted on the catalog device the trainer recorded (CUDA runs carry its catalog key)
 or the one named by --device. See ``vlscale.calibrate.run_fit`` for what is fitted and how the
-splits are defined.
+splits are defined, and ``vlscale.calibrate.noise`` for the speed index and the noise floor
+reported beside the errors. A profile probed on another CPU (or GPU SKU) than the runs' is
+warned about in one line.
 """
 
 from __future__ import annotations
@@ -48,6 +51,14 @@ def _device(hardware_file: str | None, name: str | None):
     return devices[name]
 
 
+def _probe_device(path: str, name: str | None):
+    """The probe profile's device: its only one, else the one named like the calibrated."""
+    from vlscale.specs.hardware import load_hardware_file
+
+    only = len(load_hardware_file(path).devices) == 1
+    return _device(path, None if only else name)
+
+
 def _runs(paths: list[str], device, hardware_file: str | None):
     from vlscale.calibrate.runs import expand_run_paths, load_measured_run
 
@@ -74,6 +85,7 @@ def calibrate_cmd(
     dev = _device(hardware_file, device)
     chosen = tuple(p.strip() for p in params.split(",")) if params else DEFAULT_PARAMETERS
     measured = _runs(runs, dev, hardware_file)
+    _warn_identity(hardware_file, dev, measured)
     fitted = calibrate(dev, measured, chosen)
     dump_hardware_file(out, devices=[fitted])
     cal = fitted.compute.calibration
@@ -92,13 +104,18 @@ def validate_cmd(
         typer.Option("--hardware-file", help="hardware file (default: the catalog device)"),
     ] = None,
     device: DevOpt = None,
+    probe_profile: Annotated[
+        str | None,
+        typer.Option(
+            "--probe-profile",
+            help="also predict the held-out runs with this uncalibrated probe profile (probe_only)",
+        ),
+    ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="the JSON contract")] = False,
     report: Annotated[Path | None, typer.Option("--report", help="HTML figure")] = None,
     out: Annotated[Path | None, typer.Option("--out", help="also write the JSON here")] = None,
 ):
     """Predict each run and compare with its measured median step time and phases."""
-    from vlscale.calibrate.run_fit import validate
-
     if report is not None:
         from vlscale.report.html import check_report_path
 
@@ -106,7 +123,10 @@ def validate_cmd(
     if out is not None:
         check_output_file(out, "out", (".json",))
     dev = _device(hardware_file, device)
-    result = validate(_runs(runs, dev, hardware_file), dev).to_json()
+    probe_dev = _probe_device(probe_profile, device) if probe_profile else None
+    measured = _runs(runs, dev, hardware_file)
+    _warn_identity(hardware_file, dev, measured)
+    result = _validation(measured, dev, probe_dev)
     title = dev.name if dev is not None else "catalog devices"
     if out is not None:
         where = non_finite_path(result)
@@ -120,7 +140,39 @@ def validate_cmd(
         write_report_atomic(validation_report(result, f"{title}: predicted vs measured"), report)
     if as_json:
         emit_json(result)
+    else:
+        _print_validation(result, title)
+
+
+def _validation(measured, dev, probe_dev) -> dict:
+    """``validate --json``: the calibrated profile's validation, and with a probe profile its
+    errors on the same held-out runs (``probe_only``; null without one)."""
+    from vlscale.calibrate.run_fit import validate
+
+    main = validate(measured, dev)
+    result = main.to_json()
+    result["probe_only"] = None
+    if probe_dev is not None:
+        held = {r.run.run_id for r in main.rows if r.split == "prediction"}
+        scored = [r for r in measured if r.run_id in held] or measured
+        result["probe_only"] = validate(scored, probe_dev).summary() | {"device": probe_dev.name}
+    return result
+
+
+def _warn_identity(hardware_file: str | None, dev, measured) -> None:
+    """One line on stderr when the profile was probed on another machine than the runs'."""
+    from vlscale.calibrate.noise import identity_warning
+
+    if hardware_file is None or dev is None or dev.compute is None:
         return
+    line = identity_warning(
+        Path(hardware_file).name, dev.compute.measured_on, (r.machine for r in measured)
+    )
+    if line:
+        typer.echo(line, err=True)
+
+
+def _print_validation(result: dict, title: str) -> None:
     rows = [
         [
             r["label"],
@@ -128,6 +180,7 @@ def validate_cmd(
             f"{r['measured_step_s'] * 1e3:.1f}",
             f"{r['predicted_step_s'] * 1e3:.1f}",
             f"{r['error']:+.1%}",
+            "–" if r["error_normalised"] is None else f"{r['error_normalised']:+.1%}",
             _mib(r["measured_peak_memory_bytes"]),
             _mib(r["predicted_comparable_memory_bytes"]),
         ]
@@ -135,19 +188,14 @@ def validate_cmd(
     ]
     print_table(
         f"{title}: step time, predicted vs measured (median over timed steps)",
-        ["run", "split", "measured ms", "predicted ms", "error", "peak MiB", "predicted MiB"],
+        ["run", "split", "measured ms", "predicted ms", "error", "normalised", "peak MiB",
+         "predicted MiB"],
         rows,
-    )
-    for split in ("replay", "prediction"):
-        m, x = result["mape"][split], result["max_error"][split]
-        if m is not None:
-            typer.echo(f"{split}: MAPE {m:.1%}, max |error| {x:.1%}")
-    mem = result["memory"]
-    if mem["mape"] is not None:
-        typer.echo(
-            f"peak memory (what the run's metric sees): MAPE {mem['mape']:.1%} over "
-            f"{mem['runs_scored']} runs measured above {mem['min_measured_bytes'] / 2**20:.0f} MiB"
-        )
+    )  # fmt: skip
+    from vlscale.report.validation import summary_lines
+
+    for line in summary_lines(result):
+        typer.echo(line)
 
 
 def _mib(value: int | None) -> str:

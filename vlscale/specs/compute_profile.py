@@ -37,7 +37,10 @@ their bytes move slower than fp32's, while its AMX tiles make bf16 GEMMs fast (p
 ``plain_op_overhead_s`` (a bare tensor op launched from Python, as LAMB's loop over local shards
 does) is measured by the probe and not fitted.
 
-Every profile says where its numbers came from (``source``; ``calibration`` after a fit).
+Every profile says where its numbers came from (``source``; ``calibration`` after a fit), and
+a probed one on which machine (``measured_on``, ``vlscale.specs.machine``) and how fast that
+machine ran the fixed reference kernel then (``reference``: the denominator of a run's speed
+index, ``vlscale.calibrate.noise``).
 """
 
 from __future__ import annotations
@@ -55,6 +58,7 @@ from vlscale.specs.fields import (
     Scale,
     Seconds,
 )
+from vlscale.specs.machine import MachineIdentity, ReferenceTime
 
 Origin = Literal["measured", "calibrated", "assumed", "published"]
 
@@ -156,6 +160,12 @@ class ComputeProfile(_Spec):
     origins: dict[str, Origin] = Field(default_factory=dict, description="parameter -> origin")
     source: str = Field(min_length=1)
     calibration: Calibration | None = None
+    measured_on: MachineIdentity | None = Field(
+        default=None, description="the probed machine (None: a profile older than the field)"
+    )
+    reference: ReferenceTime | None = Field(
+        default=None, description="the reference kernel's time when the profile was probed"
+    )
 
     def curve(self, dtype: str) -> MatmulCurve:
         """The dtype's curve (tf32 falls back to fp32, then 'default')."""
