@@ -70,6 +70,11 @@ ESTIMATE_FROM = REPO / "reports/validation/cpu-epyc-b"
 REFERENCE_S = 0.5  # one reference timing with its set-up (trainer.probe.reference)
 
 
+SIGLIP2_HALF = "{distill_start: 0.5, naflex: null}"
+"""SigLIP 2 with self-distillation from half-way (the paper's 80 % would leave a 24-step run few
+timed steps in that phase): both phases are measured and predicted, each a held-out row."""
+
+
 @dataclass(frozen=True)
 class RunConfig:
     model: str
@@ -83,17 +88,19 @@ class RunConfig:
     sharding: str = "fsdp"
     shard_size: int | None = None  # hsdp: ranks per shard group
     lock_image: bool = False  # LiT: the image tower frozen
+    siglip2: str | None = None  # SigLIP 2's objectives as the trainer's --siglip2 YAML mapping
     split: str = "heldout"
 
     @property
     def id(self) -> str:
         parts = [self.model, self.recipe]
-        if self.recipe == "siglip":
+        if self.recipe in ("siglip", "siglip2"):
             parts.append(self.loss_impl)
         parts += [f"r{self.mask_ratio:g}", f"b{self.global_batch}", f"w{self.world}"]
         sharding = self.sharding + (str(self.shard_size) if self.shard_size else "")
         parts += [self.precision, sharding] + (["ac"] if self.checkpointing else [])
         parts += ["lockimg"] if self.lock_image else []
+        parts += ["s2half"] if self.siglip2 == SIGLIP2_HALF else []
         return "-".join(parts)
 
 
@@ -158,15 +165,26 @@ def grid() -> list[RunConfig]:
         RunConfig("tiny-rn", world=2, global_batch=32),
         RunConfig("small-clip", global_batch=32, lock_image=True),
         RunConfig("small-clip", world=2, global_batch=32, lock_image=True),
+        # SigLIP 2 (decoder; then EMA teacher, local views, masked view), never fitted: each
+        # phase's step time is compared with the planner's phase
+        RunConfig("tiny-siglip", recipe="siglip2", global_batch=16, siglip2=SIGLIP2_HALF),
+        RunConfig(
+            "tiny-siglip",
+            recipe="siglip2",
+            loss_impl="ring",
+            world=2,
+            global_batch=16,
+            siglip2=SIGLIP2_HALF,
+        ),
     ]
     return fit + held
 
 
 def noise_set() -> list[RunConfig]:
-    """The subset for a quiet machine: 9 fit and 12 held-out configurations of ``grid()``, one
+    """The subset for a quiet machine: 9 fit and 14 held-out configurations of ``grid()``, one
     or two per axis (batch, checkpointing, mask ratio, loss, preset, world size, precision,
     sharding, tower), the misses of earlier campaigns included (bf16, tiny-clip at W = 2, HSDP
-    at W = 4, the ResNet)."""
+    at W = 4, the ResNet), and SigLIP 2's two phases at W = 1 and 2."""
     fit = {
         "tiny-clip-clip-r0-b32-w1-fp32-fsdp",
         "small-clip-clip-r0-b16-w1-fp32-fsdp",
@@ -191,6 +209,8 @@ def noise_set() -> list[RunConfig]:
         "tiny-eva-eva-clip-r0.75-b32-w1-fp32-fsdp",
         "small-clip-clip-r0-b64-w4-fp32-hsdp2",
         "tiny-rn-clip-r0-b32-w1-fp32-fsdp",
+        "tiny-siglip-siglip2-gather-r0-b16-w1-fp32-fsdp-s2half",
+        "tiny-siglip-siglip2-ring-r0-b16-w2-fp32-fsdp-s2half",
     }
     chosen = [c for c in grid() if c.id in fit | held]
     assert len(chosen) == len(fit | held)
@@ -220,16 +240,20 @@ def run_one(cfg: RunConfig, steps: int, warmup: int, out_dir: Path, repeat: int 
         cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone",
                f"--nproc-per-node={cfg.world}", "-m", "trainer.train",
                "--model", cfg.model, "--recipe", cfg.recipe, "--loss-impl", cfg.loss_impl,
-               "--mask-ratio", str(cfg.mask_ratio), "--global-batch", str(cfg.global_batch),
+               "--global-batch", str(cfg.global_batch),
                "--precision", cfg.precision, "--sharding", cfg.sharding,
                "--steps", str(steps), "--timing-warmup", str(warmup), "--phase-timing",
                "--log-every", "1000", "--out", out]  # fmt: skip
+        if cfg.recipe != "siglip2":  # SigLIP 2's masking is its own (siglip2.masked)
+            cmd += ["--mask-ratio", str(cfg.mask_ratio)]
         if cfg.checkpointing:
             cmd.append("--checkpointing")
         if cfg.shard_size:
             cmd += ["--shard-size", str(cfg.shard_size)]
         if cfg.lock_image:
             cmd.append("--lock-image")
+        if cfg.siglip2:
+            cmd += ["--siglip2", cfg.siglip2]
         load_before = load_average()
         before = reference_now()
         start = time.perf_counter()
