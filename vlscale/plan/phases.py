@@ -51,6 +51,7 @@ def plan_phases(config: PlanConfig, planner: Planner, *, keep_sim=False, device_
     """The whole run of a SigLIP 2 recipe (module docstring): plan every phase, integrate."""
     s2 = config.recipe_spec().objectives
     spec, _, _ = planner.resolve(config, device_override)
+    _check_image_tower(s2, spec.vision)
     check_against_towers(s2, spec.vision, spec.text)
     runs = []
     for phase in s2.phases():
@@ -62,6 +63,20 @@ def plan_phases(config: PlanConfig, planner: Planner, *, keep_sim=False, device_
         ]
         runs.append((phase, results))
     return _integrate(config, runs, planner.failure_model)
+
+
+def _check_image_tower(s2, vision) -> None:
+    """Every added objective reads the image tower's patch tokens: a ViT's (a ResNet has
+    none); one ConfigError naming the first objective that is on."""
+    if vision.kind == "vit":
+        return
+    for name in ("distill", "masked", "naflex", "decoder"):
+        if getattr(s2, name) is not None:
+            raise ConfigError(
+                f"siglip2.{name}",
+                f"needs a ViT image tower's patch tokens, and the model's is a {vision.kind}; "
+                f"set {name}: null (--objectives without {name}) or pick a ViT preset",
+            )
 
 
 def _batches(config: PlanConfig, phase: Phase, s2) -> list[tuple[int | None, int]]:
@@ -112,7 +127,15 @@ def _integrate(config: PlanConfig, runs, failure_model):
     )
     phases = [_phase_json(row, run, big, layout.devices, price) for row in rows]
     fits = all(r.fits for _, results in runs for _, r in results)
-    warnings = list(dict.fromkeys(w for _, res in runs for _, r in res for w in r.warnings))
+    named = len(runs) > 1
+    warnings = list(
+        dict.fromkeys(
+            f"{phase.name} phase: {w}" if named else w
+            for phase, res in runs
+            for _, r in res
+            for w in r.warnings
+        )
+    )
     warnings += [w for w in run.warnings if w not in warnings]
     return dataclasses.replace(
         top,
