@@ -104,19 +104,29 @@ def masked_patches(spec: ModelSpec, s2: Siglip2Spec) -> int:
     return v.num_patches - v.kept_patches(s2.masked.mask_ratio) if s2.masked else 0
 
 
-def head_layers(spec: ModelSpec, s2: Siglip2Spec, prefix: str = "") -> Layers:
-    """The student's (or with ``prefix`` "teacher." the teacher's) heads, at the global view;
-    the student's mask token last (``param_shapes`` order of the top-level modules)."""
+def head_layers(spec: ModelSpec, s2: Siglip2Spec, phase: Phase | None = None) -> Layers:
+    """The student's heads at the global view and the mask token (``param_shapes`` order of the
+    top-level modules): those the spec has, or with ``phase`` those that train in it."""
     v = spec.vision
     w, s, out = v.trunk.width, v.seq_len(), []
-    if s2.distill is not None:
-        out.append(DistillHead(f"{prefix}distill_head", w, s2.distill.head_dim, s, 1))
-    if s2.masked is not None:
-        hd = s2.distill.head_dim if s2.distill else w
-        out.append(MaskedHead(f"{prefix}masked_head", w, hd, s, masked_patches(spec, s2)))
-    if s2.masked is not None and not prefix:
-        out.append(MaskToken("patch_mask_token", w, v.num_patches))
+    distill = s2.distill is not None and (phase is None or phase.distill)
+    masked = s2.masked is not None and (phase is None or phase.masked)
+    if distill:
+        out.append(DistillHead("distill_head", w, head_dim(s2, w), s, 1))
+    if masked:
+        hd, k = head_dim(s2, w), masked_patches(spec, s2)
+        out += [
+            MaskedHead("masked_head", w, hd, s, k),
+            MaskToken("patch_mask_token", w, v.num_patches),
+        ]
     return tuple(out)
+
+
+def added_layers(spec: ModelSpec, s2: Siglip2Spec, phase: Phase | None = None) -> Layers:
+    """The student's added layers (decoder, heads, mask token): all the spec has, or with
+    ``phase`` those that train in it."""
+    decoder = s2.decoder is not None and (phase is None or phase.decoder)
+    return (*(decoder_layers(spec, s2) if decoder else ()), *head_layers(spec, s2, phase))
 
 
 def head_dim(s2: Siglip2Spec, vision_width: int) -> int:
@@ -155,15 +165,20 @@ def phase_passes(spec: ModelSpec, s2: Siglip2Spec, phase: Phase) -> tuple[Pass, 
     return tuple(out)
 
 
-def student_extra_params(spec: ModelSpec, s2: Siglip2Spec) -> dict[str, int]:
+def student_extra_params(
+    spec: ModelSpec, s2: Siglip2Spec, phase: Phase | None = None
+) -> dict[str, int]:
     """Parameters SigLIP 2 adds to the student, by FSDP unit: the heads and the mask token ride
     with "visual"; the decoder's embedding and head are "decoder", its blocks
-    "decoder.blocks.i". Present the whole run (the modules exist from the first step)."""
-    out = {"visual": layers_params(head_layers(spec, s2))}
-    if s2.decoder is not None:
-        layers = decoder_layers(spec, s2)
-        out["decoder"] = sum(x.params() for x in layers if x.role != "block")
-        out |= {x.name: x.params() for x in layers if x.role == "block"}
+    "decoder.blocks.i". With ``phase``, only those that train in it: a head is counted (in
+    memory, gathers and the optimizer) in the phases it is used in, so that an objective costs
+    nothing outside its phases (its few parameters idle before, not counted)."""
+    layers = added_layers(spec, s2, phase)
+    out = {"visual": layers_params(x for x in layers if not x.name.startswith("decoder"))}
+    decoder = [x for x in layers if x.name.startswith("decoder")]
+    if decoder:
+        out["decoder"] = sum(x.params() for x in decoder if x.role != "block")
+        out |= {x.name: x.params() for x in decoder if x.role == "block"}
     return out
 
 

@@ -1,6 +1,6 @@
 """Per-device memory of a SigLIP 2 phase: SigLIP's (``vlscale.costs.memory.estimate_memory``)
 plus what the phase adds (``vlscale.costs.siglip2``). Ψ_x = the student's added parameters
-(decoder, heads, mask token; present the whole run), Ψ_t = the teacher's (self-distillation
+(decoder, heads, mask token: those that train in the phase), Ψ_t = the teacher's (self-distillation
 phase only), s the shard degree, p bytes per activation element:
 
     params           + 4·Ψ_x/s in fp32 training (mixed precision keeps only the fp32 master
@@ -36,8 +36,7 @@ from vlscale.costs.memory import (
     unit_buffer_bytes,
 )
 from vlscale.costs.siglip2 import (
-    decoder_layers,
-    head_layers,
+    added_layers,
     phase_passes,
     student_extra_params,
     teacher_unit_params,
@@ -63,7 +62,7 @@ def phase_memory(
     if s2 is None or phase is None:
         return base
     passes = phase_passes(spec, s2, phase)
-    added = {k: n for k, n in student_extra_params(spec, s2).items() if n}
+    added = {k: n for k, n in student_extra_params(spec, s2, phase).items() if n}
     if not passes and not added:
         return base
     s, precision = layout.shard_group, layout.precision
@@ -80,7 +79,8 @@ def phase_memory(
         params=base.params + (0 if mixed else shard_x) + shard_t,
         grads=base.grads + shard_x,
         master_weights=base.master_weights + (shard_x if mixed else 0),
-        optimizer_state=base.optimizer_state + _optimizer_bytes(spec, s2, recipe.optimizer, s),
+        optimizer_state=base.optimizer_state
+        + _optimizer_bytes(spec, s2, phase, recipe.optimizer, s),
         fsdp_buffers=buffers if layout.wrapped else 0,
         activations=_activations(spec, layout, recipe, passes, local_batch),
     )
@@ -98,10 +98,9 @@ def _activations(spec, layout, recipe, passes, b: int) -> int:
     return kept + peak
 
 
-def _optimizer_bytes(spec, s2, optimizer: str, s: int) -> int:
+def _optimizer_bytes(spec, s2, phase, optimizer: str, s: int) -> int:
     """The added parameters' optimizer state per device (``memory.optimizer_state_bytes``)."""
-    layers = (*(decoder_layers(spec, s2) if s2.decoder else ()), *head_layers(spec, s2))
-    shapes = [shape for layer in layers for shape in layer.param_shapes()]
+    shapes = [shape for layer in added_layers(spec, s2, phase) for shape in layer.param_shapes()]
     if optimizer != "adafactor":
         return _div(2 * FP32 * sum(_numel(x) for x in shapes), s)
     sharded = sum(x[0] if len(x) == 2 else _adafactor_elements(x) for x in shapes)

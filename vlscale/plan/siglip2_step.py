@@ -57,7 +57,7 @@ def build_phase_workload(spec, recipe, cluster, layout, phase: Phase | None, **k
     if s2 is None or phase is None:
         return wl, costs
     passes = phase_passes(spec, s2, phase)
-    added = {k: n for k, n in student_extra_params(spec, s2).items() if n}
+    added = {k: n for k, n in student_extra_params(spec, s2, phase).items() if n}
     if not passes and not added:
         return wl, costs
     if layout.locks or layout.precomputed_image:
