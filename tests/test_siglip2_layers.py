@@ -206,3 +206,17 @@ def test_naflex_tower_runs_its_patches_and_keeps_its_positions(patches):
     assert n.pixels == patches * v.patch_size**2
     stem = tower_layers(n, 768)[0]
     assert stem.param_shapes() == tower_layers(v, 768)[0].param_shapes()
+
+
+@pytest.mark.parametrize(
+    "name, paper",
+    [("ViT-B-16-SigLIP2-256", 86e6), ("ViT-L-16-SigLIP2-256", 303e6)],
+)
+def test_siglip2_vision_trunks_match_the_papers_sizes(name, paper):
+    """The paper's ViT-B (86M) and ViT-L (303M) are the patch stem, positions and blocks; the
+    MAP head comes on top (So400m's 412M and g-opt's 1,135M are its named '400M' and '1B')."""
+    spec = resolve_model(name)
+    layers = tower_layers(spec.vision, spec.embed_dim)
+    trunk = sum(x.params() for x in layers if x.role in ("stem", "block"))
+    assert trunk == pytest.approx(paper, rel=0.005)
+    assert spec.text.vocab_size == 256_000 and spec.text.context_length == 64
