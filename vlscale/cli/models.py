@@ -180,7 +180,7 @@ def memory_cmd(
     ),
     optimizer: str = typer.Option("adamw", "--optimizer", help="adamw | lamb | adafactor"),
     mask_ratio: float = typer.Option(0.0, "--mask-ratio", help="FLIP patch-drop ratio in [0, 1)"),
-    recipe: str = typer.Option("clip", "--recipe", help="clip | siglip | eva-clip | siglip2"),
+    recipe: str = typer.Option("clip", "--recipe", help="clip | siglip | eva-clip"),
     loss_impl: str = typer.Option("gather", "--loss-impl", help="gather | ring"),
     device: str | None = typer.Option(
         None,

@@ -42,6 +42,7 @@ from vlscale.costs.params import layers_params
 from vlscale.specs.models import ModelSpec
 from vlscale.specs.recipes import RecipeSpec
 from vlscale.specs.siglip2 import (
+    DistillSpec,
     Phase,
     Siglip2Spec,
     decoder_depth,
@@ -112,9 +113,9 @@ def head_layers(spec: ModelSpec, s2: Siglip2Spec, phase: Phase | None = None) ->
     distill = s2.distill is not None and (phase is None or phase.distill)
     masked = s2.masked is not None and (phase is None or phase.masked)
     if distill:
-        out.append(DistillHead("distill_head", w, head_dim(s2, w), s, 1))
+        out.append(DistillHead("distill_head", w, head_dim(s2), s, 1))
     if masked:
-        hd, k = head_dim(s2, w), masked_patches(spec, s2)
+        hd, k = head_dim(s2), masked_patches(spec, s2)
         out += [
             MaskedHead("masked_head", w, hd, s, k),
             MaskToken("patch_mask_token", w, v.num_patches),
@@ -129,16 +130,17 @@ def added_layers(spec: ModelSpec, s2: Siglip2Spec, phase: Phase | None = None) -
     return (*(decoder_layers(spec, s2) if decoder else ()), *head_layers(spec, s2, phase))
 
 
-def head_dim(s2: Siglip2Spec, vision_width: int) -> int:
-    """The distillation head width (the masked head shares it; the vision width without one)."""
-    return s2.distill.head_dim if s2.distill else vision_width
+def head_dim(s2: Siglip2Spec) -> int:
+    """The distillation head width, which the masked head shares: the distillation spec's, or
+    without one ``DistillSpec``'s default."""
+    return (s2.distill or DistillSpec()).head_dim
 
 
 @cache
 def phase_passes(spec: ModelSpec, s2: Siglip2Spec, phase: Phase) -> tuple[Pass, ...]:
     """The passes ``phase`` adds to SigLIP's step (module docstring), in forward order."""
     v, out = spec.vision, []
-    w, hd = v.trunk.width, head_dim(s2, v.trunk.width)
+    w, hd = v.trunk.width, head_dim(s2)
     if (phase.distill or phase.masked) and not phase.naflex:
         teacher = list(_trunk("teacher.visual", v, v.seq_len()))
         if phase.distill:

@@ -148,7 +148,7 @@ def _integrate(config: PlanConfig, runs, failure_model):
         memory_breakdown=bind.memory_breakdown,
         memory_per_device_bytes=bind.memory_per_device_bytes,
         fits=fits,
-        max_local_batch=min(_largest(phase, rs) for phase, rs in runs),
+        max_local_batch=min(_largest(big, rs) for _, rs in runs),
         loss_memory_bytes=bind.loss_memory_bytes,
         warnings=warnings,
         phases=phases,
@@ -156,9 +156,11 @@ def _integrate(config: PlanConfig, runs, failure_model):
     )
 
 
-def _largest(phase: Phase, results) -> int:
-    """The largest nominal local batch at which every length of ``phase`` fits."""
-    return min(r.max_local_batch for _, r in results)
+def _largest(big: int, results) -> int:
+    """The largest local batch at the nominal global batch ``big`` at which every plan of a
+    phase fits: a NaFlex length planned at batch B_n fits L_n local samples, i.e. L_n·B / B_n
+    at the nominal batch."""
+    return min(r.max_local_batch * big // batch for batch, r in results)
 
 
 def _breakdown(result):

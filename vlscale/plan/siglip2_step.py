@@ -30,6 +30,7 @@ from vlscale.costs.ops import UnitOps, layers_units, unit_ops
 from vlscale.costs.params import parameter_shapes
 from vlscale.costs.siglip2 import (
     Pass,
+    added_layers,
     phase_model_flops_per_sample,
     phase_passes,
     student_extra_params,
@@ -119,7 +120,8 @@ def _extend(spec, recipe, cluster, layout, phase, passes, added, wl, costs, kw):
         *student,
         *(timed(u) for u in decoder),
     )
-    optimizer_s = _optimizer_s(spec, cluster, layout, recipe, price, kw, added, params, teacher)
+    opt_kw = kw | {"phase": phase}
+    optimizer_s = _optimizer_s(spec, cluster, layout, recipe, price, opt_kw, added, params, teacher)
     wl2 = wl.model_copy(update={"units": units, "optimizer_s": optimizer_s})
     extra_flops = phase_model_flops_per_sample(spec, recipe.objectives, phase)
     return wl2, _costs(costs, wl, wl2, moved_old, moved_new, extra_price, extra_flops, b, layout)
@@ -153,7 +155,8 @@ def _optimizer_s(spec, cluster, layout, recipe, price, kw, added, params, teache
     ones) on this rank's shard, and the teacher's EMA over its shard."""
     s = layout.shard_group
     trained = sum(unit_params(spec).values()) + sum(added.values())
-    tensors = len(parameter_shapes(spec)) + 8 * len(added)  # ~8 tensors per added unit
+    extra = added_layers(spec, recipe.objectives, kw["phase"])
+    tensors = len(parameter_shapes(spec)) + sum(len(x.param_shapes()) for x in extra)
     foreach = cluster.device.kind != "cpu"
     ops = optimizer_ops(
         trained / s,
