@@ -161,3 +161,10 @@ def test_distillation_with_a_resnet_tower():
 
 def test_unknown_objective():
     _fails("plan", *TINY, "--recipe", "siglip2", "--objectives", "decoder,foo", field="objectives")
+
+
+def test_objectives_with_a_locked_tower_are_refused():
+    _fails("plan", *TINY, "--recipe", "siglip2", "--lock-image", field="siglip2")
+    # every objective off: SigLIP, locks and all
+    out = vlscale("plan", *TINY, "--recipe", "siglip2", "--objectives", "none", "--lock-image")
+    assert out.returncode == 0, out.stderr

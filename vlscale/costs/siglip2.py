@@ -267,7 +267,7 @@ def phase_forward_flops(
             for n in lengths
         ) / len(lengths)
     model = naflex_model(spec, phase, length)
-    towers = forward_flops(model).total
+    towers = forward_flops(model, recipe.mask_ratio).total  # the global view (FLIP's r)
     loss = 2.0 * b * (b * world_size) * spec.embed_dim  # the b×B logits (ring or gather)
     passes = sum(pass_forward_flops(p) for p in phase_passes(model, s2, phase))
     return b * (towers + passes) + loss

@@ -65,7 +65,7 @@ def build_phase_workload(spec, recipe, cluster, layout, phase: Phase | None, **k
         raise ConfigError(
             "siglip2",
             "SigLIP 2's objectives with a locked or precomputed tower are not modelled; unlock "
-            "the towers, or turn the objectives off (--no-decoder --no-distill ...)",
+            "the towers, or turn the objectives off (--objectives none)",
         )
     return _extend(spec, recipe, cluster, layout, phase, passes, added, wl, costs, kw)
 
