@@ -75,9 +75,10 @@ def _extend(spec, recipe, cluster, layout, phase, passes, added, wl, costs, kw):
     b, res = kw["local_batch"], kw["resources"]
     precision = compute_dtype(cluster.device, layout.precision)
     a = 2 if precision in ("bf16", "fp16") else 4
+    dtype = "fp32" if precision == "tf32" else precision  # as ``costs.ops.unit_ops``
 
     def new() -> OpList:
-        return OpList(precision, a)
+        return OpList(dtype, a)
 
     gamma = kw.get("framework_efficiency", 1.0)
     price, extra_price = OpPricer(res, gamma), OpPricer(res, gamma)
