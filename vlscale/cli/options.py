@@ -29,7 +29,8 @@ ModelOpt = Annotated[
     ),
 ]
 RecipeOpt = Annotated[
-    str | None, typer.Option("--recipe", help="clip | siglip | eva-clip", show_default="clip")
+    str | None,
+    typer.Option("--recipe", help="clip | siglip | eva-clip | siglip2", show_default="clip"),
 ]
 LossImplOpt = Annotated[
     str | None, typer.Option("--loss-impl", help="gather | ring", show_default="gather")

@@ -39,6 +39,15 @@ from vlscale.cli.options import (
     UtilOpt,
     WorkersOpt,
 )
+from vlscale.cli.siglip2_options import (
+    DistillStartOpt,
+    NaflexStartOpt,
+    ObjectivesOpt,
+    objective_variants,
+    print_objective_costs,
+    print_phases,
+    without_label,
+)
 from vlscale.errors import ConfigError
 from vlscale.paths import check_output_file
 from vlscale.plan.config import DEFAULT_LAYOUT, LAYOUT_FIELDS
@@ -55,6 +64,7 @@ def _check_report(report: Path | None) -> None:
 def _base_config(config: Path | None, *, note: bool = True, **flags: Any):
     """The plan of a --config file (its trainer keys set aside, and listed on stderr unless
     not ``note``) with the flags given over it."""
+    from vlscale.cli.siglip2_options import siglip2_mapping
     from vlscale.plan.config import make_plan_config, parse_count, planner_part, read_config_file
 
     data = read_config_file(config) if config is not None else {}
@@ -62,6 +72,9 @@ def _base_config(config: Path | None, *, note: bool = True, **flags: Any):
     if ignored and note:
         typer.echo(f"note: ignored trainer keys: {', '.join(ignored)}", err=True)
     flags["samples"] = parse_count("samples", flags.get("samples"))
+    s2 = siglip2_mapping(data.get("siglip2"), flags)
+    if s2 is not None:
+        flags["siglip2"] = s2
     try:
         # YAML reads 12.8e9 as a string and TOML as a float: accept what the flag accepts
         if isinstance(data.get("samples"), str | float):
@@ -119,6 +132,9 @@ def plan_cmd(
     hardware_file: HwOpt = None,
     stack: StackOpt = None,
     image_size: ImageOpt = None,
+    objectives: ObjectivesOpt = None,
+    distill_start: DistillStartOpt = None,
+    naflex_start: NaflexStartOpt = None,
     trace: Annotated[
         Path | None, typer.Option("--trace", help="write the simulated timeline (Chrome JSON)")
     ] = None,
@@ -205,6 +221,8 @@ def _print_plan(cfg, result, ops: bool, spread, explain: bool) -> None:
         list(breakdown),
         [[f"{v:.4f}" for v in breakdown.values()]],
     )
+    if result.phases:
+        print_phases(result)
     if ops:
         _print_ops(result)
     if spread:
@@ -343,13 +361,18 @@ def compare_cmd(
     price: PriceOpt = None,
     hardware_file: HwOpt = None,
     stack: StackOpt = None,
+    objectives: ObjectivesOpt = None,
+    distill_start: DistillStartOpt = None,
+    naflex_start: NaflexStartOpt = None,
     report: ReportOpt = None,
     as_json: JsonOpt = False,
     layout_flags: dict | None = None,
 ):
     """Recipes or loss implementations side by side on the same cluster.
 
-    Default: CLIP gather, SigLIP gather, SigLIP ring and EVA-CLIP.
+    Default: CLIP gather, SigLIP gather, SigLIP ring and EVA-CLIP. With --recipe siglip2:
+    SigLIP beside SigLIP 2, and SigLIP 2 with each of its objectives off in turn (what each
+    one costs).
     """
     flags = _config_flags(locals())  # the options, before any other local is bound
     from vlscale.plan.planner import plan
@@ -357,9 +380,11 @@ def compare_cmd(
     _check_report(report)
     results = []
     for i, (rec, impl) in enumerate(_variants(recipe, loss_impl)):
-        variant = flags | {"recipe": rec, "loss_impl": impl}
-        cfg = _base_config(config, note=i == 0, **variant)
-        results.append(plan(cfg).to_json())
+        for off in objective_variants(rec, flags.get("objectives")):
+            variant = flags | {"recipe": rec, "loss_impl": impl}
+            variant |= {"objectives": off} if off is not None else {}
+            cfg = _base_config(config, note=i == 0, **variant)
+            results.append(plan(cfg).to_json() | ({"without": off} if off is not None else {}))
     if report is not None:
         from vlscale.report.pages import write_compare_report
 
@@ -369,6 +394,7 @@ def compare_cmd(
         emit_json(results)
         return
     _print_compare(results)
+    print_objective_costs(results)
 
 
 def _variants(recipes: list[str] | None, loss_impls: list[str] | None) -> list[tuple[str, str]]:
@@ -376,7 +402,10 @@ def _variants(recipes: list[str] | None, loss_impls: list[str] | None) -> list[t
     (siglip / gather for the one not given), else CLIP gather, SigLIP gather and ring, and
     EVA-CLIP."""
     if recipes or loss_impls:
-        return list(itertools.product(recipes or ["siglip"], loss_impls or ["gather"]))
+        recipes = recipes or ["siglip"]
+        if recipes == ["siglip2"]:  # SigLIP 2 beside SigLIP
+            recipes = ["siglip", "siglip2"]
+        return list(itertools.product(recipes, loss_impls or ["gather"]))
     return [("clip", "gather"), ("siglip", "gather"), ("siglip", "ring"), ("eva-clip", "gather")]
 
 
@@ -386,6 +415,7 @@ def _print_compare(results: list[dict]) -> None:
     header = [""] + [
         f"{r['recipe']}/{r['loss_impl']}"
         + (f" (mask {r['mask_ratio']:g})" if r["mask_ratio"] else "")
+        + (f" {without_label(r['without'])}" if "without" in r else "")
         for r in results
     ]
     first = results[0]

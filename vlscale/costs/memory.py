@@ -179,10 +179,25 @@ def fsdp_buffer_bytes(
 ) -> int:
     """Gathered parameters of the units in flight plus one unit's gradients being reduced: the
     largest unit's, or with locked towers (``layout``) the largest trainable part of a unit's."""
-    p = BYTES_PER_ELEMENT[precision]
     present = fsdp_units(spec)
     if layout is not None and layout.precomputed_image:
         present = {k: v for k, v in present.items() if k.split(".")[0] != "visual"}
+    reduced = None
+    if layout is not None and layout.locks:
+        reduced = max(trainable_unit_params(spec, layout).values())
+    return unit_buffer_bytes(present, shard_degree, precision, reshard_after_forward, reduced)
+
+
+def unit_buffer_bytes(
+    present: dict[str, int],
+    shard_degree: int,
+    precision: str,
+    reshard_after_forward: bool = True,
+    reduced: int | None = None,
+) -> int:
+    """:func:`fsdp_buffer_bytes` over the units ``present`` (name -> parameters); ``reduced``
+    the largest unit's trainable parameters when not all train (None: the largest unit)."""
+    p = BYTES_PER_ELEMENT[precision]
     units = sorted(present.values(), reverse=True)
     total = sum(units)
     if shard_degree == 1:
@@ -191,10 +206,7 @@ def fsdp_buffer_bytes(
         gathered = p * (units[0] + units[1])
     else:
         gathered = p * total
-    reduced = units[0]
-    if layout is not None and layout.locks:
-        reduced = max(trainable_unit_params(spec, layout).values())
-    return gathered + (p + REDUCE_BYTES) * reduced
+    return gathered + (p + REDUCE_BYTES) * (units[0] if reduced is None else reduced)
 
 
 def max_local_batch(
@@ -203,8 +215,10 @@ def max_local_batch(
     layout: RunLayout,
     recipe: RecipeSpec,
     overhead_bytes: int = DEFAULT_OVERHEAD_BYTES,
+    memory=None,
 ) -> int:
-    """The largest local batch whose :func:`estimate_memory` total fits ``device_memory_bytes``.
+    """The largest local batch whose :func:`estimate_memory` total fits ``device_memory_bytes``
+    (``memory(b)``, the bytes at local batch b, in its place when given: a SigLIP 2 phase's).
 
     Memory is monotone in the batch, so an exponential search brackets the answer and a binary
     search finds it. Raises ``ConfigError`` when not even a batch of 1 fits.
@@ -213,6 +227,8 @@ def max_local_batch(
         raise ConfigError("device_memory_bytes", f"must be > 0, got {device_memory_bytes}")
 
     def need(b: int) -> int:
+        if memory is not None:
+            return memory(b)
         return estimate_memory(
             spec, layout, recipe, local_batch=b, overhead_bytes=overhead_bytes
         ).total

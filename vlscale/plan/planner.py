@@ -16,12 +16,16 @@ from typing import Any
 from pydantic import ValidationError
 
 from vlscale.costs.locks import image_forward_flops, locked_state
-from vlscale.costs.memory import MemoryBreakdown, estimate_memory, max_local_batch
+from vlscale.costs.memory import MemoryBreakdown, max_local_batch
 from vlscale.costs.run import FailureModel, plan_run
+from vlscale.costs.siglip2 import naflex_model
+from vlscale.costs.siglip2_memory import phase_memory
 from vlscale.costs.topology import check_shard_size
 from vlscale.errors import ConfigError, from_validation_error
 from vlscale.plan.compute_model import resolve_compute
 from vlscale.plan.config import PlanConfig
+from vlscale.plan.phases import Planner, plan_phases
+from vlscale.plan.siglip2_step import build_phase_workload
 from vlscale.plan.workload_builder import StepCosts, build_workload
 from vlscale.sim.workload import Workload
 from vlscale.specs.hardware import ClusterSpec, DeviceSpec, load_hardware_file, make_cluster
@@ -29,6 +33,7 @@ from vlscale.specs.layout import RunLayout
 from vlscale.specs.models import ModelSpec
 from vlscale.specs.presets import resolve_model
 from vlscale.specs.recipes import RecipeSpec
+from vlscale.specs.siglip2 import Phase
 
 
 @dataclass
@@ -67,6 +72,9 @@ class PlanResult:
     cluster: ClusterSpec | None = None
     profile: Any = None  # the compute profile (measured collectives, overheads)
     embedding_pass: dict[str, float] | None = None  # precomputed image embeddings: once
+    # SigLIP 2: one entry per phase (``vlscale.plan.phases``) and the phase whose memory binds
+    phases: list[dict[str, Any]] | None = None
+    binding_phase: str | None = None
 
     def op_rows(self) -> list[dict[str, Any]]:
         """The per-op table of one micro-step on one rank (``vlscale plan --ops``)."""
@@ -128,7 +136,18 @@ class PlanResult:
                 "locked": locked_state(layout),
             }
             | ({"embedding_pass": self.embedding_pass} if self.embedding_pass else {})
+            | self._siglip2_json()
         )
+
+    def _siglip2_json(self) -> dict[str, Any]:
+        """SigLIP 2's keys (absent for the other recipes: their JSON is unchanged)."""
+        if self.recipe.objectives is None:
+            return {}
+        return {
+            "siglip2": self.recipe.objectives.model_dump(mode="json"),
+            "phases": self.phases or [],
+            "binding_phase": self.binding_phase,
+        }
 
 
 def resolve(
@@ -162,15 +181,23 @@ def resolve(
 
 
 def plan(
-    config: PlanConfig, *, keep_sim: bool = False, device_override: DeviceSpec | None = None
+    config: PlanConfig,
+    *,
+    keep_sim: bool = False,
+    device_override: DeviceSpec | None = None,
+    phase: Phase | None = None,
+    length: int | None = None,
 ) -> PlanResult:
     """Simulate, size memory and cost the whole run described by ``config``: resolve the
     inputs (model, recipe, cluster, layout) -> the compute model -> simulate one step -> size
-    memory -> failures and price over the whole run."""
+    memory -> failures and price over the whole run. SigLIP 2 goes phase by phase
+    (``vlscale.plan.phases``), which plans each ``phase`` [at a NaFlex ``length``] here."""
     from vlscale.sim import critical_path_time
 
+    if phase is None and config.recipe_spec().objectives is not None:
+        return _plan_phases(config, keep_sim, device_override)
     spec, recipe, cluster = resolve(config, device_override)
-    device = cluster.device
+    spec, device = naflex_model(spec, phase, length), cluster.device
     layout = resolve_layout(config, cluster)
     config = config.model_copy(update={"layout": layout})
     compute = resolve_compute(
@@ -180,8 +207,8 @@ def plan(
         framework_efficiency=config.framework_efficiency,
         stack=config.stack,
     )
-    step = _simulate_step(config, spec, recipe, cluster, compute, keep_sim)
-    fit = _size_memory(spec, layout, recipe, config.global_batch, device, config.stack)
+    step = _simulate_step(config, spec, recipe, cluster, compute, keep_sim, phase)
+    fit = _size_memory(spec, layout, recipe, config.global_batch, device, config.stack, phase)
     price = (
         config.price_per_device_hour
         if config.price_per_device_hour is not None
@@ -234,6 +261,12 @@ def plan(
     )
 
 
+def _plan_phases(config: PlanConfig, keep_sim: bool, device_override) -> PlanResult:
+    """A SigLIP 2 run, phase by phase (``vlscale.plan.phases``)."""
+    planner = Planner(plan, resolve, _failure_model)
+    return plan_phases(config, planner, keep_sim=keep_sim, device_override=device_override)
+
+
 def _embedding_pass(config: PlanConfig, spec, recipe, cluster, compute, price: float) -> dict:
     """The one-off pass that writes the image embeddings (``python -m trainer.embed``): every
     sample through the image tower's forward once, on the same cluster with the same micro-batch
@@ -280,17 +313,21 @@ class _Step:
     costs: StepCosts
 
 
-def _simulate_step(config: PlanConfig, spec, recipe, cluster, compute, keep_sim: bool) -> _Step:
-    """Build the workload of one micro-step and simulate it; under gradient accumulation the
-    k − 1 earlier micro-steps run without gradient sync or optimizer."""
+def _simulate_step(
+    config: PlanConfig, spec, recipe, cluster, compute, keep_sim: bool, phase=None
+) -> _Step:
+    """Build the workload of one micro-step (of a SigLIP 2 ``phase``) and simulate it; under
+    gradient accumulation the k − 1 earlier micro-steps run without gradient sync or
+    optimizer."""
     from vlscale.sim import StragglerModel, simulate
 
     layout = config.layout
-    workload, costs = build_workload(
+    workload, costs = build_phase_workload(
         spec,
         recipe,
         cluster,
         layout,
+        phase,
         local_batch=layout.micro_batch(config.global_batch),
         resources=compute.resources,
         framework_efficiency=compute.framework_efficiency * config.compute_efficiency_scale,
@@ -329,13 +366,17 @@ class _Fit:
 
 
 def _size_memory(
-    spec, layout: RunLayout, recipe, global_batch: int, device, stack: str | None = None
+    spec, layout: RunLayout, recipe, global_batch: int, device, stack: str | None = None, phase=None
 ) -> _Fit:
-    memory = estimate_memory(spec, layout, recipe, local_batch=layout.micro_batch(global_batch))
+    memory = phase_memory(spec, layout, recipe, phase, local_batch=layout.micro_batch(global_batch))
     memory = _stack_memory(memory, spec, layout, recipe, global_batch, stack)
     capacity = int(device.memory.hbm_bytes)
+
+    def need(b: int) -> int:
+        return phase_memory(spec, layout, recipe, phase, local_batch=b).total
+
     try:
-        largest = max_local_batch(spec, capacity, layout, recipe)
+        largest = max_local_batch(spec, capacity, layout, recipe, memory=need if phase else None)
     except ConfigError:
         largest = 0
     fits = memory.total <= capacity

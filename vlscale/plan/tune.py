@@ -13,7 +13,7 @@ The layout space, per device count W at the fixed global batch B (local batch b 
     resharding       after forward on / off (fsdp and hsdp; DDP never reshards)
     checkpointing    on / off
     accumulation     grad_accum = 1, 2, 4, ... dividing b (micro-batch b / grad_accum)
-    loss             gather, and ring where the recipe allows it (siglip)
+    loss             gather, and ring where the recipe allows it (siglip, siglip2)
 
 Default global batch (no ``global_batch``): the recipe's paper batch, :data:`PAPER_BATCH`,
 rounded per device count to the nearest multiple of W.
@@ -45,11 +45,17 @@ from typing import Any
 
 from vlscale.errors import ConfigError
 from vlscale.specs.layout import hsdp_shard_sizes
+from vlscale.specs.recipes import SIGMOID_RECIPES
 
 # Paper global batches: CLIP 32,768 (Radford et al. 2021, §2.5); SigLIP 32,768 (Zhai et al.
 # 2023, §4: "a batch size of 32k is enough"); EVA-CLIP 131,072 (Sun et al. 2023, EVA-02-CLIP
 # B/16 and L/14).
-PAPER_BATCH: dict[str, int] = {"clip": 32_768, "siglip": 32_768, "eva-clip": 131_072}
+PAPER_BATCH: dict[str, int] = {
+    "clip": 32_768,
+    "siglip": 32_768,
+    "eva-clip": 131_072,
+    "siglip2": 32_768,  # Tschannen et al. 2025, section 3: batch 32k
+}
 MEMORY_HEADROOM = 0.10  # less than this fraction of device memory left: memory binds
 COMM_KINDS = ("all_gather", "reduce_scatter", "all_reduce", "p2p")
 BINDINGS = ("compute", "communication", "memory")
@@ -97,7 +103,7 @@ def layout_candidates(
             "global_batch",
             f"{global_batch} is not divisible by devices={devices}; use a multiple of {devices}",
         )
-    impls = ["gather", "ring"] if recipe == "siglip" else ["gather"]
+    impls = ["gather", "ring"] if recipe in SIGMOID_RECIPES else ["gather"]
     return [
         {"devices": devices, "global_batch": global_batch}
         | shard

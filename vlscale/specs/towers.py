@@ -190,6 +190,16 @@ class VisionTowerSpec(_Frozen):
         return self.grid**2
 
     @property
+    def num_positions(self) -> int:
+        """Patch positions of the learned position embedding (the trained grid's)."""
+        return self.grid**2
+
+    @property
+    def pixels(self) -> int:
+        """Pixels per image the patches cover: N·p² (image_size² for a square grid)."""
+        return self.num_patches * self.patch_size**2
+
+    @property
     def num_prefix_tokens(self) -> int:
         return 1 if self.class_token else 0
 

@@ -44,14 +44,14 @@ class PatchEmbed(Layer, kind="patch_embed", role="stem"):
         shapes: list[Shape] = [(d, 3, v.patch_size, v.patch_size)]
         shapes += [(d,)] if v.patch_bias else []
         shapes += [(1, 1, d)] if v.class_token else []
-        shapes += [(1, v.num_prefix_tokens + v.num_patches, d)] if v.learned_pos else []
+        shapes += [(1, v.num_prefix_tokens + v.num_positions, d)] if v.learned_pos else []
         return shapes + (norm_shapes(d, v.trunk) if v.ln_pre else [])
 
     def forward_ops(self, ops: OpList, b: int, phase: Phase = "forward") -> None:
         v, name = self.tower, self.name
         d, n, s = v.trunk.width, v.num_patches, v.seq_len(self.mask_ratio)
         k = v.kept_patches(self.mask_ratio)
-        ops.elementwise(f"{name}.images", b * 3 * v.image_size**2 * 2, phase)  # cast / im2col
+        ops.elementwise(f"{name}.images", b * 3 * v.pixels * 2, phase)  # cast / im2col
         conv = (b * n, d, 3 * v.patch_size**2)  # (m, n, k): the p×p stride-p conv as a matmul
         ops.linear(f"{name}.patch_embed", *conv, v.patch_bias, phase)
         if v.learned_pos:
@@ -82,7 +82,7 @@ class PatchEmbed(Layer, kind="patch_embed", role="stem"):
     def saved(self, b: int) -> Saved:
         v = self.tower
         d, n = v.trunk.width, b * v.seq_len(self.mask_ratio)
-        saved = Saved(act=b * 3 * v.image_size**2)
+        saved = Saved(act=b * 3 * v.pixels)
         if self.drops:
             saved += Saved(act=b * v.num_patches * d, index=b * v.num_patches)
             if v.rope:

@@ -1,0 +1,170 @@
+"""SigLIP 2 through ``vlscale plan`` / ``compare``: the phases in the JSON, the run integrated
+over them, the human phase table, and bad input (one line, exit 2, nothing printed)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from tests.test_plan_cli import vlscale
+
+TINY = ["--model", "tiny-siglip", "--devices", "8", "--global-batch", "256", "--samples", "1e7"]
+
+
+def _json(*args: str) -> dict:
+    out = vlscale("plan", *TINY, "--recipe", "siglip2", *args, "--json")
+    assert out.returncode == 0, out.stderr
+    return json.loads(out.stdout)
+
+
+def test_plan_json_has_the_phases_and_integrates_them():
+    r = _json()
+    names = [p["name"] for p in r["phases"]]
+    assert names == ["base", "self-distillation", "naflex"]
+    for p in r["phases"]:
+        for key in ("start_fraction", "end_fraction", "step_time_s", "memory_per_device_bytes"):
+            assert key in p
+        assert p["model_flops_per_step"] > 0
+    assert r["wall_time_h"] == pytest.approx(sum(p["wall_time_h"] for p in r["phases"]))
+    assert r["cost_usd"] == pytest.approx(sum(p["cost_usd"] for p in r["phases"]))
+    biggest = max(r["phases"], key=lambda p: p["memory_per_device_bytes"])
+    assert r["binding_phase"] == biggest["name"]
+    assert r["memory_per_device_bytes"] == biggest["memory_per_device_bytes"]
+    naflex = r["phases"][-1]
+    assert [x["length"] for x in naflex["lengths"]] == [128, 256, 576, 784, 1024]
+    assert naflex["lengths"][-1]["global_batch"] == 128  # halved from 1024 tokens on
+    assert naflex["memory_per_device_bytes"] == max(
+        x["memory_per_device_bytes"] for x in naflex["lengths"]
+    )
+
+
+def test_phase_starts_move_with_the_flags():
+    r = _json("--distill-start", "0.5", "--naflex-start", "0.75")
+    fractions = [(p["start_fraction"], p["end_fraction"]) for p in r["phases"]]
+    assert fractions == [(0.0, 0.5), (0.5, 0.75), (0.75, 1.0)]
+
+
+def test_objectives_off_drop_their_phase():
+    r = _json("--objectives", "decoder")
+    assert [p["name"] for p in r["phases"]] == ["base"]
+    assert r["siglip2"]["distill"] is None and r["siglip2"]["decoder"] is not None
+
+
+def test_siglip2_mapping_from_a_plan_file(tmp_path):
+    f = tmp_path / "s2.yaml"
+    f.write_text("siglip2:\n  decoder: {passes: 1}\n  naflex: null\n  distill_start: 0.6\n")
+    r = _json("--config", str(f))
+    assert [p["name"] for p in r["phases"]] == ["base", "self-distillation"]
+    assert r["phases"][1]["start_fraction"] == 0.6
+    assert r["siglip2"]["decoder"]["passes"] == 1
+
+
+def test_human_plan_prints_the_phase_table_and_explain_still_works():
+    out = vlscale("plan", *TINY, "--recipe", "siglip2", "--explain")
+    assert out.returncode == 0, out.stderr
+    assert "SigLIP 2 phases" in out.stdout and "self-distillation" in out.stdout
+    assert "where each number comes from" in out.stdout
+    js = vlscale("plan", *TINY, "--recipe", "siglip2", "--explain", "--json")
+    assert js.returncode == 0 and "explain" in json.loads(js.stdout)
+
+
+def test_other_recipes_have_no_phase_keys():
+    out = vlscale("plan", *TINY, "--recipe", "siglip", "--json")
+    assert out.returncode == 0
+    assert not {"phases", "binding_phase", "siglip2"} & set(json.loads(out.stdout))
+
+
+def test_compare_puts_siglip2_beside_siglip_and_prices_each_objective():
+    out = vlscale("compare", *TINY, "--recipe", "siglip2", "--json")
+    assert out.returncode == 0, out.stderr
+    rows = json.loads(out.stdout)
+    assert [r["recipe"] for r in rows] == ["siglip"] + ["siglip2"] * 5
+    assert [r.get("without") for r in rows[1:]] == [
+        None,
+        "distill,masked,naflex",
+        "decoder,masked,naflex",
+        "decoder,distill,naflex",
+        "decoder,distill,masked",
+    ]
+    full, no_decoder = rows[1], rows[2]
+    assert full["cost_usd"] > no_decoder["cost_usd"]
+    human = vlscale("compare", *TINY, "--recipe", "siglip2")
+    assert "what each SigLIP 2 objective costs" in human.stdout
+
+
+def _fails(*args: str, field: str) -> None:
+    out = vlscale(*args)
+    assert out.returncode == 2, (out.returncode, out.stderr)
+    lines = [ln for ln in out.stderr.splitlines() if ln.strip()]
+    assert len(lines) == 1 and lines[0].startswith(f"error: {field}"), out.stderr
+    assert out.stdout == ""
+
+
+def test_phase_fractions_out_of_order():
+    _fails(
+        "plan",
+        *TINY,
+        "--recipe",
+        "siglip2",
+        "--distill-start",
+        "0.9",
+        "--naflex-start",
+        "0.5",
+        field="siglip2.naflex_start",
+    )
+
+
+def test_decoder_wider_than_the_text_tower(tmp_path):
+    f = tmp_path / "wide.yaml"
+    f.write_text("recipe: siglip2\nsiglip2:\n  decoder: {width: 4096}\n")
+    _fails("plan", *TINY, "--config", str(f), field="siglip2.decoder.width")
+
+
+def test_naflex_lengths_off_the_patch_grid():
+    # ViT-B-16-SigLIP is 224 px / 16: a grid side of 14 divides none of 128, 256, ...
+    _fails(
+        "plan",
+        "--model",
+        "ViT-B-16-SigLIP",
+        "--recipe",
+        "siglip2",
+        "--devices",
+        "8",
+        "--global-batch",
+        "256",
+        field="siglip2.naflex.lengths",
+    )
+
+
+@pytest.mark.parametrize(
+    "flag", [["--objectives", "none"], ["--distill-start", "0.5"], ["--naflex-start", "0.95"]]
+)
+def test_siglip2_options_with_another_recipe(flag):
+    _fails("plan", *TINY, "--recipe", "siglip", *flag, field="siglip2")
+
+
+def test_distillation_with_a_resnet_tower():
+    _fails(
+        "plan",
+        "--model",
+        "RN50",
+        "--recipe",
+        "siglip2",
+        "--devices",
+        "8",
+        "--global-batch",
+        "256",
+        field="siglip2.distill",
+    )
+
+
+def test_unknown_objective():
+    _fails("plan", *TINY, "--recipe", "siglip2", "--objectives", "decoder,foo", field="objectives")
+
+
+def test_objectives_with_a_locked_tower_are_refused():
+    _fails("plan", *TINY, "--recipe", "siglip2", "--lock-image", field="siglip2")
+    # every objective off: SigLIP, locks and all
+    out = vlscale("plan", *TINY, "--recipe", "siglip2", "--objectives", "none", "--lock-image")
+    assert out.returncode == 0, out.stderr
