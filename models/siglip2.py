@@ -175,6 +175,9 @@ class Teacher(nn.Module):
         v, eps = spec.vision.trunk.width, spec.text.trunk.norm_eps
         hd = head_dim(s2)
         self.visual = VisionTower(spec.vision, spec.embed_dim)
+        # the teacher never pools: its normed tokens feed its heads only, so it holds (and
+        # averages) no attention-pool head or projection (vlscale.costs.siglip2's teacher)
+        self.visual.head, self.visual.proj = None, nn.Identity()
         self.distill_head = ProjectionHead(v, hd, eps) if s2.distill is not None else None
         self.masked_head = ProjectionHead(v, hd, eps) if s2.masked is not None else None
 

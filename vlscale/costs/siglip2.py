@@ -37,8 +37,9 @@ from functools import cache
 from vlscale.costs.flops import forward_flops
 from vlscale.costs.layers import Layer, OpList, PatchEmbed, TransformerBlock
 from vlscale.costs.layers.decoder import DecoderBlock, DecoderEmbed, DecoderHead
+from vlscale.costs.layers.primitives import norm_shapes
 from vlscale.costs.layers.siglip2_heads import DistillHead, MaskedHead, MaskToken
-from vlscale.costs.params import layers_params
+from vlscale.costs.params import layers_params, numel
 from vlscale.specs.models import ModelSpec
 from vlscale.specs.recipes import RecipeSpec
 from vlscale.specs.siglip2 import (
@@ -185,16 +186,17 @@ def student_extra_params(
 
 
 def teacher_unit_params(spec: ModelSpec, s2: Siglip2Spec, phase: Phase) -> dict[str, int]:
-    """The teacher's parameters by FSDP unit (its image tower as the student's, less pool and
-    projection, plus its heads); empty outside the self-distillation phase."""
+    """The teacher's parameters by FSDP unit (its image tower as the student's with its final
+    norm, less pool and projection, plus its heads); empty outside the self-distillation phase."""
     teacher = next((p for p in phase_passes(spec, s2, phase) if p.name == "teacher"), None)
     if teacher is None:
         return {}
     v = spec.vision
     blocks = {x.name: x.params() for x in teacher.layers if x.role == "block"}
     stem = PatchEmbed("teacher.visual", v).params()
+    norm = numel(norm_shapes(v.trunk.width, v.trunk))  # its final norm: the heads' tokens
     heads = layers_params(x for x in teacher.layers if x.role == "head")
-    return {"teacher.visual": stem + heads} | blocks
+    return {"teacher.visual": stem + norm + heads} | blocks
 
 
 def pass_forward_flops(p: Pass) -> float:
