@@ -79,7 +79,7 @@ class LoopContext:
     nonfinite_skips: int = 0  # steps skipped by --skip-nonfinite so far (this launch)
     # model FLOPs per sample by mask ratio: the only input of the count that varies over a run,
     # and counting costs tens of ms per call (ViT-B-32), as much as 1 % of a CPU step
-    flops_by_mask_ratio: dict[float, float] = field(default_factory=dict)
+    model_flops_cache: dict[tuple, float] = field(default_factory=dict)  # (r, phase)
     siglip2: Any = None  # trainer.siglip2.Siglip2Run for recipe siglip2: phases, teacher
     recipe: RecipeSpec = field(init=False)
 
@@ -344,6 +344,33 @@ def format_summary(records: list[StepRecord], wall_s: float, path: Path) -> str:
     )
 
 
+def step_model_flops(ctx: LoopContext, spec, mask_ratio: float, phase: str | None) -> float:
+    """Model FLOPs per sample (no recompute): the same MFU numerator as ``vlscale plan``. SigLIP
+    2 adds its phase's passes (``vlscale.costs.siglip2.phase_model_flops_per_sample``: the
+    decoder, local and masked views, the teacher's forward)."""
+    key = (mask_ratio, phase)
+    if key in ctx.model_flops_cache:
+        return ctx.model_flops_cache[key]
+    cfg = ctx.cfg
+    flops = model_flops_per_sample(
+        spec,
+        mask_ratio=mask_ratio,
+        loss=ctx.recipe.loss,
+        loss_impl=ctx.recipe.loss_impl,
+        local_batch=cfg.local_batch(ctx.world_size),
+        trainable=trainable_layers(spec, cfg.layout, mask_ratio) if cfg.layout.locks else None,
+        world_size=ctx.world_size,
+    ) - (image_forward_flops(spec) if cfg.layout.precomputed_image else 0.0)
+    if ctx.siglip2 is not None:
+        from vlscale.costs.siglip2 import phase_model_flops_per_sample
+
+        run = ctx.siglip2
+        phase_spec = next(p for p in run.phases if p.name == phase)
+        flops += phase_model_flops_per_sample(spec, run.s2, phase_spec)
+    ctx.model_flops_cache[key] = flops
+    return flops
+
+
 def make_record(ctx: LoopContext, step: int, m: dict, peak_memory: int | None, spec) -> StepRecord:
     """Collectives first (every rank), then the record (used on rank 0)."""
     cfg = ctx.cfg
@@ -351,20 +378,7 @@ def make_record(ctx: LoopContext, step: int, m: dict, peak_memory: int | None, s
     bias = full_value(ctx.model.logit_bias).detach().float().item()
     norm = m["grad_norm"]
     norm = None if norm is None else full_value(norm).float().item()
-    # model FLOPs (no recompute): the same MFU numerator as `vlscale plan`
-    flops = ctx.flops_by_mask_ratio.get(m["mask_ratio"])
-    if flops is None:
-        flops = ctx.flops_by_mask_ratio[m["mask_ratio"]] = model_flops_per_sample(
-            spec,
-            mask_ratio=m["mask_ratio"],
-            loss=ctx.recipe.loss,
-            loss_impl=ctx.recipe.loss_impl,
-            local_batch=cfg.local_batch(ctx.world_size),
-            trainable=trainable_layers(spec, cfg.layout, m["mask_ratio"])
-            if cfg.layout.locks
-            else None,
-            world_size=ctx.world_size,
-        ) - (image_forward_flops(spec) if cfg.layout.precomputed_image else 0.0)
+    flops = step_model_flops(ctx, spec, m["mask_ratio"], m["phase"])
     t = m["step_time_s"]
     mfu = None
     if ctx.peak_flops:

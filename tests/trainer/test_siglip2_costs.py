@@ -99,3 +99,61 @@ def test_added_parameters_equal_the_planner(name):
     assert sum(p.numel() for p in teacher.parameters()) == sum(
         teacher_unit_params(spec, S2, distill).values()
     )
+
+
+@pytest.fixture(scope="module")
+def siglip2_run(tmp_path_factory):
+    """A W = 1 SigLIP 2 run of 8 steps, distillation from step 5 (phase timing on)."""
+    import os
+    import subprocess
+    import sys
+
+    out = tmp_path_factory.mktemp("s2run")
+    cmd = [sys.executable, "-m", "trainer.train", "--model", "tiny-siglip", "--recipe",
+           "siglip2", "--siglip2", "{distill_start: 0.5}", "--steps", "8", "--global-batch",
+           "8", "--timing-warmup", "1", "--phase-timing", "--peak-flops", "1e12",
+           "--log-every", "100", "--out", str(out)]  # fmt: skip
+    env = os.environ | {"OMP_NUM_THREADS": "1"}
+    subprocess.run(cmd, check=True, capture_output=True, env=env)
+    return out / "run.jsonl"
+
+
+def test_the_trainers_mfu_numerator_is_the_planners_per_phase(siglip2_run):
+    """Each step's model FLOPs per sample (the MFU numerator) equal the planner's phase
+    ``model_flops_per_step`` over the global batch, for the run's own configuration."""
+    from vlscale.calibrate.runs import plan_config_of
+    from vlscale.plan.planner import plan
+    from vlscale.records import read_run
+
+    run = read_run(siglip2_run)
+    config = plan_config_of(run, "H100", None)
+    assert config.recipe_spec().objectives.naflex is None  # replayed as it ran
+    planned = {p["name"]: p["model_flops_per_step"] / 8 for p in plan(config).to_json()["phases"]}
+    seen = {s.phase: s.flops_per_sample for s in run.steps}
+    assert set(seen) == {"base", "self-distillation"} == set(planned)
+    for name, flops in seen.items():
+        assert flops == pytest.approx(planned[name], rel=1e-12), name
+    assert seen["self-distillation"] > seen["base"]
+
+
+def test_validate_compares_each_phase_with_the_planners(siglip2_run):
+    """``vlscale validate`` reads a SigLIP 2 run as one row per phase, each predicted by the
+    planner's step of that phase (the switch's own step left out of the median)."""
+    import statistics
+
+    from vlscale.calibrate.run_fit import predict
+    from vlscale.calibrate.runs import load_measured_runs
+    from vlscale.plan.planner import plan
+    from vlscale.records import read_run
+
+    rows = load_measured_runs(siglip2_run, "H100", None)
+    assert [r.phase for r in rows] == ["base", "self-distillation"]
+    steps = read_run(siglip2_run).steps
+    distill = [s.step_time_s for s in steps if s.phase == "self-distillation"][1:]
+    assert rows[1].step_s == statistics.median(distill) and rows[1].timed_steps == 3
+    assert rows[0].run_id != rows[1].run_id and rows[0].repeat_key != rows[1].repeat_key
+    phases = {p["name"]: p for p in plan(rows[0].config).to_json()["phases"]}
+    for row in rows:
+        predicted = predict(row)
+        assert predicted.step_s == pytest.approx(phases[row.phase]["step_time_s"], rel=1e-12)
+        assert predicted.memory_bytes == phases[row.phase]["memory_per_device_bytes"]

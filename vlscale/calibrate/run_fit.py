@@ -79,7 +79,15 @@ def predict(run: MeasuredRun, device: DeviceSpec | None = None) -> Prediction:
     """Plan ``run``'s configuration; ``device`` replaces the named one (a profile being fitted)."""
     from vlscale.plan.planner import plan
 
-    result = plan(run.config, device_override=device)
+    phase = None
+    if run.phase is not None:  # a SigLIP 2 phase: that phase's step, as the planner plans it
+        phases = run.config.recipe_spec().objectives.phases()
+        phase = next((p for p in phases if p.name == run.phase), None)
+        if phase is None:
+            raise ConfigError(
+                "runs", f"{run.path}: the planner has no phase '{run.phase}' for this recipe"
+            )
+    result = plan(run.config, device_override=device, phase=phase)
     return Prediction(
         result.step_time_s,
         dict(result.costs.phases_s),

@@ -12,6 +12,12 @@ runs of the same configuration share a ``repeat_key`` (the planned configuration
 
 A run's identity is a fingerprint of its header line (start time, host, configuration), so the
 same file under another name is still the same run.
+
+A SigLIP 2 run measures one step per phase (its steps record the phase they ran in): it is read
+as one measured run per phase (``load_measured_runs``), each compared with the planner's step of
+that phase. The first step after a phase switch is left out of the phase's median, as warm-up
+is at the start: it also creates the teacher (a copy of the student) and first runs the new
+passes.
 """
 
 from __future__ import annotations
@@ -46,11 +52,12 @@ class MeasuredRun:
     label: str = ""
     references: tuple[ReferenceTime, ...] = ()  # the reference kernel before / after the run
     machine: MachineIdentity | None = None  # the host, as the trainer recorded it
+    phase: str | None = None  # SigLIP 2: the phase these steps ran in (None: the whole run)
 
     @property
     def repeat_key(self) -> str:
         """Equal for runs of the same configuration (repeats of one campaign entry)."""
-        return self.config.model_dump_json()
+        return self.config.model_dump_json() + (f"#{self.phase}" if self.phase else "")
 
 
 def expand_run_paths(paths: list[str]) -> list[Path]:
@@ -77,11 +84,11 @@ def run_fingerprint(path: Path) -> str:
     return hashlib.sha1(header).hexdigest()[:12]
 
 
-def load_measured_run(
+def load_measured_runs(
     path: str | Path, device: str | None, hardware_file: str | None
-) -> MeasuredRun:
+) -> list[MeasuredRun]:
     """Read ``path`` and rebuild its plan on ``device`` (a catalog name or a hardware-file
-    device, e.g. the probe's profile)."""
+    device, e.g. the probe's profile): one measured run, or one per SigLIP 2 phase."""
     path = Path(path)
     run = read_run(path)
     timed = run.timed_steps()
@@ -90,6 +97,31 @@ def load_measured_run(
             "runs", f"{path} has no timed steps (all warm-up); run more steps than --timing-warmup"
         )
     config = plan_config_of(run, device, hardware_file)
+    names = list(dict.fromkeys(s.phase for s in run.steps if s.phase is not None))
+    if not names:
+        return [_measured(run, path, config, timed, None)]
+    out = []
+    for i, name in enumerate(names):
+        steps = [s for s in timed if s.phase == name]
+        if i and steps and steps[0].step == min(s.step for s in run.steps if s.phase == name):
+            steps = steps[1:]  # the switch's own step (module docstring)
+        if steps:
+            out.append(_measured(run, path, config, steps, name))
+    return out
+
+
+def load_measured_run(
+    path: str | Path, device: str | None, hardware_file: str | None
+) -> MeasuredRun:
+    """The whole of a run that is not measured phase by phase (``load_measured_runs``)."""
+    runs = load_measured_runs(path, device, hardware_file)
+    if len(runs) != 1:
+        raise ConfigError("runs", f"{path} ran in {len(runs)} phases; use load_measured_runs")
+    return runs[0]
+
+
+def _measured(run: Run, path: Path, config: PlanConfig, timed, phase: str | None) -> MeasuredRun:
+    """The medians of ``timed`` steps (of ``phase``) of ``run``."""
     phases = {}
     for name in PHASES:
         values = [getattr(s, name) for s in timed if getattr(s, name) is not None]
@@ -101,10 +133,12 @@ def load_measured_run(
         f"{h.model.name} {h.recipe.name}/{h.recipe.loss_impl} r={h.recipe.mask_ratio:g} "
         f"B={h.global_batch} W={h.world_size} {h.dtype} {h.sharding}"
         + (" AC" if h.activation_checkpointing else "")
+        + (f" [{phase}]" if phase else "")
     )
+    fingerprint = run_fingerprint(path)
     return MeasuredRun(
         path=str(path),
-        run_id=run_fingerprint(path),
+        run_id=f"{fingerprint}:{phase}" if phase else fingerprint,
         config=config,
         step_s=statistics.median(s.step_time_s for s in timed),
         phases_s=phases,
@@ -114,6 +148,7 @@ def load_measured_run(
         label=label,
         references=tuple(r.time for r in run.references),
         machine=h.machine,
+        phase=phase,
     )
 
 
@@ -147,6 +182,7 @@ def plan_config_of(run: Run, device: str | None, hardware_file: str | None) -> P
         loss_impl=h.recipe.loss_impl,
         mask_ratio=h.recipe.mask_ratio,
         optimizer=h.recipe.optimizer,
+        siglip2=h.recipe.siglip2,
         device=device,
         layout=layout_of(h),
         hardware_file=hardware_file,

@@ -74,9 +74,10 @@ class StackMeasurement:
 
 
 def run_name(run: MeasuredRun) -> str:
-    """'<folder>/<file stem>' (e.g. 'fit/vitb32_clip_b256'): how the fragment names a run."""
+    """'<folder>/<file stem>' (e.g. 'fit/vitb32_clip_b256'; a SigLIP 2 phase after '#'): how
+    the fragment names a run."""
     path = Path(run.path)
-    return f"{path.parent.name}/{path.stem}"
+    return f"{path.parent.name}/{path.stem}" + (f"#{run.phase}" if run.phase else "")
 
 
 def planned_step_s(run: MeasuredRun, gamma: float, device: DeviceSpec | None) -> float:

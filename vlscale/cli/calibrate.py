@@ -60,10 +60,11 @@ def _probe_device(path: str, name: str | None):
 
 
 def _runs(paths: list[str], device, hardware_file: str | None):
-    from vlscale.calibrate.runs import expand_run_paths, load_measured_run
+    from vlscale.calibrate.runs import expand_run_paths, load_measured_runs
 
     name = device.name if device is not None else None
-    return [load_measured_run(p, name, hardware_file) for p in expand_run_paths(paths)]
+    # a SigLIP 2 run is one measured run per phase
+    return [r for p in expand_run_paths(paths) for r in load_measured_runs(p, name, hardware_file)]
 
 
 @handles_bad_input
