@@ -69,7 +69,8 @@ class Siglip2Inputs:
     """What one micro-step's added objectives need besides images and tokens (per rank).
 
     passes: one (b,) bool per decoder pass (True: that example's pass predicts in parallel);
-    caption_loss: ``(hidden, head_weight, head_bias) -> loss`` (``trainer.losses.siglip2``);
+    caption_loss: ``(hidden, head_weight, head_bias) -> loss`` over the P·b rows of every pass
+    (``trainer.losses.siglip2``);
     local_images: (b·n_loc, 3, l, l), example-major; mask_ids: (b, K_m) masked patch indices."""
 
     passes: list[torch.Tensor] | None = None
@@ -138,17 +139,23 @@ class Siglip2Model(TwoTower):
         extra: Siglip2Inputs | None = None,
     ):
         """Without ``extra``: the two embeddings, as ``TwoTower``. With it: a dict of
-        ``image``, ``text`` (b, embed_dim) normalised fp32, ``caption`` (one loss per decoder
-        pass), ``local`` (b·n_loc, hd) distill_head outputs, ``masked`` (b·K_m, hd)."""
+        ``image``, ``text`` (b, embed_dim) normalised fp32, ``caption`` (the caption loss
+        of every decoder pass at once: their mean), ``local`` (b·n_loc, hd) distill_head
+        outputs, ``masked`` (b·K_m, hd)."""
         if extra is None:
             return super().forward(images, tokens, mask_ratio=mask_ratio, generator=generator)
         out: dict = {}
         if extra.passes:
             feats, memory = self.visual(images, tokens="both")  # (b, e), (b, S_v, v)
-            out["caption"] = [
-                self.decoder(tokens, memory, parallel, extra.caption_loss)
-                for parallel in extra.passes
-            ]
+            p = len(extra.passes)
+            # every pass in one call, pass-major (P·b rows): under FSDP the decoder's units are
+            # gathered once per step, not once per pass (the planner's decoder at b·P samples)
+            out["caption"] = self.decoder(
+                tokens.repeat(p, 1),  # (P·b, L)
+                memory.repeat(p, 1, 1),  # (P·b, S_v, v)
+                torch.cat(extra.passes),  # (P·b,)
+                extra.caption_loss,
+            )
         else:
             feats = self.visual(images)
         out["image"] = F.normalize(feats.float(), dim=-1)

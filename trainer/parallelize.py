@@ -118,14 +118,22 @@ def blocks(model: nn.Module) -> Iterator[nn.Module]:
 
 
 def head_units(model: nn.Module) -> Iterator[nn.Module]:
-    """Heads wrapped as FSDP units of their own: the ResNet tower's attention pool (a tenth of
-    RN50x64's image tower), so that it is gathered only while it runs, not for the whole tower
-    (``vlscale.costs.layers.base.is_unit``: the planner's units are the same)."""
+    """Heads wrapped as FSDP units of their own, so that each is gathered only while it runs:
+    the ResNet tower's attention pool (a tenth of RN50x64's image tower, not held for the whole
+    tower: ``vlscale.costs.layers.base.is_unit``, the planner's units are the same), and SigLIP
+    2's distillation heads."""
     from models.resnet import ResNetTower
 
     for tower in towers(model):
         if isinstance(tower, ResNetTower):
             yield tower.pool
+    # SigLIP 2's distillation and masked-prediction heads: units of their own, so that before
+    # self-distillation starts (the heads idle) they are never gathered, as the planner counts
+    # them (vlscale.costs.siglip2.student_extra_params: only in the phases they train in)
+    for name in ("distill_head", "masked_head"):
+        head = getattr(model, name, None)
+        if head is not None:
+            yield head
 
 
 def mixed_precision(precision: str) -> MixedPrecisionPolicy:

@@ -206,7 +206,8 @@ def build_inputs(
     extra = Siglip2Inputs()
     if draws.passes is not None:
         extra.passes = [p.to(images.device) for p in draws.passes]
-        extra.caption_loss = make_caption_loss(tokens, pad_id, s2.decoder.loss_chunk_tokens)
+        rows = tokens.repeat(len(extra.passes), 1)  # (P·b, L): the passes run as one batch
+        extra.caption_loss = make_caption_loss(rows, pad_id, s2.decoder.loss_chunk_tokens)
     if draws.boxes is not None:
         extra.local_images = local_views(images, draws.boxes, local_size)
     if draws.mask_ids is not None:

@@ -81,9 +81,13 @@ def test_decoder_pass_and_teacher_forward_equal_the_planner(name):
     assert memory.shape[1] == spec.vision.seq_len()
     draws = draw_inputs(S2, base, spec.vision, draw_generator(0, 1, 0), 0, B, 1)
     extra = build_inputs(S2, draws, images, tokens, 0, None)
-    for parallel in extra.passes:
-        counted, _ = count_flops(model.decoder, tokens, memory, parallel, extra.caption_loss)
-        assert counted == decoder_pass_flops(spec, recipe, base, B)
+    p = len(extra.passes)  # the trainer runs every pass in one call of P·b rows
+    rows, mem, par = tokens.repeat(p, 1), memory.repeat(p, 1, 1), torch.cat(extra.passes)
+    counted, _ = count_flops(model.decoder, rows, mem, par, extra.caption_loss)
+    assert counted == p * decoder_pass_flops(spec, recipe, base, B)
+    # one pass without the loss returns the (B, L, V) logits: the same head matmul
+    one, _ = count_flops(model.decoder, tokens, memory, extra.passes[0])
+    assert one == decoder_pass_flops(spec, recipe, base, B)
     mask_ids = draw_inputs(S2, distill, spec.vision, draw_generator(0, 9, 0), 0, B, 1).mask_ids
     counted, _ = count_flops(teacher, images, mask_ids)
     assert counted == teacher_forward_flops(spec, recipe, distill, B)

@@ -12,7 +12,8 @@ with H(t, s) = −Σ_c softmax(t / 0.04)_c · log_softmax(s / 0.1)_c (DINO's tea
 temperatures, Caron et al. 2021; assumed: SILC and TIPS follow DINO), no centering.
 
 CE_caption of one pass: per example the mean token cross-entropy over its non-pad targets
-(target i is token i + 1 of the row; pads ignored), then the mean over the examples. The
+(target i is token i + 1 of the row; pads ignored), then the mean over the examples. The passes
+run as one batch of P·b rows, so the mean over all rows is the mean over passes. The
 vocabulary logits are computed ``loss_chunk_tokens`` rows of the flattened (b·L, d) hidden
 states at a time, each chunk under ``torch.utils.checkpoint`` (non-reentrant): its (chunk, V)
 logits are dropped after forward and recomputed in backward, so no (b·L, V) tensor is kept.
@@ -101,8 +102,8 @@ def siglip2_loss(
     parts the unweighted terms as floats, for the records."""
     total = siglip_loss(out["image"], out["text"], logit_scale, logit_bias, group, impl=impl)
     parts = {"sigmoid": total.detach()}
-    if out.get("caption"):
-        caption = torch.stack(out["caption"]).mean()
+    if "caption" in out:
+        caption = out["caption"]  # every pass at once: P·b rows of b each, so their mean
         parts["caption"] = caption.detach()
         total = total + s2.decoder.weight * caption
     if "local" in out:
