@@ -119,7 +119,10 @@ def test_dispersion_and_spread_by_hand():
 
 def test_speed_index_divides_only_comparable_references():
     profile = ref(0.1)
-    assert speed_index([ref(0.12), ref(0.14)], profile) == pytest.approx(1.3)
+    # the smaller of before / after: a spike in one timing is the timing's own noise
+    assert speed_index([ref(0.12), ref(0.14)], profile) == pytest.approx(1.2)
+    assert speed_index([ref(0.30), ref(0.12)], profile) == pytest.approx(1.2)
+    assert speed_index([ref(0.05, kernel="older kernel"), ref(0.13)], profile) == pytest.approx(1.3)
     assert speed_index([ref(0.12, kernel="older kernel")], profile) is None
     assert speed_index([ref(0.12, threads=1)], profile) is None
     assert speed_index([ref(0.12)], None) is None and speed_index([], profile) is None
@@ -229,3 +232,26 @@ def test_a_missing_probe_profile_is_one_line_and_nothing_written(tmp_path):
     (line,) = done.stderr.strip().splitlines()
     assert line.startswith("error: hardware_file nope.yaml")
     assert not out.exists()
+
+
+def test_a_calibrated_profile_describes_the_machine_of_its_fit_runs(tmp_path):
+    """``vlscale calibrate`` sets the profile's reference to the median reference time of its
+    fit runs (the conditions its parameters were fitted under): held-out runs on a machine as
+    fast as during fitting then have speed index 1, whatever the probe's quiet moment said."""
+    from vlscale.calibrate.noise import fit_reference
+    from vlscale.calibrate.run_fit import calibrate
+
+    device = profile_with_reference(0.05)  # probed while the machine was quiet
+    paths = [
+        slowed_copy(RUN, tmp_path / f"{i}.jsonl", 1.0, seconds)
+        for i, seconds in enumerate((0.06, 0.07, 0.09))
+    ]
+    runs = [load_measured_run(p, device.name, str(PROFILE)) for p in paths]
+    assert fit_reference(device.compute.reference, runs).seconds == pytest.approx(0.07)
+    fitted = calibrate(device, runs, parameters=("step_overhead_s",))
+    assert fitted.compute.reference.seconds == pytest.approx(0.07)
+    assert fitted.compute.reference.kernel == KERNEL
+    # references of another kernel do not compare: the probed time stays
+    other = profile_with_reference(0.05).compute.reference.model_copy(update={"kernel": "v2"})
+    assert fit_reference(other, runs) is None
+    assert fit_reference(None, runs) is None

@@ -1,9 +1,16 @@
 """How noisy the measurements are that ``vlscale validate`` scores: speed index, repeat
 dispersion, and the order a campaign runs its repeats in.
 
-- **Speed index** of a run: s = r_run / r_profile, where r_run is the mean of the reference
+- **Speed index** of a run: s = r_run / r_profile, where r_run is the smaller of the reference
   kernel's times (``trainer.probe.reference``) right before and right after the run and
-  r_profile its time when the profile was probed (``ComputeProfile.reference``). s > 1: the
+  r_profile the machine's speed that the profile describes (``ComputeProfile.reference``): its
+  time when the profile was probed, and once ``vlscale calibrate`` has fitted it, the median of
+  the fit runs' reference times (``fit_reference``): the fitted parameters describe the machine
+  as it ran those runs, so a held-out run is normalised to those conditions, not to the probe's
+  quiet moment. The smaller, not the mean: contention only ever adds time, so a slowdown that
+  lasts through the run raises both timings while a spike in one is the timing's own noise
+  (the first noise campaign had one 107 ms reference among 58-65 ms ones, which as a mean
+  turned an accurate run's −2 % into +33 %). s > 1: the
   machine was slower during the run than when probed (other jobs, clocks, another VM). The
   speed-normalised error divides the measurement by it::
 
@@ -31,15 +38,31 @@ def comparable(a: ReferenceTime, b: ReferenceTime) -> bool:
     return (a.kernel, a.device, a.threads) == (b.kernel, b.device, b.threads)
 
 
+def run_reference(run_refs: Sequence[ReferenceTime], like: ReferenceTime) -> float | None:
+    """The run's reference seconds: the smallest of its times that compare with ``like``
+    (module docstring); None when none do."""
+    times = [r.seconds for r in run_refs if comparable(r, like)]
+    return min(times) if times else None
+
+
 def speed_index(run_refs: Sequence[ReferenceTime], profile_ref: ReferenceTime | None):
-    """mean(run reference seconds) / profile reference seconds, over the run's references that
-    compare with the profile's; None when there are none (or the profile has no reference)."""
+    """run reference seconds / profile reference seconds (``run_reference``); None when the
+    run has no comparable reference (or the profile has none)."""
     if profile_ref is None:
         return None
-    times = [r.seconds for r in run_refs if comparable(r, profile_ref)]
+    seconds = run_reference(run_refs, profile_ref)
+    return None if seconds is None else seconds / profile_ref.seconds
+
+
+def fit_reference(probed: ReferenceTime | None, runs) -> ReferenceTime | None:
+    """The reference time a calibrated profile describes: the median over ``runs`` (the fit
+    runs) of their reference times (``run_reference``); None without any."""
+    if probed is None:
+        return None
+    times = [t for r in runs if (t := run_reference(r.references, probed)) is not None]
     if not times:
         return None
-    return statistics.fmean(times) / profile_ref.seconds
+    return probed.model_copy(update={"seconds": statistics.median(times)})
 
 
 def dispersion(step_times: Sequence[float]) -> float:

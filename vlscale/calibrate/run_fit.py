@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 import numpy as np
 from scipy.optimize import least_squares
 
-from vlscale.calibrate.noise import noise_summary, speed_index
+from vlscale.calibrate.noise import fit_reference, noise_summary, speed_index
 from vlscale.calibrate.runs import MeasuredRun
 from vlscale.errors import ConfigError
 from vlscale.specs.compute_profile import Calibration
@@ -273,6 +273,9 @@ def _record_fit(
         + (kept if unconstrained else ""),
     )
     new = prof.with_parameters(**fitted, origins=origins, calibration=cal)
+    reference = fit_reference(prof.reference, runs)
+    if reference is not None:
+        new = new.model_copy(update={"reference": reference})
     return device.model_copy(update={"compute": new})
 
 

@@ -164,7 +164,9 @@ class ComputeProfile(_Spec):
         default=None, description="the probed machine (None: a profile older than the field)"
     )
     reference: ReferenceTime | None = Field(
-        default=None, description="the reference kernel's time when the profile was probed"
+        default=None,
+        description="the reference kernel's time the profile describes: when probed, or after "
+        "vlscale calibrate the median around its fit runs (vlscale.calibrate.noise)",
     )
 
     def curve(self, dtype: str) -> MatmulCurve:
