@@ -130,7 +130,7 @@ def _integrate(config: PlanConfig, runs, failure_model):
     named = len(runs) > 1
     warnings = list(
         dict.fromkeys(
-            f"{phase.name} phase: {w}" if named else w
+            f"{_where(phase, r)}: {w}" if named or phase.naflex else w
             for phase, res in runs
             for _, r in res
             for w in r.warnings
@@ -154,6 +154,13 @@ def _integrate(config: PlanConfig, runs, failure_model):
         phases=phases,
         binding_phase=binding[0].name,
     )
+
+
+def _where(phase: Phase, result) -> str:
+    """Where a warning comes from: "base phase", or "naflex phase at 576 patches"."""
+    if phase.naflex:
+        return f"{phase.name} phase at {result.model_spec.vision.num_patches} patches"
+    return f"{phase.name} phase"
 
 
 def _largest(big: int, results) -> int:
