@@ -4,11 +4,12 @@
 #      overhead, SDPA; NCCL when 2+ GPUs) -> profile.yaml;
 #   2. the real trainer over a small grid (presets, batch, mask ratio, precision,
 #      checkpointing): runs/fit/ (the runs `vlscale calibrate` may see) and runs/heldout/
-#      (another preset, another mask ratio, fp32, checkpointing: never seen in fitting);
+#      (another preset, another mask ratio, fp32, checkpointing: never seen in fitting), each
+#      with the reference kernel timed right before and after it (its speed index);
 #   3. `vlscale calibrate` fits the profile's overheads to runs/fit -> profile.fit.yaml;
 #   4. `vlscale validate` of every run against the fitted profile (validation.json: replay vs
-#      prediction) and against the catalog device with its published defaults
-#      (validation_catalog.json);
+#      prediction, raw and speed-normalised, the probe-only error beside) and against the
+#      catalog device with its published defaults (validation_catalog.json);
 #   5. `vlscale stacks fit` measures the trainer's stack (pytorch-fsdp2) γ on this card's device
 #      kind from every run, planned on the catalog device as plans without a hardware file are
 #      -> stack.yaml (commit it to vlscale/specs/data/measured_stacks/<card>.yaml too).
@@ -51,12 +52,17 @@ tail -3 "$OUT/gpu_tests.log"
 timeout "$(cap 120)" $PY -m trainer.probe --out "$OUT/profile.yaml" 2>&1 | tee "$OUT/probe.log" \
   || echo "probe failed (see probe.log)"
 
+reference() {  # the reference kernel's time as a run-file record (the run's speed index)
+  timeout "$(cap 20)" $PY -m trainer.probe.reference --device cuda --when "$1" || true
+}
 run_case() {  # split/name, then trainer flags
   local name=$1; shift
   local dir; dir=$(mktemp -d)
+  reference before > "$dir/ref.jsonl"
   timeout "$(cap 100)" $PY -m trainer.train --device cuda --steps 25 --timing-warmup 5 --log-every 25 \
     --phase-timing --out "$dir" "$@" || echo "case $name failed"
-  if [ -f "$dir/run.jsonl" ]; then cp "$dir/run.jsonl" "$OUT/runs/$name.jsonl"; fi
+  reference after >> "$dir/ref.jsonl"
+  if [ -f "$dir/run.jsonl" ]; then cat "$dir/run.jsonl" "$dir/ref.jsonl" > "$OUT/runs/$name.jsonl"; fi
 }
 run_case fit/vitb32_clip_b256        --model ViT-B-32 --recipe clip --precision bf16 --global-batch 256
 run_case fit/vitb32_clip_b128        --model ViT-B-32 --recipe clip --precision bf16 --global-batch 128
@@ -72,7 +78,7 @@ $VL validate "$OUT/runs" --out "$OUT/validation_catalog.json" \
 if [ -f "$OUT/profile.yaml" ]; then
   $VL calibrate "$OUT/runs/fit" --hardware-file "$OUT/profile.yaml" --out "$OUT/profile.fit.yaml" \
     || echo "calibrate failed"
-  $VL validate "$OUT/runs" --hardware-file "$OUT/profile.fit.yaml" \
+  $VL validate "$OUT/runs" --hardware-file "$OUT/profile.fit.yaml" --probe-profile "$OUT/profile.yaml" \
     --out "$OUT/validation.json" --report "$OUT/validation.html" || echo "validation failed"
 fi
 # the trainer's stack profile: γ per run on the catalog device, pooled; leave-one-out σ

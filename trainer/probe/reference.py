@@ -68,5 +68,21 @@ def reference_time(device: str = "cpu", threads: int | None = None) -> Reference
     )
 
 
-if __name__ == "__main__":  # python -m trainer.probe.reference: the time, as JSON
-    print(reference_time().model_dump_json())
+def main(argv: list[str] | None = None) -> None:
+    """``python -m trainer.probe.reference [--device cuda] [--when before|after]``: the time as
+    JSON, or with ``--when`` as the run file's ``reference`` record line (what the campaigns
+    append to a run file: ``benchmarks/gpu_calibration.sh``)."""
+    import argparse
+
+    from vlscale.records import ReferenceRecord
+
+    parser = argparse.ArgumentParser(description=main.__doc__.splitlines()[0])
+    parser.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
+    parser.add_argument("--when", choices=("before", "after"), help="print a run-file record")
+    args = parser.parse_args(argv)
+    ref = reference_time(args.device)
+    print((ReferenceRecord(when=args.when, time=ref) if args.when else ref).model_dump_json())
+
+
+if __name__ == "__main__":
+    main()

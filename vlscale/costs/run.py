@@ -71,6 +71,17 @@ class RunPlan(BaseModel):
     def wall_time_days(self) -> float:
         return self.wall_time_s / (24 * HOUR_S)
 
+    def plan_fields(self) -> dict[str, float | int | None]:
+        """What a plan reports of its run (``vlscale.plan.planner.PlanResult``'s fields)."""
+        return {
+            "steps": self.steps,
+            "wall_time_h": self.wall_time_s / HOUR_S,
+            "device_hours": self.device_hours,
+            "cost_usd": self.cost,
+            "goodput": self.goodput,
+            "checkpoint_interval_s": self.checkpoint_interval_s,
+        }
+
 
 def steps_for_samples(samples: int, global_batch: int) -> int:
     """ceil(samples / global_batch): the last, partial batch is still a step."""

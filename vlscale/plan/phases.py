@@ -139,12 +139,7 @@ def _integrate(config: PlanConfig, runs, failure_model):
     warnings += [w for w in run.warnings if w not in warnings]
     return dataclasses.replace(
         top,
-        steps=run.steps,
-        wall_time_h=run.wall_time_s / 3600.0,
-        device_hours=run.device_hours,
-        cost_usd=run.cost,
-        goodput=run.goodput,
-        checkpoint_interval_s=run.checkpoint_interval_s,
+        **run.plan_fields(),
         memory_breakdown=bind.memory_breakdown,
         memory_per_device_bytes=bind.memory_per_device_bytes,
         fits=fits,
