@@ -168,3 +168,44 @@ def test_objectives_with_a_locked_tower_are_refused():
     # every objective off: SigLIP, locks and all
     out = vlscale("plan", *TINY, "--recipe", "siglip2", "--objectives", "none", "--lock-image")
     assert out.returncode == 0, out.stderr
+
+
+def test_flip_masking_is_not_siglip2s():
+    """SigLIP 2's masking is its own (siglip2.masked): FLIP's ratio is refused, as the
+    trainer refuses it, by the one rule in ``RecipeSpec``."""
+    _fails("plan", *TINY, "--recipe", "siglip2", "--mask-ratio", "0.5", field="mask_ratio")
+    _fails(
+        "memory", "tiny-siglip", "--recipe", "siglip2", "--mask-ratio", "0.5", field="mask_ratio"
+    )
+
+
+def test_memory_shows_every_phase_and_the_binding_one():
+    """``vlscale memory --recipe siglip2``: each phase's total (NaFlex at its largest length),
+    the breakdown of the largest, whose batch limit is the smallest over the phases."""
+    from vlscale.costs.memory import estimate_memory
+    from vlscale.costs.siglip2_memory import phases_memory
+    from vlscale.specs.layout import RunLayout
+    from vlscale.specs.presets import get_model
+    from vlscale.specs.recipes import default_recipe
+
+    args = ["memory", "ViT-B-16-SigLIP2-256", "--local-batch", "64", "--world-size", "64"]
+    out = vlscale(*args, "--recipe", "siglip2", "--device", "H100", "--json")
+    assert out.returncode == 0, out.stderr
+    r = json.loads(out.stdout)
+    assert list(r["phases"]) == ["base", "self-distillation", "naflex"]
+    assert r["total"] == max(r["phases"].values()) == r["phases"][r["binding_phase"]]
+    layout = RunLayout(**r["layout"])
+    spec, recipe = get_model("ViT-B-16-SigLIP2-256"), default_recipe("siglip2")
+    by_hand = phases_memory(spec, layout, recipe, local_batch=64)
+    assert r["phases"] == {name: m.total for name, m in by_hand.items()}
+    siglip = estimate_memory(spec, layout, default_recipe("siglip"), local_batch=64).total
+    assert r["phases"]["base"] > siglip  # the decoder's states and activations
+    plan = _json_plan("ViT-B-16-SigLIP2-256", "64", "4096")
+    assert r["max_local_batch"] == plan["max_local_batch"]
+
+
+def _json_plan(model: str, devices: str, batch: str) -> dict:
+    out = vlscale("plan", "--model", model, "--devices", devices, "--global-batch", batch,
+                  "--recipe", "siglip2", "--json")  # fmt: skip
+    assert out.returncode == 0, out.stderr
+    return json.loads(out.stdout)

@@ -353,10 +353,6 @@ def check_siglip2(cfg: TrainConfig) -> None:
             f"local views need position embeddings at another grid; {spec.name}'s RoPE tower "
             "has none here: set distill: null",
         )
-    if cfg.recipe_spec().mask_ratio:
-        raise ConfigError(
-            "mask_ratio", "FLIP patch dropping is not part of siglip2; drop --mask-ratio"
-        )
     if spec.vision.kind == "resnet" and s2.naflex is not None:
         raise ConfigError("siglip2.naflex", "needs a ViT image tower; set naflex: null")
     check_against_towers(s2, spec.vision, spec.text)

@@ -180,7 +180,9 @@ def memory_cmd(
     ),
     optimizer: str = typer.Option("adamw", "--optimizer", help="adamw | lamb | adafactor"),
     mask_ratio: float = typer.Option(0.0, "--mask-ratio", help="FLIP patch-drop ratio in [0, 1)"),
-    recipe: str = typer.Option("clip", "--recipe", help="clip | siglip | eva-clip"),
+    recipe: str = typer.Option(
+        "clip", "--recipe", help="clip | siglip | eva-clip | siglip2 (its largest phase)"
+    ),
     loss_impl: str = typer.Option("gather", "--loss-impl", help="gather | ring"),
     device: str | None = typer.Option(
         None,
@@ -203,7 +205,7 @@ def memory_cmd(
     Sizes are printed in GiB (2^30 bytes), like `plan`; catalog capacities are the vendors'
     decimal GB, converted the same way in both commands. Without --precision: bf16, or the
     --device's 16-bit type."""
-    from vlscale.specs.recipes import RecipeSpec
+    from vlscale.specs.recipes import RecipeSpec, default_recipe
 
     check_mask_ratio(mask_ratio)
     for field, value in (
@@ -214,7 +216,16 @@ def memory_cmd(
     ):
         check_positive(field, value)
     layout = _memory_layout(layout_flags or {}, shard_degree, world_size, device)
-    rec = RecipeSpec(name=recipe, loss_impl=loss_impl, optimizer=optimizer, mask_ratio=mask_ratio)
+    # SigLIP 2 with its paper objectives and phases (the others have none); FLIP's ratio is
+    # another recipe's knob (``RecipeSpec`` refuses it with siglip2's own masking)
+    objectives = default_recipe("siglip2").siglip2 if recipe == "siglip2" else None
+    rec = RecipeSpec(
+        name=recipe,
+        loss_impl=loss_impl,
+        optimizer=optimizer,
+        mask_ratio=mask_ratio,
+        siglip2=objectives,
+    )
     capacity = _device_capacity(device, device_memory_gib)
     result = _memory_result(model, layout, rec, local_batch, capacity)
     if as_json:
@@ -233,7 +244,19 @@ def _memory_result(
     from vlscale.specs.presets import resolve_model
 
     spec = resolve_model(model)
-    mem = estimate_memory(spec, layout, rec, local_batch=local_batch)
+    phases, memory = {}, None
+    if rec.objectives is not None:  # SigLIP 2: every phase; the largest binds
+        from vlscale.costs.siglip2_memory import phases_memory
+        from vlscale.specs.siglip2 import check_against_towers
+
+        check_against_towers(rec.objectives, spec.vision, spec.text)
+        phases = phases_memory(spec, layout, rec, local_batch=local_batch)
+        mem = max(phases.values(), key=lambda m: m.total)
+
+        def memory(b: int) -> int:
+            return max(m.total for m in phases_memory(spec, layout, rec, local_batch=b).values())
+    else:
+        mem = estimate_memory(spec, layout, rec, local_batch=local_batch)
     result: dict[str, Any] = {
         "model": spec.name,
         "local_batch": local_batch,
@@ -248,10 +271,13 @@ def _memory_result(
         "total": mem.total,
         "layout": layout.model_dump(mode="json"),
     }
+    if phases:
+        result["phases"] = {name: m.total for name, m in phases.items()}
+        result["binding_phase"] = max(phases, key=lambda name: phases[name].total)
     if capacity is not None:
         result["device_memory_bytes"] = capacity
         result["fits"] = mem.total <= capacity
-        result["max_local_batch"] = max_local_batch(spec, capacity, layout, rec)
+        result["max_local_batch"] = max_local_batch(spec, capacity, layout, rec, memory=memory)
     return result
 
 
@@ -260,6 +286,9 @@ def _print_memory(result: dict[str, Any], layout: RunLayout, rec, source: str) -
     came from."""
     rows = [[k, human_bytes(v)] for k, v in result["breakdown"].items()]
     rows.append(["total", human_bytes(result["total"])])
+    if "phases" in result:  # SigLIP 2: the breakdown above is the binding phase's
+        rows += [[f"phase {name}", human_bytes(v)] for name, v in result["phases"].items()]
+        rows.append(["binding phase", result["binding_phase"]])
     if "device_memory_bytes" in result:
         rows.append([f"device memory ({source})", human_bytes(result["device_memory_bytes"])])
         rows.append(["fits", str(result["fits"])])

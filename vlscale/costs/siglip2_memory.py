@@ -37,6 +37,7 @@ from vlscale.costs.memory import (
 )
 from vlscale.costs.siglip2 import (
     added_layers,
+    naflex_model,
     phase_passes,
     student_extra_params,
     teacher_unit_params,
@@ -117,3 +118,32 @@ def _numel(shape) -> int:
 
 def _div(a: int, b: int) -> int:
     return -(-a // b)
+
+
+def phases_memory(
+    spec, layout, recipe, *, local_batch: int, overhead_bytes: int = DEFAULT_OVERHEAD_BYTES
+) -> dict[str, MemoryBreakdown]:
+    """Each phase's peak memory per device (the recipe's ``objectives.phases()``); a NaFlex
+    phase at its largest over its sequence lengths, each at the local batch it runs
+    (``local_batch · batch_scale(n)``, at least 1), as the planner plans them."""
+    s2 = recipe.objectives
+    out = {}
+    for phase in s2.phases():
+        lengths = s2.naflex.lengths if phase.naflex else (None,)
+        out[phase.name] = max(
+            (
+                phase_memory(
+                    naflex_model(spec, phase, n),
+                    layout,
+                    recipe,
+                    phase,
+                    local_batch=local_batch
+                    if n is None
+                    else max(1, round(local_batch * s2.naflex.batch_scale(n))),
+                    overhead_bytes=overhead_bytes,
+                )
+                for n in lengths
+            ),
+            key=lambda m: m.total,
+        )
+    return out

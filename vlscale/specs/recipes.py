@@ -84,6 +84,12 @@ class RecipeSpec(BaseModel):
         problem = ring_problem(self.loss, self.loss_impl)
         if problem:
             raise ConfigError("loss_impl", f"{problem} (recipe '{self.name}')")
+        if self.name == "siglip2" and self.mask_ratio:
+            raise ConfigError(
+                "mask_ratio",
+                f"FLIP patch dropping ({self.mask_ratio:g}) is not part of siglip2 (its masked "
+                "prediction is siglip2.masked); drop --mask-ratio",
+            )
         if self.siglip2 is not None and self.name != "siglip2":
             raise ConfigError(
                 "siglip2",
