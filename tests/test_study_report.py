@@ -234,6 +234,43 @@ def test_report_without_validation_says_so(tmp_path, quick_config):
     assert text.count('class="plotly-graph-div"') == 6
     assert "devices 8, 16;" in text
     _assert_fidelity_is_papers(text)
+    _assert_siglip2_is_the_planners(text)
+
+
+def _assert_siglip2_is_the_planners(text: str) -> None:
+    """The page's SigLIP 2 section: per model SigLIP's and SigLIP 2's wall time and cost, the
+    ratio and each objective's share, as plan --json gives them at the paper's scale (SigLIP 2
+    with one objective off through a plan file's siglip2 mapping), and the no-published-time
+    line."""
+    import html
+    import re
+
+    from vlscale.report.siglip2_scale import MODELS, OBJECTIVES, SCENARIO, SIGLIP2_HEADING
+
+    heading = f"<h2>{html.escape(SIGLIP2_HEADING)}</h2>"
+    section = text.split(heading, 1)[1].split("<h2>", 1)[0]
+    assert "No published SigLIP 2 training time exists" in section
+    shown = dict(
+        (label, cells)
+        for label, cells in re.findall(r"<tr><th>([^<]*)</th>((?:<td>[^<]*</td>)+)</tr>", section)
+    )
+    assert set(shown) == set(MODELS)
+    flags = ["--device", "TPUv5e", "--devices", "2048", "--num-slices", "8", "--slice-shape",
+             "16x16", "--global-batch", "32768", "--samples", "4e10", "--checkpointing",
+             "--precision", "bf16", "--json"]  # fmt: skip
+    assert SCENARIO["samples"] == 4e10 and SCENARIO["global_batch"] == 32768
+    model = MODELS[0]
+    siglip = json.loads(vlscale("plan", "--model", model, "--recipe", "siglip", *flags).stdout)
+    full = json.loads(vlscale("plan", "--model", model, "--recipe", "siglip2", *flags).stdout)
+    cells = re.findall(r"<td>([^<]*)</td>", shown[model])
+    assert cells[0] == f"{siglip['wall_time_h']:,.1f} / ${siglip['cost_usd']:,.0f}"
+    assert cells[1] == f"{full['wall_time_h']:,.1f} / ${full['cost_usd']:,.0f}"
+    assert cells[2] == f"{full['cost_usd'] / siglip['cost_usd']:.2f}"
+    out = vlscale("plan", "--model", model, "--recipe", "siglip2", "--objectives",
+                  ",".join(x for x in OBJECTIVES if x != "decoder"), *flags)  # fmt: skip
+    without = json.loads(out.stdout)
+    share = (full["cost_usd"] - without["cost_usd"]) / full["cost_usd"]
+    assert cells[3] == f"{share:+.1%}" and share > 0.2  # the 256k-vocabulary decoder
 
 
 def _pct(value: float, sign: str = "") -> str:

@@ -2,8 +2,9 @@
 
 Sections: the base scenario, scaling curves, softmax vs sigmoid, FLIP, the cost frontier,
 calibration (validation results, or the sentence "no validation results"), published runs, the
-fidelity on them (held-out error per stack and device, band coverage), and the assumptions with
-the command that reproduces the page. ``study_report`` is pure given its inputs (the study rows,
+fidelity on them (held-out error per stack and device, band coverage), SigLIP 2 against SigLIP
+at the paper's scale (planned; no published time to check), and the assumptions with the
+command that reproduces the page. ``study_report`` is pure given its inputs (the study rows,
 published rows, validation results); ``build_study_report`` plans them.
 plotly.js is inlined once in ``<head>`` as in ``vlscale.report.html``; the file is written with
 ``html.write_report_atomic``.
@@ -102,8 +103,10 @@ def study_report(
     command: str,
     *,
     validation_dir: str = "reports/validation",
+    siglip2: dict[str, Any] | None = None,
 ) -> str:
-    """The page's HTML from already-planned inputs (module docstring)."""
+    """The page's HTML from already-planned inputs (module docstring); ``siglip2``: SigLIP 2
+    at the paper's scale (``vlscale.report.siglip2_scale.paper_scale``), a section when given."""
     from vlscale.plan.planner import resolve
 
     cfg = spec.base
@@ -118,6 +121,7 @@ def study_report(
         _calibration_section(validation, validation_dir),
         _papers_section(papers),
         _fidelity_section(papers),
+        *([_siglip2_section(siglip2)] if siglip2 is not None else []),
         _assumptions_section(spec, device, base, command),
     ]
     return render_document(title, sections, _intro(spec, rows, base))
@@ -336,6 +340,40 @@ def _fidelity_section(papers: list[dict[str, Any]]) -> Section:
     )
 
 
+def _siglip2_section(data: dict[str, Any]) -> Section:
+    """SigLIP 2 against SigLIP at the paper's scale (``vlscale.report.siglip2_scale``)."""
+    from vlscale.report.siglip2_scale import (
+        NO_PUBLISHED_TIME,
+        SIGLIP2_HEADER,
+        SIGLIP2_HEADING,
+        siglip2_rows,
+    )
+
+    s = data["scenario"]
+    setting = (
+        f"{s['devices']:,} {s['device']} ({s['num_slices']} slices of {s['slice_shape']}), "
+        f"global batch {s['global_batch']:,}, {s['samples'] / 1e9:.0f}B examples, "
+        f"{s['sharding']}, {s['precision']}, checkpointing, the sigmoid loss's "
+        f"'{s['loss_impl']}'; SigLIP 2 with the paper's phases (decoder throughout; "
+        "self-distillation and masked prediction from 80 %; NaFlex from 90 %)."
+    )
+    note = (
+        "An objective's share is (cost with it − cost without it) / cost with it. Without "
+        "NaFlex the self-distillation phase runs to the end, so NaFlex's share is negative when "
+        "distillation's passes cost more than NaFlex's lengths. `python "
+        "benchmarks/siglip2_paper_scale.py` writes the plans and phases to reports/siglip2/."
+    )
+    return Section(
+        SIGLIP2_HEADING,
+        [
+            _p(setting),
+            _p(NO_PUBLISHED_TIME),
+            summary_table(SIGLIP2_HEADER, siglip2_rows(data)),
+            _p(note, "note"),
+        ],
+    )
+
+
 def _assumptions_section(spec: StudySpec, device, base: dict[str, Any], command: str) -> Section:
     """Hardware and efficiencies with their sources, and the command that reproduces the page."""
     from vlscale.report.assumptions import (
@@ -371,6 +409,7 @@ def build_study_report(
     from vlscale.plan.papers_table import paper_rows
     from vlscale.plan.planner import plan
     from vlscale.report.record import read_validation
+    from vlscale.report.siglip2_scale import paper_scale
 
     validation = read_validation(validation_dir)  # a bad file fails before any planning
     rows = run_study(spec, progress=progress, workers=workers, scheduler=scheduler)
@@ -383,6 +422,7 @@ def build_study_report(
         validation,
         command,
         validation_dir=str(validation_dir),
+        siglip2=paper_scale(),
     )
 
 
