@@ -188,13 +188,15 @@ def test_added_parameters_by_unit():
     d, v, t = spec.text.trunk.width, spec.vision.trunk.width, spec.text
     hd = recipe.objectives.distill.head_dim
     head = 2 * v + hd * v + hd + hd * hd + hd
-    assert added["visual"] == 2 * head + v  # distill_head, masked_head, patch_mask_token
+    assert added["visual"] == v  # patch_mask_token; each head is a unit of its own
+    assert added["distill_head"] == added["masked_head"] == head
     embed = t.vocab_size * d + t.context_length * d + d
     assert added["decoder"] == embed + 2 * d + t.vocab_size * d + t.vocab_size
     assert sum(1 for k in added if k.startswith("decoder.blocks.")) == t.trunk.depth // 2
     # per phase: only what trains in it (the heads in self-distillation only)
     base, distill = recipe.objectives.phases()[:2]
-    assert student_extra_params(spec, recipe.objectives, base)["visual"] == 0
+    in_base = student_extra_params(spec, recipe.objectives, base)
+    assert in_base["visual"] == 0 and "distill_head" not in in_base
     assert student_extra_params(spec, recipe.objectives, distill) == added
 
 

@@ -35,7 +35,7 @@ from dataclasses import dataclass
 from functools import cache
 
 from vlscale.costs.flops import forward_flops
-from vlscale.costs.layers import Layer, OpList, PatchEmbed, TransformerBlock
+from vlscale.costs.layers import Layer, OpList, PatchEmbed, TransformerBlock, is_unit
 from vlscale.costs.layers.decoder import DecoderBlock, DecoderEmbed, DecoderHead
 from vlscale.costs.layers.primitives import norm_shapes
 from vlscale.costs.layers.siglip2_heads import DistillHead, MaskedHead, MaskToken
@@ -171,13 +171,16 @@ def phase_passes(spec: ModelSpec, s2: Siglip2Spec, phase: Phase) -> tuple[Pass, 
 def student_extra_params(
     spec: ModelSpec, s2: Siglip2Spec, phase: Phase | None = None
 ) -> dict[str, int]:
-    """Parameters SigLIP 2 adds to the student, by FSDP unit: the heads and the mask token ride
-    with "visual"; the decoder's embedding and head are "decoder", its blocks
-    "decoder.blocks.i". With ``phase``, only those that train in it: a head is counted (in
-    memory, gathers and the optimizer) in the phases it is used in, so that an objective costs
-    nothing outside its phases (its few parameters idle before, not counted)."""
+    """Parameters SigLIP 2 adds to the student, by FSDP unit: the mask token rides with
+    "visual", each head is a unit of its own ("distill_head", "masked_head"); the decoder's
+    embedding and head are "decoder", its blocks "decoder.blocks.i". With ``phase``, only
+    those that train in it: a head is counted (in memory, gathers and the optimizer) in the
+    phases it is used in, so that an objective costs nothing outside its phases (idle before,
+    never gathered: the trainer's heads are units of their own too)."""
     layers = added_layers(spec, s2, phase)
-    out = {"visual": layers_params(x for x in layers if not x.name.startswith("decoder"))}
+    image = [x for x in layers if not x.name.startswith("decoder")]
+    out = {"visual": layers_params(x for x in image if not is_unit(x))}
+    out |= {x.unit_name: x.params() for x in image if is_unit(x)}  # the heads
     decoder = [x for x in layers if x.name.startswith("decoder")]
     if decoder:
         out["decoder"] = sum(x.params() for x in decoder if x.role != "block")
@@ -187,7 +190,8 @@ def student_extra_params(
 
 def teacher_unit_params(spec: ModelSpec, s2: Siglip2Spec, phase: Phase) -> dict[str, int]:
     """The teacher's parameters by FSDP unit (its image tower as the student's with its final
-    norm, less pool and projection, plus its heads); empty outside the self-distillation phase."""
+    norm, less pool and projection; each head a unit of its own); empty outside the
+    self-distillation phase."""
     teacher = next((p for p in phase_passes(spec, s2, phase) if p.name == "teacher"), None)
     if teacher is None:
         return {}
@@ -195,8 +199,8 @@ def teacher_unit_params(spec: ModelSpec, s2: Siglip2Spec, phase: Phase) -> dict[
     blocks = {x.name: x.params() for x in teacher.layers if x.role == "block"}
     stem = PatchEmbed("teacher.visual", v).params()
     norm = numel(norm_shapes(v.trunk.width, v.trunk))  # its final norm: the heads' tokens
-    heads = layers_params(x for x in teacher.layers if x.role == "head")
-    return {"teacher.visual": stem + norm + heads} | blocks
+    heads = {x.unit_name: x.params() for x in teacher.layers if x.role == "head"}
+    return {"teacher.visual": stem + norm} | blocks | heads
 
 
 def pass_forward_flops(p: Pass) -> float:

@@ -5,9 +5,10 @@
     teacher        its FSDP units first in the list, forward only: frozen units gathered for
                    the forward like a locked tower (``_frozen_unit_comm``), no backward, no
                    gradient sync; parameters sharded like the student's
-    student views  the local views and the masked view run through the image tower's own units:
-                   each unit's forward and backward gain the views' ops; the heads and the mask
-                   token join the image tower's own unit ("visual"), its gather and its sync
+    student views  the local views and the masked view are further calls of the image tower:
+                   each call's units are gathered again in forward and backward and their
+                   gradients reduce-scattered again (FSDP2 runs post-backward once per call);
+                   the heads and the mask token join the image tower's own unit ("visual")
     decoder        its units ("decoder", "decoder.blocks.i") after the text tower's, trained
                    like the towers' (gathered, reduce-scattered), at b·passes samples
     optimizer      the student's optimizer over the added parameters too, and the teacher's EMA
@@ -84,7 +85,7 @@ def _extend(spec, recipe, cluster, layout, phase, passes, added, wl, costs, kw):
     price, extra_price = OpPricer(res, gamma), OpPricer(res, gamma)
     groups = collective_groups(cluster, layout, res.profile, kw.get("comm_efficiency", 1.0))
     views, teacher, decoder = _pass_units(passes, b, new, layout.checkpointing)
-    for ops in (*views.values(), *teacher, *decoder):
+    for ops in (*(u for _, us in views for u in us), *teacher, *decoder):
         extra_price([*ops.forward, *ops.backward])
     params = unit_params(spec)
     base_params = dict(params)
@@ -95,11 +96,12 @@ def _extend(spec, recipe, cluster, layout, phase, passes, added, wl, costs, kw):
     moved_new: dict[str, float] = {}
     moved_old: dict[str, float] = {}
 
-    def timed(ops: UnitOps, frozen: bool = False):
-        comm = _unit_comm(params[ops.name], groups, layout, 0 if frozen else None)
-        for kind, n in comm.moved.items():
-            moved_new[kind] = moved_new.get(kind, 0.0) + n
-        return _timed_unit(ops, params[ops.name], comm, layout, price, overhead, frozen)
+    def timed(ops: UnitOps, frozen: bool = False, unit: str | None = None):
+        n = params[unit or ops.name]
+        comm = _unit_comm(n, groups, layout, 0 if frozen else None)
+        for kind, x in comm.moved.items():
+            moved_new[kind] = moved_new.get(kind, 0.0) + x
+        return _timed_unit(ops, n, comm, layout, price, overhead, frozen)
 
     base_ops = unit_ops(
         spec,
@@ -112,15 +114,17 @@ def _extend(spec, recipe, cluster, layout, phase, passes, added, wl, costs, kw):
     for ops in base_ops:
         for kind, n in _unit_comm(base_params[ops.name], groups, layout).moved.items():
             moved_old[kind] = moved_old.get(kind, 0.0) + n
-        more = views.get(ops.name, UnitOps(ops.name, (), ()))
-        student.append(
-            timed(UnitOps(ops.name, ops.forward + more.forward, ops.backward + more.backward))
-        )
+        student.append(timed(ops))
     units = (
         *(timed(u, frozen=True) for u in teacher),
         *student,
         *(timed(u) for u in decoder),
-    )
+        # each further call of the image tower (local views, masked view) gathers its units
+        # again, forward and backward, and reduce-scatters their gradients again: FSDP2's
+        # post-backward runs once per call (the "visual" unit carries the heads' parameters)
+        *(timed(UnitOps(f"{u.name} ({name})", u.forward, u.backward), unit=u.name)
+          for name, pass_units in views for u in pass_units),
+    )  # fmt: skip
     opt_kw = kw | {"phase": phase}
     optimizer_s = _optimizer_s(spec, cluster, layout, recipe, price, opt_kw, added, params, teacher)
     wl2 = wl.model_copy(update={"units": units, "optimizer_s": optimizer_s})
@@ -129,9 +133,9 @@ def _extend(spec, recipe, cluster, layout, phase, passes, added, wl, costs, kw):
 
 
 def _pass_units(passes: tuple[Pass, ...], b: int, new, checkpointing: bool):
-    """The passes' units: the student views' ops merged per image-tower unit (name ->
-    UnitOps), the teacher's units (forward only) and the decoder's, in forward order."""
-    views: dict[str, UnitOps] = {}
+    """The passes' units in forward order: the student views' (per view pass, its name and its
+    calls of the image tower's units), the teacher's (forward only) and the decoder's."""
+    views: list[tuple[str, list[UnitOps]]] = []
     teacher: list[UnitOps] = []
     decoder: list[UnitOps] = []
     for p in passes:
@@ -145,9 +149,7 @@ def _pass_units(passes: tuple[Pass, ...], b: int, new, checkpointing: bool):
         elif p.name == "decoder":
             decoder += units
         else:
-            for u in units:
-                old = views.get(u.name, UnitOps(u.name, (), ()))
-                views[u.name] = UnitOps(u.name, old.forward + u.forward, old.backward + u.backward)
+            views.append((p.name, units))
     return views, teacher, decoder
 
 

@@ -31,7 +31,10 @@ from vlscale.costs.layers.primitives import OpList, Phase, Saved, Shape
 
 class _ViewHead(Layer):
     """LN, Linear v → hd, GELU, Linear hd → hd on ``rows`` rows per sample of a view of
-    ``tokens`` tokens (module docstring)."""
+    ``tokens`` tokens (module docstring). An FSDP unit of its own (``trainer.parallelize.
+    head_units``): gathered only in the pass that runs it, never before self-distillation."""
+
+    own_unit = True
 
     width: int
     head_dim: int
