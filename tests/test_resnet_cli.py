@@ -50,3 +50,19 @@ def test_memory_and_plan_run(name):
 )
 def test_mask_ratio_with_a_resnet_is_one_line(args):
     _fails(*args, field="mask_ratio: patch dropout has no meaning for a ResNet image tower (RN50)")
+
+
+def test_compare_a_resnet_leaves_out_the_flip_recipe_and_says_so():
+    """The default compare set's EVA-CLIP is FLIP patch dropping, which a ResNet cannot do: it
+    is left out with a note, and the other recipes compare (a ViT keeps all four)."""
+    import json
+
+    args = ["compare", "--devices", "8", "--global-batch", "256", "--json"]
+    out = vlscale(*args, "--model", "RN50")
+    assert out.returncode == 0, out.stderr
+    assert "eva-clip left out" in out.stderr
+    got = [(r["recipe"], r["loss_impl"]) for r in json.loads(out.stdout)]
+    assert got == [("clip", "gather"), ("siglip", "gather"), ("siglip", "ring")]
+    vit = vlscale(*args, "--model", "ViT-B-32")
+    assert [r["recipe"] for r in json.loads(vit.stdout)][-1] == "eva-clip"
+    assert "left out" not in vit.stderr
