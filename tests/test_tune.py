@@ -211,6 +211,8 @@ def test_cli_table_names_the_best_and_what_binds_it():
         (["--devices", "3", "--global-batch", "64"], "global_batch"),
         (["--model", "no-such-model"], "model"),
         (["--device", "no-such-gpu"], "device"),
+        (["--device", "TPUv5e", "--slice-shape", "4x"], "slice_shape"),
+        (["--device", "TPUv5e", "--devices", "24", "--slice-shape", "4x4"], "devices"),
     ],
 )
 def test_bad_input_is_one_line_and_exit_2(args, field):
@@ -218,3 +220,30 @@ def test_bad_input_is_one_line_and_exit_2(args, field):
     assert out.returncode == 2, (out.returncode, out.stderr)
     lines = [ln for ln in out.stderr.splitlines() if ln.strip()]
     assert len(lines) == 1 and lines[0].startswith(f"error: {field}"), out.stderr
+
+
+def test_tpu_device_counts_become_slices_of_the_shape_given():
+    """--slice-shape 16x16 on TPUv5e: 512 and 1,024 chips are 2 and 4 slices; every listed
+    layout is planned there (plan --json of the same cluster gives the same step), and a count
+    beyond one pod without a shape is refused by the planner with the fix."""
+    args = ["tune", "--model", "tiny-siglip", "--recipe", "siglip", "--device", "TPUv5e"]
+    args += ["--devices", "512", "--devices", "1024", "--slice-shape", "16x16"]
+    out = vlscale(*args, "--samples", "1e9", "--workers", "1", "--quiet", "--top", "1000", "--json")
+    assert out.returncode == 0, out.stderr
+    best = json.loads(out.stdout)
+    assert {r["layout"]["devices"] for r in best} == {512, 1024}
+    first = best[0]
+    layout = first["layout"]
+    plan = vlscale("plan", "--model", "tiny-siglip", "--recipe", "siglip", "--device", "TPUv5e",
+                   "--devices", str(layout["devices"]), "--slice-shape", "16x16", "--num-slices",
+                   str(layout["devices"] // 256), "--sharding", layout["sharding"],
+                   *(["--shard-size", str(layout["shard_size"])] if layout["shard_size"] else []),
+                   "--global-batch", str(first["global_batch"]), "--samples", "1e9",
+                   "--loss-impl", first["loss_impl"], "--grad-accum", str(layout["grad_accum"]),
+                   "--checkpointing" if layout["checkpointing"] else "--no-checkpointing",
+                   "--reshard-after-forward" if layout["reshard_after_forward"]
+                   else "--no-reshard-after-forward", "--json")  # fmt: skip
+    assert plan.returncode == 0, plan.stderr
+    assert json.loads(plan.stdout)["step_time_s"] == pytest.approx(first["step_time_s"])
+    refused = vlscale("tune", "--model", "tiny-siglip", "--device", "TPUv5e", "--devices", "512")
+    assert refused.returncode == 2 and "--slice-shape" in refused.stderr

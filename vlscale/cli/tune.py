@@ -14,6 +14,8 @@ from vlscale.cli.options import (
     RecipeOpt,
     SamplesOpt,
     SchedulerOpt,
+    ShapeOpt,
+    SlicesOpt,
     StackOpt,
     WorkersOpt,
 )
@@ -55,6 +57,8 @@ def tune_cmd(
     budget_usd: BudgetOpt = None,
     top: TopOpt = 10,
     stack: StackOpt = None,
+    num_slices: SlicesOpt = None,
+    slice_shape: ShapeOpt = None,
     workers: WorkersOpt = None,
     scheduler: SchedulerOpt = None,
     quiet: Annotated[bool, typer.Option("--quiet", help="no progress bar")] = False,
@@ -64,7 +68,9 @@ def tune_cmd(
     loss implementation) and list the cheapest that fit, meet --deadline-h and --budget-usd.
 
     Each layout is planned like `vlscale plan`, on every local core by default (or on a Dask
-    cluster with --scheduler). Layouts that do not fit are never listed; the summary on stderr
+    cluster with --scheduler). On TPUs, --slice-shape makes each device count as many slices of
+    that torus as it takes (2,048 v5e chips of 16x16: 8 slices; --num-slices fixes the count).
+    Layouts that do not fit are never listed; the summary on stderr
     counts them. `binding` says what limits a layout: memory, communication or compute."""
     from vlscale.plan.config import PlanConfig, parse_count
     from vlscale.plan.tune import TuneRequest, tune
@@ -80,7 +86,8 @@ def tune_cmd(
         deadline_h=deadline_h,
         budget_usd=budget_usd,
         top=top,
-        base={"stack": stack} if stack is not None else {},
+        base={k: v for k, v in (("stack", stack), ("num_slices", num_slices)) if v is not None},
+        slice_shape=slice_shape,
     )
     result = tune(request, workers=workers, scheduler=scheduler, progress=not quiet)
     typer.echo(result.summary.line(), err=True)

@@ -135,6 +135,9 @@ class TuneRequest:
     budget_usd: float | None = None
     top: int = 10
     base: dict[str, Any] = field(default_factory=dict)  # other PlanConfig keys, every point
+    # TPU: the slice torus; without ``num_slices`` in ``base``, each device count is as many
+    # slices of this shape as it takes (2,048 v5e chips of 16x16: 8 slices)
+    slice_shape: str | None = None
 
     def __post_init__(self) -> None:
         if not self.devices:
@@ -162,9 +165,31 @@ class TuneRequest:
         out = []
         for n in dict.fromkeys(self.devices):  # each device count once, in the order given
             batch = self.global_batch or default_global_batch(self.recipe, n)
-            node = node_size(base | {"devices": n, "global_batch": batch})
-            out += [base | layout for layout in layout_candidates(n, batch, self.recipe, node)]
+            cluster = base | self._slices(n)
+            node = node_size(cluster | {"devices": n, "global_batch": batch})
+            out += [cluster | layout for layout in layout_candidates(n, batch, self.recipe, node)]
         return out
+
+    def _slices(self, n: int) -> dict[str, Any]:
+        """The TPU slice keys for ``n`` chips: the shape, and unless ``base`` fixes it the
+        number of slices of that shape ``n`` makes (a ConfigError when it is not whole)."""
+        if self.slice_shape is None:
+            return {}
+        from vlscale.specs.torus import parse_slice_shape
+
+        try:
+            chips = math.prod(parse_slice_shape(self.slice_shape))
+        except ValueError as err:
+            raise ConfigError("slice_shape", str(err)) from None
+        if "num_slices" in self.base:
+            return {"slice_shape": self.slice_shape}
+        if n % chips:
+            raise ConfigError(
+                "devices",
+                f"{n} chips are not whole {self.slice_shape} slices ({chips} chips each); "
+                f"use a multiple of {chips}",
+            )
+        return {"slice_shape": self.slice_shape, "num_slices": n // chips}
 
 
 def node_size(point: dict[str, Any]) -> int:
