@@ -31,7 +31,7 @@ DevOpt = Annotated[
 ]
 
 
-def _device(hardware_file: str | None, name: str | None):
+def profile_device(hardware_file: str | None, name: str | None):
     """The device to predict on: one of a hardware file's, or (no file) a catalog device; None
     when neither is given (each run's recorded catalog key is used)."""
     from vlscale.specs.hardware import get_device, load_hardware_file
@@ -56,10 +56,10 @@ def _probe_device(path: str, name: str | None):
     from vlscale.specs.hardware import load_hardware_file
 
     only = len(load_hardware_file(path).devices) == 1
-    return _device(path, None if only else name)
+    return profile_device(path, None if only else name)
 
 
-def _runs(paths: list[str], device, hardware_file: str | None):
+def measured_runs(paths: list[str], device, hardware_file: str | None):
     from vlscale.calibrate.runs import expand_run_paths, load_measured_runs
 
     name = device.name if device is not None else None
@@ -83,9 +83,9 @@ def calibrate_cmd(
     from vlscale.specs.hardware import dump_hardware_file
 
     check_output_file(out, "out", (".yaml", ".yml"))
-    dev = _device(hardware_file, device)
+    dev = profile_device(hardware_file, device)
     chosen = tuple(p.strip() for p in params.split(",")) if params else DEFAULT_PARAMETERS
-    measured = _runs(runs, dev, hardware_file)
+    measured = measured_runs(runs, dev, hardware_file)
     _warn_identity(hardware_file, dev, measured)
     fitted = calibrate(dev, measured, chosen)
     dump_hardware_file(out, devices=[fitted])
@@ -123,9 +123,9 @@ def validate_cmd(
         check_report_path(report)
     if out is not None:
         check_output_file(out, "out", (".json",))
-    dev = _device(hardware_file, device)
+    dev = profile_device(hardware_file, device)
     probe_dev = _probe_device(probe_profile, device) if probe_profile else None
-    measured = _runs(runs, dev, hardware_file)
+    measured = measured_runs(runs, dev, hardware_file)
     _warn_identity(hardware_file, dev, measured)
     result = _validation(measured, dev, probe_dev)
     title = dev.name if dev is not None else "catalog devices"

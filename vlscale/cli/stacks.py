@@ -19,7 +19,7 @@ import typer
 import yaml
 
 from vlscale.cli.app import emit_json, handles_bad_input, print_table
-from vlscale.cli.calibrate import DevOpt, RunsArg, _device, _runs
+from vlscale.cli.calibrate import DevOpt, RunsArg, measured_runs, profile_device
 from vlscale.paths import atomic_write_text, check_output_file
 
 stacks_app = typer.Typer(
@@ -86,8 +86,8 @@ def stacks_fit_cmd(
 
     check_output_file(out, "out", (".yaml", ".yml"))
     stack = get_stack(stack).name if stack else default_stack_name()
-    dev = _device(hardware_file, device)
-    fit = measure_stack(_runs(runs, dev, hardware_file), stack, dev)
+    dev = profile_device(hardware_file, device)
+    fit = measure_stack(measured_runs(runs, dev, hardware_file), stack, dev)
     when = dt.datetime.now(dt.UTC).strftime("%Y-%m-%d")
     on = f"{dev.name} of {hardware_file}" if dev is not None else "their catalog device"
     source = (

@@ -262,7 +262,7 @@ def optimizer_state_elements(spec: ModelSpec, optimizer: str) -> int:
     if optimizer in ("adamw", "lamb"):
         return 2 * count_params(spec).total
     if optimizer == "adafactor":
-        return sum(_adafactor_elements(shape) for shape in parameter_shapes(spec))
+        return sum(adafactor_elements(shape) for shape in parameter_shapes(spec))
     raise ConfigError("optimizer", f"unknown optimizer '{optimizer}'; use one of {OPTIMIZERS}")
 
 
@@ -289,11 +289,11 @@ def optimizer_state_bytes(
             sharded += shape[0]
             replicated += shape[1]
         else:
-            sharded += _adafactor_elements(shape)
+            sharded += adafactor_elements(shape)
     return FP32 * (_ceil_div(sharded, shard_degree) + replicated)
 
 
-def _adafactor_elements(shape: tuple[int, ...]) -> int:
+def adafactor_elements(shape: tuple[int, ...]) -> int:
     """torch.optim.Adafactor: row variance (last dim reduced) + column variance (second to last
     reduced) for rank >= 2; the full variance for vectors."""
     if len(shape) < 2:

@@ -30,7 +30,7 @@ from vlscale.costs.dtypes import FP32
 from vlscale.costs.memory import (
     DEFAULT_OVERHEAD_BYTES,
     MemoryBreakdown,
-    _adafactor_elements,
+    adafactor_elements,
     estimate_memory,
     fsdp_units,
     unit_buffer_bytes,
@@ -104,7 +104,7 @@ def _optimizer_bytes(spec, s2, phase, optimizer: str, s: int) -> int:
     shapes = [shape for layer in added_layers(spec, s2, phase) for shape in layer.param_shapes()]
     if optimizer != "adafactor":
         return _div(2 * FP32 * sum(_numel(x) for x in shapes), s)
-    sharded = sum(x[0] if len(x) == 2 else _adafactor_elements(x) for x in shapes)
+    sharded = sum(x[0] if len(x) == 2 else adafactor_elements(x) for x in shapes)
     replicated = sum(x[1] for x in shapes if len(x) == 2)
     return FP32 * (_div(sharded, s) + replicated)
 

@@ -3,7 +3,7 @@
 (``vlscale.costs.siglip2.phase_passes``).
 
     teacher        its FSDP units first in the list, forward only: frozen units gathered for
-                   the forward like a locked tower (``_frozen_unit_comm``), no backward, no
+                   the forward like a locked tower (``workload_builder.unit_comm``), no backward, no
                    gradient sync; parameters sharded like the student's
     student views  the local views and the masked view are further calls of the image tower:
                    each call's units are gathered again in forward and backward and their
@@ -41,11 +41,11 @@ from vlscale.costs.step_ops import optimizer_ops
 from vlscale.errors import ConfigError
 from vlscale.plan.op_pricer import OpPricer
 from vlscale.plan.workload_builder import (
-    _timed_unit,
-    _unit_comm,
     build_workload,
     collective_groups,
     compute_dtype,
+    timed_unit,
+    unit_comm,
     unit_params,
 )
 from vlscale.specs.siglip2 import Phase
@@ -98,10 +98,10 @@ def _extend(spec, recipe, cluster, layout, phase, passes, added, wl, costs, kw):
 
     def timed(ops: UnitOps, frozen: bool = False, unit: str | None = None):
         n = params[unit or ops.name]
-        comm = _unit_comm(n, groups, layout, 0 if frozen else None)
+        comm = unit_comm(n, groups, layout, 0 if frozen else None)
         for kind, x in comm.moved.items():
             moved_new[kind] = moved_new.get(kind, 0.0) + x
-        return _timed_unit(ops, n, comm, layout, price, overhead, frozen)
+        return timed_unit(ops, n, comm, layout, price, overhead, frozen)
 
     base_ops = unit_ops(
         spec,
@@ -112,7 +112,7 @@ def _extend(spec, recipe, cluster, layout, phase, passes, added, wl, costs, kw):
     )
     student = []
     for ops in base_ops:
-        for kind, n in _unit_comm(base_params[ops.name], groups, layout).moved.items():
+        for kind, n in unit_comm(base_params[ops.name], groups, layout).moved.items():
             moved_old[kind] = moved_old.get(kind, 0.0) + n
         student.append(timed(ops))
     units = (

@@ -9,7 +9,7 @@ durations only. Per rank and per step (b the local micro-batch):
     FSDP reduce-scat. reduce_scatter(shard = params(unit) · 4 / s)        (fp32 reduce)
     DDP all-reduce    all_reduce(params(unit) · 4)                        (fp32 grads)
     HSDP all-reduce   all_reduce(params(unit) · 4 / s) across the W / s replicas, after the
-                      reduce-scatter (``_unit_comm``)
+                      reduce-scatter (``unit_comm``)
     loss              its op list (``vlscale.costs.step_ops``); gathers of b·e fp32 embeddings;
                       ring hops of b·e fp32: W−1 text-block hops forward, W−1 again plus W
                       gradient-accumulator hops backward
@@ -312,10 +312,10 @@ def _build_units(
         if layout.precomputed_image and ops.name.split(".")[0] == "visual":
             continue
         frozen = trained[ops.name] == 0
-        unit_comm = _unit_comm(params[ops.name], groups, layout, trained[ops.name])
+        comm = unit_comm(params[ops.name], groups, layout, trained[ops.name])
         overhead_s = prof.unit_overhead_s if layout.wrapped else 0.0
-        unit = _timed_unit(ops, params[ops.name], unit_comm, layout, price, overhead_s, frozen)
-        out.append((unit, unit_comm.moved))
+        unit = timed_unit(ops, params[ops.name], comm, layout, price, overhead_s, frozen)
+        out.append((unit, comm.moved))
     return out
 
 
@@ -358,7 +358,7 @@ def unit_params(spec: ModelSpec) -> dict[str, int]:
     return units
 
 
-def _unit_comm(params: int, groups: _Groups, layout: RunLayout, grads: int | None = None) -> _Comm:
+def unit_comm(params: int, groups: _Groups, layout: RunLayout, grads: int | None = None) -> _Comm:
     """A unit's collectives: DDP all-reduces its fp32 gradients in backward; FSDP all-gathers
     its parameters (again in backward when it reshards after forward) and reduce-scatters its
     fp32 gradients; HSDP does FSDP's inside its shard group of s ranks, then all-reduces the
@@ -415,7 +415,7 @@ def param_bytes(layout: RunLayout) -> int:
     return BYTES_PER_ELEMENT[layout.precision]
 
 
-def _timed_unit(
+def timed_unit(
     ops: UnitOps,
     params: int,
     comm: _Comm,
