@@ -205,7 +205,7 @@ def memory_cmd(
     Sizes are printed in GiB (2^30 bytes), like `plan`; catalog capacities are the vendors'
     decimal GB, converted the same way in both commands. Without --precision: bf16, or the
     --device's 16-bit type."""
-    from vlscale.specs.recipes import RecipeSpec, default_recipe
+    from vlscale.specs.recipes import default_recipe
 
     check_mask_ratio(mask_ratio)
     for field, value in (
@@ -216,16 +216,8 @@ def memory_cmd(
     ):
         check_positive(field, value)
     layout = _memory_layout(layout_flags or {}, shard_degree, world_size, device)
-    # SigLIP 2 with its paper objectives and phases (the others have none); FLIP's ratio is
-    # another recipe's knob (``RecipeSpec`` refuses it with siglip2's own masking)
-    objectives = default_recipe("siglip2").siglip2 if recipe == "siglip2" else None
-    rec = RecipeSpec(
-        name=recipe,
-        loss_impl=loss_impl,
-        optimizer=optimizer,
-        mask_ratio=mask_ratio,
-        siglip2=objectives,
-    )
+    # the recipe's defaults (SigLIP 2: its paper objectives and phases) under the flags
+    rec = default_recipe(recipe, loss_impl=loss_impl, optimizer=optimizer, mask_ratio=mask_ratio)
     capacity = _device_capacity(device, device_memory_gib)
     result = _memory_result(model, layout, rec, local_batch, capacity)
     if as_json:

@@ -379,7 +379,11 @@ def compare_cmd(
 
     _check_report(report)
     variants = _variants(recipe, loss_impl)
-    if not recipe and not loss_impl and _resnet_image_tower(config, flags):
+    if (
+        not recipe
+        and not loss_impl
+        and _resnet_image_tower(_base_config(config, note=False, **flags))
+    ):
         # the default set's EVA-CLIP is FLIP (patch dropping): no patches in a ResNet
         variants = [v for v in variants if v[0] != "eva-clip"]
         typer.echo("note: eva-clip left out: FLIP drops ViT patches; a ResNet has none", err=True)
@@ -402,15 +406,11 @@ def compare_cmd(
     print_objective_costs(results)
 
 
-def _resnet_image_tower(config: Path | None, flags: dict[str, Any]) -> bool:
-    """Whether the model to compare (the flag's, else the --config file's, else the default)
-    has a ResNet image tower."""
-    from vlscale.plan.config import PlanConfig, read_config_file
+def _resnet_image_tower(cfg) -> bool:
+    """Whether the model of the plan config ``cfg`` has a ResNet image tower."""
     from vlscale.specs.presets import resolve_model
 
-    data = read_config_file(config) if config is not None else {}
-    model = flags.get("model") or data.get("model") or PlanConfig.model_fields["model"].default
-    return resolve_model(model).vision.kind == "resnet"
+    return resolve_model(cfg.model).vision.kind == "resnet"
 
 
 def _variants(recipes: list[str] | None, loss_impls: list[str] | None) -> list[tuple[str, str]]:

@@ -267,9 +267,7 @@ def phase_forward_flops(
     if phase.naflex and length is None:
         lengths = s2.naflex.lengths
         return sum(
-            phase_forward_flops(
-                spec, recipe, phase, max(1, round(b * s2.naflex.batch_scale(n))), world_size, n
-            )
+            phase_forward_flops(spec, recipe, phase, s2.naflex.batch_at(b, n), world_size, n)
             for n in lengths
         ) / len(lengths)
     model = naflex_model(spec, phase, length)

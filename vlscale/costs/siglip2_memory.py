@@ -137,9 +137,7 @@ def phases_memory(
                     layout,
                     recipe,
                     phase,
-                    local_batch=local_batch
-                    if n is None
-                    else max(1, round(local_batch * s2.naflex.batch_scale(n))),
+                    local_batch=local_batch if n is None else s2.naflex.batch_at(local_batch, n),
                     overhead_bytes=overhead_bytes,
                 )
                 for n in lengths

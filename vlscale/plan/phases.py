@@ -84,11 +84,9 @@ def _batches(config: PlanConfig, phase: Phase, s2) -> list[tuple[int | None, int
     NaFlex length B·batch_scale(n) rounded to whole micro-batches of every rank."""
     if not phase.naflex:
         return [(None, config.global_batch)]
-    unit = config.layout.devices * config.layout.grad_accum
-    scale = s2.naflex.batch_scale
-    return [
-        (n, max(1, round(config.global_batch * scale(n) / unit)) * unit) for n in s2.naflex.lengths
-    ]
+    unit = config.layout.devices * config.layout.grad_accum  # divides B (check_batch)
+    micro = config.global_batch // unit
+    return [(n, s2.naflex.batch_at(micro, n) * unit) for n in s2.naflex.lengths]
 
 
 def _with_batch(config: PlanConfig, batch: int) -> PlanConfig:

@@ -118,6 +118,11 @@ class NaflexSpec(_Frozen):
         """Batch at ``length`` over the nominal batch: 1/2 from ``halve_batch_at`` on."""
         return 0.5 if length >= self.halve_batch_at else 1.0
 
+    def batch_at(self, batch: int, length: int) -> int:
+        """The (micro-)batch of ``batch`` samples at ``length``: batch · batch_scale(length)
+        rounded, at least 1 (the one rule the planner's step, FLOPs and memory follow)."""
+        return max(1, round(batch * self.batch_scale(length)))
+
 
 class Phase(_Frozen):
     """One stage of the run: its share of the examples and the objectives on in it."""
