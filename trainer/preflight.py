@@ -75,24 +75,18 @@ def check_memory(cfg: TrainConfig, world: int, device_type: str) -> list[str]:
 def estimate_rank_memory(cfg: TrainConfig, device_type: str) -> int:
     """Bytes per rank of this run's layout by the planner's estimate: the one call into
     ``vlscale.costs`` (HSDP: the model states are sharded over the shard group; SigLIP 2: the
-    largest phase, ``vlscale.costs.siglip2_memory.phase_memory``)."""
+    largest phase, ``vlscale.costs.siglip2_memory.run_memory``)."""
     from vlscale.costs.memory import DEFAULT_OVERHEAD_BYTES
-    from vlscale.costs.siglip2_memory import phase_memory
+    from vlscale.costs.siglip2_memory import run_memory
 
-    layout, recipe = cfg.layout, cfg.recipe_spec()
-    # SigLIP 2: the largest of its phases (the teacher and the extra views come at the switch)
-    phases = recipe.objectives.phases() if recipe.objectives is not None else (None,)
-    return max(
-        phase_memory(
-            cfg.model_spec(),
-            layout,
-            recipe,
-            phase,
-            local_batch=layout.micro_batch(cfg.global_batch),
-            overhead_bytes=DEFAULT_OVERHEAD_BYTES if device_type == "cuda" else 0,
-        ).total
-        for phase in phases
-    )
+    layout = cfg.layout
+    return run_memory(
+        cfg.model_spec(),
+        layout,
+        cfg.recipe_spec(),
+        local_batch=layout.micro_batch(cfg.global_batch),
+        overhead_bytes=DEFAULT_OVERHEAD_BYTES if device_type == "cuda" else 0,
+    ).total
 
 
 def rank_capacity(device_type: str) -> tuple[int | None, str]:

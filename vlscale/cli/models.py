@@ -233,22 +233,20 @@ def _memory_result(
     """``vlscale memory --json``: the breakdown, and with a capacity whether it fits and the
     largest local batch that does."""
     from vlscale.costs.memory import estimate_memory, max_local_batch
+    from vlscale.costs.siglip2_memory import phases_memory, run_memory
     from vlscale.specs.presets import resolve_model
+    from vlscale.specs.siglip2 import check_against_towers
 
     spec = resolve_model(model)
-    phases, memory = {}, None
+    phases = {}
     if rec.objectives is not None:  # SigLIP 2: every phase; the largest binds
-        from vlscale.costs.siglip2_memory import phases_memory
-        from vlscale.specs.siglip2 import check_against_towers
-
         check_against_towers(rec.objectives, spec.vision, spec.text)
         phases = phases_memory(spec, layout, rec, local_batch=local_batch)
-        mem = max(phases.values(), key=lambda m: m.total)
-
-        def memory(b: int) -> int:
-            return max(m.total for m in phases_memory(spec, layout, rec, local_batch=b).values())
-    else:
-        mem = estimate_memory(spec, layout, rec, local_batch=local_batch)
+    mem = (
+        max(phases.values(), key=lambda m: m.total)
+        if phases
+        else estimate_memory(spec, layout, rec, local_batch=local_batch)
+    )
     result: dict[str, Any] = {
         "model": spec.name,
         "local_batch": local_batch,
@@ -269,7 +267,13 @@ def _memory_result(
     if capacity is not None:
         result["device_memory_bytes"] = capacity
         result["fits"] = mem.total <= capacity
-        result["max_local_batch"] = max_local_batch(spec, capacity, layout, rec, memory=memory)
+        result["max_local_batch"] = max_local_batch(
+            spec,
+            capacity,
+            layout,
+            rec,
+            memory=lambda b: run_memory(spec, layout, rec, local_batch=b).total,
+        )
     return result
 
 

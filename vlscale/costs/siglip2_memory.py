@@ -145,3 +145,18 @@ def phases_memory(
             key=lambda m: m.total,
         )
     return out
+
+
+def run_memory(
+    spec, layout, recipe, *, local_batch: int, overhead_bytes: int = DEFAULT_OVERHEAD_BYTES
+) -> MemoryBreakdown:
+    """The run's peak memory per device: SigLIP 2's largest phase (``phases_memory``), the
+    other recipes' ``estimate_memory``."""
+    if recipe.objectives is None:
+        return estimate_memory(
+            spec, layout, recipe, local_batch=local_batch, overhead_bytes=overhead_bytes
+        )
+    phases = phases_memory(
+        spec, layout, recipe, local_batch=local_batch, overhead_bytes=overhead_bytes
+    )
+    return max(phases.values(), key=lambda m: m.total)
