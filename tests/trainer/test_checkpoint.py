@@ -3,18 +3,16 @@
 from __future__ import annotations
 
 import json
-import os
 import random
-import socket
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 import torch.distributed as dist
-import torch.multiprocessing as mp
 from torch import nn
 
+from tests.dist_utils import DistContext, run_distributed
 from trainer import checkpoint as C
 from vlscale.errors import ConfigError
 
@@ -223,29 +221,8 @@ def test_bad_inputs_raise_config_error(tmp_path):
 # ----------------------------------------------------------------------------- FSDP2, 2 ranks
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _spawn(fn, world: int, *args) -> None:
-    mp.spawn(_entry, args=(fn, world, _free_port(), *args), nprocs=world, join=True)
-
-
-def _entry(rank, fn, world, port, *args):
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    dist.init_process_group("gloo", rank=rank, world_size=world)
-    try:
-        fn(rank, world, *args)
-    finally:
-        dist.destroy_process_group()
-
-
-def _fsdp_worker(rank: int, world: int, root: str) -> None:
-    from torch.distributed.device_mesh import init_device_mesh
-
-    mesh = init_device_mesh("cpu", (world,))
+def _fsdp_worker(ctx: DistContext, root: str) -> None:
+    rank, world, mesh = ctx.rank, ctx.world_size, ctx.mesh
     random.seed(rank)
     np.random.seed(rank)
     torch.manual_seed(rank)  # per-rank RNG must come back per rank
@@ -286,7 +263,7 @@ def _fsdp_worker(rank: int, world: int, root: str) -> None:
 
 @pytest.mark.dist
 def test_fsdp2_two_ranks_round_trip_crash_and_image_tower(tmp_path):
-    _spawn(_fsdp_worker, 2, str(tmp_path))
+    run_distributed(_fsdp_worker, 2, str(tmp_path))
 
 
 def test_real_model_lamb_and_warmup_cosine_round_trip(tmp_path):
