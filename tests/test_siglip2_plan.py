@@ -3,6 +3,7 @@ over them, the human phase table, and bad input (one line, exit 2, nothing print
 
 from __future__ import annotations
 
+import csv
 import json
 
 import pytest
@@ -91,6 +92,55 @@ def test_compare_puts_siglip2_beside_siglip_and_prices_each_objective():
     assert full["cost_usd"] > no_decoder["cost_usd"]
     human = vlscale("compare", *TINY, "--recipe", "siglip2")
     assert "what each SigLIP 2 objective costs" in human.stdout
+
+
+def _sweep_rows(tmp_path, grid: str, *flags: str) -> tuple[list[dict], str]:
+    (tmp_path / "grid.yaml").write_text(grid)
+    out = vlscale("sweep", str(tmp_path / "grid.yaml"), "--out", str(tmp_path / "x.csv"),
+                  "--quiet", *flags)  # fmt: skip
+    assert out.returncode == 0, out.stderr
+    return list(csv.DictReader((tmp_path / "x.csv").open())), out.stderr
+
+
+BASE = "base: {model: tiny-siglip, global_batch: 256, samples: 1.0e7, recipe: clip}\n"
+
+
+def test_sweep_recipe_flag_sets_every_point_over_the_grid_file(tmp_path):
+    rows, _ = _sweep_rows(tmp_path, BASE + "grid: {devices: [8, 16]}\n", "--recipe", "siglip2",
+                          "--loss-impl", "ring")  # fmt: skip
+    assert [(r["in.recipe"], r["recipe"], r["loss_impl"]) for r in rows] == [
+        ("siglip2", "siglip2", "ring")
+    ] * 2
+    want = _json("--loss-impl", "ring")  # the same point through `vlscale plan`
+    assert float(rows[0]["step_time_s"]) == pytest.approx(want["step_time_s"])
+    assert float(rows[0]["phase.self-distillation.step_time_s"]) == pytest.approx(
+        want["phases"][1]["step_time_s"]
+    )
+
+
+def test_sweep_beside_another_recipe_keeps_every_phase_column(tmp_path):
+    """The first planned row is CLIP's: the SigLIP 2 columns must still be written (they were
+    dropped, with a warning, when the header came from that row alone)."""
+    from vlscale.plan.sweep import siglip2_columns
+
+    rows, err = _sweep_rows(tmp_path, BASE + "grid: {devices: [8], recipe: [clip, siglip2]}\n")
+    assert "not written" not in err
+    clip, s2 = rows
+    assert set(siglip2_columns()) <= set(clip)
+    assert all(clip[k] == "" for k in siglip2_columns())
+    assert s2["binding_phase"] and s2["phase.base.objectives"] == "decoder"
+    assert s2["phase.self-distillation.objectives"] == "decoder+distill+masked"
+    wall = sum(float(s2[f"phase.{n}.wall_time_h"]) for n in ("base", "self-distillation", "naflex"))
+    assert float(s2["wall_time_h"]) == pytest.approx(wall)
+    assert json.loads(s2["siglip2.decoder"])["passes"] == 3  # nested specs are JSON
+
+
+def test_sweep_phase_columns_cover_every_scalar_of_a_phase():
+    from vlscale.plan.sweep import PHASE_FIELDS
+
+    for phase in _json()["phases"]:
+        scalars = {k for k, v in phase.items() if k != "name" and not isinstance(v, list | dict)}
+        assert scalars | {"objectives"} == set(PHASE_FIELDS), phase["name"]
 
 
 def _fails(*args: str, field: str) -> None:

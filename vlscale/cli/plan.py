@@ -541,6 +541,20 @@ def sweep_cmd(
         "sweep.csv"
     ),
     quiet: Annotated[bool, typer.Option("--quiet", help="no progress bar")] = False,
+    recipe: Annotated[
+        str | None,
+        typer.Option(
+            "--recipe",
+            help="clip | siglip | eva-clip | siglip2, in every point",
+            show_default="the grid file's",
+        ),
+    ] = None,
+    loss_impl: Annotated[
+        str | None,
+        typer.Option(
+            "--loss-impl", help="gather | ring, in every point", show_default="the grid file's"
+        ),
+    ] = None,
     num_slices: SlicesOpt = None,
     slice_shape: ShapeOpt = None,
     stack: StackOpt = None,
@@ -559,19 +573,26 @@ def sweep_cmd(
 ):
     """Plan every point of a grid and write one row per configuration (CSV or Parquet).
 
-    Runs on every local core by default, or on a Dask cluster with --scheduler. The topology
-    and layout flags, when given, set that key in every point (over the grid file). The size and an
+    Runs on every local core by default, or on a Dask cluster with --scheduler. --recipe,
+    --loss-impl and the topology and layout flags, when given, set that key in every point (over
+    the grid file), so one grid serves every recipe. The size and an
     estimated time are printed first; CSV rows are written as they finish (into a temp file
     renamed onto --out at the end, so --out is never half-written)."""
     from vlscale.plan.sweep import MAX_POINTS, check_size, expand_grid, write_sweep
 
     check_output_file(out, "out", (".csv", ".parquet"))
-    topology = {
+    overrides = {
         k: v
-        for k, v in dict(num_slices=num_slices, slice_shape=slice_shape, stack=stack).items()
+        for k, v in dict(
+            recipe=recipe,
+            loss_impl=loss_impl,
+            num_slices=num_slices,
+            slice_shape=slice_shape,
+            stack=stack,
+        ).items()
         if v is not None
     } | (layout_flags or {})
-    points = expand_grid(grid_file).with_overrides(topology)
+    points = expand_grid(grid_file).with_overrides(overrides)
     check_size(len(points), max_points or MAX_POINTS)
     summary = write_sweep(
         points,

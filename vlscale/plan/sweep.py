@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import csv
 import itertools
+import json
 import math
 import signal
 import sys
@@ -76,6 +77,14 @@ class Grid(Sequence):
             index, digit = divmod(index, len(values))
             combo.append(values[digit])
         return self._point(combo[::-1])
+
+    def values_of(self, key: str) -> set[Any]:
+        """Every value ``key`` takes in some point (``None``: left to the planner's default)."""
+        if key in self.overrides:
+            return {self.overrides[key]}
+        if key in self.keys:
+            return set(self.values[self.keys.index(key)])
+        return {self.base.get(key)}
 
     def with_overrides(self, overrides: dict[str, Any]) -> Grid:
         """The same grid with ``overrides`` set in every point (over the grid's own values)."""
@@ -132,13 +141,56 @@ def plan_point(point: dict[str, Any]) -> dict[str, Any]:
     except ConfigError as exc:
         return row | {"error": str(exc)}
     for key, value in result.items():
-        if isinstance(value, dict):
+        if key == "phases":
+            row |= _phase_columns(value)
+        elif key == "siglip2":
+            row |= {f"siglip2.{k}": _cell(v) for k, v in value.items()}
+        elif isinstance(value, dict):
             row |= {f"{key}.{k}": v for k, v in value.items()}
         elif isinstance(value, list):
             row[key] = "; ".join(map(str, value))
         else:
             row[key] = value
     return row | {"error": None}
+
+
+# A SigLIP 2 phase's columns: ``phase.<name>.<field>``, one group per phase the recipe can have
+# (vlscale.specs.siglip2.PHASE_NAMES); a NaFlex phase's per-length plans stay in `vlscale plan`.
+PHASE_FIELDS = (
+    "start_fraction",
+    "end_fraction",
+    "objectives",
+    "step_time_s",
+    "samples_per_step",
+    "samples_per_s",
+    "memory_per_device_bytes",
+    "model_flops_per_step",
+    "fits",
+    "wall_time_h",
+    "cost_usd",
+)
+
+
+def siglip2_columns() -> list[str]:
+    """The columns only a ``siglip2`` plan fills, in the order :func:`plan_point` writes them."""
+    from vlscale.specs.siglip2 import PHASE_NAMES, Siglip2Spec
+
+    spec = [f"siglip2.{k}" for k in Siglip2Spec.model_fields]
+    phases = [f"phase.{name}.{f}" for name in PHASE_NAMES for f in PHASE_FIELDS]
+    return [*spec, *phases, "binding_phase"]
+
+
+def _phase_columns(phases: list[dict[str, Any]]) -> dict[str, Any]:
+    return {
+        f"phase.{phase['name']}.{f}": "+".join(phase[f]) if f == "objectives" else phase[f]
+        for phase in phases
+        for f in PHASE_FIELDS
+    }
+
+
+def _cell(value: Any) -> Any:
+    """A nested spec (a SigLIP 2 objective's settings) as JSON, so a CSV reader can parse it."""
+    return json.dumps(value, sort_keys=True) if isinstance(value, dict | list) else value
 
 
 def _duration(seconds: float) -> str:
@@ -201,10 +253,13 @@ def iter_rows(
 
 class _Columns:
     """The column order of a sweep's rows: the point's keys (``in.*``), the plan's keys (from
-    the first planned row), then ``error``. Rows before the first planned one are held."""
+    the first planned row), any ``optional`` column that row lacks, then ``error``. Rows before
+    the first planned one are held. ``optional`` are the columns only some plans fill (SigLIP
+    2's phases, when the grid plans it beside another recipe); other rows leave them empty."""
 
-    def __init__(self) -> None:
+    def __init__(self, optional: Sequence[str] = ()) -> None:
         self.names: list[str] | None = None
+        self.optional = list(optional)
         self.held: list[dict[str, Any]] = []
         self.extra_warned = False
 
@@ -218,13 +273,15 @@ class _Columns:
             inputs = [k for k in self.held[0] if k.startswith("in.")]
             inputs += [k for k in planned if k.startswith("in.") and k not in inputs]
             self.names = inputs + [k for k in planned if not k.startswith("in.") and k != "error"]
+            self.names += [k for k in self.optional if k not in self.names]
             self.names.append("error")
             rows, self.held = self.held, []
         return rows
 
     def conform(self, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
-        """``rows`` with only the known columns. Every plan has the same keys, so nothing is
-        dropped in practice; if a row ever has more, say so once rather than fail at the end."""
+        """``rows`` with only the known columns. Every plan of a grid has the same keys, but
+        for the optional ones, so nothing is dropped in practice; if a row ever has more, say so
+        once rather than fail at the end."""
         names = set(self.names or ())
         extra = {k for row in rows for k in row if k not in names}
         if extra and not self.extra_warned:
@@ -274,7 +331,7 @@ def write_sweep(
             raise ConfigError(
                 "out", "writing .parquet needs pyarrow (pip install pyarrow); or use .csv"
             ) from None
-    columns = _Columns()
+    columns = _Columns(siglip2_columns() if _may_plan(points, "siglip2") else ())
     count = planned = 0
     first_error: str | None = None
     kept: list[dict[str, Any]] = []  # Parquet only: written at the end
@@ -316,6 +373,13 @@ def write_sweep(
 
             pd.DataFrame(kept, columns=columns.names).to_parquet(tmp, index=False)
     return SweepSummary(count, planned, first_error)
+
+
+def _may_plan(points: Sequence[dict[str, Any]], recipe: str) -> bool:
+    """Whether some point plans ``recipe`` (a Grid answers without making its points)."""
+    if isinstance(points, Grid):
+        return recipe in points.values_of("recipe")
+    return any(p.get("recipe") == recipe for p in points)
 
 
 class SweepStopped(SystemExit):

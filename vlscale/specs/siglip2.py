@@ -136,6 +136,10 @@ class Phase(_Frozen):
     naflex: bool
 
 
+# Every phase a SigLIP 2 run can have, in run order (a run leaves out those it does not use).
+PHASE_NAMES = ("base", "self-distillation", "naflex")
+
+
 class Siglip2Spec(_Frozen):
     """SigLIP 2's objectives (``None``: off) and when each switches on (shares of the run)."""
 
@@ -170,13 +174,14 @@ class Siglip2Spec(_Frozen):
         cuts.append(end)
         if self.naflex is not None:
             cuts.append(1.0)
-        names = ["base"] + (["self-distillation"] if distill_on else [])
-        names += ["naflex"] if self.naflex is not None else []
+        base, distillation, naflex = PHASE_NAMES
+        names = [base] + ([distillation] if distill_on else [])
+        names += [naflex] if self.naflex is not None else []
         phases = []
         for name, start, stop in zip(names, cuts[:-1], cuts[1:], strict=True):
             if stop <= start:
                 continue
-            extra = name == "self-distillation"
+            extra = name == distillation
             phases.append(
                 Phase(
                     name=name,
@@ -185,7 +190,7 @@ class Siglip2Spec(_Frozen):
                     decoder=self.decoder is not None,
                     distill=extra and self.distill is not None,
                     masked=extra and self.masked is not None,
-                    naflex=name == "naflex",
+                    naflex=name == naflex,
                 )
             )
         return tuple(phases)
