@@ -35,6 +35,21 @@ RecipeOpt = Annotated[
 LossImplOpt = Annotated[
     str | None, typer.Option("--loss-impl", help="gather | ring", show_default="gather")
 ]
+# sweep: the same keys, set in every point of a grid over the grid file's values
+PointRecipeOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--recipe",
+        help="clip | siglip | eva-clip | siglip2, in every point",
+        show_default="the grid file's",
+    ),
+]
+PointLossImplOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--loss-impl", help="gather | ring, in every point", show_default="the grid file's"
+    ),
+]
 DeviceOpt = Annotated[
     str | None, typer.Option("--device", help="e.g. H100, TPUv5p", show_default="H100")
 ]

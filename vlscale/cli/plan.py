@@ -26,6 +26,8 @@ from vlscale.cli.options import (
     MaskOpt,
     ModelOpt,
     OptimOpt,
+    PointLossImplOpt,
+    PointRecipeOpt,
     PriceOpt,
     RecipeOpt,
     ReportOpt,
@@ -541,20 +543,8 @@ def sweep_cmd(
         "sweep.csv"
     ),
     quiet: Annotated[bool, typer.Option("--quiet", help="no progress bar")] = False,
-    recipe: Annotated[
-        str | None,
-        typer.Option(
-            "--recipe",
-            help="clip | siglip | eva-clip | siglip2, in every point",
-            show_default="the grid file's",
-        ),
-    ] = None,
-    loss_impl: Annotated[
-        str | None,
-        typer.Option(
-            "--loss-impl", help="gather | ring, in every point", show_default="the grid file's"
-        ),
-    ] = None,
+    recipe: PointRecipeOpt = None,
+    loss_impl: PointLossImplOpt = None,
     num_slices: SlicesOpt = None,
     slice_shape: ShapeOpt = None,
     stack: StackOpt = None,
