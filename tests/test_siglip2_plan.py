@@ -10,7 +10,8 @@ import pytest
 
 from tests.test_plan_cli import vlscale
 
-TINY = ["--model", "tiny-siglip", "--devices", "8", "--global-batch", "256", "--samples", "1e7"]
+EIGHT = ["--devices", "8", "--global-batch", "256"]
+TINY = ["--model", "tiny-siglip", *EIGHT, "--samples", "1e7"]
 
 
 def _json(*args: str) -> dict:
@@ -179,10 +180,7 @@ def test_naflex_lengths_off_the_patch_grid():
         "ViT-B-16-SigLIP",
         "--recipe",
         "siglip2",
-        "--devices",
-        "8",
-        "--global-batch",
-        "256",
+        *EIGHT,
         field="siglip2.naflex.lengths",
     )
 
@@ -195,18 +193,7 @@ def test_siglip2_options_with_another_recipe(flag):
 
 
 def test_distillation_with_a_resnet_tower():
-    _fails(
-        "plan",
-        "--model",
-        "RN50",
-        "--recipe",
-        "siglip2",
-        "--devices",
-        "8",
-        "--global-batch",
-        "256",
-        field="siglip2.distill",
-    )
+    _fails("plan", "--model", "RN50", "--recipe", "siglip2", *EIGHT, field="siglip2.distill")
 
 
 def test_unknown_objective():

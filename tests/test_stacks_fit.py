@@ -9,16 +9,14 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import statistics
-import subprocess
-import sys
 from dataclasses import replace
 from pathlib import Path
 
 import pytest
 import yaml
 
+from tests.test_plan_cli import vlscale
 from vlscale.calibrate.runs import load_measured_run
 from vlscale.calibrate.stack_profile import measure_stack, planned_step_s
 from vlscale.specs.hardware import load_hardware_file
@@ -35,17 +33,6 @@ RUNS = [
         "tiny-eva-eva-clip-r0-b32-w1-fp32-fsdp",
     )
 ]
-
-
-def vlscale(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
-    full = os.environ | {"COLUMNS": "200", "OMP_NUM_THREADS": "1"} | (env or {})
-    return subprocess.run(
-        [sys.executable, "-c", "from vlscale.cli import main; main()", *args],
-        capture_output=True,
-        text=True,
-        env=full,
-        timeout=300,
-    )
 
 
 @pytest.fixture(scope="module")
@@ -119,7 +106,7 @@ def test_the_planner_and_stacks_read_a_measured_fragment(tmp_path):
     before = json.loads(vlscale("stacks", "--json").stdout)
     _fragment(tmp_path / "measured")
     env = {MEASURED_ENV: str(tmp_path / "measured")}
-    done = vlscale("stacks", "--json", env=env)
+    done = vlscale("stacks", "--json", extra_env=env)
     assert done.returncode == 0, done.stderr
     after = json.loads(done.stdout)
     assert [sorted(s) for s in after] == [sorted(s) for s in before]  # the same keys
@@ -130,7 +117,7 @@ def test_the_planner_and_stacks_read_a_measured_fragment(tmp_path):
     assert own["gamma_source"].startswith("H100: measured: a test fragment")
     args = ["plan", "--device", "H100", "--model", "tiny-clip", "--devices", "8"]
     args += ["--global-batch", "64", "--json"]
-    measured = json.loads(vlscale(*args, env=env).stdout)
+    measured = json.loads(vlscale(*args, extra_env=env).stdout)
     catalog = json.loads(vlscale(*args).stdout)
     assert measured["compute_model"]["framework_efficiency"] == 0.5
     assert "measured on 2 trainer run(s)" in measured["compute_model"]["source"]
@@ -138,7 +125,7 @@ def test_the_planner_and_stacks_read_a_measured_fragment(tmp_path):
     assert measured["step_time_s"] < catalog["step_time_s"]  # γ 0.5 > the borrowed 0.33
     # the A100, not measured, keeps its stored γ
     a100 = ["plan", "--device", "A100-80GB", *args[3:]]
-    assert vlscale(*a100, env=env).stdout == vlscale(*a100).stdout
+    assert vlscale(*a100, extra_env=env).stdout == vlscale(*a100).stdout
 
 
 @pytest.mark.parametrize(
@@ -153,7 +140,7 @@ def test_the_planner_and_stacks_read_a_measured_fragment(tmp_path):
 )
 def test_a_bad_fragment_is_one_line(tmp_path, values, problem):
     path = _fragment(tmp_path / "measured", **values)
-    done = vlscale("stacks", env={MEASURED_ENV: str(path.parent)})
+    done = vlscale("stacks", extra_env={MEASURED_ENV: str(path.parent)})
     assert done.returncode == 2
     assert done.stderr.startswith(f"error: stack_file: {path}: {problem}")
     assert len(done.stderr.strip().splitlines()) == 1
@@ -187,7 +174,7 @@ def test_fit_of_a_missing_runs_folder_is_one_line(tmp_path):
 )
 def test_a_fragment_that_is_not_one_is_one_line(tmp_path, text, problem):
     (tmp_path / "bad.yaml").write_text(text)
-    done = vlscale("stacks", "--json", env={MEASURED_ENV: str(tmp_path)})
+    done = vlscale("stacks", "--json", extra_env={MEASURED_ENV: str(tmp_path)})
     assert done.returncode == 2 and done.stdout == ""
     assert done.stderr.startswith("error: stack_file: ") and "bad.yaml" in done.stderr
     assert problem in done.stderr and len(done.stderr.strip().splitlines()) == 1

@@ -18,15 +18,7 @@ BASE = ["--model", "tiny-clip", "--global-batch", "8", "--peak-flops", "1e12", "
 STEPS = ["--steps", "2", "--ckpt-every", "1"]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    old = os.environ.get("OMP_NUM_THREADS")
-    os.environ["OMP_NUM_THREADS"] = "1"
-    yield
-    if old is None:
-        os.environ.pop("OMP_NUM_THREADS")
-    else:
-        os.environ["OMP_NUM_THREADS"] = old
+pytestmark = pytest.mark.usefixtures("one_omp_thread")  # tests/conftest.py
 
 
 @pytest.fixture(scope="module")
